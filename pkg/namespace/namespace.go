@@ -1,0 +1,145 @@
+// Package namespace knows the shape of the comment service's room aliases:
+// #<prefix><site>:<server> for a site's moderation room and
+// #<prefix><site>_<section>:<server> for one comment section.
+package namespace
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/cactus-comments/appservice/pkg/mxid"
+)
+
+// Kind says what an alias names.
+type Kind int
+
+const (
+	// NotOurs is an alias outside our namespace, or one with more than one
+	// '_' after the prefix.
+	NotOurs Kind = iota
+	// Moderation is a site's moderation room: #<prefix><site>:<server>.
+	Moderation
+	// Comments is a comment section room: #<prefix><site>_<section>:<server>.
+	Comments
+)
+
+func (k Kind) String() string {
+	switch k {
+	case Moderation:
+		return "moderation"
+	case Comments:
+		return "comments"
+	default:
+		return "not-ours"
+	}
+}
+
+// MaxSiteNameLength bounds a site name in bytes. The whole alias must fit in
+// 255 bytes with the prefix, a section and the server name, so a site name
+// has to leave room for them.
+const MaxSiteNameLength = 100
+
+// Namespace is our alias namespace on one homeserver.
+type Namespace struct {
+	// Prefix is CACTUS_NAMESPACE_PREFIX, e.g. "comments_".
+	Prefix string
+	// Server is the homeserver's server name, e.g. "example.org". Empty
+	// accepts aliases of any server (the gateway cannot always know it).
+	Server string
+}
+
+// Parsed is the result of Parse.
+type Parsed struct {
+	Kind    Kind
+	Site    string
+	Section string // only for Comments
+	Alias   mxid.RoomAlias
+}
+
+// Parse classifies an alias. It works on the localpart only: the original
+// appservice counted '_' over the whole alias, so a server name with '_'
+// broke it.
+func (n Namespace) Parse(alias string) (Parsed, error) {
+	a, err := mxid.ParseRoomAlias(alias)
+	if err != nil {
+		return Parsed{}, err
+	}
+	return n.ParseAlias(a), nil
+}
+
+// ParseAlias classifies a validated alias.
+func (n Namespace) ParseAlias(a mxid.RoomAlias) Parsed {
+	p := Parsed{Alias: a}
+	if n.Server != "" && a.Server() != n.Server {
+		return p
+	}
+	rest, ok := strings.CutPrefix(a.Localpart(), n.Prefix)
+	if !ok || rest == "" {
+		return p
+	}
+	switch strings.Count(rest, "_") {
+	case 0:
+		p.Kind, p.Site = Moderation, rest
+	case 1:
+		site, section, _ := strings.Cut(rest, "_")
+		if site == "" || section == "" {
+			return p
+		}
+		p.Kind, p.Site, p.Section = Comments, site, section
+	}
+	return p
+}
+
+// ModerationLocalpart is the room_alias_name of a site's moderation room.
+func (n Namespace) ModerationLocalpart(site string) string { return n.Prefix + site }
+
+// CommentsLocalpart is the room_alias_name of a comment section room.
+func (n Namespace) CommentsLocalpart(site, section string) string {
+	return n.Prefix + site + "_" + section
+}
+
+// ModerationAlias is the full alias of a site's moderation room.
+func (n Namespace) ModerationAlias(site string) (mxid.RoomAlias, error) {
+	return mxid.NewRoomAlias(n.ModerationLocalpart(site), n.Server)
+}
+
+// CommentsAlias is the full alias of a comment section room.
+func (n Namespace) CommentsAlias(site, section string) (mxid.RoomAlias, error) {
+	return mxid.NewRoomAlias(n.CommentsLocalpart(site, section), n.Server)
+}
+
+// ErrBadSiteName is wrapped by every ValidateSiteName refusal.
+var ErrBadSiteName = errors.New("invalid site name")
+
+// ValidateSiteName checks a site name before any homeserver call. The
+// returned error's text is written for the person who typed the name.
+func ValidateSiteName(site string) error {
+	switch {
+	case site == "":
+		return fmt.Errorf("%w: the name is empty", ErrBadSiteName)
+	case !utf8.ValidString(site):
+		return fmt.Errorf("%w: the name is not valid UTF-8", ErrBadSiteName)
+	case len(site) > MaxSiteNameLength:
+		return fmt.Errorf("%w: the name is longer than %d bytes", ErrBadSiteName, MaxSiteNameLength)
+	case strings.Contains(site, "_"):
+		return fmt.Errorf("%w: the name may not contain '_', which separates the site from the comment section in room aliases", ErrBadSiteName)
+	case strings.Contains(site, ":"):
+		return fmt.Errorf("%w: the name may not contain ':', which separates an alias from its server name", ErrBadSiteName)
+	}
+	for _, r := range site {
+		switch {
+		case unicode.IsSpace(r):
+			return fmt.Errorf("%w: the name may not contain spaces", ErrBadSiteName)
+		case unicode.IsControl(r) || r == unicode.ReplacementChar:
+			return fmt.Errorf("%w: the name may not contain control characters", ErrBadSiteName)
+		case r == '#' || r == '@' || r == '!' || r == '$' || r == '+':
+			return fmt.Errorf("%w: the name may not contain %q, which Matrix uses as an identifier sigil", ErrBadSiteName, r)
+		case r == '/' || r == '\\' || r == '?' || r == '%':
+			return fmt.Errorf("%w: the name may not contain %q", ErrBadSiteName, r)
+		}
+	}
+	return nil
+}

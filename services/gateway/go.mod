@@ -1,0 +1,7 @@
+module github.com/cactus-comments/appservice/services/gateway
+
+go 1.26
+
+require github.com/cactus-comments/appservice/pkg v0.0.0
+
+replace github.com/cactus-comments/appservice/pkg => ../../pkg
