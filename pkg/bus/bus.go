@@ -1,0 +1,132 @@
+// Package bus declares the NATS topology of the service in one place
+// (invariant 3): subjects, streams, consumers and key-value buckets, and
+// ensures it idempotently at every service's startup.
+//
+// Subjects:
+//
+//	cactus.ev.<class>.<room>        events from the homeserver (stream EVENTS)
+//	cactus.job.<kind>.<site>.<room> fan-out jobs (stream JOBS, work queue)
+//	cactus.dlq.<source>             dead letters (stream DLQ)
+//	cactus.rpc.alias                alias queries, request/reply to provisioners
+//
+// <room> and <site> are Tokens: base64url encodings, because room ids and site
+// names hold '.', '*', '>', ':' and '!' (invariant 4).
+package bus
+
+import (
+	"encoding/base64"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Stream, consumer, bucket and subject names.
+const (
+	StreamEvents = "CACTUS_EVENTS"
+	StreamJobs   = "CACTUS_JOBS"
+	StreamDLQ    = "CACTUS_DLQ"
+
+	SubjectEventsAll = "cactus.ev.>"
+	SubjectJobsAll   = "cactus.job.>"
+	SubjectDLQAll    = "cactus.dlq.>"
+
+	// SubjectAliasQuery carries alias queries from gateways to the
+	// provisioner queue group.
+	SubjectAliasQuery = "cactus.rpc.alias"
+	// QueueProvisioners is the queue group provisioners answer alias
+	// queries in, so each query is answered once.
+	QueueProvisioners = "provisioners"
+
+	// Durable consumers. Each service kind shares one, so replicas split
+	// the work and KEDA can scale on its lag.
+	ConsumerBot        = "botworker"
+	ConsumerModeration = "provisioner-moderation"
+	ConsumerJobs       = "provisioner-jobs"
+
+	BucketSites = "cactus_sites"
+	BucketRooms = "cactus_rooms"
+	BucketIndex = "cactus_room_index"
+	BucketLimit = "cactus_bot_state"
+
+	// DuplicateWindow must outlast the homeserver's retry backoff (Synapse
+	// retries every 512 s), so that a retried transaction stores nothing
+	// twice.
+	DuplicateWindow = 20 * time.Minute
+)
+
+// Class routes an event to the workers that care about it.
+type Class string
+
+const (
+	// ClassBot: invites to the bot and room messages (botworker).
+	ClassBot Class = "bot"
+	// ClassModeration: bans, unbans, kicks, power levels, canonical aliases
+	// (provisioner).
+	ClassModeration Class = "mod"
+	// ClassOther: everything else; kept for audit and future consumers.
+	ClassOther Class = "other"
+)
+
+// Headers set on messages.
+const (
+	HeaderMsgID     = "Nats-Msg-Id"
+	HeaderTxnID     = "Cactus-Txn-Id"
+	HeaderEventType = "Cactus-Event-Type"
+	HeaderReason    = "Cactus-Dlq-Reason"
+	HeaderSource    = "Cactus-Dlq-Subject"
+	HeaderStream    = "Cactus-Dlq-Stream"
+	HeaderConsumer  = "Cactus-Dlq-Consumer"
+	HeaderDelivered = "Cactus-Dlq-Deliveries"
+	HeaderFailedAt  = "Cactus-Dlq-Time"
+)
+
+// emptyToken stands for the empty string: base64url never yields "=", so it
+// cannot collide with a real encoding.
+const emptyToken = "="
+
+// Token encodes s for use as one subject token or key-value key part.
+func Token(s string) string {
+	if s == "" {
+		return emptyToken
+	}
+	return base64.RawURLEncoding.EncodeToString([]byte(s))
+}
+
+// ParseToken reverses Token.
+func ParseToken(t string) (string, error) {
+	if t == emptyToken {
+		return "", nil
+	}
+	b, err := base64.RawURLEncoding.DecodeString(t)
+	if err != nil {
+		return "", fmt.Errorf("bus: bad token %q: %w", t, err)
+	}
+	return string(b), nil
+}
+
+// EventSubject is where an event of class c in room roomID is published.
+// One subject per room keeps per-room order visible to consumers.
+func EventSubject(c Class, roomID string) string {
+	return "cactus.ev." + string(c) + "." + Token(roomID)
+}
+
+// EventFilter is the subject filter for one class.
+func EventFilter(c Class) string { return "cactus.ev." + string(c) + ".>" }
+
+// RoomFromEventSubject extracts the room id from an event subject.
+func RoomFromEventSubject(subject string) (string, error) {
+	parts := strings.Split(subject, ".")
+	if len(parts) != 4 || parts[0] != "cactus" || parts[1] != "ev" {
+		return "", fmt.Errorf("bus: not an event subject: %q", subject)
+	}
+	return ParseToken(parts[3])
+}
+
+// JobSubject is where a fan-out job of kind for one room of a site goes.
+func JobSubject(kind, site, roomID string) string {
+	return "cactus.job." + kind + "." + Token(site) + "." + Token(roomID)
+}
+
+// DLQSubject is where dead letters from source (a consumer or "gateway")
+// go.
+func DLQSubject(source string) string { return "cactus.dlq." + Token(source) }

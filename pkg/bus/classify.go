@@ -1,0 +1,34 @@
+package bus
+
+import "github.com/cactus-comments/appservice/pkg/event"
+
+// Classify decides which workers see an event. bot is the bot's user id.
+//
+// Visitors joining and leaving comment rooms are by far the most common
+// member events; they go to ClassOther so that the strictly ordered
+// moderation consumer only sees what can change moderation state.
+func Classify(e *event.Event, bot string) Class {
+	switch e.Type {
+	case "m.room.message":
+		return ClassBot
+	case "m.room.power_levels", "m.room.canonical_alias":
+		return ClassModeration
+	case "m.room.member":
+		if e.StateKey == nil {
+			return ClassOther
+		}
+		if *e.StateKey == bot {
+			return ClassBot
+		}
+		switch e.Membership() {
+		case "ban":
+			return ClassModeration
+		case "leave":
+			// Someone else made them leave: an unban or a kick.
+			if e.Sender != *e.StateKey {
+				return ClassModeration
+			}
+		}
+	}
+	return ClassOther
+}

@@ -1,0 +1,125 @@
+// Package embednats runs the real NATS server with JetStream inside the
+// process, for the dev runner and tests.
+package embednats
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// Options for Start.
+type Options struct {
+	// Dir is the JetStream storage directory. Empty: a temporary directory
+	// that Shutdown removes.
+	Dir string
+	// Host defaults to 127.0.0.1; Port 0 picks a free port (-1 in nats
+	// terms).
+	Host string
+	Port int
+	// MonitorPort > 0 enables the HTTP monitoring endpoint.
+	MonitorPort int
+}
+
+// Server is a running embedded NATS server.
+type Server struct {
+	*server.Server
+	tmp  string
+	opts Options // as started, with the port actually bound
+}
+
+// Start starts a server and waits until it accepts connections.
+func Start(o Options) (*Server, error) {
+	s := &Server{}
+	dir := o.Dir
+	if dir == "" {
+		tmp, err := os.MkdirTemp("", "cactus-nats-*")
+		if err != nil {
+			return nil, fmt.Errorf("embedded nats: %w", err)
+		}
+		dir, s.tmp = tmp, tmp
+	}
+	host := o.Host
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	port := o.Port
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
+	opts := &server.Options{
+		ServerName: "cactus-embedded",
+		Host:       host,
+		Port:       port,
+		JetStream:  true,
+		StoreDir:   dir,
+		NoSigs:     true,
+		NoLog:      true,
+		// Matrix events are at most 64 KiB; dead letters carry one event
+		// and headers.
+		MaxPayload: 4 << 20,
+	}
+	if o.MonitorPort > 0 {
+		opts.HTTPHost = host
+		opts.HTTPPort = o.MonitorPort
+	}
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		s.cleanup()
+		return nil, fmt.Errorf("embedded nats: %w", err)
+	}
+	ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		ns.Shutdown()
+		s.cleanup()
+		return nil, errors.New("embedded nats: not ready for connections after 10s")
+	}
+	s.Server = ns
+	s.opts = Options{Dir: dir, Host: host, Port: ns.Addr().(*net.TCPAddr).Port, MonitorPort: o.MonitorPort}
+	return s, nil
+}
+
+// Shutdown stops the server and removes a temporary store.
+func (s *Server) Shutdown() {
+	s.Server.Shutdown()
+	s.Server.WaitForShutdown()
+	s.cleanup()
+}
+
+func (s *Server) cleanup() {
+	if s.tmp != "" {
+		_ = os.RemoveAll(s.tmp)
+	}
+}
+
+// StartTest starts a server for one test, in t's temp dir, stopped at the
+// end of the test.
+func StartTest(tb testing.TB) *Server {
+	tb.Helper()
+	s, err := Start(Options{Dir: tb.TempDir()})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(s.Shutdown)
+	return s
+}
+
+// Stop stops the server but keeps its store, for outage tests; Restart
+// brings it back.
+func (s *Server) Stop() {
+	s.Server.Shutdown()
+	s.Server.WaitForShutdown()
+}
+
+// Restart stops s and starts a new server on the same port and store, as a
+// NATS outage and recovery. The returned server replaces s.
+func (s *Server) Restart() (*Server, error) {
+	s.Server.Shutdown()
+	s.Server.WaitForShutdown()
+	return Start(s.opts)
+}

@@ -1,0 +1,182 @@
+// Package logging builds the slog loggers every service uses: colored text
+// on a terminal, JSON otherwise, and a redacting layer in front of both so
+// that tokens can never reach the output.
+package logging
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/lmittmann/tint"
+)
+
+// Options selects the output.
+type Options struct {
+	Format  string // auto, text or json
+	Level   string // debug, info, warn, error
+	Secrets []string
+	// Service is added to every line as "service".
+	Service string
+}
+
+// New returns a logger writing to w.
+func New(w io.Writer, o Options) *slog.Logger {
+	level := ParseLevel(o.Level)
+	var h slog.Handler
+	format := o.Format
+	if format == "" || format == "auto" {
+		format = "json"
+		if isTerminal(w) {
+			format = "text"
+		}
+	}
+	if format == "text" {
+		h = tint.NewHandler(w, &tint.Options{Level: level, TimeFormat: time.TimeOnly, NoColor: !isTerminal(w)})
+	} else {
+		h = slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})
+	}
+	l := slog.New(NewRedactor(h, o.Secrets))
+	if o.Service != "" {
+		l = l.With("service", o.Service)
+	}
+	return l
+}
+
+// ParseLevel maps a level name to a slog level; unknown names mean info.
+func ParseLevel(s string) slog.Level {
+	switch strings.ToLower(s) {
+	case "debug":
+		return slog.LevelDebug
+	case "warn", "warning":
+		return slog.LevelWarn
+	case "error":
+		return slog.LevelError
+	default:
+		return slog.LevelInfo
+	}
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+const redacted = "[REDACTED]"
+
+// Patterns that carry credentials whatever their value: query tokens in
+// URLs, Authorization header values, and JSON token fields.
+var credentialPatterns = []*regexp.Regexp{
+	regexp.MustCompile(`(?i)(access_token=)[^&\s"']+`),
+	regexp.MustCompile(`(?i)(authorization:?\s*"?\s*(?:bearer|basic|token)?\s*)[A-Za-z0-9._~+/=-]{4,}`),
+	regexp.MustCompile(`(?i)("(?:as_token|hs_token|access_token|password|token)"\s*:\s*")[^"]*`),
+}
+
+// sensitiveKeys are attribute keys whose values are always withheld.
+var sensitiveKeys = map[string]bool{
+	"authorization": true, "access_token": true, "as_token": true, "hs_token": true,
+	"token": true, "password": true, "secret": true,
+}
+
+// Redactor is a slog.Handler that scrubs secrets from the message and every
+// attribute before passing the record on.
+type Redactor struct {
+	next    slog.Handler
+	secrets []string
+}
+
+// NewRedactor wraps next. Secrets shorter than 4 bytes are ignored: they
+// would redact ordinary words.
+func NewRedactor(next slog.Handler, secrets []string) *Redactor {
+	var keep []string
+	for _, s := range secrets {
+		if len(s) >= 4 {
+			keep = append(keep, s)
+		}
+	}
+	return &Redactor{next: next, secrets: keep}
+}
+
+// Enabled implements slog.Handler.
+func (r *Redactor) Enabled(ctx context.Context, l slog.Level) bool { return r.next.Enabled(ctx, l) }
+
+// Handle implements slog.Handler.
+func (r *Redactor) Handle(ctx context.Context, rec slog.Record) error {
+	out := slog.NewRecord(rec.Time, rec.Level, r.Scrub(rec.Message), rec.PC)
+	rec.Attrs(func(a slog.Attr) bool {
+		out.AddAttrs(r.attr(a))
+		return true
+	})
+	return r.next.Handle(ctx, out)
+}
+
+// WithAttrs implements slog.Handler.
+func (r *Redactor) WithAttrs(as []slog.Attr) slog.Handler {
+	clean := make([]slog.Attr, len(as))
+	for i, a := range as {
+		clean[i] = r.attr(a)
+	}
+	return &Redactor{next: r.next.WithAttrs(clean), secrets: r.secrets}
+}
+
+// WithGroup implements slog.Handler.
+func (r *Redactor) WithGroup(name string) slog.Handler {
+	return &Redactor{next: r.next.WithGroup(name), secrets: r.secrets}
+}
+
+func (r *Redactor) attr(a slog.Attr) slog.Attr {
+	if sensitiveKeys[strings.ToLower(a.Key)] {
+		return slog.String(a.Key, redacted)
+	}
+	v := a.Value.Resolve()
+	switch v.Kind() {
+	case slog.KindString:
+		return slog.String(a.Key, r.Scrub(v.String()))
+	case slog.KindGroup:
+		g := v.Group()
+		clean := make([]any, len(g))
+		for i, ga := range g {
+			clean[i] = r.attr(ga)
+		}
+		return slog.Group(a.Key, clean...)
+	case slog.KindAny:
+		// Errors, structs and maps are rendered as text and scrubbed: a
+		// JSON handler would otherwise marshal fields we cannot see.
+		switch x := v.Any().(type) {
+		case error:
+			return slog.String(a.Key, r.Scrub(x.Error()))
+		case fmt.Stringer:
+			return slog.String(a.Key, r.Scrub(x.String()))
+		default:
+			return slog.String(a.Key, r.Scrub(fmt.Sprintf("%+v", x)))
+		}
+	default:
+		return slog.Attr{Key: a.Key, Value: v}
+	}
+}
+
+// Scrub removes every configured secret and every credential-looking
+// pattern from s.
+func (r *Redactor) Scrub(s string) string {
+	for _, sec := range r.secrets {
+		if strings.Contains(s, sec) {
+			s = strings.ReplaceAll(s, sec, redacted)
+		}
+	}
+	for _, p := range credentialPatterns {
+		s = p.ReplaceAllString(s, "${1}"+redacted)
+	}
+	return s
+}
+
+// Discard is a logger for tests that do not look at logs.
+func Discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
