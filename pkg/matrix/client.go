@@ -98,7 +98,11 @@ type shared struct {
 
 	mu  sync.Mutex
 	rnd *rand.Rand
-	now func() time.Time
+
+	// Seams for tests; production values are set by NewClient.
+	now     func() time.Time
+	sleep   func(ctx context.Context, d time.Duration) error
+	maxBody int64
 }
 
 // NewClient validates cfg and returns a client.
@@ -142,6 +146,8 @@ func NewClient(cfg Config) (*Client, error) {
 		log:           cfg.Logger,
 		rnd:           rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 		now:           time.Now,
+		sleep:         sleepCtx,
+		maxBody:       MaxResponseSize,
 	}
 	if s.maxAttempts == 0 {
 		s.maxAttempts = DefaultMaxAttempts
@@ -150,7 +156,7 @@ func NewClient(cfg Config) (*Client, error) {
 		s.maxBackoff = s.minBackoff
 	}
 	if s.hc == nil {
-		s.hc = &http.Client{Transport: newTransport()}
+		s.hc = &http.Client{Transport: newTransport(), CheckRedirect: noRedirects}
 	}
 	return &Client{s: s}, nil
 }
@@ -175,6 +181,10 @@ func newTransport() *http.Transport {
 	return t
 }
 
+// noRedirects makes a 3xx an error: the client-server API does not
+// redirect, and following one would turn a POST into a bodiless GET.
+func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+
 // As returns a client that acts as user (appservice masquerading: every
 // request carries ?user_id=). The zero UserID returns a client acting as the
 // token's own user.
@@ -195,8 +205,14 @@ func segmentUnreserved(c byte) bool {
 }
 
 // escapeSegment percent-encodes s so that it is exactly one path segment.
+// A segment of only dots is encoded fully, since "." and ".." would
+// otherwise be removed or resolved by URL normalisation (in the client, a
+// proxy or the server's router): state keys may legitimately be "..".
 func escapeSegment(s string) string {
 	const hex = "0123456789ABCDEF"
+	if s == "." || s == ".." {
+		return strings.ReplaceAll(s, ".", "%2E")
+	}
 	var b strings.Builder
 	b.Grow(len(s) * 3)
 	for i := 0; i < len(s); i++ {
@@ -292,6 +308,12 @@ func (c *Client) do(ctx context.Context, r *request, out any) error {
 			return nil
 		}
 		if ctx.Err() != nil {
+			// Keep the homeserver's answer if there was one: it says more
+			// than "context canceled" about why the call did not succeed.
+			var me *Error
+			if errors.As(err, &me) {
+				return fmt.Errorf("matrix: %s: %w (last error: %w)", r.endpoint, ctx.Err(), err)
+			}
 			return fmt.Errorf("matrix: %s: %w", r.endpoint, ctx.Err())
 		}
 		wait, retry := c.retryWait(err, attempt)
@@ -308,13 +330,20 @@ func (c *Client) do(ctx context.Context, r *request, out any) error {
 				slog.String("endpoint", r.endpoint), slog.Int("attempt", attempt),
 				slog.Duration("wait", wait), slog.String("error", err.Error()))
 		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return fmt.Errorf("matrix: %s: gave up waiting to retry: %w (last error: %w)", r.endpoint, ctx.Err(), err)
-		case <-t.C:
+		if werr := c.s.sleep(ctx, wait); werr != nil {
+			return fmt.Errorf("matrix: %s: gave up waiting to retry: %w (last error: %w)", r.endpoint, werr, err)
 		}
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
 	}
 }
 
@@ -417,7 +446,7 @@ func (c *Client) attempt(ctx context.Context, r *request, u string, out any) err
 		c.observe(r.endpoint, 0, time.Since(start))
 		return &transportError{endpoint: r.endpoint, method: r.method, err: c.redact(unwrapURLError(err))}
 	}
-	data, readErr := readBody(resp.Body, MaxResponseSize)
+	data, readErr := readBody(resp.Body, c.s.maxBody)
 	c.observe(r.endpoint, resp.StatusCode, time.Since(start))
 	if readErr != nil {
 		if errors.Is(readErr, errTooLarge) {

@@ -136,8 +136,8 @@ func parseError(endpoint string, status int, header http.Header, body []byte, no
 		Error        any `json:"error"`
 		RetryAfterMS any `json:"retry_after_ms"`
 	}
-	isJSON := json.Unmarshal(body, &m) == nil
-	if isJSON {
+	isJSON := json.Valid(body)
+	if json.Unmarshal(body, &m) == nil {
 		if s, ok := m.ErrCode.(string); ok {
 			e.ErrCode = clean(s, 64)
 		}
