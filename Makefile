@@ -1,0 +1,62 @@
+# Every target works from a fresh clone with only Go, gcc, git and make.
+SHELL := /bin/bash
+GO ?= go
+MODULES := pkg services/gateway services/provisioner services/botworker cmd
+SERVICES := gateway provisioner botworker
+PKGS := $(addsuffix /...,$(addprefix ./,$(MODULES)))
+TESTFLAGS ?= -race -count=1 -timeout 15m
+BENCHFLAGS ?= -run '^$$' -bench . -benchmem -count 1
+
+.PHONY: all build run test test-short bench lint fmt vet fuzz tidy images clean
+
+all: lint test build
+
+## build: every binary into bin/
+build:
+	@mkdir -p bin
+	$(GO) build -o bin/ $(addprefix ./services/,$(SERVICES)) ./cmd/cactusctl ./cmd/cactus-dev ./cmd/hssim
+
+## run: the whole system in one process (embedded NATS, simulator unless CACTUS_HOMESERVER_URL is set)
+run:
+	$(GO) run ./cmd/cactus-dev
+
+## test: every module's tests, with the race detector
+test:
+	$(GO) test $(TESTFLAGS) $(PKGS)
+
+test-short:
+	$(GO) test -short -count=1 $(PKGS)
+
+## bench: go benchmarks of every module (see docs/benchmarks.md for the load tools)
+bench:
+	$(GO) test $(BENCHFLAGS) $(PKGS)
+
+## fuzz: run each fuzz target for FUZZTIME (default 20s)
+FUZZTIME ?= 20s
+fuzz:
+	@set -e; for pkg in $$($(GO) list $(PKGS)); do \
+	  dir=$$($(GO) list -f '{{.Dir}}' $$pkg); \
+	  for f in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$dir/*_test.go 2>/dev/null | sed 's/func //'); do \
+	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; \
+	done
+
+## lint: gofmt check and go vet on every module
+lint: vet
+	@out=$$(gofmt -l $(MODULES)); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet $(PKGS)
+
+fmt:
+	gofmt -w $(MODULES)
+
+tidy:
+	@for m in $(MODULES); do (cd $$m && $(GO) mod tidy) || exit 1; done
+
+## images: container images (needs a Docker engine)
+images:
+	@for s in $(SERVICES) cactusctl; do docker build --build-arg SERVICE=$$s -t cactus-$$s:dev . || exit 1; done
+
+clean:
+	rm -rf bin

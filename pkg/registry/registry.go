@@ -1,0 +1,380 @@
+// Package registry keeps the site and room registry in JetStream key-value
+// buckets: each site's owner, moderation room, power levels and bans, and
+// each site's comment rooms. The homeserver remains the source of truth
+// (invariant 7): everything here can be rebuilt from it.
+package registry
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cactus-comments/appservice/pkg/bus"
+)
+
+// ErrNotFound means the registry has no such site or room.
+var ErrNotFound = errors.New("registry: not found")
+
+// ErrExists means a create found the key already present.
+var ErrExists = errors.New("registry: already exists")
+
+// Site is one registered site.
+type Site struct {
+	Name           string `json:"name"`
+	Owner          string `json:"owner"`
+	ModerationRoom string `json:"moderation_room"`
+	// PowerLevels is the moderation room's m.room.power_levels content, as
+	// last seen. Comment rooms are created with it.
+	PowerLevels json.RawMessage `json:"power_levels,omitempty"`
+	// Bans are the users banned in the moderation room, sorted.
+	Bans      []string  `json:"bans,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// Banned reports whether user is in the site's ban list.
+func (s *Site) Banned(user string) bool {
+	_, ok := slices.BinarySearch(s.Bans, user)
+	return ok
+}
+
+// SetBanned adds or removes user from the ban list and reports whether the
+// list changed.
+func (s *Site) SetBanned(user string, banned bool) bool {
+	i, ok := slices.BinarySearch(s.Bans, user)
+	switch {
+	case banned && !ok:
+		s.Bans = slices.Insert(s.Bans, i, user)
+		return true
+	case !banned && ok:
+		s.Bans = slices.Delete(s.Bans, i, i+1)
+		return true
+	}
+	return false
+}
+
+// Room is a room we manage: a comment section, or (Section == "") a site's
+// moderation room.
+type Room struct {
+	Site      string    `json:"site"`
+	Section   string    `json:"section,omitempty"`
+	RoomID    string    `json:"room_id"`
+	Alias     string    `json:"alias,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// IsModeration reports whether r is a site's moderation room.
+func (r Room) IsModeration() bool { return r.Section == "" }
+
+// Registry is the registry over JetStream KV. It is safe for concurrent use.
+type Registry struct {
+	sites, rooms, index jetstream.KeyValue
+	now                 func() time.Time
+}
+
+// Open binds to the buckets, which bus.Topology.Ensure creates.
+func Open(ctx context.Context, js jetstream.JetStream) (*Registry, error) {
+	var r Registry
+	for _, b := range []struct {
+		name string
+		kv   *jetstream.KeyValue
+	}{{bus.BucketSites, &r.sites}, {bus.BucketRooms, &r.rooms}, {bus.BucketIndex, &r.index}} {
+		kv, err := js.KeyValue(ctx, b.name)
+		if err != nil {
+			return nil, fmt.Errorf("registry: open bucket %s: %w", b.name, err)
+		}
+		*b.kv = kv
+	}
+	r.now = time.Now
+	return &r, nil
+}
+
+func siteKey(name string) string            { return bus.Token(name) }
+func roomKey(site, section string) string   { return bus.Token(site) + "." + bus.Token(section) }
+func indexKey(roomID string) string         { return bus.Token(roomID) }
+func decode[T any](b []byte, v *T) error    { return json.Unmarshal(b, v) }
+func isNotFound(err error) bool             { return errors.Is(err, jetstream.ErrKeyNotFound) }
+func notFound(what, name string) error      { return fmt.Errorf("%w: %s %q", ErrNotFound, what, name) }
+func wrap(op, name string, err error) error { return fmt.Errorf("registry: %s %q: %w", op, name, err) }
+
+// Site returns a site.
+func (r *Registry) Site(ctx context.Context, name string) (*Site, error) {
+	s, _, err := r.site(ctx, name)
+	return s, err
+}
+
+func (r *Registry) site(ctx context.Context, name string) (*Site, uint64, error) {
+	e, err := r.sites.Get(ctx, siteKey(name))
+	if isNotFound(err) {
+		return nil, 0, notFound("site", name)
+	}
+	if err != nil {
+		return nil, 0, wrap("get site", name, err)
+	}
+	var s Site
+	if err := decode(e.Value(), &s); err != nil {
+		return nil, 0, wrap("decode site", name, err)
+	}
+	return &s, e.Revision(), nil
+}
+
+// CreateSite records a new site and indexes its moderation room. It fails
+// with ErrExists if the name is taken, which makes registration
+// create-if-absent across replicas.
+func (r *Registry) CreateSite(ctx context.Context, s *Site) error {
+	now := r.now().UTC()
+	if s.CreatedAt.IsZero() {
+		s.CreatedAt = now
+	}
+	s.UpdatedAt = now
+	b, err := json.Marshal(s)
+	if err != nil {
+		return wrap("encode site", s.Name, err)
+	}
+	if _, err := r.sites.Create(ctx, siteKey(s.Name), b); err != nil {
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			return fmt.Errorf("%w: site %q", ErrExists, s.Name)
+		}
+		return wrap("create site", s.Name, err)
+	}
+	if s.ModerationRoom != "" {
+		return r.putIndex(ctx, Room{Site: s.Name, RoomID: s.ModerationRoom, CreatedAt: s.CreatedAt})
+	}
+	return nil
+}
+
+// PutSite writes a site unconditionally (rebuild) and indexes its
+// moderation room.
+func (r *Registry) PutSite(ctx context.Context, s *Site) error {
+	s.UpdatedAt = r.now().UTC()
+	b, err := json.Marshal(s)
+	if err != nil {
+		return wrap("encode site", s.Name, err)
+	}
+	if _, err := r.sites.Put(ctx, siteKey(s.Name), b); err != nil {
+		return wrap("put site", s.Name, err)
+	}
+	if s.ModerationRoom != "" {
+		return r.putIndex(ctx, Room{Site: s.Name, RoomID: s.ModerationRoom, CreatedAt: s.CreatedAt})
+	}
+	return nil
+}
+
+// UpdateSite applies fn to the current site and stores the result with a
+// compare-and-set, retrying on conflicting writes from other replicas. fn
+// returning false means no change is needed.
+func (r *Registry) UpdateSite(ctx context.Context, name string, fn func(*Site) (changed bool, err error)) (*Site, error) {
+	for attempt := 0; ; attempt++ {
+		s, rev, err := r.site(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		changed, err := fn(s)
+		if err != nil || !changed {
+			return s, err
+		}
+		s.UpdatedAt = r.now().UTC()
+		b, err := json.Marshal(s)
+		if err != nil {
+			return nil, wrap("encode site", name, err)
+		}
+		_, err = r.sites.Update(ctx, siteKey(name), b, rev)
+		if err == nil {
+			return s, nil
+		}
+		if attempt >= 50 || !isConflict(err) {
+			return nil, wrap("update site", name, err)
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, wrap("update site", name, err)
+		}
+	}
+}
+
+func isConflict(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+}
+
+// DeleteSite removes a site, its rooms and their index entries.
+func (r *Registry) DeleteSite(ctx context.Context, name string) error {
+	rooms, err := r.Rooms(ctx, name)
+	if err != nil {
+		return err
+	}
+	for _, room := range rooms {
+		if err := r.rooms.Purge(ctx, roomKey(room.Site, room.Section)); err != nil {
+			return wrap("delete room", room.RoomID, err)
+		}
+		if err := r.index.Purge(ctx, indexKey(room.RoomID)); err != nil && !isNotFound(err) {
+			return wrap("delete index", room.RoomID, err)
+		}
+	}
+	s, err := r.Site(ctx, name)
+	if err != nil {
+		return err
+	}
+	if s.ModerationRoom != "" {
+		if err := r.index.Purge(ctx, indexKey(s.ModerationRoom)); err != nil && !isNotFound(err) {
+			return wrap("delete index", s.ModerationRoom, err)
+		}
+	}
+	if err := r.sites.Purge(ctx, siteKey(name)); err != nil {
+		return wrap("delete site", name, err)
+	}
+	return nil
+}
+
+// Sites lists every site.
+func (r *Registry) Sites(ctx context.Context) ([]*Site, error) {
+	var out []*Site
+	err := scan(ctx, r.sites, ">", func(b []byte) error {
+		var s Site
+		if err := decode(b, &s); err != nil {
+			return err
+		}
+		out = append(out, &s)
+		return nil
+	})
+	if err != nil {
+		return nil, wrap("list sites", "", err)
+	}
+	slices.SortFunc(out, func(a, b *Site) int { return cmp.Compare(a.Name, b.Name) })
+	return out, nil
+}
+
+// SitesOwnedBy lists the sites whose owner is user.
+func (r *Registry) SitesOwnedBy(ctx context.Context, user string) ([]*Site, error) {
+	all, err := r.Sites(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return slices.DeleteFunc(all, func(s *Site) bool { return s.Owner != user }), nil
+}
+
+// PutRoom records a comment room (or a moderation room with Section "")
+// and indexes it by room id.
+func (r *Registry) PutRoom(ctx context.Context, room Room) error {
+	if room.CreatedAt.IsZero() {
+		room.CreatedAt = r.now().UTC()
+	}
+	if room.Section != "" {
+		b, err := json.Marshal(room)
+		if err != nil {
+			return wrap("encode room", room.RoomID, err)
+		}
+		if _, err := r.rooms.Put(ctx, roomKey(room.Site, room.Section), b); err != nil {
+			return wrap("put room", room.RoomID, err)
+		}
+	}
+	return r.putIndex(ctx, room)
+}
+
+func (r *Registry) putIndex(ctx context.Context, room Room) error {
+	b, err := json.Marshal(room)
+	if err != nil {
+		return wrap("encode index", room.RoomID, err)
+	}
+	if _, err := r.index.Put(ctx, indexKey(room.RoomID), b); err != nil {
+		return wrap("put index", room.RoomID, err)
+	}
+	return nil
+}
+
+// Room returns one comment room of a site.
+func (r *Registry) Room(ctx context.Context, site, section string) (Room, error) {
+	e, err := r.rooms.Get(ctx, roomKey(site, section))
+	if isNotFound(err) {
+		return Room{}, notFound("room", site+"_"+section)
+	}
+	if err != nil {
+		return Room{}, wrap("get room", site+"_"+section, err)
+	}
+	var room Room
+	if err := decode(e.Value(), &room); err != nil {
+		return Room{}, wrap("decode room", site+"_"+section, err)
+	}
+	return room, nil
+}
+
+// Rooms lists every comment room of a site.
+func (r *Registry) Rooms(ctx context.Context, site string) ([]Room, error) {
+	var out []Room
+	err := scan(ctx, r.rooms, bus.Token(site)+".*", func(b []byte) error {
+		var room Room
+		if err := decode(b, &room); err != nil {
+			return err
+		}
+		out = append(out, room)
+		return nil
+	})
+	if err != nil {
+		return nil, wrap("list rooms", site, err)
+	}
+	slices.SortFunc(out, func(a, b Room) int { return cmp.Compare(a.Section, b.Section) })
+	return out, nil
+}
+
+// Lookup finds which site a room belongs to.
+func (r *Registry) Lookup(ctx context.Context, roomID string) (Room, error) {
+	e, err := r.index.Get(ctx, indexKey(roomID))
+	if isNotFound(err) {
+		return Room{}, notFound("room id", roomID)
+	}
+	if err != nil {
+		return Room{}, wrap("lookup room", roomID, err)
+	}
+	var room Room
+	if err := decode(e.Value(), &room); err != nil {
+		return Room{}, wrap("decode index", roomID, err)
+	}
+	return room, nil
+}
+
+// Wipe removes every entry of every bucket, for a rebuild from scratch.
+func (r *Registry) Wipe(ctx context.Context) error {
+	for _, kv := range []jetstream.KeyValue{r.sites, r.rooms, r.index} {
+		lister, err := kv.ListKeys(ctx)
+		if err != nil {
+			return fmt.Errorf("registry: wipe: %w", err)
+		}
+		for k := range lister.Keys() {
+			if err := kv.Purge(ctx, k); err != nil {
+				_ = lister.Stop()
+				return fmt.Errorf("registry: wipe %s: %w", k, err)
+			}
+		}
+	}
+	return nil
+}
+
+// scan calls fn with the value of every live key matching filter.
+func scan(ctx context.Context, kv jetstream.KeyValue, filter string, fn func([]byte) error) error {
+	w, err := kv.Watch(ctx, filter, jetstream.IgnoreDeletes())
+	if err != nil {
+		return err
+	}
+	defer func() { _ = w.Stop() }()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok {
+				return errors.New("watcher closed")
+			}
+			if e == nil { // initial values done
+				return nil
+			}
+			if err := fn(e.Value()); err != nil {
+				return err
+			}
+		}
+	}
+}

@@ -1,0 +1,205 @@
+// Package service is the runtime every binary shares: configuration and
+// logger set-up, signal handling, the NATS connection with the topology
+// ensured, and the admin HTTP server with /livez, /readyz and /metrics.
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/pkg/config"
+	"github.com/cactus-comments/appservice/pkg/logging"
+)
+
+// Main is the whole of a service's main function: it handles -h, loads and
+// validates the configuration (exit 2 with one line on error), sets up
+// logging and signals, and calls run. It returns the process exit code.
+func Main(name string, args []string, stderr io.Writer, run func(context.Context, *config.Config) error) int {
+	for _, a := range args {
+		if a == "-h" || a == "-help" || a == "--help" {
+			fmt.Fprintf(stderr, "%s: configured only through environment variables:\n\n", name)
+			_ = config.Usage(stderr)
+			return 0
+		}
+	}
+	if len(args) > 0 {
+		fmt.Fprintf(stderr, "%s: unexpected arguments %q (configuration is through CACTUS_* environment variables; -h lists them)\n", name, args)
+		return 2
+	}
+	cfg, err := config.Load()
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: configuration error: %v\n", name, err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, cfg); err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", name, err)
+		return 1
+	}
+	return 0
+}
+
+// NewLogger builds the logger of a service from its configuration, with
+// every configured secret redacted.
+func NewLogger(cfg *config.Config, name string) *slog.Logger {
+	return logging.New(os.Stderr, logging.Options{
+		Format: cfg.LogFormat, Level: cfg.LogLevel, Secrets: cfg.Secrets(), Service: name,
+	})
+}
+
+// Runtime holds what a running service shares with its parts.
+type Runtime struct {
+	Name    string
+	Config  *config.Config
+	Log     *slog.Logger
+	Metrics *prometheus.Registry
+	NC      *nats.Conn
+	JS      jetstream.JetStream
+
+	ready atomic.Bool
+}
+
+// Start connects to NATS and ensures the topology. The runtime is not ready
+// until the service calls SetReady(true).
+func Start(ctx context.Context, name string, cfg *config.Config, log *slog.Logger) (*Runtime, error) {
+	if log == nil {
+		log = NewLogger(cfg, name)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	connectCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	nc, err := bus.Connect(connectCtx, ConnOptions(cfg, name), log)
+	if err != nil {
+		return nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	if err := Topology(cfg).Ensure(connectCtx, js); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return &Runtime{Name: name, Config: cfg, Log: log, Metrics: reg, NC: nc, JS: js}, nil
+}
+
+// Topology is the bus topology for a configuration.
+func Topology(cfg *config.Config) bus.Topology {
+	return bus.Topology{Replicas: cfg.NATSReplicas, MaxDeliver: cfg.MaxDeliver}
+}
+
+// ConnOptions maps the configuration to NATS connection options.
+func ConnOptions(cfg *config.Config, name string) bus.ConnOptions {
+	return bus.ConnOptions{
+		URL: cfg.NATSURL, Name: "cactus-" + name,
+		Creds: cfg.NATSCreds, NKeySeed: cfg.NATSNKey,
+		User: cfg.NATSUser, Password: cfg.NATSPassword.Reveal(), Token: cfg.NATSToken.Reveal(),
+		CA: cfg.NATSCA, Cert: cfg.NATSCert, Key: cfg.NATSKey,
+	}
+}
+
+// SetReady flips /readyz.
+func (r *Runtime) SetReady(ok bool) { r.ready.Store(ok) }
+
+// Ready reports readiness: the service said so and NATS is connected.
+func (r *Runtime) Ready() error {
+	if !r.ready.Load() {
+		return errors.New("not ready")
+	}
+	if !r.NC.IsConnected() {
+		return fmt.Errorf("nats %s", r.NC.Status())
+	}
+	return nil
+}
+
+// AdminHandler serves /livez, /readyz and /metrics.
+func (r *Runtime) AdminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if err := r.Ready(); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, err.Error()+"\n")
+			return
+		}
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(r.Metrics, promhttp.HandlerOpts{Registry: r.Metrics}))
+	return mux
+}
+
+// Serve runs an HTTP server on addr until ctx ends, then shuts it down
+// gracefully within timeout. It returns once the server has stopped.
+// onListen, if set, receives the bound address (useful with port 0).
+func Serve(ctx context.Context, addr string, h http.Handler, timeout time.Duration, log *slog.Logger, onListen func(net.Addr)) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", addr, err)
+	}
+	if onListen != nil {
+		onListen(ln.Addr())
+	}
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve %s: %w", addr, err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		_ = srv.Close()
+		return fmt.Errorf("shutdown %s: %w", addr, err)
+	}
+	return nil
+}
+
+// Close drains the NATS connection: subscriptions stop, pending publishes
+// are flushed.
+func (r *Runtime) Close() {
+	if r.NC == nil || r.NC.IsClosed() {
+		return
+	}
+	done := make(chan struct{})
+	r.NC.SetClosedHandler(func(*nats.Conn) { close(done) })
+	if err := r.NC.Drain(); err != nil {
+		r.NC.Close()
+		return
+	}
+	select {
+	case <-done:
+	case <-time.After(r.Config.ShutdownTimeout):
+		r.NC.Close()
+	}
+}

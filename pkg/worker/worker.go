@@ -1,0 +1,266 @@
+// Package worker runs a JetStream durable consumer with the retry rules of
+// the architecture (invariant 6): success acks; a permanent error or the
+// last allowed delivery dead-letters with the reason; anything else is
+// redelivered after a backoff, or after the delay the homeserver asked for.
+// Long handlers keep their message with progress signals, and messages with
+// the same ordering key (by default the subject, which names the room) are
+// handled one after another.
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cactus-comments/appservice/pkg/bus"
+)
+
+type permanentError struct{ err error }
+
+func (e permanentError) Error() string { return e.err.Error() }
+func (e permanentError) Unwrap() error { return e.err }
+
+// Permanent marks err as one that retrying cannot fix: the message goes to
+// the dead-letter stream at once.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return permanentError{err}
+}
+
+// IsPermanent reports whether err was marked Permanent.
+func IsPermanent(err error) bool {
+	var p permanentError
+	return errors.As(err, &p)
+}
+
+type delayError struct {
+	err   error
+	delay time.Duration
+}
+
+func (e delayError) Error() string { return e.err.Error() }
+func (e delayError) Unwrap() error { return e.err }
+
+// RetryAfter asks for redelivery after d, e.g. what a 429 said.
+func RetryAfter(err error, d time.Duration) error {
+	if err == nil {
+		return nil
+	}
+	return delayError{err, d}
+}
+
+// Handler processes one message. ctx is not cancelled by shutdown: a
+// handler that has started is allowed to finish (within the service's
+// shutdown timeout).
+type Handler func(ctx context.Context, m jetstream.Msg) error
+
+// Options configure Run.
+type Options struct {
+	Stream, Consumer string
+	// Concurrency is the number of lanes: messages in flight at once.
+	Concurrency int
+	// MaxDeliver: deliveries before a failing message is dead-lettered.
+	MaxDeliver int
+	// MinBackoff and MaxBackoff bound the redelivery delay of failures,
+	// which grows exponentially with jitter.
+	MinBackoff, MaxBackoff time.Duration
+	// OrderKey maps a message to its ordering key; messages with equal
+	// keys never run concurrently in this replica. Default: the subject.
+	OrderKey func(jetstream.Msg) string
+	// Progress is how often a running handler tells JetStream it is alive.
+	Progress time.Duration
+	Log      *slog.Logger
+	Metrics  *Metrics
+}
+
+// Metrics are the counters of every consumer of a service.
+type Metrics struct {
+	messages *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+}
+
+// NewMetrics registers the worker metrics in reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cactus_worker_messages_total",
+			Help: "Messages handled by consumer and outcome (ok, retry, dead_letter).",
+		}, []string{"consumer", "outcome"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "cactus_worker_handle_seconds",
+			Help:    "Time spent handling one message, by consumer.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}, []string{"consumer"}),
+	}
+	reg.MustRegister(m.messages, m.duration)
+	return m
+}
+
+func (o *Options) defaults() {
+	if o.Concurrency <= 0 {
+		o.Concurrency = 1
+	}
+	if o.MaxDeliver <= 0 {
+		o.MaxDeliver = 5
+	}
+	if o.MinBackoff <= 0 {
+		o.MinBackoff = 500 * time.Millisecond
+	}
+	if o.MaxBackoff <= 0 {
+		o.MaxBackoff = time.Minute
+	}
+	if o.OrderKey == nil {
+		o.OrderKey = func(m jetstream.Msg) string { return m.Subject() }
+	}
+	if o.Progress <= 0 {
+		o.Progress = bus.AckWait / 4
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Run consumes until ctx ends, then stops fetching, returns unstarted
+// messages for redelivery, waits for running handlers and returns.
+func Run(ctx context.Context, js jetstream.JetStream, o Options, h Handler) error {
+	o.defaults()
+	cons, err := js.Consumer(ctx, o.Stream, o.Consumer)
+	if err != nil {
+		return fmt.Errorf("worker %s: %w", o.Consumer, err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(2 * o.Concurrency))
+	if err != nil {
+		return fmt.Errorf("worker %s: %w", o.Consumer, err)
+	}
+	lanes := make([]chan jetstream.Msg, o.Concurrency)
+	var wg sync.WaitGroup
+	hctx := context.WithoutCancel(ctx)
+	for i := range lanes {
+		lanes[i] = make(chan jetstream.Msg, 4)
+		wg.Go(func() {
+			for m := range lanes[i] {
+				if ctx.Err() != nil {
+					// Shutting down: hand it back at once for another replica.
+					_ = m.Nak()
+					continue
+				}
+				o.handle(hctx, js, m, h)
+			}
+		})
+	}
+	stop := context.AfterFunc(ctx, it.Drain)
+	defer stop()
+	for {
+		m, err := it.Next()
+		if err != nil {
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				break
+			}
+			o.Log.Warn("worker: fetch failed", "consumer", o.Consumer, "err", err)
+			continue
+		}
+		hf := fnv.New32a()
+		_, _ = hf.Write([]byte(o.OrderKey(m)))
+		lanes[hf.Sum32()%uint32(len(lanes))] <- m
+	}
+	for _, l := range lanes {
+		close(l)
+	}
+	wg.Wait()
+	return nil
+}
+
+func (o *Options) handle(ctx context.Context, js jetstream.JetStream, m jetstream.Msg, h Handler) {
+	md, err := m.Metadata()
+	delivered := 1
+	if err == nil {
+		delivered = int(md.NumDelivered)
+	}
+	start := time.Now()
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(o.Progress)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				_ = m.InProgress()
+			}
+		}
+	}()
+	herr := safeCall(ctx, h, m)
+	close(done)
+	if o.Metrics != nil {
+		o.Metrics.duration.WithLabelValues(o.Consumer).Observe(time.Since(start).Seconds())
+	}
+	log := o.Log.With("consumer", o.Consumer, "subject", m.Subject(), "delivered", delivered)
+	if id := m.Headers().Get(bus.HeaderMsgID); id != "" {
+		log = log.With("event_id", id)
+	}
+	switch {
+	case herr == nil:
+		o.count("ok")
+		if err := m.Ack(); err != nil {
+			log.Warn("worker: ack failed; the message will be redelivered and must be idempotent", "err", err)
+		}
+	case IsPermanent(herr) || delivered >= o.MaxDeliver:
+		o.count("dead_letter")
+		log.Error("worker: giving up, dead-lettering", "err", herr)
+		dl := bus.DeadLetter{Source: o.Consumer, Stream: o.Stream, Subject: m.Subject(), Reason: herr.Error(), Delivered: delivered, Data: m.Data(), Header: m.Headers()}
+		if err := bus.PublishDeadLetter(ctx, js, dl); err != nil {
+			// Not stored in the dead-letter stream: keep the message.
+			log.Error("worker: dead-letter publish failed; retrying later", "err", err)
+			_ = m.NakWithDelay(o.MaxBackoff)
+			return
+		}
+		_ = m.Term()
+	default:
+		o.count("retry")
+		delay := o.backoff(delivered)
+		var de delayError
+		if errors.As(herr, &de) && de.delay > 0 {
+			delay = de.delay
+		}
+		log.Warn("worker: failed, will retry", "err", herr, "in", delay)
+		_ = m.NakWithDelay(delay)
+	}
+}
+
+func (o *Options) count(outcome string) {
+	if o.Metrics != nil {
+		o.Metrics.messages.WithLabelValues(o.Consumer, outcome).Inc()
+	}
+}
+
+// backoff grows exponentially with the delivery count, with jitter so that
+// replicas retrying together do not hit the homeserver together.
+func (o *Options) backoff(delivered int) time.Duration {
+	d := o.MinBackoff << min(delivered-1, 20)
+	if d > o.MaxBackoff || d <= 0 {
+		d = o.MaxBackoff
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+// safeCall turns a handler panic into a permanent error so one poisoned
+// message cannot crash every replica in turn.
+func safeCall(ctx context.Context, h Handler, m jetstream.Msg) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = Permanent(fmt.Errorf("handler panic: %v", r))
+		}
+	}()
+	return h(ctx, m)
+}
