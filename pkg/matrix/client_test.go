@@ -612,7 +612,9 @@ func TestPathEncoding(t *testing.T) {
 		writeJSON(w, 200, map[string]string{})
 	})
 	mux.HandleFunc("POST /_matrix/client/v3/rooms/{room}/ban", func(w http.ResponseWriter, r *http.Request) {
-		var b struct{ UserID string `json:"user_id"` }
+		var b struct {
+			UserID string `json:"user_id"`
+		}
 		json.NewDecoder(r.Body).Decode(&b)
 		set(r, got{room: r.PathValue("room"), user: b.UserID})
 		writeJSON(w, 200, map[string]string{})
