@@ -1,0 +1,187 @@
+// Package envconf builds a config.Config from any source of CACTUS_*
+// variables, not only the process environment: the operator CLI reads
+// .env files, and the dev runner configures three services in one process
+// without touching the process environment.
+package envconf
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cactus-comments/appservice/pkg/config"
+)
+
+// Lookup returns the value of a variable and whether it is set.
+type Lookup func(name string) (string, bool)
+
+// Env is the process environment.
+func Env() Lookup { return os.LookupEnv }
+
+// Map looks variables up in m.
+func Map(m map[string]string) Lookup {
+	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+}
+
+// Chain tries each lookup in turn; the first that has the variable wins.
+func Chain(ls ...Lookup) Lookup {
+	return func(k string) (string, bool) {
+		for _, l := range ls {
+			if l == nil {
+				continue
+			}
+			if v, ok := l(k); ok {
+				return v, true
+			}
+		}
+		return "", false
+	}
+}
+
+// Fill sets every field of a Config from lookup, falling back to the
+// field's default, without checking required variables or validating. It is
+// what commands that only need part of the configuration (the NATS
+// settings) use.
+func Fill(lookup Lookup) (*config.Config, error) {
+	var c config.Config
+	v := reflect.ValueOf(&c).Elem()
+	t := v.Type()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		key := f.Tag.Get("envconfig")
+		if key == "" {
+			continue
+		}
+		name := config.Prefix + "_" + key
+		raw, ok := lookup(name)
+		if !ok {
+			raw, ok = f.Tag.Get("default"), f.Tag.Get("default") != ""
+		}
+		if !ok {
+			continue
+		}
+		if err := set(v.Field(i), raw); err != nil {
+			return nil, fmt.Errorf("%s: cannot read %q: %w", name, raw, err)
+		}
+	}
+	return &c, nil
+}
+
+// Load is Fill followed by the checks config.Load makes: required
+// variables present, every value valid. Errors are one line naming the
+// variable.
+func Load(lookup Lookup) (*config.Config, error) {
+	vars, err := config.Variables()
+	if err != nil {
+		return nil, err
+	}
+	for _, vr := range vars {
+		if _, ok := lookup(vr.Name); vr.Required && !ok {
+			return nil, fmt.Errorf("%s: required but not set", vr.Name)
+		}
+	}
+	c, err := Fill(lookup)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+var durationType = reflect.TypeFor[time.Duration]()
+
+func set(f reflect.Value, raw string) error {
+	if f.Type() == durationType {
+		d, err := time.ParseDuration(raw)
+		if err != nil {
+			return err
+		}
+		f.SetInt(int64(d))
+		return nil
+	}
+	switch f.Kind() {
+	case reflect.String:
+		f.SetString(raw)
+	case reflect.Int, reflect.Int64, reflect.Int32:
+		n, err := strconv.ParseInt(raw, 0, f.Type().Bits())
+		if err != nil {
+			return err
+		}
+		f.SetInt(n)
+	case reflect.Bool:
+		b, err := strconv.ParseBool(raw)
+		if err != nil {
+			return err
+		}
+		f.SetBool(b)
+	default:
+		return fmt.Errorf("unsupported field kind %s", f.Kind())
+	}
+	return nil
+}
+
+// ParseFile reads a .env file: KEY=VALUE lines, blank lines and # comments
+// ignored, an optional leading "export ", values optionally in single or
+// double quotes. A malformed line is an error naming its line number.
+func ParseFile(data []byte) (map[string]string, error) {
+	out := map[string]string{}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 0, 64*1024), 1<<20)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		line = strings.TrimPrefix(line, "export ")
+		k, val, ok := strings.Cut(line, "=")
+		k = strings.TrimSpace(k)
+		if !ok || k == "" || strings.ContainsAny(k, " \t\"'") {
+			return nil, fmt.Errorf("line %d: want KEY=VALUE", n)
+		}
+		val = strings.TrimSpace(val)
+		if len(val) >= 2 && (val[0] == '"' || val[0] == '\'') {
+			q := val[0]
+			end := strings.LastIndexByte(val, q)
+			if end == 0 {
+				return nil, fmt.Errorf("line %d: %s: unterminated quote", n, k)
+			}
+			if rest := strings.TrimSpace(val[end+1:]); rest != "" && !strings.HasPrefix(rest, "#") {
+				return nil, fmt.Errorf("line %d: %s: text after the closing quote", n, k)
+			}
+			inner := val[1:end]
+			if q == '"' {
+				if s, err := strconv.Unquote(`"` + inner + `"`); err == nil {
+					inner = s
+				}
+			}
+			val = inner
+		} else if i := strings.Index(val, " #"); i >= 0 {
+			val = strings.TrimSpace(val[:i])
+		}
+		out[k] = val
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read env file: %w", err)
+	}
+	return out, nil
+}
+
+// File reads a .env file into a Lookup.
+func File(path string) (Lookup, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("env file: %w", err)
+	}
+	m, err := ParseFile(data)
+	if err != nil {
+		return nil, fmt.Errorf("env file %s: %w", path, err)
+	}
+	return Map(m), nil
+}
