@@ -189,6 +189,9 @@ func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
 	}
 	if v[0] >= '0' && v[0] <= '9' {
 		n, err := strconv.ParseUint(v, 10, 64)
+		if errors.Is(err, strconv.ErrRange) {
+			return maxRetryAfterValue, true
+		}
 		if err != nil {
 			return 0, false
 		}
