@@ -134,26 +134,35 @@ func ParseEventID(s string) (EventID, error) {
 }
 
 // ParseServerName validates a server name: hostname, IPv4 or [IPv6], with
-// an optional port.
+// an optional port. Its errors wrap ErrInvalid.
 func ParseServerName(s string) error {
+	if why := serverNameProblem(s); why != "" {
+		return invalid("server name", s, why)
+	}
+	return nil
+}
+
+// serverNameProblem returns why s is not a server name, "" if it is one.
+func serverNameProblem(s string) string {
 	if s == "" {
-		return errors.New("empty server name")
+		return "empty server name"
 	}
 	host, port := s, ""
 	if strings.HasPrefix(s, "[") {
 		end := strings.IndexByte(s, ']')
 		if end < 0 {
-			return errors.New("unterminated IPv6 literal")
+			return "unterminated IPv6 literal"
 		}
 		host, port = s[:end+1], s[end+1:]
 		inner := host[1 : len(host)-1]
-		if inner == "" || len(inner) > 45 {
-			return errors.New("bad IPv6 literal length")
+		// The spec's grammar: IPv6address = 2*45IPv6char.
+		if len(inner) < 2 || len(inner) > 45 {
+			return "bad IPv6 literal length"
 		}
 		for i := 0; i < len(inner); i++ {
 			c := inner[i]
 			if !(isHex(c) || c == ':' || c == '.') {
-				return errors.New("bad character in IPv6 literal")
+				return "bad character in IPv6 literal"
 			}
 		}
 	} else if i := strings.LastIndexByte(s, ':'); i >= 0 {
@@ -161,25 +170,25 @@ func ParseServerName(s string) error {
 	}
 	if port != "" {
 		if port[0] != ':' || len(port) < 2 || len(port) > 6 {
-			return errors.New("bad port")
+			return "bad port"
 		}
 		n, err := strconv.Atoi(port[1:])
 		if err != nil || n < 1 || n > 65535 || strings.ContainsAny(port[1:], "+-") {
-			return errors.New("bad port")
+			return "bad port"
 		}
 	}
 	if !strings.HasPrefix(host, "[") {
 		if host == "" || len(host) > 255 {
-			return errors.New("bad host name length")
+			return "bad host name length"
 		}
 		for i := 0; i < len(host); i++ {
 			c := host[i]
 			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-') {
-				return errors.New("bad character in host name")
+				return "bad character in host name"
 			}
 		}
 	}
-	return nil
+	return ""
 }
 
 func isHex(c byte) bool {
@@ -203,8 +212,8 @@ func splitSigil(s string, sigil byte, kind string) (local, server string, err er
 	if strings.IndexByte(local, 0) >= 0 {
 		return "", "", invalid(kind, s, "contains NUL")
 	}
-	if err := ParseServerName(server); err != nil {
-		return "", "", invalid(kind, s, err.Error())
+	if why := serverNameProblem(server); why != "" {
+		return "", "", invalid(kind, s, why)
 	}
 	return local, server, nil
 }
@@ -228,8 +237,8 @@ func checkOpaque(s string, sigil byte, kind string) error {
 		if i == 1 {
 			return invalid(kind, s, "empty opaque part")
 		}
-		if err := ParseServerName(s[i+1:]); err != nil {
-			return invalid(kind, s, err.Error())
+		if why := serverNameProblem(s[i+1:]); why != "" {
+			return invalid(kind, s, why)
 		}
 	}
 	return nil
