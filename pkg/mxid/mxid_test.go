@@ -193,9 +193,9 @@ func TestParseEventID(t *testing.T) {
 		in string
 		ok bool
 	}{
-		{"$143273582443PhrSn:example.org", true},                 // room v1, v2
-		{"$acR1l0raoZnm60CBwAVgqbZqoO/mYU81xysh1u7XcJk", true},   // v3: standard base64
-		{"$Rqnc-F-dvnEYJTyHq_iKxU2bZ1CI92-kuZq3a5lr5Zg", true},   // v4+: url-safe base64
+		{"$143273582443PhrSn:example.org", true},               // room v1, v2
+		{"$acR1l0raoZnm60CBwAVgqbZqoO/mYU81xysh1u7XcJk", true}, // v3: standard base64
+		{"$Rqnc-F-dvnEYJTyHq_iKxU2bZ1CI92-kuZq3a5lr5Zg", true}, // v4+: url-safe base64
 		{"$a+b/c=", true},
 		{"$x", true},
 		{"$" + pad('a', MaxLength-1), true},
