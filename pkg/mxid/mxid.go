@@ -178,12 +178,15 @@ func serverNameProblem(s string) string {
 		}
 	}
 	if !strings.HasPrefix(host, "[") {
+		// '_' is outside the spec's grammar, but development setups (Docker
+		// service names) run homeservers under such names, and the original
+		// Cactus appservice's bug with them is one we promise to fix.
 		if host == "" || len(host) > 255 {
 			return "bad host name length"
 		}
 		for i := 0; i < len(host); i++ {
 			c := host[i]
-			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-') {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_') {
 				return "bad character in host name"
 			}
 		}
