@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -36,12 +38,13 @@ type fakeHS struct {
 	mu      sync.Mutex
 	reqs    []recorded
 	respond func(n int, w http.ResponseWriter, r *http.Request)
+	conns   atomic.Int32 // connections accepted
 }
 
 func newFakeHS(t *testing.T, respond func(n int, w http.ResponseWriter, r *http.Request)) *fakeHS {
 	t.Helper()
 	f := &fakeHS{respond: respond}
-	f.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	f.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		f.mu.Lock()
 		f.reqs = append(f.reqs, recorded{
@@ -52,6 +55,12 @@ func newFakeHS(t *testing.T, respond func(n int, w http.ResponseWriter, r *http.
 		f.mu.Unlock()
 		f.respond(n, w, r)
 	}))
+	f.srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			f.conns.Add(1)
+		}
+	}
+	f.srv.Start()
 	t.Cleanup(f.srv.Close)
 	return f
 }
@@ -746,7 +755,6 @@ func TestEscapeSegmentRoundTrip(t *testing.T) {
 }
 
 func TestConnectionsReused(t *testing.T) {
-	var conns atomic.Int32
 	hs := newFakeHS(t, func(n int, w http.ResponseWriter, r *http.Request) {
 		switch n % 3 {
 		case 0:
@@ -758,11 +766,6 @@ func TestConnectionsReused(t *testing.T) {
 			writeJSON(w, 403, merr("M_FORBIDDEN", "no"))
 		}
 	})
-	hs.srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
-		if s == http.StateNew {
-			conns.Add(1)
-		}
-	}
 	c, _ := newTestClient(t, hs.srv.URL, nil)
 	for i := 0; i < 30; i++ {
 		c.JoinedRooms(context.Background())
@@ -770,7 +773,7 @@ func TestConnectionsReused(t *testing.T) {
 	if len(hs.requests()) != 30 {
 		t.Fatalf("requests = %d", len(hs.requests()))
 	}
-	if n := conns.Load(); n != 1 {
+	if n := hs.conns.Load(); n != 1 {
 		t.Errorf("30 sequential requests used %d connections, want 1", n)
 	}
 }
@@ -838,4 +841,59 @@ func TestBackoffBounds(t *testing.T) {
 			}
 		}
 	}
+}
+
+func TestConcurrentUseAndLogging(t *testing.T) {
+	hs := newFakeHS(t, func(n int, w http.ResponseWriter, r *http.Request) {
+		if n%2 == 1 {
+			writeJSON(w, 503, merr("M_UNKNOWN", "busy, token was "+r.Header.Get("Authorization")))
+			return
+		}
+		writeJSON(w, 200, map[string]string{"event_id": "$ok"})
+	})
+	var logs strings.Builder
+	var logMu sync.Mutex
+	c, _ := newTestClient(t, hs.srv.URL, func(cfg *Config) {
+		cfg.MaxAttempts = 20
+		cfg.Logger = slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logs}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
+	const workers = 40
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for i := 0; i < workers; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			user := mxid.MustUserID("@u" + strconv.Itoa(i) + ":example.org")
+			_, err := c.As(user).SendText(context.Background(), testRoom, "txn"+strconv.Itoa(i), "hi")
+			errs <- err
+		}(i)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	logMu.Lock()
+	out := logs.String()
+	logMu.Unlock()
+	if !strings.Contains(out, "retrying") || !strings.Contains(out, "endpoint=send") {
+		t.Errorf("retries not logged: %q", out)
+	}
+	if strings.Contains(out, testToken) || strings.Contains(out, "user_id") {
+		t.Errorf("log leaks token or query: %s", out)
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
