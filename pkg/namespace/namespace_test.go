@@ -1,0 +1,228 @@
+package namespace
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/cactus-comments/appservice/pkg/mxid"
+)
+
+func TestParse(t *testing.T) {
+	ours := Namespace{Prefix: "comments_", Server: "example.org"}
+	anyServer := Namespace{Prefix: "comments_"}
+	underscored := Namespace{Prefix: "comments_", Server: "my_server.example"}
+	tests := []struct {
+		name          string
+		ns            Namespace
+		alias         string
+		kind          Kind
+		site, section string
+	}{
+		{"spec example", ours, "#comments_blog.example.org_/posts/hello:example.org", Comments, "blog.example.org", "/posts/hello"},
+		{"moderation", ours, "#comments_blog.example.org:example.org", Moderation, "blog.example.org", ""},
+		{"section with dots and case", ours, "#comments_site_Post.HTML:example.org", Comments, "site", "Post.HTML"},
+		{"unicode", ours, "#comments_café_ünï/😀:example.org", Comments, "café", "ünï/😀"},
+		{"server with port", Namespace{Prefix: "comments_", Server: "example.org:8448"}, "#comments_s_x:example.org:8448", Comments, "s", "x"},
+		{"ipv6 server", Namespace{Prefix: "comments_", Server: "[::1]:8448"}, "#comments_s_x:[::1]:8448", Comments, "s", "x"},
+		// The original counted '_' over the whole alias: these broke it.
+		{"server with underscore, comments", underscored, "#comments_blog_post:my_server.example", Comments, "blog", "post"},
+		{"server with underscore, moderation", underscored, "#comments_blog:my_server.example", Moderation, "blog", ""},
+		{"server with underscores, any server", anyServer, "#comments_blog_post:a_b_c.example", Comments, "blog", "post"},
+		{"any server accepts others", anyServer, "#comments_s_x:other.org", Comments, "s", "x"},
+
+		{"two underscores", ours, "#comments_a_b_c:example.org", NotOurs, "", ""},
+		{"trailing underscore", ours, "#comments_a_:example.org", NotOurs, "", ""},
+		{"empty site", ours, "#comments__x:example.org", NotOurs, "", ""},
+		{"prefix only", ours, "#comments_:example.org", NotOurs, "", ""},
+		{"other prefix", ours, "#blog_post:example.org", NotOurs, "", ""},
+		{"prefix not at start", ours, "#xcomments_blog:example.org", NotOurs, "", ""},
+		{"prefix case differs", ours, "#Comments_blog:example.org", NotOurs, "", ""},
+		{"other server", ours, "#comments_blog_post:other.org", NotOurs, "", ""},
+		{"server is a suffix", ours, "#comments_blog_post:evil-example.org", NotOurs, "", ""},
+		{"server with other port", ours, "#comments_blog_post:example.org:8448", NotOurs, "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := tt.ns.Parse(tt.alias)
+			if err != nil {
+				t.Fatalf("Parse(%q): %v", tt.alias, err)
+			}
+			if p.Kind != tt.kind || p.Site != tt.site || p.Section != tt.section {
+				t.Fatalf("Parse(%q) = %v %q %q, want %v %q %q", tt.alias, p.Kind, p.Site, p.Section, tt.kind, tt.site, tt.section)
+			}
+			if p.Alias.String() != tt.alias {
+				t.Fatalf("Parse(%q).Alias = %q", tt.alias, p.Alias)
+			}
+		})
+	}
+}
+
+func TestParseInvalid(t *testing.T) {
+	ns := Namespace{Prefix: "comments_", Server: "example.org"}
+	for _, alias := range []string{"", "comments_a_b:example.org", "#comments_a_b", "#comments_a\x00_b:example.org", "#comments_a_b:exa mple.org", "#" + strings.Repeat("a", 300) + ":example.org"} {
+		if _, err := ns.Parse(alias); !errors.Is(err, mxid.ErrInvalid) {
+			t.Errorf("Parse(%q) err = %v, want mxid.ErrInvalid", alias, err)
+		}
+	}
+}
+
+func TestKindString(t *testing.T) {
+	for k, want := range map[Kind]string{NotOurs: "not-ours", Moderation: "moderation", Comments: "comments", Kind(42): "not-ours"} {
+		if k.String() != want {
+			t.Errorf("Kind(%d).String() = %q, want %q", k, k.String(), want)
+		}
+	}
+}
+
+func TestBuildersRoundTrip(t *testing.T) {
+	ns := Namespace{Prefix: "comments_", Server: "example.org"}
+	if got := ns.ModerationLocalpart("blog"); got != "comments_blog" {
+		t.Errorf("ModerationLocalpart = %q", got)
+	}
+	if got := ns.CommentsLocalpart("blog", "/p/1"); got != "comments_blog_/p/1" {
+		t.Errorf("CommentsLocalpart = %q", got)
+	}
+	m, err := ns.ModerationAlias("blog.example.org")
+	if err != nil || m.String() != "#comments_blog.example.org:example.org" {
+		t.Fatalf("ModerationAlias = %v, %v", m, err)
+	}
+	if p := ns.ParseAlias(m); p.Kind != Moderation || p.Site != "blog.example.org" {
+		t.Errorf("ParseAlias(ModerationAlias) = %+v", p)
+	}
+	c, err := ns.CommentsAlias("blog.example.org", "/posts/hello")
+	if err != nil || c.String() != "#comments_blog.example.org_/posts/hello:example.org" {
+		t.Fatalf("CommentsAlias = %v, %v", c, err)
+	}
+	if p := ns.ParseAlias(c); p.Kind != Comments || p.Site != "blog.example.org" || p.Section != "/posts/hello" {
+		t.Errorf("ParseAlias(CommentsAlias) = %+v", p)
+	}
+	if _, err := ns.CommentsAlias("s", "bad\x00"); err == nil {
+		t.Error("CommentsAlias accepted a NUL")
+	}
+}
+
+func TestValidateSiteName(t *testing.T) {
+	tests := []struct {
+		site string
+		why  string // substring of the refusal, "" if accepted
+	}{
+		{"blog", ""},
+		{"blog.example.org", ""},
+		{"My-Site.42", ""},
+		{"café", ""},
+		{"a*b>c", ""},
+		{strings.Repeat("a", MaxSiteNameLength), ""},
+
+		{"", "empty"},
+		{"bad\xffutf8", "UTF-8"},
+		{strings.Repeat("a", MaxSiteNameLength+1), "longer than 100 bytes"},
+		{strings.Repeat("é", MaxSiteNameLength/2+1), "longer than 100 bytes"},
+		{"my_site", "'_'"},
+		{"a:b", "':'"},
+		{"my site", "spaces"},
+		{"my\tsite", "spaces"},
+		{"my\u00a0site", "spaces"},
+		{"my\x00site", "control"},
+		{"my\x1bsite", "control"},
+		{"my\x7fsite", "control"},
+		{"my\ufffdsite", "control"},
+		{"#site", "'#'"},
+		{"si@te", "'@'"},
+		{"!site", "'!'"},
+		{"$site", "'$'"},
+		{"+site", "'+'"},
+		{"a/b", "'/'"},
+		{"a\\b", "'\\\\'"},
+		{"a?b", "'?'"},
+		{"100%", "'%'"},
+	}
+	for _, tt := range tests {
+		err := ValidateSiteName(tt.site)
+		if tt.why == "" {
+			if err != nil {
+				t.Errorf("ValidateSiteName(%q) = %v, want nil", tt.site, err)
+			}
+			continue
+		}
+		if !errors.Is(err, ErrBadSiteName) {
+			t.Errorf("ValidateSiteName(%q) = %v, want ErrBadSiteName", tt.site, err)
+			continue
+		}
+		if !strings.Contains(err.Error(), tt.why) {
+			t.Errorf("ValidateSiteName(%q) = %q, want the reason to mention %s", tt.site, err, tt.why)
+		}
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	for _, s := range []string{
+		"#comments_blog.example.org_/posts/hello:example.org", "#comments_a:example.org",
+		"#comments_a_b_c:example.org", "#comments__:example.org", "#comments_a_b:my_server.org",
+		"#x:y", "", "#comments_:example.org", "#comments_é_ü:[::1]:8448",
+	} {
+		f.Add(s)
+	}
+	namespaces := []Namespace{{Prefix: "comments_", Server: "example.org"}, {Prefix: "comments_"}, {Prefix: "c"}}
+	f.Fuzz(func(t *testing.T, alias string) {
+		for _, ns := range namespaces {
+			p, err := ns.Parse(alias)
+			if err != nil {
+				if p.Kind != NotOurs {
+					t.Fatalf("error %v with kind %v", err, p.Kind)
+				}
+				continue
+			}
+			if p.Kind == NotOurs {
+				continue
+			}
+			if ns.Server != "" && p.Alias.Server() != ns.Server {
+				t.Fatalf("%q classified %v on server %q", alias, p.Kind, p.Alias.Server())
+			}
+			if p.Site == "" || strings.Contains(p.Site, "_") || strings.Contains(p.Section, "_") {
+				t.Fatalf("%q: site %q section %q", alias, p.Site, p.Section)
+			}
+			var local string
+			switch p.Kind {
+			case Moderation:
+				local = ns.ModerationLocalpart(p.Site)
+			case Comments:
+				if p.Section == "" {
+					t.Fatalf("%q: comments without a section", alias)
+				}
+				local = ns.CommentsLocalpart(p.Site, p.Section)
+			}
+			if local != p.Alias.Localpart() {
+				t.Fatalf("%q: rebuilt localpart %q", alias, local)
+			}
+		}
+	})
+}
+
+// FuzzValidateSiteName checks that every accepted site name yields valid
+// aliases that parse back to the same site.
+func FuzzValidateSiteName(f *testing.F) {
+	for _, s := range []string{"blog", "blog.example.org", "a_b", "", "é", "\x00", "a:b", strings.Repeat("x", 100)} {
+		f.Add(s)
+	}
+	ns := Namespace{Prefix: "comments_", Server: "example.org"}
+	f.Fuzz(func(t *testing.T, site string) {
+		if ValidateSiteName(site) != nil {
+			return
+		}
+		m, err := ns.ModerationAlias(site)
+		if err != nil {
+			t.Fatalf("accepted site %q has no valid moderation alias: %v", site, err)
+		}
+		if p := ns.ParseAlias(m); p.Kind != Moderation || p.Site != site {
+			t.Fatalf("site %q: moderation alias parses as %+v", site, p)
+		}
+		c, err := ns.CommentsAlias(site, "/posts/x")
+		if err != nil {
+			t.Fatalf("accepted site %q has no valid comments alias: %v", site, err)
+		}
+		if p := ns.ParseAlias(c); p.Kind != Comments || p.Site != site || p.Section != "/posts/x" {
+			t.Fatalf("site %q: comments alias parses as %+v", site, p)
+		}
+	})
+}
