@@ -1,0 +1,189 @@
+package hssim
+
+import (
+	"encoding/json"
+	"maps"
+	"slices"
+	"time"
+)
+
+// Event is a room event in the client format that homeservers push to
+// appservices and return from the client-server API.
+type Event struct {
+	EventID        string          `json:"event_id"`
+	RoomID         string          `json:"room_id"`
+	Sender         string          `json:"sender"`
+	Type           string          `json:"type"`
+	StateKey       *string         `json:"state_key,omitempty"`
+	Content        json.RawMessage `json:"content"`
+	OriginServerTS int64           `json:"origin_server_ts"`
+	// Redacts is the target of an m.room.redaction (room versions < 11).
+	Redacts string `json:"redacts,omitempty"`
+	// Unsigned holds prev_content, prev_sender and replaces_state for a
+	// state event that replaced another, invite_room_state for invites, and
+	// redacted_because for redactions. age is added when serialized.
+	Unsigned map[string]any `json:"unsigned,omitempty"`
+}
+
+// IsState reports whether the event is a state event.
+func (e Event) IsState() bool { return e.StateKey != nil }
+
+// ContentMap decodes the content into a map (nil on invalid content).
+func (e Event) ContentMap() map[string]any {
+	var m map[string]any
+	_ = json.Unmarshal(e.Content, &m)
+	return m
+}
+
+// StateKey identifies one piece of room state.
+type StateKey struct {
+	Type     string
+	StateKey string
+}
+
+// clientFormat copies an event for the wire, adding unsigned.age.
+func (e *Event) clientFormat(now time.Time) Event {
+	c := *e
+	c.Unsigned = maps.Clone(e.Unsigned)
+	if c.Unsigned == nil {
+		c.Unsigned = map[string]any{}
+	}
+	c.Unsigned["age"] = max(0, now.UnixMilli()-e.OriginServerTS)
+	return c
+}
+
+func (e *Event) copyOut() Event {
+	c := *e
+	c.Unsigned = maps.Clone(e.Unsigned)
+	c.Content = append(json.RawMessage(nil), e.Content...)
+	return c
+}
+
+func mustJSON(v any) json.RawMessage {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err) // only called with maps of plain values
+	}
+	return b
+}
+
+type room struct {
+	id        string
+	version   string
+	state     map[StateKey]*Event
+	timeline  []*Event
+	published bool // in the public room directory
+}
+
+func (r *room) stateEvent(typ, key string) *Event { return r.state[StateKey{typ, key}] }
+
+func (r *room) stateContent(typ, key string) map[string]any {
+	if e := r.stateEvent(typ, key); e != nil {
+		return e.ContentMap()
+	}
+	return nil
+}
+
+func (r *room) membership(userID string) string {
+	c := r.stateContent("m.room.member", userID)
+	if c == nil {
+		return "leave"
+	}
+	m, _ := c["membership"].(string)
+	return m
+}
+
+// memberContent is a copy of the user's current member content.
+func (r *room) memberContent(userID string) map[string]any {
+	c := r.stateContent("m.room.member", userID)
+	if c == nil {
+		c = map[string]any{}
+	}
+	return c
+}
+
+func (r *room) joinedMembers() []string {
+	out := []string{}
+	for k, e := range r.state {
+		if k.Type != "m.room.member" {
+			continue
+		}
+		if m, _ := e.ContentMap()["membership"].(string); m == "join" {
+			out = append(out, k.StateKey)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (r *room) joinRule() string {
+	if c := r.stateContent("m.room.join_rules", ""); c != nil {
+		if j, ok := c["join_rule"].(string); ok {
+			return j
+		}
+	}
+	return "invite"
+}
+
+func (r *room) creator() string {
+	if e := r.stateEvent("m.room.create", ""); e != nil {
+		if c, ok := e.ContentMap()["creator"].(string); ok {
+			return c
+		}
+		return e.Sender
+	}
+	return ""
+}
+
+// appendEventLocked stores an already authorized event, updates state and
+// hands it to the notifier for appservice delivery.
+func (s *Server) appendEventLocked(r *room, sender, typ string, stateKey *string, content json.RawMessage) *Event {
+	ev := &Event{
+		EventID:        s.newEventID(),
+		RoomID:         r.id,
+		Sender:         sender,
+		Type:           typ,
+		Content:        content,
+		OriginServerTS: time.Now().UnixMilli(),
+	}
+	if stateKey != nil {
+		k := *stateKey
+		ev.StateKey = &k
+		if prev := r.state[StateKey{typ, k}]; prev != nil {
+			ev.Unsigned = map[string]any{
+				"replaces_state": prev.EventID,
+				"prev_content":   json.RawMessage(prev.Content),
+				"prev_sender":    prev.Sender,
+			}
+		}
+		if typ == "m.room.member" {
+			if m, _ := ev.ContentMap()["membership"].(string); m == "invite" {
+				if ev.Unsigned == nil {
+					ev.Unsigned = map[string]any{}
+				}
+				ev.Unsigned["invite_room_state"] = inviteRoomState(r, sender)
+			}
+		}
+		r.state[StateKey{typ, k}] = ev
+	}
+	r.timeline = append(r.timeline, ev)
+	s.enqueueNotifyLocked(ev)
+	return ev
+}
+
+// inviteRoomState is the stripped state Synapse attaches to invites.
+func inviteRoomState(r *room, inviter string) []any {
+	var out []any
+	for _, k := range []StateKey{
+		{"m.room.create", ""}, {"m.room.join_rules", ""}, {"m.room.canonical_alias", ""},
+		{"m.room.avatar", ""}, {"m.room.name", ""}, {"m.room.encryption", ""}, {"m.room.topic", ""},
+		{"m.room.member", inviter},
+	} {
+		if e := r.state[k]; e != nil {
+			out = append(out, map[string]any{"type": e.Type, "state_key": *e.StateKey, "content": json.RawMessage(e.Content), "sender": e.Sender})
+		}
+	}
+	return out
+}
+
+func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }

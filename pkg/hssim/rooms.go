@@ -1,0 +1,801 @@
+package hssim
+
+import (
+	"encoding/json"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cactus-comments/appservice/pkg/mxid"
+)
+
+type aliasEntry struct {
+	roomID  string
+	creator string
+}
+
+type createRoomBody struct {
+	Visibility                string         `json:"visibility"`
+	RoomAliasName             *string        `json:"room_alias_name"`
+	Name                      *string        `json:"name"`
+	Topic                     *string        `json:"topic"`
+	Invite                    []string       `json:"invite"`
+	RoomVersion               string         `json:"room_version"`
+	CreationContent           map[string]any `json:"creation_content"`
+	InitialState              []stateInit    `json:"initial_state"`
+	Preset                    string         `json:"preset"`
+	IsDirect                  bool           `json:"is_direct"`
+	PowerLevelContentOverride map[string]any `json:"power_level_content_override"`
+}
+
+type stateInit struct {
+	Type     string         `json:"type"`
+	StateKey string         `json:"state_key"`
+	Content  map[string]any `json:"content"`
+}
+
+// lookupRoomLocked returns the room or the error Synapse gives a caller
+// that is not in an unknown room.
+func (s *Server) lookupRoomLocked(roomID, userID string) (*room, *matrixError) {
+	r, ok := s.rooms[roomID]
+	if !ok {
+		return nil, errForbidden("User %s not in room %s", userID, roomID)
+	}
+	return r, nil
+}
+
+func (s *Server) handleCreateRoom(q *request) (any, *matrixError) {
+	var b createRoomBody
+	if e := q.decode(&b, true); e != nil {
+		return nil, e
+	}
+	if q.who.guest {
+		return nil, errf(http.StatusForbidden, "M_GUEST_ACCESS_FORBIDDEN", "Guest access not allowed")
+	}
+	if b.Visibility != "" && b.Visibility != "public" && b.Visibility != "private" {
+		return nil, errf(http.StatusBadRequest, "M_BAD_JSON", "Invalid visibility value")
+	}
+	preset := b.Preset
+	if preset == "" {
+		preset = "private_chat"
+		if b.Visibility == "public" {
+			preset = "public_chat"
+		}
+	}
+	if preset != "private_chat" && preset != "public_chat" && preset != "trusted_private_chat" {
+		return nil, errf(http.StatusBadRequest, "M_BAD_JSON", "'%s' is not a valid preset", preset)
+	}
+	for _, inv := range b.Invite {
+		if _, err := mxid.ParseUserID(inv); err != nil {
+			return nil, errf(http.StatusBadRequest, "M_INVALID_PARAM", "Invalid user_id: %s", inv)
+		}
+	}
+	for _, st := range b.InitialState {
+		if st.Type == "" || st.Content == nil {
+			return nil, errBadJSON("initial_state entries need type and content")
+		}
+	}
+	version := s.opts.RoomVersion
+	if b.RoomVersion != "" {
+		if _, err := strconv.Atoi(b.RoomVersion); err != nil {
+			return nil, errf(http.StatusBadRequest, "M_UNSUPPORTED_ROOM_VERSION", "Your homeserver does not support the features required to interact with this room")
+		}
+		version = b.RoomVersion
+	}
+	creator := q.who.userID
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	alias := ""
+	if b.RoomAliasName != nil {
+		name := *b.RoomAliasName
+		if strings.ContainsAny(name, " \t\n\r\v\f") {
+			return nil, errf(http.StatusBadRequest, "M_UNKNOWN", "Invalid characters in room alias")
+		}
+		if strings.Contains(name, ":") {
+			return nil, errf(http.StatusBadRequest, "M_UNKNOWN", "Invalid character in room alias localpart: ':'.")
+		}
+		alias = "#" + name + ":" + s.opts.ServerName
+		if _, err := mxid.ParseRoomAlias(alias); err != nil {
+			return nil, errf(http.StatusBadRequest, "M_INVALID_PARAM", "Invalid room alias")
+		}
+		if _, taken := s.aliases[alias]; taken {
+			return nil, errf(http.StatusBadRequest, "M_ROOM_IN_USE", "Room alias already taken")
+		}
+		if e := s.checkAliasCreateLocked(q.who, alias); e != nil {
+			return nil, e
+		}
+	}
+	pl := defaultPowerLevels(creator, nil)
+	if preset == "trusted_private_chat" {
+		pl = defaultPowerLevels(creator, b.Invite)
+	}
+	for k, v := range b.PowerLevelContentOverride {
+		pl[k] = v
+	}
+	if _, err := parsePowerLevels(normalize(pl), creator, allowsStringLevels(version)); err != nil {
+		return nil, errf(http.StatusBadRequest, "M_BAD_JSON", "Invalid power_level_content_override: %v", err)
+	}
+
+	r := &room{id: s.newRoomID(), version: version, state: map[StateKey]*Event{}}
+	s.rooms[r.id] = r
+	s.roomOrder = append(s.roomOrder, r.id)
+	empty := ""
+	create := map[string]any{}
+	for k, v := range b.CreationContent {
+		create[k] = v
+	}
+	create["room_version"] = version
+	if n, _ := strconv.Atoi(version); n < 11 {
+		create["creator"] = creator
+	}
+	s.appendEventLocked(r, creator, "m.room.create", &empty, mustJSON(create))
+	joinContent := map[string]any{"membership": "join"}
+	if u, ok := s.users[creator]; ok {
+		if u.displayName != "" {
+			joinContent["displayname"] = u.displayName
+		}
+		if u.avatarURL != "" {
+			joinContent["avatar_url"] = u.avatarURL
+		}
+	}
+	s.appendEventLocked(r, creator, "m.room.member", &creator, mustJSON(joinContent))
+
+	initial := map[StateKey]map[string]any{}
+	var initialOrder []StateKey
+	for _, st := range b.InitialState {
+		k := StateKey{st.Type, st.StateKey}
+		if _, seen := initial[k]; !seen {
+			initialOrder = append(initialOrder, k)
+		}
+		initial[k] = st.Content
+	}
+	sendInitial := func(k StateKey, def map[string]any) {
+		content := def
+		if c, ok := initial[k]; ok {
+			content = c
+			delete(initial, k)
+		}
+		if content == nil {
+			return
+		}
+		key := k.StateKey
+		s.appendEventLocked(r, creator, k.Type, &key, mustJSON(content))
+	}
+	if c, ok := initial[StateKey{"m.room.power_levels", ""}]; ok && b.PowerLevelContentOverride == nil {
+		pl = c
+	}
+	delete(initial, StateKey{"m.room.power_levels", ""})
+	sendInitial(StateKey{"m.room.power_levels", ""}, pl)
+	if alias != "" {
+		s.aliases[alias] = aliasEntry{roomID: r.id, creator: creator}
+		sendInitial(StateKey{"m.room.canonical_alias", ""}, map[string]any{"alias": alias})
+	}
+	joinRule := "invite"
+	if preset == "public_chat" {
+		joinRule = "public"
+	}
+	sendInitial(StateKey{"m.room.join_rules", ""}, map[string]any{"join_rule": joinRule})
+	sendInitial(StateKey{"m.room.history_visibility", ""}, map[string]any{"history_visibility": "shared"})
+	if preset != "public_chat" {
+		sendInitial(StateKey{"m.room.guest_access", ""}, map[string]any{"guest_access": "can_join"})
+	}
+	for _, k := range initialOrder {
+		if c, ok := initial[k]; ok {
+			key := k.StateKey
+			s.appendEventLocked(r, creator, k.Type, &key, mustJSON(c))
+		}
+	}
+	if b.Name != nil {
+		s.appendEventLocked(r, creator, "m.room.name", &empty, mustJSON(map[string]any{"name": *b.Name}))
+	}
+	if b.Topic != nil {
+		s.appendEventLocked(r, creator, "m.room.topic", &empty, mustJSON(map[string]any{"topic": *b.Topic}))
+	}
+	for _, inv := range b.Invite {
+		if _, e := s.changeMembershipLocked(r, q.who, inv, "invite", ""); e != nil {
+			return nil, e
+		}
+	}
+	r.published = b.Visibility == "public"
+	return map[string]any{"room_id": r.id}, nil
+}
+
+// checkAliasCreateLocked is Synapse's create_association and
+// can_modify_alias: an appservice may only create aliases of its own
+// namespace, and an alias in an exclusive namespace belongs to that
+// appservice's sender alone.
+func (s *Server) checkAliasCreateLocked(who *requester, alias string) *matrixError {
+	if who.as != nil {
+		if in, _ := who.as.match.Alias(alias); !in {
+			return errf(http.StatusBadRequest, "M_EXCLUSIVE", "This application service has not reserved this kind of alias.")
+		}
+	}
+	var interested []*appservice
+	for _, as := range s.apps {
+		if in, _ := as.match.Alias(alias); in {
+			interested = append(interested, as)
+		}
+	}
+	for _, as := range interested {
+		if who.userID == as.sender {
+			return nil
+		}
+	}
+	for _, as := range interested {
+		if _, excl := as.match.Alias(alias); excl {
+			return errf(http.StatusBadRequest, "M_EXCLUSIVE", "This alias is reserved by an application service.")
+		}
+	}
+	return nil
+}
+
+func (s *Server) handleJoin(q *request) (any, *matrixError) {
+	target := q.param("roomIdOrAlias")
+	if target == "" {
+		target = q.param("roomId")
+	}
+	roomID := target
+	if strings.HasPrefix(target, "#") {
+		id, e := s.resolveAlias(q.r.Context(), target, true)
+		if e != nil {
+			return nil, e
+		}
+		roomID = id
+	} else if !strings.HasPrefix(target, "!") {
+		return nil, errf(http.StatusBadRequest, "M_UNKNOWN", "%s was not legal room ID or room alias", target)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.rooms[roomID]
+	if !ok {
+		return nil, errNotFound("No known servers")
+	}
+	if _, e := s.changeMembershipLocked(r, q.who, q.who.userID, "join", ""); e != nil {
+		return nil, e
+	}
+	return map[string]any{"room_id": roomID}, nil
+}
+
+type membershipBody struct {
+	UserID string `json:"user_id"`
+	Reason string `json:"reason"`
+}
+
+func (s *Server) membershipAction(q *request, action string) (any, *matrixError) {
+	var b membershipBody
+	if e := q.decode(&b, action == "leave"); e != nil {
+		return nil, e
+	}
+	target := b.UserID
+	if action == "leave" {
+		target = q.who.userID
+	} else if _, err := mxid.ParseUserID(target); err != nil {
+		return nil, errf(http.StatusBadRequest, "M_MISSING_PARAM", "Missing or invalid user_id")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, e := s.lookupRoomLocked(q.param("roomId"), q.who.userID)
+	if e != nil {
+		return nil, e
+	}
+	if _, e := s.changeMembershipLocked(r, q.who, target, action, b.Reason); e != nil {
+		return nil, e
+	}
+	return map[string]any{}, nil
+}
+
+func (s *Server) handleInvite(q *request) (any, *matrixError) { return s.membershipAction(q, "invite") }
+func (s *Server) handleLeave(q *request) (any, *matrixError)  { return s.membershipAction(q, "leave") }
+func (s *Server) handleKick(q *request) (any, *matrixError)   { return s.membershipAction(q, "kick") }
+func (s *Server) handleBan(q *request) (any, *matrixError)    { return s.membershipAction(q, "ban") }
+func (s *Server) handleUnban(q *request) (any, *matrixError)  { return s.membershipAction(q, "unban") }
+
+// txnKey identifies a client transaction for deduplication.
+type txnKey struct{ who, path string }
+
+type txnEntry struct {
+	eventID string
+	at      time.Time
+}
+
+// txnKeyFor mirrors each server: Synapse keys by request path and the
+// appservice (ignoring user_id) or user+device; Dendrite by access token
+// and path; Conduit by user, device and txn id alone.
+func (s *Server) txnKeyFor(q *request, txnID string) txnKey {
+	switch s.opts.Mode {
+	case Dendrite:
+		return txnKey{who: "token:" + q.who.token, path: q.rawPath}
+	case Conduit:
+		return txnKey{who: "user:" + q.who.userID + "/" + q.who.deviceID, path: q.endpoint + "/" + txnID}
+	}
+	switch {
+	case q.who.guest:
+		return txnKey{who: "guest:" + q.who.token, path: q.rawPath}
+	case q.who.as != nil:
+		return txnKey{who: "as:" + q.who.as.reg.ID, path: q.rawPath}
+	}
+	return txnKey{who: "user:" + q.who.userID + "/" + q.who.deviceID, path: q.rawPath}
+}
+
+func (s *Server) txnLookupLocked(k txnKey) (string, bool) {
+	now := time.Now()
+	for key, e := range s.txnCache {
+		if now.Sub(e.at) > s.opts.TxnWindow {
+			delete(s.txnCache, key)
+		}
+	}
+	e, ok := s.txnCache[k]
+	return e.eventID, ok
+}
+
+func (s *Server) handleSend(q *request) (any, *matrixError) {
+	var content map[string]any
+	if e := q.decode(&content, false); e != nil {
+		return nil, e
+	}
+	typ := q.param("eventType")
+	key := s.txnKeyFor(q, q.param("txnId"))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if id, ok := s.txnLookupLocked(key); ok {
+		return map[string]any{"event_id": id}, nil
+	}
+	r, e := s.lookupRoomLocked(q.param("roomId"), q.who.userID)
+	if e != nil {
+		return nil, e
+	}
+	if typ == "m.room.member" {
+		return nil, errForbidden("Cannot send member events with /send")
+	}
+	if e := s.authorizeEventLocked(r, q.who.userID, typ, nil, content); e != nil {
+		return nil, e
+	}
+	ev := s.appendEventLocked(r, q.who.userID, typ, nil, mustJSON(content))
+	s.txnCache[key] = txnEntry{eventID: ev.EventID, at: time.Now()}
+	return map[string]any{"event_id": ev.EventID}, nil
+}
+
+func (s *Server) handleRedact(q *request) (any, *matrixError) {
+	var body map[string]any
+	if e := q.decode(&body, true); e != nil {
+		return nil, e
+	}
+	key := s.txnKeyFor(q, q.param("txnId"))
+	target := q.param("eventId")
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if id, ok := s.txnLookupLocked(key); ok {
+		return map[string]any{"event_id": id}, nil
+	}
+	r, e := s.lookupRoomLocked(q.param("roomId"), q.who.userID)
+	if e != nil {
+		return nil, e
+	}
+	var orig *Event
+	for _, ev := range r.timeline {
+		if ev.EventID == target {
+			orig = ev
+		}
+	}
+	if r.membership(q.who.userID) != "join" {
+		return nil, errForbidden("User %s not in room %s", q.who.userID, r.id)
+	}
+	pl := s.roomPowerLevels(r)
+	if orig == nil || orig.Sender != q.who.userID {
+		if pl.userLevel(q.who.userID) < pl.redact {
+			return nil, errForbidden("You don't have permission to redact events")
+		}
+	}
+	content := map[string]any{}
+	if reason, ok := body["reason"].(string); ok {
+		content["reason"] = reason
+	}
+	n, _ := strconv.Atoi(r.version)
+	if n >= 11 {
+		content["redacts"] = target
+	}
+	ev := s.appendEventLocked(r, q.who.userID, "m.room.redaction", nil, mustJSON(content))
+	if n < 11 {
+		ev.Redacts = target
+	}
+	if orig != nil && orig.StateKey == nil {
+		orig.Content = json.RawMessage(`{}`)
+		if orig.Unsigned == nil {
+			orig.Unsigned = map[string]any{}
+		}
+		orig.Unsigned["redacted_because"] = map[string]any{"event_id": ev.EventID, "sender": ev.Sender, "type": ev.Type}
+	}
+	s.txnCache[key] = txnEntry{eventID: ev.EventID, at: time.Now()}
+	return map[string]any{"event_id": ev.EventID}, nil
+}
+
+// canReadLocked: members (current or past) and anyone when the history is
+// world readable may read state.
+func (s *Server) canReadLocked(r *room, userID string) bool {
+	if r.membership(userID) == "join" {
+		return true
+	}
+	if hv, _ := r.stateContent("m.room.history_visibility", "")["history_visibility"].(string); hv == "world_readable" {
+		return true
+	}
+	return r.stateEvent("m.room.member", userID) != nil
+}
+
+func (s *Server) readableRoomLocked(q *request) (*room, *matrixError) {
+	r, e := s.lookupRoomLocked(q.param("roomId"), q.who.userID)
+	if e != nil {
+		return nil, e
+	}
+	if !s.canReadLocked(r, q.who.userID) {
+		return nil, errForbidden("User %s not in room %s, and room previews are disabled", q.who.userID, r.id)
+	}
+	return r, nil
+}
+
+func (s *Server) handleStateGet(q *request) (any, *matrixError) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, e := s.readableRoomLocked(q)
+	if e != nil {
+		return nil, e
+	}
+	ev := r.stateEvent(q.param("eventType"), q.param("stateKey"))
+	if ev == nil {
+		return nil, errNotFound("Event not found.")
+	}
+	if q.r.URL.Query().Get("format") == "event" {
+		return ev.clientFormat(time.Now()), nil
+	}
+	return ev.Content, nil
+}
+
+func (s *Server) handleStatePut(q *request) (any, *matrixError) {
+	var content map[string]any
+	if e := q.decode(&content, false); e != nil {
+		return nil, e
+	}
+	typ, key := q.param("eventType"), q.param("stateKey")
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, e := s.lookupRoomLocked(q.param("roomId"), q.who.userID)
+	if e != nil {
+		return nil, e
+	}
+	if typ == "m.room.member" {
+		m, _ := content["membership"].(string)
+		action := m
+		if m == "leave" && key != q.who.userID {
+			action = "kick"
+			if r.membership(key) == "ban" {
+				action = "unban"
+			}
+		}
+		if _, ok := effective[action]; !ok || action == "kick" && m != "leave" {
+			return nil, errBadJSON("Invalid membership %q", m)
+		}
+		reason, _ := content["reason"].(string)
+		id, e := s.changeMembershipLocked(r, q.who, key, action, reason)
+		if e != nil {
+			return nil, e
+		}
+		return map[string]any{"event_id": id}, nil
+	}
+	// Synapse returns the current event when the same sender sets the same
+	// content again, and sends nothing.
+	if cur := r.stateEvent(typ, key); cur != nil && cur.Sender == q.who.userID && jsonEqual(cur.Content, content) {
+		return map[string]any{"event_id": cur.EventID}, nil
+	}
+	if e := s.authorizeEventLocked(r, q.who.userID, typ, &key, content); e != nil {
+		return nil, e
+	}
+	if typ == "m.room.canonical_alias" {
+		if e := s.checkCanonicalAliasLocked(r, content); e != nil {
+			return nil, e
+		}
+	}
+	ev := s.appendEventLocked(r, q.who.userID, typ, &key, mustJSON(content))
+	return map[string]any{"event_id": ev.EventID}, nil
+}
+
+func jsonEqual(raw json.RawMessage, m map[string]any) bool {
+	var a any
+	if json.Unmarshal(raw, &a) != nil {
+		return false
+	}
+	return jsonDeepEqual(a, any(normalize(m)))
+}
+
+func jsonDeepEqual(a, b any) bool {
+	x, _ := json.Marshal(a) // map keys are sorted by encoding/json
+	y, _ := json.Marshal(b)
+	return string(x) == string(y)
+}
+
+// checkCanonicalAliasLocked: Synapse refuses aliases that do not point to
+// the room (M_BAD_ALIAS).
+func (s *Server) checkCanonicalAliasLocked(r *room, content map[string]any) *matrixError {
+	var aliases []string
+	if a, ok := content["alias"].(string); ok {
+		aliases = append(aliases, a)
+	}
+	if alts, ok := content["alt_aliases"].([]any); ok {
+		for _, a := range alts {
+			if as, ok := a.(string); ok {
+				aliases = append(aliases, as)
+			}
+		}
+	}
+	for _, a := range aliases {
+		if e, ok := s.aliases[a]; !ok || e.roomID != r.id {
+			return errf(http.StatusBadRequest, "M_BAD_ALIAS", "Room alias %s does not point to the room", a)
+		}
+	}
+	return nil
+}
+
+func (s *Server) handleStateAll(q *request) (any, *matrixError) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, e := s.readableRoomLocked(q)
+	if e != nil {
+		return nil, e
+	}
+	return stateList(r), nil
+}
+
+// stateList is the current state in timeline order.
+func stateList(r *room) []Event {
+	now := time.Now()
+	out := []Event{}
+	for _, ev := range r.timeline {
+		if ev.StateKey != nil && r.state[StateKey{ev.Type, *ev.StateKey}] == ev {
+			out = append(out, ev.clientFormat(now))
+		}
+	}
+	return out
+}
+
+func (s *Server) handleJoinedMembers(q *request) (any, *matrixError) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, e := s.readableRoomLocked(q)
+	if e != nil {
+		return nil, e
+	}
+	joined := map[string]any{}
+	for _, m := range r.joinedMembers() {
+		c := r.memberContent(m)
+		entry := map[string]any{}
+		if d, ok := c["displayname"]; ok {
+			entry["display_name"] = d
+		}
+		if a, ok := c["avatar_url"]; ok {
+			entry["avatar_url"] = a
+		}
+		joined[m] = entry
+	}
+	return map[string]any{"joined": joined}, nil
+}
+
+func (s *Server) handleMembers(q *request) (any, *matrixError) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, e := s.readableRoomLocked(q)
+	if e != nil {
+		return nil, e
+	}
+	want := q.r.URL.Query().Get("membership")
+	chunk := []Event{}
+	for _, ev := range stateList(r) {
+		if ev.Type != "m.room.member" {
+			continue
+		}
+		if m, _ := ev.ContentMap()["membership"].(string); want != "" && m != want {
+			continue
+		}
+		chunk = append(chunk, ev)
+	}
+	return map[string]any{"chunk": chunk}, nil
+}
+
+// handleMessages pages the timeline. Tokens are "t<index>" positions.
+func (s *Server) handleMessages(q *request) (any, *matrixError) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, e := s.readableRoomLocked(q)
+	if e != nil {
+		return nil, e
+	}
+	qs := q.r.URL.Query()
+	dir := qs.Get("dir")
+	if dir == "" {
+		dir = "b"
+	}
+	if dir != "b" && dir != "f" {
+		return nil, errf(http.StatusBadRequest, "M_INVALID_PARAM", "Unknown dir")
+	}
+	limit := 10
+	if l := qs.Get("limit"); l != "" {
+		n, err := strconv.Atoi(l)
+		if err != nil || n < 0 {
+			return nil, errf(http.StatusBadRequest, "M_INVALID_PARAM", "Bad limit")
+		}
+		limit = min(n, 1000)
+	}
+	pos := 0
+	if dir == "b" {
+		pos = len(r.timeline)
+	}
+	if from := qs.Get("from"); from != "" {
+		n, err := strconv.Atoi(strings.TrimPrefix(from, "t"))
+		if err != nil || n < 0 || n > len(r.timeline) {
+			return nil, errf(http.StatusBadRequest, "M_INVALID_PARAM", "Bad from token")
+		}
+		pos = n
+	}
+	now := time.Now()
+	chunk := []Event{}
+	start := pos
+	for len(chunk) < limit {
+		if dir == "b" {
+			if pos == 0 {
+				break
+			}
+			pos--
+			chunk = append(chunk, r.timeline[pos].clientFormat(now))
+		} else {
+			if pos >= len(r.timeline) {
+				break
+			}
+			chunk = append(chunk, r.timeline[pos].clientFormat(now))
+			pos++
+		}
+	}
+	resp := map[string]any{"chunk": chunk, "start": "t" + strconv.Itoa(start)}
+	if (dir == "b" && pos > 0) || (dir == "f" && pos < len(r.timeline)) {
+		resp["end"] = "t" + strconv.Itoa(pos)
+	}
+	return resp, nil
+}
+
+func (s *Server) handleRoomAliases(q *request) (any, *matrixError) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, e := s.readableRoomLocked(q)
+	if e != nil {
+		return nil, e
+	}
+	return map[string]any{"aliases": s.localAliasesLocked(r.id)}, nil
+}
+
+func (s *Server) localAliasesLocked(roomID string) []string {
+	out := []string{}
+	for a, e := range s.aliases {
+		if e.roomID == roomID {
+			out = append(out, a)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (s *Server) handleDirectoryGet(q *request) (any, *matrixError) {
+	id, e := s.resolveAlias(q.r.Context(), q.param("roomAlias"), false)
+	if e != nil {
+		return nil, e
+	}
+	return map[string]any{"room_id": id, "servers": []string{s.opts.ServerName}}, nil
+}
+
+func (s *Server) handleDirectoryPut(q *request) (any, *matrixError) {
+	var b struct {
+		RoomID string `json:"room_id"`
+	}
+	if e := q.decode(&b, false); e != nil {
+		return nil, e
+	}
+	alias := q.param("roomAlias")
+	a, err := mxid.ParseRoomAlias(alias)
+	if err != nil {
+		return nil, errf(http.StatusBadRequest, "M_INVALID_PARAM", "Invalid room alias")
+	}
+	if a.Server() != s.opts.ServerName {
+		return nil, errf(http.StatusBadRequest, "M_INVALID_PARAM", "Room alias must be local")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.rooms[b.RoomID]
+	if !ok {
+		return nil, errNotFound("Room not found")
+	}
+	if q.who.as == nil && r.membership(q.who.userID) != "join" {
+		return nil, errForbidden("You must be in the room to create an alias for it")
+	}
+	if _, taken := s.aliases[alias]; taken {
+		return nil, errf(http.StatusConflict, "M_UNKNOWN", "Room alias %s already exists", alias)
+	}
+	if e := s.checkAliasCreateLocked(q.who, alias); e != nil {
+		return nil, e
+	}
+	s.aliases[alias] = aliasEntry{roomID: r.id, creator: q.who.userID}
+	return map[string]any{}, nil
+}
+
+func (s *Server) handleDirectoryDelete(q *request) (any, *matrixError) {
+	alias := q.param("roomAlias")
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	entry, ok := s.aliases[alias]
+	if !ok {
+		return nil, errNotFound("Room alias %s not found", alias)
+	}
+	if q.who.as != nil {
+		if in, _ := q.who.as.match.Alias(alias); !in {
+			return nil, errf(http.StatusBadRequest, "M_EXCLUSIVE", "This application service has not reserved this kind of alias.")
+		}
+	} else if entry.creator != q.who.userID {
+		r := s.rooms[entry.roomID]
+		pl := s.roomPowerLevels(r)
+		if r.membership(q.who.userID) != "join" || pl.userLevel(q.who.userID) < pl.eventLevel("m.room.canonical_alias", true) {
+			return nil, errForbidden("You don't have permission to delete the alias.")
+		}
+	}
+	if e := s.checkAliasCreateLocked(q.who, alias); e != nil && q.who.as == nil {
+		return nil, e
+	}
+	delete(s.aliases, alias)
+	return map[string]any{}, nil
+}
+
+func (s *Server) handleDirectoryListGet(q *request) (any, *matrixError) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.rooms[q.param("roomId")]
+	if !ok {
+		return nil, errNotFound("Unknown room")
+	}
+	vis := "private"
+	if r.published {
+		vis = "public"
+	}
+	return map[string]any{"visibility": vis}, nil
+}
+
+func (s *Server) handleDirectoryListPut(q *request) (any, *matrixError) {
+	var b struct {
+		Visibility string `json:"visibility"`
+	}
+	if e := q.decode(&b, false); e != nil {
+		return nil, e
+	}
+	if b.Visibility != "public" && b.Visibility != "private" {
+		return nil, errf(http.StatusBadRequest, "M_INVALID_PARAM", "Invalid visibility setting")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.rooms[q.param("roomId")]
+	if !ok {
+		return nil, errNotFound("Unknown room")
+	}
+	pl := s.roomPowerLevels(r)
+	if r.membership(q.who.userID) != "join" || pl.userLevel(q.who.userID) < pl.eventLevel("m.room.canonical_alias", true) {
+		return nil, errForbidden("You don't have permission to change the room's directory visibility")
+	}
+	r.published = b.Visibility == "public"
+	return map[string]any{}, nil
+}
+
+func (s *Server) handleJoinedRooms(q *request) (any, *matrixError) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := []string{}
+	for _, id := range s.roomOrder {
+		if s.rooms[id].membership(q.who.userID) == "join" {
+			out = append(out, id)
+		}
+	}
+	return map[string]any{"joined_rooms": out}, nil
+}
