@@ -1,0 +1,64 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestRunServesAndStops(t *testing.T) {
+	reg := filepath.Join(t.TempDir(), "reg.yaml")
+	if err := os.WriteFile(reg, []byte("id: a\nurl: null\nas_token: at\nhs_token: ht\nsender_localpart: bot\nnamespaces:\n  users: []\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"-addr", "127.0.0.1:0", "-server-name", "example.org", "-mode", "dendrite", "-registration", reg, "-user", "alice:pw"}, pw, io.Discard)
+		_ = pw.Close()
+	}()
+	url, err := bufio.NewReader(pr).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	url = strings.TrimSpace(url)
+	go func() { _, _ = io.Copy(io.Discard, pr) }()
+	body := strings.NewReader(`{"type":"m.login.password","user":"alice","password":"pw"}`)
+	res, err := http.Post(url+"/_matrix/client/v3/login", "application/json", body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 200 {
+		t.Fatalf("login %d", res.StatusCode)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("did not stop")
+	}
+}
+
+func TestRunRejectsBadInput(t *testing.T) {
+	for _, args := range [][]string{
+		{"-mode", "nope"},
+		{"-registration", "/does/not/exist.yaml"},
+		{"-addr", "127.0.0.1:0", "-user", "nopassword"},
+	} {
+		if err := run(context.Background(), args, io.Discard, io.Discard); err == nil {
+			t.Fatalf("%v: want an error", args)
+		}
+	}
+}
