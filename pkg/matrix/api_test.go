@@ -304,7 +304,7 @@ func TestEndpoints(t *testing.T) {
 			call:       func(c *Client) (any, error) { return c.AppservicePing(ctx, "cc", "") },
 			wantMethod: "POST", wantURI: "/_matrix/client/v1/appservice/cc/ping", wantBody: `{}`,
 			status: 404, resp: `{"errcode":"M_UNRECOGNIZED","error":"Unrecognized request"}`,
-			wantErr: func(err error) bool { return ErrCode(err) == CodeUnrecognized && IsPermanent(err) },
+			wantErr: func(err error) bool { return IsUnrecognized(err) && IsPermanent(err) && !IsNotFound(err) },
 		},
 	}
 	for _, tc := range tests {

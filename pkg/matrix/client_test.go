@@ -897,3 +897,27 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	defer l.mu.Unlock()
 	return l.w.Write(p)
 }
+
+func TestRedirectNotFollowed(t *testing.T) {
+	hs := newFakeHS(t, func(n int, w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "/elsewhere", http.StatusFound)
+	})
+	c, _ := newTestClient(t, hs.srv.URL, nil)
+	_, err := c.CreateRoom(context.Background(), &CreateRoomRequest{Name: "x"})
+	if Status(err) != http.StatusFound || len(hs.requests()) != 1 || hs.requests()[0].Method != "POST" {
+		t.Errorf("err = %v, requests = %+v; want the 302 returned, not followed", err, hs.requests())
+	}
+}
+
+func TestCancelledDuringAttempt(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	hs := newFakeHS(t, func(n int, w http.ResponseWriter, r *http.Request) {
+		cancel()
+		<-r.Context().Done()
+	})
+	c, rec := newTestClient(t, hs.srv.URL, nil)
+	_, err := c.JoinedRooms(ctx)
+	if !errors.Is(err, context.Canceled) || len(rec.get()) != 0 || len(hs.requests()) != 1 {
+		t.Errorf("err = %v, waits = %v, requests = %d", err, rec.get(), len(hs.requests()))
+	}
+}

@@ -94,12 +94,18 @@ func IsRoomInUse(err error) bool { return ErrCode(err) == CodeRoomInUse }
 // IsUserInUse reports M_USER_IN_USE from registration.
 func IsUserInUse(err error) bool { return ErrCode(err) == CodeUserInUse }
 
-// IsNotFound reports a 404, with M_NOT_FOUND or any other code (proxies and
-// old servers answer 404 without a Matrix body).
+// IsNotFound reports M_NOT_FOUND, or a 404 without a Matrix errcode (from a
+// proxy). A 404 M_UNRECOGNIZED is not "not found": the homeserver does not
+// know the endpoint (Dendrite and the appservice ping), and treating that as
+// an absent resource would hide a missing feature.
 func IsNotFound(err error) bool {
 	var e *Error
-	return errors.As(err, &e) && (e.ErrCode == CodeNotFound || e.Status == http.StatusNotFound)
+	return errors.As(err, &e) && (e.ErrCode == CodeNotFound || e.Status == http.StatusNotFound && e.ErrCode == "")
 }
+
+// IsUnrecognized reports M_UNRECOGNIZED: the homeserver does not implement
+// the endpoint or method.
+func IsUnrecognized(err error) bool { return ErrCode(err) == CodeUnrecognized }
 
 // IsForbidden reports M_FORBIDDEN or a 403.
 func IsForbidden(err error) bool {
