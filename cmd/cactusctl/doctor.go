@@ -1,0 +1,253 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/pkg/config"
+	"github.com/cactus-comments/appservice/pkg/matrix"
+	"github.com/cactus-comments/appservice/pkg/registration"
+	"github.com/cactus-comments/appservice/pkg/service"
+)
+
+// Check outcomes. Only fail changes the exit code.
+const (
+	statusOK   = "ok"
+	statusFail = "FAIL"
+	statusWarn = "WARN"
+	statusSkip = "skip"
+)
+
+type report struct {
+	w      io.Writer
+	failed bool
+}
+
+func (r *report) line(status, name, format string, args ...any) {
+	if status == statusFail {
+		r.failed = true
+	}
+	fmt.Fprintf(r.w, "%-4s  %-26s %s\n", status, name, fmt.Sprintf(format, args...))
+}
+
+func cmdDoctor(ctx context.Context, e *env, args []string) error {
+	f := newFlags(e, "doctor", "[flags]",
+		"Checks a deployment and prints one line per check: ok, WARN, skip or FAIL with the reason.\n"+
+			"Exit 1 if any check fails, 2 if the configuration itself is invalid.")
+	var cf cfgFlags
+	cf.register(f)
+	maxLag := f.Uint64("max-lag", 10000, "fail when a consumer has more pending messages than this")
+	regFile := f.String("registration", "", "also check that this registration file matches the configuration")
+	if err := parse(f, args); err != nil {
+		return err
+	}
+	if f.NArg() > 0 {
+		return usagef("unexpected arguments %q", f.Args())
+	}
+	if _, err := cf.lookup(e); err != nil {
+		return err
+	}
+	r := &report{w: e.stdout}
+	cfg, cfgErr := cf.full(e)
+	if cfgErr != nil {
+		r.line(statusFail, "config", "%v", errors.Unwrap(cfgErr))
+		// The NATS checks need only the NATS variables: run them anyway so
+		// one invocation shows as much as it can.
+		if partial, err := cf.natsOnly(e); err == nil {
+			doctorNATS(ctx, &cf, r, partial, *maxLag)
+		}
+		return usageError{errors.New("configuration is invalid")}
+	}
+	r.line(statusOK, "config", "valid; bot %s, homeserver %s", cfg.UserID, cfg.HomeserverURL)
+	if *regFile != "" {
+		checkRegistration(r, cfg, *regFile)
+	}
+	doctorHomeserver(ctx, &cf, r, cfg)
+	doctorNATS(ctx, &cf, r, cfg, *maxLag)
+	if r.failed {
+		return errSilent
+	}
+	return nil
+}
+
+func checkRegistration(r *report, cfg *config.Config, path string) {
+	reg, err := registration.Load(path)
+	if err != nil {
+		r.line(statusFail, "registration", "%v", err)
+		return
+	}
+	var problems []string
+	eq := func(a, b string) bool { return subtle.ConstantTimeCompare([]byte(a), []byte(b)) == 1 }
+	if !eq(reg.ASToken, cfg.ASToken.Reveal()) {
+		problems = append(problems, "as_token differs from CACTUS_AS_TOKEN")
+	}
+	if !eq(reg.HSToken, cfg.HSToken.Reveal()) {
+		problems = append(problems, "hs_token differs from CACTUS_HS_TOKEN")
+	}
+	if reg.SenderLocalpart != cfg.Bot().Localpart() {
+		problems = append(problems, fmt.Sprintf("sender_localpart %q is not the localpart of CACTUS_USER_ID", reg.SenderLocalpart))
+	}
+	if cfg.AppserviceID != "" && reg.ID != cfg.AppserviceID {
+		problems = append(problems, fmt.Sprintf("id %q differs from CACTUS_APPSERVICE_ID", reg.ID))
+	}
+	m, err := reg.Compile(registration.AnchorStart)
+	if err != nil {
+		problems = append(problems, err.Error())
+	} else {
+		if ok, excl := m.User(cfg.UserID); !ok || !excl {
+			problems = append(problems, "the users namespace does not claim the bot exclusively")
+		}
+		probe := "#" + cfg.NamespacePrefix + "site_section:" + cfg.ServerName()
+		if ok, excl := m.Alias(probe); !ok || !excl {
+			problems = append(problems, fmt.Sprintf("the aliases namespace does not claim %s exclusively", probe))
+		}
+	}
+	if len(problems) > 0 {
+		r.line(statusFail, "registration", "%s: %s", path, strings.Join(problems, "; "))
+		return
+	}
+	if reg.RateLimitedOrDefault() {
+		r.line(statusWarn, "registration", "%s matches, but is rate limited (set rate_limited: false)", path)
+		return
+	}
+	r.line(statusOK, "registration", "%s matches the configuration", path)
+}
+
+func doctorHomeserver(ctx context.Context, cf *cfgFlags, r *report, cfg *config.Config) {
+	hctx, cancel := context.WithTimeout(ctx, cf.timeout)
+	defer cancel()
+	versions, err := clientVersions(hctx, cfg.HomeserverURL)
+	if err != nil {
+		r.line(statusFail, "homeserver", "%s: %v", cfg.HomeserverURL, err)
+		r.line(statusSkip, "as_token", "homeserver unreachable")
+		r.line(statusSkip, "ping", "homeserver unreachable")
+		return
+	}
+	r.line(statusOK, "homeserver", "%s answers (spec versions up to %s)", cfg.HomeserverURL, versions)
+
+	mc, err := matrix.NewClient(matrix.Config{HomeserverURL: cfg.HomeserverURL, Token: cfg.ASToken.Reveal(), MaxAttempts: 2, RequestTimeout: cf.timeout})
+	if err != nil {
+		r.line(statusFail, "as_token", "%v", err)
+		return
+	}
+	who, err := mc.Whoami(hctx)
+	switch {
+	case err != nil && matrix.Status(err) == http.StatusUnauthorized:
+		r.line(statusFail, "as_token", "the homeserver does not know CACTUS_AS_TOKEN (%s): is the registration file loaded?", matrix.ErrCode(err))
+	case err != nil:
+		r.line(statusFail, "as_token", "whoami: %v", err)
+	case who.String() != cfg.UserID:
+		r.line(statusFail, "as_token", "accepted, but it belongs to %s, not CACTUS_USER_ID %s", who, cfg.UserID)
+	default:
+		r.line(statusOK, "as_token", "accepted: whoami is %s", who)
+	}
+
+	if cfg.AppserviceID == "" {
+		r.line(statusSkip, "ping", "CACTUS_APPSERVICE_ID is not set")
+		return
+	}
+	txn := make([]byte, 8)
+	_, _ = rand.Read(txn)
+	d, err := mc.AppservicePing(hctx, cfg.AppserviceID, "cactusctl-doctor-"+hex.EncodeToString(txn))
+	switch {
+	case err == nil:
+		r.line(statusOK, "ping", "homeserver reached the gateway in %s", d.Round(time.Millisecond))
+	case matrix.ErrCode(err) == "M_UNRECOGNIZED" || matrix.Status(err) == http.StatusNotFound && matrix.ErrCode(err) == "":
+		r.line(statusSkip, "ping", "the homeserver has no appservice ping endpoint (Dendrite and older servers)")
+	default:
+		r.line(statusFail, "ping", "homeserver to gateway: %v", err)
+	}
+}
+
+// clientVersions fetches /_matrix/client/versions, which needs no token.
+func clientVersions(ctx context.Context, base string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/_matrix/client/versions", nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("GET /_matrix/client/versions: HTTP %d", resp.StatusCode)
+	}
+	var v struct {
+		Versions []string `json:"versions"`
+	}
+	if err := json.Unmarshal(body, &v); err != nil || len(v.Versions) == 0 {
+		return "", errors.New("GET /_matrix/client/versions: not a Matrix homeserver answer")
+	}
+	return v.Versions[len(v.Versions)-1], nil
+}
+
+func doctorNATS(ctx context.Context, cf *cfgFlags, r *report, cfg *config.Config, maxLag uint64) {
+	nc, js, err := cf.connect(ctx, cfg)
+	if err != nil {
+		r.line(statusFail, "nats", "%s: %v", cfg.NATSURL, err)
+		r.line(statusSkip, "topology", "NATS unreachable")
+		return
+	}
+	defer nc.Close()
+	r.line(statusOK, "nats", "connected to %s (server %s)", nc.ConnectedUrlRedacted(), nc.ConnectedServerVersion())
+	nctx, cancel := context.WithTimeout(ctx, cf.timeout)
+	defer cancel()
+	if _, err := js.AccountInfo(nctx); err != nil {
+		r.line(statusFail, "jetstream", "%v", err)
+		return
+	}
+	topo := service.Topology(cfg)
+	if err := topo.Check(nctx, js); err != nil {
+		r.line(statusFail, "topology", "missing (a service creates it at startup): %s", strings.ReplaceAll(err.Error(), "\n", "; "))
+	} else {
+		r.line(statusOK, "topology", "%d streams, %d consumers, %d buckets present", len(topo.Streams()), len(topo.Consumers()), len(topo.Buckets()))
+	}
+	for _, cs := range topo.Consumers() {
+		name := "lag " + cs.Config.Durable
+		c, err := js.Consumer(nctx, cs.Stream, cs.Config.Durable)
+		if err != nil {
+			r.line(statusSkip, name, "consumer missing")
+			continue
+		}
+		info, err := c.Info(nctx)
+		if err != nil {
+			r.line(statusFail, name, "%v", err)
+			continue
+		}
+		st := statusOK
+		if info.NumPending > maxLag {
+			st = statusFail
+		}
+		r.line(st, name, "%d pending, %d in flight, %d redelivered, %d waiting pulls", info.NumPending, info.NumAckPending, info.NumRedelivered, info.NumWaiting)
+	}
+	s, err := js.Stream(nctx, bus.StreamDLQ)
+	if err != nil {
+		if !errors.Is(err, jetstream.ErrStreamNotFound) {
+			r.line(statusFail, "dead letters", "%v", err)
+		}
+		return
+	}
+	n := s.CachedInfo().State.Msgs
+	if n > 0 {
+		r.line(statusWarn, "dead letters", "%d waiting (cactusctl dlq list)", n)
+	} else {
+		r.line(statusOK, "dead letters", "none")
+	}
+}

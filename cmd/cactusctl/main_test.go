@@ -1,0 +1,147 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/cactus-comments/appservice/cmd/internal/envconf"
+	"github.com/cactus-comments/appservice/pkg/registration"
+)
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+// ctl runs cactusctl in-process with only the given variables set.
+func ctl(t *testing.T, vars map[string]string, args ...string) result {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(context.Background(), args, &env{stdout: &out, stderr: &errb, lookup: envconf.Map(vars)})
+	return result{code, out.String(), errb.String()}
+}
+
+func TestUsage(t *testing.T) {
+	tests := []struct {
+		args []string
+		code int
+		in   string // expected in stdout+stderr
+	}{
+		{nil, exitUsage, "usage: cactusctl"},
+		{[]string{"help"}, exitOK, "registration"},
+		{[]string{"nope"}, exitUsage, `unknown command "nope"`},
+		{[]string{"registration", "-h"}, exitOK, "-server-name"},
+		{[]string{"registration", "-bogus"}, exitUsage, "flag provided but not defined"},
+		{[]string{"registration"}, exitUsage, "-server-name is required"},
+		{[]string{"doctor", "-h"}, exitOK, "-max-lag"},
+		{[]string{"dlq"}, exitUsage, "want one of"},
+		{[]string{"dlq", "list", "-h"}, exitOK, "-json"},
+		{[]string{"dlq", "replay"}, exitUsage, "either -all or sequence numbers"},
+		{[]string{"dlq", "replay", "-all", "3"}, exitUsage, "either -all or sequence numbers"},
+		{[]string{"dlq", "replay", "x"}, exitUsage, "not a dead letter sequence"},
+		{[]string{"dlq", "drop"}, exitUsage, "sequence numbers"},
+		{[]string{"sites", "remove"}, exitUsage, "unknown subcommand"},
+		{[]string{"registry", "rebuild"}, exitUsage, "CACTUS_HS_TOKEN: required"},
+		{[]string{"config"}, exitOK, "CACTUS_NATS_URL"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			r := ctl(t, nil, tt.args...)
+			if r.code != tt.code || !strings.Contains(r.stdout+r.stderr, tt.in) {
+				t.Fatalf("exit %d (want %d), output:\n%s%s\nwant it to contain %q", r.code, tt.code, r.stdout, r.stderr, tt.in)
+			}
+		})
+	}
+}
+
+func TestRegistrationCommand(t *testing.T) {
+	dir := t.TempDir()
+	regPath, envPath := filepath.Join(dir, "reg.yaml"), filepath.Join(dir, "cactus.env")
+	args := []string{"registration", "-server-name", "example.org", "-gateway-url", "http://gw:8080", "-o", regPath, "-env-out", envPath}
+	r := ctl(t, nil, args...)
+	if r.code != exitOK {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	reg, err := registration.Load(regPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hex64 := regexp.MustCompile(`^[0-9a-f]{64}$`)
+	if !hex64.MatchString(reg.ASToken) || !hex64.MatchString(reg.HSToken) {
+		t.Fatal("tokens are not 64 hex")
+	}
+	if reg.Namespaces.Users[0].Regex != `@cactusbot:example\.org` || reg.Namespaces.Aliases[0].Regex != `#comments_.*:example\.org` {
+		t.Fatalf("namespaces %+v", reg.Namespaces)
+	}
+	for _, p := range []string{regPath, envPath} {
+		st, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode().Perm() != 0o600 {
+			t.Fatalf("%s has mode %v, want 0600", p, st.Mode().Perm())
+		}
+	}
+	lookup, err := envconf.File(envPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := envconf.Load(lookup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.ASToken.Reveal() != reg.ASToken || cfg.HSToken.Reveal() != reg.HSToken {
+		t.Fatal("env tokens differ from the registration")
+	}
+
+	// A second run refuses to replace the files and leaves them intact.
+	before, _ := os.ReadFile(regPath)
+	r = ctl(t, nil, args...)
+	if r.code != exitUsage || !strings.Contains(r.stderr, "-force") {
+		t.Fatalf("exit %d, %s", r.code, r.stderr)
+	}
+	after, _ := os.ReadFile(regPath)
+	if !bytes.Equal(before, after) {
+		t.Fatal("registration changed without -force")
+	}
+	// -force writes fresh tokens.
+	if r = ctl(t, nil, append(args, "-force")...); r.code != exitOK {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	reg2, err := registration.Load(regPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reg2.ASToken == reg.ASToken || reg2.HSToken == reg.HSToken {
+		t.Fatal("tokens did not change")
+	}
+}
+
+func TestRegistrationStdout(t *testing.T) {
+	r := ctl(t, nil, "registration", "-server-name", "my_host.example", "-env-out", "", "-prefix", "c_", "-bot-localpart", "bot")
+	if r.code != exitOK {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	reg, err := registration.Parse([]byte(r.stdout))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, r.stdout)
+	}
+	m, err := reg.Compile(registration.AnchorStart)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := m.User("@bot:my_host.example"); !ok {
+		t.Fatal("bot not in namespace")
+	}
+	if ok, _ := m.Alias("#c_site:my_hostXexample"); ok {
+		t.Fatal("dot not escaped")
+	}
+	if strings.Contains(r.stderr, "wrote") && strings.Contains(r.stderr, "env") {
+		t.Fatal("env written although -env-out is empty")
+	}
+}

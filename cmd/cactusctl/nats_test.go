@@ -1,0 +1,205 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/pkg/embednats"
+	"github.com/cactus-comments/appservice/pkg/registry"
+)
+
+// natsEnv starts an embedded NATS with the topology ensured and returns
+// the variables that point cactusctl at it, and a JetStream handle.
+func natsEnv(t *testing.T) (map[string]string, jetstream.JetStream) {
+	t.Helper()
+	srv := embednats.StartTest(t)
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := (bus.Topology{Replicas: 1, MaxDeliver: 3}).Ensure(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	return map[string]string{"CACTUS_NATS_URL": srv.ClientURL()}, js
+}
+
+func deadLetterFixture(t *testing.T, js jetstream.JetStream, room, eventID string) {
+	t.Helper()
+	h := nats.Header{}
+	h.Set(bus.HeaderMsgID, eventID)
+	h.Set(bus.HeaderEventType, "m.room.message")
+	h.Set(bus.HeaderTxnID, "txn1")
+	err := bus.PublishDeadLetter(context.Background(), js, bus.DeadLetter{
+		Source: bus.ConsumerBot, Stream: bus.StreamEvents, Subject: bus.EventSubject(bus.ClassBot, room),
+		Reason: "homeserver said 403 M_FORBIDDEN", Delivered: 3,
+		Data:   []byte(fmt.Sprintf(`{"event_id":%q,"room_id":%q}`, eventID, room)), Header: h,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDLQListReplayDrop(t *testing.T) {
+	vars, js := natsEnv(t)
+	ctx := context.Background()
+
+	if r := ctl(t, vars, "dlq", "list"); r.code != exitOK || !strings.Contains(r.stdout, "no dead letters") {
+		t.Fatalf("empty list: %d %s %s", r.code, r.stdout, r.stderr)
+	}
+	deadLetterFixture(t, js, "!a:x", "$e1")
+	deadLetterFixture(t, js, "!b:x", "$e2")
+	deadLetterFixture(t, js, "!c:x", "$e3")
+
+	r := ctl(t, vars, "dlq", "list")
+	if r.code != exitOK {
+		t.Fatalf("list: %d %s", r.code, r.stderr)
+	}
+	for _, want := range []string{"SEQ", "botworker", bus.EventSubject(bus.ClassBot, "!a:x"), "403 M_FORBIDDEN"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Fatalf("list lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	r = ctl(t, vars, "dlq", "list", "-json")
+	var listed []deadLetter
+	if err := json.Unmarshal([]byte(r.stdout), &listed); err != nil {
+		t.Fatalf("%v\n%s", err, r.stdout)
+	}
+	if len(listed) != 3 || listed[0].Seq != 1 || listed[0].Delivered != 3 || listed[0].Consumer != bus.ConsumerBot ||
+		listed[0].Subject != bus.EventSubject(bus.ClassBot, "!a:x") || !strings.Contains(string(listed[0].Data), "$e1") || listed[0].Time.IsZero() {
+		t.Fatalf("unexpected JSON list %+v", listed)
+	}
+
+	// The original event is in the events stream already: the replay must
+	// not be dropped as a duplicate of it.
+	orig := nats.NewMsg(bus.EventSubject(bus.ClassBot, "!a:x"))
+	orig.Header.Set(bus.HeaderMsgID, "$e1")
+	if _, err := js.PublishMsg(ctx, orig); err != nil {
+		t.Fatal(err)
+	}
+	events, err := js.Stream(ctx, bus.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := streamMsgs(t, events)
+
+	if r = ctl(t, vars, "dlq", "replay", "1"); r.code != exitOK || !strings.Contains(r.stdout, "replayed 1 to") {
+		t.Fatalf("replay: %d %s %s", r.code, r.stdout, r.stderr)
+	}
+	if got := streamMsgs(t, events); got != before+1 {
+		t.Fatalf("events stream has %d messages after replay, want %d", got, before+1)
+	}
+	last, err := events.GetLastMsgForSubject(ctx, bus.EventSubject(bus.ClassBot, "!a:x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(last.Data), "$e1") || last.Header.Get(bus.HeaderEventType) != "m.room.message" || last.Header.Get(bus.HeaderTxnID) != "txn1" {
+		t.Fatalf("replayed message lost data or headers: %q %v", last.Data, last.Header)
+	}
+	for _, h := range dlqHeaders {
+		if last.Header.Get(h) != "" {
+			t.Fatalf("replayed message still carries %s", h)
+		}
+	}
+	// Replaying the same sequence again: it is gone, exit 1.
+	if r = ctl(t, vars, "dlq", "replay", "1"); r.code != exitFailed || !strings.Contains(r.stderr, "not found") {
+		t.Fatalf("second replay: %d %s %s", r.code, r.stdout, r.stderr)
+	}
+	if r = ctl(t, vars, "dlq", "drop", "2"); r.code != exitOK {
+		t.Fatalf("drop: %d %s", r.code, r.stderr)
+	}
+	if r = ctl(t, vars, "dlq", "replay", "-all"); r.code != exitOK || !strings.Contains(r.stdout, "replayed 3 to") || !strings.Contains(r.stdout, "1 replayed, 0 failed") {
+		t.Fatalf("replay -all: %d %s %s", r.code, r.stdout, r.stderr)
+	}
+	if r = ctl(t, vars, "dlq", "list"); !strings.Contains(r.stdout, "no dead letters") {
+		t.Fatalf("dead letters left: %s", r.stdout)
+	}
+}
+
+func TestDLQReplayKeepsDeadLetterWhenPublishFails(t *testing.T) {
+	vars, js := natsEnv(t)
+	// A subject no stream stores: the publish gets no ack.
+	err := bus.PublishDeadLetter(context.Background(), js, bus.DeadLetter{Source: "gateway", Subject: "cactus.nowhere.x", Reason: "r", Data: []byte("{}")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := ctl(t, vars, "dlq", "replay", "-all", "-timeout", "2s")
+	if r.code != exitFailed || !strings.Contains(r.stderr, "the dead letter is kept") {
+		t.Fatalf("replay: %d %s %s", r.code, r.stdout, r.stderr)
+	}
+	if r = ctl(t, vars, "dlq", "list", "-json"); !strings.Contains(r.stdout, "cactus.nowhere.x") {
+		t.Fatalf("dead letter lost: %s", r.stdout)
+	}
+}
+
+func streamMsgs(t *testing.T, s jetstream.Stream) uint64 {
+	t.Helper()
+	info, err := s.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+func TestSitesList(t *testing.T) {
+	vars, js := natsEnv(t)
+	ctx := context.Background()
+	if r := ctl(t, vars, "sites", "list"); r.code != exitOK || !strings.Contains(r.stdout, "no sites") {
+		t.Fatalf("%d %s %s", r.code, r.stdout, r.stderr)
+	}
+	reg, err := registry.Open(ctx, js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"blog.example.org", "shop"} {
+		if err := reg.CreateSite(ctx, &registry.Site{Name: s, Owner: "@o:x", ModerationRoom: "!m" + s + ":x", Bans: []string{"@b:x"}, CreatedAt: time.Date(2026, 1, 2, 3, 4, 0, 0, time.UTC)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := reg.PutRoom(ctx, registry.Room{Site: "shop", Section: "a", RoomID: "!ra:x"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.PutRoom(ctx, registry.Room{Site: "shop", Section: "b/c", RoomID: "!rb:x"}); err != nil {
+		t.Fatal(err)
+	}
+	r := ctl(t, vars, "sites", "list")
+	if r.code != exitOK {
+		t.Fatalf("%d %s", r.code, r.stderr)
+	}
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[1], "blog.example.org") || !strings.Contains(lines[2], "!mshop:x") || !strings.Contains(lines[2], "2026-01-02 03:04") {
+		t.Fatalf("table:\n%s", r.stdout)
+	}
+	r = ctl(t, vars, "sites", "list", "-json")
+	var rows []struct {
+		Name         string   `json:"name"`
+		Bans         []string `json:"bans"`
+		CommentRooms int      `json:"comment_rooms"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &rows); err != nil {
+		t.Fatalf("%v\n%s", err, r.stdout)
+	}
+	if len(rows) != 2 || rows[1].Name != "shop" || rows[1].CommentRooms != 2 || rows[0].CommentRooms != 0 || len(rows[0].Bans) != 1 {
+		t.Fatalf("json rows %+v", rows)
+	}
+}
+
+func TestNATSUnreachable(t *testing.T) {
+	r := ctl(t, map[string]string{"CACTUS_NATS_URL": "nats://127.0.0.1:1"}, "sites", "list", "-timeout", "300ms")
+	if r.code != exitFailed || !strings.Contains(r.stderr, "connect to nats") {
+		t.Fatalf("%d %s %s", r.code, r.stdout, r.stderr)
+	}
+}

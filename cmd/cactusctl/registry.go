@@ -1,0 +1,165 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/cactus-comments/appservice/cmd/internal/rebuild"
+	"github.com/cactus-comments/appservice/pkg/registry"
+	"github.com/cactus-comments/appservice/pkg/service"
+)
+
+func cmdSites(ctx context.Context, e *env, args []string) error {
+	verb, rest, err := subcommand(args, "list")
+	if err != nil || verb == "help" {
+		fmt.Fprintln(e.stderr, "usage: cactusctl sites list [-json] [-env FILE]")
+		if err != nil {
+			return err
+		}
+		return nil
+	}
+	f := newFlags(e, "sites list", "[flags]", "Lists the registered sites from the registry in NATS.")
+	var cf cfgFlags
+	cf.register(f)
+	asJSON := f.Bool("json", false, "print JSON instead of a table")
+	if err := parse(f, rest); err != nil {
+		return err
+	}
+	if f.NArg() > 0 {
+		return usagef("unexpected arguments %q", f.Args())
+	}
+	cfg, err := cf.natsOnly(e)
+	if err != nil {
+		return err
+	}
+	nc, js, err := cf.connect(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	reg, err := registry.Open(ctx, js)
+	if err != nil {
+		return fmt.Errorf("%w (has a service created the topology yet?)", err)
+	}
+	sites, err := reg.Sites(ctx)
+	if err != nil {
+		return err
+	}
+	type row struct {
+		*registry.Site
+		CommentRooms int `json:"comment_rooms"`
+	}
+	rows := make([]row, 0, len(sites))
+	for _, s := range sites {
+		rooms, err := reg.Rooms(ctx, s.Name)
+		if err != nil {
+			return err
+		}
+		rows = append(rows, row{s, len(rooms)})
+	}
+	if *asJSON {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rows)
+	}
+	if len(rows) == 0 {
+		fmt.Fprintln(e.stdout, "no sites registered")
+		return nil
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SITE\tOWNER\tMODERATION ROOM\tCOMMENT ROOMS\tBANS\tCREATED")
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\n", r.Name, orDash(r.Owner), orDash(r.ModerationRoom), r.CommentRooms, len(r.Bans), r.CreatedAt.Format("2006-01-02 15:04"))
+	}
+	return tw.Flush()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func cmdRegistry(ctx context.Context, e *env, args []string) error {
+	verb, rest, err := subcommand(args, "rebuild")
+	if err != nil || verb == "help" {
+		fmt.Fprintln(e.stderr, "usage: cactusctl registry rebuild [-prune] [-env FILE]")
+		if err != nil {
+			return err
+		}
+		return nil
+	}
+	f := newFlags(e, "registry rebuild", "[flags]",
+		"Rebuilds the site and room registry from the homeserver: the rooms the bot is in, their\n"+
+			"canonical aliases, each moderation room's power levels and bans. Safe while services run.")
+	var cf cfgFlags
+	cf.register(f)
+	prune := f.Bool("prune", false, "also delete sites the homeserver no longer has (only if every room could be read)")
+	if err := parse(f, rest); err != nil {
+		return err
+	}
+	if f.NArg() > 0 {
+		return usagef("unexpected arguments %q", f.Args())
+	}
+	cfg, err := cf.full(e)
+	if err != nil {
+		return err
+	}
+	nc, js, err := cf.connect(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	// The registry buckets may not exist yet on a fresh NATS: create them as
+	// any service would.
+	if err := service.Topology(cfg).Ensure(ctx, js); err != nil {
+		return err
+	}
+	reg, err := registry.Open(ctx, js)
+	if err != nil {
+		return err
+	}
+	res, err := rebuild.Run(ctx, cfg, reg, *prune, nil)
+	if err != nil {
+		return err
+	}
+	w := e.stdout
+	fmt.Fprintf(w, "bot is in %d rooms\n", res.JoinedRooms)
+	fmt.Fprintf(w, "sites written: %d %s\n", len(res.Sites), list(res.Sites))
+	fmt.Fprintf(w, "comment rooms written: %d\n", res.CommentRooms)
+	if len(res.Orphans) > 0 {
+		fmt.Fprintf(w, "orphan comment rooms (no moderation room): %d %s\n", len(res.Orphans), list(res.Orphans))
+	}
+	if len(res.Pruned) > 0 {
+		fmt.Fprintf(w, "pruned sites the homeserver no longer has: %s\n", list(res.Pruned))
+	}
+	if len(res.Stale) > 0 {
+		fmt.Fprintf(w, "kept sites not found on the homeserver: %s (use -prune to delete them)\n", list(res.Stale))
+	}
+	if len(res.Skipped) > 0 {
+		fmt.Fprintf(w, "rooms that could not be read: %d\n", len(res.Skipped))
+		for _, s := range res.Skipped {
+			fmt.Fprintf(w, "  %s\n", s)
+		}
+		if *prune {
+			fmt.Fprintln(w, "nothing was pruned because some rooms could not be read")
+		}
+		return errSilent
+	}
+	return nil
+}
+
+func list(items []string) string {
+	if len(items) == 0 {
+		return ""
+	}
+	const maxShown = 20
+	if len(items) > maxShown {
+		return "(" + strings.Join(items[:maxShown], ", ") + fmt.Sprintf(", … %d more)", len(items)-maxShown)
+	}
+	return "(" + strings.Join(items, ", ") + ")"
+}
