@@ -46,7 +46,7 @@ func deadLetterFixture(t *testing.T, js jetstream.JetStream, room, eventID strin
 	err := bus.PublishDeadLetter(context.Background(), js, bus.DeadLetter{
 		Source: bus.ConsumerBot, Stream: bus.StreamEvents, Subject: bus.EventSubject(bus.ClassBot, room),
 		Reason: "homeserver said 403 M_FORBIDDEN", Delivered: 3,
-		Data:   []byte(fmt.Sprintf(`{"event_id":%q,"room_id":%q}`, eventID, room)), Header: h,
+		Data: []byte(fmt.Sprintf(`{"event_id":%q,"room_id":%q}`, eventID, room)), Header: h,
 	})
 	if err != nil {
 		t.Fatal(err)
