@@ -363,7 +363,7 @@ func (c *Client) retryWait(err error, attempt int) (time.Duration, bool) {
 		case me.ErrCode == CodeBadStatus || me.ErrCode == CodeConnectionFailed || me.ErrCode == CodeConnectionTimeout:
 			// The ping's verdict on the appservice, not a homeserver fault.
 			return 0, false
-		case me.Status >= 500 && me.Status != http.StatusNotImplemented && me.Status != http.StatusHTTPVersionNotSupported,
+		case me.Status >= 500 && !notImplemented(me.Status),
 			me.Status == http.StatusRequestTimeout:
 			return c.backoff(attempt), true
 		}
@@ -411,7 +411,8 @@ func (e *transportError) Error() string {
 func (e *transportError) Unwrap() error { return e.err }
 
 // IsTransient reports an error worth retrying later: a network failure,
-// a 5xx, a 408 or a rate limit.
+// a 5xx other than 501 and 505, a 408 or a rate limit. An unreadable 2xx
+// answer is neither transient nor permanent (see IsPermanent).
 func IsTransient(err error) bool {
 	var te *transportError
 	if errors.As(err, &te) {
@@ -419,9 +420,16 @@ func IsTransient(err error) bool {
 	}
 	var e *Error
 	if errors.As(err, &e) {
-		return e.Status >= 500 || e.Status == http.StatusTooManyRequests || e.Status == http.StatusRequestTimeout || e.ErrCode == CodeLimitExceeded
+		return e.Status >= 500 && !notImplemented(e.Status) ||
+			e.Status == http.StatusTooManyRequests || e.Status == http.StatusRequestTimeout || e.ErrCode == CodeLimitExceeded
 	}
 	return false
+}
+
+// notImplemented reports the 5xx statuses that describe the request rather
+// than the server's health, so retrying them is useless.
+func notImplemented(status int) bool {
+	return status == http.StatusNotImplemented || status == http.StatusHTTPVersionNotSupported
 }
 
 func (c *Client) attempt(ctx context.Context, r *request, u string, out any) error {

@@ -122,7 +122,8 @@ func IsLimitExceeded(err error) bool {
 
 // IsPermanent reports a 4xx answer other than 429 and 408: the request was
 // understood and refused, so sending it again will not help. Network errors,
-// 5xx and context errors are not permanent.
+// 5xx and context errors are not permanent, and neither is a 2xx answer we
+// could not read (the call may well have taken effect).
 func IsPermanent(err error) bool {
 	var e *Error
 	if !errors.As(err, &e) {

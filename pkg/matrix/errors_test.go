@@ -26,6 +26,7 @@ func TestErrorClassification(t *testing.T) {
 		{"limit code on 400", &Error{Status: 400, ErrCode: "M_LIMIT_EXCEEDED"}, "M_LIMIT_EXCEEDED", false, false, false, false, true, false, true},
 		{"request timeout", &Error{Status: 408}, "", false, false, false, false, false, false, true},
 		{"server error", &Error{Status: 500, ErrCode: "M_UNKNOWN"}, "M_UNKNOWN", false, false, false, false, false, false, true},
+		{"not implemented", &Error{Status: 501}, "", false, false, false, false, false, false, false},
 		{"network", &transportError{endpoint: "send", method: "PUT", err: errors.New("connection reset")}, "", false, false, false, false, false, false, true},
 		{"other", errors.New("boom"), "", false, false, false, false, false, false, false},
 		{"nil", nil, "", false, false, false, false, false, false, false},
