@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"reflect"
 	"regexp"
+	"regexp/syntax"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -93,12 +94,43 @@ type Config struct {
 
 // Load reads the CACTUS_* environment and validates the result. Every error is one line naming the variable.
 func Load() (*Config, error) {
-	var c Config
-	if err := envconfig.Process(Prefix, &c); err != nil {
-		return nil, oneLine(err)
+	c, err := process()
+	if err != nil {
+		return nil, err
 	}
 	if err := c.Validate(); err != nil {
 		return nil, err
+	}
+	return c, nil
+}
+
+// process fills a Config from the environment. envconfig falls back to the
+// bare tag name (HS_TOKEN, USER_ID, LOG_LEVEL, ...) when the prefixed
+// variable is unset, so an unrelated LOG_LEVEL in a container would
+// configure us. It therefore processes a shadow struct whose tags carry the
+// full CACTUS_ names, for which the fallback is the same name.
+func process() (*Config, error) {
+	t := reflect.TypeFor[Config]()
+	var fields []reflect.StructField
+	var index []int
+	for i := range t.NumField() {
+		f := t.Field(i)
+		key := f.Tag.Get("envconfig")
+		if key == "" {
+			continue
+		}
+		tag := strings.Replace(string(f.Tag), `envconfig:"`+key+`"`, `envconfig:"`+Prefix+"_"+key+`"`, 1)
+		fields = append(fields, reflect.StructField{Name: f.Name, Type: f.Type, Tag: reflect.StructTag(tag)})
+		index = append(index, i)
+	}
+	shadow := reflect.New(reflect.StructOf(fields))
+	if err := envconfig.Process("", shadow.Interface()); err != nil {
+		return nil, oneLine(err)
+	}
+	var c Config
+	cv := reflect.ValueOf(&c).Elem()
+	for j, i := range index {
+		cv.Field(i).Set(shadow.Elem().Field(j))
 	}
 	return &c, nil
 }
@@ -212,11 +244,19 @@ func normalizeURL(raw string) (string, error) {
 }
 
 // compileMatch compiles a pattern with Python re.match semantics: anchored
-// at the start, free at the end.
+// at the start, free at the end. The pattern must compile on its own first:
+// wrapped, "a)|(?:b" would compile and match b anywhere, escaping the anchor.
 func compileMatch(pattern string) (*regexp.Regexp, error) {
+	if _, err := regexp.Compile(pattern); err != nil {
+		var se *syntax.Error
+		if errors.As(err, &se) {
+			return nil, fmt.Errorf("does not compile: %s: %q", se.Code, se.Expr)
+		}
+		return nil, fmt.Errorf("does not compile: %q", err.Error())
+	}
 	re, err := regexp.Compile(`^(?:` + pattern + `)`)
 	if err != nil {
-		return nil, fmt.Errorf("does not compile: %w", err)
+		return nil, fmt.Errorf("does not compile: %q", err.Error())
 	}
 	return re, nil
 }
