@@ -1,0 +1,313 @@
+// Package botworker is the chat interface of the comment service: the bot
+// user accepts invites from people allowed to register sites, answers
+// help, registers sites (creating each site's moderation room and
+// recording the site in the registry the provisioner shares) and lists a
+// user's sites.
+//
+// It consumes the bot's events (bus.ConsumerBot) through pkg/worker, so
+// replicas share the work, each room's commands are handled in order, and
+// failures are retried with backoff or dead-lettered. Every side effect is
+// idempotent and derived from the triggering event: replies carry a
+// transaction id made from the event id, and a registration is a
+// create-if-absent on both the homeserver (the alias) and the registry.
+package botworker
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/pkg/config"
+	"github.com/cactus-comments/appservice/pkg/event"
+	"github.com/cactus-comments/appservice/pkg/matrix"
+	"github.com/cactus-comments/appservice/pkg/mxid"
+	"github.com/cactus-comments/appservice/pkg/namespace"
+	"github.com/cactus-comments/appservice/pkg/registry"
+	"github.com/cactus-comments/appservice/pkg/service"
+	"github.com/cactus-comments/appservice/pkg/worker"
+)
+
+// Name is the service name in logs and NATS connection names.
+const Name = "botworker"
+
+// Homeserver is what the bot needs from the client-server API.
+// *matrix.Client implements it; tests substitute their own.
+type Homeserver interface {
+	RegisterAppserviceUser(ctx context.Context, localpart string) (created bool, err error)
+	SetDisplayName(ctx context.Context, user mxid.UserID, name string) error
+	SetAvatarURL(ctx context.Context, user mxid.UserID, mxc string) error
+	JoinRoom(ctx context.Context, roomIDOrAlias string) (mxid.RoomID, error)
+	LeaveRoom(ctx context.Context, room mxid.RoomID, reason string) error
+	CreateRoom(ctx context.Context, req *matrix.CreateRoomRequest) (mxid.RoomID, error)
+	SendEvent(ctx context.Context, room mxid.RoomID, eventType, txnID string, content any) (mxid.EventID, error)
+	GetStateEvent(ctx context.Context, room mxid.RoomID, eventType, stateKey string, out any) error
+	ResolveAlias(ctx context.Context, alias mxid.RoomAlias) (mxid.RoomID, error)
+	Members(ctx context.Context, room mxid.RoomID, membership string) ([]matrix.Event, error)
+}
+
+// ProfileReader is optionally implemented by a Homeserver: with it, start-up
+// sets the display name and avatar only when they differ, because every
+// profile change makes the homeserver send a member event into every room
+// the bot is in.
+type ProfileReader interface {
+	Profile(ctx context.Context, user mxid.UserID) (displayName, avatarURL string, err error)
+}
+
+// Options are the parts of a Bot that tests or an embedding program may
+// supply. Zero values are built from the runtime's configuration.
+type Options struct {
+	Homeserver Homeserver
+	Registry   *registry.Registry
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+	// DocsURL, ClientScript and ClientStyle override where the bot's
+	// messages point for documentation and the web client's files.
+	DocsURL, ClientScript, ClientStyle string
+	// MinBackoff bounds the first redelivery delay of a failed message
+	// (default 500ms).
+	MinBackoff time.Duration
+}
+
+// Bot handles the bot's events. It is safe for concurrent use.
+type Bot struct {
+	cfg      *config.Config
+	log      *slog.Logger
+	js       jetstream.JetStream
+	hs       Homeserver
+	reg      *registry.Registry
+	state    *state
+	texts    texts
+	m        *metrics
+	wm       *worker.Metrics
+	bot      mxid.UserID
+	ns       namespace.Namespace
+	mentions []string
+	now      func() time.Time
+	backoff  time.Duration
+
+	ours   *ttlCache // rooms known to be comment or moderation rooms
+	direct *ttlCache // direct-chat verdicts of rooms without a DM mark
+}
+
+// New builds a Bot on a started runtime.
+func New(ctx context.Context, rt *service.Runtime, o Options) (*Bot, error) {
+	cfg := rt.Config
+	m := newMetrics(rt.Metrics)
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Homeserver == nil {
+		c, err := matrix.NewClient(matrix.Config{
+			HomeserverURL:  cfg.HomeserverURL,
+			Token:          cfg.ASToken.Reveal(),
+			RequestTimeout: cfg.HomeserverTimeout,
+			Observe:        m.observeHS,
+			Logger:         rt.Log,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("botworker: %w", err)
+		}
+		o.Homeserver = newClientHomeserver(c, cfg)
+	}
+	if o.Registry == nil {
+		reg, err := registry.Open(ctx, rt.JS)
+		if err != nil {
+			return nil, fmt.Errorf("botworker: %w", err)
+		}
+		o.Registry = reg
+	}
+	kv, err := rt.JS.KeyValue(ctx, bus.BucketLimit)
+	if err != nil {
+		return nil, fmt.Errorf("botworker: open bucket %s: %w", bus.BucketLimit, err)
+	}
+	t := texts{
+		ServerName: cfg.ServerName(), PublicURL: cfg.PublicHomeserverURL, Namespace: cfg.Namespace(),
+		Limit: cfg.RegistrationLimit, DocsURL: o.DocsURL, ClientScript: o.ClientScript, ClientStyle: o.ClientStyle,
+	}
+	if t.DocsURL == "" {
+		t.DocsURL = defaultDocsURL
+	}
+	if t.ClientScript == "" {
+		t.ClientScript = defaultClientScript
+	}
+	if t.ClientStyle == "" {
+		t.ClientStyle = defaultClientStyle
+	}
+	bot := cfg.Bot()
+	mentions := []string{bot.String(), bot.Localpart()}
+	if cfg.BotDisplayName != "" {
+		mentions = append(mentions, cfg.BotDisplayName)
+	}
+	if o.MinBackoff <= 0 {
+		o.MinBackoff = 500 * time.Millisecond
+	}
+	return &Bot{
+		cfg: cfg, log: rt.Log, js: rt.JS, hs: o.Homeserver, reg: o.Registry,
+		state: &state{kv: kv, now: o.Now}, texts: t, m: m, wm: worker.NewMetrics(rt.Metrics),
+		bot: bot, ns: cfg.Namespace(), mentions: mentions, now: o.Now, backoff: o.MinBackoff,
+		ours:   newTTLCache(o.Now, time.Minute, 50_000),
+		direct: newTTLCache(o.Now, time.Minute, 50_000),
+	}, nil
+}
+
+// Run is the whole botworker service: NATS and topology, the admin
+// listener, the bot user, then the consumer until ctx ends.
+func Run(ctx context.Context, cfg *config.Config) error {
+	rt, err := service.Start(ctx, Name, cfg, nil)
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+	b, err := New(ctx, rt, Options{})
+	if err != nil {
+		return err
+	}
+	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
+	adminErr := make(chan error, 1)
+	go func() {
+		adminErr <- service.Serve(adminCtx, cfg.AdminAddr, rt.AdminHandler(), cfg.ShutdownTimeout, rt.Log, func(a net.Addr) {
+			rt.Log.Info("admin listener up", "addr", a.String())
+		})
+	}()
+	defer func() {
+		stopAdmin()
+		<-adminErr
+	}()
+	if err := b.Setup(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	rt.SetReady(true)
+	rt.Log.Info("botworker ready", "bot", b.bot.String(), "concurrency", cfg.Concurrency)
+	err = b.Consume(ctx)
+	rt.SetReady(false)
+	return err
+}
+
+// Consume handles the bot's events until ctx ends.
+func (b *Bot) Consume(ctx context.Context) error {
+	return worker.Run(ctx, b.js, worker.Options{
+		Stream:      bus.StreamEvents,
+		Consumer:    bus.ConsumerBot,
+		Concurrency: b.cfg.Concurrency,
+		MaxDeliver:  b.cfg.MaxDeliver,
+		MinBackoff:  b.backoff,
+		Log:         b.log,
+		Metrics:     b.wm,
+	}, b.HandleMsg)
+}
+
+// HandleMsg is the worker handler: one event from the bot's consumer.
+func (b *Bot) HandleMsg(ctx context.Context, m jetstream.Msg) error {
+	var ev event.Event
+	if err := json.Unmarshal(m.Data(), &ev); err != nil {
+		return worker.Permanent(fmt.Errorf("botworker: undecodable event: %w", err))
+	}
+	if err := ev.Validate(); err != nil {
+		return worker.Permanent(fmt.Errorf("botworker: %w", err))
+	}
+	last := false
+	if md, err := m.Metadata(); err == nil {
+		last = int(md.NumDelivered) >= b.cfg.MaxDeliver
+	}
+	return b.HandleEvent(ctx, &ev, last)
+}
+
+// HandleEvent handles one event. last says this is the final delivery:
+// a command that still cannot reach the homeserver gets an answer saying
+// so instead of silence.
+func (b *Bot) HandleEvent(ctx context.Context, ev *event.Event, last bool) error {
+	log := b.log.With("event_id", ev.EventID, "room_id", ev.RoomID, "sender", ev.Sender)
+	switch ev.Type {
+	case "m.room.member":
+		if ev.StateKeyIs(b.bot.String()) {
+			return b.onMembership(ctx, ev, log)
+		}
+	case "m.room.message":
+		return b.onMessage(ctx, ev, last, log)
+	}
+	return nil
+}
+
+// txnID derives a send transaction id from the triggering event and the
+// purpose of the message, so a redelivered event resends with the same id
+// (which the homeserver deduplicates) and different messages caused by one
+// event never collide. Event ids are globally unique, which Synapse needs
+// because it deduplicates on the path regardless of the acting user.
+func txnID(eventID, purpose string) string {
+	h := sha256.Sum256([]byte(eventID))
+	return "cactus." + base64.RawURLEncoding.EncodeToString(h[:18]) + "." + purpose
+}
+
+// hsError turns a homeserver error into what the worker should do: wait
+// as long as a rate limit asks, give up at once on a refusal, otherwise
+// retry with backoff.
+func hsError(err error) error {
+	if err == nil {
+		return nil
+	}
+	var e *matrix.Error
+	if errors.As(err, &e) && e.RetryAfter > 0 {
+		return worker.RetryAfter(err, e.RetryAfter)
+	}
+	if matrix.IsPermanent(err) {
+		return worker.Permanent(err)
+	}
+	return err
+}
+
+// ttlCache remembers room verdicts for a short while. It is bounded: when
+// full it starts over, which costs lookups, never correctness.
+type ttlCache struct {
+	mu  sync.Mutex
+	m   map[string]cacheEntry
+	ttl time.Duration
+	max int
+	now func() time.Time
+}
+
+type cacheEntry struct {
+	v  bool
+	at time.Time
+}
+
+func newTTLCache(now func() time.Time, ttl time.Duration, max int) *ttlCache {
+	return &ttlCache{m: map[string]cacheEntry{}, ttl: ttl, max: max, now: now}
+}
+
+func (c *ttlCache) get(k string) (v, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[k]
+	if !ok || c.now().Sub(e.at) > c.ttl {
+		return false, false
+	}
+	return e.v, true
+}
+
+func (c *ttlCache) put(k string, v bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.m) >= c.max {
+		clear(c.m)
+	}
+	c.m[k] = cacheEntry{v: v, at: c.now()}
+}
+
+func (c *ttlCache) drop(k string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.m, k)
+}

@@ -1,0 +1,296 @@
+package botworker
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"sync"
+
+	"github.com/cactus-comments/appservice/pkg/matrix"
+	"github.com/cactus-comments/appservice/pkg/mxid"
+)
+
+// fakeHS is an in-memory homeserver with the semantics the bot relies on:
+// aliases are unique (M_ROOM_IN_USE), sends are deduplicated by txn id,
+// createRoom applies the power level override. fail injects errors.
+type fakeHS struct {
+	mu       sync.Mutex
+	server   string
+	bot      string
+	rooms    map[string]*fakeRoom
+	aliases  map[string]string
+	txns     map[string]string // txn id -> event id
+	users    map[string]bool
+	profile  map[string]string // "displayname", "avatar_url"
+	calls    map[string]int
+	seq      int
+	fail     func(endpoint string) error
+	sent     []sentMessage
+	creates  []*matrix.CreateRoomRequest
+	profiles int // profile writes
+}
+
+type fakeRoom struct {
+	id          string
+	members     map[string]string // user -> membership
+	powerLevels json.RawMessage
+	req         *matrix.CreateRoomRequest
+}
+
+type sentMessage struct {
+	Room, Txn string
+	Content   matrix.MessageContent
+}
+
+func newFakeHS(server, bot string) *fakeHS {
+	return &fakeHS{
+		server: server, bot: bot,
+		rooms: map[string]*fakeRoom{}, aliases: map[string]string{}, txns: map[string]string{},
+		users: map[string]bool{}, profile: map[string]string{}, calls: map[string]int{},
+	}
+}
+
+func (f *fakeHS) enter(endpoint string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls[endpoint]++
+	if f.fail != nil {
+		return f.fail(endpoint)
+	}
+	return nil
+}
+
+func (f *fakeHS) count(endpoint string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls[endpoint]
+}
+
+func (f *fakeHS) setFail(fn func(string) error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.fail = fn
+}
+
+func mErr(status int, code, msg string) error {
+	return &matrix.Error{Status: status, ErrCode: code, Message: msg}
+}
+
+func (f *fakeHS) RegisterAppserviceUser(_ context.Context, localpart string) (bool, error) {
+	if err := f.enter("register"); err != nil {
+		return false, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	id := "@" + localpart + ":" + f.server
+	if f.users[id] {
+		return false, nil
+	}
+	f.users[id] = true
+	return true, nil
+}
+
+func (f *fakeHS) SetDisplayName(_ context.Context, _ mxid.UserID, name string) error {
+	if err := f.enter("displayname"); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.profile["displayname"] = name
+	f.profiles++
+	return nil
+}
+
+func (f *fakeHS) SetAvatarURL(_ context.Context, _ mxid.UserID, mxc string) error {
+	if err := f.enter("avatar"); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.profile["avatar_url"] = mxc
+	f.profiles++
+	return nil
+}
+
+func (f *fakeHS) Profile(_ context.Context, _ mxid.UserID) (string, string, error) {
+	if err := f.enter("profile"); err != nil {
+		return "", "", err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.profile["displayname"], f.profile["avatar_url"], nil
+}
+
+func (f *fakeHS) JoinRoom(_ context.Context, room string) (mxid.RoomID, error) {
+	if err := f.enter("join"); err != nil {
+		return mxid.RoomID{}, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r := f.rooms[room]
+	if r == nil {
+		return mxid.RoomID{}, mErr(http.StatusNotFound, "M_NOT_FOUND", "no such room")
+	}
+	if r.members[f.bot] != "invite" && r.members[f.bot] != "join" {
+		return mxid.RoomID{}, mErr(http.StatusForbidden, "M_FORBIDDEN", "not invited")
+	}
+	r.members[f.bot] = "join"
+	return mxid.MustRoomID(room), nil
+}
+
+func (f *fakeHS) LeaveRoom(_ context.Context, room mxid.RoomID, _ string) error {
+	if err := f.enter("leave"); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r := f.rooms[room.String()]
+	if r == nil || r.members[f.bot] == "" {
+		return fakeForbidden()
+	}
+	r.members[f.bot] = "leave"
+	return nil
+}
+
+func fakeForbidden() error { return mErr(http.StatusForbidden, "M_FORBIDDEN", "not in room") }
+
+func (f *fakeHS) CreateRoom(_ context.Context, req *matrix.CreateRoomRequest) (mxid.RoomID, error) {
+	if err := f.enter("createRoom"); err != nil {
+		return mxid.RoomID{}, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.creates = append(f.creates, req)
+	alias := ""
+	if req.RoomAliasName != "" {
+		alias = "#" + req.RoomAliasName + ":" + f.server
+		if _, ok := f.aliases[alias]; ok {
+			return mxid.RoomID{}, mErr(http.StatusBadRequest, matrix.CodeRoomInUse, "Room alias already taken")
+		}
+	}
+	f.seq++
+	id := fmt.Sprintf("!room%d:%s", f.seq, f.server)
+	pl := map[string]any{"users": map[string]int{f.bot: 100}, "ban": 50, "kick": 50, "redact": 50, "state_default": 50, "events_default": 0, "users_default": 0}
+	if req.PowerLevelContentOverride != nil {
+		pl["users"] = req.PowerLevelContentOverride.Users
+	}
+	plb, _ := json.Marshal(pl)
+	r := &fakeRoom{id: id, members: map[string]string{f.bot: "join"}, powerLevels: plb, req: req}
+	for _, u := range req.Invite {
+		r.members[u] = "invite"
+	}
+	f.rooms[id] = r
+	if alias != "" {
+		f.aliases[alias] = id
+	}
+	return mxid.MustRoomID(id), nil
+}
+
+// addRoom makes a room (a DM or group) with the bot invited.
+func (f *fakeHS) addRoom(id string, members map[string]string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.rooms[id] = &fakeRoom{id: id, members: members}
+}
+
+func (f *fakeHS) SendEvent(_ context.Context, room mxid.RoomID, eventType, txn string, content any) (mxid.EventID, error) {
+	if err := f.enter("send"); err != nil {
+		return mxid.EventID{}, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.txns[txn]; ok {
+		return mxid.EventID{}, nil
+	}
+	r := f.rooms[room.String()]
+	if r == nil || r.members[f.bot] != "join" {
+		return mxid.EventID{}, fakeForbidden()
+	}
+	mc, ok := content.(matrix.MessageContent)
+	if !ok || eventType != "m.room.message" {
+		return mxid.EventID{}, mErr(http.StatusBadRequest, "M_BAD_JSON", "unexpected content")
+	}
+	f.seq++
+	id := fmt.Sprintf("$ev%d", f.seq)
+	f.txns[txn] = id
+	f.sent = append(f.sent, sentMessage{Room: room.String(), Txn: txn, Content: mc})
+	return mxid.EventID{}, nil
+}
+
+func (f *fakeHS) GetStateEvent(_ context.Context, room mxid.RoomID, eventType, _ string, out any) error {
+	if err := f.enter("getState"); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r := f.rooms[room.String()]
+	if r == nil || r.members[f.bot] != "join" {
+		return fakeForbidden()
+	}
+	if eventType != "m.room.power_levels" || r.powerLevels == nil {
+		return mErr(http.StatusNotFound, "M_NOT_FOUND", "no state")
+	}
+	return json.Unmarshal(r.powerLevels, out)
+}
+
+func (f *fakeHS) ResolveAlias(_ context.Context, alias mxid.RoomAlias) (mxid.RoomID, error) {
+	if err := f.enter("resolveAlias"); err != nil {
+		return mxid.RoomID{}, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	id, ok := f.aliases[alias.String()]
+	if !ok {
+		return mxid.RoomID{}, mErr(http.StatusNotFound, "M_NOT_FOUND", "no alias")
+	}
+	return mxid.MustRoomID(id), nil
+}
+
+func (f *fakeHS) Members(_ context.Context, room mxid.RoomID, membership string) ([]matrix.Event, error) {
+	if err := f.enter("members"); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r := f.rooms[room.String()]
+	if r == nil || r.members[f.bot] != "join" {
+		return nil, fakeForbidden()
+	}
+	var out []matrix.Event
+	for u, m := range r.members {
+		if membership == "" || m == membership {
+			k := u
+			out = append(out, matrix.Event{Type: "m.room.member", StateKey: &k, Content: json.RawMessage(`{"membership":"` + m + `"}`)})
+		}
+	}
+	return out, nil
+}
+
+// messages returns the bodies sent to room, in order.
+func (f *fakeHS) messages(room string) []matrix.MessageContent {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []matrix.MessageContent
+	for _, s := range f.sent {
+		if s.Room == room {
+			out = append(out, s.Content)
+		}
+	}
+	return out
+}
+
+func (f *fakeHS) roomByAlias(alias string) *fakeRoom {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.rooms[f.aliases[alias]]
+}
+
+func (f *fakeHS) membership(room, user string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if r := f.rooms[room]; r != nil {
+		return r.members[user]
+	}
+	return ""
+}
