@@ -4,12 +4,15 @@
 package logging
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -74,17 +77,24 @@ func isTerminal(w io.Writer) bool {
 const redacted = "[REDACTED]"
 
 // Patterns that carry credentials whatever their value: query tokens in
-// URLs, Authorization header values, and JSON token fields.
+// URLs, Authorization header values however they are rendered (header
+// lines, Go maps of headers, JSON), bearer tokens, and JSON token fields.
 var credentialPatterns = []*regexp.Regexp{
-	regexp.MustCompile(`(?i)(access_token=)[^&\s"']+`),
-	regexp.MustCompile(`(?i)(authorization:?\s*"?\s*(?:bearer|basic|token)?\s*)[A-Za-z0-9._~+/=-]{4,}`),
-	regexp.MustCompile(`(?i)("(?:as_token|hs_token|access_token|password|token)"\s*:\s*")[^"]*`),
+	regexp.MustCompile(`(?i)((?:access_token|as_token|hs_token)=)[^&\s"']+`),
+	regexp.MustCompile(`(?i)(authorization["']?\s*[:=]\s*\[?\s*["']?\s*(?:(?:bearer|basic|token)\s+)?)[^\s"'\]&,;}]+`),
+	regexp.MustCompile(`(?i)(\bbearer\s+)[A-Za-z0-9._~+/=-]{8,}`),
+	regexp.MustCompile(`(?i)("(?:as_token|hs_token|access_token|refresh_token|password|token|secret)"\s*:\s*")(?:[^"\\]|\\.)*`),
 }
 
-// sensitiveKeys are attribute keys whose values are always withheld.
+// sensitiveKeys are attribute keys whose values are always withheld, as are
+// keys ending in "token".
 var sensitiveKeys = map[string]bool{
-	"authorization": true, "access_token": true, "as_token": true, "hs_token": true,
-	"token": true, "password": true, "secret": true,
+	"authorization": true, "password": true, "secret": true, "passwd": true,
+}
+
+func sensitiveKey(k string) bool {
+	k = strings.ToLower(k)
+	return sensitiveKeys[k] || strings.HasSuffix(k, "token")
 }
 
 // Redactor is a slog.Handler that scrubs secrets from the message and every
@@ -95,15 +105,19 @@ type Redactor struct {
 }
 
 // NewRedactor wraps next. Secrets shorter than 4 bytes are ignored: they
-// would redact ordinary words.
+// would redact ordinary words. Each secret is also withheld in its
+// URL-escaped forms, and longer secrets are replaced first so that a secret
+// containing another is not left half visible.
 func NewRedactor(next slog.Handler, secrets []string) *Redactor {
 	var keep []string
 	for _, s := range secrets {
-		if len(s) >= 4 {
-			keep = append(keep, s)
+		if len(s) < 4 {
+			continue
 		}
+		keep = append(keep, s, url.QueryEscape(s), url.PathEscape(s))
 	}
-	return &Redactor{next: next, secrets: keep}
+	slices.SortFunc(keep, func(a, b string) int { return cmp.Compare(len(b), len(a)) })
+	return &Redactor{next: next, secrets: slices.Compact(keep)}
 }
 
 // Enabled implements slog.Handler.
@@ -134,7 +148,7 @@ func (r *Redactor) WithGroup(name string) slog.Handler {
 }
 
 func (r *Redactor) attr(a slog.Attr) slog.Attr {
-	if sensitiveKeys[strings.ToLower(a.Key)] {
+	if sensitiveKey(a.Key) {
 		return slog.String(a.Key, redacted)
 	}
 	v := a.Value.Resolve()
@@ -152,6 +166,8 @@ func (r *Redactor) attr(a slog.Attr) slog.Attr {
 		// Errors, structs and maps are rendered as text and scrubbed: a
 		// JSON handler would otherwise marshal fields we cannot see.
 		switch x := v.Any().(type) {
+		case []byte:
+			return slog.String(a.Key, r.Scrub(string(x)))
 		case error:
 			return slog.String(a.Key, r.Scrub(x.Error()))
 		case fmt.Stringer:
