@@ -40,6 +40,28 @@ type fakeAS struct {
 	onPing   func(w http.ResponseWriter)
 	block    chan struct{} // when non-nil, transaction pushes wait on it
 	changed  chan struct{}
+	inflight int
+	maxIn    int
+}
+
+// waitFor blocks until cond (run under f.mu) holds.
+func (f *fakeAS) waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	ctx := ctxT(t)
+	for {
+		f.mu.Lock()
+		ok := cond()
+		ch := f.changed
+		f.mu.Unlock()
+		if ok {
+			return
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			t.Fatal("fake appservice: condition not reached")
+		}
+	}
 }
 
 type seenTxn struct {
@@ -91,12 +113,18 @@ func (f *fakeAS) serve(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case strings.HasPrefix(path, "/_matrix/app/v1/transactions/"):
 		block := f.block
+		f.inflight++
+		f.maxIn = max(f.maxIn, f.inflight)
 		f.mu.Unlock()
 		if block != nil {
-			<-block
+			select {
+			case <-block:
+			case <-r.Context().Done():
+			}
 		}
 		f.mu.Lock()
 		defer f.mu.Unlock()
+		f.inflight--
 		id, _ := url.PathUnescape(strings.TrimPrefix(path, "/_matrix/app/v1/transactions/"))
 		var parsed struct {
 			Events []Event `json:"events"`
@@ -302,4 +330,10 @@ func wantErr(t *testing.T, r resp, status int, code string) {
 	if _, ok := r.Body["error"].(string); !ok {
 		t.Fatalf("error body lacks the error key: %s", r.Raw)
 	}
+}
+
+func t0(tb testing.TB) context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	tb.Cleanup(cancel)
+	return ctx
 }
