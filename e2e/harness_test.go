@@ -1,0 +1,612 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/pkg/config"
+	"github.com/cactus-comments/appservice/pkg/embednats"
+	"github.com/cactus-comments/appservice/pkg/event"
+	"github.com/cactus-comments/appservice/pkg/hssim"
+	"github.com/cactus-comments/appservice/pkg/matrix"
+	"github.com/cactus-comments/appservice/pkg/mxid"
+	"github.com/cactus-comments/appservice/pkg/namespace"
+	"github.com/cactus-comments/appservice/pkg/registration"
+	"github.com/cactus-comments/appservice/pkg/registry"
+	"github.com/cactus-comments/appservice/pkg/service"
+	"github.com/cactus-comments/appservice/services/provisioner/provisioner"
+)
+
+// The harness runs the whole system in the test process: embedded NATS,
+// the homeserver simulator pushing to the gateway over HTTP, and any number
+// of provisioners (and botworkers) each on its own NATS connection, as
+// separate processes would be.
+//
+// Typical use:
+//
+//	h := Start(t, Options{Provisioners: 2})
+//	owner := h.User("owner")
+//	site := h.RegisterSite("blog", owner)
+//	visitor := h.User("visitor")
+//	room := h.Join(visitor, h.CommentAlias("blog", "post1"))
+//
+// Another service joins with h.StartService("botworker", botworker.Run)
+// (its whole Run on a config pointing at the harness), or, to hold its
+// runtime, rt := h.Runtime("botworker") and h.Go("botworker", rt, fn).
+
+const (
+	serverName = "cactus.test"
+	botLocal   = "cactusbot"
+	// Tokens of the test registration; never real secrets.
+	testASToken = "as_token_for_tests_0123456789abcdef0123456789abcdef"
+	testHSToken = "hs_token_for_tests_0123456789abcdef0123456789abcdef"
+)
+
+// Options configure Start.
+type Options struct {
+	Mode hssim.Mode // default Synapse
+	// Provisioners started by Start (default 1; -1 for none).
+	Provisioners int
+	// MaxDeliver per message before dead-lettering (default 4).
+	MaxDeliver int
+	// Concurrency of each worker (default 8).
+	Concurrency int
+	// AckWait overrides the consumers' AckWait (default bus.AckWait), so
+	// that a test that kills a worker sees its messages redelivered soon.
+	AckWait time.Duration
+	// Memory keeps streams in memory (benchmarks).
+	Memory bool
+	// LogLevel of every service's logger, into the test log (default warn).
+	LogLevel slog.Level
+}
+
+// Harness is one running system.
+type Harness struct {
+	t    testing.TB
+	opts Options
+	Ctx  context.Context
+
+	NATS     *embednats.Server
+	HS       *hssim.Server
+	NC       *nats.Conn
+	JS       jetstream.JetStream
+	Registry *registry.Registry
+	// Bot acts as the appservice's bot user with the as_token.
+	Bot        *matrix.Client
+	BotID      mxid.UserID
+	NS         namespace.Namespace
+	GatewayURL string
+
+	cfg     *config.Config
+	gateway atomic.Pointer[http.Handler]
+	logw    *testLogWriter
+
+	mu       sync.Mutex
+	services []*Service
+	seq      int
+}
+
+// Start brings the system up; everything stops when the test ends.
+func Start(t testing.TB, o Options) *Harness {
+	t.Helper()
+	if o.Mode == "" {
+		o.Mode = hssim.Synapse
+	}
+	if o.Provisioners == 0 {
+		o.Provisioners = 1
+	}
+	if o.MaxDeliver <= 0 {
+		o.MaxDeliver = 4
+	}
+	if o.Concurrency <= 0 {
+		o.Concurrency = 8
+	}
+	if o.LogLevel == 0 && os.Getenv("E2E_DEBUG") == "" {
+		o.LogLevel = slog.LevelWarn
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	h := &Harness{t: t, opts: o, Ctx: ctx, logw: &testLogWriter{t: t}}
+	t.Cleanup(h.logw.close)
+
+	h.NATS = embednats.StartTest(t)
+
+	// The gateway's address must be in the registration before the
+	// simulator starts, and the simulator's in the gateway's config: the
+	// listener comes first and the handler is set once the gateway exists.
+	gw := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hp := h.gateway.Load()
+		if hp == nil {
+			http.Error(w, `{"errcode":"M_UNKNOWN","error":"gateway not started"}`, http.StatusServiceUnavailable)
+			return
+		}
+		(*hp).ServeHTTP(w, r)
+	}))
+	t.Cleanup(gw.Close)
+	h.GatewayURL = gw.URL
+
+	rateLimited := false
+	reg := &registration.Registration{
+		ID: "cactus", URL: &h.GatewayURL, ASToken: testASToken, HSToken: testHSToken,
+		SenderLocalpart: botLocal, RateLimited: &rateLimited,
+		Namespaces: registration.Namespaces{
+			Users:   []registration.Namespace{{Exclusive: true, Regex: "@" + botLocal + ":" + strings.ReplaceAll(serverName, ".", `\.`)}},
+			Aliases: []registration.Namespace{{Exclusive: true, Regex: "#comments_.*"}},
+		},
+	}
+	hs, err := hssim.Start(ctx, hssim.Options{
+		ServerName: serverName, Mode: o.Mode, TimeUnit: 5 * time.Millisecond,
+		Registrations: []*registration.Registration{reg},
+		Logger:        slog.New(slog.NewTextHandler(h.logw, &slog.HandlerOptions{Level: o.LogLevel})),
+	})
+	if err != nil {
+		t.Fatalf("start simulator: %v", err)
+	}
+	t.Cleanup(func() { _ = hs.Close() })
+	h.HS = hs
+
+	h.cfg = h.newConfig()
+	h.BotID = h.cfg.Bot()
+	h.NS = h.cfg.Namespace()
+	h.NC, h.JS = h.connect("harness")
+	topo := service.Topology(h.cfg)
+	topo.Memory = o.Memory
+	if err := topo.Ensure(ctx, h.JS); err != nil {
+		t.Fatalf("ensure topology: %v", err)
+	}
+	if o.AckWait > 0 {
+		for _, cs := range topo.Consumers() {
+			cs.Config.AckWait = o.AckWait
+			if _, err := h.JS.CreateOrUpdateConsumer(ctx, cs.Stream, cs.Config); err != nil {
+				t.Fatalf("shorten AckWait of %s: %v", cs.Config.Durable, err)
+			}
+		}
+	}
+	if h.Registry, err = registry.Open(ctx, h.JS); err != nil {
+		t.Fatal(err)
+	}
+	if h.Bot, err = matrix.NewClient(matrix.Config{HomeserverURL: hs.URL(), Token: testASToken}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Bot.RegisterAppserviceUser(ctx, botLocal); err != nil {
+		t.Fatalf("register bot: %v", err)
+	}
+
+	h.startGateway()
+	for range max(o.Provisioners, 0) {
+		h.StartProvisioner(provisioner.Options{})
+	}
+	return h
+}
+
+// newConfig is the configuration every service of the harness shares, as
+// one environment file would give it.
+func (h *Harness) newConfig() *config.Config {
+	c := &config.Config{
+		HSToken: testHSToken, ASToken: testASToken,
+		HomeserverURL: h.HS.URL(), UserID: "@" + botLocal + ":" + serverName,
+		NamespaceRegex: "#comments_.*", NamespacePrefix: "comments_", RegistrationRegex: "@.*:.*",
+		AppserviceID: "cactus", BotDisplayName: "Cactus Comments",
+		NATSURL: h.NATS.ClientURL(), NATSReplicas: 1,
+		ListenAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", LogFormat: "text", LogLevel: "warn",
+		PublishTimeout: 10 * time.Second, AliasQueryTimeout: 20 * time.Second, MaxBodyBytes: 32 << 20,
+		ShutdownTimeout: 10 * time.Second, RegistrationLimit: 10, HomeserverTimeout: 10 * time.Second,
+		MaxDeliver: h.opts.MaxDeliver, Concurrency: h.opts.Concurrency,
+	}
+	if err := c.Validate(); err != nil {
+		h.t.Fatalf("harness config: %v", err)
+	}
+	return c
+}
+
+// Config returns a copy of the shared configuration.
+func (h *Harness) Config() *config.Config {
+	c := *h.cfg
+	return &c
+}
+
+func (h *Harness) connect(name string) (*nats.Conn, jetstream.JetStream) {
+	h.t.Helper()
+	nc, err := nats.Connect(h.NATS.ClientURL(), nats.Name(name), nats.MaxReconnects(-1))
+	if err != nil {
+		h.t.Fatalf("nats connect: %v", err)
+	}
+	h.t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return nc, js
+}
+
+// Logger is a logger into the test log, tagged with a service name.
+func (h *Harness) Logger(name string) *slog.Logger {
+	return slog.New(slog.NewTextHandler(h.logw, &slog.HandlerOptions{Level: h.opts.LogLevel})).With("service", name)
+}
+
+// Runtime is a service runtime on its own NATS connection, with the
+// topology already ensured by the harness (so a shortened AckWait stays).
+func (h *Harness) Runtime(name string) *service.Runtime {
+	h.t.Helper()
+	nc, js := h.connect(name)
+	return &service.Runtime{Name: name, Config: h.Config(), Log: h.Logger(name), Metrics: prometheus.NewRegistry(), NC: nc, JS: js}
+}
+
+// Service is one running service of the harness.
+type Service struct {
+	Name string
+	RT   *service.Runtime // nil for services started by StartService
+	// Provisioner is set for provisioners started by StartProvisioner.
+	Provisioner *provisioner.Provisioner
+
+	cancel context.CancelFunc
+	done   chan error
+	once   sync.Once
+	err    error
+}
+
+// Go runs fn as a service until the test ends or Stop/Kill. rt may be nil.
+func (h *Harness) Go(name string, rt *service.Runtime, fn func(ctx context.Context) error) *Service {
+	ctx, cancel := context.WithCancel(h.Ctx)
+	s := &Service{Name: name, RT: rt, cancel: cancel, done: make(chan error, 1)}
+	go func() { s.done <- fn(ctx) }()
+	h.mu.Lock()
+	h.services = append(h.services, s)
+	h.mu.Unlock()
+	h.t.Cleanup(func() {
+		if err := s.Stop(); err != nil {
+			h.t.Errorf("service %s: %v", name, err)
+		}
+	})
+	return s
+}
+
+// StartService runs a service's whole Run(ctx, cfg) on the harness config.
+func (h *Harness) StartService(name string, run func(context.Context, *config.Config) error) *Service {
+	cfg := h.Config()
+	return h.Go(name, nil, func(ctx context.Context) error { return run(ctx, cfg) })
+}
+
+// StartProvisioner starts one more provisioner replica and waits until it
+// serves.
+func (h *Harness) StartProvisioner(o provisioner.Options) *Service {
+	h.t.Helper()
+	h.mu.Lock()
+	h.seq++
+	name := fmt.Sprintf("provisioner-%d", h.seq)
+	h.mu.Unlock()
+	rt := h.Runtime(name)
+	if o.MinBackoff == 0 {
+		o.MinBackoff = 20 * time.Millisecond
+	}
+	if o.MaxBackoff == 0 {
+		o.MaxBackoff = 500 * time.Millisecond
+	}
+	if o.Progress == 0 && h.opts.AckWait > 0 {
+		o.Progress = h.opts.AckWait / 4
+	}
+	p, err := provisioner.New(h.Ctx, rt, o)
+	if err != nil {
+		h.t.Fatalf("%s: %v", name, err)
+	}
+	if err := p.Bootstrap(h.Ctx); err != nil {
+		h.t.Fatalf("%s: bootstrap: %v", name, err)
+	}
+	s := h.Go(name, rt, p.Serve)
+	s.Provisioner = p
+	h.Eventually(func() bool { return rt.Ready() == nil }, 10*time.Second, name+" ready")
+	return s
+}
+
+// Stop ends the service gracefully and returns its error.
+func (s *Service) Stop() error {
+	s.once.Do(func() {
+		s.cancel()
+		select {
+		case s.err = <-s.done:
+		case <-time.After(30 * time.Second):
+			s.err = errors.New("did not stop within 30s")
+		}
+	})
+	return s.err
+}
+
+// Kill ends the service as a crash would: its NATS connection drops at
+// once, so nothing it holds is acknowledged (JetStream redelivers it after
+// AckWait) and requests it had in flight to the homeserver still land.
+func (s *Service) Kill() {
+	if s.RT == nil {
+		panic("Kill needs a service started with a runtime")
+	}
+	s.RT.NC.Close()
+	s.once.Do(func() {
+		s.cancel()
+		select {
+		case <-s.done:
+		case <-time.After(30 * time.Second):
+		}
+	})
+}
+
+// stubGateway stands in for the gateway package until it lands: it stores
+// pushed events in the event stream (deduplicated by event id) and asks the
+// provisioners about aliases, as the gateway does.
+func (h *Harness) startGateway() {
+	var hd http.Handler = http.HandlerFunc(h.stubGateway)
+	h.gateway.Store(&hd)
+}
+
+func (h *Harness) stubGateway(w http.ResponseWriter, r *http.Request) {
+	writeJSON := func(status int, v any) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		_ = json.NewEncoder(w).Encode(v)
+	}
+	if r.Header.Get("Authorization") != "Bearer "+testHSToken {
+		writeJSON(http.StatusForbidden, map[string]string{"errcode": "M_FORBIDDEN", "error": "bad token"})
+		return
+	}
+	path := strings.TrimPrefix(r.URL.EscapedPath(), "/_matrix/app/v1")
+	switch {
+	case r.Method == http.MethodPut && strings.HasPrefix(path, "/transactions/"):
+		var txn struct {
+			Events []json.RawMessage `json:"events"`
+		}
+		if err := json.NewDecoder(r.Body).Decode(&txn); err != nil {
+			writeJSON(http.StatusBadRequest, map[string]string{"errcode": "M_NOT_JSON", "error": err.Error()})
+			return
+		}
+		for _, raw := range txn.Events {
+			var e event.Event
+			if json.Unmarshal(raw, &e) != nil || e.EventID == "" {
+				continue
+			}
+			m := nats.NewMsg(bus.EventSubject(bus.Classify(&e, h.BotID.String()), e.RoomID))
+			m.Header.Set(bus.HeaderMsgID, e.EventID)
+			m.Data = raw
+			if _, err := h.JS.PublishMsg(r.Context(), m); err != nil {
+				writeJSON(http.StatusServiceUnavailable, map[string]string{"errcode": "M_UNKNOWN", "error": err.Error()})
+				return
+			}
+		}
+		writeJSON(http.StatusOK, map[string]any{})
+	case r.Method == http.MethodGet && strings.HasPrefix(path, "/rooms/"):
+		alias, err := url.PathUnescape(strings.TrimPrefix(path, "/rooms/"))
+		if err != nil {
+			writeJSON(http.StatusNotFound, map[string]string{"errcode": "M_NOT_FOUND", "error": "bad alias"})
+			return
+		}
+		q, _ := json.Marshal(bus.AliasQuery{Alias: alias})
+		msg, err := h.NC.RequestWithContext(r.Context(), bus.SubjectAliasQuery, q)
+		if err != nil {
+			writeJSON(http.StatusServiceUnavailable, map[string]string{"errcode": "M_UNKNOWN", "error": err.Error()})
+			return
+		}
+		var a bus.AliasAnswer
+		if json.Unmarshal(msg.Data, &a) != nil {
+			writeJSON(http.StatusServiceUnavailable, map[string]string{"errcode": "M_UNKNOWN", "error": "bad answer"})
+			return
+		}
+		if a.Exists {
+			writeJSON(http.StatusOK, map[string]any{})
+			return
+		}
+		writeJSON(http.StatusNotFound, map[string]string{"errcode": "M_NOT_FOUND", "error": a.Error})
+	case strings.HasPrefix(path, "/thirdparty/"):
+		writeJSON(http.StatusOK, []any{})
+	default:
+		writeJSON(http.StatusNotFound, map[string]string{"errcode": "M_NOT_FOUND", "error": "not found"})
+	}
+}
+
+// User is a homeserver user with its own client.
+type User struct {
+	ID     mxid.UserID
+	Client *matrix.Client
+}
+
+// User registers a user on the simulator.
+func (h *Harness) User(localpart string) *User {
+	h.t.Helper()
+	id, tok, err := h.HS.RegisterUser(localpart, "password-"+localpart)
+	if err != nil {
+		h.t.Fatalf("register %s: %v", localpart, err)
+	}
+	c, err := matrix.NewClient(matrix.Config{HomeserverURL: h.HS.URL(), Token: tok, MaxAttempts: 1})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return &User{ID: mxid.MustUserID(id), Client: c}
+}
+
+// CommentAlias is the alias of a comment section.
+func (h *Harness) CommentAlias(site, section string) mxid.RoomAlias {
+	a, err := h.NS.CommentsAlias(site, section)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return a
+}
+
+// RegisterSite does what the botworker does for `register <site>`: the
+// moderation room on the homeserver, with the owner invited and joined at
+// level 100, and the site in the registry. Provisioner tests use it so as
+// not to depend on the botworker.
+func (h *Harness) RegisterSite(name string, owner *User) *registry.Site {
+	h.t.Helper()
+	pl := &matrix.PowerLevels{Users: map[string]int{owner.ID.String(): 100, h.BotID.String(): 100}}
+	room, err := h.Bot.CreateRoom(h.Ctx, &matrix.CreateRoomRequest{
+		Visibility: matrix.VisibilityPrivate, RoomAliasName: h.NS.ModerationLocalpart(name),
+		Name: name + " moderation room", Topic: "Moderation of " + name,
+		Invite: []string{owner.ID.String()}, CreationContent: map[string]any{"m.federate": true},
+		InitialState: []matrix.StateEvent{
+			{Type: "m.room.join_rules", Content: map[string]string{"join_rule": "invite"}},
+			{Type: "m.room.history_visibility", Content: map[string]string{"history_visibility": "invited"}},
+		},
+		PowerLevelContentOverride: pl,
+	})
+	if err != nil {
+		h.t.Fatalf("create moderation room of %s: %v", name, err)
+	}
+	if _, err := owner.Client.JoinRoom(h.Ctx, room.String()); err != nil {
+		h.t.Fatalf("owner joins moderation room: %v", err)
+	}
+	cur, err := h.Bot.GetPowerLevels(h.Ctx, room)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	raw, _ := json.Marshal(cur)
+	site := &registry.Site{Name: name, Owner: owner.ID.String(), ModerationRoom: room.String(), PowerLevels: raw}
+	if err := h.Registry.CreateSite(h.Ctx, site); err != nil {
+		h.t.Fatalf("record site %s: %v", name, err)
+	}
+	return site
+}
+
+// Join makes u join alias (the homeserver asks the appservice about an
+// unknown alias) and returns the room.
+func (h *Harness) Join(u *User, alias mxid.RoomAlias) mxid.RoomID {
+	h.t.Helper()
+	room, err := u.Client.JoinRoom(h.Ctx, alias.String())
+	if err != nil {
+		h.t.Fatalf("%s joins %s: %v", u.ID, alias, err)
+	}
+	return room
+}
+
+// WaitSim waits until cond holds, re-checking whenever the simulator's state
+// changes (no polling).
+func (h *Harness) WaitSim(cond func() bool, timeout time.Duration, what string) {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(h.Ctx, timeout)
+	defer cancel()
+	if err := h.HS.Wait(ctx, cond); err != nil {
+		h.t.Fatalf("waiting for %s: %v", what, err)
+	}
+}
+
+// Eventually polls cond until it holds, for conditions nothing signals.
+func (h *Harness) Eventually(cond func() bool, timeout time.Duration, what string) {
+	h.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			h.t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// JobsDrained reports whether every job has been acknowledged.
+func (h *Harness) JobsDrained() bool {
+	return h.consumerIdle(bus.StreamJobs, bus.ConsumerJobs)
+}
+
+// ModerationDrained reports whether every moderation event has been handled.
+func (h *Harness) ModerationDrained() bool {
+	return h.consumerIdle(bus.StreamEvents, bus.ConsumerModeration)
+}
+
+func (h *Harness) consumerIdle(stream, consumer string) bool {
+	c, err := h.JS.Consumer(h.Ctx, stream, consumer)
+	if err != nil {
+		return false
+	}
+	info, err := c.Info(h.Ctx)
+	return err == nil && info.NumPending == 0 && info.NumAckPending == 0
+}
+
+// Quiesce waits until the homeserver has pushed everything and every
+// moderation event and job is done, so that a test can assert that
+// something did NOT happen.
+func (h *Harness) Quiesce(timeout time.Duration) {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(h.Ctx, timeout)
+	defer cancel()
+	for {
+		if err := h.HS.WaitIdle(ctx); err != nil {
+			h.t.Fatalf("quiesce: %v", err)
+		}
+		if h.ModerationDrained() && h.JobsDrained() {
+			// A job can have produced an event the homeserver is about to
+			// push: idle twice in a row means settled.
+			if err := h.HS.WaitIdle(ctx); err == nil && h.ModerationDrained() && h.JobsDrained() {
+				return
+			}
+		}
+		select {
+		case <-ctx.Done():
+			h.t.Fatalf("quiesce: moderation drained %v, jobs drained %v", h.ModerationDrained(), h.JobsDrained())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// DeadLetters returns every dead letter stored so far.
+func (h *Harness) DeadLetters() []bus.DeadLetter {
+	h.t.Helper()
+	c, err := h.JS.OrderedConsumer(h.Ctx, bus.StreamDLQ, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	s, err := h.JS.Stream(h.Ctx, bus.StreamDLQ)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	info, err := s.Info(h.Ctx)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	var out []bus.DeadLetter
+	for range info.State.Msgs {
+		m, err := c.Next(jetstream.FetchMaxWait(5 * time.Second))
+		if err != nil {
+			h.t.Fatalf("read dead letters: %v", err)
+		}
+		out = append(out, bus.ReadDeadLetter(m))
+	}
+	return out
+}
+
+// testLogWriter sends service logs to the test log, and drops them once
+// the test is over (late goroutines must not call t.Log then).
+type testLogWriter struct {
+	t      testing.TB
+	mu     sync.Mutex
+	closed bool
+}
+
+func (w *testLogWriter) Write(b []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.closed {
+		w.t.Log(strings.TrimRight(string(b), "\n"))
+	}
+	return len(b), nil
+}
+
+func (w *testLogWriter) close() {
+	w.mu.Lock()
+	w.closed = true
+	w.mu.Unlock()
+}
+
+var _ io.Writer = (*testLogWriter)(nil)

@@ -1,0 +1,341 @@
+package provisioner
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/pkg/matrix"
+	"github.com/cactus-comments/appservice/pkg/mxid"
+	"github.com/cactus-comments/appservice/pkg/namespace"
+	"github.com/cactus-comments/appservice/pkg/registry"
+)
+
+// errNoAnswer marks a query this replica cannot decide (the registry is
+// unreachable): it stays unanswered and the gateway answers 503, which
+// makes the homeserver's visitor retry rather than see a false 404.
+var errNoAnswer = errors.New("cannot decide")
+
+// subscribeAliasQueries joins the provisioners' queue group. NATS calls the
+// handler one message at a time, so each query runs in its own goroutine,
+// at most AliasConcurrency at once; wg tracks them for shutdown.
+func (p *Provisioner) subscribeAliasQueries(ctx context.Context, wg *sync.WaitGroup) (*nats.Subscription, error) {
+	sem := make(chan struct{}, p.opts.AliasConcurrency)
+	hctx := context.WithoutCancel(ctx)
+	sub, err := p.rt.NC.QueueSubscribe(bus.SubjectAliasQuery, bus.QueueProvisioners, func(m *nats.Msg) {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			p.serveAliasQuery(hctx, m)
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("provisioner: subscribe %s: %w", bus.SubjectAliasQuery, err)
+	}
+	// A queue subscription with a small pending limit would drop queries
+	// under a burst; a query is tiny, so allow many.
+	_ = sub.SetPendingLimits(64*1024, 64<<20)
+	return sub, nil
+}
+
+func (p *Provisioner) serveAliasQuery(ctx context.Context, m *nats.Msg) {
+	start := time.Now()
+	var q bus.AliasQuery
+	if err := json.Unmarshal(m.Data, &q); err != nil || q.Alias == "" {
+		p.m.aliasQueries.WithLabelValues("bad_request").Inc()
+		p.reply(m, bus.AliasAnswer{Error: "malformed alias query"})
+		return
+	}
+	// Bound the work by what the gateway waits for: an answer after it
+	// gave up helps nobody.
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.AliasQueryTimeout)
+	defer cancel()
+	ans, outcome, err := p.AliasQuery(ctx, q.Alias)
+	p.m.aliasLatency.Observe(time.Since(start).Seconds())
+	p.m.aliasQueries.WithLabelValues(outcome).Inc()
+	log := p.log.With("alias", q.Alias, "outcome", outcome, "took", time.Since(start))
+	if errors.Is(err, errNoAnswer) {
+		log.Error("alias query left unanswered", "err", err)
+		return
+	}
+	if err != nil {
+		log.Warn("alias query failed", "err", err)
+	} else {
+		log.Debug("alias query answered")
+	}
+	p.reply(m, ans)
+}
+
+func (p *Provisioner) reply(m *nats.Msg, ans bus.AliasAnswer) {
+	b, _ := json.Marshal(ans)
+	if err := m.Respond(b); err != nil {
+		p.log.Warn("alias query reply failed", "err", err)
+	}
+}
+
+// AliasQuery decides whether alias exists, creating its comment room if
+// the alias names a section of a registered site. outcome is the metric
+// label; an error wrapping errNoAnswer means no answer should be sent.
+func (p *Provisioner) AliasQuery(ctx context.Context, alias string) (ans bus.AliasAnswer, outcome string, err error) {
+	parsed, err := p.ns.Parse(alias)
+	if err != nil {
+		return bus.AliasAnswer{Error: "not a valid room alias"}, "not_comment_room", nil
+	}
+	if parsed.Kind != namespace.Comments || !p.cfg.InNamespace(alias) {
+		return bus.AliasAnswer{Error: "not a comment section alias of this service"}, "not_comment_room", nil
+	}
+	// One createRoom per alias per replica however many visitors ask at
+	// once; other replicas meet M_ROOM_IN_USE.
+	key := parsed.Alias.String()
+	res := p.flights.do(key, func() flightResult {
+		a, o, e := p.provision(ctx, parsed)
+		return flightResult{a, o, e}
+	})
+	return res.ans, res.outcome, res.err
+}
+
+func (p *Provisioner) provision(ctx context.Context, parsed namespace.Parsed) (bus.AliasAnswer, string, error) {
+	site, err := p.site(ctx, parsed.Site)
+	if errors.Is(err, registry.ErrNotFound) {
+		return bus.AliasAnswer{Error: fmt.Sprintf("no site %q is registered", parsed.Site)}, "unknown_site", nil
+	}
+	if err != nil {
+		return bus.AliasAnswer{}, "error", fmt.Errorf("%w: %w", errNoAnswer, err)
+	}
+	pl, err := p.sitePowerLevels(ctx, site)
+	if err != nil {
+		return bus.AliasAnswer{Error: err.Error()}, "error", err
+	}
+	req := &matrix.CreateRoomRequest{
+		Visibility:      matrix.VisibilityPrivate,
+		RoomAliasName:   p.ns.CommentsLocalpart(parsed.Site, parsed.Section),
+		Name:            fmt.Sprintf("%s comment section (%s)", parsed.Site, parsed.Section),
+		CreationContent: map[string]any{"m.federate": true},
+		InitialState: []matrix.StateEvent{
+			{Type: "m.room.join_rules", Content: map[string]string{"join_rule": "public"}},
+			{Type: "m.room.guest_access", Content: map[string]string{"guest_access": "can_join"}},
+			{Type: "m.room.history_visibility", Content: map[string]string{"history_visibility": "world_readable"}},
+		},
+		PowerLevelContentOverride: pl,
+	}
+	roomID, err := p.hs.CreateRoom(ctx, req)
+	if matrix.IsRoomInUse(err) {
+		// Created by another replica, by an earlier attempt of ours, or
+		// by hand: it exists, which is all the homeserver asked.
+		return p.recordExisting(ctx, parsed)
+	}
+	if err != nil {
+		msg := "could not create the room"
+		var me *matrix.Error
+		if errors.As(err, &me) && me.Message != "" {
+			msg = me.Message
+		}
+		return bus.AliasAnswer{Error: msg}, "error", fmt.Errorf("create room %s: %w", parsed.Alias, err)
+	}
+	p.m.roomsCreated.Inc()
+	room := registry.Room{Site: parsed.Site, Section: parsed.Section, RoomID: roomID.String(), Alias: parsed.Alias.String()}
+	// Recorded before the bans so that a moderation change from now on
+	// fans out to this room too; the bans then follow the snapshot as it
+	// is after recording, so no change falls between the two.
+	if err := p.reg.PutRoom(ctx, room); err != nil {
+		p.log.Error("created room not recorded; a rebuild will find it", "room_id", roomID.String(), "err", err)
+	}
+	now, err := p.reg.Site(ctx, parsed.Site)
+	if err != nil {
+		now = site
+	}
+	if string(now.PowerLevels) != string(site.PowerLevels) {
+		// The site's power levels changed while the room was created
+		// with the old ones, and the change's fan-out may have missed it.
+		if err := p.publishJob(ctx, Job{Kind: KindPower, Site: parsed.Site, Room: roomID.String(), Cause: "create:" + roomID.String()}); err != nil {
+			p.log.Error("power levels job not queued", "room_id", roomID.String(), "err", err)
+		}
+	}
+	if err := p.applyBans(ctx, now, roomID); err != nil {
+		p.log.Warn("bans of a new room incomplete; queued a sync job", "room_id", roomID.String(), "err", err)
+		if err := p.publishJob(ctx, Job{Kind: KindSync, Site: parsed.Site, Room: roomID.String(), Cause: "create:" + roomID.String()}); err != nil {
+			p.log.Error("sync job not queued: the room may lack some bans until the next ban", "room_id", roomID.String(), "err", err)
+		}
+	}
+	return bus.AliasAnswer{Exists: true}, "created", nil
+}
+
+// recordExisting makes sure an alias that already exists is in the
+// registry, at the cost of one alias resolution (only when the registry
+// does not have it yet).
+func (p *Provisioner) recordExisting(ctx context.Context, parsed namespace.Parsed) (bus.AliasAnswer, string, error) {
+	ans := bus.AliasAnswer{Exists: true}
+	if _, err := p.reg.Room(ctx, parsed.Site, parsed.Section); err == nil {
+		return ans, "exists", nil
+	}
+	roomID, err := p.hs.ResolveAlias(ctx, parsed.Alias)
+	if err != nil {
+		// The homeserver said the alias is taken; our bookkeeping failing
+		// does not change that answer.
+		p.log.Warn("existing comment room not recorded", "alias", parsed.Alias.String(), "err", err)
+		return ans, "exists", nil
+	}
+	room := registry.Room{Site: parsed.Site, Section: parsed.Section, RoomID: roomID.String(), Alias: parsed.Alias.String()}
+	if err := p.reg.PutRoom(ctx, room); err != nil {
+		p.log.Warn("existing comment room not recorded", "alias", parsed.Alias.String(), "err", err)
+	}
+	return ans, "exists", nil
+}
+
+// applyBans bans in a new room everyone the site's snapshot bans, several
+// at a time.
+func (p *Provisioner) applyBans(ctx context.Context, site *registry.Site, room mxid.RoomID) error {
+	siteName := site.Name
+	if len(site.Bans) == 0 {
+		return nil
+	}
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+		sem  = make(chan struct{}, 8)
+	)
+	for _, u := range site.Bans {
+		user, err := mxid.ParseUserID(u)
+		if err != nil {
+			continue // not a user id; nothing a homeserver would ban
+		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if err := p.hs.Ban(ctx, room, user, "banned on this site"); err != nil {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("ban %s: %w", user, err))
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	// An unban that fanned out while we banned may have reached this room
+	// before our ban did: hand those users to a job that converges.
+	now, err := p.reg.Site(ctx, siteName)
+	if err != nil {
+		return err
+	}
+	for _, u := range site.Bans {
+		if !now.Banned(u) {
+			if err := p.publishJob(ctx, Job{Kind: KindMember, Site: siteName, Room: room.String(), User: u, Cause: "create:" + room.String()}); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// site returns a registered site, falling back to the homeserver for a site
+// created before the registry existed (and recording it).
+func (p *Provisioner) site(ctx context.Context, name string) (*registry.Site, error) {
+	s, err := p.reg.Site(ctx, name)
+	if !errors.Is(err, registry.ErrNotFound) {
+		return s, err
+	}
+	s, err = registry.SiteFromHomeserver(ctx, p.hs, p.ns, p.bot, name)
+	if errors.Is(err, registry.ErrNotFound) {
+		p.m.registryMisses.WithLabelValues("absent").Inc()
+		return nil, err
+	}
+	if err != nil {
+		return nil, err
+	}
+	p.m.registryMisses.WithLabelValues("imported").Inc()
+	if err := p.reg.CreateSite(ctx, s); errors.Is(err, registry.ErrExists) {
+		// Someone recorded it meanwhile; theirs is as good or better.
+		return p.reg.Site(ctx, name)
+	} else if err != nil {
+		p.log.Warn("site read from the homeserver not recorded", "site", name, "err", err)
+	}
+	p.log.Info("site imported from the homeserver", "site", name, "moderation_room", s.ModerationRoom)
+	return s, nil
+}
+
+// sitePowerLevels is the content new comment rooms start with: the
+// moderation room's, read from the homeserver if the snapshot lacks it.
+// The bot keeps its level whatever the content says, or it could not
+// moderate the room it creates.
+func (p *Provisioner) sitePowerLevels(ctx context.Context, site *registry.Site) (*matrix.PowerLevels, error) {
+	var pl matrix.PowerLevels
+	if len(site.PowerLevels) > 0 {
+		if err := json.Unmarshal(site.PowerLevels, &pl); err != nil {
+			return nil, fmt.Errorf("site %q: stored power levels unreadable: %w", site.Name, err)
+		}
+	} else {
+		room, err := mxid.ParseRoomID(site.ModerationRoom)
+		if err != nil {
+			return nil, fmt.Errorf("site %q: bad moderation room id: %w", site.Name, err)
+		}
+		got, err := p.hs.GetPowerLevels(ctx, room)
+		if err != nil {
+			return nil, fmt.Errorf("site %q: moderation room power levels: %w", site.Name, err)
+		}
+		pl = *got
+		raw, _ := json.Marshal(got)
+		if _, err := p.reg.UpdateSite(ctx, site.Name, func(s *registry.Site) (bool, error) {
+			if len(s.PowerLevels) > 0 {
+				return false, nil
+			}
+			s.PowerLevels = raw
+			return true, nil
+		}); err != nil {
+			p.log.Warn("power levels snapshot not recorded", "site", site.Name, "err", err)
+		}
+	}
+	if _, ok := pl.Users[p.bot.String()]; !ok {
+		pl.SetUserLevel(p.bot.String(), 100)
+	}
+	return &pl, nil
+}
+
+type flightResult struct {
+	ans     bus.AliasAnswer
+	outcome string
+	err     error
+}
+
+// flightGroup runs one call per key at a time and gives its result to every
+// caller that arrived while it ran.
+type flightGroup struct {
+	mu sync.Mutex
+	m  map[string]*flight
+}
+
+type flight struct {
+	done chan struct{}
+	res  flightResult
+}
+
+func (g *flightGroup) do(key string, fn func() flightResult) flightResult {
+	g.mu.Lock()
+	if f, ok := g.m[key]; ok {
+		g.mu.Unlock()
+		<-f.done
+		return f.res
+	}
+	if g.m == nil {
+		g.m = map[string]*flight{}
+	}
+	f := &flight{done: make(chan struct{})}
+	g.m[key] = f
+	g.mu.Unlock()
+	defer func() {
+		g.mu.Lock()
+		delete(g.m, key)
+		g.mu.Unlock()
+		close(f.done)
+	}()
+	f.res = fn()
+	return f.res
+}

@@ -1,0 +1,347 @@
+package provisioner
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/pkg/matrix"
+	"github.com/cactus-comments/appservice/pkg/mxid"
+	"github.com/cactus-comments/appservice/pkg/registry"
+	"github.com/cactus-comments/appservice/pkg/worker"
+)
+
+// Job kinds. Every job makes one room match its site's snapshot as it is
+// when the job runs, not as it was when the job was queued: redelivered,
+// reordered or duplicated jobs therefore all converge on the same state.
+const (
+	// KindMember: the membership of User in Room follows the snapshot's
+	// ban list (banned, or unbanned).
+	KindMember = "member"
+	// KindPower: Room's power levels follow the snapshot's, as far as the
+	// bot may change them.
+	KindPower = "power"
+	// KindSync: every user of the snapshot's ban list is banned in Room
+	// (a new room whose bans failed at creation).
+	KindSync = "sync"
+)
+
+// Job is one unit of fan-out work: one room of one site.
+type Job struct {
+	Kind  string `json:"kind"`
+	Site  string `json:"site"`
+	Room  string `json:"room"`
+	User  string `json:"user,omitempty"`
+	Cause string `json:"cause"` // the event (or room creation) that caused it
+}
+
+// msgID names a job for JetStream's deduplication: a moderation event
+// redelivered after its jobs were queued queues none twice.
+func (j Job) msgID() string {
+	return j.Cause + "|" + j.Kind + "|" + j.Room + "|" + j.User
+}
+
+func (j Job) msg() (*nats.Msg, error) {
+	b, err := json.Marshal(j)
+	if err != nil {
+		return nil, fmt.Errorf("encode job: %w", err)
+	}
+	m := nats.NewMsg(bus.JobSubject(j.Kind, j.Site, j.Room))
+	m.Header.Set(bus.HeaderMsgID, j.msgID())
+	m.Data = b
+	return m, nil
+}
+
+// publishJob queues one job and waits for its ack.
+func (p *Provisioner) publishJob(ctx context.Context, j Job) error {
+	m, err := j.msg()
+	if err != nil {
+		return err
+	}
+	if _, err := p.rt.JS.PublishMsg(ctx, m); err != nil {
+		return fmt.Errorf("publish %s job for %s: %w", j.Kind, j.Room, err)
+	}
+	p.m.jobsPublished.WithLabelValues(j.Kind).Inc()
+	return nil
+}
+
+// fanOut queues jobs with at most PublishWindow awaiting their acks, and
+// returns once every one is stored. progress is called now and then, so a
+// handler can keep its message while publishing thousands.
+func (p *Provisioner) fanOut(ctx context.Context, jobs []Job, progress func()) error {
+	if len(jobs) == 0 {
+		return nil
+	}
+	start := time.Now()
+	wait := func(f jetstream.PubAckFuture) error {
+		select {
+		case <-f.Ok():
+			return nil
+		case err := <-f.Err():
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	w := p.opts.PublishWindow
+	kind, site := jobs[0].Kind, jobs[0].Site
+	futures := make([]jetstream.PubAckFuture, len(jobs))
+	for i, j := range jobs {
+		if i >= w {
+			if err := wait(futures[i-w]); err != nil {
+				return fmt.Errorf("fan-out: job %d of %d: %w", i-w, len(jobs), err)
+			}
+		}
+		m, err := j.msg()
+		if err != nil {
+			return err
+		}
+		if futures[i], err = p.pub.PublishMsgAsync(m); err != nil {
+			return fmt.Errorf("fan-out: job %d of %d: %w", i, len(jobs), err)
+		}
+		if (i+1)%1000 == 0 {
+			if progress != nil {
+				progress()
+			}
+			p.log.Info("fan-out publishing", "kind", kind, "site", site, "published", i+1, "total", len(jobs))
+		}
+	}
+	for _, f := range futures[max(0, len(futures)-w):] {
+		if err := wait(f); err != nil {
+			return fmt.Errorf("fan-out: %w", err)
+		}
+	}
+	p.m.jobsPublished.WithLabelValues(kind).Add(float64(len(jobs)))
+	p.log.Info("fan-out queued", "kind", kind, "site", site, "jobs", len(jobs), "took", time.Since(start))
+	return nil
+}
+
+// handleJob runs one job from the jobs stream.
+func (p *Provisioner) handleJob(ctx context.Context, m jetstream.Msg) error {
+	var j Job
+	if err := json.Unmarshal(m.Data(), &j); err != nil {
+		p.m.jobs.WithLabelValues("unknown", "failed").Inc()
+		return worker.Permanent(fmt.Errorf("undecodable job: %w", err))
+	}
+	delivered := 1
+	if md, err := m.Metadata(); err == nil {
+		delivered = int(md.NumDelivered)
+	}
+	room, err := mxid.ParseRoomID(j.Room)
+	if err != nil {
+		p.m.jobs.WithLabelValues(j.Kind, "failed").Inc()
+		return worker.Permanent(fmt.Errorf("job with a bad room id: %w", err))
+	}
+	var did bool
+	switch j.Kind {
+	case KindMember:
+		did, err = p.convergeMember(ctx, j, room, delivered > 1)
+	case KindPower:
+		did, err = p.convergePower(ctx, j, room)
+	case KindSync:
+		did, err = p.syncBans(ctx, j, room)
+	default:
+		err = worker.Permanent(fmt.Errorf("unknown job kind %q", j.Kind))
+	}
+	log := p.log.With("kind", j.Kind, "site", j.Site, "room_id", j.Room, "cause", j.Cause, "delivered", delivered)
+	if err != nil {
+		err = classify(err)
+		outcome := "retried"
+		if worker.IsPermanent(err) || delivered >= p.cfg.MaxDeliver {
+			outcome = "failed"
+		}
+		p.m.jobs.WithLabelValues(j.Kind, outcome).Inc()
+		return err
+	}
+	outcome := "done"
+	if !did {
+		outcome = "noop"
+	}
+	p.m.jobs.WithLabelValues(j.Kind, outcome).Inc()
+	log.Debug("job finished", "outcome", outcome)
+	return nil
+}
+
+// classify maps homeserver errors onto the worker's retry rules: a rate
+// limit waits as long as the homeserver said, a refusal is permanent,
+// anything else (5xx, network) backs off.
+func classify(err error) error {
+	if worker.IsPermanent(err) {
+		return err
+	}
+	if errors.Is(err, registry.ErrNotFound) {
+		return worker.Permanent(err)
+	}
+	var me *matrix.Error
+	if errors.As(err, &me) {
+		if matrix.IsLimitExceeded(err) && me.RetryAfter > 0 {
+			return worker.RetryAfter(err, me.RetryAfter)
+		}
+		if matrix.IsPermanent(err) {
+			return worker.Permanent(err)
+		}
+	}
+	return err
+}
+
+// maxConverge bounds how often a job re-applies because the snapshot moved
+// under it; beyond that the newer change's own jobs take over.
+const maxConverge = 5
+
+// convergeMember bans or unbans j.User in room as the snapshot says. Each
+// pass re-reads the snapshot after acting: if another replica's job for a
+// newer change ran in between, this job would otherwise land last with a
+// stale decision. checkFirst (a redelivery) reads the membership first, so
+// an action already done before a crash is not done twice.
+func (p *Provisioner) convergeMember(ctx context.Context, j Job, room mxid.RoomID, checkFirst bool) (bool, error) {
+	user, err := mxid.ParseUserID(j.User)
+	if err != nil {
+		return false, worker.Permanent(fmt.Errorf("job with a bad user id: %w", err))
+	}
+	site, err := p.reg.Site(ctx, j.Site)
+	if err != nil {
+		return false, err
+	}
+	did := false
+	for range maxConverge {
+		ban := site.Banned(j.User)
+		if checkFirst {
+			membership, err := p.membership(ctx, room, user)
+			if err != nil {
+				return did, err
+			}
+			if (membership == matrix.MembershipBan) == ban {
+				return did, nil
+			}
+		}
+		if err := p.setBan(ctx, room, user, ban); err != nil {
+			return did, err
+		}
+		did = true
+		now, err := p.reg.Site(ctx, j.Site)
+		if err != nil {
+			return did, err
+		}
+		if now.Banned(j.User) == ban {
+			return did, nil
+		}
+		site, checkFirst = now, true
+	}
+	return did, nil
+}
+
+// setBan bans or unbans. A refusal that leaves the room as wanted (the
+// user already unbanned, say) is success.
+func (p *Provisioner) setBan(ctx context.Context, room mxid.RoomID, user mxid.UserID, ban bool) error {
+	var err error
+	if ban {
+		err = p.hs.Ban(ctx, room, user, "banned on this site")
+	} else {
+		err = p.hs.Unban(ctx, room, user, "")
+	}
+	if err == nil || !matrix.IsForbidden(err) {
+		return err
+	}
+	membership, merr := p.membership(ctx, room, user)
+	if merr == nil && (membership == matrix.MembershipBan) == ban {
+		return nil
+	}
+	return err
+}
+
+// membership is user's membership in room, "" if they never had one.
+func (p *Provisioner) membership(ctx context.Context, room mxid.RoomID, user mxid.UserID) (string, error) {
+	var c struct {
+		Membership string `json:"membership"`
+	}
+	err := p.hs.GetStateEvent(ctx, room, "m.room.member", user.String(), &c)
+	if matrix.IsNotFound(err) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	return c.Membership, nil
+}
+
+// convergePower makes room's power levels follow the snapshot as far as
+// the bot may, and reports what it may not change. Setting them only when
+// they differ makes a redelivered job a no-op.
+func (p *Provisioner) convergePower(ctx context.Context, j Job, room mxid.RoomID) (bool, error) {
+	did := false
+	for range maxConverge {
+		site, err := p.reg.Site(ctx, j.Site)
+		if err != nil {
+			return did, err
+		}
+		if len(site.PowerLevels) == 0 {
+			return did, nil
+		}
+		var want matrix.PowerLevels
+		if err := json.Unmarshal(site.PowerLevels, &want); err != nil {
+			return did, worker.Permanent(fmt.Errorf("site %q: stored power levels unreadable: %w", j.Site, err))
+		}
+		cur, err := p.hs.GetPowerLevels(ctx, room)
+		if err != nil {
+			return did, err
+		}
+		target, skipped := ReconcilePowerLevels(cur, &want, p.bot.String())
+		for _, s := range skipped {
+			p.m.plSkipped.Inc()
+			p.log.Warn("power level change not applied: the bot may not make it", "site", j.Site, "room_id", j.Room, "change", s.String())
+		}
+		if !samePowerLevels(cur, target) {
+			if _, err := p.hs.SetPowerLevels(ctx, room, target); err != nil {
+				return did, err
+			}
+			did = true
+		}
+		now, err := p.reg.Site(ctx, j.Site)
+		if err != nil {
+			return did, err
+		}
+		if string(now.PowerLevels) == string(site.PowerLevels) {
+			return did, nil
+		}
+	}
+	return did, nil
+}
+
+// syncBans bans in room every user the snapshot bans and the room does not.
+func (p *Provisioner) syncBans(ctx context.Context, j Job, room mxid.RoomID) (bool, error) {
+	site, err := p.reg.Site(ctx, j.Site)
+	if err != nil {
+		return false, err
+	}
+	members, err := p.hs.Members(ctx, room, matrix.MembershipBan)
+	if err != nil {
+		return false, err
+	}
+	banned := map[string]bool{}
+	for _, e := range members {
+		if e.StateKey != nil {
+			banned[*e.StateKey] = true
+		}
+	}
+	did := false
+	for _, u := range site.Bans {
+		if banned[u] {
+			continue
+		}
+		user, err := mxid.ParseUserID(u)
+		if err != nil {
+			continue
+		}
+		if err := p.setBan(ctx, room, user, true); err != nil {
+			return did, err
+		}
+		did = true
+	}
+	return did, nil
+}

@@ -1,0 +1,78 @@
+package provisioner
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the provisioner's own counters; consumer-level outcomes come
+// from worker.Metrics.
+type metrics struct {
+	aliasQueries   *prometheus.CounterVec
+	aliasLatency   prometheus.Histogram
+	roomsCreated   prometheus.Counter
+	hsCalls        *prometheus.CounterVec
+	hsLatency      *prometheus.HistogramVec
+	jobsPublished  *prometheus.CounterVec
+	jobs           *prometheus.CounterVec
+	plSkipped      prometheus.Counter
+	moderation     *prometheus.CounterVec
+	registryMisses *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		aliasQueries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cactus_provisioner_alias_queries_total",
+			Help: "Alias queries answered, by outcome (created, exists, unknown_site, not_comment_room, error).",
+		}, []string{"outcome"}),
+		aliasLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "cactus_provisioner_alias_query_seconds",
+			Help:    "Time to answer one alias query, homeserver calls included.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}),
+		roomsCreated: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "cactus_provisioner_rooms_created_total",
+			Help: "Comment rooms created by this replica.",
+		}),
+		hsCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cactus_provisioner_homeserver_calls_total",
+			Help: "Homeserver client-server API attempts by endpoint and HTTP status (0: network error).",
+		}, []string{"endpoint", "status"}),
+		hsLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "cactus_provisioner_homeserver_call_seconds",
+			Help:    "Homeserver call attempt duration by endpoint.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}, []string{"endpoint"}),
+		jobsPublished: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cactus_provisioner_fanout_jobs_published_total",
+			Help: "Fan-out jobs published (one per room), by kind.",
+		}, []string{"kind"}),
+		jobs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cactus_provisioner_fanout_jobs_total",
+			Help: "Fan-out jobs handled by kind and outcome (done, noop, retried, failed).",
+		}, []string{"kind", "outcome"}),
+		plSkipped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "cactus_provisioner_power_level_changes_skipped_total",
+			Help: "Power level changes the bot was not allowed to make in a comment room.",
+		}),
+		moderation: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cactus_provisioner_moderation_events_total",
+			Help: "Moderation events by what was done (ban, unban, power_levels, alias, echo, ignored).",
+		}, []string{"action"}),
+		registryMisses: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cactus_provisioner_registry_fallbacks_total",
+			Help: "Registry misses resolved from the homeserver, by result (imported, absent).",
+		}, []string{"result"}),
+	}
+	reg.MustRegister(m.aliasQueries, m.aliasLatency, m.roomsCreated, m.hsCalls, m.hsLatency,
+		m.jobsPublished, m.jobs, m.plSkipped, m.moderation, m.registryMisses)
+	return m
+}
+
+func (m *metrics) observeHomeserver(endpoint string, status int, d time.Duration) {
+	m.hsCalls.WithLabelValues(endpoint, strconv.Itoa(status)).Inc()
+	m.hsLatency.WithLabelValues(endpoint).Observe(d.Seconds())
+}

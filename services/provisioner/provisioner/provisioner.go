@@ -1,0 +1,212 @@
+// Package provisioner is the provisioner service: it answers alias queries
+// by creating comment rooms, keeps the site and room registry, and
+// propagates bans, unbans and power levels across every room of a site by
+// fanning the work out as one small job per room that all replicas share.
+package provisioner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/pkg/config"
+	"github.com/cactus-comments/appservice/pkg/matrix"
+	"github.com/cactus-comments/appservice/pkg/mxid"
+	"github.com/cactus-comments/appservice/pkg/namespace"
+	"github.com/cactus-comments/appservice/pkg/registry"
+	"github.com/cactus-comments/appservice/pkg/service"
+	"github.com/cactus-comments/appservice/pkg/worker"
+)
+
+// Options tune a Provisioner beyond the configuration; zero values are the
+// production defaults.
+type Options struct {
+	// Homeserver replaces the client built from the configuration.
+	Homeserver *matrix.Client
+	// Observe, if set, sees every homeserver call attempt as well as the
+	// metrics do (benchmarks compare our latency with the homeserver's).
+	Observe func(endpoint string, status int, d time.Duration)
+	// Progress is how often running jobs tell JetStream they are alive;
+	// default a quarter of the consumers' AckWait.
+	Progress time.Duration
+	// MinBackoff and MaxBackoff bound the redelivery delay of failed
+	// messages (default 500 ms and 1 min).
+	MinBackoff, MaxBackoff time.Duration
+	// PublishWindow bounds fan-out publishes awaiting their acks
+	// (default 512).
+	PublishWindow int
+	// AliasConcurrency bounds alias queries handled at once (default 256).
+	AliasConcurrency int
+}
+
+// Provisioner is one replica. Its parts share nothing but NATS and the
+// homeserver, so any number of them can run side by side.
+type Provisioner struct {
+	rt      *service.Runtime
+	cfg     *config.Config
+	log     *slog.Logger
+	hs      *matrix.Client
+	reg     *registry.Registry
+	ns      namespace.Namespace
+	bot     mxid.UserID
+	m       *metrics
+	wm      *worker.Metrics
+	opts    Options
+	flights flightGroup
+	// pub publishes fan-out jobs asynchronously, with its own window of
+	// acks awaited.
+	pub jetstream.JetStream
+}
+
+// New builds a provisioner on a started runtime (NATS connected, topology
+// ensured).
+func New(ctx context.Context, rt *service.Runtime, opts Options) (*Provisioner, error) {
+	if rt == nil || rt.Config == nil || rt.JS == nil || rt.NC == nil {
+		return nil, errors.New("provisioner: runtime without configuration or NATS")
+	}
+	if opts.PublishWindow <= 0 {
+		opts.PublishWindow = 512
+	}
+	if opts.AliasConcurrency <= 0 {
+		opts.AliasConcurrency = 256
+	}
+	log := rt.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	p := &Provisioner{
+		rt: rt, cfg: rt.Config, log: log, opts: opts,
+		ns: rt.Config.Namespace(), bot: rt.Config.Bot(),
+		m: newMetrics(rt.Metrics), wm: worker.NewMetrics(rt.Metrics),
+	}
+	p.hs = opts.Homeserver
+	if p.hs == nil {
+		hs, err := matrix.NewClient(matrix.Config{
+			HomeserverURL:  rt.Config.HomeserverURL,
+			Token:          rt.Config.ASToken.Reveal(),
+			RequestTimeout: rt.Config.HomeserverTimeout,
+			// A few quick attempts in the client; longer outages go back
+			// to the queue, where a redelivery does not hold a lane.
+			MaxAttempts: 3,
+			Observe:     p.observe,
+			Logger:      log,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("provisioner: homeserver client: %w", err)
+		}
+		p.hs = hs
+	}
+	pub, err := jetstream.New(rt.NC, jetstream.WithPublishAsyncMaxPending(opts.PublishWindow+1))
+	if err != nil {
+		return nil, fmt.Errorf("provisioner: %w", err)
+	}
+	p.pub = pub
+	reg, err := registry.Open(ctx, rt.JS)
+	if err != nil {
+		return nil, fmt.Errorf("provisioner: %w", err)
+	}
+	p.reg = reg
+	return p, nil
+}
+
+func (p *Provisioner) observe(endpoint string, status int, d time.Duration) {
+	p.m.observeHomeserver(endpoint, status, d)
+	if p.opts.Observe != nil {
+		p.opts.Observe(endpoint, status, d)
+	}
+}
+
+// Registry is the registry this provisioner reads and writes.
+func (p *Provisioner) Registry() *registry.Registry { return p.reg }
+
+// Run is the whole provisioner service: it connects, ensures the topology,
+// registers the bot, serves the admin endpoints and works until ctx ends.
+func Run(ctx context.Context, cfg *config.Config) error {
+	rt, err := service.Start(ctx, "provisioner", cfg, nil)
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+	p, err := New(ctx, rt, Options{})
+	if err != nil {
+		return err
+	}
+	if err := p.Bootstrap(ctx); err != nil {
+		return err
+	}
+	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopAdmin()
+	adminErr := make(chan error, 1)
+	go func() {
+		adminErr <- service.Serve(adminCtx, cfg.AdminAddr, rt.AdminHandler(), cfg.ShutdownTimeout, rt.Log, func(a net.Addr) {
+			rt.Log.Info("admin listening", "addr", a.String())
+		})
+	}()
+	serveErr := p.Serve(ctx)
+	stopAdmin()
+	if err := <-adminErr; err != nil && serveErr == nil {
+		serveErr = err
+	}
+	return serveErr
+}
+
+// Serve answers alias queries and runs the moderation and job consumers
+// until ctx ends, then stops taking work, lets what is running finish and
+// returns. Readiness is true while all three run.
+func (p *Provisioner) Serve(ctx context.Context) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+
+	var wg sync.WaitGroup
+	aliasSub, err := p.subscribeAliasQueries(ctx, &wg)
+	if err != nil {
+		return err
+	}
+	errc := make(chan error, 2)
+	run := func(o worker.Options, h worker.Handler) {
+		err := worker.Run(ctx, p.rt.JS, o, h)
+		if err != nil {
+			cancel(err)
+		}
+		errc <- err
+	}
+	base := worker.Options{
+		MaxDeliver: p.cfg.MaxDeliver, Progress: p.opts.Progress,
+		MinBackoff: p.opts.MinBackoff, MaxBackoff: p.opts.MaxBackoff,
+		Log: p.log, Metrics: p.wm,
+	}
+	mod := base
+	mod.Stream, mod.Consumer, mod.Concurrency = bus.StreamEvents, bus.ConsumerModeration, 1
+	jobs := base
+	jobs.Stream, jobs.Consumer, jobs.Concurrency = bus.StreamJobs, bus.ConsumerJobs, p.cfg.Concurrency
+	go run(mod, p.handleModeration)
+	go run(jobs, p.handleJob)
+
+	p.rt.SetReady(true)
+	p.log.Info("provisioner serving", "bot", p.bot.String(), "concurrency", p.cfg.Concurrency)
+	<-ctx.Done()
+	p.rt.SetReady(false)
+	// Stop taking queries; those already received are answered.
+	if err := aliasSub.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		p.log.Warn("draining alias query subscription", "err", err)
+	}
+	var errs []error
+	for range 2 {
+		if err := <-errc; err != nil {
+			errs = append(errs, err)
+		}
+	}
+	wg.Wait()
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+		errs = append(errs, cause)
+	}
+	return errors.Join(errs...)
+}
