@@ -1,0 +1,89 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/pkg/mxid"
+	"github.com/cactus-comments/appservice/pkg/namespace"
+)
+
+// aliasQuery handles GET /rooms/{roomAlias}: the homeserver asks whether a
+// comment room alias exists, and a provisioner creates the room if the
+// site is registered. What needs no registry is decided here, without a
+// NATS round trip.
+func (g *Gateway) aliasQuery(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	outcome := g.answerAlias(w, r)
+	g.metrics.aliasQueries.WithLabelValues(outcome).Inc()
+	g.metrics.aliasDuration.WithLabelValues(outcome).Observe(time.Since(start).Seconds())
+}
+
+func (g *Gateway) answerAlias(w http.ResponseWriter, r *http.Request) string {
+	raw, ok := pathParam(r, "roomAlias")
+	if !ok {
+		writeError(w, http.StatusBadRequest, codeInvalidParam, "room alias is not a valid path segment")
+		return queryInvalid
+	}
+	alias, err := mxid.ParseRoomAlias(raw)
+	if err != nil {
+		writeError(w, http.StatusNotFound, codeNotFound, "not a room alias")
+		return queryInvalid
+	}
+	if !g.cfg.InNamespace(raw) || g.cfg.Namespace().ParseAlias(alias).Kind != namespace.Comments {
+		writeError(w, http.StatusNotFound, codeNotFound, "not a comment section alias of this application service")
+		return queryNotOurs
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), g.aliasTimeout)
+	defer cancel()
+	ans, err := g.ask(ctx, raw)
+	if err != nil {
+		g.log.Error("alias query: "+err.Error(), "alias", raw)
+		writeError(w, http.StatusServiceUnavailable, codeUnknown, "no answer from the comment service, try again")
+		return queryUnavailable
+	}
+	if ans.Exists {
+		writeJSON(w, http.StatusOK, emptyObject)
+		return queryExists
+	}
+	reason := ans.Error
+	if reason == "" {
+		reason = "no such comment section"
+	}
+	g.log.Info("alias query: room not created", "alias", raw, "reason", reason)
+	writeError(w, http.StatusNotFound, codeNotFound, reason)
+	return queryNotFound
+}
+
+// askNATS sends an alias query to the provisioner queue group. Its errors
+// are written for the operator's log.
+func (g *Gateway) askNATS(ctx context.Context, alias string) (bus.AliasAnswer, error) {
+	var ans bus.AliasAnswer
+	if !g.nc.IsConnected() {
+		return ans, fmt.Errorf("NATS is %s, cannot ask a provisioner", g.nc.Status())
+	}
+	req, err := json.Marshal(bus.AliasQuery{Alias: alias})
+	if err != nil {
+		return ans, fmt.Errorf("encoding the request: %w", err)
+	}
+	msg, err := g.nc.RequestWithContext(ctx, bus.SubjectAliasQuery, req)
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		return ans, fmt.Errorf("no provisioner is running: nobody subscribes to %s", bus.SubjectAliasQuery)
+	case errors.Is(err, context.DeadlineExceeded):
+		return ans, fmt.Errorf("no provisioner answered within %v", g.aliasTimeout)
+	case err != nil:
+		return ans, fmt.Errorf("request to the provisioners failed: %w", err)
+	}
+	if err := json.Unmarshal(msg.Data, &ans); err != nil {
+		return ans, fmt.Errorf("a provisioner answered something that is not an AliasAnswer: %w", err)
+	}
+	return ans, nil
+}

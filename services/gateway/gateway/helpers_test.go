@@ -1,0 +1,329 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/pkg/config"
+	"github.com/cactus-comments/appservice/pkg/embednats"
+	"github.com/cactus-comments/appservice/pkg/logging"
+	"github.com/cactus-comments/appservice/pkg/service"
+)
+
+const (
+	testHSToken = "hs-token-3f9a1c0d8e7b6a5f4e3d2c1b0a998877"
+	testASToken = "as-token-0badc0ffee1234567890abcdef123456"
+	testBot     = "@cactusbot:example.org"
+)
+
+// testConfig is a validated configuration with test timeouts.
+func testConfig(t testing.TB) *config.Config {
+	t.Helper()
+	cfg := &config.Config{
+		HSToken:           testHSToken,
+		ASToken:           testASToken,
+		HomeserverURL:     "http://127.0.0.1:9",
+		UserID:            testBot,
+		NamespaceRegex:    "#comments_.*",
+		NamespacePrefix:   "comments_",
+		RegistrationRegex: "@.*:.*",
+		NATSURL:           "nats://127.0.0.1:4222",
+		NATSReplicas:      1,
+		ListenAddr:        "127.0.0.1:0",
+		AdminAddr:         "127.0.0.1:0",
+		LogFormat:         "json",
+		LogLevel:          "debug",
+		PublishTimeout:    5 * time.Second,
+		AliasQueryTimeout: 5 * time.Second,
+		MaxBodyBytes:      1 << 20,
+		ShutdownTimeout:   10 * time.Second,
+		RegistrationLimit: 10,
+		HomeserverTimeout: 5 * time.Second,
+		MaxDeliver:        3,
+		Concurrency:       4,
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// syncBuffer collects log output from concurrent handlers.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func testLogger(cfg *config.Config, w io.Writer) *slog.Logger {
+	return logging.New(w, logging.Options{Format: "json", Level: cfg.LogLevel, Secrets: cfg.Secrets(), Service: Name})
+}
+
+// env is a gateway on an embedded NATS server behind an httptest server.
+type env struct {
+	t    *testing.T
+	ns   *embednats.Server
+	cfg  *config.Config
+	rt   *service.Runtime
+	gw   *Gateway
+	srv  *httptest.Server
+	logs *syncBuffer
+}
+
+type envOption func(*env, *[]Option)
+
+func newEnv(t *testing.T, opts ...envOption) *env {
+	t.Helper()
+	e := &env{t: t, ns: embednats.StartTest(t), cfg: testConfig(t), logs: &syncBuffer{}}
+	e.cfg.NATSURL = e.ns.ClientURL()
+	var gwOpts []Option
+	for _, o := range opts {
+		o(e, &gwOpts)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	rt, err := service.Start(ctx, Name, e.cfg, testLogger(e.cfg, e.logs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rt.NC.Close() })
+	e.rt = rt
+	if e.gw, err = New(rt, gwOpts...); err != nil {
+		t.Fatal(err)
+	}
+	e.srv = httptest.NewServer(e.gw.Handler())
+	t.Cleanup(e.srv.Close)
+	return e
+}
+
+// do sends a request with the token in the header.
+func (e *env) do(method, path string, body []byte) (int, []byte) {
+	e.t.Helper()
+	return e.doAuth(method, path, body, authHeader)
+}
+
+type authForm int
+
+const (
+	authHeader authForm = iota
+	authQuery
+	authBoth
+	authNone
+	authWrongHeader
+	authWrongQuery
+	authHeaderOKQueryWrong
+	authHeaderWrongQueryOK
+)
+
+func (a authForm) String() string {
+	return [...]string{"header", "query", "both", "none", "wrong header", "wrong query", "header ok, query wrong", "header wrong, query ok"}[a]
+}
+
+const wrongToken = "wrong-token-7777777777777777777777777777"
+
+func (e *env) doAuth(method, path string, body []byte, a authForm) (int, []byte) {
+	e.t.Helper()
+	return doRequest(e.t, e.srv.Client(), method, e.srv.URL+path, body, a)
+}
+
+func doRequest(t testing.TB, c *http.Client, method, url string, body []byte, a authForm) (int, []byte) {
+	t.Helper()
+	header, query := "", ""
+	switch a {
+	case authHeader:
+		header = testHSToken
+	case authQuery:
+		query = testHSToken
+	case authBoth:
+		header, query = testHSToken, testHSToken
+	case authWrongHeader:
+		header = wrongToken
+	case authWrongQuery:
+		query = wrongToken
+	case authHeaderOKQueryWrong:
+		header, query = testHSToken, wrongToken
+	case authHeaderWrongQueryOK:
+		header, query = wrongToken, testHSToken
+	}
+	if query != "" {
+		sep := "?"
+		if strings.Contains(url, "?") {
+			sep = "&"
+		}
+		url += sep + "access_token=" + query
+	}
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequest(method, url, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if header != "" {
+		req.Header.Set("Authorization", "Bearer "+header)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("%s %s: Content-Type %q", method, url, ct)
+	}
+	return resp.StatusCode, out
+}
+
+// errcode returns the errcode of an error body, failing the test if the
+// body is not a spec error (both keys present).
+func errcode(t testing.TB, body []byte) string {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(body, &m); err != nil {
+		t.Fatalf("error body %q is not JSON: %v", body, err)
+	}
+	code, ok1 := m["errcode"].(string)
+	_, ok2 := m["error"].(string)
+	if !ok1 || !ok2 {
+		t.Fatalf("error body %s lacks errcode or error", body)
+	}
+	return code
+}
+
+// txnBody builds a transaction body from events.
+func txnBody(events ...string) []byte {
+	return []byte(`{"events":[` + strings.Join(events, ",") + `]}`)
+}
+
+// message is an m.room.message event.
+func message(id, room string) string {
+	return fmt.Sprintf(`{"event_id":%q,"type":"m.room.message","room_id":%q,"sender":"@alice:example.org","content":{"msgtype":"m.text","body":"hello"},"origin_server_ts":1700000000000,"unsigned":{"age":1}}`, id, room)
+}
+
+// member is an m.room.member event.
+func member(id, room, sender, target, membership string) string {
+	return fmt.Sprintf(`{"event_id":%q,"type":"m.room.member","room_id":%q,"sender":%q,"state_key":%q,"content":{"membership":%q},"origin_server_ts":1700000000000}`, id, room, sender, target, membership)
+}
+
+// stored returns the messages of a stream, by event id (Nats-Msg-Id) or,
+// for the dead-letter stream, in order.
+func (e *env) stored(stream string) []jetstream.RawStreamMsg {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := e.rt.JS.Stream(ctx, stream)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var out []jetstream.RawStreamMsg
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		out = append(out, *m)
+	}
+	return out
+}
+
+// eventIDs lists the Nats-Msg-Id of the event stream's messages in order.
+func (e *env) eventIDs() []string {
+	e.t.Helper()
+	var ids []string
+	for _, m := range e.stored(bus.StreamEvents) {
+		ids = append(ids, m.Header.Get(bus.HeaderMsgID))
+	}
+	return ids
+}
+
+func counter(c prometheus.Collector) float64 { return testutil.ToFloat64(c) }
+
+// fakeProvisioner answers alias queries on NATS like a provisioner would.
+type fakeProvisioner struct {
+	mu      sync.Mutex
+	aliases []string
+}
+
+func (p *fakeProvisioner) asked() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.aliases...)
+}
+
+// withProvisioner subscribes a provisioner that answers with answer(alias)
+// or, if it returns nil, does not answer at all.
+func withProvisioner(p *fakeProvisioner, answer func(alias string) []byte) envOption {
+	return func(e *env, _ *[]Option) {
+		nc, err := nats.Connect(e.ns.ClientURL())
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		e.t.Cleanup(nc.Close)
+		_, err = nc.QueueSubscribe(bus.SubjectAliasQuery, bus.QueueProvisioners, func(m *nats.Msg) {
+			var q bus.AliasQuery
+			if err := json.Unmarshal(m.Data, &q); err != nil {
+				e.t.Errorf("provisioner got a bad query %q: %v", m.Data, err)
+				return
+			}
+			p.mu.Lock()
+			p.aliases = append(p.aliases, q.Alias)
+			p.mu.Unlock()
+			if b := answer(q.Alias); b != nil {
+				_ = m.Respond(b)
+			}
+		})
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		if err := nc.Flush(); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+}
+
+func withConfig(f func(*config.Config)) envOption {
+	return func(e *env, _ *[]Option) { f(e.cfg) }
+}
+
+func withGatewayOption(o Option) envOption {
+	return func(_ *env, opts *[]Option) { *opts = append(*opts, o) }
+}

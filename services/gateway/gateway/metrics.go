@@ -1,0 +1,136 @@
+package gateway
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cactus-comments/appservice/pkg/bus"
+)
+
+// Transaction outcomes, the label values of transactions_total.
+const (
+	outcomeOK          = "ok"
+	outcomeNotJSON     = "not_json"
+	outcomeBadJSON     = "bad_json"
+	outcomeTooLarge    = "too_large"
+	outcomeUnavailable = "unavailable"
+	outcomeBadRequest  = "bad_request"
+)
+
+// Query outcomes, the label values of alias_queries_total and
+// user_queries_total.
+const (
+	queryExists      = "exists"
+	queryNotFound    = "not_found"
+	queryNotOurs     = "not_ours"
+	queryInvalid     = "invalid"
+	queryUnavailable = "unavailable"
+)
+
+type metrics struct {
+	transactions     *prometheus.CounterVec
+	txnOK            prometheus.Counter
+	txnInFlight      prometheus.Gauge
+	txnDuration      prometheus.Histogram
+	txnEvents        prometheus.Histogram
+	eventsPublished  map[bus.Class]prometheus.Counter
+	eventsDuplicate  prometheus.Counter
+	deadLettered     prometheus.Counter
+	publishFailures  *prometheus.CounterVec
+	aliasQueries     *prometheus.CounterVec
+	aliasDuration    *prometheus.HistogramVec
+	userQueries      *prometheus.CounterVec
+	userDuration     prometheus.Histogram
+	authFailures     *prometheus.CounterVec
+	pings            prometheus.Counter
+	homeserverPinged *prometheus.GaugeVec
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	const ns, sub = "cactus", "gateway"
+	m := &metrics{
+		transactions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "transactions_total",
+			Help: "Transactions from the homeserver by outcome (ok: every event stored).",
+		}, []string{"outcome"}),
+		txnDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: ns, Subsystem: sub, Name: "transaction_duration_seconds",
+			Help:    "Time from request to answer of a transaction, whatever the outcome.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}),
+		txnInFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Subsystem: sub, Name: "transactions_in_flight",
+			Help: "Transactions being received or stored right now.",
+		}),
+		txnEvents: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: ns, Subsystem: sub, Name: "transaction_events",
+			Help:    "Events per transaction.",
+			Buckets: []float64{0, 1, 2, 5, 10, 25, 50, 100, 250, 1000},
+		}),
+		eventsDuplicate: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "events_duplicate_total",
+			Help: "Events JetStream already had (a retried transaction); counted as stored.",
+		}),
+		deadLettered: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "events_dead_lettered_total",
+			Help: "Malformed events stored in the dead-letter stream instead of the event stream.",
+		}),
+		publishFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "publish_failures_total",
+			Help: "Transactions not stored: NATS disconnected, an ack timed out, or JetStream refused an event.",
+		}, []string{"reason"}),
+		aliasQueries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "alias_queries_total",
+			Help: "Alias queries by outcome (not_ours and invalid are answered without NATS).",
+		}, []string{"outcome"}),
+		aliasDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: ns, Subsystem: sub, Name: "alias_query_duration_seconds",
+			Help:    "Time to answer an alias query, by outcome.",
+			Buckets: []float64{.0001, .001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"outcome"}),
+		userQueries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "user_queries_total",
+			Help: "User queries by outcome.",
+		}, []string{"outcome"}),
+		userDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: ns, Subsystem: sub, Name: "user_query_duration_seconds",
+			Help:    "Time to answer a user query.",
+			Buckets: []float64{.00001, .0001, .001, .01, .1},
+		}),
+		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "auth_failures_total",
+			Help: "Requests refused for a missing or wrong homeserver token.",
+		}, []string{"reason"}),
+		pings: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "pings_total",
+			Help: "Pings received from the homeserver.",
+		}),
+		homeserverPinged: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: ns, Subsystem: sub, Name: "startup_ping",
+			Help: "Result of the startup ping through the homeserver (1 for the current result).",
+		}, []string{"result"}),
+	}
+	published := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns, Subsystem: sub, Name: "events_published_total",
+		Help: "Events stored in the event stream, by class.",
+	}, []string{"class"})
+	m.eventsPublished = map[bus.Class]prometheus.Counter{}
+	for _, c := range []bus.Class{bus.ClassBot, bus.ClassModeration, bus.ClassOther} {
+		m.eventsPublished[c] = published.WithLabelValues(string(c))
+	}
+	for _, o := range []string{outcomeOK, outcomeNotJSON, outcomeBadJSON, outcomeTooLarge, outcomeUnavailable, outcomeBadRequest} {
+		m.transactions.WithLabelValues(o)
+	}
+	m.txnOK = m.transactions.WithLabelValues(outcomeOK)
+	for _, c := range []prometheus.Collector{
+		m.transactions, m.txnInFlight, m.txnDuration, m.txnEvents, published, m.eventsDuplicate, m.deadLettered,
+		m.publishFailures, m.aliasQueries, m.aliasDuration, m.userQueries, m.userDuration,
+		m.authFailures, m.pings, m.homeserverPinged,
+	} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("gateway metrics: %w", err)
+		}
+	}
+	return m, nil
+}

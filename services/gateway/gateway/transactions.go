@@ -1,0 +1,319 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/pkg/event"
+	"github.com/cactus-comments/appservice/pkg/mxid"
+)
+
+// maxPooledBody bounds the bodies whose buffers are kept for reuse, so one
+// huge transaction does not pin its memory for good.
+const maxPooledBody = 4 << 20
+
+// txnState is the scratch space of one transaction, recycled through
+// Gateway.txns.
+type txnState struct {
+	body   []byte
+	events []rawEvent
+	msgs   []nats.Msg
+	futs   []jetstream.PubAckFuture
+	class  []bus.Class
+}
+
+var errTooLarge = errors.New("body too large")
+
+// transaction handles PUT /transactions/{txnId}: 200 {} once every event
+// has its PubAck (or, if malformed, is stored in the dead-letter stream);
+// 503 if that does not happen within the publish timeout. A txn id seen
+// before is processed again: Dendrite merges new events into a retried
+// txn id, and JetStream deduplicates by event id.
+func (g *Gateway) transaction(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	g.metrics.txnInFlight.Inc()
+	defer g.metrics.txnInFlight.Dec()
+	txnID, ok := pathParam(r, "txnId")
+	if !ok {
+		g.finishTxn(w, start, outcomeBadRequest, http.StatusBadRequest, codeInvalidParam, "transaction id is not a valid path segment")
+		return
+	}
+	st, _ := g.txns.Get().(*txnState)
+	if st == nil {
+		st = &txnState{}
+	}
+	var err error
+	st.body, err = g.readBody(r, st.body[:0])
+	if err != nil {
+		g.txns.Put(st)
+		if errors.Is(err, errTooLarge) {
+			g.finishTxn(w, start, outcomeTooLarge, http.StatusRequestEntityTooLarge, codeTooLarge,
+				fmt.Sprintf("transaction body larger than %d bytes", g.maxBody))
+			return
+		}
+		g.log.Warn("transaction body unreadable", "txn_id", txnID, "err", err)
+		g.finishTxn(w, start, outcomeBadRequest, http.StatusBadRequest, codeNotJSON, "could not read the body")
+		return
+	}
+	st.events, err = decodeTransaction(st.body, st.events)
+	if err != nil {
+		g.recycle(st)
+		outcome, code := outcomeBadJSON, codeBadJSON
+		if errors.Is(err, errNotJSON) {
+			outcome, code = outcomeNotJSON, codeNotJSON
+		}
+		g.log.Warn("transaction refused", "txn_id", txnID, "err", err)
+		g.finishTxn(w, start, outcome, http.StatusBadRequest, code, err.Error())
+		return
+	}
+	n := len(st.events)
+	g.metrics.txnEvents.Observe(float64(n))
+	if err := g.store(r.Context(), txnID, st); err != nil {
+		// Pending futures may still read the messages: st is not
+		// recycled, the garbage collector takes it once they are done.
+		g.log.Warn("transaction not stored, asking the homeserver to retry", "txn_id", txnID, "events", n, "err", err)
+		g.finishTxn(w, start, outcomeUnavailable, http.StatusServiceUnavailable, codeUnknown,
+			"events could not be stored, retry later: "+err.Error())
+		return
+	}
+	g.recycle(st)
+	writeJSON(w, http.StatusOK, emptyObject)
+	g.metrics.txnOK.Inc()
+	d := time.Since(start)
+	g.metrics.txnDuration.Observe(d.Seconds())
+	if g.log.Enabled(r.Context(), slog.LevelDebug) {
+		g.log.Debug("transaction stored", "txn_id", txnID, "events", n, "duration", d)
+	}
+}
+
+func (g *Gateway) finishTxn(w http.ResponseWriter, start time.Time, outcome string, status int, code, msg string) {
+	writeError(w, status, code, msg)
+	g.metrics.transactions.WithLabelValues(outcome).Inc()
+	g.metrics.txnDuration.Observe(time.Since(start).Seconds())
+}
+
+// recycle returns st to the pool once nothing refers to its buffers.
+func (g *Gateway) recycle(st *txnState) {
+	if cap(st.body) > maxPooledBody {
+		return
+	}
+	clear(st.events)
+	clear(st.msgs)
+	clear(st.futs)
+	g.txns.Put(st)
+}
+
+// readBody reads the whole body into buf, refusing more than maxBody
+// bytes.
+func (g *Gateway) readBody(r *http.Request, buf []byte) ([]byte, error) {
+	if r.ContentLength > g.maxBody {
+		return buf, errTooLarge
+	}
+	if r.ContentLength >= 0 {
+		n := int(r.ContentLength)
+		buf = grow(buf, n)[:n]
+		if _, err := io.ReadFull(r.Body, buf); err != nil {
+			return buf[:0], fmt.Errorf("read body: %w", err)
+		}
+		return buf, nil
+	}
+	// Chunked: read until EOF, at most maxBody+1 bytes to detect excess.
+	limit := g.maxBody + 1
+	for {
+		if len(buf) == cap(buf) {
+			buf = grow(buf, min(int64(2*cap(buf)+4096), limit))
+		}
+		m, err := r.Body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+m]
+		if int64(len(buf)) > g.maxBody {
+			return buf[:0], errTooLarge
+		}
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf[:0], fmt.Errorf("read body: %w", err)
+		}
+	}
+}
+
+// grow returns buf with capacity for at least n bytes, keeping its content.
+func grow[N int | int64](buf []byte, n N) []byte {
+	if int(n) <= cap(buf) {
+		return buf
+	}
+	nb := make([]byte, len(buf), int(n))
+	copy(nb, buf)
+	return nb
+}
+
+// store publishes every event and waits for every PubAck; malformed events
+// go to the dead-letter stream. It returns nil only when all are stored.
+func (g *Gateway) store(ctx context.Context, txnID string, st *txnState) error {
+	if !g.nc.IsConnected() {
+		g.metrics.publishFailures.WithLabelValues("disconnected").Inc()
+		return fmt.Errorf("nats is %s", g.nc.Status())
+	}
+	ctx, cancel := context.WithTimeout(ctx, g.publishTimeout)
+	defer cancel()
+	txnHeader := []string{headerSafe(txnID)}
+
+	n := len(st.events)
+	if cap(st.msgs) < n {
+		st.msgs = make([]nats.Msg, n)
+		st.class = make([]bus.Class, n)
+	}
+	st.msgs, st.class, st.futs = st.msgs[:n], st.class[:n], st.futs[:0]
+	var bad []int
+	for i := range st.events {
+		e := &st.events[i]
+		if e.Problem == "" {
+			e.Problem = checkRoutable(e)
+		}
+		if e.Problem != "" {
+			bad = append(bad, i)
+			continue
+		}
+		c := g.classify(e)
+		st.class[i] = c
+		m := &st.msgs[i]
+		*m = nats.Msg{
+			Subject: bus.EventSubject(c, e.RoomID),
+			Data:    e.Raw,
+			Header: nats.Header{
+				bus.HeaderMsgID:     {e.EventID},
+				bus.HeaderTxnID:     txnHeader,
+				bus.HeaderEventType: {e.Type},
+			},
+		}
+		f, err := g.js.PublishMsgAsync(m)
+		if err != nil {
+			g.metrics.publishFailures.WithLabelValues("publish").Inc()
+			return fmt.Errorf("publish event %s: %w", e.EventID, err)
+		}
+		st.futs = append(st.futs, f)
+	}
+	// Dead letters are rare: store them one by one while the acks of the
+	// good events come in.
+	for _, i := range bad {
+		if err := g.deadLetter(ctx, txnID, &st.events[i]); err != nil {
+			g.metrics.publishFailures.WithLabelValues("dead_letter").Inc()
+			return err
+		}
+	}
+	dups := 0
+	for _, f := range st.futs {
+		select {
+		case ack := <-f.Ok():
+			if ack.Duplicate {
+				dups++
+			}
+		case err := <-f.Err():
+			g.metrics.publishFailures.WithLabelValues("refused").Inc()
+			return fmt.Errorf("event %s: %w", f.Msg().Header.Get(bus.HeaderMsgID), err)
+		case <-ctx.Done():
+			g.metrics.publishFailures.WithLabelValues("timeout").Inc()
+			return fmt.Errorf("no ack from JetStream within %v: %w", g.publishTimeout, context.Cause(ctx))
+		}
+	}
+	var counts [3]int
+	for i := range st.events {
+		if st.events[i].Problem == "" {
+			counts[classIndex(st.class[i])]++
+		}
+	}
+	for i, c := range []bus.Class{bus.ClassBot, bus.ClassModeration, bus.ClassOther} {
+		if counts[i] > 0 {
+			g.metrics.eventsPublished[c].Add(float64(counts[i]))
+		}
+	}
+	if dups > 0 {
+		g.metrics.eventsDuplicate.Add(float64(dups))
+	}
+	if len(bad) > 0 {
+		g.metrics.deadLettered.Add(float64(len(bad)))
+	}
+	return nil
+}
+
+func classIndex(c bus.Class) int {
+	switch c {
+	case bus.ClassBot:
+		return 0
+	case bus.ClassModeration:
+		return 1
+	}
+	return 2
+}
+
+func (g *Gateway) classify(e *rawEvent) bus.Class {
+	ev := event.Event{EventID: e.EventID, Type: e.Type, RoomID: e.RoomID, Sender: e.Sender, Content: e.Content}
+	if e.HasStateKey {
+		ev.StateKey = &e.StateKey
+	}
+	return bus.Classify(&ev, g.bot)
+}
+
+// checkRoutable vets the fields that go into NATS headers and subjects:
+// a header value with a line break would corrupt the message, and an id
+// that is not an id would only fail later in every consumer.
+func checkRoutable(e *rawEvent) string {
+	if _, err := mxid.ParseEventID(e.EventID); err != nil {
+		return "bad event_id: " + err.Error()
+	}
+	if _, err := mxid.ParseRoomID(e.RoomID); err != nil {
+		return "bad room_id: " + err.Error()
+	}
+	for i := 0; i < len(e.Type); i++ {
+		if c := e.Type[i]; c < 0x20 || c == 0x7f {
+			return "type contains a control character"
+		}
+	}
+	return ""
+}
+
+// headerSafe returns s if it can be a NATS header value, else its
+// percent-encoding.
+func headerSafe(s string) string {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == 0x7f {
+			return url.PathEscape(s)
+		}
+	}
+	return s
+}
+
+// deadLetter stores a malformed event with its reason.
+func (g *Gateway) deadLetter(ctx context.Context, txnID string, e *rawEvent) error {
+	subject := ""
+	if e.RoomID != "" {
+		subject = bus.EventSubject(bus.ClassOther, e.RoomID)
+	}
+	h := nats.Header{bus.HeaderTxnID: {headerSafe(txnID)}}
+	if e.Type != "" {
+		h.Set(bus.HeaderEventType, headerSafe(e.Type))
+	}
+	g.log.Warn("malformed event sent to the dead-letter stream", "txn_id", txnID,
+		"event_id", e.EventID, "room_id", e.RoomID, "reason", e.Problem)
+	err := bus.PublishDeadLetter(ctx, g.js, bus.DeadLetter{
+		Source:  "gateway",
+		Subject: subject,
+		Reason:  e.Problem,
+		Data:    e.Raw,
+		Header:  h,
+	})
+	if err != nil {
+		return fmt.Errorf("dead-letter event %q (%s): %w", e.EventID, e.Problem, err)
+	}
+	return nil
+}
