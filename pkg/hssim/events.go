@@ -72,7 +72,13 @@ type room struct {
 	version   string
 	state     map[StateKey]*Event
 	timeline  []*Event
-	published bool // in the public room directory
+	published bool              // in the public room directory
+	members   map[string]string // user id -> membership, mirrors member state
+	aliases   map[string]bool   // local aliases pointing here
+}
+
+func newRoom(id, version string) *room {
+	return &room{id: id, version: version, state: map[StateKey]*Event{}, members: map[string]string{}, aliases: map[string]bool{}}
 }
 
 func (r *room) stateEvent(typ, key string) *Event { return r.state[StateKey{typ, key}] }
@@ -85,12 +91,10 @@ func (r *room) stateContent(typ, key string) map[string]any {
 }
 
 func (r *room) membership(userID string) string {
-	c := r.stateContent("m.room.member", userID)
-	if c == nil {
-		return "leave"
+	if m, ok := r.members[userID]; ok {
+		return m
 	}
-	m, _ := c["membership"].(string)
-	return m
+	return "leave"
 }
 
 // memberContent is a copy of the user's current member content.
@@ -104,12 +108,9 @@ func (r *room) memberContent(userID string) map[string]any {
 
 func (r *room) joinedMembers() []string {
 	out := []string{}
-	for k, e := range r.state {
-		if k.Type != "m.room.member" {
-			continue
-		}
-		if m, _ := e.ContentMap()["membership"].(string); m == "join" {
-			out = append(out, k.StateKey)
+	for uid, m := range r.members {
+		if m == "join" {
+			out = append(out, uid)
 		}
 	}
 	slices.Sort(out)
@@ -157,7 +158,9 @@ func (s *Server) appendEventLocked(r *room, sender, typ string, stateKey *string
 			}
 		}
 		if typ == "m.room.member" {
-			if m, _ := ev.ContentMap()["membership"].(string); m == "invite" {
+			m, _ := ev.ContentMap()["membership"].(string)
+			r.members[k] = m
+			if m == "invite" {
 				if ev.Unsigned == nil {
 					ev.Unsigned = map[string]any{}
 				}

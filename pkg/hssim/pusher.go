@@ -77,16 +77,14 @@ func (s *Server) interestedLocked(as *appservice, ev *Event) bool {
 	if in, _ := as.match.Room(ev.RoomID); in {
 		return true
 	}
-	for a, e := range s.aliases {
-		if e.roomID == ev.RoomID {
+	if r := s.rooms[ev.RoomID]; r != nil {
+		for a := range r.aliases {
 			if in, _ := as.match.Alias(a); in {
 				return true
 			}
 		}
-	}
-	if r := s.rooms[ev.RoomID]; r != nil {
-		for _, m := range r.joinedMembers() {
-			if isOurs(m) {
+		for uid, m := range r.members {
+			if m == "join" && isOurs(uid) {
 				return true
 			}
 		}
@@ -260,7 +258,7 @@ func (s *Server) pushLoop(as *appservice) {
 			body["ephemeral"] = []any{}
 			body["de.sorunome.msc2409.ephemeral"] = []any{}
 		}
-		res := s.callAS(s.ctx, as, s.opts.PushTimeout+time.Second, http.MethodPut, "/_matrix/app/v1/transactions/"+s.escapeSegment(txnID), nil, body)
+		res := s.callAS(s.ctx, as, s.opts.PushTimeout, http.MethodPut, "/_matrix/app/v1/transactions/"+s.escapeSegment(txnID), nil, body)
 		if s.ctx.Err() != nil {
 			return
 		}

@@ -119,7 +119,7 @@ func (s *Server) handleCreateRoom(q *request) (any, *matrixError) {
 		return nil, errf(http.StatusBadRequest, "M_BAD_JSON", "Invalid power_level_content_override: %v", err)
 	}
 
-	r := &room{id: s.newRoomID(), version: version, state: map[StateKey]*Event{}}
+	r := newRoom(s.newRoomID(), version)
 	s.rooms[r.id] = r
 	s.roomOrder = append(s.roomOrder, r.id)
 	empty := ""
@@ -170,7 +170,7 @@ func (s *Server) handleCreateRoom(q *request) (any, *matrixError) {
 	delete(initial, StateKey{"m.room.power_levels", ""})
 	sendInitial(StateKey{"m.room.power_levels", ""}, pl)
 	if alias != "" {
-		s.aliases[alias] = aliasEntry{roomID: r.id, creator: creator}
+		s.addAliasLocked(alias, r, creator)
 		sendInitial(StateKey{"m.room.canonical_alias", ""}, map[string]any{"alias": alias})
 	}
 	joinRule := "invite"
@@ -673,13 +673,18 @@ func (s *Server) handleRoomAliases(q *request) (any, *matrixError) {
 
 func (s *Server) localAliasesLocked(roomID string) []string {
 	out := []string{}
-	for a, e := range s.aliases {
-		if e.roomID == roomID {
+	if r := s.rooms[roomID]; r != nil {
+		for a := range r.aliases {
 			out = append(out, a)
 		}
 	}
 	slices.Sort(out)
 	return out
+}
+
+func (s *Server) addAliasLocked(alias string, r *room, creator string) {
+	s.aliases[alias] = aliasEntry{roomID: r.id, creator: creator}
+	r.aliases[alias] = true
 }
 
 func (s *Server) handleDirectoryGet(q *request) (any, *matrixError) {
@@ -720,7 +725,7 @@ func (s *Server) handleDirectoryPut(q *request) (any, *matrixError) {
 	if e := s.checkAliasCreateLocked(q.who, alias); e != nil {
 		return nil, e
 	}
-	s.aliases[alias] = aliasEntry{roomID: r.id, creator: q.who.userID}
+	s.addAliasLocked(alias, r, q.who.userID)
 	return map[string]any{}, nil
 }
 
@@ -747,6 +752,9 @@ func (s *Server) handleDirectoryDelete(q *request) (any, *matrixError) {
 		return nil, e
 	}
 	delete(s.aliases, alias)
+	if r := s.rooms[entry.roomID]; r != nil {
+		delete(r.aliases, alias)
+	}
 	return map[string]any{}, nil
 }
 

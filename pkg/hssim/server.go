@@ -183,10 +183,11 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	s.ln = ln
 	s.url = "http://" + ln.Addr().String()
 	s.client = &http.Client{Transport: &http.Transport{
-		Proxy:                 nil,
-		ResponseHeaderTimeout: opts.PushTimeout,
-		DisableKeepAlives:     mode == Dendrite, // Dendrite pushes without keep-alive
-		MaxIdleConnsPerHost:   4,
+		// Timeouts come from each call's context: pushes and queries have
+		// their own limits.
+		Proxy:               nil,
+		DisableKeepAlives:   mode == Dendrite, // Dendrite pushes without keep-alive
+		MaxIdleConnsPerHost: 4,
 	}}
 	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	s.http = &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second, BaseContext: func(net.Listener) context.Context { return s.ctx }}
