@@ -1,0 +1,189 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/pkg/config"
+	"github.com/cactus-comments/appservice/pkg/hssim"
+	"github.com/cactus-comments/appservice/pkg/matrix"
+	"github.com/cactus-comments/appservice/pkg/mxid"
+	"github.com/cactus-comments/appservice/services/botworker/botworker"
+)
+
+// Additions to the harness for the botworker's tests.
+
+var botSeq atomic.Int64
+
+// StartBot starts one botworker replica (after its start-up set-up) and
+// returns it. mutate, if set, changes its copy of the configuration.
+func (h *Harness) StartBot(mutate func(*config.Config)) *botworker.Bot {
+	h.t.Helper()
+	name := fmt.Sprintf("botworker-%d", botSeq.Add(1))
+	rt := h.Runtime(name)
+	if mutate != nil {
+		mutate(rt.Config)
+		if err := rt.Config.Validate(); err != nil {
+			h.t.Fatalf("%s config: %v", name, err)
+		}
+	}
+	b, err := botworker.New(h.Ctx, rt, botworker.Options{MinBackoff: 20 * time.Millisecond})
+	if err != nil {
+		h.t.Fatalf("%s: %v", name, err)
+	}
+	if err := b.Setup(h.Ctx); err != nil {
+		h.t.Fatalf("%s: set-up: %v", name, err)
+	}
+	h.Go(name, rt, b.Consume)
+	return b
+}
+
+// DirectChat opens a direct chat between u and the bot, as a client does
+// (createRoom with is_direct and the bot invited), and waits for the bot
+// to join.
+func (h *Harness) DirectChat(u *User) mxid.RoomID {
+	h.t.Helper()
+	room, err := u.Client.CreateRoom(h.Ctx, &matrix.CreateRoomRequest{
+		Preset: matrix.PresetTrustedPrivateChat, IsDirect: true, Invite: []string{h.BotID.String()},
+	})
+	if err != nil {
+		h.t.Fatalf("%s opens a DM: %v", u.ID, err)
+	}
+	h.WaitSim(func() bool { return h.HS.Membership(room.String(), h.BotID.String()) == "join" }, 20*time.Second, "the bot to join the DM of "+u.ID.String())
+	return room
+}
+
+var sayTxn atomic.Int64
+
+// Say sends a plain text message as u and returns its event id.
+func (h *Harness) Say(u *User, room mxid.RoomID, body string) string {
+	h.t.Helper()
+	return h.SendContent(u, room, matrix.MessageContent{MsgType: "m.text", Body: body})
+}
+
+// SendContent sends an m.room.message with any content as u.
+func (h *Harness) SendContent(u *User, room mxid.RoomID, content any) string {
+	h.t.Helper()
+	id, err := u.Client.SendEvent(h.Ctx, room, "m.room.message", fmt.Sprintf("e2e-say-%d", sayTxn.Add(1)), content)
+	if err != nil {
+		h.t.Fatalf("%s says something in %s: %v", u.ID, room, err)
+	}
+	return id.String()
+}
+
+// BotMessages returns the bodies of the bot's messages in room, oldest
+// first.
+func (h *Harness) BotMessages(room mxid.RoomID) []string {
+	var out []string
+	for _, ev := range h.HS.Timeline(room.String()) {
+		if ev.Sender != h.BotID.String() || ev.Type != "m.room.message" {
+			continue
+		}
+		var c matrix.MessageContent
+		if json.Unmarshal(ev.Content, &c) == nil {
+			out = append(out, c.Body)
+		}
+	}
+	return out
+}
+
+// WaitBotMessages waits until the bot has said n messages in room and
+// returns them.
+func (h *Harness) WaitBotMessages(room mxid.RoomID, n int) []string {
+	h.t.Helper()
+	var got []string
+	h.WaitSim(func() bool {
+		got = h.BotMessages(room)
+		return len(got) >= n
+	}, 20*time.Second, fmt.Sprintf("%d bot messages in %s", n, room))
+	return got
+}
+
+// BotDrained reports whether the botworker has handled every event.
+func (h *Harness) BotDrained() bool {
+	return h.consumerIdle(bus.StreamEvents, bus.ConsumerBot)
+}
+
+// QuiesceBot waits until the homeserver has pushed everything and the
+// botworker has handled it, so a test can assert the bot stayed silent.
+func (h *Harness) QuiesceBot(timeout time.Duration) {
+	h.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for idle := 0; idle < 2; {
+		if time.Now().After(deadline) {
+			h.t.Fatalf("botworker not idle after %v", timeout)
+		}
+		if err := h.HS.WaitIdle(h.Ctx); err != nil {
+			h.t.Fatal(err)
+		}
+		if h.BotDrained() {
+			idle++
+			continue
+		}
+		idle = 0
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Redeliver publishes an event of the simulator's timeline again, as
+// JetStream redelivers after a crash: same event, a new message (its
+// message id differs, so the stream's deduplication lets it through).
+func (h *Harness) Redeliver(room mxid.RoomID, eventID string) {
+	h.t.Helper()
+	for _, ev := range h.HS.Timeline(room.String()) {
+		if ev.EventID != eventID {
+			continue
+		}
+		raw, err := json.Marshal(ev)
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		m := nats.NewMsg(bus.EventSubject(bus.ClassBot, room.String()))
+		m.Header.Set(bus.HeaderMsgID, eventID+"#redelivery")
+		m.Data = raw
+		if _, err := h.JS.PublishMsg(h.Ctx, m); err != nil {
+			h.t.Fatal(err)
+		}
+		return
+	}
+	h.t.Fatalf("event %s not in %s", eventID, room)
+}
+
+// ModerationRoomOf resolves a site's moderation alias on the simulator.
+func (h *Harness) ModerationRoomOf(site string) (mxid.RoomID, bool) {
+	a, err := h.NS.ModerationAlias(site)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	id, ok := h.HS.ResolveAliasLocal(a.String())
+	if !ok {
+		return mxid.RoomID{}, false
+	}
+	return mxid.MustRoomID(id), true
+}
+
+func timelineOf(h *Harness, room mxid.RoomID, typ string) []hssim.Event {
+	var out []hssim.Event
+	for _, ev := range h.HS.Timeline(room.String()) {
+		if ev.Type == typ {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+func containsAll(t *testing.T, what, s string, subs ...string) {
+	t.Helper()
+	for _, sub := range subs {
+		if !strings.Contains(s, sub) {
+			t.Errorf("%s lacks %q:\n%s", what, sub, s)
+		}
+	}
+}
