@@ -442,7 +442,7 @@ func (s *Server) handleStateGet(q *request) (any, *matrixError) {
 	if e != nil {
 		return nil, e
 	}
-	ev := r.stateEvent(q.param("eventType"), q.param("stateKey"))
+	ev := s.visibleState(r, q.who.userID)[StateKey{q.param("eventType"), q.param("stateKey")}]
 	if ev == nil {
 		return nil, errNotFound("Event not found.")
 	}
@@ -543,7 +543,37 @@ func (s *Server) handleStateAll(q *request) (any, *matrixError) {
 	if e != nil {
 		return nil, e
 	}
-	return stateList(r), nil
+	visible := s.visibleState(r, q.who.userID)
+	now := time.Now()
+	out := []Event{}
+	for _, ev := range r.timeline {
+		if ev.StateKey != nil && visible[StateKey{ev.Type, *ev.StateKey}] == ev {
+			out = append(out, ev.clientFormat(now))
+		}
+	}
+	return out, nil
+}
+
+// visibleState is the current state for members and world-readable rooms;
+// a former member sees the state as it was when they left, as on Synapse.
+func (s *Server) visibleState(r *room, userID string) map[StateKey]*Event {
+	if r.membership(userID) == "join" {
+		return r.state
+	}
+	if hv, _ := r.stateContent("m.room.history_visibility", "")["history_visibility"].(string); hv == "world_readable" {
+		return r.state
+	}
+	last := r.stateEvent("m.room.member", userID)
+	st := map[StateKey]*Event{}
+	for _, ev := range r.timeline {
+		if ev.StateKey != nil {
+			st[StateKey{ev.Type, *ev.StateKey}] = ev
+		}
+		if ev == last {
+			break
+		}
+	}
+	return st
 }
 
 // stateList is the current state in timeline order.
