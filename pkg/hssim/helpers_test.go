@@ -26,7 +26,6 @@ const (
 // fakeAS is an appservice on 127.0.0.1 that records what the homeserver
 // sends it and can be told to fail.
 type fakeAS struct {
-	t   *testing.T
 	srv *httptest.Server
 
 	mu       sync.Mutex
@@ -77,9 +76,15 @@ type seenRequest struct {
 	Method, RawPath, Query, Auth string
 }
 
-func newFakeAS(t *testing.T) *fakeAS {
+func newFakeAS(t *testing.T) *fakeAS { return newFakeASB(t) }
+
+func regsFor(f *fakeAS) []*registration.Registration {
+	return []*registration.Registration{testRegistration(f.srv.URL)}
+}
+
+func newFakeASB(t testing.TB) *fakeAS {
 	t.Helper()
-	f := &fakeAS{t: t, changed: make(chan struct{})}
+	f := &fakeAS{changed: make(chan struct{})}
 	f.srv = httptest.NewUnstartedServer(http.HandlerFunc(f.serve))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

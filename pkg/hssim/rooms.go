@@ -321,14 +321,24 @@ func (s *Server) txnKeyFor(q *request, txnID string) txnKey {
 }
 
 func (s *Server) txnLookupLocked(k txnKey) (string, bool) {
+	// Entries are added in time order, so expiry pops from the front.
 	now := time.Now()
-	for key, e := range s.txnCache {
-		if now.Sub(e.at) > s.opts.TxnWindow {
-			delete(s.txnCache, key)
+	for len(s.txnOrder) > 0 {
+		front := s.txnOrder[0]
+		e, ok := s.txnCache[front]
+		if ok && now.Sub(e.at) <= s.opts.TxnWindow {
+			break
 		}
+		delete(s.txnCache, front)
+		s.txnOrder = s.txnOrder[1:]
 	}
 	e, ok := s.txnCache[k]
 	return e.eventID, ok
+}
+
+func (s *Server) txnStoreLocked(k txnKey, eventID string) {
+	s.txnCache[k] = txnEntry{eventID: eventID, at: time.Now()}
+	s.txnOrder = append(s.txnOrder, k)
 }
 
 func (s *Server) handleSend(q *request) (any, *matrixError) {
@@ -354,7 +364,7 @@ func (s *Server) handleSend(q *request) (any, *matrixError) {
 		return nil, e
 	}
 	ev := s.appendEventLocked(r, q.who.userID, typ, nil, mustJSON(content))
-	s.txnCache[key] = txnEntry{eventID: ev.EventID, at: time.Now()}
+	s.txnStoreLocked(key, ev.EventID)
 	return map[string]any{"event_id": ev.EventID}, nil
 }
 
@@ -408,7 +418,7 @@ func (s *Server) handleRedact(q *request) (any, *matrixError) {
 		}
 		orig.Unsigned["redacted_because"] = map[string]any{"event_id": ev.EventID, "sender": ev.Sender, "type": ev.Type}
 	}
-	s.txnCache[key] = txnEntry{eventID: ev.EventID, at: time.Now()}
+	s.txnStoreLocked(key, ev.EventID)
 	return map[string]any{"event_id": ev.EventID}, nil
 }
 

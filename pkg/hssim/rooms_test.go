@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 func registerBot(t *testing.T, e *env) {
@@ -482,4 +483,16 @@ func TestFormerMemberSeesStateAtLeave(t *testing.T) {
 	}
 	_, ctok := e.user("carol")
 	wantErr(t, e.do("GET", "/_matrix/client/v3/rooms/"+esc(id)+"/state", ctok, nil), 403, "M_FORBIDDEN")
+}
+
+func TestSendTxnWindowExpires(t *testing.T) {
+	e := startEnv(t, Synapse, func(o *Options) { o.TxnWindow = time.Nanosecond })
+	_, atok := e.user("alice")
+	id := e.createRoom(atok, map[string]any{})
+	p := "/_matrix/client/v3/rooms/" + esc(id) + "/send/m.room.message/same"
+	first := e.mustOK(e.do("PUT", p, atok, map[string]any{"body": "x"})).str("event_id")
+	second := e.mustOK(e.do("PUT", p, atok, map[string]any{"body": "x"})).str("event_id")
+	if first == second {
+		t.Fatal("txn id remembered past the window")
+	}
 }

@@ -102,6 +102,7 @@ type Server struct {
 	roomOrder  []string
 	aliases    map[string]aliasEntry
 	txnCache   map[txnKey]txnEntry
+	txnOrder   []txnKey // keys of txnCache, oldest first
 	calls      map[string]int
 	latency    map[string]time.Duration
 	faults     []*faultState
