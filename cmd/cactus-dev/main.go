@@ -1,0 +1,123 @@
+// Command cactus-dev runs the whole Cactus Comments system in one process
+// for development (`make run`): an embedded NATS server with JetStream data
+// in ./.cactus-dev, the gateway, a provisioner and a botworker, and the
+// homeserver simulator with demo users unless CACTUS_HOMESERVER_URL names a
+// real homeserver. It prints how to try it. Ctrl-C stops everything
+// cleanly; the next start reuses the data and tokens.
+//
+// Every flag has an environment variable (CACTUS_DEV_*); the services'
+// own CACTUS_* variables (log level, tuning, tokens) apply too.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+
+	"github.com/cactus-comments/appservice/cmd/internal/devrun"
+	"github.com/cactus-comments/appservice/pkg/hssim"
+	"github.com/cactus-comments/appservice/pkg/logging"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr, os.LookupEnv))
+}
+
+// errUsage marks command-line and configuration mistakes (exit 2).
+type errUsage struct{ error }
+
+func parseOptions(args []string, stderr io.Writer, lookup func(string) (string, bool)) (devrun.Options, error) {
+	env := func(k, def string) string {
+		if v, ok := lookup(k); ok && v != "" {
+			return v
+		}
+		return def
+	}
+	fs := flag.NewFlagSet("cactus-dev", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var o devrun.Options
+	var natsPort, adminPort, mode string
+	fs.StringVar(&o.DataDir, "data", env("CACTUS_DEV_DATA", devrun.DefaultDataDir), "data directory: NATS storage, registration, tokens (CACTUS_DEV_DATA)")
+	fs.StringVar(&natsPort, "nats-port", env("CACTUS_DEV_NATS_PORT", "4222"), "embedded NATS port on 127.0.0.1, 0 for any free port (CACTUS_DEV_NATS_PORT)")
+	fs.StringVar(&o.GatewayAddr, "listen", env("CACTUS_DEV_LISTEN", "127.0.0.1:8080"), "gateway address the homeserver calls (CACTUS_DEV_LISTEN)")
+	fs.StringVar(&adminPort, "admin-port", env("CACTUS_DEV_ADMIN_PORT", "9090"), "first admin port on 127.0.0.1: gateway, provisioner and botworker use it and the next two (CACTUS_DEV_ADMIN_PORT)")
+	fs.StringVar(&o.HomeserverURL, "homeserver-url", env("CACTUS_HOMESERVER_URL", ""), "a real homeserver to run against instead of the simulator (CACTUS_HOMESERVER_URL)")
+	fs.StringVar(&o.ServerName, "server-name", env("CACTUS_DEV_SERVER_NAME", ""), "homeserver server name (default localhost with the simulator) (CACTUS_DEV_SERVER_NAME)")
+	fs.StringVar(&o.GatewayURL, "gateway-url", env("CACTUS_DEV_GATEWAY_URL", ""), "URL the homeserver uses to reach the gateway (default http://<listen>) (CACTUS_DEV_GATEWAY_URL)")
+	fs.StringVar(&o.SimAddr, "hs-addr", env("CACTUS_DEV_HS_ADDR", "127.0.0.1:8008"), "simulator address (CACTUS_DEV_HS_ADDR)")
+	fs.StringVar(&mode, "hs-mode", env("CACTUS_DEV_HS_MODE", "synapse"), "homeserver the simulator imitates: synapse, dendrite or conduit (CACTUS_DEV_HS_MODE)")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: cactus-dev [flags]\n\nRuns gateway, provisioner and botworker with an embedded NATS, and a homeserver\nsimulator unless CACTUS_HOMESERVER_URL is set. Ctrl-C stops it.\n\nflags:")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, errUsage{fmt.Errorf("unexpected arguments %q", fs.Args())}
+	}
+	n, err := strconv.Atoi(natsPort)
+	if err != nil || n < 0 || n > 65535 {
+		return o, errUsage{fmt.Errorf("NATS port %q is not a port number", natsPort)}
+	}
+	o.NATSPort = n
+	a, err := strconv.Atoi(adminPort)
+	if err != nil || a < 0 || a > 65533 {
+		return o, errUsage{fmt.Errorf("admin port %q is not a port number", adminPort)}
+	}
+	for i := range o.AdminAddrs {
+		p := 0
+		if a != 0 {
+			p = a + i
+		}
+		o.AdminAddrs[i] = net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
+	}
+	m, err := hssim.ParseMode(mode)
+	if err != nil {
+		return o, errUsage{err}
+	}
+	o.SimMode = m
+	o.Env = lookup
+	return o, nil
+}
+
+func run(args []string, stdout, stderr io.Writer, lookup func(string) (string, bool)) int {
+	o, err := parseOptions(args, stderr, lookup)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "cactus-dev: %v\n", err)
+		return 2
+	}
+	get := func(k string) string { v, _ := lookup(k); return v }
+	o.Log = logging.New(stderr, logging.Options{Format: get("CACTUS_LOG_FORMAT"), Level: get("CACTUS_LOG_LEVEL"), Service: "cactus-dev"})
+	o.Out = stdout
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	go func() {
+		<-sigs
+		fmt.Fprintln(stderr, "cactus-dev: stopping (press Ctrl-C again to quit at once)")
+		cancel()
+		<-sigs
+		fmt.Fprintln(stderr, "cactus-dev: quit without a clean stop")
+		os.Exit(1)
+	}()
+	if err := devrun.Run(ctx, o); err != nil {
+		fmt.Fprintf(stderr, "cactus-dev: %v\n", err)
+		return 1
+	}
+	fmt.Fprintln(stderr, "cactus-dev: stopped cleanly")
+	return 0
+}

@@ -1,0 +1,240 @@
+package devrun
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cactus-comments/appservice/cmd/internal/demo"
+	"github.com/cactus-comments/appservice/cmd/internal/envconf"
+	"github.com/cactus-comments/appservice/pkg/registration"
+	"github.com/cactus-comments/appservice/pkg/registry"
+)
+
+// syncBuffer is a bytes.Buffer safe for the runner and the test at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type running struct {
+	info Info
+	out  *syncBuffer
+	stop func() error
+}
+
+// start runs the dev system on free ports with its data in dir.
+func start(t *testing.T, dir string) *running {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	out := &syncBuffer{}
+	ready := make(chan Info, 1)
+	errc := make(chan error, 1)
+	free := "127.0.0.1:0"
+	go func() {
+		errc <- Run(ctx, Options{
+			DataDir: dir, GatewayAddr: free, AdminAddrs: [3]string{free, free, free}, SimAddr: free,
+			Env: envconf.Map(map[string]string{"CACTUS_LOG_LEVEL": "warn", "CACTUS_SHUTDOWN_TIMEOUT": "10s"}),
+			Out: out, Ready: func(i Info) { ready <- i }, ReadyTimeout: time.Minute,
+		})
+	}()
+	var once sync.Once
+	var stopErr error
+	r := &running{out: out, stop: func() error {
+		once.Do(func() { cancel(); stopErr = <-errc })
+		return stopErr
+	}}
+	select {
+	case r.info = <-ready:
+	case err := <-errc:
+		cancel()
+		t.Fatalf("dev runner stopped before it was ready: %v", err)
+	}
+	t.Cleanup(func() { _ = r.stop() })
+	return r
+}
+
+func natsJS(t *testing.T, url string) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
+// TestDevFlow drives the printed try-it flow through the simulator: the
+// owner registers a site with the bot, a visitor opens a comment section,
+// the owner bans the visitor and the ban reaches the comment room. Then a
+// clean stop, and a second start on the same data.
+func TestDevFlow(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts the whole system")
+	}
+	dir := t.TempDir()
+	ctx := context.Background()
+	r := start(t, dir)
+	sim := r.info.Simulator
+	if sim == nil || r.info.Demo == nil {
+		t.Fatal("no simulator or demo users")
+	}
+	banner := r.out.String()
+	for _, want := range []string{"demo -data " + dir + " register myblog", "comment myblog hello", "ban myblog @visitor:localhost", r.info.Admin["provisioner"], "doctor -env"} {
+		if !strings.Contains(banner, want) {
+			t.Fatalf("banner lacks %q:\n%s", want, banner)
+		}
+	}
+	reg1, err := registration.Load(filepath.Join(dir, RegistrationFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	d, err := demo.New(dir, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := d.Register(ctx, "myblog")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Replies) == 0 || !strings.Contains(res.Replies[0], "myblog") {
+		t.Fatalf("bot replies %q", res.Replies)
+	}
+	owner, visitor := r.info.Demo.Owner.UserID, r.info.Demo.Visitor.UserID
+	if got := sim.Membership(res.ModerationRoom.String(), owner); got != "join" {
+		t.Fatalf("owner membership in the moderation room: %q", got)
+	}
+	if got := sim.PowerLevel(res.ModerationRoom.String(), owner); got != 100 {
+		t.Fatalf("owner power level %d", got)
+	}
+	room, err := d.Comment(ctx, "myblog", "hello", "First!")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := sim.Membership(room.String(), visitor); got != "join" {
+		t.Fatalf("visitor membership in the comment room: %q", got)
+	}
+	if id, ok := sim.ResolveAliasLocal("#comments_myblog_hello:localhost"); !ok || id != room.String() {
+		t.Fatalf("alias resolves to %q %v", id, ok)
+	}
+	banned, err := d.Ban(ctx, "myblog", visitor, "spam")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(banned) != 1 || sim.Membership(room.String(), visitor) != "ban" || sim.Membership(res.ModerationRoom.String(), visitor) != "ban" {
+		t.Fatalf("ban not carried: %v, comment room %q", banned, sim.Membership(room.String(), visitor))
+	}
+	rg, err := registry.Open(ctx, natsJS(t, r.info.NATSURL))
+	if err != nil {
+		t.Fatal(err)
+	}
+	site, err := rg.Site(ctx, "myblog")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if site.Owner != owner || !site.Banned(visitor) {
+		t.Fatalf("registry site %+v", site)
+	}
+
+	if err := r.stop(); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	// Everything is down: the ports are free again.
+	for _, a := range []string{strings.TrimPrefix(r.info.GatewayURL, "http://"), strings.TrimPrefix(r.info.HomeserverURL, "http://"), strings.TrimPrefix(r.info.NATSURL, "nats://")} {
+		ln, err := net.Listen("tcp", a)
+		if err != nil {
+			t.Fatalf("%s still taken after stop: %v", a, err)
+		}
+		ln.Close()
+	}
+
+	// Second start on the same data: same tokens, the stale site is
+	// dropped (the simulator forgot its rooms), and it can be registered
+	// again.
+	r2 := start(t, dir)
+	reg2, err := registration.Load(filepath.Join(dir, RegistrationFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reg2.ASToken != reg1.ASToken || reg2.HSToken != reg1.HSToken {
+		t.Fatal("tokens changed across restarts")
+	}
+	if len(r2.info.StaleSites) != 1 || r2.info.StaleSites[0] != "myblog" || !strings.Contains(r2.out.String(), "dropped 1 site") {
+		t.Fatalf("stale sites %v; banner:\n%s", r2.info.StaleSites, r2.out.String())
+	}
+	d2, err := demo.New(dir, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d2.Register(ctx, "myblog"); err != nil {
+		t.Fatalf("register again after restart: %v", err)
+	}
+	if err := r2.stop(); err != nil {
+		t.Fatalf("second stop: %v", err)
+	}
+}
+
+func TestPortTaken(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	free := "127.0.0.1:0"
+	err = Run(context.Background(), Options{DataDir: t.TempDir(), NATSPort: port, GatewayAddr: free, AdminAddrs: [3]string{free, free, free}, SimAddr: free})
+	if err == nil || !strings.Contains(err.Error(), "NATS port") || !strings.Contains(err.Error(), "-nats-port") {
+		t.Fatalf("err = %v", err)
+	}
+	err = Run(context.Background(), Options{DataDir: t.TempDir(), GatewayAddr: ln.Addr().String(), AdminAddrs: [3]string{free, free, free}, SimAddr: free})
+	if err == nil || !strings.Contains(err.Error(), "gateway address") || !strings.Contains(err.Error(), "taken") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestRealHomeserverNeedsServerName(t *testing.T) {
+	free := "127.0.0.1:0"
+	err := Run(context.Background(), Options{DataDir: t.TempDir(), HomeserverURL: "http://127.0.0.1:1", GatewayAddr: free, AdminAddrs: [3]string{free, free, free}})
+	if err == nil || !strings.Contains(err.Error(), "server name") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestCorruptRegistrationIsReported(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, RegistrationFile), []byte("id: [\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	free := "127.0.0.1:0"
+	err := Run(context.Background(), Options{DataDir: dir, GatewayAddr: free, AdminAddrs: [3]string{free, free, free}, SimAddr: free})
+	if err == nil || !strings.Contains(err.Error(), "delete it") {
+		t.Fatalf("err = %v", err)
+	}
+}
