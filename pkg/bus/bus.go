@@ -15,6 +15,7 @@ package bus
 
 import (
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -92,12 +93,23 @@ func Token(s string) string {
 	return base64.RawURLEncoding.EncodeToString([]byte(s))
 }
 
-// ParseToken reverses Token.
+// ParseToken reverses Token. It accepts only what Token produces: the
+// decoder alone would also take non-canonical trailing bits and ignore line
+// breaks, so that two keys could name the same string.
 func ParseToken(t string) (string, error) {
 	if t == emptyToken {
 		return "", nil
 	}
-	b, err := base64.RawURLEncoding.DecodeString(t)
+	if t == "" {
+		return "", errors.New("bus: empty token")
+	}
+	for i := 0; i < len(t); i++ {
+		c := t[i]
+		if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return "", fmt.Errorf("bus: bad token %q: byte %#x is not base64url", t, c)
+		}
+	}
+	b, err := base64.RawURLEncoding.Strict().DecodeString(t)
 	if err != nil {
 		return "", fmt.Errorf("bus: bad token %q: %w", t, err)
 	}

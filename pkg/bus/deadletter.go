@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -27,15 +28,18 @@ type DeadLetter struct {
 func PublishDeadLetter(ctx context.Context, js jetstream.JetStream, d DeadLetter) error {
 	m := nats.NewMsg(DLQSubject(d.Source))
 	for k, vs := range d.Header {
-		if k == HeaderMsgID {
+		// Nats-Msg-Id would make a replay a duplicate of the original;
+		// other Nats-* headers (expected stream or sequence, rollup, TTL)
+		// would make JetStream refuse or misapply this publish.
+		if strings.HasPrefix(strings.ToLower(k), "nats-") {
 			continue
 		}
 		for _, v := range vs {
 			m.Header.Add(k, v)
 		}
 	}
-	m.Header.Set(HeaderReason, d.Reason)
-	m.Header.Set(HeaderSource, d.Subject)
+	m.Header.Set(HeaderReason, headerValue(d.Reason))
+	m.Header.Set(HeaderSource, headerValue(d.Subject))
 	m.Header.Set(HeaderStream, d.Stream)
 	m.Header.Set(HeaderConsumer, d.Source)
 	m.Header.Set(HeaderDelivered, strconv.Itoa(d.Delivered))
@@ -45,6 +49,25 @@ func PublishDeadLetter(ctx context.Context, js jetstream.JetStream, d DeadLetter
 		return fmt.Errorf("dead-letter from %s: %w", d.Source, err)
 	}
 	return nil
+}
+
+// maxReason bounds the reason header: handler errors can quote whole
+// response bodies.
+const maxReason = 2048
+
+// headerValue makes s safe as a NATS header value: a line break would end
+// the header block early and corrupt the message.
+func headerValue(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r == '\r' || r == '\n' {
+			return ' '
+		}
+		return r
+	}, s)
+	if len(s) > maxReason {
+		s = strings.ToValidUTF8(s[:maxReason], "") + "…"
+	}
+	return s
 }
 
 // ReadDeadLetter decodes a stored dead letter.

@@ -1,0 +1,160 @@
+package bus
+
+import (
+	"encoding/json"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/cactus-comments/appservice/pkg/event"
+)
+
+// subjectToken is what a single NATS subject token may hold; kvKey is
+// JetStream's key-value key grammar.
+var (
+	subjectToken = regexp.MustCompile(`^[^.*>\s]+$`)
+	kvKey        = regexp.MustCompile(`^[-/_=.a-zA-Z0-9]+$`)
+)
+
+var hostile = []string{
+	"", ".", "..", "*", ">", " ", "\t", "\n", ":", "!", "a.b", "a*b", "a>b", "a b",
+	"!room:example.org", "!Ab3.*>:[::1]:8448", "@user.name:example.org", "blog.example.org",
+	"café ☕", "日本語", "\x00", "\xff\xfe", "=", "==", "-", "_", "foo", "foobar",
+	strings.Repeat("x", 300),
+}
+
+func TestTokenRoundTrip(t *testing.T) {
+	seen := map[string]string{}
+	for _, s := range hostile {
+		tok := Token(s)
+		if !subjectToken.MatchString(tok) {
+			t.Errorf("Token(%q) = %q is not one subject token", s, tok)
+		}
+		if !kvKey.MatchString(tok) || strings.Contains(tok, ".") {
+			t.Errorf("Token(%q) = %q is not a key-value key part", s, tok)
+		}
+		got, err := ParseToken(tok)
+		if err != nil || got != s {
+			t.Errorf("ParseToken(Token(%q)) = %q, %v", s, got, err)
+		}
+		if prev, dup := seen[tok]; dup {
+			t.Errorf("Token(%q) == Token(%q) == %q", s, prev, tok)
+		}
+		seen[tok] = s
+	}
+}
+
+func TestParseTokenRejects(t *testing.T) {
+	for _, tok := range []string{
+		"", "a.b", "*", ">", "QQ\n", "Q\r\nQ", "QQ==", "Zm9v YmFy", "Zm9v+", "Zm9v/",
+		"QR", // decodes to "A" leniently: not what Token("A") gives
+		"Q",  // impossible length
+		"==",
+	} {
+		if s, err := ParseToken(tok); err == nil {
+			t.Errorf("ParseToken(%q) = %q, want an error", tok, s)
+		}
+	}
+}
+
+func FuzzToken(f *testing.F) {
+	for _, s := range hostile {
+		f.Add(s)
+	}
+	f.Add("QR")
+	f.Add("QQ\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		tok := Token(s)
+		if !subjectToken.MatchString(tok) || !kvKey.MatchString(tok) || strings.Contains(tok, ".") {
+			t.Fatalf("Token(%q) = %q is not subject and key safe", s, tok)
+		}
+		if got, err := ParseToken(tok); err != nil || got != s {
+			t.Fatalf("ParseToken(Token(%q)) = %q, %v", s, got, err)
+		}
+		// Read the input as a token too: whatever parses must be canonical.
+		if got, err := ParseToken(s); err == nil && Token(got) != s {
+			t.Fatalf("ParseToken(%q) = %q, but Token of that is %q", s, got, Token(got))
+		}
+	})
+}
+
+func TestSubjects(t *testing.T) {
+	for _, room := range hostile {
+		for _, c := range []Class{ClassBot, ClassModeration, ClassOther} {
+			subj := EventSubject(c, room)
+			parts := strings.Split(subj, ".")
+			if len(parts) != 4 || parts[0] != "cactus" || parts[1] != "ev" || parts[2] != string(c) {
+				t.Fatalf("EventSubject(%s, %q) = %q", c, room, subj)
+			}
+			if !strings.HasPrefix(subj, strings.TrimSuffix(EventFilter(c), ">")) {
+				t.Fatalf("EventSubject %q not under filter %q", subj, EventFilter(c))
+			}
+			got, err := RoomFromEventSubject(subj)
+			if err != nil || got != room {
+				t.Fatalf("RoomFromEventSubject(%q) = %q, %v, want %q", subj, got, err, room)
+			}
+		}
+		job := JobSubject("ban", room, room)
+		if parts := strings.Split(job, "."); len(parts) != 5 || parts[2] != "ban" {
+			t.Fatalf("JobSubject = %q", job)
+		}
+		if parts := strings.Split(DLQSubject(room), "."); len(parts) != 3 || parts[1] != "dlq" {
+			t.Fatalf("DLQSubject(%q) = %q", room, DLQSubject(room))
+		}
+	}
+	for _, bad := range []string{"", "cactus.ev.bot", "cactus.ev.bot.a.b", "cactus.job.bot.QQ", "nats.ev.bot.QQ", "cactus.ev.bot.Q", "cactus.ev.bot.a*"} {
+		if r, err := RoomFromEventSubject(bad); err == nil {
+			t.Errorf("RoomFromEventSubject(%q) = %q, want an error", bad, r)
+		}
+	}
+}
+
+func TestClassify(t *testing.T) {
+	const bot = "@cactusbot:example.org"
+	member := func(sender, target, membership string) *event.Event {
+		content, _ := json.Marshal(map[string]string{"membership": membership})
+		return &event.Event{EventID: "$e", Type: "m.room.member", RoomID: "!r:x", Sender: sender, StateKey: &target, Content: content}
+	}
+	plain := func(typ, stateKey string) *event.Event {
+		e := &event.Event{EventID: "$e", Type: typ, RoomID: "!r:x", Sender: "@mod:x", Content: json.RawMessage(`{}`)}
+		if stateKey != "-" {
+			e.StateKey = &stateKey
+		}
+		return e
+	}
+	tests := []struct {
+		name string
+		ev   *event.Event
+		want Class
+	}{
+		{"invite to the bot", member("@owner:x", bot, "invite"), ClassBot},
+		{"bot joins", member(bot, bot, "join"), ClassBot},
+		{"bot leaves", member(bot, bot, "leave"), ClassBot},
+		{"bot kicked", member("@owner:x", bot, "leave"), ClassBot},
+		{"bot banned", member("@owner:x", bot, "ban"), ClassBot},
+		{"ban", member("@mod:x", "@troll:x", "ban"), ClassModeration},
+		{"self-ban is still a ban", member("@troll:x", "@troll:x", "ban"), ClassModeration},
+		{"unban (leave by other)", member("@mod:x", "@troll:x", "leave"), ClassModeration},
+		{"self-leave", member("@visitor:x", "@visitor:x", "leave"), ClassOther},
+		{"join", member("@visitor:x", "@visitor:x", "join"), ClassOther},
+		{"invite to someone else", member("@owner:x", "@friend:x", "invite"), ClassOther},
+		{"knock", member("@visitor:x", "@visitor:x", "knock"), ClassOther},
+		{"member without state_key", plain("m.room.member", "-"), ClassOther},
+		{"member with bad content", &event.Event{Type: "m.room.member", Sender: "@mod:x", StateKey: ptr("@t:x"), Content: json.RawMessage(`"ban"`)}, ClassOther},
+		{"power levels", plain("m.room.power_levels", ""), ClassModeration},
+		{"canonical alias", plain("m.room.canonical_alias", ""), ClassModeration},
+		{"message", plain("m.room.message", "-"), ClassBot},
+		{"topic", plain("m.room.topic", ""), ClassOther},
+		{"create", plain("m.room.create", ""), ClassOther},
+		{"reaction", plain("m.reaction", "-"), ClassOther},
+		{"redaction", plain("m.room.redaction", "-"), ClassOther},
+		{"empty type", plain("", "-"), ClassOther},
+	}
+	for _, tt := range tests {
+		if got := Classify(tt.ev, bot); got != tt.want {
+			t.Errorf("%s: Classify = %s, want %s", tt.name, got, tt.want)
+		}
+	}
+}
+
+func ptr(s string) *string { return &s }

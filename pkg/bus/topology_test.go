@@ -1,0 +1,258 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cactus-comments/appservice/pkg/embednats"
+)
+
+func connect(t *testing.T, srv *embednats.Server) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nc, js
+}
+
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestEnsureIdempotentAndCheck(t *testing.T) {
+	srv := embednats.StartTest(t)
+	_, js := connect(t, srv)
+	ctx := testCtx(t)
+	topo := Topology{Replicas: 1, MaxDeliver: 4}
+
+	err := topo.Check(ctx, js)
+	if err == nil {
+		t.Fatal("Check passed on an empty server")
+	}
+	for _, name := range []string{StreamEvents, StreamJobs, StreamDLQ, ConsumerBot, ConsumerModeration, ConsumerJobs, BucketSites, BucketRooms, BucketIndex, BucketLimit} {
+		if !strings.Contains(err.Error(), name) {
+			t.Errorf("Check error does not name %s: %v", name, err)
+		}
+	}
+
+	for i := range 2 {
+		if err := topo.Ensure(ctx, js); err != nil {
+			t.Fatalf("Ensure #%d: %v", i+1, err)
+		}
+	}
+	if err := topo.Check(ctx, js); err != nil {
+		t.Fatalf("Check after Ensure: %v", err)
+	}
+	streams := 0
+	for range js.StreamNames(ctx).Name() {
+		streams++
+	}
+	// 3 streams + 4 buckets (KV_*), no duplicates from the second run.
+	if streams != 7 {
+		t.Errorf("%d streams after two Ensures, want 7", streams)
+	}
+	c, err := js.Consumer(ctx, StreamEvents, ConsumerModeration)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ci := c.CachedInfo()
+	if ci.Config.MaxAckPending != 1 || ci.Config.MaxDeliver != 5 || ci.Config.FilterSubject != EventFilter(ClassModeration) {
+		t.Errorf("moderation consumer config = %+v", ci.Config)
+	}
+	s, err := js.Stream(ctx, StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := s.CachedInfo().Config.Duplicates; d < 15*time.Minute {
+		t.Errorf("duplicate window %v, want at least 15 min", d)
+	}
+
+	// A changed setting is applied by the next Ensure.
+	if err := (Topology{Replicas: 1, MaxDeliver: 9}).Ensure(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	if c, err = js.Consumer(ctx, StreamEvents, ConsumerBot); err != nil || c.CachedInfo().Config.MaxDeliver != 10 {
+		t.Fatalf("MaxDeliver not updated: %v", err)
+	}
+
+	// Check names exactly what went missing.
+	if err := js.DeleteConsumer(ctx, StreamJobs, ConsumerJobs); err != nil {
+		t.Fatal(err)
+	}
+	if err := js.DeleteKeyValue(ctx, BucketIndex); err != nil {
+		t.Fatal(err)
+	}
+	err = topo.Check(ctx, js)
+	if err == nil || !strings.Contains(err.Error(), ConsumerJobs) || !strings.Contains(err.Error(), BucketIndex) ||
+		strings.Contains(err.Error(), ConsumerBot) || strings.Contains(err.Error(), BucketSites) {
+		t.Fatalf("Check after deletions = %v", err)
+	}
+}
+
+func TestEnsureConcurrent(t *testing.T) {
+	srv := embednats.StartTest(t)
+	ctx := testCtx(t)
+	topo := Topology{Replicas: 1, MaxDeliver: 3}
+	const n = 6
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		_, js := connect(t, srv)
+		wg.Go(func() { errs[i] = topo.Ensure(ctx, js) })
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("replica %d: %v", i, err)
+		}
+	}
+	_, js := connect(t, srv)
+	if err := topo.Check(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDeduplicationByMsgID(t *testing.T) {
+	srv := embednats.StartTest(t)
+	_, js := connect(t, srv)
+	ctx := testCtx(t)
+	if err := (Topology{}).Ensure(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	subj := EventSubject(ClassBot, "!r:example.org")
+	publish := func(id, body string) *jetstream.PubAck {
+		m := nats.NewMsg(subj)
+		m.Header.Set(HeaderMsgID, id)
+		m.Data = []byte(body)
+		ack, err := js.PublishMsg(ctx, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ack
+	}
+	a1 := publish("$e1", "first")
+	a2 := publish("$e1", "retry of the same event")
+	a3 := publish("$e2", "another event")
+	if a1.Duplicate || !a2.Duplicate || a3.Duplicate || a2.Sequence != a1.Sequence {
+		t.Fatalf("acks = %+v %+v %+v", a1, a2, a3)
+	}
+	s, err := js.Stream(ctx, StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 2 {
+		t.Fatalf("stream holds %d messages, want 2", info.State.Msgs)
+	}
+	m, err := s.GetMsg(ctx, a1.Sequence)
+	if err != nil || string(m.Data) != "first" {
+		t.Fatalf("stored %q, %v; want the first publish", m.Data, err)
+	}
+}
+
+func TestDeadLetterRoundTrip(t *testing.T) {
+	srv := embednats.StartTest(t)
+	_, js := connect(t, srv)
+	ctx := testCtx(t)
+	if err := (Topology{}).Ensure(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	h := nats.Header{}
+	h.Set(HeaderMsgID, "$e1")
+	h.Set("Nats-Expected-Stream", "SOMETHING_ELSE") // would make the publish fail if copied
+	h.Set(HeaderTxnID, "txn-7")
+	h.Add("X-Multi", "a")
+	h.Add("X-Multi", "b")
+	reason := "homeserver said 403 M_FORBIDDEN:\n{\"errcode\":\"M_FORBIDDEN\"}\r\n" + strings.Repeat("x", 5000)
+	in := DeadLetter{
+		Source: ConsumerBot, Stream: StreamEvents, Subject: EventSubject(ClassBot, "!r:x"),
+		Reason: reason, Delivered: 8, Data: []byte(`{"event_id":"$e1"}`), Header: h,
+	}
+	for range 2 {
+		// Twice: dead letters are not deduplicated (no message id).
+		if err := PublishDeadLetter(ctx, js, in); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := js.Stream(ctx, StreamDLQ)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		m, err := c.Next(jetstream.FetchMaxWait(5 * time.Second))
+		if err != nil {
+			t.Fatalf("dead letter %d: %v", i, err)
+		}
+		if m.Subject() != DLQSubject(ConsumerBot) {
+			t.Errorf("subject %q", m.Subject())
+		}
+		out := ReadDeadLetter(m)
+		if out.Source != in.Source || out.Stream != in.Stream || out.Subject != in.Subject || out.Delivered != 8 || string(out.Data) != string(in.Data) {
+			t.Errorf("read back %+v", out)
+		}
+		if !strings.HasPrefix(out.Reason, "homeserver said 403 M_FORBIDDEN: {") || strings.ContainsAny(out.Reason, "\r\n") || len(out.Reason) > 2100 {
+			t.Errorf("reason %q", out.Reason)
+		}
+		if out.Header.Get(HeaderMsgID) != "" || out.Header.Get("Nats-Expected-Stream") != "" {
+			t.Errorf("Nats-* headers kept: %v", out.Header)
+		}
+		if out.Header.Get(HeaderTxnID) != "txn-7" || len(out.Header.Values("X-Multi")) != 2 {
+			t.Errorf("original headers lost: %v", out.Header)
+		}
+		if _, err := time.Parse(time.RFC3339Nano, out.Header.Get(HeaderFailedAt)); err != nil {
+			t.Errorf("failure time: %v", err)
+		}
+	}
+	// The caller's header is not modified.
+	if h.Get(HeaderMsgID) != "$e1" || h.Get(HeaderReason) != "" {
+		t.Errorf("PublishDeadLetter changed the caller's header: %v", h)
+	}
+}
+
+func TestConnect(t *testing.T) {
+	srv := embednats.StartTest(t)
+	log := slog.New(slog.DiscardHandler)
+	nc, err := Connect(testCtx(t), ConnOptions{URL: srv.ClientURL(), Name: "test"}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if !nc.IsConnected() {
+		t.Fatal("not connected")
+	}
+
+	// Nothing listens: Connect keeps trying until ctx ends, then says so.
+	dead := embednats.StartTest(t)
+	url := dead.ClientURL()
+	dead.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if _, err := Connect(ctx, ConnOptions{URL: url, User: "u", Password: "hunter2-password"}, log); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Connect to a dead server = %v, want DeadlineExceeded", err)
+	} else if strings.Contains(err.Error(), "hunter2") {
+		t.Fatalf("error reveals the password: %v", err)
+	}
+}
