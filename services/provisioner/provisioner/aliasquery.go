@@ -313,13 +313,15 @@ type flightGroup struct {
 }
 
 type flight struct {
-	done chan struct{}
-	res  flightResult
+	done    chan struct{}
+	res     flightResult
+	waiters int // callers sharing the result, for tests and logs
 }
 
 func (g *flightGroup) do(key string, fn func() flightResult) flightResult {
 	g.mu.Lock()
 	if f, ok := g.m[key]; ok {
+		f.waiters++
 		g.mu.Unlock()
 		<-f.done
 		return f.res
@@ -327,6 +329,7 @@ func (g *flightGroup) do(key string, fn func() flightResult) flightResult {
 	if g.m == nil {
 		g.m = map[string]*flight{}
 	}
+	// The leader answers; callers that joined it reuse its answer.
 	f := &flight{done: make(chan struct{})}
 	g.m[key] = f
 	g.mu.Unlock()
