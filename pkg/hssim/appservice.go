@@ -116,7 +116,7 @@ func (s *Server) asRequest(ctx context.Context, as *appservice, method, path str
 	if s.opts.Mode == Conduit {
 		query.Set("access_token", as.reg.HSToken)
 	}
-	u := *as.reg.URL + path
+	u := strings.TrimRight(*as.reg.URL, "/") + path
 	if len(query) > 0 {
 		u += "?" + query.Encode()
 	}

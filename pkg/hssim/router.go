@@ -253,16 +253,15 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := &request{r: r, w: w, endpoint: endpoint, params: params, rawPath: path, body: body}
-	if rt.auth || hasToken(r) {
+	// A token that is present must be valid, even where none is needed,
+	// as Synapse answers.
+	if rt.auth || (hasToken(r) && rt.endpoint != EPVersions) {
 		who, merr := s.authenticate(r)
 		if merr != nil {
-			if rt.auth {
-				writeError(w, merr)
-				return
-			}
-		} else {
-			q.who = who
+			writeError(w, merr)
+			return
 		}
+		q.who = who
 	}
 	if rt.limited {
 		if merr := s.checkRateLimit(q.who, r); merr != nil {

@@ -120,8 +120,10 @@ func (s *Server) handleRegister(q *request) (any, *matrixError) {
 		return nil, e
 	}
 	lp := b.Username
-	if lp == "" {
-		lp = strconv.Itoa(len(s.users) + 1000)
+	for n := len(s.users) + 1000; lp == ""; n++ {
+		if !s.isRegisteredLocked("@" + strconv.Itoa(n) + ":" + s.opts.ServerName) {
+			lp = strconv.Itoa(n)
+		}
 	}
 	uid := "@" + lp + ":" + s.opts.ServerName
 	s.users[uid] = &user{id: uid, password: b.Password, registered: true}

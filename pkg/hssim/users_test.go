@@ -112,6 +112,7 @@ func TestTokensAndMasquerade(t *testing.T) {
 		{"unregistered namespace user", whoami + "?user_id=" + esc("@ascomments_new:example.org"), testASToken, 403, "M_FORBIDDEN", ""},
 		{"outside namespace", whoami + "?user_id=" + esc("@alice:example.org"), testASToken, 403, "M_FORBIDDEN", ""},
 		{"legacy query token", whoami + "?access_token=" + testASToken, "", 200, "", "@cactusbot:example.org"},
+		{"bad token where none is needed", "/_matrix/client/v3/directory/room/" + esc("#x:example.org"), "nope", 401, "M_UNKNOWN_TOKEN", ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
