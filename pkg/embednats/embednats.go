@@ -118,8 +118,15 @@ func (s *Server) Stop() {
 
 // Restart stops s and starts a new server on the same port and store, as a
 // NATS outage and recovery. The returned server replaces s.
+// A temporary store passes to the new server, which removes it on
+// Shutdown; s no longer does.
 func (s *Server) Restart() (*Server, error) {
 	s.Server.Shutdown()
 	s.Server.WaitForShutdown()
-	return Start(s.opts)
+	n, err := Start(s.opts)
+	if err != nil {
+		return nil, err
+	}
+	n.tmp, s.tmp = s.tmp, ""
+	return n, nil
 }
