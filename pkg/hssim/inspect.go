@@ -139,8 +139,9 @@ func (s *Server) Delivered(eventID string) bool {
 }
 
 // Wait returns once cond is true, re-checking it whenever the simulator's
-// state changes (an event is stored or a push attempt ends). cond runs
-// without the simulator's lock, so it may call any method.
+// state may have changed: an event is stored, a push attempt ends, or any
+// client request other than a GET is answered. cond runs without the
+// simulator's lock, so it may call any method.
 func (s *Server) Wait(ctx context.Context, cond func() bool) error {
 	for {
 		s.mu.Lock()

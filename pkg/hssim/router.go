@@ -270,6 +270,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	resp, merr := rt.h(s, q)
+	if r.Method != http.MethodGet {
+		// Wake Wait callers: any write may have changed what they poll
+		// (profiles, registrations and aliases change no room).
+		s.mu.Lock()
+		s.signalLocked()
+		s.mu.Unlock()
+	}
 	if merr != nil {
 		writeError(w, merr)
 		return
