@@ -163,7 +163,7 @@ func doctorHomeserver(ctx context.Context, cf *cfgFlags, r *report, cfg *config.
 	d, err := mc.AppservicePing(hctx, cfg.AppserviceID, "cactusctl-doctor-"+hex.EncodeToString(txn))
 	switch {
 	case err == nil:
-		r.line(statusOK, "ping", "homeserver reached the gateway in %s", d.Round(time.Millisecond))
+		r.line(statusOK, "ping", "homeserver reached the gateway in %s", roundDuration(d))
 	case matrix.ErrCode(err) == "M_UNRECOGNIZED" || matrix.Status(err) == http.StatusNotFound && matrix.ErrCode(err) == "":
 		r.line(statusSkip, "ping", "the homeserver has no appservice ping endpoint (Dendrite and older servers)")
 	default:
@@ -250,4 +250,11 @@ func doctorNATS(ctx context.Context, cf *cfgFlags, r *report, cfg *config.Config
 	} else {
 		r.line(statusOK, "dead letters", "none")
 	}
+}
+
+func roundDuration(d time.Duration) string {
+	if d < time.Millisecond {
+		return "under 1ms"
+	}
+	return d.Round(time.Millisecond).String()
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"strings"
 	"testing"
 	"time"
@@ -11,8 +12,12 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/cactus-comments/appservice/cmd/internal/appreg"
+	"github.com/cactus-comments/appservice/cmd/internal/envconf"
 	"github.com/cactus-comments/appservice/pkg/bus"
 	"github.com/cactus-comments/appservice/pkg/embednats"
+	"github.com/cactus-comments/appservice/pkg/hssim"
+	"github.com/cactus-comments/appservice/pkg/registration"
 	"github.com/cactus-comments/appservice/pkg/registry"
 )
 
@@ -201,5 +206,30 @@ func TestNATSUnreachable(t *testing.T) {
 	r := ctl(t, map[string]string{"CACTUS_NATS_URL": "nats://127.0.0.1:1"}, "sites", "list", "-timeout", "300ms")
 	if r.code != exitFailed || !strings.Contains(r.stderr, "connect to nats") {
 		t.Fatalf("%d %s %s", r.code, r.stdout, r.stderr)
+	}
+}
+
+// TestDoctorDendrite: a homeserver without the ping endpoint skips that
+// check instead of failing it.
+func TestDoctorDendrite(t *testing.T) {
+	vars, _ := natsEnv(t)
+	g, err := appreg.Generate(appreg.Params{ServerName: "localhost", GatewayURL: "http://127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sim, err := hssim.Start(context.Background(), hssim.Options{Mode: hssim.Dendrite, Registrations: []*registration.Registration{g.Registration}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sim.Close() })
+	m, err := envconf.ParseFile(g.EnvFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	maps.Copy(vars, m)
+	vars["CACTUS_HOMESERVER_URL"] = sim.URL()
+	r := ctl(t, vars, "doctor")
+	if r.code != exitOK || !strings.Contains(r.stdout, "skip  ping") || !strings.Contains(r.stdout, "ok    as_token") {
+		t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 }

@@ -1,0 +1,276 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"maps"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cactus-comments/appservice/cmd/internal/devrun"
+	"github.com/cactus-comments/appservice/cmd/internal/envconf"
+	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/pkg/registry"
+)
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// startDev runs the dev system (embedded NATS, simulator, gateway,
+// provisioner, botworker) on free ports and returns its info, its banner
+// and the variables of its env file.
+func startDev(t *testing.T) (devrun.Info, string, map[string]string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("starts the whole system")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	out := &lockedBuffer{}
+	ready := make(chan devrun.Info, 1)
+	errc := make(chan error, 1)
+	free := "127.0.0.1:0"
+	go func() {
+		errc <- devrun.Run(ctx, devrun.Options{
+			DataDir: t.TempDir(), GatewayAddr: free, AdminAddrs: [3]string{free, free, free}, SimAddr: free,
+			Env: envconf.Map(map[string]string{"CACTUS_LOG_LEVEL": "error", "CACTUS_SHUTDOWN_TIMEOUT": "10s"}),
+			Out: out, Ready: func(i devrun.Info) { ready <- i },
+		})
+	}()
+	var info devrun.Info
+	select {
+	case info = <-ready:
+	case err := <-errc:
+		cancel()
+		t.Fatalf("dev runner: %v", err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		if err := <-errc; err != nil {
+			t.Errorf("dev runner stop: %v", err)
+		}
+	})
+	data, err := os.ReadFile(info.EnvPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vars, err := envconf.ParseFile(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info, out.String(), vars
+}
+
+// printedCommands returns the cactusctl command lines of the banner,
+// without the "go run ./cmd/cactusctl" prefix and trailing comments.
+func printedCommands(t *testing.T, banner string) [][]string {
+	t.Helper()
+	var out [][]string
+	for _, line := range strings.Split(banner, "\n") {
+		rest, ok := strings.CutPrefix(strings.TrimSpace(line), "go run ./cmd/cactusctl ")
+		if !ok {
+			continue
+		}
+		if i := strings.Index(rest, " #"); i >= 0 {
+			rest = rest[:i]
+		}
+		if strings.ContainsAny(rest, `'"\`) {
+			t.Fatalf("printed command needs a shell to unquote, test cannot split it: %q", rest)
+		}
+		out = append(out, strings.Fields(rest))
+	}
+	return out
+}
+
+// TestDevBannerCommandsWorkAsPrinted runs every cactusctl command the dev
+// runner prints, in order, and checks what they did.
+func TestDevBannerCommandsWorkAsPrinted(t *testing.T) {
+	info, banner, _ := startDev(t)
+	cmds := printedCommands(t, banner)
+	if len(cmds) < 5 {
+		t.Fatalf("expected the demo, sites and doctor commands, got %q in:\n%s", cmds, banner)
+	}
+	outs := map[string]string{}
+	for _, args := range cmds {
+		r := ctl(t, nil, args...)
+		if r.code != exitOK {
+			t.Fatalf("cactusctl %s: exit %d\n%s%s", strings.Join(args, " "), r.code, r.stdout, r.stderr)
+		}
+		key := args[0]
+		if args[0] == "demo" {
+			key = args[3]
+		}
+		outs[key] = r.stdout
+	}
+	for key, want := range map[string]string{
+		"register": "joined the moderation room #comments_myblog:localhost",
+		"comment":  "joined #comments_myblog_hello:localhost",
+		"ban":      "carried the ban to #comments_myblog_hello:localhost",
+		"sites":    "myblog",
+		"doctor":   "ok    ping",
+	} {
+		if !strings.Contains(outs[key], want) {
+			t.Errorf("%s output lacks %q:\n%s", key, want, outs[key])
+		}
+	}
+	if strings.Contains(outs["doctor"], "FAIL") {
+		t.Errorf("doctor failed a check:\n%s", outs["doctor"])
+	}
+	room, ok := info.Simulator.ResolveAliasLocal("#comments_myblog_hello:localhost")
+	if !ok || info.Simulator.Membership(room, info.Demo.Visitor.UserID) != "ban" {
+		t.Fatal("the visitor is not banned in the comment room")
+	}
+}
+
+// TestDoctorAndRebuildAgainstDev runs doctor's failure modes and a
+// registry rebuild against a running system.
+func TestDoctorAndRebuildAgainstDev(t *testing.T) {
+	info, _, vars := startDev(t)
+	ctx := context.Background()
+	// A site and a comment room, made through the real flow.
+	for _, args := range [][]string{
+		{"demo", "-data", info.DataDir, "register", "blog"},
+		{"demo", "-data", info.DataDir, "comment", "blog", "post1", "hi"},
+	} {
+		if r := ctl(t, nil, args...); r.code != exitOK {
+			t.Fatalf("%v: %d %s%s", args, r.code, r.stdout, r.stderr)
+		}
+	}
+
+	with := func(k, v string) map[string]string {
+		m := maps.Clone(vars)
+		if v == "" {
+			delete(m, k)
+		} else {
+			m[k] = v
+		}
+		return m
+	}
+	tests := []struct {
+		name string
+		vars map[string]string
+		args []string
+		code int
+		want []string
+	}{
+		{"healthy", vars, nil, exitOK, []string{"ok    as_token", "ok    topology", "ok    lag botworker"}},
+		{"registration file", vars, []string{"-registration", filepath.Join(info.DataDir, devrun.RegistrationFile)}, exitOK, []string{"ok    registration"}},
+		{"wrong as_token", with("CACTUS_AS_TOKEN", strings.Repeat("0", 64)), nil, exitFailed, []string{"FAIL  as_token", "does not know CACTUS_AS_TOKEN", "ok    nats"}},
+		{"wrong bot", with("CACTUS_USER_ID", "@other:localhost"), nil, exitFailed, []string{"FAIL  as_token", "not CACTUS_USER_ID"}},
+		{"registration mismatch", with("CACTUS_HS_TOKEN", strings.Repeat("1", 64)), []string{"-registration", filepath.Join(info.DataDir, devrun.RegistrationFile)}, exitFailed, []string{"FAIL  registration", "hs_token differs"}},
+		{"no ping id", with("CACTUS_APPSERVICE_ID", ""), nil, exitOK, []string{"skip  ping"}},
+		{"unknown appservice", with("CACTUS_APPSERVICE_ID", "nope"), nil, exitFailed, []string{"FAIL  ping"}},
+		{"homeserver down", with("CACTUS_HOMESERVER_URL", "http://127.0.0.1:1"), nil, exitFailed, []string{"FAIL  homeserver", "skip  as_token"}},
+		{"nats down", with("CACTUS_NATS_URL", "nats://127.0.0.1:1"), []string{"-timeout", "500ms"}, exitFailed, []string{"FAIL  nats", "skip  topology"}},
+		{"config invalid", with("CACTUS_USER_ID", "cactusbot"), nil, exitUsage, []string{"FAIL  config", "CACTUS_USER_ID", "ok    nats"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := ctl(t, tt.vars, append([]string{"doctor"}, tt.args...)...)
+			if r.code != tt.code {
+				t.Fatalf("exit %d, want %d:\n%s%s", r.code, tt.code, r.stdout, r.stderr)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(r.stdout, w) {
+					t.Fatalf("output lacks %q:\n%s", w, r.stdout)
+				}
+			}
+			if strings.Contains(r.stdout+r.stderr, vars["CACTUS_AS_TOKEN"]) || strings.Contains(r.stdout+r.stderr, vars["CACTUS_HS_TOKEN"]) {
+				t.Fatal("doctor printed a token")
+			}
+		})
+	}
+
+	// Lag: messages nobody consumes on a subject of a durable consumer.
+	nc, err := nats.Connect(info.NATSURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Pause the botworker's consumer so the published events stay pending.
+	if _, err := js.PauseConsumer(ctx, bus.StreamEvents, bus.ConsumerBot, time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		m := nats.NewMsg(bus.EventSubject(bus.ClassBot, "!lag:localhost"))
+		m.Header.Set(bus.HeaderMsgID, "$lag"+string(rune('a'+i)))
+		m.Data = []byte(`{}`)
+		if _, err := js.PublishMsg(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := ctl(t, vars, "doctor", "-max-lag", "2")
+	if r.code != exitFailed || !strings.Contains(r.stdout, "FAIL  lag botworker") || !strings.Contains(r.stdout, "3 pending") {
+		t.Fatalf("lag: exit %d\n%s", r.code, r.stdout)
+	}
+	if _, err := js.ResumeConsumer(ctx, bus.StreamEvents, bus.ConsumerBot); err != nil {
+		t.Fatal(err)
+	}
+
+	// Rebuild: wipe the registry, rebuild it from the simulator.
+	reg, err := registry.Open(ctx, js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.Wipe(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r := ctl(t, vars, "sites", "list"); !strings.Contains(r.stdout, "no sites") {
+		t.Fatalf("after wipe: %s", r.stdout)
+	}
+	r = ctl(t, vars, "registry", "rebuild")
+	if r.code != exitOK || !strings.Contains(r.stdout, "sites written: 1 (blog)") || !strings.Contains(r.stdout, "comment rooms written: 1") {
+		t.Fatalf("rebuild: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	r = ctl(t, vars, "sites", "list", "-json")
+	var rows []struct {
+		Name         string `json:"name"`
+		Owner        string `json:"owner"`
+		CommentRooms int    `json:"comment_rooms"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &rows); err != nil {
+		t.Fatalf("%v: %s", err, r.stdout)
+	}
+	if len(rows) != 1 || rows[0].Name != "blog" || rows[0].Owner != info.Demo.Owner.UserID || rows[0].CommentRooms != 1 {
+		t.Fatalf("rebuilt sites %+v", rows)
+	}
+
+	// A site only the registry knows is kept, or pruned with -prune.
+	if err := reg.CreateSite(ctx, &registry.Site{Name: "ghost", Owner: "@x:localhost"}); err != nil {
+		t.Fatal(err)
+	}
+	if r = ctl(t, vars, "registry", "rebuild"); r.code != exitOK || !strings.Contains(r.stdout, "kept sites not found on the homeserver: (ghost)") {
+		t.Fatalf("rebuild without prune: %d %s%s", r.code, r.stdout, r.stderr)
+	}
+	if r = ctl(t, vars, "registry", "rebuild", "-prune"); r.code != exitOK || !strings.Contains(r.stdout, "pruned sites the homeserver no longer has: (ghost)") {
+		t.Fatalf("rebuild -prune: %d %s%s", r.code, r.stdout, r.stderr)
+	}
+	if _, err := reg.Site(ctx, "ghost"); err == nil {
+		t.Fatal("ghost survived -prune")
+	}
+}
