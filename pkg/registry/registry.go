@@ -138,7 +138,9 @@ func (r *Registry) CreateSite(ctx context.Context, s *Site) error {
 		return wrap("encode site", s.Name, err)
 	}
 	if _, err := r.sites.Create(ctx, siteKey(s.Name), b); err != nil {
-		if errors.Is(err, jetstream.ErrKeyExists) {
+		// Create re-creates a deleted key with a second compare-and-set;
+		// losing that race surfaces as a bare conflict, not ErrKeyExists.
+		if errors.Is(err, jetstream.ErrKeyExists) || isConflict(err) {
 			return fmt.Errorf("%w: site %q", ErrExists, s.Name)
 		}
 		return wrap("create site", s.Name, err)
@@ -197,9 +199,16 @@ func (r *Registry) UpdateSite(ctx context.Context, name string, fn func(*Site) (
 	}
 }
 
+// isConflict reports a failed compare-and-set. Replicated (R>1) buckets
+// report it with a different error code than single-replica ones.
 func isConflict(err error) bool {
+	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		return true
+	}
 	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+	return errors.As(err, &apiErr) &&
+		(apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }
 
 // DeleteSite removes a site, its rooms and their index entries.
@@ -338,16 +347,21 @@ func (r *Registry) Lookup(ctx context.Context, roomID string) (Room, error) {
 }
 
 // Wipe removes every entry of every bucket, for a rebuild from scratch.
+// It lists all keys before purging any, and fails rather than report
+// success if the listing was cut short.
 func (r *Registry) Wipe(ctx context.Context) error {
 	for _, kv := range []jetstream.KeyValue{r.sites, r.rooms, r.index} {
-		lister, err := kv.ListKeys(ctx)
+		var keys []string
+		err := watchKeys(ctx, kv, ">", func(e jetstream.KeyValueEntry) error {
+			keys = append(keys, e.Key())
+			return nil
+		}, jetstream.MetaOnly())
 		if err != nil {
-			return fmt.Errorf("registry: wipe: %w", err)
+			return fmt.Errorf("registry: wipe %s: %w", kv.Bucket(), err)
 		}
-		for k := range lister.Keys() {
+		for _, k := range keys {
 			if err := kv.Purge(ctx, k); err != nil {
-				_ = lister.Stop()
-				return fmt.Errorf("registry: wipe %s: %w", k, err)
+				return fmt.Errorf("registry: wipe %s %s: %w", kv.Bucket(), k, err)
 			}
 		}
 	}
@@ -356,7 +370,12 @@ func (r *Registry) Wipe(ctx context.Context) error {
 
 // scan calls fn with the value of every live key matching filter.
 func scan(ctx context.Context, kv jetstream.KeyValue, filter string, fn func([]byte) error) error {
-	w, err := kv.Watch(ctx, filter, jetstream.IgnoreDeletes())
+	return watchKeys(ctx, kv, filter, func(e jetstream.KeyValueEntry) error { return fn(e.Value()) })
+}
+
+// watchKeys calls fn with every live entry matching filter, as of now.
+func watchKeys(ctx context.Context, kv jetstream.KeyValue, filter string, fn func(jetstream.KeyValueEntry) error, opts ...jetstream.WatchOpt) error {
+	w, err := kv.Watch(ctx, filter, append(opts, jetstream.IgnoreDeletes())...)
 	if err != nil {
 		return err
 	}
@@ -372,7 +391,7 @@ func scan(ctx context.Context, kv jetstream.KeyValue, filter string, fn func([]b
 			if e == nil { // initial values done
 				return nil
 			}
-			if err := fn(e.Value()); err != nil {
+			if err := fn(e); err != nil {
 				return err
 			}
 		}
