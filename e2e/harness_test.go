@@ -452,6 +452,23 @@ func (h *Harness) CommentAlias(site, section string) mxid.RoomAlias {
 // not to depend on the botworker.
 func (h *Harness) RegisterSite(name string, owner *User) *registry.Site {
 	h.t.Helper()
+	room := h.CreateModerationRoom(name, owner)
+	cur, err := h.Bot.GetPowerLevels(h.Ctx, room)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	raw, _ := json.Marshal(cur)
+	site := &registry.Site{Name: name, Owner: owner.ID.String(), ModerationRoom: room.String(), PowerLevels: raw}
+	if err := h.Registry.CreateSite(h.Ctx, site); err != nil {
+		h.t.Fatalf("record site %s: %v", name, err)
+	}
+	return site
+}
+
+// CreateModerationRoom creates a site's moderation room on the homeserver
+// only, as the original appservice did (a site from before the registry).
+func (h *Harness) CreateModerationRoom(name string, owner *User) mxid.RoomID {
+	h.t.Helper()
 	pl := &matrix.PowerLevels{Users: map[string]int{owner.ID.String(): 100, h.BotID.String(): 100}}
 	room, err := h.Bot.CreateRoom(h.Ctx, &matrix.CreateRoomRequest{
 		Visibility: matrix.VisibilityPrivate, RoomAliasName: h.NS.ModerationLocalpart(name),
@@ -469,16 +486,7 @@ func (h *Harness) RegisterSite(name string, owner *User) *registry.Site {
 	if _, err := owner.Client.JoinRoom(h.Ctx, room.String()); err != nil {
 		h.t.Fatalf("owner joins moderation room: %v", err)
 	}
-	cur, err := h.Bot.GetPowerLevels(h.Ctx, room)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	raw, _ := json.Marshal(cur)
-	site := &registry.Site{Name: name, Owner: owner.ID.String(), ModerationRoom: room.String(), PowerLevels: raw}
-	if err := h.Registry.CreateSite(h.Ctx, site); err != nil {
-		h.t.Fatalf("record site %s: %v", name, err)
-	}
-	return site
+	return room
 }
 
 // Join makes u join alias (the homeserver asks the appservice about an

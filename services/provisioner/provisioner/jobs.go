@@ -165,6 +165,10 @@ func (p *Provisioner) handleJob(ctx context.Context, m jetstream.Msg) error {
 	}
 	p.m.jobs.WithLabelValues(j.Kind, outcome).Inc()
 	log.Debug("job finished", "outcome", outcome)
+	if n := p.jobsDone.Add(1); n%1000 == 0 {
+		pending, _ := p.pendingJobs(ctx)
+		p.log.Info("fan-out progress", "jobs_done_here", n, "jobs_pending_all", pending)
+	}
 	return nil
 }
 

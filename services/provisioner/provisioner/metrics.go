@@ -1,6 +1,7 @@
 package provisioner
 
 import (
+	"context"
 	"strconv"
 	"time"
 
@@ -70,6 +71,23 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	reg.MustRegister(m.aliasQueries, m.aliasLatency, m.roomsCreated, m.hsCalls, m.hsLatency,
 		m.jobsPublished, m.jobs, m.plSkipped, m.moderation, m.registryMisses)
 	return m
+}
+
+// registerPending exports the jobs still to do as a gauge read at scrape
+// time: the progress of every fan-out in flight, whichever replica runs it.
+func (m *metrics) registerPending(reg prometheus.Registerer, pending func(context.Context) (uint64, error)) {
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "cactus_provisioner_jobs_pending",
+		Help: "Fan-out jobs waiting or running, all replicas together (-1: unknown).",
+	}, func() float64 {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		n, err := pending(ctx)
+		if err != nil {
+			return -1
+		}
+		return float64(n)
+	}))
 }
 
 func (m *metrics) observeHomeserver(endpoint string, status int, d time.Duration) {

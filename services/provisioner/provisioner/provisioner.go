@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -64,6 +65,8 @@ type Provisioner struct {
 	// pub publishes fan-out jobs asynchronously, with its own window of
 	// acks awaited.
 	pub jetstream.JetStream
+	// jobsDone counts jobs this replica finished, for progress logs.
+	jobsDone atomic.Int64
 }
 
 // New builds a provisioner on a started runtime (NATS connected, topology
@@ -87,6 +90,7 @@ func New(ctx context.Context, rt *service.Runtime, opts Options) (*Provisioner, 
 		ns: rt.Config.Namespace(), bot: rt.Config.Bot(),
 		m: newMetrics(rt.Metrics), wm: worker.NewMetrics(rt.Metrics),
 	}
+	p.m.registerPending(rt.Metrics, p.pendingJobs)
 	p.hs = opts.Homeserver
 	if p.hs == nil {
 		hs, err := matrix.NewClient(matrix.Config{
@@ -122,6 +126,19 @@ func (p *Provisioner) observe(endpoint string, status int, d time.Duration) {
 	if p.opts.Observe != nil {
 		p.opts.Observe(endpoint, status, d)
 	}
+}
+
+// pendingJobs is how many fan-out jobs wait or run, over all replicas.
+func (p *Provisioner) pendingJobs(ctx context.Context) (uint64, error) {
+	c, err := p.rt.JS.Consumer(ctx, bus.StreamJobs, bus.ConsumerJobs)
+	if err != nil {
+		return 0, err
+	}
+	info, err := c.Info(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return info.NumPending + uint64(info.NumAckPending), nil
 }
 
 // Registry is the registry this provisioner reads and writes.
