@@ -167,11 +167,11 @@ func Run(ctx context.Context, o Options) (err error) {
 	}
 	for i, a := range append([]string{o.GatewayAddr}, o.AdminAddrs[:]...) {
 		if err := checkFree(a); err != nil {
-			name := "gateway"
+			name, flag := "gateway", "-listen"
 			if i > 0 {
-				name = serviceNames[i-1] + " admin"
+				name, flag = serviceNames[i-1]+" admin", "-admin-port"
 			}
-			return fmt.Errorf("%s address %s is taken (another cactus-dev running?): %w; choose another with the flags (-h)", name, a, err)
+			return fmt.Errorf("%s address %s is taken (another cactus-dev running?): %w; choose another with %s", name, a, err, flag)
 		}
 	}
 
