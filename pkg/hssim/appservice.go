@@ -158,6 +158,12 @@ func (s *Server) callAS(ctx context.Context, as *appservice, timeout time.Durati
 	if err != nil {
 		var ne interface{ Timeout() bool }
 		to := errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+		// url.Error carries the full URL, which holds the hs_token in
+		// continuwuity mode: keep only the path in what we record or log.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = fmt.Errorf("%s %s: %w", ue.Op, req.URL.Path, ue.Err)
+		}
 		return asResult{err: err, timeout: to}
 	}
 	defer resp.Body.Close()

@@ -372,3 +372,24 @@ func TestCloseStopsPusher(t *testing.T) {
 		t.Fatal("Wait on a closed simulator must fail")
 	}
 }
+
+func TestPushErrorsHoldNoToken(t *testing.T) {
+	dead := deadURL(t)
+	hs, err := Start(ctxT(t), Options{ServerName: testServer, Mode: Conduit, TimeUnit: time.Hour,
+		Registrations: []*registration.Registration{{ID: "dead", URL: &dead, ASToken: "dead-as", HSToken: "secret-hs-token", SenderLocalpart: "dead"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = hs.Close() })
+	ctx := ctxT(t)
+	if _, err := hs.CreateRoom(ctx, "dead-as", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := hs.Wait(ctx, func() bool { return len(hs.Transactions()) > 0 }); err != nil {
+		t.Fatal(err)
+	}
+	rec := hs.Transactions()[0]
+	if rec.OK || rec.Err == "" || strings.Contains(rec.Err, "secret-hs-token") {
+		t.Fatalf("record %+v", rec)
+	}
+}
