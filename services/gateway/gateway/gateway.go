@@ -129,13 +129,21 @@ func (g *Gateway) Handler() http.Handler { return g.handler }
 // and on ctx's end shuts down gracefully: readiness goes false, in-flight
 // transactions finish, then NATS is drained.
 func Run(ctx context.Context, cfg *config.Config) error {
-	return RunWith(ctx, cfg, nil, nil)
+	return RunWith(ctx, cfg, RunOptions{})
 }
 
-// RunWith is Run with a logger of the caller's (nil: built from cfg) and a
-// callback that receives the homeserver-facing address once it listens
-// (the dev runner and tests bind port 0).
-func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, onListen func(net.Addr)) error {
+// RunOptions are the extras of RunWith.
+type RunOptions struct {
+	// Logger replaces the logger built from cfg.
+	Logger *slog.Logger
+	// OnListen receives the bound addresses of the API and admin
+	// listeners once both listen (the dev runner and tests bind port 0).
+	OnListen func(api, admin net.Addr)
+}
+
+// RunWith is Run with options.
+func RunWith(ctx context.Context, cfg *config.Config, o RunOptions) error {
+	log := o.Logger
 	if log == nil {
 		log = service.NewLogger(cfg, Name)
 	}
@@ -163,10 +171,12 @@ func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, onListen
 	pingCtx, stopPing := context.WithCancel(ctx)
 	defer stopPing()
 
+	adminAddr := make(chan net.Addr, 1)
 	adminErr := make(chan error, 1)
 	go func() {
 		adminErr <- service.Serve(adminCtx, cfg.AdminAddr, rt.AdminHandler(), cfg.ShutdownTimeout, log, func(a net.Addr) {
 			log.Info("admin listening", "addr", a.String())
+			adminAddr <- a
 		})
 	}()
 	apiErr := make(chan error, 1)
@@ -174,8 +184,14 @@ func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, onListen
 		apiErr <- service.Serve(apiCtx, cfg.ListenAddr, g.Handler(), cfg.ShutdownTimeout, log, func(a net.Addr) {
 			log.Info("application service API listening", "addr", a.String())
 			rt.SetReady(true)
-			if onListen != nil {
-				onListen(a)
+			if o.OnListen != nil {
+				go func() {
+					select {
+					case admin := <-adminAddr:
+						o.OnListen(a, admin)
+					case <-apiCtx.Done():
+					}
+				}()
 			}
 			// The homeserver calls us back during the ping, so it can
 			// only run once we listen.

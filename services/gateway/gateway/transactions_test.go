@@ -1,0 +1,379 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/pkg/config"
+	"github.com/cactus-comments/appservice/pkg/service"
+)
+
+func TestTransactionStoresEvents(t *testing.T) {
+	e := newEnv(t)
+	const room, modRoom = "!comments:example.org", "!moderation:example.org"
+	events := []string{
+		message("$m1", room),
+		member("$j1", room, "@alice:example.org", "@alice:example.org", "join"),
+		member("$b1", modRoom, "@owner:example.org", "@spam:example.org", "ban"),
+		member("$u1", modRoom, "@owner:example.org", "@spam:example.org", "leave"),
+		member("$i1", "!dm:example.org", "@owner:example.org", testBot, "invite"),
+		`{"event_id":"$pl1","type":"m.room.power_levels","room_id":"!moderation:example.org","sender":"@owner:example.org","state_key":"","content":{"users":{}}}`,
+	}
+	want := map[string]string{ // event id -> subject
+		"$m1":  bus.EventSubject(bus.ClassBot, room),
+		"$j1":  bus.EventSubject(bus.ClassOther, room),
+		"$b1":  bus.EventSubject(bus.ClassModeration, modRoom),
+		"$u1":  bus.EventSubject(bus.ClassModeration, modRoom),
+		"$i1":  bus.EventSubject(bus.ClassBot, "!dm:example.org"),
+		"$pl1": bus.EventSubject(bus.ClassModeration, modRoom),
+	}
+	status, body := e.do(http.MethodPut, "/_matrix/app/v1/transactions/42", txnBody(events...))
+	if status != 200 || string(body) != "{}" {
+		t.Fatalf("status %d body %s", status, body)
+	}
+	msgs := e.stored(bus.StreamEvents)
+	if len(msgs) != len(events) {
+		t.Fatalf("stored %d messages, want %d", len(msgs), len(events))
+	}
+	for i, m := range msgs {
+		id := m.Header.Get(bus.HeaderMsgID)
+		if m.Subject != want[id] {
+			t.Errorf("%s on subject %s, want %s", id, m.Subject, want[id])
+		}
+		// The original bytes, unchanged.
+		if string(m.Data) != events[i] {
+			t.Errorf("%s stored as %s, want %s", id, m.Data, events[i])
+		}
+		if got := m.Header.Get(bus.HeaderTxnID); got != "42" {
+			t.Errorf("%s txn header %q", id, got)
+		}
+		var ev struct{ Type string }
+		_ = json.Unmarshal(m.Data, &ev)
+		if got := m.Header.Get(bus.HeaderEventType); got != ev.Type {
+			t.Errorf("%s type header %q, want %q", id, got, ev.Type)
+		}
+	}
+	if got := counter(e.gw.metrics.eventsPublished[bus.ClassModeration]); got != 3 {
+		t.Errorf("moderation events published metric = %v, want 3", got)
+	}
+}
+
+// TestTransactionRetried: Synapse resends a failed transaction as is;
+// Dendrite merges new events into the same txn id. Each event is stored
+// once either way.
+func TestTransactionRetried(t *testing.T) {
+	e := newEnv(t)
+	a, b, c := message("$a", "!r:example.org"), message("$b", "!r:example.org"), message("$c", "!r:example.org")
+	steps := []struct {
+		txn    string
+		events []string
+		want   []string
+	}{
+		{"100", []string{a, b}, []string{"$a", "$b"}},
+		{"100", []string{a, b}, []string{"$a", "$b"}},             // Synapse retry
+		{"100", []string{a, b, c}, []string{"$a", "$b", "$c"}},    // Dendrite merged retry
+		{"101", []string{c, a}, []string{"$a", "$b", "$c"}},       // same events, new txn id
+		{"100", []string{a, b, c, c}, []string{"$a", "$b", "$c"}}, // duplicate within a txn
+	}
+	for i, s := range steps {
+		status, body := e.do(http.MethodPut, "/_matrix/app/v1/transactions/"+s.txn, txnBody(s.events...))
+		if status != 200 {
+			t.Fatalf("step %d: status %d body %s", i, status, body)
+		}
+		if got := e.eventIDs(); !slices.Equal(got, s.want) {
+			t.Fatalf("step %d: stream holds %v, want %v", i, got, s.want)
+		}
+	}
+	if got := counter(e.gw.metrics.eventsDuplicate); got != 2+2+2+4 {
+		t.Errorf("duplicate metric = %v, want 10", got)
+	}
+}
+
+func TestTransactionMalformedEventsDeadLettered(t *testing.T) {
+	e := newEnv(t)
+	bad := []struct{ raw, reason string }{
+		{`{"type":"m.room.message","room_id":"!r:example.org","content":{}}`, "no event_id"},
+		{`{"event_id":"$nt","room_id":"!r:example.org"}`, "no type"},
+		{`{"event_id":"$nr","type":"m.room.message"}`, "no room_id"},
+		{`{"event_id":"bad id","type":"m.room.message","room_id":"!r:example.org"}`, "bad event_id"},
+		{`{"event_id":"$ctl","type":"m.room.message\r\nX: y","room_id":"!r:example.org"}`, "control character"},
+		{`42`, "not an object"},
+	}
+	events := []string{message("$good1", "!r:example.org")}
+	for _, b := range bad {
+		events = append(events, b.raw)
+	}
+	events = append(events, message("$good2", "!r:example.org"))
+	status, body := e.do(http.MethodPut, "/_matrix/app/v1/transactions/bad%0A1", txnBody(events...))
+	if status != 200 {
+		t.Fatalf("status %d body %s", status, body)
+	}
+	if got := e.eventIDs(); !slices.Equal(got, []string{"$good1", "$good2"}) {
+		t.Fatalf("event stream holds %v", got)
+	}
+	dl := e.stored(bus.StreamDLQ)
+	if len(dl) != len(bad) {
+		t.Fatalf("dead-letter stream holds %d messages, want %d", len(dl), len(bad))
+	}
+	for i, m := range dl {
+		if m.Subject != bus.DLQSubject("gateway") {
+			t.Errorf("dead letter %d on %s", i, m.Subject)
+		}
+		if string(m.Data) != bad[i].raw {
+			t.Errorf("dead letter %d holds %s, want %s", i, m.Data, bad[i].raw)
+		}
+		if r := m.Header.Get(bus.HeaderReason); !strings.Contains(r, bad[i].reason) {
+			t.Errorf("dead letter %d reason %q, want it to mention %q", i, r, bad[i].reason)
+		}
+		// A control character in the txn id is escaped, not sent raw.
+		if h := m.Header.Get(bus.HeaderTxnID); h != "bad%0A1" {
+			t.Errorf("dead letter %d txn header %q", i, h)
+		}
+	}
+	if got := counter(e.gw.metrics.deadLettered); got != float64(len(bad)) {
+		t.Errorf("dead-lettered metric = %v", got)
+	}
+}
+
+func TestTransactionBadBodies(t *testing.T) {
+	e := newEnv(t, withConfig(func(c *config.Config) { c.MaxBodyBytes = 4096 }))
+	big := txnBody(message("$big", "!r:example.org"), `{"pad":"`+strings.Repeat("x", 4096)+`"}`)
+	tests := []struct {
+		name    string
+		body    []byte
+		chunked bool
+		status  int
+		code    string
+	}{
+		{"not JSON", []byte(`{"events":[`), false, 400, "M_NOT_JSON"},
+		{"not JSON at all", []byte("\x00\x01"), false, 400, "M_NOT_JSON"},
+		{"empty body", []byte{}, false, 400, "M_NOT_JSON"},
+		{"no events", []byte(`{"ephemeral":[]}`), false, 400, "M_BAD_JSON"},
+		{"events not an array", []byte(`{"events":{"event_id":"$x"}}`), false, 400, "M_BAD_JSON"},
+		{"an array", []byte(`[]`), false, 400, "M_BAD_JSON"},
+		{"too large", big, false, 413, "M_TOO_LARGE"},
+		{"too large, chunked", big, true, 413, "M_TOO_LARGE"},
+		{"small, chunked", txnBody(message("$chunked", "!r:example.org")), true, 200, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var rd io.Reader = bytes.NewReader(tt.body)
+			if tt.chunked {
+				rd = io.MultiReader(rd) // hides the length: sent chunked
+			}
+			req, err := http.NewRequest(http.MethodPut, e.srv.URL+"/_matrix/app/v1/transactions/"+strings.ReplaceAll(tt.name, " ", "-"), rd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("Authorization", "Bearer "+testHSToken)
+			resp, err := e.srv.Client().Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tt.status {
+				t.Fatalf("status %d, want %d (%s)", resp.StatusCode, tt.status, out)
+			}
+			if tt.status != 200 {
+				if code := errcode(t, out); code != tt.code {
+					t.Fatalf("errcode %s, want %s", code, tt.code)
+				}
+			}
+		})
+	}
+	if got := e.eventIDs(); !slices.Equal(got, []string{"$chunked"}) {
+		t.Fatalf("event stream holds %v, want only the good chunked transaction", got)
+	}
+}
+
+// blackholeJS accepts publishes and never acknowledges them: a JetStream
+// that is slow or stuck.
+type blackholeJS struct {
+	jetstream.JetStream
+	mu        sync.Mutex
+	published int
+}
+
+type pendingFuture struct{ msg *nats.Msg }
+
+func (f pendingFuture) Ok() <-chan *jetstream.PubAck { return nil }
+func (f pendingFuture) Err() <-chan error            { return nil }
+func (f pendingFuture) Msg() *nats.Msg               { return f.msg }
+
+func (b *blackholeJS) PublishMsgAsync(m *nats.Msg, _ ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.published++
+	return pendingFuture{m}, nil
+}
+
+func TestTransactionSlowJetStream(t *testing.T) {
+	bh := &blackholeJS{}
+	e := newEnv(t,
+		withConfig(func(c *config.Config) { c.PublishTimeout = 300 * time.Millisecond }),
+		func(e *env, opts *[]Option) { *opts = append(*opts, WithJetStream(bh)) })
+	start := time.Now()
+	status, body := e.do(http.MethodPut, "/_matrix/app/v1/transactions/1", txnBody(message("$slow", "!r:example.org")))
+	if status != http.StatusServiceUnavailable {
+		t.Fatalf("status %d body %s", status, body)
+	}
+	if code := errcode(t, body); code != "M_UNKNOWN" {
+		t.Fatalf("errcode %s", code)
+	}
+	// Not a timing threshold: the answer must come from the publish
+	// timeout, not from some other limit far beyond it.
+	if d := time.Since(start); d < 300*time.Millisecond {
+		t.Fatalf("answered after %v, before the publish timeout", d)
+	}
+	if bh.published != 1 {
+		t.Fatalf("published %d", bh.published)
+	}
+	if got := counter(e.gw.metrics.publishFailures.WithLabelValues("timeout")); got != 1 {
+		t.Fatalf("timeout failures = %v", got)
+	}
+}
+
+// TestTransactionStreamMissing: JetStream refuses the events (no stream
+// captures them): 503, nothing stored; once the topology is back, the
+// retry is stored.
+func TestTransactionStreamMissing(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	if err := e.rt.JS.DeleteStream(ctx, bus.StreamEvents); err != nil {
+		t.Fatal(err)
+	}
+	body := txnBody(message("$x1", "!r:example.org"), message("$x2", "!r:example.org"))
+	status, out := e.do(http.MethodPut, "/_matrix/app/v1/transactions/7", body)
+	if status != http.StatusServiceUnavailable {
+		t.Fatalf("status %d body %s", status, out)
+	}
+	if err := service.Topology(e.cfg).Ensure(ctx, e.rt.JS); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.eventIDs(); len(got) != 0 {
+		t.Fatalf("stream holds %v after a refused transaction", got)
+	}
+	status, out = e.do(http.MethodPut, "/_matrix/app/v1/transactions/7", body)
+	if status != 200 {
+		t.Fatalf("retry: status %d body %s", status, out)
+	}
+	if got := e.eventIDs(); !slices.Equal(got, []string{"$x1", "$x2"}) {
+		t.Fatalf("stream holds %v", got)
+	}
+}
+
+// TestTransactionNATSOutage: NATS down means 503 and nothing acknowledged;
+// once NATS is back, the homeserver's retry is accepted and stored once.
+func TestTransactionNATSOutage(t *testing.T) {
+	e := newEnv(t, withConfig(func(c *config.Config) { c.PublishTimeout = time.Second }))
+	body := txnBody(message("$o1", "!r:example.org"), message("$o2", "!r:example.org"))
+	if status, out := e.do(http.MethodPut, "/_matrix/app/v1/transactions/1", txnBody(message("$before", "!r:example.org"))); status != 200 {
+		t.Fatalf("before the outage: %d %s", status, out)
+	}
+
+	e.ns.Stop()
+	waitFor(t, "the client to notice the outage", func() bool { return !e.rt.NC.IsConnected() })
+	for range 2 {
+		status, out := e.do(http.MethodPut, "/_matrix/app/v1/transactions/2", body)
+		if status != http.StatusServiceUnavailable {
+			t.Fatalf("during the outage: %d %s", status, out)
+		}
+		if code := errcode(t, out); code != "M_UNKNOWN" {
+			t.Fatalf("errcode %s", code)
+		}
+	}
+
+	ns, err := e.ns.Restart()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ns.Shutdown)
+	e.ns = ns
+	waitFor(t, "the client to reconnect", e.rt.NC.IsConnected)
+	if got := e.eventIDs(); !slices.Equal(got, []string{"$before"}) {
+		t.Fatalf("after the outage the stream holds %v: events of refused transactions were stored", got)
+	}
+	status, out := e.do(http.MethodPut, "/_matrix/app/v1/transactions/2", body)
+	if status != 200 {
+		t.Fatalf("after the outage: %d %s", status, out)
+	}
+	if got := e.eventIDs(); !slices.Equal(got, []string{"$before", "$o1", "$o2"}) {
+		t.Fatalf("stream holds %v", got)
+	}
+}
+
+// TestTransactionsConcurrent: several homeservers (or a homeserver and its
+// retries) at once; every event is stored exactly once.
+func TestTransactionsConcurrent(t *testing.T) {
+	e := newEnv(t)
+	const senders, txns, perTxn = 4, 10, 20
+	var wg sync.WaitGroup
+	errs := make(chan error, senders*txns)
+	for s := range senders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := range txns {
+				var events []string
+				for i := range perTxn {
+					// Senders overlap: sender s repeats sender s-1's events.
+					events = append(events, message(fmt.Sprintf("$c%d-%d-%d", (s/2)*2, n, i), "!r:example.org"))
+				}
+				req, _ := http.NewRequest(http.MethodPut, fmt.Sprintf("%s/_matrix/app/v1/transactions/%d-%d", e.srv.URL, s, n), bytes.NewReader(txnBody(events...)))
+				req.Header.Set("Authorization", "Bearer "+testHSToken)
+				resp, err := e.srv.Client().Do(req)
+				if err != nil {
+					errs <- err
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					errs <- fmt.Errorf("sender %d txn %d: status %d", s, n, resp.StatusCode)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	ids := e.eventIDs()
+	if want := senders / 2 * txns * perTxn; len(ids) != want {
+		t.Fatalf("stored %d events, want %d", len(ids), want)
+	}
+	seen := map[string]bool{}
+	for _, id := range ids {
+		if seen[id] {
+			t.Fatalf("%s stored twice", id)
+		}
+		seen[id] = true
+	}
+}
+
+// waitFor polls cond: used only where NATS offers no signal to wait on.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
