@@ -15,8 +15,10 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/cactus-comments/appservice/cmd/internal/appreg"
 	"github.com/cactus-comments/appservice/cmd/internal/demo"
 	"github.com/cactus-comments/appservice/cmd/internal/envconf"
+	"github.com/cactus-comments/appservice/pkg/hssim"
 	"github.com/cactus-comments/appservice/pkg/registration"
 	"github.com/cactus-comments/appservice/pkg/registry"
 )
@@ -236,5 +238,65 @@ func TestCorruptRegistrationIsReported(t *testing.T) {
 	err := Run(context.Background(), Options{DataDir: dir, GatewayAddr: free, AdminAddrs: [3]string{free, free, free}, SimAddr: free})
 	if err == nil || !strings.Contains(err.Error(), "delete it") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestRealHomeserver runs against a homeserver the runner did not start
+// (a simulator standing in for Synapse, loaded with the registration built
+// from the tokens in the environment) and prints that registration.
+func TestRealHomeserver(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts the whole system")
+	}
+	free := "127.0.0.1:0"
+	gw, err := resolvePort(free)
+	if err != nil {
+		t.Fatal(err)
+	}
+	as, _ := appreg.NewToken()
+	hs, _ := appreg.NewToken()
+	g, err := appreg.Generate(appreg.Params{ServerName: "example.test", GatewayURL: "http://" + gw, ASToken: as, HSToken: hs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sim, err := hssim.Start(context.Background(), hssim.Options{ServerName: "example.test", Registrations: []*registration.Registration{g.Registration}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sim.Close() })
+
+	ctx, cancel := context.WithCancel(context.Background())
+	out := &syncBuffer{}
+	ready := make(chan Info, 1)
+	errc := make(chan error, 1)
+	go func() {
+		errc <- Run(ctx, Options{
+			DataDir: t.TempDir(), HomeserverURL: sim.URL(), ServerName: "example.test", GatewayAddr: gw, AdminAddrs: [3]string{free, free, free},
+			Env: envconf.Map(map[string]string{"CACTUS_AS_TOKEN": as, "CACTUS_HS_TOKEN": hs, "CACTUS_LOG_LEVEL": "error"}),
+			Out: out, Ready: func(i Info) { ready <- i },
+		})
+	}()
+	var info Info
+	select {
+	case info = <-ready:
+	case err := <-errc:
+		cancel()
+		t.Fatal(err)
+	}
+	if info.Simulator != nil || info.Demo != nil {
+		t.Fatal("started a simulator although a homeserver was given")
+	}
+	banner := out.String()
+	for _, want := range []string{"Give the homeserver this registration", "| as_token: " + as, `| url: http://` + gw, "doctor -env"} {
+		if !strings.Contains(banner, want) {
+			t.Fatalf("banner lacks %q:\n%s", want, banner)
+		}
+	}
+	if !sim.UserExists("@cactusbot:example.test") {
+		t.Fatal("the botworker did not register the bot on the homeserver")
+	}
+	cancel()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
 	}
 }
