@@ -160,12 +160,19 @@ func Run(ctx context.Context, js jetstream.JetStream, o Options, h Handler) erro
 	}
 	stop := context.AfterFunc(ctx, it.Drain)
 	defer stop()
+	var lastErr error
 	for {
 		m, err := it.Next()
 		if err != nil {
 			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				if lastErr == nil {
+					lastErr = err
+				}
 				break
 			}
+			// A deleted consumer or a closed connection ends the iterator
+			// with this error first; the next call reports it closed.
+			lastErr = err
 			o.Log.Warn("worker: fetch failed", "consumer", o.Consumer, "err", err)
 			continue
 		}
@@ -177,6 +184,11 @@ func Run(ctx context.Context, js jetstream.JetStream, o Options, h Handler) erro
 		close(l)
 	}
 	wg.Wait()
+	if ctx.Err() == nil {
+		// Not asked to stop: the consumer or the connection went away, and
+		// the service must not carry on as if it were still consuming.
+		return fmt.Errorf("worker %s: stopped consuming: %w", o.Consumer, lastErr)
+	}
 	return nil
 }
 

@@ -1,0 +1,566 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/pkg/embednats"
+)
+
+// waitFor is the failure deadline of conditions that have no signal. It is
+// never a pass condition.
+const waitFor = 15 * time.Second
+
+type env struct {
+	t   *testing.T
+	ctx context.Context
+	js  jetstream.JetStream
+	reg *prometheus.Registry
+	met *Metrics
+}
+
+func newEnv(t *testing.T, maxDeliver int) *env {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	srv := embednats.StartTest(t)
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (bus.Topology{Memory: true, MaxDeliver: maxDeliver}).Ensure(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	return &env{t: t, ctx: ctx, js: js, reg: reg, met: NewMetrics(reg)}
+}
+
+func (e *env) options(maxDeliver, concurrency int) Options {
+	return Options{
+		Stream: bus.StreamEvents, Consumer: bus.ConsumerBot,
+		Concurrency: concurrency, MaxDeliver: maxDeliver,
+		MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond,
+		Metrics: e.met,
+	}
+}
+
+// publish stores one event for room with id as its message id.
+func (e *env) publish(room, id string) {
+	e.t.Helper()
+	m := nats.NewMsg(bus.EventSubject(bus.ClassBot, room))
+	m.Header.Set(bus.HeaderMsgID, id)
+	m.Header.Set(bus.HeaderTxnID, "txn-"+id)
+	m.Data = []byte(id)
+	if _, err := e.js.PublishMsg(e.ctx, m); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// run starts Run in the background. cancel asks it to stop; wait returns
+// its error once it has returned.
+func (e *env) run(o Options, h Handler) (cancel context.CancelFunc, wait func() error) {
+	ctx, cancel := context.WithCancel(e.ctx)
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, e.js, o, h) }()
+	var once sync.Once
+	var err error
+	wait = func() error {
+		once.Do(func() {
+			select {
+			case err = <-done:
+			case <-time.After(waitFor):
+				err = errors.New("Run did not return")
+			}
+		})
+		return err
+	}
+	e.t.Cleanup(func() { cancel(); _ = wait() })
+	return cancel, wait
+}
+
+// poll waits until cond holds; failing after the deadline.
+func (e *env) poll(what string, cond func() bool) {
+	e.t.Helper()
+	deadline := time.Now().Add(waitFor)
+	for !cond() {
+		if time.Now().After(deadline) {
+			e.t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func (e *env) consumerInfo() *jetstream.ConsumerInfo {
+	e.t.Helper()
+	c, err := e.js.Consumer(e.ctx, bus.StreamEvents, bus.ConsumerBot)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ci, err := c.Info(e.ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return ci
+}
+
+// settled waits until the consumer has nothing pending or unacknowledged.
+func (e *env) settled() {
+	e.t.Helper()
+	e.poll("all messages acknowledged", func() bool {
+		ci := e.consumerInfo()
+		return ci.NumAckPending == 0 && ci.NumPending == 0
+	})
+}
+
+// deadLetters waits for n dead letters and returns them.
+func (e *env) deadLetters(n int) []bus.DeadLetter {
+	e.t.Helper()
+	s, err := e.js.Stream(e.ctx, bus.StreamDLQ)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	c, err := s.OrderedConsumer(e.ctx, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var out []bus.DeadLetter
+	for range n {
+		m, err := c.Next(jetstream.FetchMaxWait(waitFor))
+		if err != nil {
+			e.t.Fatalf("dead letter %d of %d: %v", len(out)+1, n, err)
+		}
+		out = append(out, bus.ReadDeadLetter(m))
+	}
+	return out
+}
+
+func (e *env) dlqCount() uint64 {
+	s, err := e.js.Stream(e.ctx, bus.StreamDLQ)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	info, err := s.Info(e.ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+func (e *env) counter(outcome string) float64 {
+	e.t.Helper()
+	mfs, err := e.reg.Gather()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "cactus_worker_messages_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "outcome" && l.GetValue() == outcome {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
+
+func delivered(m jetstream.Msg) int {
+	md, err := m.Metadata()
+	if err != nil {
+		return 0
+	}
+	return int(md.NumDelivered)
+}
+
+// recorder counts handler calls per message id.
+type recorder struct {
+	mu    sync.Mutex
+	calls map[string][]int // message id -> delivery counts seen
+}
+
+func (r *recorder) record(m jetstream.Msg) (id string, n int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.calls == nil {
+		r.calls = map[string][]int{}
+	}
+	id = string(m.Data())
+	r.calls[id] = append(r.calls[id], delivered(m))
+	return id, len(r.calls[id])
+}
+
+func (r *recorder) get(id string) []int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]int(nil), r.calls[id]...)
+}
+
+func (r *recorder) total() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, c := range r.calls {
+		n += len(c)
+	}
+	return n
+}
+
+func TestSuccessAcks(t *testing.T) {
+	e := newEnv(t, 5)
+	var rec recorder
+	for i := range 10 {
+		e.publish(fmt.Sprintf("!r%d:x", i%3), fmt.Sprintf("$e%d", i))
+	}
+	e.run(e.options(5, 4), func(_ context.Context, m jetstream.Msg) error {
+		rec.record(m)
+		return nil
+	})
+	e.settled()
+	for i := range 10 {
+		if got := rec.get(fmt.Sprintf("$e%d", i)); len(got) != 1 || got[0] != 1 {
+			t.Errorf("$e%d handled with deliveries %v, want [1]", i, got)
+		}
+	}
+	if ci := e.consumerInfo(); ci.NumRedelivered != 0 {
+		t.Errorf("%d redelivered", ci.NumRedelivered)
+	}
+	if e.counter("ok") != 10 || e.counter("retry") != 0 || e.counter("dead_letter") != 0 {
+		t.Errorf("metrics ok=%v retry=%v dead_letter=%v", e.counter("ok"), e.counter("retry"), e.counter("dead_letter"))
+	}
+}
+
+func TestFailuresAreRedelivered(t *testing.T) {
+	e := newEnv(t, 5)
+	var rec recorder
+	e.publish("!r:x", "$flaky")
+	e.run(e.options(5, 2), func(_ context.Context, m jetstream.Msg) error {
+		if _, n := rec.record(m); n <= 2 {
+			return errors.New("homeserver said 502")
+		}
+		return nil
+	})
+	e.settled()
+	if got := rec.get("$flaky"); fmt.Sprint(got) != "[1 2 3]" {
+		t.Fatalf("deliveries %v, want [1 2 3]", got)
+	}
+	if e.dlqCount() != 0 {
+		t.Fatal("a message that succeeded was dead-lettered")
+	}
+	if e.counter("retry") != 2 || e.counter("ok") != 1 {
+		t.Errorf("metrics retry=%v ok=%v", e.counter("retry"), e.counter("ok"))
+	}
+}
+
+func TestPermanentErrorDeadLetters(t *testing.T) {
+	e := newEnv(t, 5)
+	var rec recorder
+	e.publish("!r:x", "$bad")
+	e.run(e.options(5, 2), func(_ context.Context, m jetstream.Msg) error {
+		id, _ := rec.record(m)
+		if id == "$bad" {
+			return fmt.Errorf("create room: %w", Permanent(errors.New("403 M_FORBIDDEN")))
+		}
+		return nil
+	})
+	dl := e.deadLetters(1)[0]
+	if dl.Reason != "create room: 403 M_FORBIDDEN" || dl.Source != bus.ConsumerBot || dl.Stream != bus.StreamEvents ||
+		dl.Subject != bus.EventSubject(bus.ClassBot, "!r:x") || dl.Delivered != 1 || string(dl.Data) != "$bad" {
+		t.Fatalf("dead letter %+v", dl)
+	}
+	if dl.Header.Get(bus.HeaderConsumer) != bus.ConsumerBot || dl.Header.Get(bus.HeaderTxnID) != "txn-$bad" || dl.Header.Get(bus.HeaderMsgID) != "" {
+		t.Fatalf("dead letter headers %v", dl.Header)
+	}
+	// A later message of the same room is handled after it (same lane), and
+	// by then the bad one is settled and was never delivered again.
+	e.publish("!r:x", "$next")
+	e.settled()
+	if got := rec.get("$bad"); len(got) != 1 {
+		t.Fatalf("permanent failure handled %d times", len(got))
+	}
+	if ci := e.consumerInfo(); ci.NumRedelivered != 0 {
+		t.Fatalf("%d messages redelivered", ci.NumRedelivered)
+	}
+	if e.dlqCount() != 1 || e.counter("dead_letter") != 1 {
+		t.Fatalf("dlq %d, metric %v", e.dlqCount(), e.counter("dead_letter"))
+	}
+}
+
+func TestMaxDeliverDeadLetters(t *testing.T) {
+	e := newEnv(t, 3)
+	var rec recorder
+	e.publish("!r:x", "$doomed")
+	e.run(e.options(3, 1), func(_ context.Context, m jetstream.Msg) error {
+		if id, _ := rec.record(m); id == "$doomed" {
+			return errors.New("still 500")
+		}
+		return nil
+	})
+	dl := e.deadLetters(1)[0]
+	if dl.Delivered != 3 || dl.Reason != "still 500" {
+		t.Fatalf("dead letter %+v", dl)
+	}
+	e.publish("!r:x", "$next")
+	e.settled()
+	if got := rec.get("$doomed"); fmt.Sprint(got) != "[1 2 3]" {
+		t.Fatalf("deliveries %v, want [1 2 3]", got)
+	}
+	if e.counter("retry") != 2 || e.counter("dead_letter") != 1 {
+		t.Errorf("metrics retry=%v dead_letter=%v", e.counter("retry"), e.counter("dead_letter"))
+	}
+}
+
+func TestPanicDeadLetters(t *testing.T) {
+	e := newEnv(t, 5)
+	var rec recorder
+	e.publish("!r:x", "$poison")
+	e.run(e.options(5, 2), func(_ context.Context, m jetstream.Msg) error {
+		if id, _ := rec.record(m); id == "$poison" {
+			var nilMap map[string]int
+			nilMap["boom"]++
+		}
+		return nil
+	})
+	dl := e.deadLetters(1)[0]
+	if !strings.Contains(dl.Reason, "panic") || dl.Delivered != 1 {
+		t.Fatalf("dead letter %+v", dl)
+	}
+	e.publish("!r:x", "$next")
+	e.settled()
+	if len(rec.get("$poison")) != 1 || len(rec.get("$next")) != 1 {
+		t.Fatalf("calls: poison %v next %v", rec.get("$poison"), rec.get("$next"))
+	}
+}
+
+func TestRetryAfterHonoured(t *testing.T) {
+	e := newEnv(t, 5)
+	const delay = 300 * time.Millisecond
+	var mu sync.Mutex
+	var times []time.Time
+	e.publish("!r:x", "$limited")
+	e.run(e.options(5, 1), func(_ context.Context, m jetstream.Msg) error {
+		mu.Lock()
+		times = append(times, time.Now())
+		n := len(times)
+		mu.Unlock()
+		if n == 1 {
+			return RetryAfter(errors.New("429 M_LIMIT_EXCEEDED"), delay)
+		}
+		return nil
+	})
+	e.settled()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(times) != 2 {
+		t.Fatalf("%d calls, want 2", len(times))
+	}
+	if gap := times[1].Sub(times[0]); gap < delay {
+		t.Fatalf("redelivered after %v, want at least %v", gap, delay)
+	}
+}
+
+func TestOrderingPerSubjectConcurrencyAcross(t *testing.T) {
+	e := newEnv(t, 5)
+	const rooms, perRoom = 6, 15
+	for i := range perRoom {
+		for r := range rooms {
+			e.publish(fmt.Sprintf("!room%d:x", r), fmt.Sprintf("%d/%d", r, i))
+		}
+	}
+	var (
+		mu         sync.Mutex
+		order      = map[string][]int{}
+		inRoom     = map[string]int{}
+		inFlight   int
+		violations []string
+		overlap    = make(chan struct{})
+		overlapped sync.Once
+	)
+	e.run(e.options(5, 4), func(_ context.Context, m jetstream.Msg) error {
+		room, seq, _ := strings.Cut(string(m.Data()), "/")
+		n, _ := strconv.Atoi(seq)
+		mu.Lock()
+		inRoom[room]++
+		inFlight++
+		if inRoom[room] > 1 {
+			violations = append(violations, "room "+room+" handled concurrently")
+		}
+		if inFlight > 1 {
+			overlapped.Do(func() { close(overlap) })
+		}
+		order[room] = append(order[room], n)
+		mu.Unlock()
+
+		// Hold every handler until two ran at once, so that a worker that
+		// serialises everything fails here instead of passing by luck.
+		select {
+		case <-overlap:
+		case <-time.After(waitFor):
+		}
+
+		mu.Lock()
+		inRoom[room]--
+		inFlight--
+		mu.Unlock()
+		return nil
+	})
+	e.settled()
+	select {
+	case <-overlap:
+	default:
+		t.Fatal("messages of different rooms never ran concurrently")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, v := range violations {
+		t.Error(v)
+	}
+	for r := range rooms {
+		got := order[strconv.Itoa(r)]
+		if len(got) != perRoom {
+			t.Errorf("room %d: %d messages handled, want %d", r, len(got), perRoom)
+		}
+		for i, n := range got {
+			if n != i {
+				t.Errorf("room %d handled out of order: %v", r, got)
+				break
+			}
+		}
+	}
+}
+
+func TestShutdownFinishesRunningAndReturnsTheRest(t *testing.T) {
+	e := newEnv(t, 5)
+	for i := range 6 {
+		e.publish("!r:x", fmt.Sprintf("$e%d", i))
+	}
+	started := make(chan struct{})
+	release := make(chan struct{})
+	var finished atomic.Bool
+	var first recorder
+	cancel, wait := e.run(e.options(5, 1), func(_ context.Context, m jetstream.Msg) error {
+		id, _ := first.record(m)
+		if id == "$e0" {
+			close(started)
+			<-release
+			finished.Store(true)
+		}
+		return nil
+	})
+	<-started
+	cancel()
+	// The running handler finishes only after shutdown has begun.
+	close(release)
+	if err := wait(); err != nil {
+		t.Fatal(err)
+	}
+	if !finished.Load() {
+		t.Fatal("Run returned before the running handler finished")
+	}
+	if got := first.get("$e0"); len(got) != 1 {
+		t.Fatalf("$e0 handled %v", got)
+	}
+
+	// A second worker gets everything the first did not finish, and not
+	// the finished message again.
+	var second recorder
+	e.run(e.options(5, 1), func(_ context.Context, m jetstream.Msg) error {
+		second.record(m)
+		return nil
+	})
+	e.settled()
+	if got := second.get("$e0"); len(got) != 0 {
+		t.Fatalf("finished message redelivered: %v", got)
+	}
+	for i := 1; i < 6; i++ {
+		id := fmt.Sprintf("$e%d", i)
+		if len(first.get(id))+len(second.get(id)) < 1 || len(second.get(id)) > 1 {
+			t.Errorf("%s: first run %v, second run %v", id, first.get(id), second.get(id))
+		}
+		if len(first.get(id)) == 0 && len(second.get(id)) == 0 {
+			t.Errorf("%s was never handled", id)
+		}
+	}
+}
+
+func TestRunStopsWhenConsumerDisappears(t *testing.T) {
+	e := newEnv(t, 5)
+	if err := Run(e.ctx, e.js, Options{Stream: bus.StreamEvents, Consumer: "no-such-consumer"}, nil); err == nil {
+		t.Fatal("Run on a missing consumer returned nil")
+	}
+	handled := make(chan struct{}, 1)
+	e.publish("!r:x", "$e")
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(e.ctx, e.js, e.options(5, 1), func(context.Context, jetstream.Msg) error {
+			handled <- struct{}{}
+			return nil
+		})
+	}()
+	<-handled
+	if err := e.js.DeleteConsumer(e.ctx, bus.StreamEvents, bus.ConsumerBot); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("Run returned nil after its consumer was deleted")
+		}
+	case <-time.After(waitFor):
+		t.Fatal("Run kept going after its consumer was deleted")
+	}
+}
+
+func TestErrorMarkers(t *testing.T) {
+	if Permanent(nil) != nil || RetryAfter(nil, time.Second) != nil {
+		t.Fatal("wrapping nil must give nil")
+	}
+	base := errors.New("x")
+	p := fmt.Errorf("ctx: %w", Permanent(base))
+	if !IsPermanent(p) || !errors.Is(p, base) || p.Error() != "ctx: x" {
+		t.Fatalf("Permanent: %v", p)
+	}
+	if IsPermanent(base) || IsPermanent(RetryAfter(base, time.Second)) {
+		t.Fatal("IsPermanent of a plain error")
+	}
+	r := RetryAfter(base, time.Second)
+	if !errors.Is(r, base) || r.Error() != "x" {
+		t.Fatalf("RetryAfter: %v", r)
+	}
+}
+
+func TestBackoffBounds(t *testing.T) {
+	o := Options{MinBackoff: 100 * time.Millisecond, MaxBackoff: time.Second}
+	for delivered := 1; delivered <= 40; delivered++ {
+		base := min(o.MinBackoff<<min(delivered-1, 20), o.MaxBackoff)
+		for range 50 {
+			d := o.backoff(delivered)
+			if d < base/2 || d > base {
+				t.Fatalf("backoff(%d) = %v, want within [%v, %v]", delivered, d, base/2, base)
+			}
+		}
+	}
+	huge := Options{MinBackoff: time.Hour, MaxBackoff: 2 * time.Hour}
+	if d := huge.backoff(30); d <= 0 || d > 2*time.Hour {
+		t.Fatalf("backoff overflowed: %v", d)
+	}
+}
