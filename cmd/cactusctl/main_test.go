@@ -48,6 +48,13 @@ func TestUsage(t *testing.T) {
 		{[]string{"sites", "remove"}, exitUsage, "unknown subcommand"},
 		{[]string{"registry", "rebuild"}, exitUsage, "CACTUS_HS_TOKEN: required"},
 		{[]string{"config"}, exitOK, "CACTUS_NATS_URL"},
+		{[]string{"demo"}, exitUsage, "want a step"},
+		{[]string{"demo", "-h"}, exitOK, "ban SITE USER"},
+		{[]string{"demo", "dance"}, exitUsage, "unknown step"},
+		{[]string{"demo", "register"}, exitUsage, "wrong number of arguments"},
+		{[]string{"demo", "register", "a", "b"}, exitUsage, "wrong number of arguments"},
+		{[]string{"demo", "-data", "/nonexistent", "register", "x"}, exitUsage, "is the dev runner"},
+		{[]string{"doctor", "-env", "/nonexistent.env"}, exitUsage, "env file"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
