@@ -8,6 +8,7 @@ import (
 	"go/parser"
 	"go/token"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
 	"regexp"
@@ -485,5 +486,92 @@ func TestParseDockerfile(t *testing.T) {
 	}
 	if got := df.stages[0].instrs[0].args; strings.Join(strings.Fields(got), " ") != "x y" {
 		t.Fatalf("continuation joined as %q", got)
+	}
+}
+
+// TestDockerBuildContextResolves rebuilds, without Docker, the build
+// stage's file tree: the files the build context keeps (.dockerignore)
+// that the stage's COPY instructions bring in, at the same paths. In that
+// tree, every SERVICE's package and all its dependencies must resolve in
+// workspace mode with go.sum as it is (a missing module or checksum there
+// is a failed image build). `go list -deps` does that without compiling.
+func TestDockerBuildContextResolves(t *testing.T) {
+	if testing.Short() {
+		t.Skip("copies the sources and runs go list")
+	}
+	root := repoRoot(t)
+	df := loadDockerfile(t)
+	pm := dockerignore(t)
+	var srcs []string
+	for _, in := range df.stages[0].all("COPY") {
+		flags, s, _ := copyArgs(in)
+		if flags["from"] == "" {
+			srcs = append(srcs, s...)
+		}
+	}
+	copiedBy := func(rel string) bool {
+		for _, s := range srcs {
+			if ok, _ := path.Match(s, rel); ok {
+				return true
+			}
+			if strings.HasSuffix(s, "/") && strings.HasPrefix(rel, s) {
+				return true
+			}
+		}
+		return false
+	}
+	ctx := t.TempDir()
+	n := 0
+	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(root, p)
+		if err != nil || rel == "." {
+			return err
+		}
+		if d.IsDir() {
+			if d.Name() == ".git" {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		slashed := filepath.ToSlash(rel)
+		if excluded(t, pm, slashed) || !copiedBy(slashed) {
+			return nil
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		dst := filepath.Join(ctx, rel)
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return err
+		}
+		n++
+		return os.WriteFile(dst, data, 0o644)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n == 0 {
+		t.Fatal("the build stage would receive no files")
+	}
+
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("go tool: %v", err)
+	}
+	arms := serviceArms(t, df)
+	args := []string{"list", "-deps", "-e", "-f", "{{with .Error}}{{.}}{{end}}{{with .DepsErrors}}{{.}}{{end}}"}
+	for _, p := range arms {
+		args = append(args, p)
+	}
+	cmd := exec.Command(goTool, args...)
+	cmd.Dir = ctx
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=-mod=readonly -buildvcs=false", "GOWORK=")
+	out, err := cmd.CombinedOutput()
+	if err != nil || len(bytes.TrimSpace(out)) > 0 {
+		t.Fatalf("in the build stage's tree, go list %v: %v\n%s", args[5:], err, out)
 	}
 }
