@@ -9,10 +9,12 @@
 #  - give /data to the synapse user (not recursively: only what is ours).
 set -eu
 config=/config/homeserver.yaml
-if [ ! -s /data/signing.key ]; then
-    python -m synapse.app.homeserver --config-path "$config" --generate-keys
-fi
 install -o 991 -g 991 -m 600 /registration/cactus-registration.yaml /data/cactus-registration.yaml
+if [ ! -s /data/signing.key ]; then
+    # /config is read-only: anything generated without an explicit path
+    # goes to /data.
+    python -m synapse.app.homeserver --config-path "$config" --keys-directory /data --generate-keys
+fi
 mkdir -p /data/media_store
 chown 991:991 /data /data/signing.key /data/media_store
 exec /start.py run --config-path "$config"
