@@ -278,12 +278,27 @@ func (c *Config) InNamespace(alias string) bool { return c.namespace.MatchString
 // MayRegister reports whether user may talk to the bot and register sites.
 func (c *Config) MayRegister(user string) bool { return c.register.MatchString(user) }
 
-// Secrets lists the configured secret values, for log redaction.
+// Secrets lists the configured secret values, for log redaction,
+// including credentials written into CACTUS_NATS_URL (nats://user:pw@host,
+// or nats://token@host, which NATS reads as a token).
 func (c *Config) Secrets() []string {
 	var out []string
 	for _, s := range []Secret{c.HSToken, c.ASToken, c.NATSPassword, c.NATSToken} {
 		if s != "" {
 			out = append(out, s.Reveal())
+		}
+	}
+	for _, raw := range strings.Split(c.NATSURL, ",") {
+		u, err := url.Parse(strings.TrimSpace(raw))
+		if err != nil || u.User == nil {
+			continue
+		}
+		if pw, ok := u.User.Password(); ok {
+			if pw != "" {
+				out = append(out, pw)
+			}
+		} else if name := u.User.Username(); name != "" {
+			out = append(out, name)
 		}
 	}
 	return out

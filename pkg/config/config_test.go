@@ -408,3 +408,22 @@ func TestIgnoresUnprefixedVariables(t *testing.T) {
 		t.Fatalf("bare variables leaked in: %q %q %q", c.LogLevel, c.UserID, c.NATSURL)
 	}
 }
+
+func TestSecretsIncludeNATSURLCredentials(t *testing.T) {
+	setEnv(t, with(map[string]string{
+		"CACTUS_NATS_URL": "nats://alice:pw-in-url@n1:4222, nats://tok-in-url@n2:4222,nats://n3:4222",
+	}))
+	c, err := Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(c.Secrets(), " ")
+	for _, want := range []string{hsToken, asToken, "pw-in-url", "tok-in-url"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("Secrets() lacks %q", want)
+		}
+	}
+	if strings.Contains(got, "alice") || strings.Contains(got, "n3") {
+		t.Errorf("Secrets() lists a user name or host: %q", got)
+	}
+}

@@ -84,6 +84,8 @@ var credentialPatterns = []*regexp.Regexp{
 	regexp.MustCompile(`(?i)(authorization["']?\s*[:=]\s*\[?\s*["']?\s*(?:(?:bearer|basic|token)\s+)?)[^\s"'\]&,;}]+`),
 	regexp.MustCompile(`(?i)(\bbearer\s+)[A-Za-z0-9._~+/=-]{8,}`),
 	regexp.MustCompile(`(?i)("(?:as_token|hs_token|access_token|refresh_token|password|token|secret)"\s*:\s*")(?:[^"\\]|\\.)*`),
+	// Passwords in URLs: scheme://user:password@host.
+	regexp.MustCompile(`(?i)(\b[a-z][a-z0-9+.-]*://[^/\s:@"']*:)[^@\s/"']+(@)`),
 }
 
 // sensitiveKeys are attribute keys whose values are always withheld, as are
@@ -168,6 +170,11 @@ func (r *Redactor) attr(a slog.Attr) slog.Attr {
 		switch x := v.Any().(type) {
 		case []byte:
 			return slog.String(a.Key, r.Scrub(string(x)))
+		case *url.URL:
+			if x == nil {
+				return slog.String(a.Key, "<nil>")
+			}
+			return slog.String(a.Key, r.Scrub(x.Redacted()))
 		case error:
 			return slog.String(a.Key, r.Scrub(x.Error()))
 		case fmt.Stringer:
@@ -189,6 +196,10 @@ func (r *Redactor) Scrub(s string) string {
 		}
 	}
 	for _, p := range credentialPatterns {
+		if p.NumSubexp() == 2 {
+			s = p.ReplaceAllString(s, "${1}"+redacted+"${2}")
+			continue
+		}
 		s = p.ReplaceAllString(s, "${1}"+redacted)
 	}
 	return s

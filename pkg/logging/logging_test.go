@@ -66,6 +66,8 @@ func logEverything(l *slog.Logger) {
 	l.WithGroup("g").Info("with group", "v", hsToken)
 	l.With("as", asToken, slog.Group("w", "hs", hsToken)).Info("with attrs")
 	l.With("err", errors.New(hsToken)).WithGroup("x").With("y", asToken).Warn("nested with")
+	pw, _ := url.Parse("nats://natsuser:" + unknownToken + "@nats:4222")
+	l.Info("url password", "u", pw, "s", "dial nats://natsuser:"+unknownToken+"@nats:4222 failed")
 }
 
 func TestSecretsNeverReachTheOutput(t *testing.T) {
@@ -75,8 +77,8 @@ func TestSecretsNeverReachTheOutput(t *testing.T) {
 			l := New(&buf, Options{Format: format, Level: "debug", Secrets: []string{asToken, hsToken, "ab"}, Service: "test"})
 			logEverything(l)
 			out := buf.String()
-			if n := strings.Count(out, "\n"); n != 23 {
-				t.Fatalf("expected 23 log lines, got %d:\n%s", n, out)
+			if n := strings.Count(out, "\n"); n != 24 {
+				t.Fatalf("expected 24 log lines, got %d:\n%s", n, out)
 			}
 			for _, secret := range []string{
 				asToken, hsToken, unknownToken, url.QueryEscape(hsToken), url.PathEscape(hsToken),
@@ -88,7 +90,7 @@ func TestSecretsNeverReachTheOutput(t *testing.T) {
 			}
 			// The rest of the lines survive, and a 2-byte "secret" is
 			// ignored rather than redacting words.
-			for _, keep := range []string{"message with", "call failed", "inline", "x=1", "test", "tabular"} {
+			for _, keep := range []string{"message with", "call failed", "inline", "x=1", "test", "tabular", "natsuser", "@nats:4222"} {
 				if !strings.Contains(out, keep) {
 					t.Errorf("output lost %q:\n%s", keep, out)
 				}
@@ -129,6 +131,9 @@ func TestScrubKeepsOrdinaryText(t *testing.T) {
 		"the bearer of good news",
 		"GET /_matrix/client/v3/rooms/!r:x/state?user_id=@a:b",
 		"token count 3",
+		"https://example.org:8448/_matrix/client/v3/rooms/!r:x/ban?user_id=@a:b",
+		"see https://matrix.to/#/@alice:example.org",
+		"nats://nats:4222",
 	} {
 		if got := r.Scrub(s); got != s {
 			t.Errorf("Scrub(%q) = %q", s, got)
