@@ -3,6 +3,7 @@ package deploytest
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"net/url"
 	"os"
@@ -16,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/compose-spec/compose-go/v2/loader"
+	"github.com/compose-spec/compose-go/v2/types"
 	"gopkg.in/yaml.v3"
 
 	"github.com/cactus-comments/appservice/pkg/registration"
@@ -655,6 +658,53 @@ func TestHostPort(t *testing.T) {
 		h, p := hostPort(t, tc.in)
 		if h != tc.host || p != tc.port {
 			t.Errorf("%s: %s %d", tc.in, h, p)
+		}
+	}
+}
+
+// TestComposeSpecLoads loads docker-compose.yml with compose-go, the
+// loader docker compose itself uses: the compose specification's schema,
+// interpolation, anchors and merge keys. The environment each service ends
+// up with must be what the tests above read.
+func TestComposeSpecLoads(t *testing.T) {
+	root := repoRoot(t)
+	data := readRepoFile(t, "docker-compose.yml")
+	p, err := loader.LoadWithContext(context.Background(), types.ConfigDetails{
+		WorkingDir:  root,
+		ConfigFiles: []types.ConfigFile{{Filename: filepath.Join(root, "docker-compose.yml"), Content: data}},
+		Environment: types.Mapping{},
+	}, func(o *loader.Options) {
+		// The env file holds tokens and exists only on a machine that ran
+		// cactusctl registration; TestComposeRegistration covers it.
+		o.SkipResolveEnvironment = true
+		o.SetProjectName("cactus", true)
+	})
+	if err != nil {
+		t.Fatalf("docker compose would refuse docker-compose.yml: %v", err)
+	}
+	c := loadCompose(t)
+	for name, mine := range c.Services {
+		svc, ok := p.Services[name]
+		if !ok {
+			t.Errorf("compose-go does not see service %s", name)
+			continue
+		}
+		got := map[string]string{}
+		for k, v := range svc.Environment {
+			if v != nil {
+				got[k] = *v
+			}
+		}
+		if fmt.Sprint(got) != fmt.Sprint(mine.Environment) && !(len(got) == 0 && len(mine.Environment) == 0) {
+			t.Errorf("%s: compose sees environment %v, the tests read %v", name, got, mine.Environment)
+		}
+		for dep, d := range mine.DependsOn {
+			if svc.DependsOn[dep].Condition != d.Condition {
+				t.Errorf("%s depends_on %s: compose sees %q, the tests read %q", name, dep, svc.DependsOn[dep].Condition, d.Condition)
+			}
+		}
+		if mine.Deploy != nil && mine.Deploy.Replicas != nil && (svc.Deploy == nil || svc.Deploy.Replicas == nil || *svc.Deploy.Replicas != *mine.Deploy.Replicas) {
+			t.Errorf("%s: compose does not see replicas %d", name, *mine.Deploy.Replicas)
 		}
 	}
 }
