@@ -145,6 +145,9 @@ func Run(ctx context.Context, js jetstream.JetStream, o Options, h Handler) erro
 	lanes := make([]chan jetstream.Msg, o.Concurrency)
 	var wg sync.WaitGroup
 	hctx := context.WithoutCancel(ctx)
+	held := newHeld()
+	stopProgress := held.keepAlive(o.Progress)
+	defer stopProgress()
 	for i := range lanes {
 		lanes[i] = make(chan jetstream.Msg, 4)
 		wg.Go(func() {
@@ -152,9 +155,10 @@ func Run(ctx context.Context, js jetstream.JetStream, o Options, h Handler) erro
 				if ctx.Err() != nil {
 					// Shutting down: hand it back at once for another replica.
 					_ = m.Nak()
-					continue
+				} else {
+					o.handle(hctx, js, m, h)
 				}
-				o.handle(hctx, js, m, h)
+				held.remove(m)
 			}
 		})
 	}
@@ -176,6 +180,7 @@ func Run(ctx context.Context, js jetstream.JetStream, o Options, h Handler) erro
 			o.Log.Warn("worker: fetch failed", "consumer", o.Consumer, "err", err)
 			continue
 		}
+		held.add(m)
 		hf := fnv.New32a()
 		_, _ = hf.Write([]byte(o.OrderKey(m)))
 		lanes[hf.Sum32()%uint32(len(lanes))] <- m
@@ -199,21 +204,7 @@ func (o *Options) handle(ctx context.Context, js jetstream.JetStream, m jetstrea
 		delivered = int(md.NumDelivered)
 	}
 	start := time.Now()
-	done := make(chan struct{})
-	go func() {
-		t := time.NewTicker(o.Progress)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				_ = m.InProgress()
-			}
-		}
-	}()
 	herr := safeCall(ctx, h, m)
-	close(done)
 	if o.Metrics != nil {
 		o.Metrics.duration.WithLabelValues(o.Consumer).Observe(time.Since(start).Seconds())
 	}
@@ -247,6 +238,66 @@ func (o *Options) handle(ctx context.Context, js jetstream.JetStream, m jetstrea
 		}
 		log.Warn("worker: failed, will retry", "err", herr, "in", delay)
 		_ = m.NakWithDelay(delay)
+	}
+}
+
+// held is every message this worker has taken from the consumer and not
+// yet settled: running, or queued in a lane behind a message of the same
+// key. All of them are reported in progress, because a message that waits
+// in a lane behind a slow one longer than AckWait would otherwise be
+// redelivered to another replica while still queued here, and handled
+// twice and out of order.
+type held struct {
+	mu   sync.Mutex
+	msgs map[jetstream.Msg]struct{}
+}
+
+func newHeld() *held { return &held{msgs: map[jetstream.Msg]struct{}{}} }
+
+func (h *held) add(m jetstream.Msg) {
+	h.mu.Lock()
+	h.msgs[m] = struct{}{}
+	h.mu.Unlock()
+}
+
+func (h *held) remove(m jetstream.Msg) {
+	h.mu.Lock()
+	delete(h.msgs, m)
+	h.mu.Unlock()
+}
+
+// keepAlive signals progress on every held message every interval until
+// the returned function is called.
+func (h *held) keepAlive(every time.Duration) (stop func()) {
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				h.mu.Lock()
+				msgs := make([]jetstream.Msg, 0, len(h.msgs))
+				for m := range h.msgs {
+					msgs = append(msgs, m)
+				}
+				h.mu.Unlock()
+				for _, m := range msgs {
+					_ = m.InProgress()
+				}
+			}
+		}
+	}()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			close(done)
+			<-finished
+		})
 	}
 }
 

@@ -564,3 +564,42 @@ func TestBackoffBounds(t *testing.T) {
 		t.Fatalf("backoff overflowed: %v", d)
 	}
 }
+
+// TestQueuedMessagesKeptInProgress: messages waiting in a lane behind a
+// slow one outlive the consumer's AckWait without being redelivered.
+func TestQueuedMessagesKeptInProgress(t *testing.T) {
+	e := newEnv(t, 5)
+	const ackWait = 300 * time.Millisecond
+	c, err := e.js.Consumer(e.ctx, bus.StreamEvents, bus.ConsumerBot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := c.CachedInfo().Config
+	cfg.AckWait = ackWait
+	if _, err := e.js.CreateOrUpdateConsumer(e.ctx, bus.StreamEvents, cfg); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 4 {
+		e.publish("!r:x", fmt.Sprintf("$e%d", i))
+	}
+	var rec recorder
+	o := e.options(5, 1)
+	o.Progress = ackWait / 6
+	e.run(o, func(_ context.Context, m jetstream.Msg) error {
+		if id, _ := rec.record(m); id == "$e0" {
+			// Elapsed time is the point here: there is no signal for
+			// "AckWait has passed".
+			time.Sleep(4 * ackWait)
+		}
+		return nil
+	})
+	e.settled()
+	for i := range 4 {
+		if got := rec.get(fmt.Sprintf("$e%d", i)); len(got) != 1 {
+			t.Errorf("$e%d handled with deliveries %v, want once", i, got)
+		}
+	}
+	if ci := e.consumerInfo(); ci.NumRedelivered != 0 {
+		t.Errorf("%d messages redelivered", ci.NumRedelivered)
+	}
+}
