@@ -141,6 +141,13 @@ func (r *Registry) CreateSite(ctx context.Context, s *Site) error {
 		// Create re-creates a deleted key with a second compare-and-set;
 		// losing that race surfaces as a bare conflict, not ErrKeyExists.
 		if errors.Is(err, jetstream.ErrKeyExists) || isConflict(err) {
+			// A retry of a create whose index write failed: repair the
+			// index, which nothing else would ever write.
+			if cur, err := r.Site(ctx, s.Name); err == nil && s.ModerationRoom != "" && cur.ModerationRoom == s.ModerationRoom {
+				if err := r.putIndex(ctx, Room{Site: cur.Name, RoomID: cur.ModerationRoom, CreatedAt: cur.CreatedAt}); err != nil {
+					return err
+				}
+			}
 			return fmt.Errorf("%w: site %q", ErrExists, s.Name)
 		}
 		return wrap("create site", s.Name, err)

@@ -442,3 +442,29 @@ func TestWipe(t *testing.T) {
 		t.Fatal("Wipe with a cancelled context reported success")
 	}
 }
+
+// TestCreateSiteRetryRepairsIndex: a create whose index write was lost is
+// retried by its caller; the retry gets ErrExists and the index is written.
+func TestCreateSiteRetryRepairsIndex(t *testing.T) {
+	ctx, reg, _ := openTestRegistry(t)
+	s := &Site{Name: "s", Owner: "@o:x", ModerationRoom: "!mod:x"}
+	if err := reg.CreateSite(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.index.Purge(ctx, indexKey("!mod:x")); err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.CreateSite(ctx, &Site{Name: "s", Owner: "@o:x", ModerationRoom: "!mod:x"}); !errors.Is(err, ErrExists) {
+		t.Fatalf("retry = %v, want ErrExists", err)
+	}
+	if r, err := reg.Lookup(ctx, "!mod:x"); err != nil || r.Site != "s" {
+		t.Fatalf("index not repaired: %+v, %v", r, err)
+	}
+	// Someone else's room is never indexed by a refused create.
+	if err := reg.CreateSite(ctx, &Site{Name: "s", Owner: "@thief:x", ModerationRoom: "!thief:x"}); !errors.Is(err, ErrExists) {
+		t.Fatal(err)
+	}
+	if _, err := reg.Lookup(ctx, "!thief:x"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("refused create indexed its room: %v", err)
+	}
+}
