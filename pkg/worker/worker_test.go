@@ -493,11 +493,10 @@ func TestShutdownFinishesRunningAndReturnsTheRest(t *testing.T) {
 	}
 	for i := 1; i < 6; i++ {
 		id := fmt.Sprintf("$e%d", i)
-		if len(first.get(id))+len(second.get(id)) < 1 || len(second.get(id)) > 1 {
+		// Cancelled before $e0 finished: nothing else may start in the
+		// first run, and the second handles each exactly once.
+		if len(first.get(id)) != 0 || len(second.get(id)) != 1 {
 			t.Errorf("%s: first run %v, second run %v", id, first.get(id), second.get(id))
-		}
-		if len(first.get(id)) == 0 && len(second.get(id)) == 0 {
-			t.Errorf("%s was never handled", id)
 		}
 	}
 }
