@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -24,7 +23,6 @@ import (
 	"github.com/cactus-comments/appservice/pkg/bus"
 	"github.com/cactus-comments/appservice/pkg/config"
 	"github.com/cactus-comments/appservice/pkg/embednats"
-	"github.com/cactus-comments/appservice/pkg/event"
 	"github.com/cactus-comments/appservice/pkg/hssim"
 	"github.com/cactus-comments/appservice/pkg/matrix"
 	"github.com/cactus-comments/appservice/pkg/mxid"
@@ -32,6 +30,7 @@ import (
 	"github.com/cactus-comments/appservice/pkg/registration"
 	"github.com/cactus-comments/appservice/pkg/registry"
 	"github.com/cactus-comments/appservice/pkg/service"
+	"github.com/cactus-comments/appservice/services/gateway/gateway"
 	"github.com/cactus-comments/appservice/services/provisioner/provisioner"
 )
 
@@ -74,7 +73,8 @@ type Options struct {
 	AckWait time.Duration
 	// Memory keeps streams in memory (benchmarks).
 	Memory bool
-	// LogLevel of every service's logger, into the test log (default warn).
+	// LogLevel of every service's logger, into the test log (default warn;
+	// debug when E2E_DEBUG is set).
 	LogLevel slog.Level
 }
 
@@ -119,7 +119,10 @@ func Start(t testing.TB, o Options) *Harness {
 	if o.Concurrency <= 0 {
 		o.Concurrency = 8
 	}
-	if o.LogLevel == 0 && os.Getenv("E2E_DEBUG") == "" {
+	switch {
+	case os.Getenv("E2E_DEBUG") != "":
+		o.LogLevel = slog.LevelDebug
+	case o.LogLevel == 0:
 		o.LogLevel = slog.LevelWarn
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -346,75 +349,18 @@ func (s *Service) Kill() {
 	})
 }
 
-// stubGateway stands in for the gateway package until it lands: it stores
-// pushed events in the event stream (deduplicated by event id) and asks the
-// provisioners about aliases, as the gateway does.
+// startGateway runs the gateway on its own runtime behind the harness's
+// listener, whose address the registration names.
 func (h *Harness) startGateway() {
-	var hd http.Handler = http.HandlerFunc(h.stubGateway)
+	h.t.Helper()
+	rt := h.Runtime("gateway")
+	gw, err := gateway.New(rt)
+	if err != nil {
+		h.t.Fatalf("gateway: %v", err)
+	}
+	rt.SetReady(true)
+	hd := gw.Handler()
 	h.gateway.Store(&hd)
-}
-
-func (h *Harness) stubGateway(w http.ResponseWriter, r *http.Request) {
-	writeJSON := func(status int, v any) {
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(status)
-		_ = json.NewEncoder(w).Encode(v)
-	}
-	if r.Header.Get("Authorization") != "Bearer "+testHSToken {
-		writeJSON(http.StatusForbidden, map[string]string{"errcode": "M_FORBIDDEN", "error": "bad token"})
-		return
-	}
-	path := strings.TrimPrefix(r.URL.EscapedPath(), "/_matrix/app/v1")
-	switch {
-	case r.Method == http.MethodPut && strings.HasPrefix(path, "/transactions/"):
-		var txn struct {
-			Events []json.RawMessage `json:"events"`
-		}
-		if err := json.NewDecoder(r.Body).Decode(&txn); err != nil {
-			writeJSON(http.StatusBadRequest, map[string]string{"errcode": "M_NOT_JSON", "error": err.Error()})
-			return
-		}
-		for _, raw := range txn.Events {
-			var e event.Event
-			if json.Unmarshal(raw, &e) != nil || e.EventID == "" {
-				continue
-			}
-			m := nats.NewMsg(bus.EventSubject(bus.Classify(&e, h.BotID.String()), e.RoomID))
-			m.Header.Set(bus.HeaderMsgID, e.EventID)
-			m.Data = raw
-			if _, err := h.JS.PublishMsg(r.Context(), m); err != nil {
-				writeJSON(http.StatusServiceUnavailable, map[string]string{"errcode": "M_UNKNOWN", "error": err.Error()})
-				return
-			}
-		}
-		writeJSON(http.StatusOK, map[string]any{})
-	case r.Method == http.MethodGet && strings.HasPrefix(path, "/rooms/"):
-		alias, err := url.PathUnescape(strings.TrimPrefix(path, "/rooms/"))
-		if err != nil {
-			writeJSON(http.StatusNotFound, map[string]string{"errcode": "M_NOT_FOUND", "error": "bad alias"})
-			return
-		}
-		q, _ := json.Marshal(bus.AliasQuery{Alias: alias})
-		msg, err := h.NC.RequestWithContext(r.Context(), bus.SubjectAliasQuery, q)
-		if err != nil {
-			writeJSON(http.StatusServiceUnavailable, map[string]string{"errcode": "M_UNKNOWN", "error": err.Error()})
-			return
-		}
-		var a bus.AliasAnswer
-		if json.Unmarshal(msg.Data, &a) != nil {
-			writeJSON(http.StatusServiceUnavailable, map[string]string{"errcode": "M_UNKNOWN", "error": "bad answer"})
-			return
-		}
-		if a.Exists {
-			writeJSON(http.StatusOK, map[string]any{})
-			return
-		}
-		writeJSON(http.StatusNotFound, map[string]string{"errcode": "M_NOT_FOUND", "error": a.Error})
-	case strings.HasPrefix(path, "/thirdparty/"):
-		writeJSON(http.StatusOK, []any{})
-	default:
-		writeJSON(http.StatusNotFound, map[string]string{"errcode": "M_NOT_FOUND", "error": "not found"})
-	}
 }
 
 // User is a homeserver user with its own client.
@@ -507,8 +453,38 @@ func (h *Harness) WaitSim(cond func() bool, timeout time.Duration, what string) 
 	ctx, cancel := context.WithTimeout(h.Ctx, timeout)
 	defer cancel()
 	if err := h.HS.Wait(ctx, cond); err != nil {
-		h.t.Fatalf("waiting for %s: %v", what, err)
+		h.t.Fatalf("waiting for %s: %v (%s)", what, err, h.describe())
 	}
+}
+
+// describe is the state of the pipeline, for failure messages.
+func (h *Harness) describe() string {
+	var b strings.Builder
+	for _, c := range []struct{ stream, consumer string }{
+		{bus.StreamEvents, bus.ConsumerModeration}, {bus.StreamJobs, bus.ConsumerJobs}, {bus.StreamEvents, bus.ConsumerBot},
+	} {
+		cons, err := h.JS.Consumer(h.Ctx, c.stream, c.consumer)
+		if err != nil {
+			fmt.Fprintf(&b, "%s: %v; ", c.consumer, err)
+			continue
+		}
+		info, err := cons.Info(h.Ctx)
+		if err != nil {
+			fmt.Fprintf(&b, "%s: %v; ", c.consumer, err)
+			continue
+		}
+		fmt.Fprintf(&b, "%s: pending %d, ack pending %d, redelivered %d, delivered %d; ", c.consumer,
+			info.NumPending, info.NumAckPending, info.NumRedelivered, info.Delivered.Consumer)
+	}
+	txns := h.HS.Transactions()
+	failed := 0
+	for _, tx := range txns {
+		if !tx.OK {
+			failed++
+		}
+	}
+	fmt.Fprintf(&b, "homeserver pushes: %d, not 200: %d", len(txns), failed)
+	return b.String()
 }
 
 // Eventually polls cond until it holds, for conditions nothing signals.
@@ -517,7 +493,7 @@ func (h *Harness) Eventually(cond func() bool, timeout time.Duration, what strin
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
-			h.t.Fatalf("timed out after %v waiting for %s", timeout, what)
+			h.t.Fatalf("timed out after %v waiting for %s (%s)", timeout, what, h.describe())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

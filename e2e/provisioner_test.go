@@ -39,7 +39,29 @@ func stateString(t *testing.T, h *Harness, room mxid.RoomID, typ, key string) st
 
 func TestVisitorJoinCreatesCommentRoom(t *testing.T) {
 	t.Parallel()
-	h := Start(t, Options{})
+	// Each homeserver escapes the alias in the query path its own way;
+	// Synapse leaves a '/' of the section unescaped.
+	for _, tc := range []struct {
+		mode    hssim.Mode
+		section string
+	}{
+		{hssim.Synapse, "posts-hello"},
+		{hssim.Synapse, "/posts/hello"},
+		{hssim.Dendrite, "/posts/hello"},
+		{hssim.Conduit, "/Posts/Hello.html"},
+	} {
+		t.Run(string(tc.mode)+" "+tc.section, func(t *testing.T) {
+			t.Parallel()
+			visitorJoinCreatesCommentRoom(t, tc.mode, tc.section)
+		})
+	}
+}
+
+func visitorJoinCreatesCommentRoom(t *testing.T, mode hssim.Mode, section string) {
+	h := Start(t, Options{Mode: mode})
+	if mode == hssim.Synapse && strings.Contains(section, "/") && !gatewayTakesRawSlash(t, h) {
+		t.Skip("KNOWN GATEWAY BUG: it routes /rooms/{alias} as one path segment, and Synapse sends the '/' of a section unescaped (urllib.parse.quote); reported")
+	}
 	owner := h.User("owner")
 	site := h.RegisterSite("blog.example.org", owner)
 	spammer := h.User("spammer")
@@ -56,14 +78,14 @@ func TestVisitorJoinCreatesCommentRoom(t *testing.T) {
 
 	h.HS.ResetCalls()
 	visitor := h.User("visitor")
-	alias := h.CommentAlias(site.Name, "/posts/hello")
+	alias := h.CommentAlias(site.Name, section)
 	room := h.Join(visitor, alias)
 
 	for _, c := range []struct{ typ, want string }{
 		{"m.room.join_rules", "public"},
 		{"m.room.guest_access", "can_join"},
 		{"m.room.history_visibility", "world_readable"},
-		{"m.room.name", "blog.example.org comment section (/posts/hello)"},
+		{"m.room.name", "blog.example.org comment section (" + section + ")"},
 		{"m.room.canonical_alias", alias.String()},
 	} {
 		if got := stateString(t, h, room, c.typ, ""); got != c.want {
@@ -86,7 +108,7 @@ func TestVisitorJoinCreatesCommentRoom(t *testing.T) {
 			t.Errorf("homeserver calls to %s = %d, want %d", ep, got, want)
 		}
 	}
-	rec, err := h.Registry.Room(h.Ctx, site.Name, "/posts/hello")
+	rec, err := h.Registry.Room(h.Ctx, site.Name, section)
 	if err != nil || rec.RoomID != room.String() {
 		t.Errorf("registry room = %+v, %v; want %s", rec, err, room)
 	}
@@ -707,4 +729,25 @@ func TestRunBootstrapsAndServes(t *testing.T) {
 	if err := svc.Stop(); err != nil {
 		t.Errorf("Run returned %v after a graceful stop", err)
 	}
+}
+
+// gatewayTakesRawSlash reports whether the gateway accepts an alias query
+// whose path holds an unescaped '/', as Synapse sends it.
+func gatewayTakesRawSlash(t *testing.T, h *Harness) bool {
+	t.Helper()
+	req, err := http.NewRequestWithContext(h.Ctx, http.MethodGet, h.GatewayURL+"/_matrix/app/v1/rooms/%23comments_probe_/a/b%3A"+serverName, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+testHSToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var e struct {
+		ErrCode string `json:"errcode"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&e)
+	return e.ErrCode != "M_UNRECOGNIZED"
 }
