@@ -3,6 +3,8 @@ package deploytest
 import (
 	"errors"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -10,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
@@ -25,6 +28,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/pkg/service"
 )
 
 // rendered is a kustomization's output, every object decoded into its API
@@ -436,6 +440,16 @@ func checkDeployment(t *testing.T, r *rendered, cf configFacts, ov overlay, name
 		{"readiness", c.ReadinessProbe, "/readyz"},
 	}
 	for _, p := range probes {
+		// Against the services' real admin handler, before readiness: a
+		// liveness path must answer 200 (or a pod still starting would be
+		// killed), the readiness path 503 (it must be the one that tracks
+		// readiness), neither 404.
+		if p.probe != nil && p.probe.HTTPGet != nil {
+			code := adminStatus(p.probe.HTTPGet.Path)
+			if want := map[string]int{"readiness": http.StatusServiceUnavailable}[p.kind]; (want == 0 && code != http.StatusOK) || (want != 0 && code != want) {
+				t.Errorf("%s probe: the admin handler answers %s with %d before the service is ready", p.kind, p.probe.HTTPGet.Path, code)
+			}
+		}
 		if p.probe == nil || p.probe.HTTPGet == nil {
 			t.Errorf("%s probe: want an httpGet on %s", p.kind, p.path)
 			continue
@@ -443,6 +457,11 @@ func checkDeployment(t *testing.T, r *rendered, cf configFacts, ov overlay, name
 		got, ok := resolvePort(c, p.probe.HTTPGet.Port)
 		if p.probe.HTTPGet.Path != p.path || !ok || got != admin {
 			t.Errorf("%s probe: GET %s on port %v, want %s on the admin port %d", p.kind, p.probe.HTTPGet.Path, p.probe.HTTPGet.Port.String(), p.path, admin)
+		}
+	}
+	if ann := d.Spec.Template.Annotations; ann["prometheus.io/scrape"] == "true" {
+		if ann["prometheus.io/port"] != strconv.Itoa(admin) || adminStatus(ann["prometheus.io/path"]) != http.StatusOK {
+			t.Errorf("prometheus.io annotations point at :%s%s, which the admin handler does not serve as metrics", ann["prometheus.io/port"], ann["prometheus.io/path"])
 		}
 	}
 	// The first NATS connection is retried for up to two minutes
@@ -479,6 +498,16 @@ func checkDeployment(t *testing.T, r *rendered, cf configFacts, ov overlay, name
 	if grace <= preStop+drain {
 		t.Errorf("terminationGracePeriodSeconds %v must exceed preStop %v + CACTUS_SHUTDOWN_TIMEOUT %v", grace, preStop, drain)
 	}
+}
+
+// adminStatus is the status the services' admin handler (pkg/service,
+// served on CACTUS_ADMIN_ADDR by every service) answers GET path with,
+// before the service has declared itself ready.
+func adminStatus(path string) int {
+	rt := &service.Runtime{Metrics: prometheus.NewRegistry()}
+	rec := httptest.NewRecorder()
+	rt.AdminHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+	return rec.Code
 }
 
 func checkGatewayService(t *testing.T, r *rendered, cf configFacts) {
