@@ -1,9 +1,11 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -26,6 +28,63 @@ var botSeq atomic.Int64
 // returns it. mutate, if set, changes its copy of the configuration.
 func (h *Harness) StartBot(mutate func(*config.Config)) *botworker.Bot {
 	h.t.Helper()
+	return h.startBot(mutate, nil)
+}
+
+// ReplyWatch counts the messages a botworker had accepted by the
+// homeserver, per room, and lets many waiters wait for them cheaply (the
+// simulator's Timeline copies a whole room under its lock, which distorts
+// load measurements when hundreds of waiters re-check on every change).
+type ReplyWatch struct {
+	botworker.Homeserver
+	mu      sync.Mutex
+	counts  map[string]int
+	changed chan struct{}
+}
+
+func (w *ReplyWatch) SendEvent(ctx context.Context, room mxid.RoomID, typ, txn string, content any) (mxid.EventID, error) {
+	id, err := w.Homeserver.SendEvent(ctx, room, typ, txn, content)
+	if err == nil {
+		w.mu.Lock()
+		w.counts[room.String()]++
+		close(w.changed)
+		w.changed = make(chan struct{})
+		w.mu.Unlock()
+	}
+	return id, err
+}
+
+// Wait waits until n sends to room succeeded.
+func (w *ReplyWatch) Wait(ctx context.Context, room mxid.RoomID, n int) error {
+	for {
+		w.mu.Lock()
+		c, ch := w.counts[room.String()], w.changed
+		w.mu.Unlock()
+		if c >= n {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("%d of %d replies in %s: %w", c, n, room, ctx.Err())
+		}
+	}
+}
+
+// StartWatchedBot is StartBot with a ReplyWatch between the botworker and
+// the homeserver.
+func (h *Harness) StartWatchedBot(mutate func(*config.Config)) (*botworker.Bot, *ReplyWatch) {
+	h.t.Helper()
+	c, err := matrix.NewClient(matrix.Config{HomeserverURL: h.HS.URL(), Token: testASToken})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	w := &ReplyWatch{Homeserver: c, counts: map[string]int{}, changed: make(chan struct{})}
+	return h.startBot(mutate, w), w
+}
+
+func (h *Harness) startBot(mutate func(*config.Config), hs botworker.Homeserver) *botworker.Bot {
+	h.t.Helper()
 	name := fmt.Sprintf("botworker-%d", botSeq.Add(1))
 	rt := h.Runtime(name)
 	if mutate != nil {
@@ -34,7 +93,7 @@ func (h *Harness) StartBot(mutate func(*config.Config)) *botworker.Bot {
 			h.t.Fatalf("%s config: %v", name, err)
 		}
 	}
-	b, err := botworker.New(h.Ctx, rt, botworker.Options{MinBackoff: 20 * time.Millisecond})
+	b, err := botworker.New(h.Ctx, rt, botworker.Options{Homeserver: hs, MinBackoff: 20 * time.Millisecond})
 	if err != nil {
 		h.t.Fatalf("%s: %v", name, err)
 	}
@@ -94,16 +153,26 @@ func (h *Harness) BotMessages(room mxid.RoomID) []string {
 	return out
 }
 
+// botMessageCount counts the bot's messages in room without decoding
+// them: waiters re-check on every change of the simulator, so this must be
+// cheap when many wait at once.
+func (h *Harness) botMessageCount(room mxid.RoomID) int {
+	n := 0
+	for _, ev := range h.HS.Timeline(room.String()) {
+		if ev.Sender == h.BotID.String() && ev.Type == "m.room.message" {
+			n++
+		}
+	}
+	return n
+}
+
 // WaitBotMessages waits until the bot has said n messages in room and
 // returns them.
 func (h *Harness) WaitBotMessages(room mxid.RoomID, n int) []string {
 	h.t.Helper()
-	var got []string
-	h.WaitSim(func() bool {
-		got = h.BotMessages(room)
-		return len(got) >= n
-	}, 20*time.Second, fmt.Sprintf("%d bot messages in %s", n, room))
-	return got
+	h.WaitSim(func() bool { return h.botMessageCount(room) >= n },
+		30*time.Second, fmt.Sprintf("%d bot messages in %s", n, room))
+	return h.BotMessages(room)
 }
 
 // BotDrained reports whether the botworker has handled every event.

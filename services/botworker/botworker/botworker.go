@@ -165,6 +165,10 @@ func New(ctx context.Context, rt *service.Runtime, o Options) (*Bot, error) {
 func Run(ctx context.Context, cfg *config.Config) error {
 	rt, err := service.Start(ctx, Name, cfg, nil)
 	if err != nil {
+		if ctx.Err() != nil {
+			// Asked to stop while starting: not a failure.
+			return nil
+		}
 		return err
 	}
 	defer rt.Close()
