@@ -189,8 +189,11 @@ func (h *Harness) QuiesceBot(timeout time.Duration) {
 		if time.Now().After(deadline) {
 			h.t.Fatalf("botworker not idle after %v", timeout)
 		}
-		if err := h.HS.WaitIdle(h.Ctx); err != nil {
-			h.t.Fatal(err)
+		ctx, cancel := context.WithDeadline(h.Ctx, deadline)
+		err := h.HS.WaitIdle(ctx)
+		cancel()
+		if err != nil {
+			h.t.Fatalf("simulator not idle: %v", err)
 		}
 		if h.BotDrained() {
 			idle++

@@ -290,3 +290,26 @@ func TestBotReplicas(t *testing.T) {
 		}
 	}
 }
+
+// The bot works the same behind each homeserver the simulator imitates.
+func TestBotHomeserverModes(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []hssim.Mode{hssim.Synapse, hssim.Dendrite, hssim.Conduit} {
+		t.Run(string(mode), func(t *testing.T) {
+			t.Parallel()
+			h := Start(t, Options{Mode: mode})
+			h.StartBot(nil)
+			owner := h.User("owner")
+			dm := h.DirectChat(owner)
+			h.Say(owner, dm, "help")
+			h.Say(owner, dm, "register blog")
+			got := h.WaitBotMessages(dm, 2)
+			containsAll(t, "help", got[0], "register <sitename>")
+			containsAll(t, "register", got[1], `siteName: "blog"`)
+			mod, ok := h.ModerationRoomOf("blog")
+			if !ok || h.HS.PowerLevel(mod.String(), owner.ID.String()) != 100 {
+				t.Fatalf("moderation room %v, owner level %d", ok, h.HS.PowerLevel(mod.String(), owner.ID.String()))
+			}
+		})
+	}
+}
