@@ -238,10 +238,13 @@ func TestBotUnicodeSiteName(t *testing.T) {
 	}
 }
 
-// Commands of one room are answered in the order they were sent.
+// Commands of one room are answered in the order they were sent, also
+// when several replicas share the work.
 func TestBotCommandOrder(t *testing.T) {
 	t.Parallel()
 	h := Start(t, Options{Concurrency: 4})
+	h.StartBot(nil)
+	h.StartBot(nil)
 	h.StartBot(nil)
 	owner := h.User("owner")
 	dm := h.DirectChat(owner)

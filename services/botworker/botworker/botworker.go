@@ -76,6 +76,9 @@ type Options struct {
 	// MinBackoff bounds the first redelivery delay of a failed message
 	// (default 500ms).
 	MinBackoff time.Duration
+	// OrderWait bounds how long an event waits for an earlier event of
+	// its room that another replica is handling (default 10s).
+	OrderWait time.Duration
 }
 
 // Bot handles the bot's events. It is safe for concurrent use.
@@ -95,6 +98,7 @@ type Bot struct {
 	now      func() time.Time
 	backoff  time.Duration
 
+	turns  *turns
 	ours   *ttlCache // rooms known to be comment or moderation rooms
 	direct *ttlCache // direct-chat verdicts of rooms without a DM mark
 }
@@ -151,10 +155,23 @@ func New(ctx context.Context, rt *service.Runtime, o Options) (*Bot, error) {
 	if o.MinBackoff <= 0 {
 		o.MinBackoff = 500 * time.Millisecond
 	}
+	if o.OrderWait <= 0 {
+		o.OrderWait = 10 * time.Second
+	}
+	stream, err := rt.JS.Stream(ctx, bus.StreamEvents)
+	if err != nil {
+		return nil, fmt.Errorf("botworker: stream %s: %w", bus.StreamEvents, err)
+	}
+	cons, err := rt.JS.Consumer(ctx, bus.StreamEvents, bus.ConsumerBot)
+	if err != nil {
+		return nil, fmt.Errorf("botworker: consumer %s: %w", bus.ConsumerBot, err)
+	}
 	return &Bot{
 		cfg: cfg, log: rt.Log, js: rt.JS, hs: o.Homeserver, reg: o.Registry,
 		state: &state{kv: kv, now: o.Now}, texts: t, m: m, wm: worker.NewMetrics(rt.Metrics),
 		bot: bot, ns: cfg.Namespace(), mentions: mentions, now: o.Now, backoff: o.MinBackoff,
+		turns: &turns{kv: kv, stream: stream, consumer: cons, maxWait: o.OrderWait, recheck: 250 * time.Millisecond,
+			log: rt.Log, waits: m.orderWaits},
 		ours:   newTTLCache(o.Now, time.Minute, 50_000),
 		direct: newTTLCache(o.Now, time.Minute, 50_000),
 	}, nil
@@ -214,7 +231,10 @@ func (b *Bot) Consume(ctx context.Context) error {
 }
 
 // HandleMsg is the worker handler: one event from the bot's consumer.
-func (b *Bot) HandleMsg(ctx context.Context, m jetstream.Msg) error {
+// Events of rooms that are not ours wait for the earlier events of their
+// room (see turns), and mark themselves finished once they will not be
+// delivered again: handled, refused for good, or on their last delivery.
+func (b *Bot) HandleMsg(ctx context.Context, m jetstream.Msg) (err error) {
 	var ev event.Event
 	if err := json.Unmarshal(m.Data(), &ev); err != nil {
 		return worker.Permanent(fmt.Errorf("botworker: undecodable event: %w", err))
@@ -222,17 +242,46 @@ func (b *Bot) HandleMsg(ctx context.Context, m jetstream.Msg) error {
 	if err := ev.Validate(); err != nil {
 		return worker.Permanent(fmt.Errorf("botworker: %w", err))
 	}
-	last := false
-	if md, err := m.Metadata(); err == nil {
-		last = int(md.NumDelivered) >= b.cfg.MaxDeliver
+	md, err := m.Metadata()
+	if err != nil {
+		return b.HandleEvent(ctx, &ev, false)
 	}
-	return b.HandleEvent(ctx, &ev, last)
+	last := int(md.NumDelivered) >= b.cfg.MaxDeliver
+	ours, err := b.isOurRoom(ctx, ev.RoomID)
+	if err != nil {
+		return err
+	}
+	if ours {
+		return b.handleEvent(ctx, &ev, last, true)
+	}
+	tn, err := b.turns.wait(ctx, m.Subject(), ev.RoomID, md.Sequence.Stream)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		p := recover()
+		if err == nil || last || worker.IsPermanent(err) || p != nil {
+			if ferr := b.turns.finish(ctx, tn); ferr != nil {
+				b.log.Warn("could not record the event as finished; later events of the room will wait", "event_id", ev.EventID, "room_id", ev.RoomID, "err", ferr)
+			}
+		}
+		if p != nil {
+			panic(p)
+		}
+	}()
+	return b.handleEvent(ctx, &ev, last, false)
 }
 
 // HandleEvent handles one event. last says this is the final delivery:
 // a command that still cannot reach the homeserver gets an answer saying
 // so instead of silence.
 func (b *Bot) HandleEvent(ctx context.Context, ev *event.Event, last bool) error {
+	return b.handleEvent(ctx, ev, last, false)
+}
+
+// handleEvent is HandleEvent; ours says the room is already known to be
+// one of ours.
+func (b *Bot) handleEvent(ctx context.Context, ev *event.Event, last, ours bool) error {
 	log := b.log.With("event_id", ev.EventID, "room_id", ev.RoomID, "sender", ev.Sender)
 	switch ev.Type {
 	case "m.room.member":
@@ -240,6 +289,9 @@ func (b *Bot) HandleEvent(ctx context.Context, ev *event.Event, last bool) error
 			return b.onMembership(ctx, ev, log)
 		}
 	case "m.room.message":
+		if ours {
+			return b.ignore(ignoreOurRoom)
+		}
 		return b.onMessage(ctx, ev, last, log)
 	}
 	return nil

@@ -15,6 +15,7 @@ type metrics struct {
 	handleTime   *prometheus.HistogramVec
 	invites      *prometheus.CounterVec
 	ignored      *prometheus.CounterVec
+	orderWaits   *prometheus.CounterVec
 	hsRequests   *prometheus.CounterVec
 	hsDuration   *prometheus.HistogramVec
 }
@@ -58,6 +59,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "cactus_bot_ignored_total",
 			Help: "Messages the bot did not treat as commands, by reason.",
 		}, []string{"reason"}),
+		orderWaits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cactus_bot_order_waits_total",
+			Help: "Events that waited for an earlier event of their room on another replica, by outcome (waited, timeout: went ahead out of order).",
+		}, []string{"outcome"}),
 		hsRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cactus_homeserver_requests_total",
 			Help: "Homeserver client-server API requests by endpoint and HTTP status (0: network error).",
@@ -68,7 +73,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}, []string{"endpoint"}),
 	}
-	reg.MustRegister(m.commands, m.replyLatency, m.handleTime, m.invites, m.ignored, m.hsRequests, m.hsDuration)
+	reg.MustRegister(m.commands, m.replyLatency, m.handleTime, m.invites, m.ignored, m.orderWaits, m.hsRequests, m.hsDuration)
 	return m
 }
 

@@ -1,0 +1,155 @@
+package botworker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cactus-comments/appservice/pkg/bus"
+)
+
+// turns keeps the events of one room in order across replicas. The
+// worker's lanes order a room's events within one replica only; with
+// several replicas the next command of a room (or the first command after
+// an invite, before the bot has joined) could run at the same time on
+// another replica. So each room records, in the bot state bucket, the
+// stream sequence of its last finished event, and an event waits until
+// every earlier event of its room in the stream is finished.
+//
+// Waiting is bounded: an earlier event that never finishes (it is being
+// retried after a failure, or JetStream gave up on it) delays its room by
+// at most maxWait, after which the later event runs anyway. Only rooms
+// that are not ours go through here (direct chats and other rooms the bot
+// was invited to): comment rooms, where most messages come from, have
+// nothing for the bot to do and need no order.
+type turns struct {
+	kv       jetstream.KeyValue
+	stream   jetstream.Stream
+	consumer jetstream.Consumer
+	maxWait  time.Duration
+	recheck  time.Duration
+	log      *slog.Logger
+	waits    *prometheus.CounterVec
+}
+
+// turn is an event's place in its room.
+type turn struct {
+	key string
+	seq uint64
+}
+
+func turnKey(room string) string { return "turn." + bus.Token(room) }
+
+// wait returns once every event of subject's room stored before seq has
+// finished, or maxWait has passed.
+func (t *turns) wait(ctx context.Context, subject, room string, seq uint64) (turn, error) {
+	tn := turn{key: turnKey(room), seq: seq}
+	deadline := time.Now().Add(t.maxWait)
+	var w jetstream.KeyWatcher
+	defer func() {
+		if w != nil {
+			_ = w.Stop()
+		}
+	}()
+	waited := false
+	for {
+		last, err := t.last(ctx, tn.key)
+		if err != nil {
+			return tn, err
+		}
+		if seq <= last {
+			// A redelivery of a finished event: handlers are idempotent.
+			return tn, nil
+		}
+		first, err := t.stream.GetMsg(ctx, last+1, jetstream.WithGetMsgSubject(subject))
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+			return tn, nil
+		case err != nil:
+			return tn, fmt.Errorf("room order: %w", err)
+		case first.Sequence >= seq:
+			if waited {
+				t.waits.WithLabelValues("waited").Inc()
+			}
+			return tn, nil
+		}
+		// An earlier event of the room is not finished.
+		if w == nil {
+			if w, err = t.kv.Watch(ctx, tn.key, jetstream.UpdatesOnly()); err != nil {
+				return tn, fmt.Errorf("room order: watch: %w", err)
+			}
+			continue // it may have finished before the watch started
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			t.waits.WithLabelValues("timeout").Inc()
+			t.log.Warn("earlier event of the room still unfinished; going ahead out of order",
+				"room_id", room, "seq", seq, "waiting_for", first.Sequence)
+			return tn, nil
+		}
+		waited = true
+		timer := time.NewTimer(min(left, t.recheck))
+		select {
+		case <-w.Updates():
+		case <-timer.C:
+		case <-ctx.Done():
+			timer.Stop()
+			return tn, ctx.Err()
+		}
+		timer.Stop()
+	}
+}
+
+// last is the sequence of the room's last finished event. A room never
+// seen before starts at the consumer's ack floor: everything at or below
+// it is finished.
+func (t *turns) last(ctx context.Context, key string) (uint64, error) {
+	e, err := t.kv.Get(ctx, key)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		info, err := t.consumer.Info(ctx)
+		if err != nil {
+			return 0, fmt.Errorf("room order: consumer info: %w", err)
+		}
+		return info.AckFloor.Stream, nil
+	case err != nil:
+		return 0, fmt.Errorf("room order: %w", err)
+	}
+	n, err := strconv.ParseUint(string(e.Value()), 10, 64)
+	if err != nil {
+		return 0, nil // unreadable: treat as nothing finished yet
+	}
+	return n, nil
+}
+
+// finish records that the event of tn is done, never moving backwards.
+func (t *turns) finish(ctx context.Context, tn turn) error {
+	val := []byte(strconv.FormatUint(tn.seq, 10))
+	for attempt := 0; attempt < 50; attempt++ {
+		e, err := t.kv.Get(ctx, tn.key)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			_, err = t.kv.Create(ctx, tn.key, val)
+		case err != nil:
+			return fmt.Errorf("room order: %w", err)
+		default:
+			if n, perr := strconv.ParseUint(string(e.Value()), 10, 64); perr == nil && n >= tn.seq {
+				return nil
+			}
+			_, err = t.kv.Update(ctx, tn.key, val, e.Revision())
+		}
+		if err == nil {
+			return nil
+		}
+		if !isConflict(err) {
+			return fmt.Errorf("room order: %w", err)
+		}
+	}
+	return errors.New("room order: too many concurrent writers")
+}

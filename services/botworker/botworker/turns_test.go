@@ -1,0 +1,77 @@
+package botworker
+
+import (
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/cactus-comments/appservice/pkg/bus"
+)
+
+func TestTurns(t *testing.T) {
+	e := newEnv(t, nil)
+	tu := e.bot.turns
+	room := "!order:example.org"
+	subject := bus.EventSubject(bus.ClassBot, room)
+	publish := func(subj string) uint64 {
+		ack, err := e.rt.JS.Publish(e.ctx, subj, []byte(`{}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ack.Sequence
+	}
+	s1 := publish(subject)
+	publish(bus.EventSubject(bus.ClassBot, "!other:example.org")) // another room does not matter
+	s2 := publish(subject)
+	s3 := publish(subject)
+	timeouts := func() float64 { return testutil.ToFloat64(e.bot.m.orderWaits.WithLabelValues("timeout")) }
+
+	// The first event of a room never seen goes at once.
+	t1, err := tu.wait(e.ctx, subject, room, s1)
+	if err != nil || timeouts() != 0 {
+		t.Fatalf("first event: %v, timeouts %v", err, timeouts())
+	}
+	// The second waits for the first; with a short bound it gives up and
+	// goes ahead.
+	short := *tu
+	short.maxWait = time.Millisecond
+	if _, err := short.wait(e.ctx, subject, room, s2); err != nil || timeouts() != 1 {
+		t.Fatalf("second before the first finished: %v, timeouts %v", err, timeouts())
+	}
+	if err := tu.finish(e.ctx, t1); err != nil {
+		t.Fatal(err)
+	}
+	t2, err := tu.wait(e.ctx, subject, room, s2)
+	if err != nil || timeouts() != 1 {
+		t.Fatalf("second after the first: %v, timeouts %v", err, timeouts())
+	}
+	// The third is released when the second finishes.
+	done := make(chan error, 1)
+	go func() {
+		_, err := tu.wait(e.ctx, subject, room, s3)
+		done <- err
+	}()
+	if err := tu.finish(e.ctx, t2); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil || timeouts() != 1 {
+			t.Fatalf("third: %v, timeouts %v", err, timeouts())
+		}
+	case <-time.After(tu.maxWait / 2):
+		t.Fatal("third not released by the second finishing")
+	}
+	// A redelivered finished event goes at once; finishing never moves
+	// the room backwards.
+	if err := tu.finish(e.ctx, turn{key: turnKey(room), seq: s3}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tu.finish(e.ctx, t1); err != nil {
+		t.Fatal(err)
+	}
+	if last, err := tu.last(e.ctx, turnKey(room)); err != nil || last != s3 {
+		t.Fatalf("last = %d (%v), want %d", last, err, s3)
+	}
+}
