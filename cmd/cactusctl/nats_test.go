@@ -210,9 +210,9 @@ func TestNATSUnreachable(t *testing.T) {
 }
 
 // TestDoctorDendrite: a homeserver without the ping endpoint skips that
-// check instead of failing it.
+// check instead of failing it; consumer lag over -max-lag fails.
 func TestDoctorDendrite(t *testing.T) {
-	vars, _ := natsEnv(t)
+	vars, js := natsEnv(t)
 	g, err := appreg.Generate(appreg.Params{ServerName: "localhost", GatewayURL: "http://127.0.0.1:1"})
 	if err != nil {
 		t.Fatal(err)
@@ -231,5 +231,22 @@ func TestDoctorDendrite(t *testing.T) {
 	r := ctl(t, vars, "doctor")
 	if r.code != exitOK || !strings.Contains(r.stdout, "skip  ping") || !strings.Contains(r.stdout, "ok    as_token") {
 		t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+
+	// No worker runs here: events published for the bot stay pending.
+	for _, id := range []string{"$a", "$b", "$c"} {
+		m := nats.NewMsg(bus.EventSubject(bus.ClassBot, "!lag:localhost"))
+		m.Header.Set(bus.HeaderMsgID, id)
+		m.Data = []byte(`{}`)
+		if _, err := js.PublishMsg(context.Background(), m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r = ctl(t, vars, "doctor", "-max-lag", "2")
+	if r.code != exitFailed || !strings.Contains(r.stdout, "FAIL  lag botworker") || !strings.Contains(r.stdout, "3 pending") {
+		t.Fatalf("lag: exit %d\n%s", r.code, r.stdout)
+	}
+	if r = ctl(t, vars, "doctor", "-max-lag", "3"); r.code != exitOK {
+		t.Fatalf("lag at the limit: exit %d\n%s", r.code, r.stdout)
 	}
 }
