@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"unicode/utf8"
 )
 
@@ -33,11 +32,14 @@ type rawEvent struct {
 	// it can. Such an element goes to the dead-letter stream instead.
 	Problem string
 
-	EventID     string
-	Type        string
-	RoomID      string
-	Sender      string
-	StateKey    string
+	EventID string
+	Type    string // common types are interned
+	// RoomID, Sender and StateKey are decoded values; they alias the body
+	// unless the JSON string held escapes. Routing looks room ids up in a
+	// cache without making a string of them.
+	RoomID      []byte
+	Sender      []byte
+	StateKey    []byte
 	HasStateKey bool
 	// Content aliases the body; nil when absent.
 	Content []byte
@@ -204,44 +206,48 @@ func (d *decoder) eventArray(i int, out []rawEvent) (int, []rawEvent, error) {
 // event builds an event from its validated bytes and routing fields.
 func (d *decoder) event(raw []byte, f *members) rawEvent {
 	e := rawEvent{Raw: raw}
-	required := func(name string, s span, dst *string) bool {
+	// Every field must have the type consumers decoding event.Event
+	// expect, or the event would fail in every consumer instead of once
+	// here.
+	ok := func(name string, s span, required bool) bool {
 		switch s.kind {
-		case kindNone, kindNull:
-			e.Problem = "no " + name
 		case kindString:
-			*dst = d.str(s)
-			if *dst != "" {
+			if !required || s.end-s.start > 2 {
 				return true
 			}
 			e.Problem = "empty " + name
+		case kindNone, kindNull:
+			if !required {
+				return true
+			}
+			e.Problem = "no " + name
 		default:
 			e.Problem = name + " is " + s.kind.String() + ", not a string"
 		}
 		return false
 	}
-	// Fields every consumer decodes into event.Event must have the types
-	// it expects, or the event would fail in every consumer instead of
-	// once here.
-	optional := func(name string, s span, dst *string) bool {
-		switch s.kind {
-		case kindNone, kindNull:
-			return true
-		case kindString:
-			if dst != nil {
-				*dst = d.str(s)
-			}
-			return true
+	if !ok("event_id", f.eventID, true) || !ok("type", f.typ, true) || !ok("room_id", f.roomID, true) ||
+		!ok("sender", f.sender, false) || !ok("state_key", f.stateKey, false) || !ok("redacts", f.redacts, false) {
+		// Keep what is known for the operator's log.
+		if f.eventID.kind == kindString {
+			e.EventID = d.str(f.eventID)
 		}
-		e.Problem = name + " is " + s.kind.String() + ", not a string"
-		return false
-	}
-	if !required("event_id", f.eventID, &e.EventID) ||
-		!required("type", f.typ, &e.Type) ||
-		!required("room_id", f.roomID, &e.RoomID) ||
-		!optional("sender", f.sender, &e.Sender) ||
-		!optional("state_key", f.stateKey, &e.StateKey) ||
-		!optional("redacts", f.redacts, nil) {
+		if f.typ.kind == kindString {
+			e.Type = d.str(f.typ)
+		}
+		if f.roomID.kind == kindString {
+			e.RoomID = d.bytes(f.roomID)
+		}
 		return e
+	}
+	e.EventID = d.str(f.eventID)
+	e.Type = internType(d.bytes(f.typ))
+	e.RoomID = d.bytes(f.roomID)
+	if f.sender.kind == kindString {
+		e.Sender = d.bytes(f.sender)
+	}
+	if f.stateKey.kind == kindString {
+		e.StateKey = d.bytes(f.stateKey)
 	}
 	e.HasStateKey = f.stateKey.kind == kindString
 	if f.content.kind != kindNone {
@@ -250,13 +256,28 @@ func (d *decoder) event(raw []byte, f *members) rawEvent {
 	switch f.ts.kind {
 	case kindNone, kindNull:
 	case kindNumber:
-		if _, err := strconv.ParseInt(string(d.b[f.ts.start:f.ts.end]), 10, 64); err != nil {
+		if !fitsInt64(d.b[f.ts.start:f.ts.end]) {
 			e.Problem = "origin_server_ts is not a 64-bit integer"
 		}
 	default:
 		e.Problem = "origin_server_ts is " + f.ts.kind.String() + ", not a number"
 	}
 	return e
+}
+
+// fitsInt64 reports whether a valid JSON number decodes into an int64, as
+// strconv.ParseInt would have it.
+func fitsInt64(b []byte) bool {
+	limit := "9223372036854775807"
+	if b[0] == '-' {
+		b, limit = b[1:], "9223372036854775808"
+	}
+	for _, c := range b {
+		if !isDigit(c) {
+			return false // fraction or exponent
+		}
+	}
+	return len(b) < len(limit) || len(b) == len(limit) && string(b) <= limit
 }
 
 // keyIs compares an object key (the bytes between its quotes) with name.
@@ -274,22 +295,54 @@ func keyIs(key []byte, escaped bool, name string) bool {
 // str returns the value of a validated string span, decoded like
 // encoding/json does (escapes resolved, invalid UTF-8 replaced).
 func (d *decoder) str(s span) string {
-	raw := d.b[s.start+1 : s.end-1]
-	plain := true
+	return string(d.bytes(s))
+}
+
+// bytes is str without the copy when the JSON string is plain: the result
+// then aliases the body.
+func (d *decoder) bytes(s span) []byte {
+	raw := d.b[s.start+1 : s.end-1 : s.end-1]
 	for _, c := range raw {
 		if c == '\\' || c >= utf8.RuneSelf {
-			plain = false
-			break
+			var out string
+			if err := json.Unmarshal(d.b[s.start:s.end], &out); err != nil {
+				panic(fmt.Sprintf("gateway: decoding a valid string: %v", err))
+			}
+			return []byte(out)
 		}
 	}
-	if plain {
-		return string(raw)
+	return raw
+}
+
+// internType returns the event types we see most without allocating.
+func internType(b []byte) string {
+	switch string(b) {
+	case "m.room.message":
+		return "m.room.message"
+	case "m.room.member":
+		return "m.room.member"
+	case "m.reaction":
+		return "m.reaction"
+	case "m.room.redaction":
+		return "m.room.redaction"
+	case "m.room.power_levels":
+		return "m.room.power_levels"
+	case "m.room.canonical_alias":
+		return "m.room.canonical_alias"
+	case "m.room.create":
+		return "m.room.create"
+	case "m.room.join_rules":
+		return "m.room.join_rules"
+	case "m.room.history_visibility":
+		return "m.room.history_visibility"
+	case "m.room.guest_access":
+		return "m.room.guest_access"
+	case "m.room.name":
+		return "m.room.name"
+	case "m.room.topic":
+		return "m.room.topic"
 	}
-	var out string
-	if err := json.Unmarshal(d.b[s.start:s.end], &out); err != nil {
-		panic(fmt.Sprintf("gateway: decoding a valid string: %v", err))
-	}
-	return out
+	return string(b)
 }
 
 // ws skips whitespace.

@@ -43,23 +43,23 @@ func TestDecodeTransaction(t *testing.T) {
 			body: ` {"ephemeral":[{"type":"m.typing"}], "events" : [ {"event_id":"$e1","type":"m.room.message","room_id":"!r:x","sender":"@u:x","content":{"body":"hi"},"origin_server_ts":1} ] , "de.sorunome.msc2409.to_device":[]} `,
 			want: []rawEvent{{
 				Raw:     []byte(`{"event_id":"$e1","type":"m.room.message","room_id":"!r:x","sender":"@u:x","content":{"body":"hi"},"origin_server_ts":1}`),
-				EventID: "$e1", Type: "m.room.message", RoomID: "!r:x", Sender: "@u:x", Content: []byte(`{"body":"hi"}`),
+				EventID: "$e1", Type: "m.room.message", RoomID: []byte("!r:x"), Sender: []byte("@u:x"), Content: []byte(`{"body":"hi"}`),
 			}},
 		},
 		{
 			name: "state event with escapes",
 			body: `{"events":[{"event_id":"$e\u0031","type":"m.room.member","room_id":"!r:x","sender":"@u:x","state_key":"@b\u00e9:x","content":{"membership":"ban"}}]}`,
-			want: []rawEvent{{EventID: "$e1", Type: "m.room.member", RoomID: "!r:x", Sender: "@u:x", StateKey: "@bé:x", HasStateKey: true}},
+			want: []rawEvent{{EventID: "$e1", Type: "m.room.member", RoomID: []byte("!r:x"), Sender: []byte("@u:x"), StateKey: []byte("@bé:x"), HasStateKey: true}},
 		},
 		{
 			name: "escaped key names count",
 			body: `{"ev\u0065nts":[{"event\u005fid":"$e1","type":"t","room_id":"!r:x"}]}`,
-			want: []rawEvent{{EventID: "$e1", Type: "t", RoomID: "!r:x"}},
+			want: []rawEvent{{EventID: "$e1", Type: "t", RoomID: []byte("!r:x")}},
 		},
 		{
 			name: "later duplicate keys win",
 			body: `{"events":[{"event_id":"$old","event_id":"$new","type":"t","room_id":"!r:x"}]}`,
-			want: []rawEvent{{EventID: "$new", Type: "t", RoomID: "!r:x"}},
+			want: []rawEvent{{EventID: "$new", Type: "t", RoomID: []byte("!r:x")}},
 		},
 		{
 			name: "malformed events do not fail the transaction",
@@ -72,7 +72,7 @@ func TestDecodeTransaction(t *testing.T) {
 				{Problem: "event_id is a number, not a string"}, {Problem: "the event is a string, not an object"},
 				{Problem: "the event is null, not an object"}, {Problem: "empty event_id"},
 				{Problem: "state_key is a number, not a string"}, {Problem: "origin_server_ts is not a 64-bit integer"},
-				{EventID: "$10", Type: "t", RoomID: "!r:x"},
+				{EventID: "$10", Type: "t", RoomID: []byte("!r:x")},
 			},
 		},
 	}
@@ -102,8 +102,8 @@ func TestDecodeTransaction(t *testing.T) {
 					}
 					continue
 				}
-				if g.EventID != w.EventID || g.Type != w.Type || g.RoomID != w.RoomID ||
-					g.Sender != w.Sender || g.StateKey != w.StateKey || g.HasStateKey != w.HasStateKey {
+				if g.EventID != w.EventID || g.Type != w.Type || !bytes.Equal(g.RoomID, w.RoomID) ||
+					!bytes.Equal(g.Sender, w.Sender) || !bytes.Equal(g.StateKey, w.StateKey) || g.HasStateKey != w.HasStateKey {
 					t.Errorf("event %d = %+v, want %+v", i, g, w)
 				}
 			}
@@ -166,18 +166,20 @@ func reference(body []byte) ([]rawEvent, error) {
 			out = append(out, e)
 			continue
 		}
-		if e.RoomID, ok = str("room_id", true); !ok {
+		var room, sender, stateKey string
+		if room, ok = str("room_id", true); !ok {
 			out = append(out, e)
 			continue
 		}
-		if e.Sender, ok = str("sender", false); !ok {
+		if sender, ok = str("sender", false); !ok {
 			out = append(out, e)
 			continue
 		}
-		if e.StateKey, ok = str("state_key", false); !ok {
+		if stateKey, ok = str("state_key", false); !ok {
 			out = append(out, e)
 			continue
 		}
+		e.RoomID, e.Sender, e.StateKey = []byte(room), []byte(sender), []byte(stateKey)
 		if _, ok = str("redacts", false); !ok {
 			out = append(out, e)
 			continue
@@ -238,8 +240,8 @@ func FuzzDecodeTransaction(f *testing.F) {
 			if g.Problem != "" {
 				continue
 			}
-			if g.EventID != w.EventID || g.Type != w.Type || g.RoomID != w.RoomID || g.Sender != w.Sender ||
-				g.StateKey != w.StateKey || g.HasStateKey != w.HasStateKey || !bytes.Equal(g.Content, w.Content) {
+			if g.EventID != w.EventID || g.Type != w.Type || !bytes.Equal(g.RoomID, w.RoomID) || !bytes.Equal(g.Sender, w.Sender) ||
+				!bytes.Equal(g.StateKey, w.StateKey) || g.HasStateKey != w.HasStateKey || !bytes.Equal(g.Content, w.Content) {
 				t.Fatalf("event %d of %q:\n got %+v\nwant %+v", i, body, g, w)
 			}
 		}

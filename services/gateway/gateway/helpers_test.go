@@ -89,7 +89,7 @@ func testLogger(cfg *config.Config, w io.Writer) *slog.Logger {
 
 // env is a gateway on an embedded NATS server behind an httptest server.
 type env struct {
-	t    *testing.T
+	t    testing.TB
 	ns   *embednats.Server
 	cfg  *config.Config
 	rt   *service.Runtime
@@ -100,7 +100,7 @@ type env struct {
 
 type envOption func(*env, *[]Option)
 
-func newEnv(t *testing.T, opts ...envOption) *env {
+func newEnv(t testing.TB, opts ...envOption) *env {
 	t.Helper()
 	e := &env{t: t, ns: embednats.StartTest(t), cfg: testConfig(t), logs: &syncBuffer{}}
 	e.cfg.NATSURL = e.ns.ClientURL()

@@ -27,9 +27,47 @@ const maxPooledBody = 4 << 20
 type txnState struct {
 	body   []byte
 	events []rawEvent
-	msgs   []nats.Msg
-	futs   []jetstream.PubAckFuture
-	class  []bus.Class
+	// msgs keep their header maps from one transaction to the next.
+	msgs  []nats.Msg
+	futs  []jetstream.PubAckFuture
+	rooms []*room // per event, nil for malformed events
+	// cache holds the rooms of recent transactions, so that a room id is
+	// validated and encoded into subjects once, not once per event.
+	cache map[string]*room
+}
+
+// maxCachedRooms bounds txnState.cache.
+const maxCachedRooms = 4096
+
+// room is a validated room id and its event subjects.
+type room struct {
+	id       string
+	subjects [3]string // by classIndex, filled on first use
+}
+
+func (r *room) subject(c bus.Class) string {
+	i := classIndex(c)
+	if r.subjects[i] == "" {
+		r.subjects[i] = bus.EventSubject(c, r.id)
+	}
+	return r.subjects[i]
+}
+
+// room returns the cached room of id, or validates and caches it.
+func (st *txnState) room(id []byte) (*room, error) {
+	if r, ok := st.cache[string(id)]; ok {
+		return r, nil
+	}
+	s := string(id)
+	if _, err := mxid.ParseRoomID(s); err != nil {
+		return nil, err
+	}
+	if st.cache == nil || len(st.cache) >= maxCachedRooms {
+		st.cache = make(map[string]*room)
+	}
+	r := &room{id: s}
+	st.cache[s] = r
+	return r, nil
 }
 
 var errTooLarge = errors.New("body too large")
@@ -108,8 +146,11 @@ func (g *Gateway) recycle(st *txnState) {
 		return
 	}
 	clear(st.events)
-	clear(st.msgs)
+	for i := range st.msgs {
+		st.msgs[i].Data = nil // keep the header map for reuse
+	}
 	clear(st.futs)
+	clear(st.rooms)
 	g.txns.Put(st)
 }
 
@@ -166,36 +207,37 @@ func (g *Gateway) store(ctx context.Context, txnID string, st *txnState) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, g.publishTimeout)
 	defer cancel()
-	txnHeader := []string{headerSafe(txnID)}
+	txnHeader := headerSafe(txnID)
 
 	n := len(st.events)
 	if cap(st.msgs) < n {
-		st.msgs = make([]nats.Msg, n)
-		st.class = make([]bus.Class, n)
+		st.msgs = append(st.msgs[:cap(st.msgs)], make([]nats.Msg, n-cap(st.msgs))...)
 	}
-	st.msgs, st.class, st.futs = st.msgs[:n], st.class[:n], st.futs[:0]
-	var bad []int
+	if cap(st.rooms) < n {
+		st.rooms = make([]*room, n)
+	}
+	st.msgs, st.rooms, st.futs = st.msgs[:n], st.rooms[:n], st.futs[:0]
+	var (
+		bad    []int
+		counts [3]int // by classIndex
+	)
 	for i := range st.events {
 		e := &st.events[i]
+		var rm *room
 		if e.Problem == "" {
-			e.Problem = checkRoutable(e)
+			rm, e.Problem = st.route(e)
 		}
+		st.rooms[i] = rm
 		if e.Problem != "" {
 			bad = append(bad, i)
 			continue
 		}
-		c := g.classify(e)
-		st.class[i] = c
 		m := &st.msgs[i]
-		*m = nats.Msg{
-			Subject: bus.EventSubject(c, e.RoomID),
-			Data:    e.Raw,
-			Header: nats.Header{
-				bus.HeaderMsgID:     {e.EventID},
-				bus.HeaderTxnID:     txnHeader,
-				bus.HeaderEventType: {e.Type},
-			},
-		}
+		c := g.classify(e, rm)
+		counts[classIndex(c)]++
+		m.Subject = rm.subject(c)
+		m.Data = e.Raw
+		setHeaders(m, e.EventID, txnHeader, e.Type)
 		f, err := g.js.PublishMsgAsync(m)
 		if err != nil {
 			g.metrics.publishFailures.WithLabelValues("publish").Inc()
@@ -211,25 +253,29 @@ func (g *Gateway) store(ctx context.Context, txnID string, st *txnState) error {
 			return err
 		}
 	}
+	// Acks come back in publish order: waiting for the last first means
+	// one wake-up per transaction instead of one per event, and one
+	// channel per event instead of two.
 	dups := 0
-	for _, f := range st.futs {
+	for i := len(st.futs) - 1; i >= 0; i-- {
+		f := st.futs[i]
+		ok := f.Ok()
+		var ack *jetstream.PubAck
 		select {
-		case ack := <-f.Ok():
-			if ack.Duplicate {
-				dups++
+		case ack = <-ok:
+		default:
+			select {
+			case ack = <-ok:
+			case err := <-f.Err():
+				g.metrics.publishFailures.WithLabelValues("refused").Inc()
+				return fmt.Errorf("event %s: %w", f.Msg().Header.Get(bus.HeaderMsgID), err)
+			case <-ctx.Done():
+				g.metrics.publishFailures.WithLabelValues("timeout").Inc()
+				return fmt.Errorf("no ack from JetStream within %v: %w", g.publishTimeout, context.Cause(ctx))
 			}
-		case err := <-f.Err():
-			g.metrics.publishFailures.WithLabelValues("refused").Inc()
-			return fmt.Errorf("event %s: %w", f.Msg().Header.Get(bus.HeaderMsgID), err)
-		case <-ctx.Done():
-			g.metrics.publishFailures.WithLabelValues("timeout").Inc()
-			return fmt.Errorf("no ack from JetStream within %v: %w", g.publishTimeout, context.Cause(ctx))
 		}
-	}
-	var counts [3]int
-	for i := range st.events {
-		if st.events[i].Problem == "" {
-			counts[classIndex(st.class[i])]++
+		if ack.Duplicate {
+			dups++
 		}
 	}
 	for i, c := range []bus.Class{bus.ClassBot, bus.ClassModeration, bus.ClassOther} {
@@ -256,30 +302,47 @@ func classIndex(c bus.Class) int {
 	return 2
 }
 
-func (g *Gateway) classify(e *rawEvent) bus.Class {
-	ev := event.Event{EventID: e.EventID, Type: e.Type, RoomID: e.RoomID, Sender: e.Sender, Content: e.Content}
+func (g *Gateway) classify(e *rawEvent, r *room) bus.Class {
+	ev := event.Event{EventID: e.EventID, Type: e.Type, RoomID: r.id, Sender: string(e.Sender), Content: e.Content}
 	if e.HasStateKey {
-		ev.StateKey = &e.StateKey
+		sk := string(e.StateKey)
+		ev.StateKey = &sk
 	}
 	return bus.Classify(&ev, g.bot)
 }
 
-// checkRoutable vets the fields that go into NATS headers and subjects:
-// a header value with a line break would corrupt the message, and an id
-// that is not an id would only fail later in every consumer.
-func checkRoutable(e *rawEvent) string {
+// route vets the fields that go into NATS headers and subjects (a header
+// value with a line break would corrupt the message, and an id that is
+// not an id would only fail later in every consumer) and finds the room.
+func (st *txnState) route(e *rawEvent) (*room, string) {
 	if _, err := mxid.ParseEventID(e.EventID); err != nil {
-		return "bad event_id: " + err.Error()
-	}
-	if _, err := mxid.ParseRoomID(e.RoomID); err != nil {
-		return "bad room_id: " + err.Error()
+		return nil, "bad event_id: " + err.Error()
 	}
 	for i := 0; i < len(e.Type); i++ {
 		if c := e.Type[i]; c < 0x20 || c == 0x7f {
-			return "type contains a control character"
+			return nil, "type contains a control character"
 		}
 	}
-	return ""
+	r, err := st.room(e.RoomID)
+	if err != nil {
+		return nil, "bad room_id: " + err.Error()
+	}
+	return r, ""
+}
+
+// setHeaders fills a message's headers, reusing the map and slices a
+// recycled message already has.
+func setHeaders(m *nats.Msg, eventID, txnID, eventType string) {
+	if m.Header == nil {
+		m.Header = nats.Header{
+			bus.HeaderMsgID:     make([]string, 1),
+			bus.HeaderTxnID:     make([]string, 1),
+			bus.HeaderEventType: make([]string, 1),
+		}
+	}
+	m.Header[bus.HeaderMsgID][0] = eventID
+	m.Header[bus.HeaderTxnID][0] = txnID
+	m.Header[bus.HeaderEventType][0] = eventType
 }
 
 // headerSafe returns s if it can be a NATS header value, else its
@@ -296,15 +359,15 @@ func headerSafe(s string) string {
 // deadLetter stores a malformed event with its reason.
 func (g *Gateway) deadLetter(ctx context.Context, txnID string, e *rawEvent) error {
 	subject := ""
-	if e.RoomID != "" {
-		subject = bus.EventSubject(bus.ClassOther, e.RoomID)
+	if len(e.RoomID) > 0 {
+		subject = bus.EventSubject(bus.ClassOther, string(e.RoomID))
 	}
 	h := nats.Header{bus.HeaderTxnID: {headerSafe(txnID)}}
 	if e.Type != "" {
 		h.Set(bus.HeaderEventType, headerSafe(e.Type))
 	}
 	g.log.Warn("malformed event sent to the dead-letter stream", "txn_id", txnID,
-		"event_id", e.EventID, "room_id", e.RoomID, "reason", e.Problem)
+		"event_id", e.EventID, "room_id", string(e.RoomID), "reason", e.Problem)
 	err := bus.PublishDeadLetter(ctx, g.js, bus.DeadLetter{
 		Source:  "gateway",
 		Subject: subject,
