@@ -27,7 +27,7 @@ func (g *Gateway) aliasQuery(w http.ResponseWriter, r *http.Request) {
 }
 
 func (g *Gateway) answerAlias(w http.ResponseWriter, r *http.Request) string {
-	raw, ok := pathParam(r, "roomAlias")
+	raw, ok := pathRest(r)
 	if !ok {
 		writeError(w, http.StatusBadRequest, codeInvalidParam, "room alias is not a valid path segment")
 		return queryInvalid

@@ -87,8 +87,6 @@ func TestUnrecognized(t *testing.T) {
 		{http.MethodGet, "/_matrix/app/v1/nothing", 404},
 		{http.MethodGet, "/_matrix/app/v2/transactions/1", 404},
 		{http.MethodPut, "/_matrix/app/v1/transactions/", 404},
-		{http.MethodPut, "/_matrix/app/v1/transactions/1/extra", 404},
-		{http.MethodGet, "/_matrix/app/v1/rooms/%23a%3Ab/extra", 404},
 		{http.MethodGet, "/_matrix/app/v1/transactions/1", 405},
 		{http.MethodPost, "/_matrix/app/v1/transactions/1", 405},
 		{http.MethodPut, "/_matrix/app/v1/users/%40a%3Ab", 405},

@@ -50,10 +50,10 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 	writeJSON(w, status, b)
 }
 
-// pathParam returns a path parameter decoded exactly once. The router
-// matches on the escaped path (see rawPath), so every parameter arrives
-// still escaped, whatever the client escaped.
-func pathParam(r *http.Request, name string) (string, bool) {
-	v, err := url.PathUnescape(chi.URLParam(r, name))
+// pathRest returns the rest of the path matched by a route's "*", decoded
+// exactly once. The router matches on the escaped path (see rawPath), so
+// the parameter arrives still escaped, whatever the client escaped.
+func pathRest(r *http.Request) (string, bool) {
+	v, err := url.PathUnescape(chi.URLParam(r, "*"))
 	return v, err == nil
 }

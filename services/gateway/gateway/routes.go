@@ -18,17 +18,25 @@ var (
 func (g *Gateway) routes() http.Handler {
 	r := chi.NewRouter()
 	r.Use(rawPath, g.logRequest)
-	r.NotFound(func(w http.ResponseWriter, _ *http.Request) {
+	notFound := func(w http.ResponseWriter, _ *http.Request) {
 		writeError(w, http.StatusNotFound, codeUnrecognized, "unrecognized request")
-	})
+	}
+	r.NotFound(notFound)
 	r.MethodNotAllowed(func(w http.ResponseWriter, _ *http.Request) {
 		writeError(w, http.StatusMethodNotAllowed, codeUnrecognized, "method not allowed on this path")
 	})
 	authed := r.With(g.auth)
 	for _, p := range apiPrefixes {
-		authed.Put(p+"/transactions/{txnId}", g.transaction)
-		authed.Get(p+"/users/{userId}", g.userQuery)
-		authed.Get(p+"/rooms/{roomAlias}", g.aliasQuery)
+		// The parameter is the whole rest of the path: Synapse escapes
+		// ids with Python's urllib.parse.quote, which leaves '/' alone,
+		// so a comment section "/posts/hello" arrives as raw slashes
+		// (Dendrite sends %2F). Both decode to the same alias.
+		for _, empty := range []string{"/transactions/", "/users/", "/rooms/"} {
+			r.HandleFunc(p+empty, notFound) // "*" would match nothing
+		}
+		authed.Put(p+"/transactions/*", g.transaction)
+		authed.Get(p+"/users/*", g.userQuery)
+		authed.Get(p+"/rooms/*", g.aliasQuery)
 		authed.Post(p+"/ping", g.ping)
 	}
 	for _, p := range thirdPartyPrefixes {
@@ -47,9 +55,8 @@ func (g *Gateway) routes() http.Handler {
 // routes on URL.RawPath when Go kept one (the client escaped something
 // that did not need it, or sent %2F) and on the decoded URL.Path
 // otherwise, so a parameter would arrive decoded or not depending on the
-// client. Routing on the escaped form means an encoded '/' in an alias
-// stays inside its segment and pathParam decodes every parameter exactly
-// once.
+// client. Routing on the escaped form means pathParam decodes every
+// parameter exactly once.
 func rawPath(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if rctx := chi.RouteContext(r.Context()); rctx != nil {

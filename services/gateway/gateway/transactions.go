@@ -81,7 +81,7 @@ func (g *Gateway) transaction(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	g.metrics.txnInFlight.Inc()
 	defer g.metrics.txnInFlight.Dec()
-	txnID, ok := pathParam(r, "txnId")
+	txnID, ok := pathRest(r)
 	if !ok {
 		g.finishTxn(w, start, outcomeBadRequest, http.StatusBadRequest, codeInvalidParam, "transaction id is not a valid path segment")
 		return

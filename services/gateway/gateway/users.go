@@ -11,7 +11,7 @@ import (
 // it.
 func (g *Gateway) userQuery(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	user, ok := pathParam(r, "userId")
+	user, ok := pathRest(r)
 	outcome := queryNotFound
 	switch {
 	case !ok:
