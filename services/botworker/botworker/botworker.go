@@ -171,7 +171,7 @@ func New(ctx context.Context, rt *service.Runtime, o Options) (*Bot, error) {
 		state: &state{kv: kv, now: o.Now}, texts: t, m: m, wm: worker.NewMetrics(rt.Metrics),
 		bot: bot, ns: cfg.Namespace(), mentions: mentions, now: o.Now, backoff: o.MinBackoff,
 		turns: &turns{kv: kv, stream: stream, consumer: cons, maxWait: o.OrderWait, recheck: 250 * time.Millisecond,
-			log: rt.Log, waits: m.orderWaits},
+			bot: bot.String(), log: rt.Log, waits: m.orderWaits},
 		ours:   newTTLCache(o.Now, time.Minute, 50_000),
 		direct: newTTLCache(o.Now, time.Minute, 50_000),
 	}, nil
@@ -243,8 +243,10 @@ func (b *Bot) HandleMsg(ctx context.Context, m jetstream.Msg) (err error) {
 		return worker.Permanent(fmt.Errorf("botworker: %w", err))
 	}
 	md, err := m.Metadata()
-	if err != nil {
-		return b.HandleEvent(ctx, &ev, false)
+	if err != nil || ev.Sender == b.bot.String() {
+		// The bot's own events have no effect that depends on order (see
+		// turns.firstUnfinished).
+		return b.HandleEvent(ctx, &ev, err == nil && int(md.NumDelivered) >= b.cfg.MaxDeliver)
 	}
 	last := int(md.NumDelivered) >= b.cfg.MaxDeliver
 	ours, err := b.isOurRoom(ctx, ev.RoomID)
@@ -252,7 +254,7 @@ func (b *Bot) HandleMsg(ctx context.Context, m jetstream.Msg) (err error) {
 		return err
 	}
 	if ours {
-		return b.handleEvent(ctx, &ev, last, true)
+		return b.handleEvent(ctx, &ev, last, roomOurs)
 	}
 	tn, err := b.turns.wait(ctx, m.Subject(), ev.RoomID, md.Sequence.Stream)
 	if err != nil {
@@ -269,19 +271,27 @@ func (b *Bot) HandleMsg(ctx context.Context, m jetstream.Msg) (err error) {
 			panic(p)
 		}
 	}()
-	return b.handleEvent(ctx, &ev, last, false)
+	return b.handleEvent(ctx, &ev, last, roomNotOurs)
 }
 
 // HandleEvent handles one event. last says this is the final delivery:
 // a command that still cannot reach the homeserver gets an answer saying
 // so instead of silence.
 func (b *Bot) HandleEvent(ctx context.Context, ev *event.Event, last bool) error {
-	return b.handleEvent(ctx, ev, last, false)
+	return b.handleEvent(ctx, ev, last, roomUnknown)
 }
 
-// handleEvent is HandleEvent; ours says the room is already known to be
-// one of ours.
-func (b *Bot) handleEvent(ctx context.Context, ev *event.Event, last, ours bool) error {
+// roomKind is what is already known about an event's room.
+type roomKind int
+
+const (
+	roomUnknown roomKind = iota
+	roomOurs             // a comment or moderation room
+	roomNotOurs
+)
+
+// handleEvent is HandleEvent with what the caller knows of the room.
+func (b *Bot) handleEvent(ctx context.Context, ev *event.Event, last bool, kind roomKind) error {
 	log := b.log.With("event_id", ev.EventID, "room_id", ev.RoomID, "sender", ev.Sender)
 	switch ev.Type {
 	case "m.room.member":
@@ -289,10 +299,7 @@ func (b *Bot) handleEvent(ctx context.Context, ev *event.Event, last, ours bool)
 			return b.onMembership(ctx, ev, log)
 		}
 	case "m.room.message":
-		if ours {
-			return b.ignore(ignoreOurRoom)
-		}
-		return b.onMessage(ctx, ev, last, log)
+		return b.onMessage(ctx, ev, last, kind, log)
 	}
 	return nil
 }

@@ -43,7 +43,7 @@ func (b *Bot) ignore(reason string) error {
 	return nil
 }
 
-func (b *Bot) onMessage(ctx context.Context, ev *event.Event, last bool, log *slog.Logger) error {
+func (b *Bot) onMessage(ctx context.Context, ev *event.Event, last bool, kind roomKind, log *slog.Logger) error {
 	// The cheap tests first: most messages the bot sees are comments.
 	if ev.Sender == b.bot.String() {
 		return b.ignore(ignoreOwn)
@@ -66,11 +66,16 @@ func (b *Bot) onMessage(ctx context.Context, ev *event.Event, last bool, log *sl
 	if err != nil {
 		return b.ignore(ignoreBadEvent)
 	}
-	ours, err := b.isOurRoom(ctx, ev.RoomID)
-	if err != nil {
-		return err
+	if kind == roomUnknown {
+		ours, err := b.isOurRoom(ctx, ev.RoomID)
+		if err != nil {
+			return err
+		}
+		if ours {
+			kind = roomOurs
+		}
 	}
-	if ours {
+	if kind == roomOurs {
 		return b.ignore(ignoreOurRoom)
 	}
 	cmd := command.Parse(c.Body, b.mentions...)

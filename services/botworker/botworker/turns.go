@@ -2,6 +2,7 @@ package botworker
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -34,6 +35,7 @@ type turns struct {
 	consumer jetstream.Consumer
 	maxWait  time.Duration
 	recheck  time.Duration
+	bot      string // events the bot sent itself are not ordered
 	log      *slog.Logger
 	waits    *prometheus.CounterVec
 }
@@ -42,6 +44,9 @@ type turns struct {
 type turn struct {
 	key string
 	seq uint64
+	// rev is the revision of the room's record when the event's wait
+	// ended (0: no record), so that finishing usually takes one write.
+	rev uint64
 }
 
 func turnKey(room string) string { return "turn." + bus.Token(room) }
@@ -59,21 +64,22 @@ func (t *turns) wait(ctx context.Context, subject, room string, seq uint64) (tur
 	}()
 	waited := false
 	for {
-		last, err := t.last(ctx, tn.key)
+		last, rev, err := t.last(ctx, tn.key)
 		if err != nil {
 			return tn, err
 		}
+		tn.rev = rev
 		if seq <= last {
 			// A redelivery of a finished event: handlers are idempotent.
 			return tn, nil
 		}
-		first, err := t.stream.GetMsg(ctx, last+1, jetstream.WithGetMsgSubject(subject))
+		first, err := t.firstUnfinished(ctx, subject, last)
 		switch {
 		case errors.Is(err, jetstream.ErrMsgNotFound):
 			return tn, nil
 		case err != nil:
 			return tn, fmt.Errorf("room order: %w", err)
-		case first.Sequence >= seq:
+		case first >= seq:
 			if waited {
 				t.waits.WithLabelValues("waited").Inc()
 			}
@@ -90,7 +96,7 @@ func (t *turns) wait(ctx context.Context, subject, room string, seq uint64) (tur
 		if left <= 0 {
 			t.waits.WithLabelValues("timeout").Inc()
 			t.log.Warn("earlier event of the room still unfinished; going ahead out of order",
-				"room_id", room, "seq", seq, "waiting_for", first.Sequence)
+				"room_id", room, "seq", seq, "waiting_for", first)
 			return tn, nil
 		}
 		waited = true
@@ -106,43 +112,76 @@ func (t *turns) wait(ctx context.Context, subject, room string, seq uint64) (tur
 	}
 }
 
-// last is the sequence of the room's last finished event. A room never
-// seen before starts at the consumer's ack floor: everything at or below
-// it is finished.
-func (t *turns) last(ctx context.Context, key string) (uint64, error) {
+// firstUnfinished is the sequence of the room's first event after last
+// that needs to finish before later ones. Events the bot sent itself are
+// skipped: the bot does nothing with them (its messages are ignored, its
+// own joins and leaves change nothing that order matters for), so they
+// neither wait nor are waited for, which halves the work in a chat where
+// every command has a reply.
+func (t *turns) firstUnfinished(ctx context.Context, subject string, last uint64) (uint64, error) {
+	for {
+		m, err := t.stream.GetMsg(ctx, last+1, jetstream.WithGetMsgSubject(subject))
+		if err != nil {
+			return 0, err
+		}
+		var ev struct {
+			Sender string `json:"sender"`
+		}
+		if json.Unmarshal(m.Data, &ev) != nil || ev.Sender != t.bot {
+			return m.Sequence, nil
+		}
+		last = m.Sequence
+	}
+}
+
+// last is the sequence of the room's last finished event and the
+// revision of its record. A room never seen before starts at the
+// consumer's ack floor: everything at or below it is finished.
+func (t *turns) last(ctx context.Context, key string) (seq, rev uint64, err error) {
 	e, err := t.kv.Get(ctx, key)
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound):
 		info, err := t.consumer.Info(ctx)
 		if err != nil {
-			return 0, fmt.Errorf("room order: consumer info: %w", err)
+			return 0, 0, fmt.Errorf("room order: consumer info: %w", err)
 		}
-		return info.AckFloor.Stream, nil
+		return info.AckFloor.Stream, 0, nil
 	case err != nil:
-		return 0, fmt.Errorf("room order: %w", err)
+		return 0, 0, fmt.Errorf("room order: %w", err)
 	}
 	n, err := strconv.ParseUint(string(e.Value()), 10, 64)
 	if err != nil {
-		return 0, nil // unreadable: treat as nothing finished yet
+		return 0, e.Revision(), nil // unreadable: treat as nothing finished yet
 	}
-	return n, nil
+	return n, e.Revision(), nil
 }
 
 // finish records that the event of tn is done, never moving backwards.
+// The first try writes over the revision the wait saw; only when another
+// replica wrote in between does it read again.
 func (t *turns) finish(ctx context.Context, tn turn) error {
 	val := []byte(strconv.FormatUint(tn.seq, 10))
+	rev, known := tn.rev, true
 	for attempt := 0; attempt < 50; attempt++ {
-		e, err := t.kv.Get(ctx, tn.key)
-		switch {
-		case errors.Is(err, jetstream.ErrKeyNotFound):
-			_, err = t.kv.Create(ctx, tn.key, val)
-		case err != nil:
-			return fmt.Errorf("room order: %w", err)
-		default:
-			if n, perr := strconv.ParseUint(string(e.Value()), 10, 64); perr == nil && n >= tn.seq {
-				return nil
+		if !known {
+			e, err := t.kv.Get(ctx, tn.key)
+			switch {
+			case errors.Is(err, jetstream.ErrKeyNotFound):
+				rev = 0
+			case err != nil:
+				return fmt.Errorf("room order: %w", err)
+			default:
+				if n, perr := strconv.ParseUint(string(e.Value()), 10, 64); perr == nil && n >= tn.seq {
+					return nil
+				}
+				rev = e.Revision()
 			}
-			_, err = t.kv.Update(ctx, tn.key, val, e.Revision())
+		}
+		var err error
+		if rev == 0 {
+			_, err = t.kv.Create(ctx, tn.key, val)
+		} else {
+			_, err = t.kv.Update(ctx, tn.key, val, rev)
 		}
 		if err == nil {
 			return nil
@@ -150,6 +189,7 @@ func (t *turns) finish(ctx context.Context, tn turn) error {
 		if !isConflict(err) {
 			return fmt.Errorf("room order: %w", err)
 		}
+		known = false
 	}
 	return errors.New("room order: too many concurrent writers")
 }

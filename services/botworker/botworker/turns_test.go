@@ -71,7 +71,15 @@ func TestTurns(t *testing.T) {
 	if err := tu.finish(e.ctx, t1); err != nil {
 		t.Fatal(err)
 	}
-	if last, err := tu.last(e.ctx, turnKey(room)); err != nil || last != s3 {
+	if last, _, err := tu.last(e.ctx, turnKey(room)); err != nil || last != s3 {
 		t.Fatalf("last = %d (%v), want %d", last, err, s3)
+	}
+	// The bot's own events are neither waited for nor wait.
+	if _, err := e.rt.JS.Publish(e.ctx, subject, []byte(`{"sender":"`+botID+`"}`)); err != nil {
+		t.Fatal(err)
+	}
+	s5 := publish(subject)
+	if _, err := short.wait(e.ctx, subject, room, s5); err != nil || timeouts() != 1 {
+		t.Fatalf("event after one of the bot's: %v, timeouts %v", err, timeouts())
 	}
 }
