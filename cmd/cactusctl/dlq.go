@@ -79,29 +79,59 @@ func dlqStream(ctx context.Context, js jetstream.JetStream) (jetstream.Stream, e
 	return s, err
 }
 
-// readAll reads every stored dead letter in sequence order. Dead letters
-// are few (each is a failure someone should look at), so reading them one
-// by one is fine and needs no consumer on the stream.
+// readAll reads every stored dead letter in sequence order, in batches
+// through an ordered (ephemeral, server-cleaned) consumer, so that a large
+// backlog after an outage lists quickly.
 func readAll(ctx context.Context, s jetstream.Stream) ([]deadLetter, error) {
 	info, err := s.Info(ctx)
 	if err != nil {
 		return nil, err
 	}
-	var out []deadLetter
 	if info.State.Msgs == 0 {
 		return nil, nil
 	}
-	for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
-		m, err := s.GetMsg(ctx, seq)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			continue // deleted: replayed or dropped
-		}
-		if err != nil {
-			return nil, fmt.Errorf("read dead letter %d: %w", seq, err)
-		}
-		out = append(out, toDeadLetter(m))
+	last := info.State.LastSeq
+	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy})
+	if err != nil {
+		return nil, fmt.Errorf("read dead letters: %w", err)
 	}
-	return out, nil
+	var out []deadLetter
+	for {
+		// Asking for exactly what is left lets the batch end as soon as it
+		// is complete instead of at the wait limit.
+		want := int(min(512, info.State.Msgs-uint64(len(out))))
+		if want <= 0 {
+			return out, nil
+		}
+		batch, err := cons.Fetch(want, jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			return nil, fmt.Errorf("read dead letters: %w", err)
+		}
+		n, done := 0, false
+		for m := range batch.Messages() {
+			md, err := m.Metadata()
+			if err != nil {
+				return nil, fmt.Errorf("read dead letters: %w", err)
+			}
+			n++
+			if md.Sequence.Stream > last {
+				done = true // stored after the listing began
+				break
+			}
+			out = append(out, toDeadLetter(&jetstream.RawStreamMsg{
+				Subject: m.Subject(), Sequence: md.Sequence.Stream, Header: m.Headers(), Data: m.Data(), Time: md.Timestamp,
+			}))
+			if md.Sequence.Stream == last || md.NumPending == 0 {
+				done = true
+			}
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
+			return nil, fmt.Errorf("read dead letters: %w", err)
+		}
+		if done || n == 0 {
+			return out, nil
+		}
+	}
 }
 
 func dlqList(ctx context.Context, e *env, args []string) error {

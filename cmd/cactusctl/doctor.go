@@ -62,7 +62,7 @@ func cmdDoctor(ctx context.Context, e *env, args []string) error {
 	r := &report{w: e.stdout}
 	cfg, cfgErr := cf.full(e)
 	if cfgErr != nil {
-		r.line(statusFail, "config", "%v", errors.Unwrap(cfgErr))
+		r.line(statusFail, "config", "%s", strings.TrimPrefix(errors.Unwrap(cfgErr).Error(), "configuration: "))
 		// The NATS checks need only the NATS variables: run them anyway so
 		// one invocation shows as much as it can.
 		if partial, err := cf.natsOnly(e); err == nil {

@@ -250,3 +250,52 @@ func TestDoctorDendrite(t *testing.T) {
 		t.Fatalf("lag at the limit: exit %d\n%s", r.code, r.stdout)
 	}
 }
+
+// TestDLQListMany lists more dead letters than one batch holds, after
+// deleting some in the middle, in sequence order.
+func TestDLQListMany(t *testing.T) {
+	vars, js := natsEnv(t)
+	const n = 1300
+	futures := make([]jetstream.PubAckFuture, 0, n)
+	for i := range n {
+		m := nats.NewMsg(bus.DLQSubject(bus.ConsumerJobs))
+		m.Header.Set(bus.HeaderSource, bus.JobSubject("ban", "site", fmt.Sprintf("!r%d:x", i)))
+		m.Header.Set(bus.HeaderConsumer, bus.ConsumerJobs)
+		m.Header.Set(bus.HeaderReason, "r")
+		m.Data = []byte(`{}`)
+		f, err := js.PublishMsgAsync(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		futures = append(futures, f)
+	}
+	for _, f := range futures {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			t.Fatal(err)
+		}
+	}
+	if r := ctl(t, vars, "dlq", "drop", "5", "600", "1299"); r.code != exitOK {
+		t.Fatalf("drop: %d %s", r.code, r.stderr)
+	}
+	r := ctl(t, vars, "dlq", "list", "-json")
+	var listed []deadLetter
+	if err := json.Unmarshal([]byte(r.stdout), &listed); err != nil {
+		t.Fatal(err)
+	}
+	if len(listed) != n-3 {
+		t.Fatalf("listed %d, want %d", len(listed), n-3)
+	}
+	for i := 1; i < len(listed); i++ {
+		if listed[i].Seq <= listed[i-1].Seq || listed[i].Seq == 5 || listed[i].Seq == 600 || listed[i].Seq == 1299 {
+			t.Fatalf("bad order or dropped entry listed at %d: %d after %d", i, listed[i].Seq, listed[i-1].Seq)
+		}
+	}
+	if listed[len(listed)-1].Seq != n {
+		t.Fatalf("last seq %d", listed[len(listed)-1].Seq)
+	}
+	if r := ctl(t, vars, "dlq", "list", "-consumer", "botworker"); !strings.Contains(r.stdout, "no dead letters") {
+		t.Fatalf("consumer filter: %s", r.stdout)
+	}
+}
