@@ -227,6 +227,9 @@ func Run(ctx context.Context, o Options) (err error) {
 			return err
 		}
 		if info.StaleSites, err = forgetStale(ctx, cfg, o.Log); err != nil {
+			if ctx.Err() != nil {
+				return nil // stopped while starting: not a failure
+			}
 			return err
 		}
 	}

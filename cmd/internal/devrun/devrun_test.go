@@ -300,3 +300,16 @@ func TestRealHomeserver(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestStopWhileStarting: a Ctrl-C before the system is ready is a clean
+// stop too.
+func TestStopWhileStarting(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	free := "127.0.0.1:0"
+	err := Run(ctx, Options{DataDir: t.TempDir(), GatewayAddr: free, AdminAddrs: [3]string{free, free, free}, SimAddr: free,
+		Env: envconf.Map(map[string]string{"CACTUS_LOG_LEVEL": "error"})})
+	if err != nil {
+		t.Fatalf("Run with a cancelled context: %v", err)
+	}
+}
