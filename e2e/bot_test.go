@@ -316,3 +316,32 @@ func TestBotHomeserverModes(t *testing.T) {
 		})
 	}
 }
+
+// A command that fails for a while (the homeserver answers 502) and is
+// retried is still answered before the next command of its room, with one
+// replica (where the retry queues behind the next command) or several.
+func TestBotOrderAfterRetry(t *testing.T) {
+	t.Parallel()
+	for _, replicas := range []int{1, 2} {
+		t.Run(fmt.Sprintf("replicas=%d", replicas), func(t *testing.T) {
+			t.Parallel()
+			h := Start(t, Options{Concurrency: 2})
+			for range replicas {
+				h.StartBot(nil)
+			}
+			owner := h.User("owner")
+			dm := h.DirectChat(owner)
+			// Enough failures to exhaust the client's own attempts once.
+			h.HS.InjectFault(hssim.Fault{Endpoint: hssim.EPCreateRoom, Times: matrix.DefaultMaxAttempts, Status: 502})
+			h.Say(owner, dm, "register one")
+			h.Say(owner, dm, "sites")
+			got := h.WaitBotMessages(dm, 2)
+			if !strings.Contains(got[0], "Done") || !strings.Contains(got[1], "1 site") {
+				t.Fatalf("replies out of order: %q", got)
+			}
+			if dl := h.DeadLetters(); len(dl) != 0 {
+				t.Fatalf("dead letters: %+v", dl)
+			}
+		})
+	}
+}

@@ -76,8 +76,9 @@ type Options struct {
 	// MinBackoff bounds the first redelivery delay of a failed message
 	// (default 500ms).
 	MinBackoff time.Duration
-	// OrderWait bounds how long an event waits for an earlier event of
-	// its room that another replica is handling (default 10s).
+	// OrderWait bounds how long an event holds a worker lane waiting for
+	// an earlier event of its room before it is handed back to JetStream
+	// to wait longer (default 2s).
 	OrderWait time.Duration
 }
 
@@ -156,7 +157,7 @@ func New(ctx context.Context, rt *service.Runtime, o Options) (*Bot, error) {
 		o.MinBackoff = 500 * time.Millisecond
 	}
 	if o.OrderWait <= 0 {
-		o.OrderWait = 10 * time.Second
+		o.OrderWait = 2 * time.Second
 	}
 	stream, err := rt.JS.Stream(ctx, bus.StreamEvents)
 	if err != nil {
@@ -256,7 +257,13 @@ func (b *Bot) HandleMsg(ctx context.Context, m jetstream.Msg) (err error) {
 	if ours {
 		return b.handleEvent(ctx, &ev, last, roomOurs)
 	}
-	tn, err := b.turns.wait(ctx, m.Subject(), ev.RoomID, md.Sequence.Stream)
+	// The last two deliveries go ahead even out of order: the last one
+	// must be a real attempt, and the one before it a chance to retry.
+	force := int(md.NumDelivered) >= b.cfg.MaxDeliver-1
+	tn, err := b.turns.wait(ctx, m.Subject(), ev.RoomID, md.Sequence.Stream, force)
+	if errors.Is(err, errTurn) {
+		return worker.RetryAfter(err, b.turns.maxWait/2)
+	}
 	if err != nil {
 		return err
 	}

@@ -61,7 +61,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"reason"}),
 		orderWaits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cactus_bot_order_waits_total",
-			Help: "Events that waited for an earlier event of their room on another replica, by outcome (waited, timeout: went ahead out of order).",
+			Help: "Events that waited for an earlier event of their room, by outcome (waited; redelivered: handed back to wait longer; out_of_order: went ahead on their last deliveries).",
 		}, []string{"outcome"}),
 		hsRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cactus_homeserver_requests_total",

@@ -17,15 +17,17 @@ import (
 
 // turns keeps the events of one room in order across replicas. The
 // worker's lanes order a room's events within one replica only; with
-// several replicas the next command of a room (or the first command after
-// an invite, before the bot has joined) could run at the same time on
-// another replica. So each room records, in the bot state bucket, the
+// several replicas the next command of a room could run at the same time
+// on another replica. So each room records, in the bot state bucket, the
 // stream sequence of its last finished event, and an event waits until
 // every earlier event of its room in the stream is finished.
 //
-// Waiting is bounded: an earlier event that never finishes (it is being
-// retried after a failure, or JetStream gave up on it) delays its room by
-// at most maxWait, after which the later event runs anyway. Only rooms
+// Waiting holds a worker lane, so it is short (maxWait); an event still
+// blocked after it goes back to JetStream for a later delivery (errTurn),
+// which frees the lane for the earlier event if it was being retried
+// behind it. An earlier event that never finishes (JetStream gave up on
+// it) delays its room only until the later event's last deliveries, which
+// go ahead regardless (force). Only rooms
 // that are not ours go through here (direct chats and other rooms the bot
 // was invited to): comment rooms, where most messages come from, have
 // nothing for the bot to do and need no order.
@@ -51,9 +53,13 @@ type turn struct {
 
 func turnKey(room string) string { return "turn." + bus.Token(room) }
 
+// errTurn says an earlier event of the room is still unfinished.
+var errTurn = errors.New("room order: an earlier event of the room is still being handled")
+
 // wait returns once every event of subject's room stored before seq has
-// finished, or maxWait has passed.
-func (t *turns) wait(ctx context.Context, subject, room string, seq uint64) (turn, error) {
+// finished. After maxWait it returns errTurn, unless force is set, in
+// which case the event goes ahead out of order.
+func (t *turns) wait(ctx context.Context, subject, room string, seq uint64, force bool) (turn, error) {
 	tn := turn{key: turnKey(room), seq: seq}
 	deadline := time.Now().Add(t.maxWait)
 	var w jetstream.KeyWatcher
@@ -94,7 +100,11 @@ func (t *turns) wait(ctx context.Context, subject, room string, seq uint64) (tur
 		}
 		left := time.Until(deadline)
 		if left <= 0 {
-			t.waits.WithLabelValues("timeout").Inc()
+			if !force {
+				t.waits.WithLabelValues("redelivered").Inc()
+				return tn, fmt.Errorf("%w (event %d waits for %d)", errTurn, seq, first)
+			}
+			t.waits.WithLabelValues("out_of_order").Inc()
 			t.log.Warn("earlier event of the room still unfinished; going ahead out of order",
 				"room_id", room, "seq", seq, "waiting_for", first)
 			return tn, nil

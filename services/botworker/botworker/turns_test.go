@@ -1,6 +1,7 @@
 package botworker
 
 import (
+	"errors"
 	"testing"
 	"time"
 
@@ -25,31 +26,36 @@ func TestTurns(t *testing.T) {
 	publish(bus.EventSubject(bus.ClassBot, "!other:example.org")) // another room does not matter
 	s2 := publish(subject)
 	s3 := publish(subject)
-	timeouts := func() float64 { return testutil.ToFloat64(e.bot.m.orderWaits.WithLabelValues("timeout")) }
+	timeouts := func() float64 { return testutil.ToFloat64(e.bot.m.orderWaits.WithLabelValues("out_of_order")) }
 
 	// The first event of a room never seen goes at once.
-	t1, err := tu.wait(e.ctx, subject, room, s1)
+	t1, err := tu.wait(e.ctx, subject, room, s1, false)
 	if err != nil || timeouts() != 0 {
 		t.Fatalf("first event: %v, timeouts %v", err, timeouts())
 	}
-	// The second waits for the first; with a short bound it gives up and
-	// goes ahead.
+	// The second waits for the first; with a short bound it is handed
+	// back, or on its last deliveries goes ahead.
 	short := *tu
 	short.maxWait = time.Millisecond
-	if _, err := short.wait(e.ctx, subject, room, s2); err != nil || timeouts() != 1 {
-		t.Fatalf("second before the first finished: %v, timeouts %v", err, timeouts())
+	if _, err := short.wait(e.ctx, subject, room, s2, false); !errors.Is(err, errTurn) {
+		t.Fatalf("second before the first finished: %v", err)
+	}
+	if _, err := short.wait(e.ctx, subject, room, s2, true); err != nil || timeouts() != 1 {
+		t.Fatalf("second forced before the first finished: %v, out of order %v", err, timeouts())
 	}
 	if err := tu.finish(e.ctx, t1); err != nil {
 		t.Fatal(err)
 	}
-	t2, err := tu.wait(e.ctx, subject, room, s2)
+	t2, err := tu.wait(e.ctx, subject, room, s2, false)
 	if err != nil || timeouts() != 1 {
 		t.Fatalf("second after the first: %v, timeouts %v", err, timeouts())
 	}
 	// The third is released when the second finishes.
 	done := make(chan error, 1)
 	go func() {
-		_, err := tu.wait(e.ctx, subject, room, s3)
+		long := *tu
+		long.maxWait = time.Minute
+		_, err := long.wait(e.ctx, subject, room, s3, false)
 		done <- err
 	}()
 	if err := tu.finish(e.ctx, t2); err != nil {
@@ -60,7 +66,7 @@ func TestTurns(t *testing.T) {
 		if err != nil || timeouts() != 1 {
 			t.Fatalf("third: %v, timeouts %v", err, timeouts())
 		}
-	case <-time.After(tu.maxWait / 2):
+	case <-time.After(30 * time.Second):
 		t.Fatal("third not released by the second finishing")
 	}
 	// A redelivered finished event goes at once; finishing never moves
@@ -79,7 +85,7 @@ func TestTurns(t *testing.T) {
 		t.Fatal(err)
 	}
 	s5 := publish(subject)
-	if _, err := short.wait(e.ctx, subject, room, s5); err != nil || timeouts() != 1 {
+	if _, err := short.wait(e.ctx, subject, room, s5, false); err != nil || timeouts() != 1 {
 		t.Fatalf("event after one of the bot's: %v, timeouts %v", err, timeouts())
 	}
 }
