@@ -49,15 +49,7 @@ func banner(w io.Writer, cfg *config.Config, info Info) {
 		p("  curl -s -H 'Authorization: Bearer %s' %s/_matrix/client/v3/account/whoami", d.Owner.AccessToken, info.HomeserverURL)
 		p("The simulator keeps nothing across restarts (users, rooms); NATS data and tokens in %s do.", info.DataDir)
 	} else {
-		p("")
-		p("Give the homeserver this registration (%s), e.g. Synapse's app_service_config_files, then restart it:", info.RegistrationPath)
-		if b, err := os.ReadFile(info.RegistrationPath); err == nil {
-			for _, l := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
-				p("  | %s", l)
-			}
-		}
-		p("The homeserver must reach the gateway at %s (set -gateway-url if it runs in a container).", info.GatewayURL)
-		p("Then check everything: go run ./cmd/cactusctl doctor -env %s -registration %s", shellQuote(env), shellQuote(info.RegistrationPath))
+		p("Check everything: go run ./cmd/cactusctl doctor -env %s -registration %s", shellQuote(env), shellQuote(info.RegistrationPath))
 	}
 	p("Ctrl-C stops everything.")
 	p("")
@@ -69,4 +61,19 @@ func shellQuote(s string) string {
 		return s
 	}
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// printRegistration shows the registration a real homeserver needs, before
+// the services start (they need the homeserver to accept it).
+func printRegistration(w io.Writer, info Info) {
+	p := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
+	p("")
+	p("Give the homeserver this registration (%s), e.g. in Synapse's app_service_config_files, and restart it:", info.RegistrationPath)
+	if b, err := os.ReadFile(info.RegistrationPath); err == nil {
+		for _, l := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
+			p("  | %s", l)
+		}
+	}
+	p("The homeserver must reach the gateway at %s (set -gateway-url if it runs in a container).", info.GatewayURL)
+	p("")
 }

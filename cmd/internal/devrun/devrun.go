@@ -29,6 +29,7 @@ import (
 	"github.com/cactus-comments/appservice/pkg/config"
 	"github.com/cactus-comments/appservice/pkg/embednats"
 	"github.com/cactus-comments/appservice/pkg/hssim"
+	"github.com/cactus-comments/appservice/pkg/matrix"
 	"github.com/cactus-comments/appservice/pkg/registration"
 	"github.com/cactus-comments/appservice/pkg/registry"
 	"github.com/cactus-comments/appservice/pkg/service"
@@ -79,6 +80,9 @@ type Options struct {
 	Ready func(Info)
 	// ReadyTimeout bounds the wait for readiness; default 2 minutes.
 	ReadyTimeout time.Duration
+	// RegistrationPoll is how often a real homeserver is asked whether it
+	// accepts the registration yet; default 2 seconds.
+	RegistrationPoll time.Duration
 }
 
 // Info describes the running system.
@@ -133,6 +137,9 @@ func (o *Options) defaults() error {
 	}
 	if o.ReadyTimeout <= 0 {
 		o.ReadyTimeout = 2 * time.Minute
+	}
+	if o.RegistrationPoll <= 0 {
+		o.RegistrationPoll = 2 * time.Second
 	}
 	if o.NATSPort < 0 || o.NATSPort > 65535 {
 		return fmt.Errorf("NATS port %d out of range", o.NATSPort)
@@ -234,8 +241,61 @@ func Run(ctx context.Context, o Options) (err error) {
 		}
 	}
 	info.HomeserverURL = cfg.HomeserverURL
+	if sim == nil {
+		// A real homeserver refuses the bot until it has loaded the
+		// registration, and the services would stop at that refusal: show
+		// the registration first and wait until the homeserver knows it.
+		printRegistration(o.Out, info)
+		if err := waitForRegistration(ctx, cfg, o); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+	}
 
 	return runServices(ctx, o, cfg, info)
+}
+
+// waitForRegistration polls whoami with the as_token until the homeserver
+// accepts it: only the homeserver's answer tells that it has loaded the
+// registration.
+func waitForRegistration(ctx context.Context, cfg *config.Config, o Options) error {
+	hs, err := matrix.NewClient(matrix.Config{HomeserverURL: cfg.HomeserverURL, Token: cfg.ASToken.Reveal(), MaxAttempts: 1, RequestTimeout: 10 * time.Second})
+	if err != nil {
+		return err
+	}
+	told := false
+	t := time.NewTicker(o.RegistrationPoll)
+	defer t.Stop()
+	for {
+		who, err := hs.Whoami(ctx)
+		switch {
+		case err == nil && who.String() == cfg.UserID:
+			if told {
+				fmt.Fprintln(o.Out, "The homeserver accepted the registration; starting the services.")
+			}
+			return nil
+		case err == nil:
+			return fmt.Errorf("the homeserver says the as_token belongs to %s, not %s: the registration it loaded is another one", who, cfg.UserID)
+		case matrix.Status(err) == http.StatusUnauthorized || matrix.Status(err) == http.StatusForbidden:
+			if !told {
+				fmt.Fprintf(o.Out, "Waiting for %s to accept the registration (%s); Ctrl-C to stop.\n", cfg.HomeserverURL, matrix.ErrCode(err))
+				told = true
+			}
+		default:
+			if !told {
+				fmt.Fprintf(o.Out, "Waiting for %s: %v\n", cfg.HomeserverURL, err)
+				told = true
+			}
+			o.Log.Debug("homeserver not reachable yet", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
 }
 
 // prepare builds the services' configuration and the registration, reusing
