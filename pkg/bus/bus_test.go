@@ -149,6 +149,10 @@ func TestClassify(t *testing.T) {
 		{"reaction", plain("m.reaction", "-"), ClassOther},
 		{"redaction", plain("m.room.redaction", "-"), ClassOther},
 		{"empty type", plain("", "-"), ClassOther},
+		{"bot's own ban (propagation echo)", member(bot, "@troll:x", "ban"), ClassOther},
+		{"bot's own unban (propagation echo)", member(bot, "@troll:x", "leave"), ClassOther},
+		{"bot's own power levels", func() *event.Event { e := plain("m.room.power_levels", ""); e.Sender = bot; return e }(), ClassOther},
+		{"bot's own message still reaches the bot worker", func() *event.Event { e := plain("m.room.message", "-"); e.Sender = bot; return e }(), ClassBot},
 	}
 	for _, tt := range tests {
 		if got := Classify(tt.ev, bot); got != tt.want {

@@ -6,8 +6,20 @@ import "github.com/cactus-comments/appservice/pkg/event"
 //
 // Visitors joining and leaving comment rooms are by far the most common
 // member events; they go to ClassOther so that the strictly ordered
-// moderation consumer only sees what can change moderation state.
+// moderation consumer only sees what can change moderation state. For the
+// same reason the bot's own bans, unbans and power levels go there too: the
+// bot only ever sends them to propagate a change it already recorded, and a
+// fan-out over N rooms would otherwise queue N echoes behind the one
+// moderation event at a time.
 func Classify(e *event.Event, bot string) Class {
+	c := classify(e, bot)
+	if c == ClassModeration && e.Sender == bot {
+		return ClassOther
+	}
+	return c
+}
+
+func classify(e *event.Event, bot string) Class {
 	switch e.Type {
 	case "m.room.message":
 		return ClassBot
