@@ -11,5 +11,6 @@ import (
 )
 
 func main() {
+	gateway.TuneGC()
 	os.Exit(service.Main("gateway", os.Args[1:], os.Stderr, gateway.Run))
 }
