@@ -188,3 +188,32 @@ func TestGenerateKeepsGivenTokens(t *testing.T) {
 		t.Fatal("tokens not kept")
 	}
 }
+
+// FuzzNamespaces: for every server name the generator accepts, the
+// namespaces match exactly our ids on that server, and no id on a server
+// that differs from it in one character.
+func FuzzNamespaces(f *testing.F) {
+	for _, s := range []string{"example.org", "[::1]:8448", "localhost:8008", "my_host.example", "1.2.3.4", "a-b.c"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, server string) {
+		g, err := Generate(Params{ServerName: server, GatewayURL: "http://gw"})
+		if err != nil {
+			return
+		}
+		users := regexp.MustCompile(`^(?:` + g.Registration.Namespaces.Users[0].Regex + `)$`)
+		aliases := regexp.MustCompile(`^(?:` + g.Registration.Namespaces.Aliases[0].Regex + `)$`)
+		if !users.MatchString("@cactusbot:"+server) || !aliases.MatchString("#comments_site_x:"+server) {
+			t.Fatalf("server %q: own ids do not match", server)
+		}
+		for i := range len(server) {
+			other := server[:i] + "X" + server[i+1:]
+			if server[i] == 'X' {
+				other = server[:i] + "Y" + server[i+1:]
+			}
+			if users.MatchString("@cactusbot:"+other) || aliases.MatchString("#comments_site_x:"+other) {
+				t.Fatalf("server %q: namespaces match %q", server, other)
+			}
+		}
+	})
+}
