@@ -97,7 +97,11 @@ type Harness struct {
 
 	cfg     *config.Config
 	gateway atomic.Pointer[http.Handler]
-	logw    *testLogWriter
+	// httpc is shared by the clients the harness makes, so that their
+	// idle connections can be closed before the simulator stops (a
+	// connection the server sees as new holds its shutdown for 5 s).
+	httpc *http.Client
+	logw  *testLogWriter
 
 	mu       sync.Mutex
 	services []*Service
@@ -127,7 +131,8 @@ func Start(t testing.TB, o Options) *Harness {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	h := &Harness{t: t, opts: o, Ctx: ctx, logw: &testLogWriter{t: t}}
+	h := &Harness{t: t, opts: o, Ctx: ctx, logw: &testLogWriter{t: t},
+		httpc: &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}}
 	t.Cleanup(h.logw.close)
 
 	h.NATS = embednats.StartTest(t)
@@ -163,7 +168,10 @@ func Start(t testing.TB, o Options) *Harness {
 	if err != nil {
 		t.Fatalf("start simulator: %v", err)
 	}
-	t.Cleanup(func() { _ = hs.Close() })
+	t.Cleanup(func() {
+		h.httpc.CloseIdleConnections()
+		_ = hs.Close()
+	})
 	h.HS = hs
 
 	h.cfg = h.newConfig()
@@ -186,7 +194,7 @@ func Start(t testing.TB, o Options) *Harness {
 	if h.Registry, err = registry.Open(ctx, h.JS); err != nil {
 		t.Fatal(err)
 	}
-	if h.Bot, err = matrix.NewClient(matrix.Config{HomeserverURL: hs.URL(), Token: testASToken}); err != nil {
+	if h.Bot, err = matrix.NewClient(matrix.Config{HomeserverURL: hs.URL(), Token: testASToken, HTTPClient: h.httpc}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := h.Bot.RegisterAppserviceUser(ctx, botLocal); err != nil {
@@ -376,7 +384,7 @@ func (h *Harness) User(localpart string) *User {
 	if err != nil {
 		h.t.Fatalf("register %s: %v", localpart, err)
 	}
-	c, err := matrix.NewClient(matrix.Config{HomeserverURL: h.HS.URL(), Token: tok, MaxAttempts: 1})
+	c, err := matrix.NewClient(matrix.Config{HomeserverURL: h.HS.URL(), Token: tok, MaxAttempts: 1, HTTPClient: h.httpc})
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -509,13 +517,32 @@ func (h *Harness) ModerationDrained() bool {
 	return h.consumerIdle(bus.StreamEvents, bus.ConsumerModeration)
 }
 
+// consumerIdle reports whether a consumer has acknowledged every message
+// of its filter. The consumer's own pending count is updated after the
+// stream stores a message, so the stream's last matching sequence is the
+// reference.
 func (h *Harness) consumerIdle(stream, consumer string) bool {
 	c, err := h.JS.Consumer(h.Ctx, stream, consumer)
 	if err != nil {
 		return false
 	}
 	info, err := c.Info(h.Ctx)
-	return err == nil && info.NumPending == 0 && info.NumAckPending == 0
+	if err != nil || info.NumPending != 0 || info.NumAckPending != 0 {
+		return false
+	}
+	s, err := h.JS.Stream(h.Ctx, stream)
+	if err != nil {
+		return false
+	}
+	filter := info.Config.FilterSubject
+	if filter == "" {
+		filter = ">"
+	}
+	last, err := s.GetLastMsgForSubject(h.Ctx, filter)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return true
+	}
+	return err == nil && last.Sequence <= info.AckFloor.Stream
 }
 
 // Quiesce waits until the homeserver has pushed everything and every
