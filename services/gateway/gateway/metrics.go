@@ -113,7 +113,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	published := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: ns, Subsystem: sub, Name: "events_published_total",
-		Help: "Events stored in the event stream, by class.",
+		Help: "Events JetStream acknowledged (duplicates of retried transactions included), by class.",
 	}, []string{"class"})
 	m.eventsPublished = map[bus.Class]prometheus.Counter{}
 	for _, c := range []bus.Class{bus.ClassBot, bus.ClassModeration, bus.ClassOther} {
