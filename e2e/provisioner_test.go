@@ -753,3 +753,29 @@ func gatewayTakesRawSlash(t *testing.T, h *Harness) bool {
 	_ = json.NewDecoder(resp.Body).Decode(&e)
 	return e.ErrCode != "M_UNRECOGNIZED"
 }
+
+func TestBansFailingAtCreationAreQueued(t *testing.T) {
+	t.Parallel()
+	h := Start(t, Options{})
+	owner := h.User("owner")
+	spammer := h.User("spammer")
+	site := h.RegisterSite("queued", owner)
+	if err := owner.Client.Ban(h.Ctx, mxid.MustRoomID(site.ModerationRoom), spammer.ID, "spam"); err != nil {
+		t.Fatal(err)
+	}
+	h.Eventually(func() bool {
+		s, err := h.Registry.Site(h.Ctx, site.Name)
+		return err == nil && s.Banned(spammer.ID.String())
+	}, 10*time.Second, "the ban in the snapshot")
+	h.Quiesce(10 * time.Second)
+	// The homeserver fails every attempt of the new room's ban: the visitor
+	// still gets the room at once, and the ban follows as a job.
+	h.HS.InjectFault(hssim.Fault{Endpoint: hssim.EPBan, Status: 503, Times: 3})
+	visitor := h.User("visitor")
+	room := h.Join(visitor, h.CommentAlias(site.Name, "page"))
+	h.WaitSim(func() bool { return h.HS.Membership(room.String(), spammer.ID.String()) == "ban" },
+		20*time.Second, "the ban applied by the queued job")
+	if got := metricValue(t, h, "cactus_provisioner_fanout_jobs_published_total"); got < 1 {
+		t.Errorf("jobs published = %v, want the sync job", got)
+	}
+}
