@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/pkg/event"
 )
 
 // turns keeps the events of one room in order across replicas. The
@@ -127,19 +128,20 @@ func (t *turns) wait(ctx context.Context, subject, room string, seq uint64, forc
 // skipped: the bot does nothing with them (its messages are ignored, its
 // own joins and leaves change nothing that order matters for), so they
 // neither wait nor are waited for, which halves the work in a chat where
-// every command has a reply.
+// every command has a reply. Malformed events, which HandleMsg refuses
+// before ordering them, are skipped too.
 func (t *turns) firstUnfinished(ctx context.Context, subject string, last uint64) (uint64, error) {
 	for {
 		m, err := t.stream.GetMsg(ctx, last+1, jetstream.WithGetMsgSubject(subject))
 		if err != nil {
 			return 0, err
 		}
-		var ev struct {
-			Sender string `json:"sender"`
-		}
-		if json.Unmarshal(m.Data, &ev) != nil || ev.Sender != t.bot {
+		var ev event.Event
+		if json.Unmarshal(m.Data, &ev) == nil && ev.Validate() == nil && ev.Sender != t.bot {
 			return m.Sequence, nil
 		}
+		// The bot's own event, or one the handler refuses before it gets
+		// here (undecodable, malformed): nothing to wait for.
 		last = m.Sequence
 	}
 }

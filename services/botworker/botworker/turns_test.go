@@ -16,7 +16,7 @@ func TestTurns(t *testing.T) {
 	room := "!order:example.org"
 	subject := bus.EventSubject(bus.ClassBot, room)
 	publish := func(subj string) uint64 {
-		ack, err := e.rt.JS.Publish(e.ctx, subj, []byte(`{}`))
+		ack, err := e.rt.JS.Publish(e.ctx, subj, []byte(`{"event_id":"$x","type":"m.room.message","room_id":"`+room+`","sender":"`+alice+`"}`))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -80,9 +80,11 @@ func TestTurns(t *testing.T) {
 	if last, _, err := tu.last(e.ctx, turnKey(room)); err != nil || last != s3 {
 		t.Fatalf("last = %d (%v), want %d", last, err, s3)
 	}
-	// The bot's own events are neither waited for nor wait.
-	if _, err := e.rt.JS.Publish(e.ctx, subject, []byte(`{"sender":"`+botID+`"}`)); err != nil {
-		t.Fatal(err)
+	// The bot's own events and malformed ones are not waited for.
+	for _, data := range []string{`{"event_id":"$b","type":"m.room.message","room_id":"` + room + `","sender":"` + botID + `"}`, `{not json`, `{}`} {
+		if _, err := e.rt.JS.Publish(e.ctx, subject, []byte(data)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	s5 := publish(subject)
 	if _, err := short.wait(e.ctx, subject, room, s5, false); err != nil || timeouts() != 1 {
