@@ -631,3 +631,56 @@ func TestSnippetEscapes(t *testing.T) {
 		t.Fatalf("site name not escaped as a JS string:\n%s", s)
 	}
 }
+
+// The registry knows a site the bot state does not (rebuilt from the
+// homeserver, or the state bucket lost): the owner hears they own it, even
+// at their limit, and nobody else can take it.
+func TestRegisterSiteOnlyInRegistry(t *testing.T) {
+	e := newEnv(t, func(c *config.Config) { c.RegistrationLimit = 1 })
+	e.say(dmRoom, alice, "register first")
+	mod, err := e.hs.CreateRoom(e.ctx, &matrix.CreateRoomRequest{RoomAliasName: "comments_rebuilt"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.reg.CreateSite(e.ctx, &registry.Site{Name: "rebuilt", Owner: alice, ModerationRoom: mod.String()}); err != nil {
+		t.Fatal(err)
+	}
+	e.say(dmRoom, alice, "register rebuilt")
+	if got := e.last(dmRoom); !strings.Contains(got, "already registered") {
+		t.Fatalf("owner: %q", got)
+	}
+	e.hs.addRoom("!b:example.org", map[string]string{bob: "join", botID: "join"})
+	e.say("!b:example.org", bob, "register rebuilt")
+	if got := e.last("!b:example.org"); !strings.Contains(got, "already taken") {
+		t.Fatalf("other user: %q", got)
+	}
+}
+
+// A registration interrupted after the registry write, before its claim
+// was completed: the redelivery finishes it with the usual replies.
+func TestRegisterRedeliveredAfterRegistryWrite(t *testing.T) {
+	e := newEnv(t, nil)
+	ev := e.text(dmRoom, alice, "register blog")
+	if _, _, err := e.bot.state.claim(e.ctx, alice, "blog", ev.EventID, 10, false); err != nil {
+		t.Fatal(err)
+	}
+	mod, err := e.hs.CreateRoom(e.ctx, e.bot.moderationRoomRequest("blog", alice))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.reg.CreateSite(e.ctx, &registry.Site{Name: "blog", Owner: alice, ModerationRoom: mod.String()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.bot.HandleEvent(e.ctx, ev, false); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.last(dmRoom); !strings.Contains(got, "Done") {
+		t.Fatalf("reply %q", got)
+	}
+	if n := len(e.hs.messages(mod.String())); n != 1 {
+		t.Fatalf("%d messages in the moderation room", n)
+	}
+	if e.hs.count("createRoom") != 1 {
+		t.Fatalf("createRoom called again")
+	}
+}

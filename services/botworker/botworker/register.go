@@ -49,7 +49,9 @@ func (b *Bot) register(ctx context.Context, ev *event.Event, room mxid.RoomID, s
 		return outcomeTaken, b.reply(ctx, room, ev, "taken", b.texts.taken(site))
 	}
 
-	res, cl, err := b.state.claim(ctx, sender, site, ev.EventID, b.cfg.RegistrationLimit)
+	// A site the sender already owns in the registry does not count
+	// against the limit a second time.
+	res, cl, err := b.state.claim(ctx, sender, site, ev.EventID, b.cfg.RegistrationLimit, existing != nil)
 	if err != nil {
 		return "", err
 	}
@@ -83,11 +85,10 @@ func (b *Bot) register(ctx context.Context, ev *event.Event, room mxid.RoomID, s
 		}
 	}
 
-	release := func() error {
+	release := func() {
 		if err := b.state.release(ctx, sender, site, ev.EventID); err != nil {
 			log.Warn("could not release the claim of a refused registration", "err", err)
 		}
-		return nil
 	}
 
 	var modRoom mxid.RoomID
@@ -107,17 +108,17 @@ func (b *Bot) register(ctx context.Context, ev *event.Event, room mxid.RoomID, s
 				return "", err
 			}
 			if !mine {
-				_ = release()
+				release()
 				return outcomeTaken, b.reply(ctx, room, ev, "taken", b.texts.taken(site))
 			}
 			log.Info("moderation room exists from an earlier attempt; continuing", "moderation_room", modRoom.String())
 		case matrix.IsPermanent(err):
-			_ = release()
+			release()
 			log.Warn("homeserver refused the moderation room", "err", err)
 			return outcomeHSError, b.reply(ctx, room, ev, "hs-error", b.texts.homeserverRefused(site, err))
 		default:
 			if last {
-				_ = release()
+				release()
 				if rerr := b.reply(ctx, room, ev, "hs-unavailable", b.texts.homeserverUnavailable(site)); rerr != nil {
 					log.Warn("could not tell the user the homeserver is unavailable", "err", rerr)
 				}
@@ -129,7 +130,7 @@ func (b *Bot) register(ctx context.Context, ev *event.Event, room mxid.RoomID, s
 			if errors.Is(err, registry.ErrExists) {
 				// Another owner got into the registry first (a rebuild in
 				// between); the homeserver's room is theirs now.
-				_ = release()
+				release()
 				log.Warn("site appeared in the registry under another owner during registration")
 				return outcomeTaken, b.reply(ctx, room, ev, "taken", b.texts.taken(site))
 			}

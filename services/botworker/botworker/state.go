@@ -75,8 +75,9 @@ func (r userRecord) count(now time.Time, except string) int {
 }
 
 // claim records that eventID of user is registering site, unless the user
-// is at limit. It returns the claim as stored.
-func (s *state) claim(ctx context.Context, user, site, eventID string, limit int) (claimResult, claim, error) {
+// is at limit (not checked when owned: the registry already has the site
+// under this user). It returns the claim as stored.
+func (s *state) claim(ctx context.Context, user, site, eventID string, limit int, owned bool) (claimResult, claim, error) {
 	var (
 		res claimResult
 		out claim
@@ -95,7 +96,7 @@ func (s *state) claim(ctx context.Context, user, site, eventID string, limit int
 			// An unfinished claim of an earlier command: that command
 			// failed or is still running; this one takes over.
 		}
-		if r.count(now, site) >= limit {
+		if !owned && r.count(now, site) >= limit {
 			res = overLimit
 			return false, nil
 		}
