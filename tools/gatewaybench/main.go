@@ -20,6 +20,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -153,6 +154,7 @@ func bench(p params, sendersList []int) error {
 	fmt.Printf("go %s, GOMAXPROCS %d, %s\n\n", runtime.Version(), runtime.GOMAXPROCS(0), loadavg())
 
 	var all []result
+	ratioSummary := map[int]string{}
 	run := 0
 	for _, senders := range sendersList {
 		perSender := max(1, p.txns/senders)
@@ -183,20 +185,42 @@ func bench(p params, sendersList []int) error {
 				byScenario[scenario] = append(byScenario[scenario], r)
 			}
 		}
+		// The machine may be shared: compare the gateway with the floor
+		// measured right before it, round by round.
+		var ratios []float64
+		for i, g := range byScenario["gateway"] {
+			ratios = append(ratios, g.eventsPerSec()/byScenario["jetstream"][i].eventsPerSec())
+		}
+		slices.Sort(ratios)
+		ratioSummary[senders] = fmt.Sprintf("%.0f%% (rounds: %s)", 100*ratios[len(ratios)/2], percents(ratios))
 		for _, s := range []string{"jetstream", "http-null", "gateway"} {
 			rs := byScenario[s]
-			slices.SortFunc(rs, func(a, b result) int { return int(a.eventsPerSec() - b.eventsPerSec()) })
+			slices.SortFunc(rs, func(a, b result) int { return cmp.Compare(a.eventsPerSec(), b.eventsPerSec()) })
 			all = append(all, rs[len(rs)/2])
 		}
 	}
 	fmt.Printf("\n%s after the run\n\n", loadavg())
 	report(all)
+	fmt.Println()
+	for _, n := range sendersList {
+		fmt.Printf("gateway / JetStream floor with %d sender(s), median of per-round ratios: %s\n", n, ratioSummary[n])
+	}
 	return nil
+}
+
+func percents(fs []float64) string {
+	var parts []string
+	for _, f := range fs {
+		parts = append(parts, fmt.Sprintf("%.0f%%", 100*f))
+	}
+	return strings.Join(parts, " ")
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 func report(rs []result) {
+	fmt.Println("Median round of each scenario:")
+	fmt.Println()
 	fmt.Println("| senders | scenario | events/s | txn p50 | txn p99 | vs JetStream floor | peak RSS | CPU per event |")
 	fmt.Println("|---|---|---|---|---|---|---|---|")
 	floor := map[int]float64{}
