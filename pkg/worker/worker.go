@@ -11,7 +11,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"math/rand/v2"
 	"sync"
@@ -75,7 +74,10 @@ type Options struct {
 	// which grows exponentially with jitter.
 	MinBackoff, MaxBackoff time.Duration
 	// OrderKey maps a message to its ordering key; messages with equal
-	// keys never run concurrently in this replica. Default: the subject.
+	// keys run one after another, in the order they arrived, in this
+	// replica. The empty key means no order: such messages run as soon as
+	// a slot is free. Default: the subject (events: their room). Use
+	// Unordered for independent work such as fan-out jobs.
 	OrderKey func(jetstream.Msg) string
 	// Progress is how often a running handler tells JetStream it is alive.
 	Progress time.Duration
@@ -142,25 +144,24 @@ func Run(ctx context.Context, js jetstream.JetStream, o Options, h Handler) erro
 	if err != nil {
 		return fmt.Errorf("worker %s: %w", o.Consumer, err)
 	}
-	lanes := make([]chan jetstream.Msg, o.Concurrency)
 	var wg sync.WaitGroup
 	hctx := context.WithoutCancel(ctx)
 	held := newHeld()
 	stopProgress := held.keepAlive(o.Progress)
 	defer stopProgress()
-	for i := range lanes {
-		lanes[i] = make(chan jetstream.Msg, 4)
-		wg.Go(func() {
-			for m := range lanes[i] {
-				if ctx.Err() != nil {
-					// Shutting down: hand it back at once for another replica.
-					_ = m.Nak()
-				} else {
-					o.handle(hctx, js, m, h)
-				}
-				held.remove(m)
+	d := dispatcher{
+		sem:    make(chan struct{}, o.Concurrency),
+		queues: map[string][]jetstream.Msg{},
+		run: func(m jetstream.Msg) {
+			if ctx.Err() != nil {
+				// Shutting down: hand it back at once for another replica.
+				_ = m.Nak()
+			} else {
+				o.handle(hctx, js, m, h)
 			}
-		})
+			held.remove(m)
+		},
+		wg: &wg,
 	}
 	stop := context.AfterFunc(ctx, it.Drain)
 	defer stop()
@@ -181,12 +182,7 @@ func Run(ctx context.Context, js jetstream.JetStream, o Options, h Handler) erro
 			continue
 		}
 		held.add(m)
-		hf := fnv.New32a()
-		_, _ = hf.Write([]byte(o.OrderKey(m)))
-		lanes[hf.Sum32()%uint32(len(lanes))] <- m
-	}
-	for _, l := range lanes {
-		close(l)
+		d.dispatch(o.OrderKey(m), m)
 	}
 	wg.Wait()
 	if ctx.Err() == nil {
@@ -253,6 +249,54 @@ type held struct {
 }
 
 func newHeld() *held { return &held{msgs: map[jetstream.Msg]struct{}{}} }
+
+// Unordered is an OrderKey for messages that may run in any order.
+func Unordered(jetstream.Msg) string { return "" }
+
+// dispatcher runs at most cap(sem) handlers at once. A message whose key
+// already has a runner waits in that key's queue instead of taking a slot,
+// so a slow key delays only its own messages; the fetch loop blocks only
+// when every slot is busy. Queues cannot grow without bound: the consumer's
+// MaxAckPending caps what this replica holds.
+type dispatcher struct {
+	sem    chan struct{}
+	mu     sync.Mutex
+	queues map[string][]jetstream.Msg // keys with a runner, and what waits behind it
+	run    func(jetstream.Msg)
+	wg     *sync.WaitGroup
+}
+
+func (d *dispatcher) dispatch(key string, m jetstream.Msg) {
+	if key != "" {
+		d.mu.Lock()
+		if q, busy := d.queues[key]; busy {
+			d.queues[key] = append(q, m)
+			d.mu.Unlock()
+			return
+		}
+		d.queues[key] = nil
+		d.mu.Unlock()
+	}
+	d.sem <- struct{}{}
+	d.wg.Go(func() {
+		defer func() { <-d.sem }()
+		for {
+			d.run(m)
+			if key == "" {
+				return
+			}
+			d.mu.Lock()
+			q := d.queues[key]
+			if len(q) == 0 {
+				delete(d.queues, key)
+				d.mu.Unlock()
+				return
+			}
+			m, d.queues[key] = q[0], q[1:]
+			d.mu.Unlock()
+		}
+	})
+}
 
 func (h *held) add(m jetstream.Msg) {
 	h.mu.Lock()

@@ -602,3 +602,73 @@ func TestQueuedMessagesKeptInProgress(t *testing.T) {
 		t.Errorf("%d messages redelivered", ci.NumRedelivered)
 	}
 }
+
+// A room whose handler is stuck must delay only its own messages: with
+// fixed lanes, its queued messages filled the lane and then blocked the
+// fetch loop for every other room.
+func TestSlowKeyDelaysOnlyItself(t *testing.T) {
+	e := newEnv(t, 5)
+	const stuckMsgs, others = 10, 20
+	for i := range stuckMsgs {
+		e.publish("!stuck:x", fmt.Sprintf("stuck/%d", i))
+	}
+	for i := range others {
+		e.publish(fmt.Sprintf("!other%d:x", i), fmt.Sprintf("other/%d", i))
+	}
+	release := make(chan struct{})
+	var othersDone, stuckDone atomic.Int32
+	allOthers := make(chan struct{})
+	e.run(e.options(5, 2), func(_ context.Context, m jetstream.Msg) error {
+		if strings.HasPrefix(string(m.Data()), "stuck/") {
+			<-release
+			stuckDone.Add(1)
+			return nil
+		}
+		if othersDone.Add(1) == others {
+			close(allOthers)
+		}
+		return nil
+	})
+	select {
+	case <-allOthers:
+	case <-time.After(waitFor):
+		t.Fatalf("only %d of %d other rooms handled while one room was stuck", othersDone.Load(), others)
+	}
+	if n := stuckDone.Load(); n != 0 {
+		t.Fatalf("%d stuck messages finished before release", n)
+	}
+	close(release)
+	e.poll("stuck room drained", func() bool { return stuckDone.Load() == stuckMsgs })
+}
+
+// Unordered messages of one subject run concurrently.
+func TestUnorderedRunsConcurrently(t *testing.T) {
+	e := newEnv(t, 5)
+	for i := range 8 {
+		e.publish("!one:x", fmt.Sprintf("m/%d", i))
+	}
+	var inFlight atomic.Int32
+	overlap := make(chan struct{})
+	var once sync.Once
+	var handled atomic.Int32
+	o := e.options(5, 4)
+	o.OrderKey = Unordered
+	e.run(o, func(_ context.Context, _ jetstream.Msg) error {
+		if inFlight.Add(1) > 1 {
+			once.Do(func() { close(overlap) })
+		}
+		select {
+		case <-overlap:
+		case <-time.After(waitFor):
+		}
+		inFlight.Add(-1)
+		handled.Add(1)
+		return nil
+	})
+	e.poll("all handled", func() bool { return handled.Load() == 8 })
+	select {
+	case <-overlap:
+	default:
+		t.Fatal("unordered messages of one subject never ran concurrently")
+	}
+}

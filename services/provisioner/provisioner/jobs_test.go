@@ -3,7 +3,6 @@ package provisioner
 import (
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -120,26 +119,5 @@ func TestFlightGroupSharesOneCall(t *testing.T) {
 	}
 	if g.m["k"] != nil {
 		t.Error("finished flight still registered")
-	}
-}
-
-func TestRoundRobinDealsEveryLaneInTurn(t *testing.T) {
-	for _, n := range []int{1, 2, 7, 16, 64} {
-		key := roundRobin(n)
-		seen := map[uint32]int{}
-		for i := range 3 * n {
-			h := fnv.New32a()
-			_, _ = h.Write([]byte(key(nil)))
-			lane := h.Sum32() % uint32(n)
-			if i < n {
-				seen[lane]++
-			}
-			if seen[lane] > 1 {
-				t.Fatalf("n=%d: lane %d dealt twice in the first round", n, lane)
-			}
-		}
-		if len(seen) != n {
-			t.Errorf("n=%d: %d lanes in the first round", n, len(seen))
-		}
 	}
 }

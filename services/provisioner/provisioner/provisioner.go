@@ -8,10 +8,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"net"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -206,7 +204,8 @@ func (p *Provisioner) Serve(ctx context.Context) error {
 	mod.Stream, mod.Consumer, mod.Concurrency = bus.StreamEvents, bus.ConsumerModeration, 1
 	jobs := base
 	jobs.Stream, jobs.Consumer, jobs.Concurrency = bus.StreamJobs, bus.ConsumerJobs, p.cfg.Concurrency
-	jobs.OrderKey = roundRobin(p.cfg.Concurrency)
+	// Jobs need no order: each converges on the current snapshot.
+	jobs.OrderKey = worker.Unordered
 	go run(mod, p.handleModeration)
 	go run(jobs, p.handleJob)
 
@@ -229,30 +228,4 @@ func (p *Provisioner) Serve(ctx context.Context) error {
 		errs = append(errs, cause)
 	}
 	return errors.Join(errs...)
-}
-
-// roundRobin is an ordering key for the jobs consumer that deals messages
-// to the worker's n lanes in turn. Jobs need no order (each converges on
-// the current snapshot), and the worker's default key, the subject, hashes
-// rooms onto lanes unevenly: its dispatcher then waits on a lane whose
-// queue is full while other lanes idle, which measured at about half the
-// lanes busy during a fan-out. The worker picks lane fnv32a(key) mod n, so
-// one key per lane is found up front.
-func roundRobin(n int) func(jetstream.Msg) string {
-	n = max(n, 1)
-	keys := make([]string, n)
-	found := 0
-	for i := 0; found < n; i++ {
-		k := "lane-" + strconv.Itoa(i)
-		h := fnv.New32a()
-		_, _ = h.Write([]byte(k))
-		if lane := h.Sum32() % uint32(n); keys[lane] == "" {
-			keys[lane] = k
-			found++
-		}
-	}
-	var next atomic.Uint64
-	return func(jetstream.Msg) string {
-		return keys[(next.Add(1)-1)%uint64(n)]
-	}
 }
