@@ -43,9 +43,8 @@ const Name = "botworker"
 // Homeserver is what the bot needs from the client-server API.
 // *matrix.Client implements it; tests substitute their own.
 type Homeserver interface {
-	RegisterAppserviceUser(ctx context.Context, localpart string) (created bool, err error)
-	SetDisplayName(ctx context.Context, user mxid.UserID, name string) error
-	SetAvatarURL(ctx context.Context, user mxid.UserID, mxc string) error
+	// EnsureUser registers the bot and sets its profile where it differs.
+	EnsureUser(ctx context.Context, user mxid.UserID, displayName, avatarURL string) (created bool, err error)
 	JoinRoom(ctx context.Context, roomIDOrAlias string) (mxid.RoomID, error)
 	LeaveRoom(ctx context.Context, room mxid.RoomID, reason string) error
 	CreateRoom(ctx context.Context, req *matrix.CreateRoomRequest) (mxid.RoomID, error)
@@ -53,14 +52,6 @@ type Homeserver interface {
 	GetStateEvent(ctx context.Context, room mxid.RoomID, eventType, stateKey string, out any) error
 	ResolveAlias(ctx context.Context, alias mxid.RoomAlias) (mxid.RoomID, error)
 	Members(ctx context.Context, room mxid.RoomID, membership string) ([]matrix.Event, error)
-}
-
-// ProfileReader is optionally implemented by a Homeserver: with it, start-up
-// sets the display name and avatar only when they differ, because every
-// profile change makes the homeserver send a member event into every room
-// the bot is in.
-type ProfileReader interface {
-	Profile(ctx context.Context, user mxid.UserID) (displayName, avatarURL string, err error)
 }
 
 // Options are the parts of a Bot that tests or an embedding program may
@@ -116,13 +107,13 @@ func New(ctx context.Context, rt *service.Runtime, o Options) (*Bot, error) {
 			HomeserverURL:  cfg.HomeserverURL,
 			Token:          cfg.ASToken.Reveal(),
 			RequestTimeout: cfg.HomeserverTimeout,
-			Observe:        m.observeHS,
+			Observe:        matrix.NewMetrics(rt.Metrics).Observe,
 			Logger:         rt.Log,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("botworker: %w", err)
 		}
-		o.Homeserver = newClientHomeserver(c, cfg)
+		o.Homeserver = c
 	}
 	if o.Registry == nil {
 		reg, err := registry.Open(ctx, rt.JS)

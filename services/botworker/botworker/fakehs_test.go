@@ -77,49 +77,23 @@ func mErr(status int, code, msg string) error {
 	return &matrix.Error{Status: status, ErrCode: code, Message: msg}
 }
 
-func (f *fakeHS) RegisterAppserviceUser(_ context.Context, localpart string) (bool, error) {
+// EnsureUser records what a real homeserver would store: the user, and
+// each profile field that differs from what it holds.
+func (f *fakeHS) EnsureUser(_ context.Context, user mxid.UserID, name, avatar string) (bool, error) {
 	if err := f.enter("register"); err != nil {
 		return false, err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	id := "@" + localpart + ":" + f.server
-	if f.users[id] {
-		return false, nil
+	created := !f.users[user.String()]
+	f.users[user.String()] = true
+	for k, v := range map[string]string{"displayname": name, "avatar_url": avatar} {
+		if v != "" && f.profile[k] != v {
+			f.profile[k] = v
+			f.profiles++
+		}
 	}
-	f.users[id] = true
-	return true, nil
-}
-
-func (f *fakeHS) SetDisplayName(_ context.Context, _ mxid.UserID, name string) error {
-	if err := f.enter("displayname"); err != nil {
-		return err
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.profile["displayname"] = name
-	f.profiles++
-	return nil
-}
-
-func (f *fakeHS) SetAvatarURL(_ context.Context, _ mxid.UserID, mxc string) error {
-	if err := f.enter("avatar"); err != nil {
-		return err
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.profile["avatar_url"] = mxc
-	f.profiles++
-	return nil
-}
-
-func (f *fakeHS) Profile(_ context.Context, _ mxid.UserID) (string, string, error) {
-	if err := f.enter("profile"); err != nil {
-		return "", "", err
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.profile["displayname"], f.profile["avatar_url"], nil
+	return created, nil
 }
 
 func (f *fakeHS) JoinRoom(_ context.Context, room string) (mxid.RoomID, error) {

@@ -1,8 +1,6 @@
 package botworker
 
 import (
-	"strconv"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -16,8 +14,6 @@ type metrics struct {
 	invites      *prometheus.CounterVec
 	ignored      *prometheus.CounterVec
 	orderWaits   *prometheus.CounterVec
-	hsRequests   *prometheus.CounterVec
-	hsDuration   *prometheus.HistogramVec
 }
 
 // Command outcomes.
@@ -63,22 +59,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "cactus_bot_order_waits_total",
 			Help: "Events that waited for an earlier event of their room, by outcome (waited; redelivered: handed back to wait longer; out_of_order: went ahead on their last deliveries).",
 		}, []string{"outcome"}),
-		hsRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "cactus_homeserver_requests_total",
-			Help: "Homeserver client-server API requests by endpoint and HTTP status (0: network error).",
-		}, []string{"endpoint", "status"}),
-		hsDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "cactus_homeserver_request_seconds",
-			Help:    "Homeserver client-server API request duration by endpoint.",
-			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
-		}, []string{"endpoint"}),
 	}
-	reg.MustRegister(m.commands, m.replyLatency, m.handleTime, m.invites, m.ignored, m.orderWaits, m.hsRequests, m.hsDuration)
+	reg.MustRegister(m.commands, m.replyLatency, m.handleTime, m.invites, m.ignored, m.orderWaits)
 	return m
-}
-
-// observeHS is the matrix client's Observe hook.
-func (m *metrics) observeHS(endpoint string, status int, d time.Duration) {
-	m.hsRequests.WithLabelValues(endpoint, strconv.Itoa(status)).Inc()
-	m.hsDuration.WithLabelValues(endpoint).Observe(d.Seconds())
 }

@@ -2,7 +2,6 @@ package provisioner
 
 import (
 	"context"
-	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -14,8 +13,6 @@ type metrics struct {
 	aliasQueries   *prometheus.CounterVec
 	aliasLatency   prometheus.Histogram
 	roomsCreated   prometheus.Counter
-	hsCalls        *prometheus.CounterVec
-	hsLatency      *prometheus.HistogramVec
 	jobsPublished  *prometheus.CounterVec
 	jobs           *prometheus.CounterVec
 	plSkipped      prometheus.Counter
@@ -38,15 +35,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "cactus_provisioner_rooms_created_total",
 			Help: "Comment rooms created by this replica.",
 		}),
-		hsCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "cactus_provisioner_homeserver_calls_total",
-			Help: "Homeserver client-server API attempts by endpoint and HTTP status (0: network error).",
-		}, []string{"endpoint", "status"}),
-		hsLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "cactus_provisioner_homeserver_call_seconds",
-			Help:    "Homeserver call attempt duration by endpoint.",
-			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
-		}, []string{"endpoint"}),
 		jobsPublished: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cactus_provisioner_fanout_jobs_published_total",
 			Help: "Fan-out jobs published (one per room), by kind.",
@@ -68,7 +56,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Registry misses resolved from the homeserver, by result (imported, absent).",
 		}, []string{"result"}),
 	}
-	reg.MustRegister(m.aliasQueries, m.aliasLatency, m.roomsCreated, m.hsCalls, m.hsLatency,
+	reg.MustRegister(m.aliasQueries, m.aliasLatency, m.roomsCreated,
 		m.jobsPublished, m.jobs, m.plSkipped, m.moderation, m.registryMisses)
 	return m
 }
@@ -88,9 +76,4 @@ func (m *metrics) registerPending(reg prometheus.Registerer, pending func(contex
 		}
 		return float64(n)
 	}))
-}
-
-func (m *metrics) observeHomeserver(endpoint string, status int, d time.Duration) {
-	m.hsCalls.WithLabelValues(endpoint, strconv.Itoa(status)).Inc()
-	m.hsLatency.WithLabelValues(endpoint).Observe(d.Seconds())
 }

@@ -60,6 +60,7 @@ type Provisioner struct {
 	bot     mxid.UserID
 	m       *metrics
 	wm      *worker.Metrics
+	hsm     *matrix.Metrics
 	opts    Options
 	flights flightGroup
 	// pub publishes fan-out jobs asynchronously, with its own window of
@@ -88,7 +89,7 @@ func New(ctx context.Context, rt *service.Runtime, opts Options) (*Provisioner, 
 	p := &Provisioner{
 		rt: rt, cfg: rt.Config, log: log, opts: opts,
 		ns: rt.Config.Namespace(), bot: rt.Config.Bot(),
-		m: newMetrics(rt.Metrics), wm: worker.NewMetrics(rt.Metrics),
+		m: newMetrics(rt.Metrics), wm: worker.NewMetrics(rt.Metrics), hsm: matrix.NewMetrics(rt.Metrics),
 	}
 	p.m.registerPending(rt.Metrics, p.pendingJobs)
 	p.hs = opts.Homeserver
@@ -122,7 +123,7 @@ func New(ctx context.Context, rt *service.Runtime, opts Options) (*Provisioner, 
 }
 
 func (p *Provisioner) observe(endpoint string, status int, d time.Duration) {
-	p.m.observeHomeserver(endpoint, status, d)
+	p.hsm.Observe(endpoint, status, d)
 	if p.opts.Observe != nil {
 		p.opts.Observe(endpoint, status, d)
 	}
