@@ -93,7 +93,7 @@ func (g *Gateway) transaction(w http.ResponseWriter, r *http.Request) {
 	var err error
 	st.body, err = g.readBody(r, st.body[:0])
 	if err != nil {
-		g.txns.Put(st)
+		g.recycle(st)
 		if errors.Is(err, errTooLarge) {
 			g.finishTxn(w, start, outcomeTooLarge, http.StatusRequestEntityTooLarge, codeTooLarge,
 				fmt.Sprintf("transaction body larger than %d bytes", g.maxBody))
