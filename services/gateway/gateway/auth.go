@@ -43,7 +43,7 @@ func (c tokenChecker) check(r *http.Request) authResult {
 			}
 		}
 	}
-	if strings.Contains(r.URL.RawQuery, "access_token") {
+	if r.URL.RawQuery != "" { // Synapse sends none: skip the parse
 		for _, tok := range r.URL.Query()["access_token"] {
 			if tok != "" {
 				tokens = append(tokens, tok)

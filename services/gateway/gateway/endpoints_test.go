@@ -77,6 +77,25 @@ func TestEndpoints(t *testing.T) {
 	}
 }
 
+// TestAuthEscapedQueryKey: an escaped access_token key is still the
+// token, so a wrong one is refused even beside a right header.
+func TestAuthEscapedQueryKey(t *testing.T) {
+	e := newEnv(t)
+	for _, tt := range []struct {
+		query  string
+		status int
+	}{
+		{"access%5Ftoken=" + wrongToken, 403},
+		{"access%5Ftoken=" + testHSToken, 200},
+		{"access_token=" + testHSToken + "&access_token=" + wrongToken, 403},
+	} {
+		status, body := doRequest(t, e.srv.Client(), http.MethodPost, e.srv.URL+"/_matrix/app/v1/ping?"+tt.query, nil, authHeader)
+		if status != tt.status {
+			t.Errorf("%s: status %d, want %d (%s)", tt.query, status, tt.status, body)
+		}
+	}
+}
+
 func TestUnrecognized(t *testing.T) {
 	e := newEnv(t)
 	tests := []struct {
