@@ -48,6 +48,10 @@ type Gateway struct {
 	publishTimeout time.Duration
 	aliasTimeout   time.Duration
 	maxBody        int64
+	// maxEvent is the largest event the event stream and the NATS server
+	// take, less room for headers. Larger ones are dead-lettered: a
+	// refused publish would fail the transaction forever.
+	maxEvent int
 
 	// txns recycles the buffers of a transaction (*txnState).
 	txns sync.Pool
@@ -114,9 +118,30 @@ func newGateway(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer,
 		aliasTimeout:   cfg.AliasQueryTimeout,
 		maxBody:        cfg.MaxBodyBytes,
 	}
+	g.maxEvent = maxEventSize(nc)
 	g.ask = g.askNATS
 	g.handler = g.routes()
 	return g, nil
+}
+
+// headerRoom is what our headers and the NATS protocol line may add to an
+// event's bytes.
+const headerRoom = 4 << 10
+
+// maxEventSize is the largest event the event stream accepts from nc.
+func maxEventSize(nc *nats.Conn) int {
+	limit := int64(1 << 20)
+	for _, sc := range (bus.Topology{}).Streams() {
+		if sc.Name == bus.StreamEvents && sc.MaxMsgSize > 0 {
+			limit = int64(sc.MaxMsgSize)
+		}
+	}
+	if nc != nil {
+		if mp := nc.MaxPayload(); mp > 0 && mp < limit {
+			limit = mp
+		}
+	}
+	return int(limit) - headerRoom
 }
 
 // Handler is the Application Service API, for the homeserver-facing

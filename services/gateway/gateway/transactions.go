@@ -224,6 +224,9 @@ func (g *Gateway) store(ctx context.Context, txnID string, st *txnState) error {
 	for i := range st.events {
 		e := &st.events[i]
 		var rm *room
+		if e.Problem == "" && len(e.Raw) > g.maxEvent {
+			e.Problem = fmt.Sprintf("event of %d bytes is larger than the event stream takes (%d)", len(e.Raw), g.maxEvent)
+		}
 		if e.Problem == "" {
 			rm, e.Problem = st.route(e)
 		}

@@ -148,6 +148,24 @@ func TestTransactionMalformedEventsDeadLettered(t *testing.T) {
 	}
 }
 
+// TestTransactionHugeEvent: an event JetStream would refuse must not fail
+// the transaction forever; it goes to the dead-letter stream.
+func TestTransactionHugeEvent(t *testing.T) {
+	e := newEnv(t, withConfig(func(c *config.Config) { c.MaxBodyBytes = 4 << 20 }))
+	huge := fmt.Sprintf(`{"event_id":"$huge","type":"m.room.message","room_id":"!r:example.org","content":{"body":%q}}`, strings.Repeat("x", 1<<20))
+	status, body := e.do(http.MethodPut, "/_matrix/app/v1/transactions/1", txnBody(message("$small", "!r:example.org"), huge))
+	if status != 200 {
+		t.Fatalf("status %d body %s", status, body)
+	}
+	if got := e.eventIDs(); !slices.Equal(got, []string{"$small"}) {
+		t.Fatalf("event stream holds %v", got)
+	}
+	dl := e.stored(bus.StreamDLQ)
+	if len(dl) != 1 || string(dl[0].Data) != huge || !strings.Contains(dl[0].Header.Get(bus.HeaderReason), "larger than") {
+		t.Fatalf("dead letters: %d", len(dl))
+	}
+}
+
 func TestTransactionBadBodies(t *testing.T) {
 	e := newEnv(t, withConfig(func(c *config.Config) { c.MaxBodyBytes = 4096 }))
 	big := txnBody(message("$big", "!r:example.org"), `{"pad":"`+strings.Repeat("x", 4096)+`"}`)
