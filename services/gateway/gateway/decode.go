@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -423,12 +424,9 @@ func (d *decoder) string(i int) (int, bool, error) {
 	escaped := false
 	i++
 	for {
-		// Unrolled by 8: strings are most of a transaction's bytes.
-		for i+8 <= len(b) {
-			if stringStop[b[i]] || stringStop[b[i+1]] || stringStop[b[i+2]] || stringStop[b[i+3]] ||
-				stringStop[b[i+4]] || stringStop[b[i+5]] || stringStop[b[i+6]] || stringStop[b[i+7]] {
-				break
-			}
+		// Eight bytes at a time while none of them ends the fast scan:
+		// strings are most of a transaction's bytes.
+		for i+8 <= len(b) && !hasStringStop(binary.LittleEndian.Uint64(b[i:])) {
 			i += 8
 		}
 		for i < len(b) && !stringStop[b[i]] {
@@ -462,6 +460,19 @@ func (d *decoder) string(i int) (int, bool, error) {
 			return 0, false, &syntaxError{i, fmt.Sprintf("control character %q in string", c)}
 		}
 	}
+}
+
+// hasStringStop reports whether any byte of x is '"', '\\' or below 0x20,
+// with the usual bit tricks: a byte of v is zero iff its bit 7 is set in
+// (v - 0x01..) &^ v, and below n iff set in (v - n..) &^ v.
+func hasStringStop(x uint64) bool {
+	const (
+		ones  = 0x0101010101010101
+		highs = 0x8080808080808080
+	)
+	quote := x ^ (ones * '"')
+	backslash := x ^ (ones * '\\')
+	return ((quote-ones)&^quote|(backslash-ones)&^backslash|(x-ones*0x20)&^x)&highs != 0
 }
 
 func isHex(c byte) bool {

@@ -2,9 +2,11 @@ package gateway
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strings"
 	"testing"
 
@@ -284,3 +286,36 @@ func BenchmarkDecodeTransactionEncodingJSON(b *testing.B) {
 }
 
 func benchTransaction(n, size int) []byte { return loadgen.Transaction("bench", 1, n, size) }
+
+// TestHasStringStop checks the eight-bytes-at-a-time test against the
+// byte table: every byte value at every position among various fillers,
+// then random words.
+func TestHasStringStop(t *testing.T) {
+	check := func(w [8]byte) {
+		want := false
+		for _, c := range w {
+			want = want || stringStop[c]
+		}
+		if got := hasStringStop(binary.LittleEndian.Uint64(w[:])); got != want {
+			t.Fatalf("hasStringStop(% x) = %v, want %v", w, got, want)
+		}
+	}
+	for _, fill := range []byte{'a', ' ', 0x21, 0x5d, 0x7f, 0x80, 0xa2, 0xdc, 0xff} {
+		for pos := range 8 {
+			for c := range 256 {
+				var w [8]byte
+				for i := range w {
+					w[i] = fill
+				}
+				w[pos] = byte(c)
+				check(w)
+			}
+		}
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 1_000_000 {
+		var w [8]byte
+		binary.LittleEndian.PutUint64(w[:], rng.Uint64())
+		check(w)
+	}
+}
