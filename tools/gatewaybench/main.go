@@ -111,9 +111,20 @@ type result struct {
 	rssPeak  int64           // bytes, child processes only
 	rssEnd   int64
 	cpu      time.Duration // child CPU time during the measured phase
+	// handlerMean is the gateway's own mean time per transaction (warmup
+	// included), from its metrics.
+	handlerMean time.Duration
 }
 
 func (r result) eventsPerSec() float64 { return float64(r.events) / r.wall.Seconds() }
+
+func (r result) mean() time.Duration {
+	var sum time.Duration
+	for _, l := range r.lat {
+		sum += l
+	}
+	return sum / time.Duration(len(r.lat))
+}
 
 func (r result) pct(p float64) time.Duration {
 	s := slices.Clone(r.lat)
@@ -180,8 +191,12 @@ func bench(p params, sendersList []int) error {
 					return fmt.Errorf("%s, %d senders, round %d: %w", scenario, senders, round+1, err)
 				}
 				r.scenario, r.senders = scenario, senders
-				fmt.Printf("  round %d %-9s senders=%d: %9.0f events/s  p50 %7.2fms  p99 %7.2fms\n",
-					round+1, scenario, senders, r.eventsPerSec(), ms(r.pct(.5)), ms(r.pct(.99)))
+				fmt.Printf("  round %d %-9s senders=%d: %9.0f events/s  p50 %7.2fms  p99 %7.2fms  mean %7.2fms",
+					round+1, scenario, senders, r.eventsPerSec(), ms(r.pct(.5)), ms(r.pct(.99)), ms(r.mean()))
+				if r.handlerMean > 0 {
+					fmt.Printf("  (inside the gateway: mean %.2fms)", ms(r.handlerMean))
+				}
+				fmt.Println()
 				byScenario[scenario] = append(byScenario[scenario], r)
 			}
 		}
@@ -339,6 +354,9 @@ func overHTTP(kind, natsURL string, w *workload, p params) (result, error) {
 	}
 	r.cpu = c.cpu() - cpuStart
 	r.rssPeak, r.rssEnd = c.rss()
+	if kind == "gateway" {
+		r.handlerMean = c.handlerMean()
+	}
 	return r, nil
 }
 
@@ -396,8 +414,33 @@ func measure(senders, warmup, txns, events int, send func(s, n int) error, start
 
 // childProc is a gateway or null server in a child process.
 type childProc struct {
-	cmd *exec.Cmd
-	url string
+	cmd   *exec.Cmd
+	url   string
+	admin string // "http://-" for the null handler
+}
+
+// handlerMean reads the gateway's own mean transaction time from its
+// metrics: the part of the latency spent inside the gateway.
+func (c *childProc) handlerMean() time.Duration {
+	resp, err := http.Get(c.admin + "/metrics")
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var sum, count float64
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "cactus_gateway_transaction_duration_seconds_sum "); ok {
+			sum, _ = strconv.ParseFloat(strings.TrimSpace(v), 64)
+		}
+		if v, ok := strings.CutPrefix(line, "cactus_gateway_transaction_duration_seconds_count "); ok {
+			count, _ = strconv.ParseFloat(strings.TrimSpace(v), 64)
+		}
+	}
+	if count == 0 {
+		return 0
+	}
+	return time.Duration(sum / count * float64(time.Second))
 }
 
 func startChild(kind, natsURL string, publishTimeout time.Duration) (*childProc, error) {
@@ -411,13 +454,14 @@ func startChild(kind, natsURL string, publishTimeout time.Duration) (*childProc,
 		return nil, err
 	}
 	line, err := bufio.NewReader(out).ReadString('\n')
-	addr, ok := strings.CutPrefix(strings.TrimSpace(line), "LISTEN ")
+	addrs, ok := strings.CutPrefix(strings.TrimSpace(line), "LISTEN ")
+	addr, admin, _ := strings.Cut(addrs, " ")
 	if err != nil || !ok {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 		return nil, fmt.Errorf("child %s did not say where it listens: %q %v", kind, line, err)
 	}
-	return &childProc{cmd: cmd, url: "http://" + addr}, nil
+	return &childProc{cmd: cmd, url: "http://" + addr, admin: "http://" + admin}, nil
 }
 
 func (c *childProc) stop() {
@@ -486,7 +530,7 @@ func child(kind, natsURL string, publishTimeout time.Duration) error {
 		if err != nil {
 			return err
 		}
-		fmt.Printf("LISTEN %s\n", ln.Addr())
+		fmt.Printf("LISTEN %s -\n", ln.Addr())
 		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			_, _ = io.Copy(io.Discard, r.Body)
 			w.Header().Set("Content-Type", "application/json")
@@ -523,7 +567,7 @@ func child(kind, natsURL string, publishTimeout time.Duration) error {
 		log := logging.New(os.Stderr, logging.Options{Format: "json", Level: "warn", Secrets: cfg.Secrets(), Service: "gateway"})
 		return gateway.RunWith(ctx, cfg, gateway.RunOptions{
 			Logger:   log,
-			OnListen: func(api, _ net.Addr) { fmt.Printf("LISTEN %s\n", api) },
+			OnListen: func(api, admin net.Addr) { fmt.Printf("LISTEN %s %s\n", api, admin) },
 		})
 	}
 	return fmt.Errorf("unknown -serve %q", kind)
