@@ -70,8 +70,16 @@ func main() {
 	rounds := flag.Int("rounds", 3, "rounds of every scenario; the median round is reported")
 	memory := flag.Bool("memory", false, "JetStream memory storage instead of file storage")
 	publishTimeout := flag.Duration("publish-timeout", 10*time.Second, "gateway: CACTUS_PUBLISH_TIMEOUT")
+	runID := flag.String("run", "", "child mode (jetstream-proc): event id prefix")
 	flag.Parse()
 
+	if *serve == "jetstream-proc" {
+		if err := childFloor(*natsURL, *runID, *senders1(sendersList), *txns, *warmup, *events, *size); err != nil {
+			fmt.Fprintln(os.Stderr, "gatewaybench child:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *serve != "" {
 		if err := child(*serve, *natsURL, *publishTimeout); err != nil {
 			fmt.Fprintln(os.Stderr, "gatewaybench child:", err)
@@ -93,6 +101,85 @@ func main() {
 		fmt.Fprintln(os.Stderr, "gatewaybench:", err)
 		os.Exit(1)
 	}
+}
+
+// senders1 reads a -senders flag holding one number (child mode).
+func senders1(list *string) *int {
+	n, err := strconv.Atoi(*list)
+	if err != nil {
+		n = 1
+	}
+	return &n
+}
+
+// childFloor is the JetStream floor in a process of its own, like the
+// gateway: it builds the workload, publishes it and prints the timings.
+func childFloor(natsURL, runID string, senders, txns, warmup, events, size int) error {
+	nc, err := nats.Connect(natsURL, nats.Name("gatewaybench-floor-proc"))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(8192))
+	if err != nil {
+		return err
+	}
+	w := newWorkload(runID, senders, txns, events, size)
+	runtime.GC()
+	var cpuStart time.Duration
+	r, err := floorJetStreamWith(context.Background(), js, w, warmup, func() { cpuStart = selfCPU() })
+	if err != nil {
+		return err
+	}
+	out := childResult{WallNS: int64(r.wall), CPUNS: int64(selfCPU() - cpuStart), Events: r.events}
+	for _, l := range r.lat {
+		out.LatNS = append(out.LatNS, int64(l))
+	}
+	b, err := json.Marshal(out)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("RESULT %s\n", b)
+	return nil
+}
+
+type childResult struct {
+	WallNS, CPUNS int64
+	Events        int
+	LatNS         []int64
+}
+
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// floorInChild runs childFloor and reads its result.
+func floorInChild(natsURL, runID string, senders, perSender int, p params) (result, error) {
+	cmd := exec.Command(os.Args[0], "-serve", "jetstream-proc", "-nats", natsURL, "-run", runID,
+		"-senders", strconv.Itoa(senders), "-txns", strconv.Itoa(p.warmup+perSender), "-warmup", strconv.Itoa(p.warmup),
+		"-events", strconv.Itoa(p.events), "-size", strconv.Itoa(p.size))
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return result{}, fmt.Errorf("floor child: %w", err)
+	}
+	line, ok := strings.CutPrefix(strings.TrimSpace(string(out)), "RESULT ")
+	if !ok {
+		return result{}, fmt.Errorf("floor child said %q", out)
+	}
+	var cr childResult
+	if err := json.Unmarshal([]byte(line), &cr); err != nil {
+		return result{}, err
+	}
+	r := result{wall: time.Duration(cr.WallNS), events: cr.Events, cpu: time.Duration(cr.CPUNS)}
+	for _, l := range cr.LatNS {
+		r.lat = append(r.lat, time.Duration(l))
+	}
+	return r, nil
 }
 
 type params struct {
@@ -165,16 +252,19 @@ func bench(p params, sendersList []int) error {
 	fmt.Printf("go %s, GOMAXPROCS %d, %s\n\n", runtime.Version(), runtime.GOMAXPROCS(0), loadavg())
 
 	var all []result
-	ratioSummary := map[int]string{}
+	var ratioSummary []string
 	run := 0
 	for _, senders := range sendersList {
 		perSender := max(1, p.txns/senders)
 		byScenario := map[string][]result{}
 		for round := range p.rounds {
-			for _, scenario := range []string{"jetstream", "http-null", "gateway"} {
+			for _, scenario := range scenarios {
 				run++
 				runID := fmt.Sprintf("r%d", run)
-				w := newWorkload(runID, senders, p.warmup+perSender, p.events, p.size)
+				var w *workload
+				if scenario != "jetstream-proc" {
+					w = newWorkload(runID, senders, p.warmup+perSender, p.events, p.size)
+				}
 				if err := stream.Purge(ctx); err != nil {
 					return fmt.Errorf("purge: %w", err)
 				}
@@ -184,6 +274,8 @@ func bench(p params, sendersList []int) error {
 				switch scenario {
 				case "jetstream":
 					r, err = floorJetStream(ctx, js, w, p.warmup)
+				case "jetstream-proc":
+					r, err = floorInChild(ns.ClientURL(), runID, senders, perSender, p)
 				default:
 					r, err = overHTTP(scenario, ns.ClientURL(), w, p)
 				}
@@ -191,7 +283,7 @@ func bench(p params, sendersList []int) error {
 					return fmt.Errorf("%s, %d senders, round %d: %w", scenario, senders, round+1, err)
 				}
 				r.scenario, r.senders = scenario, senders
-				fmt.Printf("  round %d %-9s senders=%d: %9.0f events/s  p50 %7.2fms  p99 %7.2fms  mean %7.2fms",
+				fmt.Printf("  round %d %-14s senders=%d: %9.0f events/s  p50 %7.2fms  p99 %7.2fms  mean %7.2fms",
 					round+1, scenario, senders, r.eventsPerSec(), ms(r.pct(.5)), ms(r.pct(.99)), ms(r.mean()))
 				if r.handlerMean > 0 {
 					fmt.Printf("  (inside the gateway: mean %.2fms)", ms(r.handlerMean))
@@ -202,13 +294,16 @@ func bench(p params, sendersList []int) error {
 		}
 		// The machine may be shared: compare the gateway with the floor
 		// measured right before it, round by round.
-		var ratios []float64
-		for i, g := range byScenario["gateway"] {
-			ratios = append(ratios, g.eventsPerSec()/byScenario["jetstream"][i].eventsPerSec())
+		for _, floor := range []string{"jetstream", "jetstream-proc"} {
+			var ratios []float64
+			for i, g := range byScenario["gateway"] {
+				ratios = append(ratios, g.eventsPerSec()/byScenario[floor][i].eventsPerSec())
+			}
+			slices.Sort(ratios)
+			ratioSummary = append(ratioSummary, fmt.Sprintf("gateway / %s floor, %d sender(s): median %.0f%% (rounds: %s)",
+				floor, senders, 100*ratios[len(ratios)/2], percents(ratios)))
 		}
-		slices.Sort(ratios)
-		ratioSummary[senders] = fmt.Sprintf("%.0f%% (rounds: %s)", 100*ratios[len(ratios)/2], percents(ratios))
-		for _, s := range []string{"jetstream", "http-null", "gateway"} {
+		for _, s := range scenarios {
 			rs := byScenario[s]
 			slices.SortFunc(rs, func(a, b result) int { return cmp.Compare(a.eventsPerSec(), b.eventsPerSec()) })
 			all = append(all, rs[len(rs)/2])
@@ -217,8 +312,8 @@ func bench(p params, sendersList []int) error {
 	fmt.Printf("\n%s after the run\n\n", loadavg())
 	report(all)
 	fmt.Println()
-	for _, n := range sendersList {
-		fmt.Printf("gateway / JetStream floor with %d sender(s), median of per-round ratios: %s\n", n, ratioSummary[n])
+	for _, line := range ratioSummary {
+		fmt.Println(line)
 	}
 	return nil
 }
@@ -230,6 +325,11 @@ func percents(fs []float64) string {
 	}
 	return strings.Join(parts, " ")
 }
+
+// scenarios of every round, floors first, each measured right before the
+// gateway: jetstream publishes from this process (which also runs the NATS
+// server), jetstream-proc from a child process like the gateway's.
+var scenarios = []string{"jetstream", "jetstream-proc", "http-null", "gateway"}
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
@@ -248,6 +348,8 @@ func report(rs []result) {
 		rss, cpu := "", ""
 		if r.rssPeak > 0 {
 			rss = fmt.Sprintf("%.0f MiB", float64(r.rssPeak)/(1<<20))
+		}
+		if r.cpu > 0 {
 			cpu = fmt.Sprintf("%.1f µs", float64(r.cpu.Microseconds())/float64(r.events))
 		}
 		fmt.Printf("| %d | %s | %.0f | %.2f ms | %.2f ms | %.0f%% | %s | %s |\n",
@@ -296,6 +398,10 @@ func newWorkload(runID string, senders, txns, events, size int) *workload {
 // floorJetStream publishes each transaction's events asynchronously and
 // waits for every ack before the next transaction, per sender.
 func floorJetStream(ctx context.Context, js jetstream.JetStream, w *workload, warmup int) (result, error) {
+	return floorJetStreamWith(ctx, js, w, warmup, nil)
+}
+
+func floorJetStreamWith(ctx context.Context, js jetstream.JetStream, w *workload, warmup int, started func()) (result, error) {
 	return measure(len(w.msgs), warmup, len(w.msgs[0]), w.events, func(s, n int) error {
 		msgs := w.msgs[s][n]
 		futs := make([]jetstream.PubAckFuture, 0, len(msgs))
@@ -316,7 +422,7 @@ func floorJetStream(ctx context.Context, js jetstream.JetStream, w *workload, wa
 			}
 		}
 		return nil
-	}, nil)
+	}, started)
 }
 
 // overHTTP sends the transactions to a child process serving kind.
