@@ -33,7 +33,7 @@ func TestEndToEnd(t *testing.T) {
 }
 
 func endToEnd(t *testing.T, mode hssim.Mode) {
-	e := newEnv(t, withConfig(func(c *config.Config) { c.PublishTimeout = time.Second; c.LogLevel = "info" }))
+	e := newEnv(t, withConfig(func(c *config.Config) { c.LogLevel = "info" }))
 	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
 	defer cancel()
 	url := e.srv.URL

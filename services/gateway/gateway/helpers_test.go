@@ -50,8 +50,8 @@ func testConfig(t testing.TB) *config.Config {
 		AdminAddr:         "127.0.0.1:0",
 		LogFormat:         "json",
 		LogLevel:          "debug",
-		PublishTimeout:    5 * time.Second,
-		AliasQueryTimeout: 5 * time.Second,
+		PublishTimeout:    20 * time.Second, // generous: tests that need a timeout set their own
+		AliasQueryTimeout: 20 * time.Second,
 		MaxBodyBytes:      1 << 20,
 		ShutdownTimeout:   10 * time.Second,
 		RegistrationLimit: 10,

@@ -49,7 +49,7 @@ func TestStartupPing(t *testing.T) {
 				reg.URL = &tt.url
 			}
 			hs, err := hssim.Start(ctx, hssim.Options{ServerName: "example.org", Mode: tt.mode, TimeUnit: time.Millisecond,
-				QueryTimeout: 5 * time.Second, Registrations: []*registration.Registration{reg}})
+				QueryTimeout: 20 * time.Second, Registrations: []*registration.Registration{reg}})
 			if err != nil {
 				t.Fatal(err)
 			}

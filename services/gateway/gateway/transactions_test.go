@@ -297,7 +297,7 @@ func TestTransactionStreamMissing(t *testing.T) {
 // TestTransactionNATSOutage: NATS down means 503 and nothing acknowledged;
 // once NATS is back, the homeserver's retry is accepted and stored once.
 func TestTransactionNATSOutage(t *testing.T) {
-	e := newEnv(t, withConfig(func(c *config.Config) { c.PublishTimeout = time.Second }))
+	e := newEnv(t)
 	body := txnBody(message("$o1", "!r:example.org"), message("$o2", "!r:example.org"))
 	if status, out := e.do(http.MethodPut, "/_matrix/app/v1/transactions/1", txnBody(message("$before", "!r:example.org"))); status != 200 {
 		t.Fatalf("before the outage: %d %s", status, out)
