@@ -1,7 +1,6 @@
 package botworker
 
 import (
-
 	"github.com/prometheus/client_golang/prometheus"
 )
 
