@@ -33,6 +33,7 @@ COPY services/gateway/go.* services/gateway/
 COPY services/provisioner/go.* services/provisioner/
 COPY services/botworker/go.* services/botworker/
 COPY deploy/deploytest/go.* deploy/deploytest/
+COPY tools/gatewaybench/go.* tools/gatewaybench/
 # pkg requires every third-party module the binaries use.
 RUN --mount=type=cache,target=/go/pkg/mod \
     cd pkg && GOWORK=off go mod download

@@ -1,7 +1,7 @@
 # Every target works from a fresh clone with only Go, gcc, git and make.
 SHELL := /bin/bash
 GO ?= go
-MODULES := $(shell sed -n "s/^[[:space:]]*\.\/\(.*\)$$/\1/p" go.work)
+MODULES := $(shell $(GO) list -m -f "{{.Dir}}" | sed "s|^$(CURDIR)/||")
 SERVICES := gateway provisioner botworker
 PKGS := $(addsuffix /...,$(addprefix ./,$(MODULES)))
 TESTFLAGS ?= -race -count=1 -timeout 15m
