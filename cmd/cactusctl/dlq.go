@@ -198,7 +198,7 @@ func oneLine(s string, n int) string {
 }
 
 // dlqHeaders are the headers PublishDeadLetter adds; a replay removes them.
-var dlqHeaders = []string{bus.HeaderReason, bus.HeaderSource, bus.HeaderStream, bus.HeaderConsumer, bus.HeaderDelivered, bus.HeaderFailedAt}
+var dlqHeaders = []string{bus.HeaderReason, bus.HeaderSource, bus.HeaderStream, bus.HeaderConsumer, bus.HeaderDelivered, bus.HeaderFailedAt, bus.HeaderTruncated}
 
 // replayMsgID makes a replay idempotent: if the ack is lost and the replay
 // is retried, or the dead letter could not be deleted after the replay and
@@ -210,6 +210,9 @@ func replayMsgID(seq uint64) string { return "cactus-dlq-replay-" + strconv.Form
 func replay(ctx context.Context, js jetstream.JetStream, s jetstream.Stream, d deadLetter) error {
 	if d.Subject == "" {
 		return errors.New("no original subject recorded; cannot replay")
+	}
+	if n := d.header.Get(bus.HeaderTruncated); n != "" {
+		return fmt.Errorf("only part of the original %s bytes was kept; cannot replay (drop it)", n)
 	}
 	if !strings.HasPrefix(d.Subject, "cactus.") || strings.HasPrefix(d.Subject, "cactus.dlq.") {
 		return fmt.Errorf("original subject %q is not a cactus work subject; refusing to replay", d.Subject)

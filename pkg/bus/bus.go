@@ -79,6 +79,7 @@ const (
 	HeaderConsumer  = "Cactus-Dlq-Consumer"
 	HeaderDelivered = "Cactus-Dlq-Deliveries"
 	HeaderFailedAt  = "Cactus-Dlq-Time"
+	HeaderTruncated = "Cactus-Dlq-Truncated"
 )
 
 // emptyToken stands for the empty string: base64url never yields "=", so it

@@ -33,6 +33,11 @@ func Connect(ctx context.Context, o ConnOptions, log *slog.Logger) (*nats.Conn, 
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.ReconnectJitter(100*time.Millisecond, time.Second),
 		nats.RetryOnFailedConnect(false),
+		// Publishes while disconnected fail at once instead of waiting in
+		// a buffer: the gateway has then already answered 503 and the
+		// homeserver will resend, and workers' acks are redelivered
+		// anyway. Nothing is lost; nothing is sent behind a caller's back.
+		nats.ReconnectBufSize(-1),
 		nats.Timeout(5 * time.Second),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {

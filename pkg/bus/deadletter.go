@@ -20,7 +20,22 @@ type DeadLetter struct {
 	Delivered int
 	Data      []byte
 	Header    nats.Header
+	// ID names this failure. A second dead letter with the same ID within
+	// the duplicate window is dropped: a homeserver retrying a transaction
+	// with a malformed event, or a worker whose Term was lost, would
+	// otherwise store the same failure twice. Empty: no deduplication.
+	ID string
+	// Truncated is the original size when Data was cut to
+	// MaxDeadLetterData; 0 otherwise.
+	Truncated int
 }
+
+// MaxDeadLetterData bounds what a dead letter keeps of the message. A
+// Matrix event is at most 64 KiB, so real events are kept whole; a larger
+// hostile one is kept in part, with its size, because NATS could not carry
+// it whole (its default payload limit is 1 MiB) and refusing it would make
+// the homeserver resend its transaction for ever.
+const MaxDeadLetterData = 256 << 10
 
 // PublishDeadLetter stores a dead letter with its reason. The original
 // headers are kept, except the message id, so a replay is not dropped as a
@@ -44,7 +59,14 @@ func PublishDeadLetter(ctx context.Context, js jetstream.JetStream, d DeadLetter
 	m.Header.Set(HeaderConsumer, d.Source)
 	m.Header.Set(HeaderDelivered, strconv.Itoa(d.Delivered))
 	m.Header.Set(HeaderFailedAt, time.Now().UTC().Format(time.RFC3339Nano))
+	if d.ID != "" {
+		m.Header.Set(HeaderMsgID, "dlq:"+headerValue(d.ID))
+	}
 	m.Data = d.Data
+	if len(m.Data) > MaxDeadLetterData {
+		m.Header.Set(HeaderTruncated, strconv.Itoa(len(m.Data)))
+		m.Data = m.Data[:MaxDeadLetterData]
+	}
 	if _, err := js.PublishMsg(ctx, m); err != nil {
 		return fmt.Errorf("dead-letter from %s: %w", d.Source, err)
 	}
@@ -74,6 +96,7 @@ func headerValue(s string) string {
 func ReadDeadLetter(m jetstream.Msg) DeadLetter {
 	h := m.Headers()
 	n, _ := strconv.Atoi(h.Get(HeaderDelivered))
+	truncated, _ := strconv.Atoi(h.Get(HeaderTruncated))
 	return DeadLetter{
 		Source:    h.Get(HeaderConsumer),
 		Stream:    h.Get(HeaderStream),
@@ -82,5 +105,7 @@ func ReadDeadLetter(m jetstream.Msg) DeadLetter {
 		Delivered: n,
 		Data:      m.Data(),
 		Header:    h,
+		ID:        strings.TrimPrefix(h.Get(HeaderMsgID), "dlq:"),
+		Truncated: truncated,
 	}
 }

@@ -72,7 +72,8 @@ func (t Topology) Streams() []jetstream.StreamConfig {
 			Replicas:    t.replicas(),
 			Retention:   jetstream.LimitsPolicy,
 			MaxAge:      30 * 24 * time.Hour,
-			MaxMsgSize:  2 << 20,
+			Duplicates:  DuplicateWindow,
+			MaxMsgSize:  1 << 20,
 		},
 	}
 }

@@ -218,6 +218,11 @@ func (o *Options) handle(ctx context.Context, js jetstream.JetStream, m jetstrea
 		o.count("dead_letter")
 		log.Error("worker: giving up, dead-lettering", "err", herr)
 		dl := bus.DeadLetter{Source: o.Consumer, Stream: o.Stream, Subject: m.Subject(), Reason: herr.Error(), Delivered: delivered, Data: m.Data(), Header: m.Headers()}
+		if md != nil {
+			// A lost Term redelivers the message; this keeps its second
+			// failure from being stored twice.
+			dl.ID = fmt.Sprintf("%s:%s:%d", o.Stream, o.Consumer, md.Sequence.Stream)
+		}
 		if err := bus.PublishDeadLetter(ctx, js, dl); err != nil {
 			// Not stored in the dead-letter stream: keep the message.
 			log.Error("worker: dead-letter publish failed; retrying later", "err", err)

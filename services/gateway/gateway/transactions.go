@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -371,12 +373,16 @@ func (g *Gateway) deadLetter(ctx context.Context, txnID string, e *rawEvent) err
 	}
 	g.log.Warn("malformed event sent to the dead-letter stream", "txn_id", txnID,
 		"event_id", e.EventID, "room_id", string(e.RoomID), "reason", e.Problem)
+	sum := sha256.Sum256(e.Raw)
 	err := bus.PublishDeadLetter(ctx, g.js, bus.DeadLetter{
 		Source:  "gateway",
 		Subject: subject,
 		Reason:  e.Problem,
 		Data:    e.Raw,
 		Header:  h,
+		// The homeserver resends the same event with every retry of its
+		// transaction; one dead letter per distinct event is enough.
+		ID: "gateway:" + hex.EncodeToString(sum[:]),
 	})
 	if err != nil {
 		return fmt.Errorf("dead-letter event %q (%s): %w", e.EventID, e.Problem, err)

@@ -1,0 +1,60 @@
+package bus
+
+import (
+	"bytes"
+	"context"
+	"strconv"
+	"testing"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cactus-comments/appservice/pkg/embednats"
+)
+
+func TestDeadLetterIDDeduplicatesAndLargeDataIsTruncated(t *testing.T) {
+	ctx := context.Background()
+	srv := embednats.StartTest(t)
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (Topology{Memory: true}).Ensure(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	big := bytes.Repeat([]byte("x"), MaxDeadLetterData+10)
+	for _, d := range []DeadLetter{
+		{Source: "gateway", Reason: "no event_id", Data: []byte(`{"type":"m.room.message"}`), ID: "gateway:abc"},
+		{Source: "gateway", Reason: "no event_id", Data: []byte(`{"type":"m.room.message"}`), ID: "gateway:abc"}, // the retried transaction
+		{Source: "gateway", Reason: "too large", Data: big, ID: "gateway:big"},
+		{Source: "botworker", Reason: "boom", Data: []byte("1")}, // no ID: never deduplicated
+		{Source: "botworker", Reason: "boom", Data: []byte("1")},
+	} {
+		if err := PublishDeadLetter(ctx, js, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := js.Stream(ctx, StreamDLQ)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 4 {
+		t.Fatalf("dead letters stored: %d, want 4 (one per distinct ID, every one without)", info.State.Msgs)
+	}
+	raw, err := s.GetMsg(ctx, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(raw.Data) != MaxDeadLetterData || raw.Header.Get(HeaderTruncated) != strconv.Itoa(len(big)) {
+		t.Fatalf("large dead letter kept %d bytes, truncated header %q", len(raw.Data), raw.Header.Get(HeaderTruncated))
+	}
+}
