@@ -287,7 +287,10 @@ func TestPermanentErrorDeadLetters(t *testing.T) {
 		dl.Subject != bus.EventSubject(bus.ClassBot, "!r:x") || dl.Delivered != 1 || string(dl.Data) != "$bad" {
 		t.Fatalf("dead letter %+v", dl)
 	}
-	if dl.Header.Get(bus.HeaderConsumer) != bus.ConsumerBot || dl.Header.Get(bus.HeaderTxnID) != "txn-$bad" || dl.Header.Get(bus.HeaderMsgID) != "" {
+	if dl.Header.Get(bus.HeaderConsumer) != bus.ConsumerBot || dl.Header.Get(bus.HeaderTxnID) != "txn-$bad" ||
+		// Its own id (stream and sequence), never the original's, which
+		// would make a replay a duplicate.
+		dl.Header.Get(bus.HeaderMsgID) != "dlq:"+bus.StreamEvents+":"+bus.ConsumerBot+":1" {
 		t.Fatalf("dead letter headers %v", dl.Header)
 	}
 	// A later message of the same room is handled after it (same lane), and

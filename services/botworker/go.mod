@@ -1,6 +1,6 @@
 module github.com/cactus-comments/appservice/services/botworker
 
-go 1.26
+go 1.26.0
 
 require (
 	github.com/cactus-comments/appservice/pkg v0.0.0
@@ -30,6 +30,7 @@ require (
 	golang.org/x/sys v0.49.0 // indirect
 	golang.org/x/time v0.16.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
+	gopkg.in/yaml.v3 v3.0.1 // indirect
 )
 
 replace github.com/cactus-comments/appservice/pkg => ../../pkg
