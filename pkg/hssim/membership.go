@@ -13,6 +13,12 @@ var effective = map[string]string{"join": "join", "invite": "invite", "leave": "
 // by who. It returns the id of the event that now holds the membership
 // (an existing one when the change is a duplicate, as Synapse does).
 func (s *Server) changeMembershipLocked(r *room, who *requester, target, action, reason string) (string, *matrixError) {
+	return s.changeMembershipExtraLocked(r, who, target, action, reason, nil)
+}
+
+// changeMembershipExtraLocked is changeMembershipLocked with extra content
+// keys, such as is_direct on the invites of a createRoom with is_direct.
+func (s *Server) changeMembershipExtraLocked(r *room, who *requester, target, action, reason string, extra map[string]any) (string, *matrixError) {
 	sender := who.userID
 	membership := effective[action]
 	old := r.stateEvent("m.room.member", target)
@@ -31,6 +37,9 @@ func (s *Server) changeMembershipLocked(r *room, who *requester, target, action,
 	}
 
 	content := map[string]any{"membership": membership}
+	for k, v := range extra {
+		content[k] = v
+	}
 	if reason != "" {
 		content["reason"] = reason
 	}

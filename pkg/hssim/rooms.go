@@ -194,8 +194,14 @@ func (s *Server) handleCreateRoom(q *request) (any, *matrixError) {
 	if b.Topic != nil {
 		s.appendEventLocked(r, creator, "m.room.topic", &empty, mustJSON(map[string]any{"topic": *b.Topic}))
 	}
+	// Synapse marks the invites of a direct chat with is_direct, which is
+	// how the invitee's client (and our bot) tells a DM from a group.
+	var inviteExtra map[string]any
+	if b.IsDirect {
+		inviteExtra = map[string]any{"is_direct": true}
+	}
 	for _, inv := range b.Invite {
-		if _, e := s.changeMembershipLocked(r, q.who, inv, "invite", ""); e != nil {
+		if _, e := s.changeMembershipExtraLocked(r, q.who, inv, "invite", "", inviteExtra); e != nil {
 			return nil, e
 		}
 	}

@@ -84,6 +84,16 @@ func TestCreateRoomPresetsAndOptions(t *testing.T) {
 				t.Fatalf("power levels %v", pl)
 			}
 		}},
+		{"is_direct marks the invites", map[string]any{"preset": "trusted_private_chat", "invite": []string{bob}, "is_direct": true}, func(t *testing.T, id string) {
+			if c := stateContent(t, e, id, "m.room.member", bob); c["membership"] != "invite" || c["is_direct"] != true {
+				t.Fatalf("invite content %v", c)
+			}
+		}},
+		{"no is_direct on ordinary invites", map[string]any{"invite": []string{bob}}, func(t *testing.T, id string) {
+			if c := stateContent(t, e, id, "m.room.member", bob); c["is_direct"] != nil {
+				t.Fatalf("invite content %v", c)
+			}
+		}},
 		{"trusted private chat gives invitees 100", map[string]any{"preset": "trusted_private_chat", "invite": []string{bob}}, func(t *testing.T, id string) {
 			if e.hs.PowerLevel(id, bob) != 100 {
 				t.Fatal("invitee not admin")
