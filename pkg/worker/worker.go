@@ -140,7 +140,10 @@ func Run(ctx context.Context, js jetstream.JetStream, o Options, h Handler) erro
 	if err != nil {
 		return fmt.Errorf("worker %s: %w", o.Consumer, err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(2 * o.Concurrency))
+	// Short pull requests: a pull request the server forgot about (seen
+	// once under heavy load on the MaxAckPending=1 moderation consumer)
+	// stalls the consumer until it expires, 30 s by default.
+	it, err := cons.Messages(jetstream.PullMaxMessages(2*o.Concurrency), jetstream.PullExpiry(5*time.Second))
 	if err != nil {
 		return fmt.Errorf("worker %s: %w", o.Consumer, err)
 	}
