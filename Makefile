@@ -18,7 +18,11 @@ build:
 
 ## run: the whole system in one process (embedded NATS, simulator unless CACTUS_HOMESERVER_URL is set)
 run:
-	$(GO) run ./cmd/cactus-dev
+	@mkdir -p bin
+	$(GO) build -o bin/cactus-dev ./cmd/cactus-dev
+	@# exec: Ctrl-C reaches the runner, which stops cleanly and exits 0
+	@# (go run would report the interrupt as a failure).
+	exec bin/cactus-dev
 
 ## test: every module's tests, with the race detector
 test:
