@@ -25,16 +25,7 @@ import (
 // the variables that point cactusctl at it, and a JetStream handle.
 func natsEnv(t *testing.T) (map[string]string, jetstream.JetStream) {
 	t.Helper()
-	srv := embednats.StartTest(t)
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, _, js := embednats.JetStreamTest(t)
 	ctx := context.Background()
 	if err := (bus.Topology{Replicas: 1, MaxDeliver: 3}).Ensure(ctx, js); err != nil {
 		t.Fatal(err)

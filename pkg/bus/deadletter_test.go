@@ -6,24 +6,12 @@ import (
 	"strconv"
 	"testing"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/cactus-comments/appservice/pkg/embednats"
 )
 
 func TestDeadLetterIDDeduplicatesAndLargeDataIsTruncated(t *testing.T) {
 	ctx := context.Background()
-	srv := embednats.StartTest(t)
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, _, js := embednats.JetStreamTest(t)
 	if err := (Topology{Memory: true}).Ensure(ctx, js); err != nil {
 		t.Fatal(err)
 	}

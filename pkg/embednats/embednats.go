@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Options for Start.
@@ -129,4 +131,21 @@ func (s *Server) Restart() (*Server, error) {
 	}
 	n.tmp, s.tmp = s.tmp, ""
 	return n, nil
+}
+
+// JetStreamTest starts a server for one test and connects to it. The
+// connection and the server are closed at the end of the test.
+func JetStreamTest(tb testing.TB) (*Server, *nats.Conn, jetstream.JetStream) {
+	tb.Helper()
+	s := StartTest(tb)
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return s, nc, js
 }

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cactus-comments/appservice/pkg/bus"
@@ -23,16 +22,7 @@ func openTestRegistry(t *testing.T) (context.Context, *Registry, jetstream.JetSt
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
-	srv := embednats.StartTest(t)
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, _, js := embednats.JetStreamTest(t)
 	if err := (bus.Topology{Memory: true}).Ensure(ctx, js); err != nil {
 		t.Fatal(err)
 	}
@@ -44,13 +34,7 @@ func openTestRegistry(t *testing.T) (context.Context, *Registry, jetstream.JetSt
 }
 
 func TestOpenWithoutBuckets(t *testing.T) {
-	srv := embednats.StartTest(t)
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	_, _, js := embednats.JetStreamTest(t)
 	if _, err := Open(context.Background(), js); err == nil {
 		t.Fatal("Open succeeded without the buckets")
 	}

@@ -35,16 +35,7 @@ func newEnv(t *testing.T, maxDeliver int) *env {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
-	srv := embednats.StartTest(t)
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, _, js := embednats.JetStreamTest(t)
 	if err := (bus.Topology{Memory: true, MaxDeliver: maxDeliver}).Ensure(ctx, js); err != nil {
 		t.Fatal(err)
 	}
