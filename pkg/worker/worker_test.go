@@ -111,12 +111,23 @@ func (e *env) consumerInfo() *jetstream.ConsumerInfo {
 	return ci
 }
 
-// settled waits until the consumer has nothing pending or unacknowledged.
+// settled waits until the consumer has acknowledged (or terminated) every
+// message in the stream. Pending counts alone are not enough: both read 0
+// while a Nak'd message waits out its delay, and for a moment after a
+// publish before the consumer has counted it.
 func (e *env) settled() {
 	e.t.Helper()
+	s, err := e.js.Stream(e.ctx, bus.StreamEvents)
+	if err != nil {
+		e.t.Fatal(err)
+	}
 	e.poll("all messages acknowledged", func() bool {
+		si, err := s.Info(e.ctx)
+		if err != nil {
+			e.t.Fatal(err)
+		}
 		ci := e.consumerInfo()
-		return ci.NumAckPending == 0 && ci.NumPending == 0
+		return ci.NumAckPending == 0 && ci.NumPending == 0 && ci.AckFloor.Stream >= si.State.LastSeq
 	})
 }
 
