@@ -138,6 +138,10 @@ func Run(ctx context.Context, js jetstream.JetStream, o Options, h Handler) erro
 	o.defaults()
 	cons, err := js.Consumer(ctx, o.Stream, o.Consumer)
 	if err != nil {
+		if ctx.Err() != nil {
+			// Asked to stop before consuming anything: a clean stop.
+			return nil
+		}
 		return fmt.Errorf("worker %s: %w", o.Consumer, err)
 	}
 	// Short pull requests: a pull request the server forgot about (seen

@@ -677,3 +677,14 @@ func TestUnorderedRunsConcurrently(t *testing.T) {
 		t.Fatal("unordered messages of one subject never ran concurrently")
 	}
 }
+
+// A service stopped between becoming ready and starting to consume stops
+// cleanly: Run with an already cancelled context returns nil.
+func TestRunWithCancelledContextIsACleanStop(t *testing.T) {
+	e := newEnv(t, 5)
+	ctx, cancel := context.WithCancel(e.ctx)
+	cancel()
+	if err := Run(ctx, e.js, e.options(5, 2), func(context.Context, jetstream.Msg) error { return nil }); err != nil {
+		t.Fatalf("Run after cancel: %v", err)
+	}
+}
