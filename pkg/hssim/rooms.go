@@ -559,15 +559,7 @@ func (s *Server) handleStateAll(q *request) (any, *matrixError) {
 	if e != nil {
 		return nil, e
 	}
-	visible := s.visibleState(r, q.who.userID)
-	now := time.Now()
-	out := []Event{}
-	for _, ev := range r.timeline {
-		if ev.StateKey != nil && visible[StateKey{ev.Type, *ev.StateKey}] == ev {
-			out = append(out, ev.clientFormat(now))
-		}
-	}
-	return out, nil
+	return stateListOf(r, s.visibleState(r, q.who.userID)), nil
 }
 
 // visibleState is the current state for members and world-readable rooms;
@@ -593,11 +585,15 @@ func (s *Server) visibleState(r *room, userID string) map[StateKey]*Event {
 }
 
 // stateList is the current state in timeline order.
-func stateList(r *room) []Event {
+func stateList(r *room) []Event { return stateListOf(r, r.state) }
+
+// stateListOf lists the events of st (a view of r's state) in timeline
+// order.
+func stateListOf(r *room, st map[StateKey]*Event) []Event {
 	now := time.Now()
 	out := []Event{}
 	for _, ev := range r.timeline {
-		if ev.StateKey != nil && r.state[StateKey{ev.Type, *ev.StateKey}] == ev {
+		if ev.StateKey != nil && st[StateKey{ev.Type, *ev.StateKey}] == ev {
 			out = append(out, ev.clientFormat(now))
 		}
 	}
