@@ -88,3 +88,13 @@ func (c *cfgFlags) connect(ctx context.Context, cfg *config.Config) (*nats.Conn,
 	}
 	return nc, js, nil
 }
+
+// connectNATS is natsOnly then connect: what every command that needs only
+// NATS does first. The caller closes the connection.
+func (c *cfgFlags) connectNATS(ctx context.Context, e *env) (*nats.Conn, jetstream.JetStream, error) {
+	cfg, err := c.natsOnly(e)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c.connect(ctx, cfg)
+}

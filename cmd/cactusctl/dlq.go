@@ -146,11 +146,7 @@ func dlqList(ctx context.Context, e *env, args []string) error {
 	if f.NArg() > 0 {
 		return usagef("unexpected arguments %q", f.Args())
 	}
-	cfg, err := cf.natsOnly(e)
-	if err != nil {
-		return err
-	}
-	nc, js, err := cf.connect(ctx, cfg)
+	nc, js, err := cf.connectNATS(ctx, e)
 	if err != nil {
 		return err
 	}
@@ -307,11 +303,7 @@ func dlqReplay(ctx context.Context, e *env, args []string) error {
 	if err := parseSeqs(f.Args()); err != nil {
 		return err
 	}
-	cfg, err := cf.natsOnly(e)
-	if err != nil {
-		return err
-	}
-	nc, js, err := cf.connect(ctx, cfg)
+	nc, js, err := cf.connectNATS(ctx, e)
 	if err != nil {
 		return err
 	}
@@ -357,11 +349,7 @@ func dlqDrop(ctx context.Context, e *env, args []string) error {
 	if err := parseSeqs(f.Args()); err != nil {
 		return err
 	}
-	cfg, err := cf.natsOnly(e)
-	if err != nil {
-		return err
-	}
-	nc, js, err := cf.connect(ctx, cfg)
+	nc, js, err := cf.connectNATS(ctx, e)
 	if err != nil {
 		return err
 	}

@@ -31,11 +31,7 @@ func cmdSites(ctx context.Context, e *env, args []string) error {
 	if f.NArg() > 0 {
 		return usagef("unexpected arguments %q", f.Args())
 	}
-	cfg, err := cf.natsOnly(e)
-	if err != nil {
-		return err
-	}
-	nc, js, err := cf.connect(ctx, cfg)
+	nc, js, err := cf.connectNATS(ctx, e)
 	if err != nil {
 		return err
 	}
