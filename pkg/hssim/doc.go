@@ -11,6 +11,13 @@ package hssim
 // Transactions, Delivered, Calls. Wait for asynchronous delivery with
 // WaitDelivered, WaitIdle or Wait(cond) (signalled, no polling).
 //
+// SetLatency delays the answer, not the effect: like Synapse, which commits
+// a createRoom (or any write) whose client hung up, the simulator applies a
+// request at once and only then waits before answering. A client that
+// times out may therefore find its room, alias or event in place; a retry
+// must expect M_ROOM_IN_USE or an already-made change. Faults (InjectFault)
+// replace the effect: a faulted request changes nothing.
+//
 // Client-server endpoints (r0 and v3 prefixes; endpoint names for Calls,
 // SetLatency and InjectFault are the EP constants): versions, register,
 // login, account/whoami, profile (get, displayname, avatar_url), createRoom,

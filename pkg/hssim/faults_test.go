@@ -2,6 +2,7 @@ package hssim
 
 import (
 	"bytes"
+	"context"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -197,4 +198,33 @@ func FuzzRequests(f *testing.F) {
 			t.Fatalf("%s %s -> %d without errcode/error: %s", method, path, rec.Code, b)
 		}
 	})
+}
+
+// A homeserver does not undo a write because the client stopped waiting:
+// with latency injected, a client that times out gets no answer, yet the
+// room and its alias exist, as on Synapse.
+func TestLatencyAppliesWritesTheClientGaveUpOn(t *testing.T) {
+	e := startEnv(t, Synapse)
+	registerBot(t, e)
+	e.hs.SetLatency(EPCreateRoom, time.Minute)
+	ctx, cancel := context.WithTimeout(ctxT(t), 200*time.Millisecond)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, "POST", e.hs.URL()+"/_matrix/client/v3/createRoom",
+		strings.NewReader(`{"room_alias_name":"comments_slow"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+testASToken)
+	if res, err := http.DefaultClient.Do(req); err == nil {
+		res.Body.Close()
+		t.Fatalf("answered %d despite a minute of latency", res.StatusCode)
+	}
+	alias := "#comments_slow:" + testServer
+	if err := e.hs.Wait(ctxT(t), func() bool { _, ok := e.hs.ResolveAliasLocal(alias); return ok }); err != nil {
+		t.Fatalf("the room the client gave up on was not created: %v", err)
+	}
+	id, _ := e.hs.ResolveAliasLocal(alias)
+	if e.hs.Membership(id, "@cactusbot:"+testServer) != "join" {
+		t.Fatal("room created without its creator")
+	}
 }

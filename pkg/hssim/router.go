@@ -194,8 +194,11 @@ func (s *Server) match(method, escapedPath string) (rt *route, params map[string
 	return nil, nil, mismatch, nil
 }
 
-// ServeHTTP routes, counts, applies latency and faults, authenticates and
-// rate limits, then runs the handler.
+// ServeHTTP routes, counts, authenticates, rate limits and runs the
+// handler, then answers after the endpoint's injected latency. The latency
+// delays the answer, not the effect: a homeserver does not undo a write
+// because the client stopped waiting (Synapse commits a createRoom whose
+// client hung up), so a client that times out may find its change applied.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodOptions {
 		w.Header().Set("Access-Control-Allow-Origin", "*")
@@ -218,54 +221,58 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	fault := s.takeFaultLocked(endpoint)
 	s.mu.Unlock()
 
-	if delay > 0 {
-		t := time.NewTimer(delay)
-		select {
-		case <-t.C:
-		case <-r.Context().Done():
-			t.Stop()
-			return
+	// answer waits out the latency, unless the client is gone by then.
+	answer := func(write func()) {
+		if sleepCtx(r.Context(), delay) {
+			write()
 		}
 	}
+	fail := func(e *matrixError) { answer(func() { writeError(w, e) }) }
 	if fault != nil {
-		s.applyFault(w, fault)
+		answer(func() { s.applyFault(w, fault) })
 		return
 	}
 	if rt == nil {
 		if mismatch != nil {
-			writeError(w, errf(http.StatusMethodNotAllowed, "M_UNRECOGNIZED", "Unrecognized request"))
+			fail(errf(http.StatusMethodNotAllowed, "M_UNRECOGNIZED", "Unrecognized request"))
 			return
 		}
-		writeError(w, errf(http.StatusNotFound, "M_UNRECOGNIZED", "Unrecognized request"))
+		fail(errf(http.StatusNotFound, "M_UNRECOGNIZED", "Unrecognized request"))
 		return
 	}
 	if bad != nil {
-		writeError(w, bad)
+		fail(bad)
 		return
 	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, 10<<20+1))
 	if err != nil {
-		writeError(w, errf(http.StatusBadRequest, "M_UNKNOWN", "cannot read body"))
+		fail(errf(http.StatusBadRequest, "M_UNKNOWN", "cannot read body"))
 		return
 	}
 	if len(body) > 10<<20 {
-		writeError(w, errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "Request body too large"))
+		fail(errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "Request body too large"))
 		return
 	}
-	q := &request{r: r, w: w, endpoint: endpoint, params: params, rawPath: path, body: body}
+	hr := r
+	if r.Method != http.MethodGet {
+		// A write runs to its end whatever the client does; only closing
+		// the simulator stops the appservice calls it makes.
+		hr = r.WithContext(s.ctx)
+	}
+	q := &request{r: hr, w: w, endpoint: endpoint, params: params, rawPath: path, body: body}
 	// A token that is present must be valid, even where none is needed,
 	// as Synapse answers.
 	if rt.auth || (hasToken(r) && rt.endpoint != EPVersions) {
 		who, merr := s.authenticate(r)
 		if merr != nil {
-			writeError(w, merr)
+			fail(merr)
 			return
 		}
 		q.who = who
 	}
 	if rt.limited {
 		if merr := s.checkRateLimit(q.who, r); merr != nil {
-			writeError(w, merr)
+			fail(merr)
 			return
 		}
 	}
@@ -278,13 +285,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.mu.Unlock()
 	}
 	if merr != nil {
-		writeError(w, merr)
+		fail(merr)
 		return
 	}
 	if resp == nil {
 		resp = map[string]any{}
 	}
-	writeJSON(w, http.StatusOK, resp)
+	answer(func() { writeJSON(w, http.StatusOK, resp) })
 }
 
 // sleepCtx waits d or until ctx ends; it reports whether d elapsed.
