@@ -18,13 +18,41 @@ package hssim
 // must expect M_ROOM_IN_USE or an already-made change. Faults (InjectFault)
 // replace the effect: a faulted request changes nothing.
 //
+// Room versions: 1 to 12 are created (others: 400
+// M_UNSUPPORTED_ROOM_VERSION); new rooms get Options.RoomVersion, by
+// default 10 on Synapse and Dendrite and 12 on Conduit, which
+// GET /capabilities reports. Before 10 levels may be strings; before 11
+// the create content names the creator; from 11 redactions carry redacts
+// in content. From 12 (MSC4289, MSC4291): the room id is the create event's
+// id with '!' for '$' (no server name); the create event's sender and
+// content.additional_creators (validated, 400 M_BAD_JSON) are creators with
+// infinite power (PowerLevel answers CreatorLevel); default power levels
+// have users {} and m.room.tombstone at 150; a trusted_private_chat's
+// invitees become additional creators; any power levels naming a creator
+// in users are refused (Synapse 400 M_UNKNOWN "Creator user … must not
+// appear in content.users", continuwuity 400 M_INVALID_PARAM, Dendrite 403),
+// which is also how demoting a creator fails; kicking or banning a creator
+// fails the auth rules (403). Invites carry m.room.create in
+// unsigned.invite_room_state in every version.
+//
+// createRoom applies power levels from initial_state if given, else the
+// defaults, the preset's override (invite 0 in private presets,
+// m.call.invite 50 at the top level in public_chat, as Synapse writes it)
+// and power_level_content_override; Synapse before v12 refuses an override
+// whose users lack the creator (400 M_UNKNOWN). Every state event after the
+// creator's join is authorized; one the rules refuse leaves what each
+// server leaves: Synapse the room with its create event, join and alias;
+// continuwuity the events before the refused one, without the alias;
+// Dendrite nothing.
+//
 // Client-server endpoints (r0 and v3 prefixes; endpoint names for Calls,
 // SetLatency and InjectFault are the EP constants): versions, register,
 // login, account/whoami, profile (get, displayname, avatar_url), createRoom,
 // join (by id or alias), rooms/{id}/{join,invite,leave,kick,ban,unban},
 // send, redact, state (get one, put, get all), joined_members, members,
 // messages, aliases, directory/room (get, put, delete), directory/list/room,
-// joined_rooms, v1 appservice ping, thirdparty/{location,user}.
+// joined_rooms, capabilities, v1 appservice ping,
+// thirdparty/{location,user}.
 //
 // Differences between modes, each taken from the real server:
 //

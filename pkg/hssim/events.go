@@ -128,7 +128,7 @@ func (r *room) joinRule() string {
 
 func (r *room) creator() string {
 	if e := r.stateEvent("m.room.create", ""); e != nil {
-		if c, ok := e.ContentMap()["creator"].(string); ok {
+		if c, ok := e.ContentMap()["creator"].(string); ok && versionOf(r.version).creatorInContent() {
 			return c
 		}
 		return e.Sender
@@ -136,11 +136,60 @@ func (r *room) creator() string {
 	return ""
 }
 
+// creators are the users with infinite power in a room of version 12 or
+// later: the create event's sender, then content.additional_creators.
+// Earlier versions have none.
+func (r *room) creators() []string {
+	e := r.stateEvent("m.room.create", "")
+	if e == nil || !versionOf(r.version).privilegedCreators() {
+		return nil
+	}
+	out := []string{e.Sender}
+	if extra, ok := e.ContentMap()["additional_creators"].([]any); ok {
+		for _, x := range extra {
+			if u, ok := x.(string); ok && !slices.Contains(out, u) {
+				out = append(out, u)
+			}
+		}
+	}
+	return out
+}
+
+// auth is what the authorization rules need from the room.
+func (r *room) auth() roomAuth {
+	return roomAuth{creator: r.creator(), creators: r.creators(), stringLevels: versionOf(r.version).stringLevels()}
+}
+
+// scratch copies r's state, for checking a batch of events against the
+// state each of them would see before any is stored.
+func (r *room) scratch() *room {
+	c := newRoom(r.id, r.version)
+	maps.Copy(c.state, r.state)
+	maps.Copy(c.members, r.members)
+	return c
+}
+
+// setScratchState records an event in a scratch copy only.
+func (r *room) setScratchState(sender, typ, key string, content map[string]any) {
+	k := key
+	r.state[StateKey{typ, key}] = &Event{RoomID: r.id, Sender: sender, Type: typ, StateKey: &k, Content: mustJSON(content)}
+	if typ == "m.room.member" {
+		m, _ := content["membership"].(string)
+		r.members[key] = m
+	}
+}
+
 // appendEventLocked stores an already authorized event, updates state and
 // hands it to the notifier for appservice delivery.
 func (s *Server) appendEventLocked(r *room, sender, typ string, stateKey *string, content json.RawMessage) *Event {
+	return s.appendEventIDLocked(r, s.newEventID(), sender, typ, stateKey, content)
+}
+
+// appendEventIDLocked is appendEventLocked with a chosen event id: a room
+// of version 12 is named after its create event.
+func (s *Server) appendEventIDLocked(r *room, eventID, sender, typ string, stateKey *string, content json.RawMessage) *Event {
 	ev := &Event{
-		EventID:        s.newEventID(),
+		EventID:        eventID,
 		RoomID:         r.id,
 		Sender:         sender,
 		Type:           typ,

@@ -63,7 +63,8 @@ func (s *Server) Membership(roomID, userID string) string {
 	return r.membership(userID)
 }
 
-// PowerLevel is the user's current power level in a room.
+// PowerLevel is the user's current power level in a room; CreatorLevel
+// for a creator of a room of version 12 or later.
 func (s *Server) PowerLevel(roomID, userID string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -72,6 +73,28 @@ func (s *Server) PowerLevel(roomID, userID string) int {
 		return 0
 	}
 	return s.roomPowerLevels(r).userLevel(userID)
+}
+
+// RoomVersionOf is a room's version ("" for unknown rooms).
+func (s *Server) RoomVersionOf(roomID string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if r, ok := s.rooms[roomID]; ok {
+		return r.version
+	}
+	return ""
+}
+
+// Creators lists the users with infinite power in a room of version 12 or
+// later (the create event's sender, then additional_creators); nil for
+// earlier versions and unknown rooms.
+func (s *Server) Creators(roomID string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if r, ok := s.rooms[roomID]; ok {
+		return r.creators()
+	}
+	return nil
 }
 
 // JoinedMembers lists the joined members of a room, sorted.

@@ -128,7 +128,7 @@ func (s *Server) authMembershipLocked(r *room, who *requester, target, membershi
 			return notInRoom
 		}
 		if oldMembership == "ban" && me < pl.ban {
-			return errForbidden("You don't have permission to unban users (your level %d, ban level %d)", me, pl.ban)
+			return errForbidden("You don't have permission to unban users (your level %s, ban level %d)", level(me), pl.ban)
 		}
 		if me >= pl.kick && them < me {
 			return nil
@@ -141,7 +141,7 @@ func (s *Server) authMembershipLocked(r *room, who *requester, target, membershi
 		if me >= pl.ban && them < me {
 			return nil
 		}
-		return errForbidden("You don't have permission to ban user %s (your level %d, theirs %d, ban level %d)", target, me, them, pl.ban)
+		return errForbidden("You don't have permission to ban user %s (your level %s, theirs %s, ban level %d)", target, level(me), level(them), pl.ban)
 	}
 	return errf(http.StatusBadRequest, "M_BAD_JSON", "Invalid membership %q", membership)
 }
@@ -157,13 +157,13 @@ func (s *Server) authorizeEventLocked(r *room, sender, typ string, stateKey *str
 	pl := s.roomPowerLevels(r)
 	need, have := pl.eventLevel(typ, stateKey != nil), pl.userLevel(sender)
 	if have < need {
-		return errForbidden("You don't have permission to post that to the room. user_level (%d) < send_level (%d)", have, need)
+		return errForbidden("You don't have permission to post that to the room. user_level (%s) < send_level (%d)", level(have), need)
 	}
 	if stateKey != nil && strings.HasPrefix(*stateKey, "@") && *stateKey != sender {
 		return errForbidden("You are not allowed to set others state")
 	}
 	if typ == "m.room.power_levels" && stateKey != nil && *stateKey == "" {
-		return checkPowerLevelsChange(pl, content, sender, allowsStringLevels(r.version))
+		return s.checkPowerLevelsChange(pl, r.auth(), content, sender)
 	}
 	return nil
 }

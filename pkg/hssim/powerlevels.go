@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/cactus-comments/appservice/pkg/mxid"
 )
 
 // powerLevels is a parsed m.room.power_levels content with the spec's
@@ -14,6 +17,7 @@ import (
 type powerLevels struct {
 	exists        bool // false: no power levels event, the creator rules
 	creator       string
+	creators      map[string]bool // infinite power (room version 12+)
 	ban, kick     int
 	redact        int
 	invite        int
@@ -75,10 +79,27 @@ func intMap(v any, allowStrings bool) (map[string]int, error) {
 	return out, nil
 }
 
+// roomAuth is what the authorization rules take from a room's create
+// event and version.
+type roomAuth struct {
+	creator      string   // has 100 while there is no power levels event (before v12)
+	creators     []string // privileged creators (v12+): sender, then additional_creators
+	stringLevels bool     // levels may be strings (before v10)
+}
+
+func (a roomAuth) isCreator(userID string) bool { return slices.Contains(a.creators, userID) }
+
 // parsePowerLevels reads content; with no content the room has no power
-// levels event and the creator has 100.
-func parsePowerLevels(content map[string]any, creator string, allowStrings bool) (powerLevels, error) {
-	pl := powerLevels{creator: creator, ban: 50, kick: 50, redact: 50, invite: 0, stateDefault: 50, present: map[string]bool{}}
+// levels event and the creator has 100 (infinite power from version 12).
+func parsePowerLevels(content map[string]any, ra roomAuth) (powerLevels, error) {
+	allowStrings := ra.stringLevels
+	pl := powerLevels{creator: ra.creator, ban: 50, kick: 50, redact: 50, invite: 0, stateDefault: 50, present: map[string]bool{}}
+	if len(ra.creators) > 0 {
+		pl.creators = map[string]bool{}
+		for _, c := range ra.creators {
+			pl.creators[c] = true
+		}
+	}
 	if content == nil {
 		pl.stateDefault = 0
 		pl.events, pl.users, pl.notifications = map[string]int{}, map[string]int{}, map[string]int{}
@@ -113,6 +134,9 @@ func parsePowerLevels(content map[string]any, creator string, allowStrings bool)
 }
 
 func (pl powerLevels) userLevel(userID string) int {
+	if pl.creators[userID] {
+		return CreatorLevel
+	}
 	if !pl.exists {
 		if userID == pl.creator {
 			return 100
@@ -138,26 +162,34 @@ func (pl powerLevels) eventLevel(typ string, state bool) int {
 // roomPowerLevels parses the room's current power levels leniently (state
 // that is already in a room was accepted once).
 func (s *Server) roomPowerLevels(r *room) powerLevels {
-	pl, err := parsePowerLevels(r.stateContent("m.room.power_levels", ""), r.creator(), true)
+	ra := r.auth()
+	ra.stringLevels = true
+	pl, err := parsePowerLevels(r.stateContent("m.room.power_levels", ""), ra)
 	if err != nil {
 		s.log.Warn("room has unreadable power levels", "room_id", r.id, "err", err)
 	}
 	return pl
 }
 
-func allowsStringLevels(version string) bool {
-	n, err := strconv.Atoi(version)
-	return err == nil && n < 10
-}
-
 // checkPowerLevelsChange applies the spec's authorization rules for a new
-// m.room.power_levels event: nobody raises anything above their own
-// level, and nobody changes a user at or above their own level except
-// themselves.
-func checkPowerLevelsChange(old powerLevels, newContent map[string]any, sender string, allowStrings bool) *matrixError {
-	nw, err := parsePowerLevels(newContent, old.creator, allowStrings)
+// m.room.power_levels event: levels are integers (strings before v10),
+// users are user ids, creators of a version 12 room are not among them,
+// nobody raises anything above their own level, and nobody changes a user
+// at or above their own level except themselves.
+func (s *Server) checkPowerLevelsChange(old powerLevels, ra roomAuth, newContent map[string]any, sender string) *matrixError {
+	nw, err := parsePowerLevels(newContent, ra)
 	if err != nil {
 		return errf(http.StatusBadRequest, "M_BAD_JSON", "Invalid power levels: %v", err)
+	}
+	for uid := range nw.users {
+		if _, err := mxid.ParseUserID(uid); err != nil {
+			return errf(http.StatusBadRequest, "M_UNKNOWN", "Not a valid user_id: %s", uid)
+		}
+	}
+	for _, c := range ra.creators {
+		if _, listed := nw.users[c]; listed {
+			return s.errCreatorInUsers(c)
+		}
 	}
 	if !old.exists {
 		return nil // the first power levels event is always allowed
@@ -172,10 +204,10 @@ func checkPowerLevelsChange(old powerLevels, newContent map[string]any, sender s
 			continue
 		}
 		if old.present[k] && oldTop[k] > me {
-			return errForbidden("You don't have permission to change %s from %d (your level is %d)", k, oldTop[k], me)
+			return errForbidden("You don't have permission to change %s from %d (your level is %s)", k, oldTop[k], level(me))
 		}
 		if nw.present[k] && newTop[k] > me {
-			return errForbidden("You don't have permission to set %s to %d (your level is %d)", k, newTop[k], me)
+			return errForbidden("You don't have permission to set %s to %d (your level is %s)", k, newTop[k], level(me))
 		}
 	}
 	for _, pair := range []struct {
@@ -193,10 +225,10 @@ func checkPowerLevelsChange(old powerLevels, newContent map[string]any, sender s
 			continue
 		}
 		if hadOld && uid != sender && ov >= me {
-			return errForbidden("You don't have permission to change the level of %s (%d, your level is %d)", uid, ov, me)
+			return errForbidden("You don't have permission to change the level of %s (%d, your level is %s)", uid, ov, level(me))
 		}
 		if hasNew && nv > me {
-			return errForbidden("You don't have permission to raise %s to %d (your level is %d)", uid, nv, me)
+			return errForbidden("You don't have permission to raise %s to %d (your level is %s)", uid, nv, level(me))
 		}
 	}
 	return nil
@@ -210,10 +242,10 @@ func checkLevelMap(name string, old, nw map[string]int, me int) *matrixError {
 			continue
 		}
 		if hadOld && ov > me {
-			return errForbidden("You don't have permission to change %s.%s from %d (your level is %d)", name, k, ov, me)
+			return errForbidden("You don't have permission to change %s.%s from %d (your level is %s)", name, k, ov, level(me))
 		}
 		if hasNew && nv > me {
-			return errForbidden("You don't have permission to set %s.%s to %d (your level is %d)", name, k, nv, me)
+			return errForbidden("You don't have permission to set %s.%s to %d (your level is %s)", name, k, nv, level(me))
 		}
 	}
 	return nil
@@ -231,18 +263,25 @@ func union(a, b map[string]int) map[string]struct{} {
 }
 
 // defaultPowerLevels is what Synapse's createRoom writes before applying
-// power_level_content_override.
-func defaultPowerLevels(creator string, extraAdmins []string) map[string]any {
-	users := map[string]any{creator: 100}
-	for _, u := range extraAdmins {
-		users[u] = 100
+// the preset's and the request's overrides. From room version 12 the
+// creators are implied (users stays empty) and only they may upgrade the
+// room by default (m.room.tombstone at 150).
+func defaultPowerLevels(creator string, extraAdmins []string, rv roomVersion) map[string]any {
+	users := map[string]any{}
+	tombstone := 150
+	if !rv.privilegedCreators() {
+		users[creator] = 100
+		for _, u := range extraAdmins {
+			users[u] = 100
+		}
+		tombstone = 100
 	}
 	return map[string]any{
 		"users":         users,
 		"users_default": 0,
 		"events": map[string]any{
 			"m.room.name": 50, "m.room.power_levels": 100, "m.room.history_visibility": 100,
-			"m.room.canonical_alias": 50, "m.room.avatar": 50, "m.room.tombstone": 100,
+			"m.room.canonical_alias": 50, "m.room.avatar": 50, "m.room.tombstone": tombstone,
 			"m.room.server_acl": 100, "m.room.encryption": 100,
 		},
 		"events_default": 0,

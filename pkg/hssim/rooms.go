@@ -2,6 +2,7 @@ package hssim
 
 import (
 	"encoding/json"
+	"maps"
 	"net/http"
 	"slices"
 	"strconv"
@@ -22,7 +23,7 @@ type createRoomBody struct {
 	Name                      *string        `json:"name"`
 	Topic                     *string        `json:"topic"`
 	Invite                    []string       `json:"invite"`
-	RoomVersion               string         `json:"room_version"`
+	RoomVersion               any            `json:"room_version"`
 	CreationContent           map[string]any `json:"creation_content"`
 	InitialState              []stateInit    `json:"initial_state"`
 	Preset                    string         `json:"preset"`
@@ -46,6 +47,22 @@ func (s *Server) lookupRoomLocked(roomID, userID string) (*room, *matrixError) {
 	return r, nil
 }
 
+// pendingState is a state event createRoom or an upgrade is about to send.
+type pendingState struct {
+	typ, key string
+	content  map[string]any
+}
+
+// presetPowerLevels is the power_level_content_override of Synapse's
+// presets, applied before the request's own: private rooms let anyone in
+// them invite; public rooms hold back calls (Synapse writes m.call.invite
+// at the top level, not under events).
+var presetPowerLevels = map[string]map[string]any{
+	"private_chat":         {"invite": 0},
+	"trusted_private_chat": {"invite": 0},
+	"public_chat":          {"m.call.invite": 50},
+}
+
 func (s *Server) handleCreateRoom(q *request) (any, *matrixError) {
 	var b createRoomBody
 	if e := q.decode(&b, true); e != nil {
@@ -64,7 +81,7 @@ func (s *Server) handleCreateRoom(q *request) (any, *matrixError) {
 			preset = "public_chat"
 		}
 	}
-	if preset != "private_chat" && preset != "public_chat" && preset != "trusted_private_chat" {
+	if _, ok := presetPowerLevels[preset]; !ok {
 		return nil, errf(http.StatusBadRequest, "M_BAD_JSON", "'%s' is not a valid preset", preset)
 	}
 	for _, inv := range b.Invite {
@@ -78,13 +95,53 @@ func (s *Server) handleCreateRoom(q *request) (any, *matrixError) {
 		}
 	}
 	version := s.opts.RoomVersion
-	if b.RoomVersion != "" {
-		if _, err := strconv.Atoi(b.RoomVersion); err != nil {
-			return nil, errf(http.StatusBadRequest, "M_UNSUPPORTED_ROOM_VERSION", "Your homeserver does not support the features required to interact with this room")
+	if b.RoomVersion != nil {
+		v, ok := b.RoomVersion.(string)
+		if !ok {
+			return nil, errBadJSON("room_version must be a string")
 		}
-		version = b.RoomVersion
+		version = v
+	}
+	rv, ok := parseRoomVersion(version)
+	if !ok {
+		return nil, errUnsupportedVersion()
 	}
 	creator := q.who.userID
+
+	create := map[string]any{}
+	for k, v := range b.CreationContent {
+		create[k] = v
+	}
+	create["room_version"] = version
+	if rv.privilegedCreators() {
+		var extra []string
+		if v, present := create["additional_creators"]; present {
+			list, e := checkAdditionalCreators(v)
+			if e != nil {
+				return nil, e
+			}
+			extra = list
+		}
+		// The invitees of a trusted private chat (a DM) become creators.
+		if preset == "trusted_private_chat" && len(b.Invite) > 0 {
+			for _, inv := range b.Invite {
+				if !slices.Contains(extra, inv) {
+					extra = append(extra, inv)
+				}
+			}
+			create["additional_creators"] = extra
+		}
+	}
+	if rv.creatorInContent() {
+		create["creator"] = creator
+	}
+	if s.opts.Mode == Synapse && !rv.privilegedCreators() && b.PowerLevelContentOverride != nil {
+		if users, ok := b.PowerLevelContentOverride["users"].(map[string]any); ok {
+			if _, listed := users[creator]; !listed {
+				return nil, errf(http.StatusBadRequest, "M_UNKNOWN", "Not a valid power_level_content_override: 'users' did not contain %s", creator)
+			}
+		}
+	}
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -108,40 +165,6 @@ func (s *Server) handleCreateRoom(q *request) (any, *matrixError) {
 			return nil, e
 		}
 	}
-	pl := defaultPowerLevels(creator, nil)
-	if preset == "trusted_private_chat" {
-		pl = defaultPowerLevels(creator, b.Invite)
-	}
-	for k, v := range b.PowerLevelContentOverride {
-		pl[k] = v
-	}
-	if _, err := parsePowerLevels(normalize(pl), creator, allowsStringLevels(version)); err != nil {
-		return nil, errf(http.StatusBadRequest, "M_BAD_JSON", "Invalid power_level_content_override: %v", err)
-	}
-
-	r := newRoom(s.newRoomID(), version)
-	s.rooms[r.id] = r
-	s.roomOrder = append(s.roomOrder, r.id)
-	empty := ""
-	create := map[string]any{}
-	for k, v := range b.CreationContent {
-		create[k] = v
-	}
-	create["room_version"] = version
-	if n, _ := strconv.Atoi(version); n < 11 {
-		create["creator"] = creator
-	}
-	s.appendEventLocked(r, creator, "m.room.create", &empty, mustJSON(create))
-	joinContent := map[string]any{"membership": "join"}
-	if u, ok := s.users[creator]; ok {
-		if u.displayName != "" {
-			joinContent["displayname"] = u.displayName
-		}
-		if u.avatarURL != "" {
-			joinContent["avatar_url"] = u.avatarURL
-		}
-	}
-	s.appendEventLocked(r, creator, "m.room.member", &creator, mustJSON(joinContent))
 
 	initial := map[StateKey]map[string]any{}
 	var initialOrder []StateKey
@@ -152,47 +175,60 @@ func (s *Server) handleCreateRoom(q *request) (any, *matrixError) {
 		}
 		initial[k] = st.Content
 	}
-	sendInitial := func(k StateKey, def map[string]any) {
+	// Power levels from initial_state win over everything; otherwise the
+	// defaults, then the preset's override, then the request's.
+	plKey := StateKey{"m.room.power_levels", ""}
+	pl, fromInitial := initial[plKey]
+	if !fromInitial {
+		var admins []string
+		if preset == "trusted_private_chat" {
+			admins = b.Invite
+		}
+		pl = defaultPowerLevels(creator, admins, rv)
+		maps.Copy(pl, presetPowerLevels[preset])
+		maps.Copy(pl, b.PowerLevelContentOverride)
+	}
+	if _, err := parsePowerLevels(normalize(pl), roomAuth{stringLevels: rv.stringLevels()}); err != nil {
+		return nil, errf(http.StatusBadRequest, "M_BAD_JSON", "Invalid power_level_content_override: %v", err)
+	}
+
+	batch := []pendingState{{plKey.Type, "", pl}}
+	delete(initial, plKey)
+	take := func(k StateKey, def map[string]any) {
 		content := def
 		if c, ok := initial[k]; ok {
 			content = c
 			delete(initial, k)
 		}
-		if content == nil {
-			return
+		if content != nil {
+			batch = append(batch, pendingState{k.Type, k.StateKey, content})
 		}
-		key := k.StateKey
-		s.appendEventLocked(r, creator, k.Type, &key, mustJSON(content))
 	}
-	if c, ok := initial[StateKey{"m.room.power_levels", ""}]; ok && b.PowerLevelContentOverride == nil {
-		pl = c
-	}
-	delete(initial, StateKey{"m.room.power_levels", ""})
-	sendInitial(StateKey{"m.room.power_levels", ""}, pl)
 	if alias != "" {
-		s.addAliasLocked(alias, r, creator)
-		sendInitial(StateKey{"m.room.canonical_alias", ""}, map[string]any{"alias": alias})
+		take(StateKey{"m.room.canonical_alias", ""}, map[string]any{"alias": alias})
 	}
 	joinRule := "invite"
 	if preset == "public_chat" {
 		joinRule = "public"
 	}
-	sendInitial(StateKey{"m.room.join_rules", ""}, map[string]any{"join_rule": joinRule})
-	sendInitial(StateKey{"m.room.history_visibility", ""}, map[string]any{"history_visibility": "shared"})
+	take(StateKey{"m.room.join_rules", ""}, map[string]any{"join_rule": joinRule})
+	take(StateKey{"m.room.history_visibility", ""}, map[string]any{"history_visibility": "shared"})
 	if preset != "public_chat" {
-		sendInitial(StateKey{"m.room.guest_access", ""}, map[string]any{"guest_access": "can_join"})
+		take(StateKey{"m.room.guest_access", ""}, map[string]any{"guest_access": "can_join"})
 	}
 	for _, k := range initialOrder {
-		if c, ok := initial[k]; ok {
-			key := k.StateKey
-			s.appendEventLocked(r, creator, k.Type, &key, mustJSON(c))
-		}
+		take(k, nil)
 	}
 	if b.Name != nil {
-		s.appendEventLocked(r, creator, "m.room.name", &empty, mustJSON(map[string]any{"name": *b.Name}))
+		batch = append(batch, pendingState{"m.room.name", "", map[string]any{"name": *b.Name}})
 	}
 	if b.Topic != nil {
-		s.appendEventLocked(r, creator, "m.room.topic", &empty, mustJSON(map[string]any{"topic": *b.Topic}))
+		batch = append(batch, pendingState{"m.room.topic", "", map[string]any{"topic": *b.Topic}})
+	}
+
+	r, e := s.createRoomLocked(q.who, rv, version, create, batch, alias)
+	if e != nil {
+		return nil, e
 	}
 	// Synapse marks the invites of a direct chat with is_direct, which is
 	// how the invitee's client (and our bot) tells a DM from a group.
@@ -207,6 +243,83 @@ func (s *Server) handleCreateRoom(q *request) (any, *matrixError) {
 	}
 	r.published = b.Visibility == "public"
 	return map[string]any{"room_id": r.id}, nil
+}
+
+// createRoomLocked makes a room: the create event, the creator's join,
+// then batch, each event authorized against the state before it, as the
+// servers do it. A batch event the rules refuse leaves what each server
+// leaves: Dendrite checks everything first and creates nothing; Synapse
+// has stored the room, its alias, the create event and the join, and
+// refuses the rest of the batch as a whole; continuwuity keeps every event
+// before the refused one and sets the alias only at the end.
+func (s *Server) createRoomLocked(who *requester, rv roomVersion, version string, create map[string]any, batch []pendingState, alias string) (*room, *matrixError) {
+	creator := who.userID
+	for i := range batch {
+		batch[i].content = normalize(batch[i].content) // numbers as JSON reads them
+	}
+	createID := s.newEventID()
+	roomID := s.newRoomID()
+	if rv.hashRoomIDs() {
+		roomID = "!" + strings.TrimPrefix(createID, "$")
+	}
+	r := newRoom(roomID, version)
+	empty := ""
+	createEvent := &Event{EventID: createID, RoomID: roomID, Sender: creator, Type: "m.room.create", StateKey: &empty, Content: mustJSON(create)}
+	joinContent := map[string]any{"membership": "join"}
+	if u, ok := s.users[creator]; ok {
+		if u.displayName != "" {
+			joinContent["displayname"] = u.displayName
+		}
+		if u.avatarURL != "" {
+			joinContent["avatar_url"] = u.avatarURL
+		}
+	}
+	if s.opts.Mode == Dendrite {
+		sc := r.scratch()
+		sc.state[StateKey{"m.room.create", ""}] = createEvent
+		sc.setScratchState(creator, "m.room.member", creator, joinContent)
+		if e := s.authorizeBatchLocked(sc, creator, batch); e != nil {
+			return nil, e
+		}
+	}
+	s.rooms[r.id] = r
+	s.roomOrder = append(s.roomOrder, r.id)
+	if alias != "" && s.opts.Mode == Synapse {
+		s.addAliasLocked(alias, r, creator)
+	}
+	s.appendEventIDLocked(r, createID, creator, "m.room.create", &empty, createEvent.Content)
+	s.appendEventLocked(r, creator, "m.room.member", &creator, mustJSON(joinContent))
+	if s.opts.Mode == Synapse {
+		if e := s.authorizeBatchLocked(r.scratch(), creator, batch); e != nil {
+			return nil, e
+		}
+	}
+	for _, p := range batch {
+		if s.opts.Mode == Conduit {
+			if e := s.authorizeEventLocked(r, creator, p.typ, &p.key, p.content); e != nil {
+				return nil, e
+			}
+		}
+		key := p.key
+		s.appendEventLocked(r, creator, p.typ, &key, mustJSON(p.content))
+	}
+	if alias != "" && s.opts.Mode != Synapse {
+		s.addAliasLocked(alias, r, creator)
+	}
+	return r, nil
+}
+
+// authorizeBatchLocked checks each event of batch against the state of sc
+// (a scratch copy) with the events before it applied.
+func (s *Server) authorizeBatchLocked(sc *room, sender string, batch []pendingState) *matrixError {
+	for _, p := range batch {
+		key := p.key
+		if e := s.authorizeEventLocked(sc, sender, p.typ, &key, p.content); e != nil {
+			return e
+		}
+		sc.setScratchState(sender, p.typ, p.key, p.content)
+	}
+	return nil
 }
 
 // checkAliasCreateLocked is Synapse's create_association and
@@ -409,12 +522,12 @@ func (s *Server) handleRedact(q *request) (any, *matrixError) {
 	if reason, ok := body["reason"].(string); ok {
 		content["reason"] = reason
 	}
-	n, _ := strconv.Atoi(r.version)
-	if n >= 11 {
+	rv := versionOf(r.version)
+	if rv.redactsInContent() {
 		content["redacts"] = target
 	}
 	ev := s.appendEventLocked(r, q.who.userID, "m.room.redaction", nil, mustJSON(content))
-	if n < 11 {
+	if !rv.redactsInContent() {
 		ev.Redacts = target
 	}
 	if orig != nil && orig.StateKey == nil {

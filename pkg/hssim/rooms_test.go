@@ -270,7 +270,8 @@ func TestStateAndPowerLevels(t *testing.T) {
 func TestPowerLevelChangeRules(t *testing.T) {
 	const me = "@me:x"
 	base := map[string]any{"users": map[string]any{me: 50, "@peer:x": 50, "@low:x": 10, "@boss:x": 100}, "ban": 50, "kick": 50, "events": map[string]any{"m.room.name": 50}, "state_default": 50}
-	old, err := parsePowerLevels(normalize(base), "@boss:x", false)
+	ra := roomAuth{creator: "@boss:x"}
+	old, err := parsePowerLevels(normalize(base), ra)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -302,18 +303,18 @@ func TestPowerLevelChangeRules(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			e := checkPowerLevelsChange(old, normalize(tc.new), me, false)
+			e := (&Server{}).checkPowerLevelsChange(old, ra, normalize(tc.new), me)
 			if (e == nil) != tc.ok {
 				t.Fatalf("ok=%v, err=%v", tc.ok, e)
 			}
 		})
 	}
 	// Integers as strings are read in old room versions.
-	pl, err := parsePowerLevels(map[string]any{"ban": "30", "users": map[string]any{me: "75"}}, "", true)
+	pl, err := parsePowerLevels(map[string]any{"ban": "30", "users": map[string]any{me: "75"}}, roomAuth{stringLevels: true})
 	if err != nil || pl.ban != 30 || pl.userLevel(me) != 75 || pl.kick != 50 || pl.invite != 0 || pl.stateDefault != 50 {
 		t.Fatalf("string levels: %+v %v", pl, err)
 	}
-	none, _ := parsePowerLevels(nil, "@creator:x", false)
+	none, _ := parsePowerLevels(nil, roomAuth{creator: "@creator:x"})
 	if none.userLevel("@creator:x") != 100 || none.userLevel(me) != 0 || none.stateDefault != 0 {
 		t.Fatal("defaults without a power levels event")
 	}

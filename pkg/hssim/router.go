@@ -97,6 +97,8 @@ const (
 	EPPing               = "ping"
 	EPThirdpartyLocation = "thirdparty.location"
 	EPThirdpartyUser     = "thirdparty.user"
+	EPCapabilities       = "capabilities"
+	EPUpgrade            = "upgrade"
 	EPUnknown            = "unknown"
 )
 
@@ -139,6 +141,7 @@ func (s *Server) buildRoutes() []route {
 		r("GET", c+"/directory/list/room/{roomId}", EPDirectoryListGet, false, false, (*Server).handleDirectoryListGet),
 		r("PUT", c+"/directory/list/room/{roomId}", EPDirectoryListPut, true, false, (*Server).handleDirectoryListPut),
 		r("GET", c+"/joined_rooms", EPJoinedRooms, true, false, (*Server).handleJoinedRooms),
+		r("GET", c+"/capabilities", EPCapabilities, true, false, (*Server).handleCapabilities),
 		r("POST", "/_matrix/client/v1/appservice/{appserviceId}/ping", EPPing, true, false, (*Server).handlePing),
 		r("GET", c+"/thirdparty/location", EPThirdpartyLocation, true, false, (*Server).handleThirdparty),
 		r("GET", c+"/thirdparty/location/{protocol}", EPThirdpartyLocation, true, false, (*Server).handleThirdparty),

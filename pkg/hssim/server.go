@@ -73,7 +73,9 @@ type Options struct {
 	// TxnWindow is how long a client transaction id is remembered for send
 	// deduplication. Default 30 minutes (Synapse keeps them 30 to 60).
 	TxnWindow time.Duration
-	// RoomVersion of new rooms, default "10" (integer-only power levels).
+	// RoomVersion of rooms whose createRoom names none. Default per mode:
+	// "10" for Synapse and Dendrite, "12" for Conduit (continuwuity). One
+	// of SupportedRoomVersions.
 	RoomVersion   string
 	Registrations []*registration.Registration
 	RateLimit     RateLimit
@@ -150,7 +152,10 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		opts.TxnWindow = 30 * time.Minute
 	}
 	if opts.RoomVersion == "" {
-		opts.RoomVersion = "10"
+		opts.RoomVersion = DefaultRoomVersion(mode)
+	}
+	if err := CheckRoomVersion(opts.RoomVersion); err != nil {
+		return nil, fmt.Errorf("hssim: %w", err)
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -224,6 +229,9 @@ func (s *Server) ServerName() string { return s.opts.ServerName }
 
 // Mode is the homeserver being imitated.
 func (s *Server) Mode() Mode { return s.opts.Mode }
+
+// RoomVersion is the version of new rooms whose createRoom names none.
+func (s *Server) RoomVersion() string { return s.opts.RoomVersion }
 
 // Close stops the pusher and the HTTP server and waits for both.
 func (s *Server) Close() error {
