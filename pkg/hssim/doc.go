@@ -45,11 +45,27 @@ package hssim
 // continuwuity the events before the refused one, without the alias;
 // Dendrite nothing.
 //
+// Upgrades (POST /rooms/{id}/upgrade {"new_version", "additional_creators"})
+// follow Synapse: the upgrader needs the m.room.tombstone level (150 by
+// default in v12 rooms, so only creators); the replacement room's create
+// content names the predecessor (with the tombstone's event id only below
+// v12), takes additional_creators for v12 targets and the upgrader as
+// creator; join rules, name, topic, history visibility, guest access,
+// avatar, encryption, server ACL and power levels are copied (power levels
+// with the upgrader raised to what copying needs, then the old content sent
+// last, with the new room's creators removed from users for v12 targets);
+// bans are copied; the old room gets m.room.tombstone {body,
+// replacement_room} and its invite and events_default raised to 50; local
+// aliases, the canonical alias and the directory listing move to the
+// replacement. Nobody else is joined or invited. The answer is
+// {"replacement_room": id}.
+//
 // Client-server endpoints (r0 and v3 prefixes; endpoint names for Calls,
 // SetLatency and InjectFault are the EP constants): versions, register,
 // login, account/whoami, profile (get, displayname, avatar_url), createRoom,
 // join (by id or alias), rooms/{id}/{join,invite,leave,kick,ban,unban},
 // send, redact, state (get one, put, get all), joined_members, members,
+// upgrade,
 // messages, aliases, directory/room (get, put, delete), directory/list/room,
 // joined_rooms, capabilities, v1 appservice ping,
 // thirdparty/{location,user}.

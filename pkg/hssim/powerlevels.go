@@ -36,6 +36,8 @@ var plTopLevel = []string{"ban", "kick", "redact", "invite", "state_default", "e
 // string holding one (old clients wrote "50").
 func plInt(v any, allowStrings bool) (int, error) {
 	switch x := v.(type) {
+	case int:
+		return x, nil
 	case float64:
 		if x != math.Trunc(x) || math.Abs(x) > 1<<53 {
 			return 0, fmt.Errorf("not an integer: %v", x)

@@ -226,7 +226,8 @@ func (s *Server) handleCreateRoom(q *request) (any, *matrixError) {
 		batch = append(batch, pendingState{"m.room.topic", "", map[string]any{"topic": *b.Topic}})
 	}
 
-	r, e := s.createRoomLocked(q.who, rv, version, create, batch, alias)
+	createID, roomID := s.newRoomIDs(rv)
+	r, e := s.createRoomLocked(q.who, rv, version, createID, roomID, create, batch, alias)
 	if e != nil {
 		return nil, e
 	}
@@ -252,15 +253,10 @@ func (s *Server) handleCreateRoom(q *request) (any, *matrixError) {
 // has stored the room, its alias, the create event and the join, and
 // refuses the rest of the batch as a whole; continuwuity keeps every event
 // before the refused one and sets the alias only at the end.
-func (s *Server) createRoomLocked(who *requester, rv roomVersion, version string, create map[string]any, batch []pendingState, alias string) (*room, *matrixError) {
+func (s *Server) createRoomLocked(who *requester, rv roomVersion, version, createID, roomID string, create map[string]any, batch []pendingState, alias string) (*room, *matrixError) {
 	creator := who.userID
 	for i := range batch {
 		batch[i].content = normalize(batch[i].content) // numbers as JSON reads them
-	}
-	createID := s.newEventID()
-	roomID := s.newRoomID()
-	if rv.hashRoomIDs() {
-		roomID = "!" + strings.TrimPrefix(createID, "$")
 	}
 	r := newRoom(roomID, version)
 	empty := ""
@@ -307,6 +303,16 @@ func (s *Server) createRoomLocked(who *requester, rv roomVersion, version string
 		s.addAliasLocked(alias, r, creator)
 	}
 	return r, nil
+}
+
+// newRoomIDs picks a new room's create event id and room id: from version
+// 12 the room is named after its create event.
+func (s *Server) newRoomIDs(rv roomVersion) (createID, roomID string) {
+	createID = s.newEventID()
+	if rv.hashRoomIDs() {
+		return createID, "!" + strings.TrimPrefix(createID, "$")
+	}
+	return createID, s.newRoomID()
 }
 
 // authorizeBatchLocked checks each event of batch against the state of sc

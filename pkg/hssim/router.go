@@ -135,6 +135,7 @@ func (s *Server) buildRoutes() []route {
 		r("GET", c+"/rooms/{roomId}/members", EPMembers, true, false, (*Server).handleMembers),
 		r("GET", c+"/rooms/{roomId}/messages", EPMessages, true, false, (*Server).handleMessages),
 		r("GET", c+"/rooms/{roomId}/aliases", EPRoomAliases, true, false, (*Server).handleRoomAliases),
+		r("POST", c+"/rooms/{roomId}/upgrade", EPUpgrade, true, true, (*Server).handleUpgrade),
 		r("GET", c+"/directory/room/{roomAlias}", EPDirectoryGet, false, false, (*Server).handleDirectoryGet),
 		r("PUT", c+"/directory/room/{roomAlias}", EPDirectoryPut, true, false, (*Server).handleDirectoryPut),
 		r("DELETE", c+"/directory/room/{roomAlias}", EPDirectoryDelete, true, false, (*Server).handleDirectoryDelete),
