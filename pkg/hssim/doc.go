@@ -7,8 +7,8 @@ package hssim
 // users with RegisterUser/RegisterGuest (no user-interactive auth) or over
 // HTTP (POST /register needs auth {"type":"m.login.dummy"}, as an open
 // Synapse does). Inspect with RoomState, StateEvent, Timeline, Membership,
-// PowerLevel, JoinedMembers, ResolveAliasLocal, Aliases, Rooms, UserExists,
-// Transactions, Delivered, Calls. Wait for asynchronous delivery with
+// PowerLevel, JoinedMembers, ResolveAliasLocal, Aliases, Rooms, RoomVersionOf,
+// Creators, UserExists, Transactions, Delivered, Calls. Wait for asynchronous delivery with
 // WaitDelivered, WaitIdle or Wait(cond) (signalled, no polling).
 //
 // SetLatency delays the answer, not the effect: like Synapse, which commits
@@ -34,6 +34,11 @@ package hssim
 // which is also how demoting a creator fails; kicking or banning a creator
 // fails the auth rules (403). Invites carry m.room.create in
 // unsigned.invite_room_state in every version.
+//
+// Options.V12CreateCollisions (Synapse mode) imitates Synapse up to
+// 1.157.1, where two v12 createRooms by one user at once compute the same
+// room id: a v12 createRoom answers 500 M_UNKNOWN, creating nothing, while
+// another by the same user is committed but not yet answered.
 //
 // createRoom applies power levels from initial_state if given, else the
 // defaults, the preset's override (invite 0 in private presets,

@@ -226,10 +226,22 @@ func (s *Server) handleCreateRoom(q *request) (any, *matrixError) {
 		batch = append(batch, pendingState{"m.room.topic", "", map[string]any{"topic": *b.Topic}})
 	}
 
+	collisions := s.opts.V12CreateCollisions && s.opts.Mode == Synapse && rv.hashRoomIDs()
+	if collisions && s.creating[creator] > 0 {
+		return nil, errf(http.StatusInternalServerError, "M_UNKNOWN", "Internal server error")
+	}
 	createID, roomID := s.newRoomIDs(rv)
 	r, e := s.createRoomLocked(q.who, rv, version, createID, roomID, create, batch, alias)
 	if e != nil {
 		return nil, e
+	}
+	if collisions {
+		s.creating[creator]++
+		q.answered = func() {
+			if s.creating[creator]--; s.creating[creator] == 0 {
+				delete(s.creating, creator)
+			}
+		}
 	}
 	// Synapse marks the invites of a direct chat with is_direct, which is
 	// how the invitee's client (and our bot) tells a DM from a group.

@@ -19,6 +19,9 @@ type request struct {
 	rawPath  string // escaped path, as Synapse keys its transaction cache
 	body     []byte
 	who      *requester
+	// answered runs under the lock once the answer is written or the
+	// client is gone.
+	answered func()
 }
 
 // param is a path parameter, percent-decoded exactly once.
@@ -264,6 +267,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		hr = r.WithContext(s.ctx)
 	}
 	q := &request{r: hr, w: w, endpoint: endpoint, params: params, rawPath: path, body: body}
+	defer func() {
+		if q.answered != nil {
+			s.mu.Lock()
+			q.answered()
+			s.mu.Unlock()
+		}
+	}()
 	// A token that is present must be valid, even where none is needed,
 	// as Synapse answers.
 	if rt.auth || (hasToken(r) && rt.endpoint != EPVersions) {

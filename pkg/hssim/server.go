@@ -76,10 +76,17 @@ type Options struct {
 	// RoomVersion of rooms whose createRoom names none. Default per mode:
 	// "10" for Synapse and Dendrite, "12" for Conduit (continuwuity). One
 	// of SupportedRoomVersions.
-	RoomVersion   string
-	Registrations []*registration.Registration
-	RateLimit     RateLimit
-	Logger        *slog.Logger
+	RoomVersion string
+	// V12CreateCollisions imitates Synapse up to 1.157.1 (Synapse mode
+	// only): a v12 room's id is the hash of its create event, so two
+	// createRoom calls by the same user at once compute the same id, and
+	// the one that commits second answers 500 having created nothing. Here
+	// a v12 createRoom fails so while another by the same user has
+	// committed but not yet been answered (see SetLatency).
+	V12CreateCollisions bool
+	Registrations       []*registration.Registration
+	RateLimit           RateLimit
+	Logger              *slog.Logger
 }
 
 // Server is a running simulator.
@@ -115,7 +122,8 @@ type Server struct {
 	changed    chan struct{}   // closed and replaced whenever txnLog or delivered change
 	notifyQ    []notifyItem    // events awaiting the notifier (interest + user queries)
 	notifyWake chan struct{}
-	notifying  bool // the notifier holds an item outside notifyQ
+	notifying  bool           // the notifier holds an item outside notifyQ
+	creating   map[string]int // user -> v12 createRooms committed, not yet answered
 	nextTxn    int64
 	guestSeq   int
 	rng        *mrand.Rand
@@ -170,6 +178,7 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		txnCache:   map[txnKey]txnEntry{},
 		calls:      map[string]int{},
 		latency:    map[string]time.Duration{},
+		creating:   map[string]int{},
 		buckets:    map[string]*bucket{},
 		rateLimit:  opts.RateLimit,
 		delivered:  map[string]bool{},

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"strings"
 	"testing"
+	"time"
 )
 
 var allModes = []Mode{Synapse, Dendrite, Conduit}
@@ -300,4 +301,48 @@ func TestInviteStateCarriesTheCreateEvent(t *testing.T) {
 			}
 		}
 	}
+}
+
+// Synapse up to 1.157.1: two v12 createRooms by the same user at once
+// compute the same room id; the second answers 500 and creates nothing.
+func TestV12CreateCollisions(t *testing.T) {
+	e := startEnv(t, Synapse, withVersion("12"), func(o *Options) { o.V12CreateCollisions = true })
+	registerBot(t, e)
+	_, atok := e.user("alice")
+	e.hs.SetLatency(EPCreateRoom, time.Minute)
+	ctx, cancel := context.WithCancel(ctxT(t))
+	first := make(chan error, 1)
+	go func() {
+		_, err := e.hs.Do(ctx, testASToken, "POST", "/_matrix/client/v3/createRoom", map[string]any{"room_alias_name": "comments_a"})
+		first <- err
+	}()
+	if err := e.hs.Wait(ctxT(t), func() bool { return len(e.hs.Rooms()) == 1 }); err != nil {
+		t.Fatal(err)
+	}
+	e.hs.SetLatency(EPCreateRoom, 0)
+	wantErr(t, e.do("POST", "/_matrix/client/v3/createRoom", testASToken, map[string]any{"room_alias_name": "comments_b"}), 500, "M_UNKNOWN")
+	e.createRoom(atok, map[string]any{}) // another user is not affected
+	if _, ok := e.hs.ResolveAliasLocal("#comments_b:" + testServer); ok || len(e.hs.Rooms()) != 2 {
+		t.Fatalf("the colliding createRoom left something: rooms %v", e.hs.Rooms())
+	}
+	cancel()
+	<-first
+	if err := e.hs.Wait(ctxT(t), func() bool {
+		_, err := e.hs.Do(ctxT(t), testASToken, "POST", "/_matrix/client/v3/createRoom", map[string]any{"room_alias_name": "comments_b"})
+		return err == nil
+	}); err != nil {
+		t.Fatalf("createRoom still colliding once the first was answered: %v", err)
+	}
+	// Off by default, and only for v12 rooms.
+	e2 := startEnv(t, Synapse, withVersion("12"))
+	e2.hs.SetLatency(EPCreateRoom, time.Minute)
+	ctx2, cancel2 := context.WithCancel(ctxT(t))
+	defer cancel2()
+	_, btok := e2.user("bob")
+	go func() { _, _ = e2.hs.Do(ctx2, btok, "POST", "/_matrix/client/v3/createRoom", map[string]any{}) }()
+	if err := e2.hs.Wait(ctxT(t), func() bool { return len(e2.hs.Rooms()) == 1 }); err != nil {
+		t.Fatal(err)
+	}
+	e2.hs.SetLatency(EPCreateRoom, 0)
+	e2.createRoom(btok, map[string]any{})
 }
