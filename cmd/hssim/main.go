@@ -2,11 +2,13 @@
 // dev runner and load tools.
 //
 //	hssim -addr 127.0.0.1:8008 -server-name example.org -mode synapse \
-//	      -registration registration.yaml -user alice:secret
+//	      -room-version 12 -registration registration.yaml -user alice:secret
 //
 // Every flag has an environment variable (HSSIM_ADDR, HSSIM_SERVER_NAME,
-// HSSIM_MODE, HSSIM_REGISTRATION as a comma-separated list, HSSIM_TIME_UNIT,
-// HSSIM_USERS as a comma-separated list). It prints its URL on stdout and
+// HSSIM_MODE, HSSIM_ROOM_VERSION, HSSIM_REGISTRATION as a comma-separated
+// list, HSSIM_TIME_UNIT, HSSIM_USERS as a comma-separated list). The room
+// version of new rooms defaults to the mode's: 10 for synapse and dendrite,
+// 12 for conduit. It prints its URL on stdout and
 // stops on SIGINT or SIGTERM.
 package main
 
@@ -70,6 +72,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	addr := fs.String("addr", envOr("HSSIM_ADDR", "127.0.0.1:8008"), "listen address")
 	serverName := fs.String("server-name", envOr("HSSIM_SERVER_NAME", "localhost"), "Matrix server name")
 	mode := fs.String("mode", envOr("HSSIM_MODE", "synapse"), "homeserver to imitate: synapse, dendrite or conduit")
+	roomVersion := fs.String("room-version", envOr("HSSIM_ROOM_VERSION", ""), "room version of new rooms, 1 to 12 (default: the mode's, 10 for synapse and dendrite, 12 for conduit)")
 	unit := fs.Duration("time-unit", 0, "pusher backoff unit (default 1s; env HSSIM_TIME_UNIT)")
 	verbose := fs.Bool("v", envOr("HSSIM_VERBOSE", "") != "", "debug logging")
 	var regs, users listFlag
@@ -97,6 +100,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if *roomVersion != "" {
+		if err := hssim.CheckRoomVersion(*roomVersion); err != nil {
+			return fmt.Errorf("-room-version: %w", err)
+		}
+	}
 	var loaded []*registration.Registration
 	for _, path := range regs {
 		r, err := registration.Load(path)
@@ -110,7 +118,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		level = slog.LevelDebug
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	srv, err := hssim.Start(ctx, hssim.Options{ServerName: *serverName, Mode: m, Addr: *addr, TimeUnit: *unit, Registrations: loaded, Logger: logger})
+	srv, err := hssim.Start(ctx, hssim.Options{ServerName: *serverName, Mode: m, RoomVersion: *roomVersion, Addr: *addr, TimeUnit: *unit, Registrations: loaded, Logger: logger})
 	if err != nil {
 		return err
 	}
@@ -127,6 +135,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		logger.Info("registered user", "user_id", uid)
 	}
+	logger.Info("new rooms", "room_version", srv.RoomVersion())
 	fmt.Fprintln(stdout, srv.URL())
 	<-ctx.Done()
 	logger.Info("stopping")

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"os"
@@ -22,7 +23,7 @@ func TestRunServesAndStops(t *testing.T) {
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"-addr", "127.0.0.1:0", "-server-name", "example.org", "-mode", "dendrite", "-registration", reg, "-user", "alice:pw"}, pw, io.Discard)
+		done <- run(ctx, []string{"-addr", "127.0.0.1:0", "-server-name", "example.org", "-mode", "dendrite", "-room-version", "12", "-registration", reg, "-user", "alice:pw"}, pw, io.Discard)
 		_ = pw.Close()
 	}()
 	url, err := bufio.NewReader(pr).ReadString('\n')
@@ -36,9 +37,27 @@ func TestRunServesAndStops(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var login struct {
+		AccessToken string `json:"access_token"`
+	}
+	err = json.NewDecoder(res.Body).Decode(&login)
 	res.Body.Close()
-	if res.StatusCode != 200 {
-		t.Fatalf("login %d", res.StatusCode)
+	if res.StatusCode != 200 || err != nil {
+		t.Fatalf("login %d %v", res.StatusCode, err)
+	}
+	req, _ := http.NewRequest("POST", url+"/_matrix/client/v3/createRoom", strings.NewReader(`{}`))
+	req.Header.Set("Authorization", "Bearer "+login.AccessToken)
+	res, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var created struct {
+		RoomID string `json:"room_id"`
+	}
+	err = json.NewDecoder(res.Body).Decode(&created)
+	res.Body.Close()
+	if err != nil || strings.Contains(created.RoomID, ":") || !strings.HasPrefix(created.RoomID, "!") {
+		t.Fatalf("-room-version 12 made room %q (%v)", created.RoomID, err)
 	}
 	cancel()
 	select {
@@ -56,6 +75,7 @@ func TestRunRejectsBadInput(t *testing.T) {
 		{"-mode", "nope"},
 		{"-registration", "/does/not/exist.yaml"},
 		{"-addr", "127.0.0.1:0", "-user", "nopassword"},
+		{"-addr", "127.0.0.1:0", "-room-version", "13"},
 	} {
 		if err := run(context.Background(), args, io.Discard, io.Discard); err == nil {
 			t.Fatalf("%v: want an error", args)
