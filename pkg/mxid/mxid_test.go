@@ -3,6 +3,7 @@ package mxid
 import (
 	"encoding/json"
 	"errors"
+	"net/url"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -147,6 +148,10 @@ func TestParseRoomID(t *testing.T) {
 		in string
 		ok bool
 	}{
+		// Room version 12: the create event's reference hash, url-safe
+		// base64 with '-' and '_', no server name.
+		{"!YLKG2pnFPOhe-59nNQBjnjsUMPXQVY3o7JfhLvHavoA", true},
+		{"!_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_", true},
 		{"!abc:example.org", true},
 		{"!OGEhHVWSdvArJzumhm:matrix.org", true},
 		{"!abc:example.org:8448", true},
@@ -170,6 +175,8 @@ func TestParseRoomID(t *testing.T) {
 		{"!ab\x7fc", false},
 		{"!ab\xffc", false},
 		{"!abc:example.org ", false},
+		{"!YLKG2pnFPOhe-59nNQBjnjsUMPXQVY3o7JfhLvHavoA:", false},
+		{"!YLKG2pnFPOhe-59nNQBjnjsUMPXQVY3o7JfhLvHavoA ", false},
 	}
 	for _, tt := range tests {
 		r, err := ParseRoomID(tt.in)
@@ -348,6 +355,10 @@ func TestJSONRoundTripAndValidation(t *testing.T) {
 		Event EventID   `json:"event"`
 	}
 	in := doc{MustUserID("@a:example.org"), MustRoomID("!r:example.org"), MustRoomAlias("#comments_x:example.org"), EventID{"$e"}}
+	v12 := struct{ Room RoomID }{MustRoomID("!YLKG2pnFPOhe-59nNQBjnjsUMPXQVY3o7JfhLvHavoA")}
+	if b, err := json.Marshal(v12); err != nil || json.Unmarshal(b, &v12) != nil || v12.Room.String() != "!YLKG2pnFPOhe-59nNQBjnjsUMPXQVY3o7JfhLvHavoA" {
+		t.Fatalf("v12 room id through JSON: %s %v", b, err)
+	}
 	b, err := json.Marshal(in)
 	if err != nil {
 		t.Fatal(err)
@@ -382,6 +393,7 @@ var fuzzSeeds = []string{
 	"#a:[::1]:8448", "@a:[2001:db8::1]", "!abc:[::1", "#a:[]", "#a\x00:b", "#é:b",
 	"@" + pad('a', 300) + ":b", "#a:b:c", "$a:b:0", "[::1]", "[::1]:80", "a:65535",
 	"#\xff:b", "!a b", "@a:b:",
+	"!YLKG2pnFPOhe-59nNQBjnjsUMPXQVY3o7JfhLvHavoA", "$YLKG2pnFPOhe-59nNQBjnjsUMPXQVY3o7JfhLvHavoA", "!a/b", "!a%2Fb", "!a?b#c",
 }
 
 func FuzzParseUserID(f *testing.F) {
@@ -450,6 +462,17 @@ func FuzzParseRoomID(f *testing.F) {
 		q, err := ParseRoomID(r.String())
 		if err != nil || q != r {
 			t.Fatalf("reparse of %q = %v, %v", r, q, err)
+		}
+		// Clients put room ids in request paths (escaped, one segment);
+		// the homeserver must read back the same id.
+		seg := url.PathEscape(s)
+		if back, err := url.PathUnescape(seg); err != nil || back != s || strings.Contains(seg, "/") {
+			t.Fatalf("room id %q as a path segment %q reads back as %q (%v)", s, seg, back, err)
+		}
+		// Without a server name (room version 12) there is no ':' at all;
+		// with one, it is a valid server name.
+		if i := strings.IndexByte(s, ':'); i >= 0 && ParseServerName(s[i+1:]) != nil {
+			t.Fatalf("ParseRoomID(%q) accepted a bad server name", s)
 		}
 	})
 }
