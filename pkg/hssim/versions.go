@@ -1,6 +1,7 @@
 package hssim
 
 import (
+	"encoding/json"
 	"fmt"
 	"math"
 	"net/http"
@@ -133,4 +134,43 @@ func (s *Server) handleCapabilities(*request) (any, *matrixError) {
 		"m.set_displayname": map[string]any{"enabled": true},
 		"m.set_avatar_url":  map[string]any{"enabled": true},
 	}}, nil
+}
+
+// CheckPowerLevelsChange applies the simulator's authorization rules (as
+// Synapse answers them) to sender replacing the power levels content cur
+// (nil: the room has none yet) with next, in a room of the given version
+// created by creator with additionalCreators. It is the oracle for code
+// that computes power levels without a homeserver at hand.
+func CheckPowerLevelsChange(version, creator string, additionalCreators []string, sender string, cur, next json.RawMessage) error {
+	rv, ok := parseRoomVersion(version)
+	if !ok {
+		return errUnsupportedVersion()
+	}
+	ra := roomAuth{creator: creator, stringLevels: rv.stringLevels()}
+	if rv.privilegedCreators() {
+		ra.creators = append([]string{creator}, additionalCreators...)
+	}
+	var curContent, nextContent map[string]any
+	if cur != nil {
+		if err := json.Unmarshal(cur, &curContent); err != nil || curContent == nil {
+			return errBadJSON("current power levels are not an object")
+		}
+	}
+	if err := json.Unmarshal(next, &nextContent); err != nil || nextContent == nil {
+		return errBadJSON("new power levels are not an object")
+	}
+	old, err := parsePowerLevels(curContent, ra)
+	if err != nil {
+		return errBadJSON("current power levels: %v", err)
+	}
+	s := &Server{opts: Options{Mode: Synapse}}
+	if old.exists {
+		if have, need := old.userLevel(sender), old.eventLevel("m.room.power_levels", true); have < need {
+			return errForbidden("You don't have permission to post that to the room. user_level (%s) < send_level (%d)", level(have), need)
+		}
+	}
+	if e := s.checkPowerLevelsChange(old, ra, nextContent, sender); e != nil {
+		return e
+	}
+	return nil
 }

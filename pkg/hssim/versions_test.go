@@ -346,3 +346,36 @@ func TestV12CreateCollisions(t *testing.T) {
 	e2.hs.SetLatency(EPCreateRoom, 0)
 	e2.createRoom(btok, map[string]any{})
 }
+
+func TestCheckPowerLevelsChange(t *testing.T) {
+	const bot, owner = "@bot:x", "@owner:x"
+	j := func(s string) []byte { return []byte(s) }
+	tests := []struct {
+		version   string
+		sender    string
+		cur, next string
+		ok        bool
+	}{
+		{"10", bot, ``, `{"users":{"@bot:x":100,"@owner:x":100}}`, true},
+		{"12", bot, ``, `{"users":{"@bot:x":100}}`, false},
+		{"12", bot, ``, `{"users":{"@owner:x":100}}`, true},
+		{"12", bot, `{"users":{"@owner:x":100}}`, `{"users":{"@owner:x":0}}`, true},
+		{"10", bot, `{"users":{"@bot:x":100,"@owner:x":100}}`, `{"users":{"@bot:x":100,"@owner:x":0}}`, false},
+		{"12", owner, `{"users":{"@owner:x":100}}`, `{"users":{"@owner:x":100,"@bot:x":0}}`, false},
+		{"12", owner, `{"users":{"@owner:x":100},"events":{"m.room.power_levels":150}}`, `{"users":{"@owner:x":100,"@a:x":5}}`, false},
+		{"10", bot, ``, `{"users":{"not a user":5}}`, false},
+		{"10", bot, ``, `{"ban":"50"}`, false},
+		{"9", bot, ``, `{"ban":"50"}`, true},
+		{"13", bot, ``, `{}`, false},
+	}
+	for _, tc := range tests {
+		var cur []byte
+		if tc.cur != "" {
+			cur = j(tc.cur)
+		}
+		err := CheckPowerLevelsChange(tc.version, bot, nil, tc.sender, cur, j(tc.next))
+		if (err == nil) != tc.ok {
+			t.Errorf("v%s %s: %s -> %s: err %v, want ok=%v", tc.version, tc.sender, tc.cur, tc.next, err, tc.ok)
+		}
+	}
+}
