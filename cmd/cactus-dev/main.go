@@ -53,6 +53,7 @@ func parseOptions(args []string, stderr io.Writer, lookup func(string) (string, 
 	fs.StringVar(&o.GatewayURL, "gateway-url", env("CACTUS_DEV_GATEWAY_URL", ""), "URL the homeserver uses to reach the gateway (default http://<listen>) (CACTUS_DEV_GATEWAY_URL)")
 	fs.StringVar(&o.SimAddr, "hs-addr", env("CACTUS_DEV_HS_ADDR", "127.0.0.1:8008"), "simulator address (CACTUS_DEV_HS_ADDR)")
 	fs.StringVar(&mode, "hs-mode", env("CACTUS_DEV_HS_MODE", "synapse"), "homeserver the simulator imitates: synapse, dendrite or conduit (CACTUS_DEV_HS_MODE)")
+	fs.StringVar(&o.SimRoomVersion, "room-version", env("CACTUS_DEV_ROOM_VERSION", ""), "room version of the simulator's new rooms: 10, 11 or 12 (default: the mode's, 10 for synapse and dendrite, 12 for conduit) (CACTUS_DEV_ROOM_VERSION)")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: cactus-dev [flags]\n\nRuns gateway, provisioner and botworker with an embedded NATS, and a homeserver\nsimulator unless CACTUS_HOMESERVER_URL is set. Ctrl-C stops it.\n\nflags:")
 		fs.PrintDefaults()
@@ -84,6 +85,9 @@ func parseOptions(args []string, stderr io.Writer, lookup func(string) (string, 
 		return o, errUsage{err}
 	}
 	o.SimMode = m
+	if err := devrun.CheckRoomVersion(o.SimRoomVersion); err != nil {
+		return o, errUsage{fmt.Errorf("-room-version / CACTUS_DEV_ROOM_VERSION: %w", err)}
+	}
 	o.Env = lookup
 	return o, nil
 }

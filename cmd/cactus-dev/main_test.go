@@ -22,13 +22,13 @@ func TestParseOptions(t *testing.T) {
 				t.Fatalf("%+v", o)
 			}
 		}},
-		{"env", nil, map[string]string{"CACTUS_DEV_DATA": "/d", "CACTUS_DEV_NATS_PORT": "0", "CACTUS_DEV_ADMIN_PORT": "7000", "CACTUS_HOMESERVER_URL": "http://hs:8008", "CACTUS_DEV_HS_MODE": "dendrite"}, func(t *testing.T, o optionsView) {
-			if o.DataDir != "/d" || o.NATSPort != 0 || o.AdminAddrs[2] != "127.0.0.1:7002" || o.HomeserverURL != "http://hs:8008" || o.SimMode != hssim.Dendrite {
+		{"env", nil, map[string]string{"CACTUS_DEV_DATA": "/d", "CACTUS_DEV_NATS_PORT": "0", "CACTUS_DEV_ADMIN_PORT": "7000", "CACTUS_HOMESERVER_URL": "http://hs:8008", "CACTUS_DEV_HS_MODE": "dendrite", "CACTUS_DEV_ROOM_VERSION": "12"}, func(t *testing.T, o optionsView) {
+			if o.DataDir != "/d" || o.NATSPort != 0 || o.AdminAddrs[2] != "127.0.0.1:7002" || o.HomeserverURL != "http://hs:8008" || o.SimMode != hssim.Dendrite || o.SimRoomVersion != "12" {
 				t.Fatalf("%+v", o)
 			}
 		}},
-		{"flags win over env", []string{"-data", "/f", "-admin-port", "0"}, map[string]string{"CACTUS_DEV_DATA": "/d"}, func(t *testing.T, o optionsView) {
-			if o.DataDir != "/f" || o.AdminAddrs[0] != "127.0.0.1:0" || o.AdminAddrs[1] != "127.0.0.1:0" {
+		{"flags win over env", []string{"-data", "/f", "-admin-port", "0", "-room-version", "11"}, map[string]string{"CACTUS_DEV_DATA": "/d", "CACTUS_DEV_ROOM_VERSION": "12"}, func(t *testing.T, o optionsView) {
+			if o.DataDir != "/f" || o.AdminAddrs[0] != "127.0.0.1:0" || o.AdminAddrs[1] != "127.0.0.1:0" || o.SimRoomVersion != "11" {
 				t.Fatalf("%+v", o)
 			}
 		}},
@@ -39,16 +39,16 @@ func TestParseOptions(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			tt.check(t, optionsView{DataDir: o.DataDir, NATSPort: o.NATSPort, GatewayAddr: o.GatewayAddr, SimAddr: o.SimAddr, AdminAddrs: o.AdminAddrs, SimMode: o.SimMode, HomeserverURL: o.HomeserverURL})
+			tt.check(t, optionsView{DataDir: o.DataDir, NATSPort: o.NATSPort, GatewayAddr: o.GatewayAddr, SimAddr: o.SimAddr, AdminAddrs: o.AdminAddrs, SimMode: o.SimMode, SimRoomVersion: o.SimRoomVersion, HomeserverURL: o.HomeserverURL})
 		})
 	}
 }
 
 type optionsView struct {
-	DataDir, GatewayAddr, SimAddr, HomeserverURL string
-	NATSPort                                     int
-	AdminAddrs                                   [3]string
-	SimMode                                      hssim.Mode
+	DataDir, GatewayAddr, SimAddr, HomeserverURL, SimRoomVersion string
+	NATSPort                                                     int
+	AdminAddrs                                                   [3]string
+	SimMode                                                      hssim.Mode
 }
 
 func TestRunUsageErrors(t *testing.T) {
@@ -63,6 +63,8 @@ func TestRunUsageErrors(t *testing.T) {
 		{[]string{"-nats-port", "x"}, nil, 2, "not a port number"},
 		{nil, map[string]string{"CACTUS_DEV_NATS_PORT": "70000"}, 2, "not a port number"},
 		{[]string{"-hs-mode", "matrix.org"}, nil, 2, "unknown homeserver mode"},
+		{nil, map[string]string{"CACTUS_DEV_ROOM_VERSION": "9"}, 2, "want 10, 11 or 12"},
+		{[]string{"-room-version", "v12"}, nil, 2, "CACTUS_DEV_ROOM_VERSION"},
 		{[]string{"-bogus"}, nil, 2, "flag provided but not defined"},
 	}
 	for _, tt := range tests {

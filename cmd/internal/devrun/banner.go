@@ -24,7 +24,8 @@ func banner(w io.Writer, cfg *config.Config, info Info) {
 	p("")
 	p("Cactus Comments is running (data in %s, NATS %s).", info.DataDir, info.NATSURL)
 	if info.Simulator != nil {
-		p("  homeserver  %s (simulator, server name %s; bot %s)", info.HomeserverURL, cfg.ServerName(), cfg.UserID)
+		p("  homeserver  %s (simulator of %s, room version %s, server name %s; bot %s)", info.HomeserverURL,
+			info.Simulator.Mode(), info.Simulator.RoomVersion(), cfg.ServerName(), cfg.UserID)
 	} else {
 		p("  homeserver  %s (bot %s)", info.HomeserverURL, cfg.UserID)
 	}

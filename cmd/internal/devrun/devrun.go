@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -68,6 +69,10 @@ type Options struct {
 	SimAddr string
 	// SimMode is the homeserver the simulator imitates; default synapse.
 	SimMode hssim.Mode
+	// SimRoomVersion is the room version of the simulator's new rooms:
+	// "10", "11" or "12"; empty takes the mode's default (10 for synapse
+	// and dendrite, 12 for conduit).
+	SimRoomVersion string
 	// Env supplies CACTUS_* variables (tuning, tokens, log settings).
 	// Nil: none.
 	Env envconf.Lookup
@@ -126,6 +131,9 @@ func (o *Options) defaults() error {
 	if o.SimMode == "" {
 		o.SimMode = hssim.Synapse
 	}
+	if err := CheckRoomVersion(o.SimRoomVersion); err != nil {
+		return err
+	}
 	if o.Env == nil {
 		o.Env = envconf.Map(nil)
 	}
@@ -145,6 +153,19 @@ func (o *Options) defaults() error {
 		return fmt.Errorf("NATS port %d out of range", o.NATSPort)
 	}
 	return nil
+}
+
+// RoomVersions are the room versions the dev runner's simulator may make:
+// those real homeservers create by default today.
+var RoomVersions = []string{"10", "11", "12"}
+
+// CheckRoomVersion validates a simulator room version ("" for the mode's
+// default).
+func CheckRoomVersion(v string) error {
+	if v == "" || slices.Contains(RoomVersions, v) {
+		return nil
+	}
+	return fmt.Errorf("room version %q is not one the simulator runs (want 10, 11 or 12)", v)
 }
 
 // Run runs the whole system until ctx ends, then stops it gracefully:
@@ -208,7 +229,7 @@ func Run(ctx context.Context, o Options) (err error) {
 	var sim *hssim.Server
 	if o.HomeserverURL == "" {
 		sim, err = hssim.Start(context.WithoutCancel(ctx), hssim.Options{
-			ServerName: cfg.ServerName(), Mode: o.SimMode, Addr: o.SimAddr,
+			ServerName: cfg.ServerName(), Mode: o.SimMode, RoomVersion: o.SimRoomVersion, Addr: o.SimAddr,
 			Registrations: []*registration.Registration{reg}, Logger: o.Log,
 		})
 		if err != nil {

@@ -48,20 +48,22 @@ type running struct {
 }
 
 // start runs the dev system on free ports with its data in dir.
-func start(t *testing.T, dir string) *running {
+func start(t *testing.T, dir string, mutate ...func(*Options)) *running {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	out := &syncBuffer{}
 	ready := make(chan Info, 1)
 	errc := make(chan error, 1)
 	free := "127.0.0.1:0"
-	go func() {
-		errc <- Run(ctx, Options{
-			DataDir: dir, GatewayAddr: free, AdminAddrs: [3]string{free, free, free}, SimAddr: free,
-			Env: envconf.Map(map[string]string{"CACTUS_LOG_LEVEL": "warn", "CACTUS_SHUTDOWN_TIMEOUT": "10s"}),
-			Out: out, Ready: func(i Info) { ready <- i }, ReadyTimeout: time.Minute,
-		})
-	}()
+	o := Options{
+		DataDir: dir, GatewayAddr: free, AdminAddrs: [3]string{free, free, free}, SimAddr: free,
+		Env: envconf.Map(map[string]string{"CACTUS_LOG_LEVEL": "warn", "CACTUS_SHUTDOWN_TIMEOUT": "10s"}),
+		Out: out, Ready: func(i Info) { ready <- i }, ReadyTimeout: time.Minute,
+	}
+	for _, m := range mutate {
+		m(&o)
+	}
+	go func() { errc <- Run(ctx, o) }()
 	var once sync.Once
 	var stopErr error
 	r := &running{out: out, stop: func() error {
@@ -200,6 +202,26 @@ func TestDevFlow(t *testing.T) {
 	}
 	if err := r2.stop(); err != nil {
 		t.Fatalf("second stop: %v", err)
+	}
+}
+
+// The simulator makes rooms of the version asked for, and the banner says
+// which.
+func TestSimRoomVersion(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts the whole system")
+	}
+	r := start(t, t.TempDir(), func(o *Options) { o.SimRoomVersion = "12" })
+	if got := r.info.Simulator.RoomVersion(); got != "12" {
+		t.Fatalf("simulator room version %q", got)
+	}
+	if !strings.Contains(r.out.String(), "simulator of synapse, room version 12") {
+		t.Fatalf("banner:\n%s", r.out.String())
+	}
+	free := "127.0.0.1:0"
+	err := Run(context.Background(), Options{DataDir: t.TempDir(), SimRoomVersion: "9", GatewayAddr: free, AdminAddrs: [3]string{free, free, free}, SimAddr: free})
+	if err == nil || !strings.Contains(err.Error(), "want 10, 11 or 12") {
+		t.Fatalf("err = %v", err)
 	}
 }
 
