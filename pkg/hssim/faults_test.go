@@ -175,6 +175,9 @@ func FuzzRequests(f *testing.F) {
 	f.Add("GET", "/_matrix/client/v3/directory/room/%23a%2Fb%3Ac", ``)
 	f.Add("POST", "/_matrix/client/v3/join/%ZZ", `{}`)
 	f.Add("POST", "/_matrix/client/v3/login", `[]`)
+	f.Add("POST", "/_matrix/client/v3/createRoom", `{"room_version":"12","preset":"trusted_private_chat","invite":["@a:b"],"creation_content":{"additional_creators":["@c:d",1]}}`)
+	f.Add("POST", "/_matrix/client/v3/createRoom", `{"room_version":["12"],"initial_state":[{"type":"m.room.power_levels","content":{"users":{"@fuzzer:example.org":100}}}]}`)
+	f.Add("POST", "/_matrix/client/v3/rooms/%21a%3Ab/upgrade", `{"new_version":"12","additional_creators":[{}]}`)
 	f.Fuzz(func(t *testing.T, method, path, body string) {
 		if !strings.HasPrefix(path, "/") || strings.ContainsAny(path, " \t\r\n#?") || len(method) == 0 || strings.ContainsAny(method, " \t\r\n/") {
 			return
