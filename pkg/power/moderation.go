@@ -19,27 +19,26 @@ var (
 // CanBan reports whether actor may ban target: the actor needs the ban
 // level and a level above the target's.
 func CanBan(r Room, pl *matrix.PowerLevels, actor, target string) error {
-	if err := notCreator(r, "ban", target); err != nil {
-		return err
-	}
-	me, them := UserLevel(r, pl, actor), UserLevel(r, pl, target)
-	if need := banLevel(pl); me < need {
-		return refused("ban", actor, target, fmt.Sprintf("level %s is below the ban level %d", showLevel(me), need))
-	}
-	return above("ban", actor, target, me, them)
+	return canRemove(r, pl, "ban", banLevel(pl), actor, target)
 }
 
 // CanKick reports whether actor may kick target: the kick level and a
 // level above the target's.
 func CanKick(r Room, pl *matrix.PowerLevels, actor, target string) error {
-	if err := notCreator(r, "kick", target); err != nil {
+	return canRemove(r, pl, "kick", kickLevel(pl), actor, target)
+}
+
+// canRemove: nobody removes a creator; otherwise the action's level and a
+// level above the target's.
+func canRemove(r Room, pl *matrix.PowerLevels, action string, need int, actor, target string) error {
+	if err := notCreator(r, action, target); err != nil {
 		return err
 	}
 	me, them := UserLevel(r, pl, actor), UserLevel(r, pl, target)
-	if need := kickLevel(pl); me < need {
-		return refused("kick", actor, target, fmt.Sprintf("level %s is below the kick level %d", showLevel(me), need))
+	if me < need {
+		return refused(action, actor, target, fmt.Sprintf("level %s is below the %s level %d", showLevel(me), action, need))
 	}
-	return above("kick", actor, target, me, them)
+	return above(action, actor, target, me, them)
 }
 
 // CanUnban reports whether actor may lift target's ban. An unban is a
