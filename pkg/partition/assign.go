@@ -1,5 +1,3 @@
-// Package partition hands the partitions of a partitioned consumer group
-// to the replicas that are alive, one replica per partition.
 package partition
 
 import (
