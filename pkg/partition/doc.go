@@ -86,6 +86,9 @@
 //     it (a plain Nak is redelivered before them);
 //   - signals progress (InProgress) for every message it holds, running
 //     or waiting behind its key, well within AckWait;
+//   - keeps pull requests short (an expiry of a few seconds): the server
+//     may answer a request after its client died, until it expires, and
+//     the lease's margin over AckWait + Grace covers only that long;
 //
 // and when ctx is cancelled:
 //
