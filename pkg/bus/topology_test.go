@@ -350,3 +350,43 @@ func TestBotPartitions(t *testing.T) {
 		t.Errorf("partition bucket TTL %v, markers %v: want a lease above AckWait and grace, and expiry markers", st.TTL(), st.LimitMarkerTTL())
 	}
 }
+
+// An installation from before partitions: Ensure adds the transform to the
+// existing event stream, a retried event is still a duplicate, and events
+// stored before keep their subject (the partition consumers never see
+// them: the old consumer must drain them).
+func TestBotPartitionsUpgrade(t *testing.T) {
+	srv := embednats.StartTest(t)
+	_, js := connect(t, srv)
+	ctx := testCtx(t)
+	topo := Topology{Memory: true}
+	old := topo.Streams()[0]
+	old.SubjectTransform = nil
+	if _, err := js.CreateStream(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	publish := func() *jetstream.PubAck {
+		t.Helper()
+		m := nats.NewMsg(EventSubject(ClassBot, "!a:x"))
+		m.Header.Set(HeaderMsgID, "$1")
+		ack, err := js.PublishMsg(ctx, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ack
+	}
+	first := publish()
+	if err := topo.Ensure(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	if again := publish(); !again.Duplicate || again.Sequence != first.Sequence {
+		t.Errorf("the event retried after the upgrade was stored again: %+v", again)
+	}
+	s, err := js.Stream(ctx, StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := s.GetMsg(ctx, first.Sequence); err != nil || m.Subject != EventSubject(ClassBot, "!a:x") {
+		t.Errorf("event stored before the upgrade: %v, %v", m, err)
+	}
+}
