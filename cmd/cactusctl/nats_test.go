@@ -98,7 +98,7 @@ func TestDLQListReplayDrop(t *testing.T) {
 	if got := streamMsgs(t, events); got != before+1 {
 		t.Fatalf("events stream has %d messages after replay, want %d", got, before+1)
 	}
-	last, err := events.GetLastMsgForSubject(ctx, bus.EventSubject(bus.ClassBot, "!a:x"))
+	last, err := events.GetLastMsgForSubject(ctx, (bus.Topology{}).StoredSubject(bus.ClassBot, "!a:x"))
 	if err != nil {
 		t.Fatal(err)
 	}

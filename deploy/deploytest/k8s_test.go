@@ -196,11 +196,21 @@ func (r *rendered) containerEnv(t *testing.T, c corev1.Container) map[string]str
 // (from pkg/bus, the one place the topology is declared).
 var (
 	workerConsumers = map[string][]string{
-		"botworker":   {bus.ConsumerBot},
+		"botworker":   groupConsumers((bus.Topology{}).BotGroup()),
 		"provisioner": {bus.ConsumerModeration, bus.ConsumerJobs},
 	}
-	deploymentNames = []string{"botworker", "gateway", "provisioner"}
+	// Deployments that consume a partitioned group.
+	partitionedWorkers = map[string]bus.PartitionGroup{"botworker": (bus.Topology{}).BotGroup()}
+	deploymentNames    = []string{"botworker", "gateway", "provisioner"}
 )
+
+func groupConsumers(g bus.PartitionGroup) []string {
+	cs := make([]string, g.Partitions)
+	for p := range cs {
+		cs[p] = g.Consumer(p)
+	}
+	return cs
+}
 
 // The peers the NetworkPolicies are written for (see
 // base/networkpolicies.yaml): Synapse in namespace matrix, Prometheus in
@@ -628,6 +638,11 @@ func checkAutoscaling(t *testing.T, r *rendered, nv natsValues) {
 			}
 			if md["account"] != "$G" {
 				t.Errorf("ScaledObject %s: account %q; the NATS values configure no accounts, so streams live in $G", so.Name, md["account"])
+			}
+		}
+		if g, ok := partitionedWorkers[ref.Name]; ok {
+			for _, err := range checkPartitionedScaling(so, g) {
+				t.Errorf("ScaledObject %s: %v", so.Name, err)
 			}
 		}
 	}

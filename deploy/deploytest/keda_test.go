@@ -1,12 +1,18 @@
 package deploytest
 
 import (
+	"errors"
 	"fmt"
+	"regexp"
 	"sort"
 	"strconv"
+	"strings"
+	"testing"
 
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/cactus-comments/appservice/pkg/bus"
 )
 
 // scaledObject mirrors the fields of KEDA's ScaledObject (keda.sh/v1alpha1)
@@ -44,7 +50,16 @@ type kedaAdvanced struct {
 		Name     string                                         `json:"name,omitempty"`
 		Behavior *autoscalingv2.HorizontalPodAutoscalerBehavior `json:"behavior,omitempty"`
 	} `json:"horizontalPodAutoscalerConfig,omitempty"`
-	RestoreToOriginalReplicaCount bool `json:"restoreToOriginalReplicaCount,omitempty"`
+	RestoreToOriginalReplicaCount bool                  `json:"restoreToOriginalReplicaCount,omitempty"`
+	ScalingModifiers              *kedaScalingModifiers `json:"scalingModifiers,omitempty"`
+}
+
+// kedaScalingModifiers compose the triggers' metrics into one (KEDA 2.12+).
+type kedaScalingModifiers struct {
+	Formula          string                         `json:"formula,omitempty"`
+	Target           string                         `json:"target,omitempty"`
+	ActivationTarget string                         `json:"activationTarget,omitempty"`
+	MetricType       autoscalingv2.MetricTargetType `json:"metricType,omitempty"`
 }
 
 type kedaFallback struct {
@@ -152,4 +167,115 @@ func checkNATSJetStreamTrigger(tr scaleTrigger) []error {
 		}
 	}
 	return errs
+}
+
+// exprIdentifier is a name KEDA's formula language can refer to.
+var exprIdentifier = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// checkPartitionedScaling checks the ScaledObject of a Deployment that
+// consumes a partitioned group: one trigger per partition consumer, a
+// formula summing all of them (the total lag: the HPA would otherwise
+// follow the most lagging partition, which only its one owner can work
+// through) and no more replicas than partitions.
+func checkPartitionedScaling(so *scaledObject, g bus.PartitionGroup) []error {
+	var errs []error
+	want := map[string]bool{}
+	for p := range g.Partitions {
+		want[g.Consumer(p)] = true
+	}
+	names := map[string]bool{}
+	for _, tr := range so.Spec.Triggers {
+		c := tr.Metadata["consumer"]
+		switch {
+		case !want[c]:
+			errs = append(errs, fmt.Errorf("trigger %q reads %q, which is no partition consumer of %s (or is read twice)", tr.Name, c, g.Name))
+		case !exprIdentifier.MatchString(tr.Name) || names[tr.Name]:
+			errs = append(errs, fmt.Errorf("trigger name %q: the formula needs a unique identifier per trigger", tr.Name))
+		}
+		delete(want, c)
+		names[tr.Name] = true
+	}
+	for c := range want {
+		errs = append(errs, fmt.Errorf("no trigger reads partition consumer %s", c))
+	}
+	sm := (*kedaScalingModifiers)(nil)
+	if so.Spec.Advanced != nil {
+		sm = so.Spec.Advanced.ScalingModifiers
+	}
+	if sm == nil {
+		return append(errs, errors.New("no scalingModifiers: the HPA would scale on the most lagging partition, not the total"))
+	}
+	terms := map[string]bool{}
+	for _, term := range strings.Split(sm.Formula, "+") {
+		term = strings.TrimSpace(term)
+		if !names[term] || terms[term] {
+			errs = append(errs, fmt.Errorf("formula %q: term %q is not one trigger's name once", sm.Formula, term))
+		}
+		terms[term] = true
+	}
+	if len(terms) != len(names) {
+		errs = append(errs, fmt.Errorf("formula %q sums %d of %d triggers", sm.Formula, len(terms), len(names)))
+	}
+	if err := positiveInt(sm.Target); err != nil {
+		errs = append(errs, fmt.Errorf("scalingModifiers target: %w", err))
+	}
+	if sm.ActivationTarget != "" {
+		if err := nonNegativeInt(sm.ActivationTarget); err != nil {
+			errs = append(errs, fmt.Errorf("scalingModifiers activationTarget: %w", err))
+		}
+	}
+	if sm.MetricType != "" && sm.MetricType != autoscalingv2.AverageValueMetricType {
+		errs = append(errs, fmt.Errorf("scalingModifiers metricType %q: the lag is shared by the replicas, want AverageValue", sm.MetricType))
+	}
+	if maxR := ptrOr(so.Spec.MaxReplicaCount, 100); int(maxR) > g.Partitions {
+		errs = append(errs, fmt.Errorf("maxReplicaCount %d: more than the %d partitions, the extra replicas would idle", maxR, g.Partitions))
+	}
+	return errs
+}
+
+func TestPartitionedScalingCheck(t *testing.T) {
+	g := (bus.Topology{BotPartitions: 3}).BotGroup()
+	build := func(edit func(so *scaledObject)) *scaledObject {
+		so := &scaledObject{}
+		maxR := int32(3)
+		so.Spec.MaxReplicaCount = &maxR
+		so.Spec.Advanced = &kedaAdvanced{ScalingModifiers: &kedaScalingModifiers{Formula: "p0 + p1 + p2", Target: "32", MetricType: autoscalingv2.AverageValueMetricType}}
+		for p := range 3 {
+			so.Spec.Triggers = append(so.Spec.Triggers, scaleTrigger{Type: "nats-jetstream", Name: fmt.Sprintf("p%d", p), Metadata: map[string]string{"consumer": g.Consumer(p)}})
+		}
+		if edit != nil {
+			edit(so)
+		}
+		return so
+	}
+	tests := []struct {
+		name string
+		edit func(so *scaledObject)
+		want string // in the first error; "" for none
+	}{
+		{"valid", nil, ""},
+		{"a partition not read", func(so *scaledObject) {
+			so.Spec.Triggers = so.Spec.Triggers[:2]
+			so.Spec.Advanced.ScalingModifiers.Formula = "p0 + p1"
+		}, "no trigger reads"},
+		{"a partition read twice", func(so *scaledObject) { so.Spec.Triggers[2].Metadata["consumer"] = g.Consumer(1) }, "read twice"},
+		{"formula misses one", func(so *scaledObject) { so.Spec.Advanced.ScalingModifiers.Formula = "p0 + p1" }, "sums 2 of 3"},
+		{"formula is no sum", func(so *scaledObject) { so.Spec.Advanced.ScalingModifiers.Formula = "max(p0, p1, p2)" }, "is not one trigger's name"},
+		{"no formula", func(so *scaledObject) { so.Spec.Advanced = nil }, "no scalingModifiers"},
+		{"name the formula cannot use", func(so *scaledObject) { so.Spec.Triggers[0].Name = "p-0" }, "unique identifier"},
+		{"bad target", func(so *scaledObject) { so.Spec.Advanced.ScalingModifiers.Target = "lots" }, "target"},
+		{"value metric", func(so *scaledObject) { so.Spec.Advanced.ScalingModifiers.MetricType = autoscalingv2.ValueMetricType }, "AverageValue"},
+		{"more replicas than partitions", func(so *scaledObject) { four := int32(4); so.Spec.MaxReplicaCount = &four }, "maxReplicaCount 4"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			errs := checkPartitionedScaling(build(tt.edit), g)
+			switch {
+			case tt.want == "" && len(errs) > 0:
+				t.Fatalf("errors %v, want none", errs)
+			case tt.want != "" && (len(errs) == 0 || !strings.Contains(errs[0].Error(), tt.want)):
+				t.Fatalf("errors %v, want one saying %q", errs, tt.want)
+			}
+		})
+	}
 }

@@ -5,6 +5,8 @@
 // Subjects:
 //
 //	cactus.ev.<class>.<room>        events from the homeserver (stream EVENTS)
+//	cactus.ev.bot.<p>.<room>        how EVENTS stores the bot's events: p is the
+//	                                room's partition (partitions.go)
 //	cactus.job.<kind>.<site>.<room> fan-out jobs (stream JOBS, work queue)
 //	cactus.dlq.<source>             dead letters (stream DLQ)
 //	cactus.rpc.alias                alias queries, request/reply to provisioners
@@ -126,13 +128,32 @@ func EventSubject(c Class, roomID string) string {
 // EventFilter is the subject filter for one class.
 func EventFilter(c Class) string { return "cactus.ev." + string(c) + ".>" }
 
-// RoomFromEventSubject extracts the room id from an event subject.
+// RoomFromEventSubject extracts the room id from an event subject, as
+// published (cactus.ev.<class>.<room>) or as stored with its partition
+// (cactus.ev.<class>.<p>.<room>).
 func RoomFromEventSubject(subject string) (string, error) {
 	parts := strings.Split(subject, ".")
-	if len(parts) != 4 || parts[0] != "cactus" || parts[1] != "ev" {
+	if len(parts) < 4 || len(parts) > 5 || parts[0] != "cactus" || parts[1] != "ev" || parts[2] == "" {
 		return "", fmt.Errorf("bus: not an event subject: %q", subject)
 	}
-	return ParseToken(parts[3])
+	if len(parts) == 5 && !isPartition(parts[3]) {
+		return "", fmt.Errorf("bus: bad partition %q in event subject %q", parts[3], subject)
+	}
+	return ParseToken(parts[len(parts)-1])
+}
+
+// isPartition accepts what the server's partition() mapping writes: a
+// decimal number without sign or leading zero.
+func isPartition(s string) bool {
+	if s == "" || len(s) > 9 || (s[0] == '0' && len(s) > 1) {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // JobSubject is where a fan-out job of kind for one room of a site goes.

@@ -3,6 +3,7 @@ package bus
 import (
 	"encoding/json"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -93,6 +94,18 @@ func TestSubjects(t *testing.T) {
 			if err != nil || got != room {
 				t.Fatalf("RoomFromEventSubject(%q) = %q, %v, want %q", subj, got, err, room)
 			}
+			stored := (Topology{}).StoredSubject(c, room)
+			if got, err := RoomFromEventSubject(stored); err != nil || got != room {
+				t.Fatalf("RoomFromEventSubject(%q) = %q, %v, want %q", stored, got, err, room)
+			}
+			if !strings.HasPrefix(stored, strings.TrimSuffix(EventFilter(c), ">")) {
+				t.Fatalf("stored subject %q not under filter %q", stored, EventFilter(c))
+			}
+		}
+		g := (Topology{}).BotGroup()
+		stored := (Topology{}).StoredSubject(ClassBot, room)
+		if p := PartitionOf(room, g.Partitions); !strings.HasPrefix(stored, strings.TrimSuffix(g.Filter(p), ">")) {
+			t.Fatalf("stored subject %q not under its partition's filter %q", stored, g.Filter(p))
 		}
 		job := JobSubject("ban", room, room)
 		if parts := strings.Split(job, "."); len(parts) != 5 || parts[2] != "ban" {
@@ -102,11 +115,45 @@ func TestSubjects(t *testing.T) {
 			t.Fatalf("DLQSubject(%q) = %q", room, DLQSubject(room))
 		}
 	}
-	for _, bad := range []string{"", "cactus.ev.bot", "cactus.ev.bot.a.b", "cactus.job.bot.QQ", "nats.ev.bot.QQ", "cactus.ev.bot.Q", "cactus.ev.bot.a*"} {
+	for _, bad := range []string{
+		"", "cactus.ev.bot", "cactus.ev.bot.a.b", "cactus.job.bot.QQ", "nats.ev.bot.QQ", "cactus.ev.bot.Q", "cactus.ev.bot.a*",
+		"cactus.ev..QQ", "cactus.ev.bot.03.QQ", "cactus.ev.bot.-1.QQ", "cactus.ev.bot.+1.QQ", "cactus.ev.bot..QQ",
+		"cactus.ev.bot.1.2.QQ", "cactus.ev.bot.1.QQ.", "cactus.ev.bot.9999999999.QQ", "cactus.ev.bot.1.Q",
+	} {
 		if r, err := RoomFromEventSubject(bad); err == nil {
 			t.Errorf("RoomFromEventSubject(%q) = %q, want an error", bad, r)
 		}
 	}
+}
+
+// FuzzRoomFromEventSubject: a subject the parser accepts is exactly what
+// the gateway publishes or the event stream stores for that room, so no
+// two subjects name the same room in one partition.
+func FuzzRoomFromEventSubject(f *testing.F) {
+	for _, room := range hostile {
+		f.Add(EventSubject(ClassBot, room))
+		f.Add((Topology{}).StoredSubject(ClassBot, room))
+	}
+	f.Add("cactus.ev.bot.03.QQ")
+	f.Add("cactus.ev.bot.7.QQ")
+	f.Fuzz(func(t *testing.T, subject string) {
+		room, err := RoomFromEventSubject(subject)
+		if err != nil {
+			return
+		}
+		parts := strings.Split(subject, ".")
+		c := Class(parts[2])
+		want := EventSubject(c, room)
+		if len(parts) == 5 {
+			want = "cactus.ev." + string(c) + "." + parts[3] + "." + Token(room)
+			if n, err := strconv.Atoi(parts[3]); err != nil || strconv.Itoa(n) != parts[3] {
+				t.Fatalf("accepted partition %q is not canonical", parts[3])
+			}
+		}
+		if subject != want {
+			t.Fatalf("RoomFromEventSubject(%q) = %q, but that room's subject is %q", subject, room, want)
+		}
+	})
 }
 
 func TestClassify(t *testing.T) {

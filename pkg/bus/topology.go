@@ -21,6 +21,9 @@ type Topology struct {
 	// Memory puts streams in memory (benchmarks of the pure code path);
 	// production and dev use file storage.
 	Memory bool
+	// BotPartitions splits the bot's events by room (0: the default, 16);
+	// see partitions.go.
+	BotPartitions int
 }
 
 // AckWait is how long a worker may hold a message without signalling
@@ -52,6 +55,9 @@ func (t Topology) Streams() []jetstream.StreamConfig {
 			Duplicates:  DuplicateWindow,
 			MaxMsgSize:  1 << 20,
 			Discard:     jetstream.DiscardOld,
+
+			// Stores each bot event under its partition.
+			SubjectTransform: t.BotGroup().SubjectTransform(),
 		},
 		{
 			Name:        StreamJobs,
@@ -101,13 +107,13 @@ func (t Topology) Consumers() []ConsumerSpec {
 			DeliverPolicy: jetstream.DeliverAllPolicy,
 		}}
 	}
-	return []ConsumerSpec{
+	return append([]ConsumerSpec{
 		c(StreamEvents, ConsumerBot, "Bot invites and commands", EventFilter(ClassBot), 512),
 		// One at a time: moderation events are applied in the order the
 		// homeserver sent them (invariant 5). Their work fans out as jobs.
 		c(StreamEvents, ConsumerModeration, "Bans, unbans and power levels", EventFilter(ClassModeration), 1),
 		c(StreamJobs, ConsumerJobs, "Per-room fan-out jobs", SubjectJobsAll, 1024),
-	}
+	}, t.BotGroup().ConsumerSpecs()...)
 }
 
 // Buckets returns the key-value buckets of the registry.
@@ -115,12 +121,12 @@ func (t Topology) Buckets() []jetstream.KeyValueConfig {
 	b := func(name, desc string) jetstream.KeyValueConfig {
 		return jetstream.KeyValueConfig{Bucket: name, Description: desc, History: 1, Storage: t.storage(), Replicas: t.replicas()}
 	}
-	return []jetstream.KeyValueConfig{
+	return append([]jetstream.KeyValueConfig{
 		b(BucketSites, "Sites: owner, moderation room, power levels and bans"),
 		b(BucketRooms, "Comment rooms by site and section"),
 		b(BucketIndex, "Room id to site, for every room we manage"),
 		b(BucketLimit, "Bot bookkeeping: registrations per user"),
-	}
+	}, t.PartitionBucket())
 }
 
 // Ensure creates or updates every stream, consumer and bucket. It is safe to

@@ -3,7 +3,9 @@ package bus
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -45,7 +47,7 @@ func TestEnsureIdempotentAndCheck(t *testing.T) {
 	if err == nil {
 		t.Fatal("Check passed on an empty server")
 	}
-	for _, name := range []string{StreamEvents, StreamJobs, StreamDLQ, ConsumerBot, ConsumerModeration, ConsumerJobs, BucketSites, BucketRooms, BucketIndex, BucketLimit} {
+	for _, name := range []string{StreamEvents, StreamJobs, StreamDLQ, ConsumerBot, ConsumerModeration, ConsumerJobs, BucketSites, BucketRooms, BucketIndex, BucketLimit, BucketPartitions, "botworker-p00", "botworker-p15"} {
 		if !strings.Contains(err.Error(), name) {
 			t.Errorf("Check error does not name %s: %v", name, err)
 		}
@@ -63,9 +65,9 @@ func TestEnsureIdempotentAndCheck(t *testing.T) {
 	for range js.StreamNames(ctx).Name() {
 		streams++
 	}
-	// 3 streams + 4 buckets (KV_*), no duplicates from the second run.
-	if streams != 7 {
-		t.Errorf("%d streams after two Ensures, want 7", streams)
+	// Streams and buckets (KV_*), no duplicates from the second run.
+	if want := len(topo.Streams()) + len(topo.Buckets()); streams != want {
+		t.Errorf("%d streams after two Ensures, want %d", streams, want)
 	}
 	c, err := js.Consumer(ctx, StreamEvents, ConsumerModeration)
 	if err != nil {
@@ -254,5 +256,137 @@ func TestConnect(t *testing.T) {
 		t.Fatalf("Connect to a dead server = %v, want DeadlineExceeded", err)
 	} else if strings.Contains(err.Error(), "hunter2") {
 		t.Fatalf("error reveals the password: %v", err)
+	}
+}
+
+// The event stream stores each bot event under its room's partition, as
+// PartitionOf computes it, deduplicates by message id as before, and each
+// partition consumer sees exactly its partition.
+func TestBotPartitions(t *testing.T) {
+	srv := embednats.StartTest(t)
+	_, js := connect(t, srv)
+	ctx := testCtx(t)
+	topo := Topology{Memory: true, BotPartitions: 7}
+	if err := topo.Ensure(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	g := topo.BotGroup()
+	publish := func(c Class, room, id string) *jetstream.PubAck {
+		t.Helper()
+		m := nats.NewMsg(EventSubject(c, room))
+		m.Header.Set(HeaderMsgID, id)
+		m.Data = []byte(room)
+		ack, err := js.PublishMsg(ctx, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ack
+	}
+	perPartition := make([]uint64, g.Partitions)
+	rooms := append([]string{}, hostile...)
+	for i := range 200 {
+		rooms = append(rooms, fmt.Sprintf("!room%d:example.org", i))
+	}
+	stored := map[uint64]string{} // sequence -> room
+	for i, room := range rooms {
+		ack := publish(ClassBot, room, fmt.Sprintf("$e%d", i))
+		if ack.Duplicate {
+			t.Fatalf("event %d taken for a duplicate", i)
+		}
+		stored[ack.Sequence] = room
+		perPartition[PartitionOf(room, g.Partitions)]++
+	}
+	if again := publish(ClassBot, rooms[3], "$e3"); !again.Duplicate {
+		t.Errorf("a retried bot event was stored twice: %+v", again)
+	}
+	modAck := publish(ClassModeration, "!mod:example.org", "$mod")
+
+	s, err := js.Stream(ctx, StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for seq, room := range stored {
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := topo.StoredSubject(ClassBot, room); m.Subject != want {
+			t.Fatalf("%q stored under %s, want %s", room, m.Subject, want)
+		}
+		if got, err := RoomFromEventSubject(m.Subject); err != nil || got != room {
+			t.Fatalf("RoomFromEventSubject(%s) = %q, %v; want %q", m.Subject, got, err, room)
+		}
+	}
+	if m, err := s.GetMsg(ctx, modAck.Sequence); err != nil || m.Subject != EventSubject(ClassModeration, "!mod:example.org") {
+		t.Errorf("moderation event stored under %v (%v), want its subject unchanged", m, err)
+	}
+	if info, err := s.Info(ctx); err != nil || info.State.Msgs != uint64(len(rooms)+1) {
+		t.Errorf("stream holds %v messages (%v), want %d", info, err, len(rooms)+1)
+	}
+	for p := range g.Partitions {
+		c, err := js.Consumer(ctx, StreamEvents, g.Consumer(p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ci := c.CachedInfo()
+		if ci.NumPending != perPartition[p] {
+			t.Errorf("%s has %d pending, want %d", g.Consumer(p), ci.NumPending, perPartition[p])
+		}
+		cfg := ci.Config
+		if cfg.PriorityPolicy != jetstream.PriorityPolicyPinned || !slices.Equal(cfg.PriorityGroups, []string{PartitionPriorityGroup}) ||
+			cfg.PinnedTTL < cfg.AckWait || cfg.AckPolicy != jetstream.AckExplicitPolicy || cfg.FilterSubject != g.Filter(p) {
+			t.Errorf("%s config = %+v", g.Consumer(p), cfg)
+		}
+	}
+	kv, err := js.KeyValue(ctx, BucketPartitions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.TTL() < AckWait+PartitionGrace || st.LimitMarkerTTL() <= 0 {
+		t.Errorf("partition bucket TTL %v, markers %v: want a lease above AckWait and grace, and expiry markers", st.TTL(), st.LimitMarkerTTL())
+	}
+}
+
+// An installation from before partitions: Ensure adds the transform to the
+// existing event stream, a retried event is still a duplicate, and events
+// stored before keep their subject (the partition consumers never see
+// them: the old consumer must drain them).
+func TestBotPartitionsUpgrade(t *testing.T) {
+	srv := embednats.StartTest(t)
+	_, js := connect(t, srv)
+	ctx := testCtx(t)
+	topo := Topology{Memory: true}
+	old := topo.Streams()[0]
+	old.SubjectTransform = nil
+	if _, err := js.CreateStream(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	publish := func() *jetstream.PubAck {
+		t.Helper()
+		m := nats.NewMsg(EventSubject(ClassBot, "!a:x"))
+		m.Header.Set(HeaderMsgID, "$1")
+		ack, err := js.PublishMsg(ctx, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ack
+	}
+	first := publish()
+	if err := topo.Ensure(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	if again := publish(); !again.Duplicate || again.Sequence != first.Sequence {
+		t.Errorf("the event retried after the upgrade was stored again: %+v", again)
+	}
+	s, err := js.Stream(ctx, StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := s.GetMsg(ctx, first.Sequence); err != nil || m.Subject != EventSubject(ClassBot, "!a:x") {
+		t.Errorf("event stored before the upgrade: %v, %v", m, err)
 	}
 }

@@ -14,7 +14,7 @@ func TestTurns(t *testing.T) {
 	e := newEnv(t, nil)
 	tu := e.bot.turns
 	room := "!order:example.org"
-	subject := bus.EventSubject(bus.ClassBot, room)
+	subject := (bus.Topology{}).StoredSubject(bus.ClassBot, room) // as the worker sees it
 	publish := func(subj string) uint64 {
 		ack, err := e.rt.JS.Publish(e.ctx, subj, []byte(`{"event_id":"$x","type":"m.room.message","room_id":"`+room+`","sender":"`+alice+`"}`))
 		if err != nil {

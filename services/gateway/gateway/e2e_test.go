@@ -121,7 +121,7 @@ func endToEnd(t *testing.T, mode hssim.Mode) {
 		t.Fatal(err)
 	}
 	checkStored(t, e, hs)
-	if id := inviteOf(t, hs, dm); subjectOf(t, e, id) != bus.EventSubject(bus.ClassBot, dm) {
+	if id := inviteOf(t, hs, dm); subjectOf(t, e, id) != (bus.Topology{}).StoredSubject(bus.ClassBot, dm) {
 		t.Errorf("the bot's invite %s is not on the bot subject of its room", id)
 	}
 

@@ -33,12 +33,14 @@ func TestTransactionStoresEvents(t *testing.T) {
 		member("$i1", "!dm:example.org", "@owner:example.org", testBot, "invite"),
 		`{"event_id":"$pl1","type":"m.room.power_levels","room_id":"!moderation:example.org","sender":"@owner:example.org","state_key":"","content":{"users":{}}}`,
 	}
+	// The bot's events are stored with their partition.
+	stored := (bus.Topology{}).StoredSubject
 	want := map[string]string{ // event id -> subject
-		"$m1":  bus.EventSubject(bus.ClassBot, room),
+		"$m1":  stored(bus.ClassBot, room),
 		"$j1":  bus.EventSubject(bus.ClassOther, room),
 		"$b1":  bus.EventSubject(bus.ClassModeration, modRoom),
 		"$u1":  bus.EventSubject(bus.ClassModeration, modRoom),
-		"$i1":  bus.EventSubject(bus.ClassBot, "!dm:example.org"),
+		"$i1":  stored(bus.ClassBot, "!dm:example.org"),
 		"$pl1": bus.EventSubject(bus.ClassModeration, modRoom),
 	}
 	status, body := e.do(http.MethodPut, "/_matrix/app/v1/transactions/42", txnBody(events...))
