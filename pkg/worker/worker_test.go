@@ -286,7 +286,7 @@ func TestPermanentErrorDeadLetters(t *testing.T) {
 	})
 	dl := e.deadLetters(1)[0]
 	if dl.Reason != "create room: 403 M_FORBIDDEN" || dl.Source != bus.ConsumerBot || dl.Stream != bus.StreamEvents ||
-		dl.Subject != bus.EventSubject(bus.ClassBot, "!r:x") || dl.Delivered != 1 || string(dl.Data) != "$bad" {
+		dl.Subject != (bus.Topology{}).StoredSubject(bus.ClassBot, "!r:x") || dl.Delivered != 1 || string(dl.Data) != "$bad" {
 		t.Fatalf("dead letter %+v", dl)
 	}
 	if dl.Header.Get(bus.HeaderConsumer) != bus.ConsumerBot || dl.Header.Get(bus.HeaderTxnID) != "txn-$bad" ||
