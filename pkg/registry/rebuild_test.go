@@ -15,8 +15,8 @@ import (
 
 	"github.com/cactus-comments/appservice/pkg/bus"
 	"github.com/cactus-comments/appservice/pkg/embednats"
-	"github.com/cactus-comments/appservice/pkg/hssim"
 	"github.com/cactus-comments/appservice/pkg/event"
+	"github.com/cactus-comments/appservice/pkg/hssim"
 	"github.com/cactus-comments/appservice/pkg/matrix"
 	"github.com/cactus-comments/appservice/pkg/mxid"
 	"github.com/cactus-comments/appservice/pkg/namespace"
