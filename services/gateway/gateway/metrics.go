@@ -36,6 +36,7 @@ type metrics struct {
 	txnEvents        prometheus.Histogram
 	eventsPublished  map[bus.Class]prometheus.Counter
 	eventsDuplicate  prometheus.Counter
+	eventsRepeated   prometheus.Counter
 	deadLettered     prometheus.Counter
 	publishFailures  *prometheus.CounterVec
 	aliasQueries     *prometheus.CounterVec
@@ -72,9 +73,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: ns, Subsystem: sub, Name: "events_duplicate_total",
 			Help: "Events JetStream already had (a retried transaction); counted as stored.",
 		}),
+		eventsRepeated: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "events_repeated_in_transaction_total",
+			Help: "Events whose id appeared earlier in the same transaction: stored once if identical, dead-lettered if not.",
+		}),
 		deadLettered: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "events_dead_lettered_total",
-			Help: "Malformed events stored in the dead-letter stream instead of the event stream.",
+			Help: "Events stored in the dead-letter stream instead of the event stream: malformed, ambiguous, or refused for good by JetStream.",
 		}),
 		publishFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "publish_failures_total",
@@ -124,7 +129,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	m.txnOK = m.transactions.WithLabelValues(outcomeOK)
 	for _, c := range []prometheus.Collector{
-		m.transactions, m.txnInFlight, m.txnDuration, m.txnEvents, published, m.eventsDuplicate, m.deadLettered,
+		m.transactions, m.txnInFlight, m.txnDuration, m.txnEvents, published, m.eventsDuplicate, m.eventsRepeated, m.deadLettered,
 		m.publishFailures, m.aliasQueries, m.aliasDuration, m.userQueries, m.userDuration,
 		m.authFailures, m.pings, m.homeserverPinged,
 	} {

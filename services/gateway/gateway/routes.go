@@ -71,7 +71,7 @@ func rawPath(next http.Handler) http.Handler {
 func (g *Gateway) logRequest(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if g.log.Enabled(r.Context(), slog.LevelDebug) {
-			g.log.DebugContext(r.Context(), "request", "method", r.Method, "path", r.URL.EscapedPath(),
+			g.log.DebugContext(r.Context(), "request", "method", r.Method, "path", logID(r.URL.EscapedPath()),
 				"query", r.URL.RawQuery, "remote", r.RemoteAddr)
 		}
 		next.ServeHTTP(w, r)
