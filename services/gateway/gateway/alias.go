@@ -37,7 +37,12 @@ func (g *Gateway) answerAlias(w http.ResponseWriter, r *http.Request) string {
 		writeError(w, http.StatusNotFound, codeNotFound, "not a room alias")
 		return queryInvalid
 	}
-	if !g.cfg.InNamespace(raw) || g.cfg.Namespace().ParseAlias(alias).Kind != namespace.Comments {
+	parsed := g.cfg.Namespace().ParseAlias(alias)
+	if parsed.Refused != "" {
+		writeError(w, http.StatusNotFound, codeNotFound, parsed.Refused)
+		return queryNotOurs
+	}
+	if !g.cfg.InNamespace(raw) || parsed.Kind != namespace.Comments {
 		writeError(w, http.StatusNotFound, codeNotFound, "not a comment section alias of this application service")
 		return queryNotOurs
 	}
