@@ -52,7 +52,7 @@ func testConfig(t *testing.T, natsURL string, mutate func(*config.Config)) *conf
 		UserID:              botID, NamespaceRegex: "#comments_.*", NamespacePrefix: "comments_", RegistrationRegex: "@.*:.*",
 		BotDisplayName: "Cactus Comments", NATSURL: natsURL, NATSReplicas: 1,
 		AdminAddr: "127.0.0.1:0", LogFormat: "text", LogLevel: "error",
-		PublishTimeout: time.Second, AliasQueryTimeout: time.Second, MaxBodyBytes: 1 << 20, ShutdownTimeout: 5 * time.Second,
+		PublishTimeout: time.Second, AliasQueryTimeout: time.Second, MaxBodyBytes: 1 << 20, BodyBytesInFlight: 8 << 20, BodyReadTimeout: 20 * time.Second, MinBodyRate: 1024, ShutdownTimeout: 5 * time.Second,
 		RegistrationLimit: 10, HomeserverTimeout: 5 * time.Second, MaxDeliver: 4, Concurrency: 4,
 	}
 	if mutate != nil {
