@@ -44,6 +44,8 @@ type Gateway struct {
 	token   tokenChecker
 	bot     string
 	handler http.Handler
+	// bodies is the budget of request body bytes held at once.
+	bodies *bodyBudget
 
 	publishTimeout time.Duration
 	aliasTimeout   time.Duration
@@ -102,7 +104,8 @@ func newGateway(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer,
 	if cfg.Bot().IsZero() {
 		return nil, errors.New("gateway: configuration not validated (no bot user id)")
 	}
-	m, err := newMetrics(reg)
+	bodies := &bodyBudget{limit: cfg.BodyBytesInFlight}
+	m, err := newMetrics(reg, bodies)
 	if err != nil {
 		return nil, err
 	}
@@ -117,6 +120,7 @@ func newGateway(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer,
 		publishTimeout: cfg.PublishTimeout,
 		aliasTimeout:   cfg.AliasQueryTimeout,
 		maxBody:        cfg.MaxBodyBytes,
+		bodies:         bodies,
 	}
 	g.maxEvent = maxEventSize(nc)
 	g.ask = g.askNATS

@@ -16,6 +16,7 @@ const (
 	outcomeTooLarge    = "too_large"
 	outcomeUnavailable = "unavailable"
 	outcomeBadRequest  = "bad_request"
+	outcomeBusy        = "busy"
 )
 
 // Query outcomes, the label values of alias_queries_total and
@@ -48,12 +49,12 @@ type metrics struct {
 	homeserverPinged *prometheus.GaugeVec
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer, bodies *bodyBudget) (*metrics, error) {
 	const ns, sub = "cactus", "gateway"
 	m := &metrics{
 		transactions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "transactions_total",
-			Help: "Transactions from the homeserver by outcome (ok: every event stored).",
+			Help: "Transactions from the homeserver by outcome (ok: every event stored; busy: refused, too many bodies in flight).",
 		}, []string{"outcome"}),
 		txnDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: ns, Subsystem: sub, Name: "transaction_duration_seconds",
@@ -124,12 +125,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, c := range []bus.Class{bus.ClassBot, bus.ClassModeration, bus.ClassOther} {
 		m.eventsPublished[c] = published.WithLabelValues(string(c))
 	}
-	for _, o := range []string{outcomeOK, outcomeNotJSON, outcomeBadJSON, outcomeTooLarge, outcomeUnavailable, outcomeBadRequest} {
+	for _, o := range []string{outcomeOK, outcomeNotJSON, outcomeBadJSON, outcomeTooLarge, outcomeUnavailable, outcomeBadRequest, outcomeBusy} {
 		m.transactions.WithLabelValues(o)
 	}
 	m.txnOK = m.transactions.WithLabelValues(outcomeOK)
+	inFlight := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: ns, Subsystem: sub, Name: "body_bytes_in_flight",
+		Help: "Request body bytes the gateway holds right now, at most CACTUS_BODY_BYTES_IN_FLIGHT (beyond it transactions get 503, outcome busy).",
+	}, func() float64 { return float64(bodies.held.Load()) })
 	for _, c := range []prometheus.Collector{
-		m.transactions, m.txnInFlight, m.txnDuration, m.txnEvents, published, m.eventsDuplicate, m.eventsRepeated, m.deadLettered,
+		inFlight, m.transactions, m.txnInFlight, m.txnDuration, m.txnEvents, published, m.eventsDuplicate, m.eventsRepeated, m.deadLettered,
 		m.publishFailures, m.aliasQueries, m.aliasDuration, m.userQueries, m.userDuration,
 		m.authFailures, m.pings, m.homeserverPinged,
 	} {

@@ -17,7 +17,7 @@ var (
 
 func (g *Gateway) routes() http.Handler {
 	r := chi.NewRouter()
-	r.Use(rawPath, g.logRequest)
+	r.Use(rawPath, g.bodyDeadline, g.logRequest)
 	notFound := func(w http.ResponseWriter, _ *http.Request) {
 		writeError(w, http.StatusNotFound, codeUnrecognized, "unrecognized request")
 	}

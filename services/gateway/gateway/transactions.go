@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -22,8 +21,9 @@ import (
 )
 
 // maxPooledBody bounds the bodies whose buffers are kept for reuse, so one
-// huge transaction does not pin its memory for good.
-const maxPooledBody = 4 << 20
+// huge transaction does not pin its memory for good. A pooled buffer is
+// reserved whole from the body budget by the request that takes it.
+const maxPooledBody = 1 << 20
 
 // txnState is the scratch space of one transaction, recycled through
 // Gateway.txns.
@@ -95,13 +95,32 @@ func (g *Gateway) transaction(w http.ResponseWriter, r *http.Request) {
 	if st == nil {
 		st = &txnState{}
 	}
-	var err error
-	st.body, err = g.readBody(r, st.body[:0])
+	var (
+		err  error
+		held int64
+	)
+	st.body, held, err = g.readBody(r, st.body[:0])
+	// The buffer is released from the budget when the transaction is
+	// answered, whatever becomes of it.
+	defer g.bodies.release(held)
 	if err != nil {
+		// The buffer of a refused body is not kept: a burst of them
+		// would otherwise stay in the pool, outside the budget.
+		st.body = nil
 		g.recycle(st)
-		if errors.Is(err, errTooLarge) {
+		switch {
+		case errors.Is(err, errTooLarge):
 			g.finishTxn(w, start, outcomeTooLarge, http.StatusRequestEntityTooLarge, codeTooLarge,
 				fmt.Sprintf("transaction body larger than %d bytes", g.maxBody))
+			return
+		case errors.Is(err, errBusy):
+			g.log.Warn("transaction refused: the gateway holds as many request bodies as it may", "txn_id", logID(txnID),
+				"bytes_in_flight", g.bodies.held.Load(), "limit", g.bodies.limit)
+			g.finishTxn(w, start, outcomeBusy, http.StatusServiceUnavailable, codeUnknown, "gateway busy, retry later: "+err.Error())
+			return
+		case errors.Is(err, errSlowBody):
+			g.log.Warn("transaction body too slow; connection closed", "txn_id", logID(txnID), "err", err)
+			g.finishTxn(w, start, outcomeBadRequest, http.StatusRequestTimeout, codeUnknown, err.Error())
 			return
 		}
 		g.log.Warn("transaction body unreadable", "txn_id", logID(txnID), "err", err)
@@ -158,50 +177,6 @@ func (g *Gateway) recycle(st *txnState) {
 	clear(st.rooms)
 	clear(st.seen)
 	g.txns.Put(st)
-}
-
-// readBody reads the whole body into buf, refusing more than maxBody
-// bytes.
-func (g *Gateway) readBody(r *http.Request, buf []byte) ([]byte, error) {
-	if r.ContentLength > g.maxBody {
-		return buf, errTooLarge
-	}
-	if r.ContentLength >= 0 {
-		n := int(r.ContentLength)
-		buf = grow(buf, n)[:n]
-		if _, err := io.ReadFull(r.Body, buf); err != nil {
-			return buf[:0], fmt.Errorf("read body: %w", err)
-		}
-		return buf, nil
-	}
-	// Chunked: read until EOF, at most maxBody+1 bytes to detect excess.
-	limit := g.maxBody + 1
-	for {
-		if len(buf) == cap(buf) {
-			buf = grow(buf, min(int64(2*cap(buf)+4096), limit))
-		}
-		m, err := r.Body.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+m]
-		if int64(len(buf)) > g.maxBody {
-			return buf[:0], errTooLarge
-		}
-		if err == io.EOF {
-			return buf, nil
-		}
-		if err != nil {
-			return buf[:0], fmt.Errorf("read body: %w", err)
-		}
-	}
-}
-
-// grow returns buf with capacity for at least n bytes, keeping its content.
-func grow[N int | int64](buf []byte, n N) []byte {
-	if int(n) <= cap(buf) {
-		return buf
-	}
-	nb := make([]byte, len(buf), int(n))
-	copy(nb, buf)
-	return nb
 }
 
 // store publishes every event and waits for every PubAck; malformed events
