@@ -46,6 +46,8 @@ type Gateway struct {
 	handler http.Handler
 	// bodies is the budget of request body bytes held at once.
 	bodies *bodyBudget
+	// health is whether JetStream acknowledges: readiness.
+	health storeHealth
 
 	publishTimeout time.Duration
 	aliasTimeout   time.Duration
@@ -95,7 +97,12 @@ func New(rt *service.Runtime, opts ...Option) (*Gateway, error) {
 			return nil, fmt.Errorf("gateway: jetstream: %w", err)
 		}
 	}
-	return newGateway(rt.Config, rt.Log, rt.Metrics, rt.NC, js)
+	g, err := newGateway(rt.Config, rt.Log, rt.Metrics, rt.NC, js)
+	if err != nil {
+		return nil, err
+	}
+	rt.AddReadyCheck(g.health.ready)
+	return g, nil
 }
 
 // newGateway builds a gateway from its parts; nc and js may be nil in
@@ -199,6 +206,7 @@ func RunWith(ctx context.Context, cfg *config.Config, o RunOptions) error {
 	defer stopAdmin()
 	pingCtx, stopPing := context.WithCancel(ctx)
 	defer stopPing()
+	go g.WatchStore(pingCtx)
 
 	adminAddr := make(chan net.Addr, 1)
 	adminErr := make(chan error, 1)

@@ -140,7 +140,12 @@ func (g *Gateway) transaction(w http.ResponseWriter, r *http.Request) {
 	}
 	n := len(st.events)
 	g.metrics.txnEvents.Observe(float64(n))
-	if err := g.store(r.Context(), txnID, st); err != nil {
+	err = g.store(r.Context(), txnID, st)
+	if r.Context().Err() == nil {
+		// A homeserver that hangs up says nothing about JetStream.
+		g.health.observe(start, err)
+	}
+	if err != nil {
 		// Pending futures may still read the messages: st is not
 		// recycled, the garbage collector takes it once they are done.
 		g.log.Warn("transaction not stored, asking the homeserver to retry", "txn_id", logID(txnID), "events", n, "err", err)
