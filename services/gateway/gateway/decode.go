@@ -244,14 +244,9 @@ func (d *decoder) eventArray(i int, out []rawEvent) (int, []rawEvent, error) {
 			err error
 		)
 		if i < len(b) && b[i] == '{' {
-			var f members
-			d.inEvent, d.problem = true, ""
-			end, err = d.object(i, modeEvent, &f)
-			d.inEvent = false
-			if err != nil {
+			if e, end, err = d.eventObject(i); err != nil {
 				return 0, out, err
 			}
-			e = d.event(b[i:end:end], &f)
 		} else {
 			v, err := d.value(i)
 			if err != nil {
@@ -275,6 +270,18 @@ func (d *decoder) eventArray(i int, out []rawEvent) (int, []rawEvent, error) {
 			return 0, out, d.errAt(i, "',' or ']'")
 		}
 	}
+}
+
+// eventObject decodes the event object starting at b[i] == '{'.
+func (d *decoder) eventObject(i int) (rawEvent, int, error) {
+	var f members
+	d.inEvent, d.problem = true, ""
+	end, err := d.object(i, modeEvent, &f)
+	d.inEvent = false
+	if err != nil {
+		return rawEvent{}, 0, err
+	}
+	return d.event(d.b[i:end:end], &f), end, nil
 }
 
 // event builds an event from its validated bytes and top-level fields.
