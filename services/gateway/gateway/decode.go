@@ -5,7 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"strconv"
+	"math"
 	"unicode/utf16"
 	"unicode/utf8"
 
@@ -31,7 +31,10 @@ import (
 
 // maxDepth is the nesting limit of the body. The consumers' decoder allows
 // 10000 levels within an event; an event's own object is at depth 3 of the
-// body (transaction, events array, event).
+// body (transaction, events array, event). A deeper event fails the whole
+// body, but no homeserver can send one: their own parsers stop far sooner
+// (Python's recursion limit, serde_json's 128 levels, encoding/json's
+// 10000 from the event's root).
 const maxDepth = 10000 + 2
 
 // errNotJSON and errBadJSON tell the handler which Matrix error to answer.
@@ -118,11 +121,13 @@ type span struct {
 	kind       kind
 }
 
-// keySpan is an object key: the bytes between its quotes, and whether they
-// hold escapes.
+// keySpan is an object key: the bytes between its quotes, whether they
+// hold escapes, and a digest of the decoded key that tells most different
+// keys apart without comparing them.
 type keySpan struct {
 	start, end int
 	escaped    bool
+	digest     uint32
 }
 
 // decoder walks one body. Positions are byte offsets into b.
@@ -349,13 +354,30 @@ func (d *decoder) event(raw []byte, f *members) rawEvent {
 // parseInt64 reads a valid JSON number as an int64, as the consumers'
 // decoder does: no fraction, no exponent, in range.
 func parseInt64(b []byte) (int64, bool) {
-	for _, c := range b[1:] {
+	neg := b[0] == '-'
+	if neg {
+		b = b[1:]
+	}
+	// In magnitude, up to 2^63 for a negative number, 2^63-1 otherwise.
+	limit := uint64(math.MaxInt64)
+	if neg {
+		limit++
+	}
+	var n uint64
+	for _, c := range b {
 		if !isDigit(c) {
 			return 0, false // fraction or exponent
 		}
+		d := uint64(c - '0')
+		if n > (limit-d)/10 {
+			return 0, false
+		}
+		n = n*10 + d
 	}
-	n, err := strconv.ParseInt(string(b), 10, 64)
-	return n, err == nil
+	if neg {
+		return int64(-n), true // -2^63 wraps to itself
+	}
+	return int64(n), true
 }
 
 // unquote decodes a validated JSON string (quotes included) strictly; an
@@ -662,7 +684,6 @@ func (d *decoder) object(i int, mode objectMode, f *members) (int, error) {
 	}
 	b := d.b
 	base := len(d.keys)
-	defer func() { d.keys = d.keys[:base] }()
 	// seen replaces the linear search of d.keys in large objects.
 	var seen map[string]struct{}
 	i = d.ws(i + 1)
@@ -678,7 +699,7 @@ func (d *decoder) object(i int, mode objectMode, f *members) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		key := keySpan{i + 1, kend - 1, kesc}
+		key := keySpan{start: i + 1, end: kend - 1, escaped: kesc}
 		if d.inEvent {
 			seen = d.noteKey(base, key, seen)
 		}
@@ -718,6 +739,7 @@ func (d *decoder) object(i int, mode objectMode, f *members) (int, error) {
 			i = d.ws(i + 1)
 		case '}':
 			d.depth--
+			d.keys = d.keys[:base]
 			return i + 1, nil
 		default:
 			return 0, d.errAt(i, "',' or '}'")
@@ -741,8 +763,9 @@ func (d *decoder) noteKey(base int, k keySpan, seen map[string]struct{}) map[str
 		seen[name] = struct{}{}
 		return seen
 	}
+	k.digest = digest(d.key(k))
 	for _, p := range d.keys[base:] {
-		if d.sameKey(p, k) {
+		if p.digest == k.digest && d.sameKey(p, k) {
 			d.flagDuplicate(string(d.key(k)))
 			break
 		}
@@ -759,6 +782,14 @@ func (d *decoder) noteKey(base int, k keySpan, seen map[string]struct{}) map[str
 
 func (d *decoder) flagDuplicate(name string) {
 	d.flag(fmt.Sprintf("duplicate key %q", event.Truncate(name, 64)))
+}
+
+// digest sums up a decoded key: its length and three of its bytes.
+func digest(k []byte) uint32 {
+	if len(k) == 0 {
+		return 0
+	}
+	return uint32(len(k))<<24 | uint32(k[0])<<16 | uint32(k[len(k)/2])<<8 | uint32(k[len(k)-1])
 }
 
 // sameKey reports whether two keys decode to the same name.
@@ -796,10 +827,23 @@ func (f *members) note(d *decoder, k keySpan, v span) {
 	case "unsigned":
 		f.unsigned = v
 	default:
-		if field := event.FoldedField(name); field != "" {
-			d.flag(fmt.Sprintf("key %q is a variant of %q", event.Truncate(string(name), 64), field))
+		// The fields are lower-case ASCII: only a key with an upper-case
+		// or non-ASCII letter can fold onto one without being it.
+		if mayFold(name) {
+			if field := event.FoldedField(name); field != "" {
+				d.flag(fmt.Sprintf("key %q is a variant of %q", event.Truncate(string(name), 64), field))
+			}
 		}
 	}
+}
+
+func mayFold(name []byte) bool {
+	for _, c := range name {
+		if c >= 'A' && c <= 'Z' || c >= utf8.RuneSelf {
+			return true
+		}
+	}
+	return false
 }
 
 // array validates the array starting at b[i] == '['.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -312,5 +313,16 @@ func TestHasStringStop(t *testing.T) {
 		var w [8]byte
 		binary.LittleEndian.PutUint64(w[:], rng.Uint64())
 		check(w)
+	}
+}
+
+func TestParseInt64(t *testing.T) {
+	for _, s := range []string{"0", "-0", "1", "-1", "1700000000000", "9223372036854775807", "-9223372036854775808",
+		"9223372036854775808", "-9223372036854775809", "18446744073709551616", "99999999999999999999", "1.5", "1e3", "-0.0"} {
+		want, err := strconv.ParseInt(s, 10, 64)
+		got, ok := parseInt64([]byte(s))
+		if ok != (err == nil) || ok && got != want {
+			t.Errorf("parseInt64(%s) = %d, %v; strconv says %d, %v", s, got, ok, want, err)
+		}
 	}
 }
