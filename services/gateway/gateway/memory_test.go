@@ -202,10 +202,11 @@ func TestBurstMemoryBounded(t *testing.T) {
 		t.Errorf("bodies held at once peaked at %d bytes, cap %d", peak, inFlight)
 	}
 	// The test's own requests are streamed; what the live heap holds
-	// beyond where it started is the gateway's buffers, and a little of
-	// the test's HTTP clients and the in-process NATS server (without the
-	// budget, buffers sized by the declared lengths made it 48 MiB).
-	if grew := liveDuring - liveBefore; grew > inFlight+4<<20 {
+	// beyond where it started is the gateway's buffers, plus what the
+	// test's HTTP clients, the in-process NATS server and the goroutines
+	// of earlier tests hold meanwhile: a margin of the cap again. (Buffers
+	// sized by the declared lengths, without the budget, made it 48 MiB.)
+	if grew := liveDuring - liveBefore; grew > 2*inFlight {
 		t.Errorf("live heap grew by %d MiB during the burst, cap %d MiB", grew>>20, inFlight>>20)
 	}
 	// Once the burst is over the memory goes back to the system.
