@@ -58,10 +58,20 @@ func TestSpoofedSenderNotActedOn(t *testing.T) {
 	}
 	h.pushTransaction("spoof-1", invite("$spoof-case", "Sender"))
 	h.pushTransaction("spoof-2", invite("$spoof-fold", "\u017fender"))
+	// Registering a site in Alice's name from her direct chat with the bot.
+	dm := h.DirectChat(alice)
+	h.pushTransaction("spoof-3", fmt.Sprintf(`{"event_id":"$spoof-register","type":"m.room.message","room_id":%q,"sender":%q,"Sender":%q,`+
+		`"content":{"msgtype":"m.text","body":"register spoofed"},"origin_server_ts":%d}`, dm, mallory.ID, alice.ID, time.Now().UnixMilli()))
 	h.QuiesceBot(30 * time.Second)
 
 	if m := h.HS.Membership(room.String(), h.BotID.String()); m == "join" {
 		t.Fatalf("the bot joined Mallory's room on a spoofed invite")
+	}
+	if _, err := h.Registry.Site(h.Ctx, "spoofed"); err == nil {
+		t.Fatalf("a site was registered in Alice's name by Mallory")
+	}
+	if got := h.BotMessages(dm); len(got) != 0 {
+		t.Fatalf("the bot answered a spoofed command: %q", got)
 	}
 	var reasons []string
 	for _, d := range h.DeadLetters() {
@@ -69,8 +79,8 @@ func TestSpoofedSenderNotActedOn(t *testing.T) {
 			reasons = append(reasons, d.Reason)
 		}
 	}
-	if len(reasons) != 2 {
-		t.Fatalf("gateway dead letters %q, want the two spoofed invites", reasons)
+	if len(reasons) != 3 {
+		t.Fatalf("gateway dead letters %q, want the three spoofed events", reasons)
 	}
 	for _, r := range reasons {
 		if !strings.Contains(r, "sender") {
