@@ -228,6 +228,7 @@ func (h *Harness) newConfig() *config.Config {
 		NATSURL: h.NATS.ClientURL(), NATSReplicas: 1,
 		ListenAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", LogFormat: "text", LogLevel: "warn",
 		PublishTimeout: 10 * time.Second, AliasQueryTimeout: 20 * time.Second, MaxBodyBytes: 32 << 20,
+		BodyBytesInFlight: 64 << 20, BodyReadTimeout: 30 * time.Second, MinBodyRate: 64 << 10,
 		ShutdownTimeout: 10 * time.Second, RegistrationLimit: 10, HomeserverTimeout: 10 * time.Second,
 		MaxDeliver: h.opts.MaxDeliver, Concurrency: h.opts.Concurrency,
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/services/gateway/gateway"
 )
 
 func cmdDLQ(ctx context.Context, e *env, args []string) error {
@@ -201,9 +202,32 @@ var dlqHeaders = []string{bus.HeaderReason, bus.HeaderSource, bus.HeaderStream, 
 // is replayed again, the stream's duplicate window drops the second copy.
 func replayMsgID(seq uint64) string { return "cactus-dlq-replay-" + strconv.FormatUint(seq, 10) }
 
-// replay republishes one dead letter to its original subject and deletes
-// it only once the republish is acknowledged.
-func replay(ctx context.Context, js jetstream.JetStream, s jetstream.Stream, d deadLetter) error {
+// replay republishes one dead letter to its original subject (a gateway
+// dead letter: to where the gateway's own checks route it now) and deletes
+// it only once the republish is acknowledged. It returns the subject.
+func replay(ctx context.Context, js jetstream.JetStream, s jetstream.Stream, d deadLetter, bot string) (string, error) {
+	if d.Consumer == "gateway" {
+		return replayGateway(ctx, js, s, d, bot)
+	}
+	return d.Subject, replayWorker(ctx, js, s, d)
+}
+
+// replayGateway sends an event the gateway dead-lettered back through the
+// gateway's checks: stored if it passes now, refused with the reason if not.
+func replayGateway(ctx context.Context, js jetstream.JetStream, s jetstream.Stream, d deadLetter, bot string) (string, error) {
+	if bot == "" {
+		return "", errors.New("CACTUS_USER_ID is needed to route the gateway's dead letters")
+	}
+	dl := bus.DeadLetter{Source: d.Consumer, Data: d.payload, Header: d.header}
+	dl.Truncated, _ = strconv.Atoi(d.header.Get(bus.HeaderTruncated))
+	route, err := gateway.ReplayDeadLetter(ctx, js, bot, dl)
+	if err != nil {
+		return "", err
+	}
+	return route.Subject, deleteReplayed(ctx, s, d.Seq, route.Subject)
+}
+
+func replayWorker(ctx context.Context, js jetstream.JetStream, s jetstream.Stream, d deadLetter) error {
 	if d.Subject == "" {
 		return errors.New("no original subject recorded; cannot replay")
 	}
@@ -227,8 +251,13 @@ func replay(ctx context.Context, js jetstream.JetStream, s jetstream.Stream, d d
 	if _, err := js.PublishMsg(ctx, m); err != nil {
 		return fmt.Errorf("republish to %s: %w (the dead letter is kept)", d.Subject, err)
 	}
-	if err := s.DeleteMsg(ctx, d.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
-		return fmt.Errorf("republished to %s, but deleting the dead letter failed: %w (replaying it again within %s is harmless)", d.Subject, err, bus.DuplicateWindow)
+	return deleteReplayed(ctx, s, d.Seq, d.Subject)
+}
+
+// deleteReplayed deletes a dead letter once its republish is acknowledged.
+func deleteReplayed(ctx context.Context, s jetstream.Stream, seq uint64, subject string) error {
+	if err := s.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return fmt.Errorf("republished to %s, but deleting the dead letter failed: %w (replaying it again within %s is harmless)", subject, err, bus.DuplicateWindow)
 	}
 	return nil
 }
@@ -285,7 +314,8 @@ func parseSeqs(args []string) error {
 
 func dlqReplay(ctx context.Context, e *env, args []string) error {
 	f := newFlags(e, "dlq replay", "[-all [-consumer NAME] | SEQ...]",
-		"Republishes dead letters to the subject they failed on, so the workers try them again,\n"+
+		"Republishes dead letters to the subject they failed on, so the workers try them again\n"+
+			"(the gateway's go through its checks again and to the subject they pass to),\n"+
 			"and deletes each one only after the republish is acknowledged.")
 	var cf cfgFlags
 	cf.register(f)
@@ -303,7 +333,11 @@ func dlqReplay(ctx context.Context, e *env, args []string) error {
 	if err := parseSeqs(f.Args()); err != nil {
 		return err
 	}
-	nc, js, err := cf.connectNATS(ctx, e)
+	cfg, err := cf.natsOnly(e)
+	if err != nil {
+		return err
+	}
+	nc, js, err := cf.connect(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -321,13 +355,14 @@ func dlqReplay(ctx context.Context, e *env, args []string) error {
 		fmt.Fprintf(e.stderr, "%v\n", m)
 	}
 	for _, d := range dls {
-		if err := replay(ctx, js, s, d); err != nil {
+		subject, err := replay(ctx, js, s, d, cfg.UserID)
+		if err != nil {
 			failed++
 			fmt.Fprintf(e.stderr, "dead letter %d: %v\n", d.Seq, err)
 			continue
 		}
 		replayed++
-		fmt.Fprintf(e.stdout, "replayed %d to %s\n", d.Seq, d.Subject)
+		fmt.Fprintf(e.stdout, "replayed %d to %s\n", d.Seq, subject)
 	}
 	fmt.Fprintf(e.stdout, "%d replayed, %d failed\n", replayed, failed)
 	if failed > 0 {

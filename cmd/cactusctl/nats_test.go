@@ -128,7 +128,7 @@ func TestDLQListReplayDrop(t *testing.T) {
 func TestDLQReplayKeepsDeadLetterWhenPublishFails(t *testing.T) {
 	vars, js := natsEnv(t)
 	// A subject no stream stores: the publish gets no ack.
-	err := bus.PublishDeadLetter(context.Background(), js, bus.DeadLetter{Source: "gateway", Subject: "cactus.nowhere.x", Reason: "r", Data: []byte("{}")})
+	err := bus.PublishDeadLetter(context.Background(), js, bus.DeadLetter{Source: bus.ConsumerBot, Subject: "cactus.nowhere.x", Reason: "r", Data: []byte("{}")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -288,5 +288,44 @@ func TestDLQListMany(t *testing.T) {
 	}
 	if r := ctl(t, vars, "dlq", "list", "-consumer", "botworker"); !strings.Contains(r.stdout, "no dead letters") {
 		t.Fatalf("consumer filter: %s", r.stdout)
+	}
+}
+
+// TestDLQReplayGatewayDeadLetters: the gateway's dead letters go back
+// through the gateway's own checks: stored on the subject the gateway
+// routes them to if they pass now, refused with the reason (and kept) if
+// not.
+func TestDLQReplayGatewayDeadLetters(t *testing.T) {
+	vars, js := natsEnv(t)
+	ctx := context.Background()
+	const room = "!r:example.org"
+	good := `{"event_id":"$fixed","type":"m.room.message","room_id":"` + room + `","sender":"@a:example.org","content":{"msgtype":"m.text","body":"hi"}}`
+	spoof := `{"event_id":"$spoof","type":"m.room.message","room_id":"` + room + `","sender":"@m:evil.org","Sender":"@a:example.org","content":{}}`
+	for _, data := range []string{good, spoof} {
+		err := bus.PublishDeadLetter(ctx, js, bus.DeadLetter{Source: "gateway", Subject: bus.EventSubject(bus.ClassOther, room),
+			Reason: "refused for good by JetStream", Data: []byte(data), Header: nats.Header{bus.HeaderTxnID: {"t1"}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r := ctl(t, vars, "dlq", "replay", "-all"); r.code != exitFailed || !strings.Contains(r.stderr, "CACTUS_USER_ID") {
+		t.Fatalf("replay without the bot's user id: %d %s %s", r.code, r.stdout, r.stderr)
+	}
+	vars["CACTUS_USER_ID"] = "@cactusbot:example.org"
+	r := ctl(t, vars, "dlq", "replay", "-all")
+	if r.code != exitFailed || !strings.Contains(r.stdout, "replayed 1 to "+bus.EventSubject(bus.ClassBot, room)) ||
+		!strings.Contains(r.stderr, "dead letter 2: still refused") || !strings.Contains(r.stderr, "variant") {
+		t.Fatalf("replay: %d %s %s", r.code, r.stdout, r.stderr)
+	}
+	events, err := js.Stream(ctx, bus.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := events.GetLastMsgForSubject(ctx, bus.EventSubject(bus.ClassBot, room))
+	if err != nil || string(m.Data) != good || m.Header.Get(bus.HeaderMsgID) != "$fixed" {
+		t.Fatalf("replayed event: %v %v", m, err)
+	}
+	if r := ctl(t, vars, "dlq", "list"); !strings.Contains(r.stdout, "gateway") || strings.Count(r.stdout, "\n") != 2 {
+		t.Fatalf("the refused dead letter must stay, alone:\n%s", r.stdout)
 	}
 }

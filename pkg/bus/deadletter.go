@@ -2,6 +2,7 @@ package bus
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -50,7 +51,9 @@ func PublishDeadLetter(ctx context.Context, js jetstream.JetStream, d DeadLetter
 			continue
 		}
 		for _, v := range vs {
-			m.Header.Add(k, v)
+			// Bounded: a header JetStream cannot store would make the
+			// dead letter itself fail for ever.
+			m.Header.Add(k, headerValue(v))
 		}
 	}
 	m.Header.Set(HeaderReason, headerValue(d.Reason))
@@ -73,12 +76,32 @@ func PublishDeadLetter(ctx context.Context, js jetstream.JetStream, d DeadLetter
 	return nil
 }
 
-// maxReason bounds the reason header: handler errors can quote whole
-// response bodies.
+// errCodeHeaderTooLarge is JetStream's refusal of headers over 64 KiB.
+const errCodeHeaderTooLarge jetstream.ErrorCode = 10097
+
+// IsPermanentPublishError reports whether JetStream or the NATS client
+// refused a message in a way no retry can change: a message or headers
+// larger than the stream or server takes, or a subject that is not one. A
+// publisher should dead-letter such a message rather than fail for ever.
+func IsPermanentPublishError(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		switch apiErr.ErrorCode {
+		case jetstream.JSErrCodeStreamMessageExceedsMaximum, errCodeHeaderTooLarge:
+			return true
+		}
+	}
+	return errors.Is(err, nats.ErrMaxPayload) || errors.Is(err, nats.ErrBadSubject) || errors.Is(err, nats.ErrBadHeaderMsg)
+}
+
+// maxReason bounds every header value of a dead letter: handler errors can
+// quote whole response bodies, and the gateway's headers quote what a
+// homeserver sent.
 const maxReason = 2048
 
 // headerValue makes s safe as a NATS header value: a line break would end
-// the header block early and corrupt the message.
+// the header block early and corrupt the message, and JetStream refuses
+// headers over 64 KiB.
 func headerValue(s string) string {
 	s = strings.Map(func(r rune) rune {
 		if r == '\r' || r == '\n' {

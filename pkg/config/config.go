@@ -78,6 +78,11 @@ type Config struct {
 	PublishTimeout    time.Duration `envconfig:"PUBLISH_TIMEOUT" default:"10s" desc:"gateway: longest wait for JetStream acks before answering 503"`
 	AliasQueryTimeout time.Duration `envconfig:"ALIAS_QUERY_TIMEOUT" default:"20s" desc:"gateway: longest wait for a provisioner's answer to an alias query"`
 	MaxBodyBytes      int64         `envconfig:"MAX_BODY_BYTES" default:"33554432" desc:"gateway: largest transaction body accepted"`
+	// The body limits bound the gateway's memory by configuration rather
+	// than by what clients declare or how slowly they send.
+	BodyBytesInFlight int64         `envconfig:"BODY_BYTES_IN_FLIGHT" default:"67108864" desc:"gateway: request body bytes held at once across all requests (a quarter of a 256 MiB pod); beyond it, 503 at once"`
+	BodyReadTimeout   time.Duration `envconfig:"BODY_READ_TIMEOUT" default:"30s" desc:"gateway: longest time a client may take to send a request body"`
+	MinBodyRate       int64         `envconfig:"MIN_BODY_RATE" default:"65536" desc:"gateway: slowest request body upload accepted after its first 2 s, in bytes per second"`
 	ShutdownTimeout   time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"25s" desc:"every service: longest graceful drain on SIGTERM"`
 
 	// Workers.
@@ -209,6 +214,9 @@ func (c *Config) Validate() error {
 		{"PUBLISH_TIMEOUT", int64(c.PublishTimeout)},
 		{"ALIAS_QUERY_TIMEOUT", int64(c.AliasQueryTimeout)},
 		{"MAX_BODY_BYTES", c.MaxBodyBytes},
+		{"BODY_BYTES_IN_FLIGHT", c.BodyBytesInFlight},
+		{"BODY_READ_TIMEOUT", int64(c.BodyReadTimeout)},
+		{"MIN_BODY_RATE", c.MinBodyRate},
 		{"SHUTDOWN_TIMEOUT", int64(c.ShutdownTimeout)},
 		{"REGISTRATION_LIMIT", int64(c.RegistrationLimit)},
 		{"HOMESERVER_TIMEOUT", int64(c.HomeserverTimeout)},
@@ -219,6 +227,9 @@ func (c *Config) Validate() error {
 		if p.val <= 0 {
 			return v(p.name, "must be positive")
 		}
+	}
+	if c.BodyBytesInFlight < c.MaxBodyBytes {
+		return v("BODY_BYTES_IN_FLIGHT", "must be at least CACTUS_MAX_BODY_BYTES (%d), got %d", c.MaxBodyBytes, c.BodyBytesInFlight)
 	}
 	if c.NATSReplicas > 5 {
 		return v("NATS_REPLICAS", "JetStream allows at most 5 replicas, got %d", c.NATSReplicas)

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/cactus-comments/appservice/pkg/event"
 	"github.com/cactus-comments/appservice/pkg/mxid"
 )
 
@@ -233,11 +234,11 @@ func (c *Client) SetPowerLevels(ctx context.Context, room mxid.RoomID, pl *Power
 }
 
 // State returns every current state event of room.
-func (c *Client) State(ctx context.Context, room mxid.RoomID) ([]Event, error) {
+func (c *Client) State(ctx context.Context, room mxid.RoomID) ([]event.Event, error) {
 	if room.IsZero() {
 		return nil, fmt.Errorf("matrix: state: empty room id")
 	}
-	var out []Event
+	var out []event.Event
 	if err := c.call(ctx, "state", http.MethodGet, nil, nil, &out, v3+"/rooms/{}/state", room.String()); err != nil {
 		return nil, err
 	}
@@ -246,7 +247,7 @@ func (c *Client) State(ctx context.Context, room mxid.RoomID) ([]Event, error) {
 
 // Members returns the m.room.member events of room, only those with the
 // given membership (such as MembershipBan) unless membership is "".
-func (c *Client) Members(ctx context.Context, room mxid.RoomID, membership string) ([]Event, error) {
+func (c *Client) Members(ctx context.Context, room mxid.RoomID, membership string) ([]event.Event, error) {
 	if room.IsZero() {
 		return nil, fmt.Errorf("matrix: members: empty room id")
 	}
@@ -255,7 +256,7 @@ func (c *Client) Members(ctx context.Context, room mxid.RoomID, membership strin
 		q = url.Values{"membership": {membership}}
 	}
 	var out struct {
-		Chunk []Event `json:"chunk"`
+		Chunk []event.Event `json:"chunk"`
 	}
 	if err := c.call(ctx, "members", http.MethodGet, q, nil, &out, v3+"/rooms/{}/members", room.String()); err != nil {
 		return nil, err

@@ -36,6 +36,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cactus-comments/appservice/pkg/event"
 	"github.com/cactus-comments/appservice/pkg/mxid"
 )
 
@@ -469,7 +470,9 @@ func (c *Client) attempt(ctx context.Context, r *request, u string, out any) err
 	if out == nil {
 		return nil
 	}
-	if err := json.Unmarshal(data, out); err != nil {
+	// Answers carry events and contents: they are read as strictly as
+	// every event is (see package event).
+	if err := event.DecodeContent(data, out); err != nil {
 		return fmt.Errorf("matrix: %s: HTTP %d with an unreadable body (%s): %w", r.endpoint, resp.StatusCode, clean(c.redactString(string(data)), maxErrorBody), err)
 	}
 	return nil

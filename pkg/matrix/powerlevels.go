@@ -8,6 +8,8 @@ import (
 	"math"
 	"strconv"
 	"strings"
+
+	jsonv2 "github.com/go-json-experiment/json"
 )
 
 // Spec defaults for fields absent from an m.room.power_levels event.
@@ -180,10 +182,12 @@ func (p PowerLevels) MarshalJSON() ([]byte, error) {
 }
 
 // UnmarshalJSON reads power levels content, accepting string-encoded
-// integers. null values count as absent.
+// integers. null values count as absent. It reads strictly whoever calls
+// it (see package event): a duplicate key, or invalid UTF-8, anywhere in
+// the content is an error, not a level chosen by key order.
 func (p *PowerLevels) UnmarshalJSON(data []byte) error {
 	var raw map[string]json.RawMessage
-	if err := json.Unmarshal(data, &raw); err != nil {
+	if err := jsonv2.Unmarshal(data, &raw); err != nil {
 		return fmt.Errorf("power levels: %w", err)
 	}
 	if raw == nil {
@@ -233,7 +237,7 @@ func isNull(v json.RawMessage) bool { return string(bytes.TrimSpace(v)) == "null
 
 func parseLevelMap(v json.RawMessage) (map[string]int, error) {
 	var raw map[string]json.RawMessage
-	if err := json.Unmarshal(v, &raw); err != nil {
+	if err := jsonv2.Unmarshal(v, &raw); err != nil {
 		return nil, fmt.Errorf("not an object of levels: %w", err)
 	}
 	m := make(map[string]int, len(raw))
@@ -254,7 +258,7 @@ func parseLevel(v json.RawMessage) (int, error) {
 	var s string
 	quoted := len(v) > 0 && v[0] == '"'
 	if quoted {
-		if err := json.Unmarshal(v, &s); err != nil {
+		if err := jsonv2.Unmarshal(v, &s); err != nil {
 			return 0, fmt.Errorf("bad string: %w", err)
 		}
 		s = strings.TrimSpace(s)

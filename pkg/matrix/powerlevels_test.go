@@ -163,3 +163,22 @@ func TestPowerLevelsClone(t *testing.T) {
 		t.Error("SetUserLevel on nil map")
 	}
 }
+
+// TestPowerLevelsStrict: a duplicate key would make the level depend on
+// which decoder reads it (encoding/json keeps the last); it is an error,
+// whoever unmarshals, as is invalid UTF-8.
+func TestPowerLevelsStrict(t *testing.T) {
+	for _, in := range []string{
+		`{"ban":50,"ban":0}`,
+		`{"users":{"@a:x.org":100,"@a:x.org":0}}`,
+		`{"users":{"@a:x.org":100,"@a:x.or\u0067":0}}`,
+		`{"events":{"m.room.name":50},"x":{"y":1,"y":2}}`,
+		"{\"users\":{\"@a:x.org\xff\":100}}",
+		`{"users":{"@a:x.org":"\ud800"}}`,
+	} {
+		var pl PowerLevels
+		if err := json.Unmarshal([]byte(in), &pl); err == nil {
+			t.Errorf("encoding/json.Unmarshal(%s) = %+v, want an error", in, pl)
+		}
+	}
+}

@@ -1,7 +1,5 @@
 package matrix
 
-import "encoding/json"
-
 // Room presets and visibilities for CreateRoomRequest.
 const (
 	PresetPrivateChat        = "private_chat"
@@ -43,36 +41,6 @@ type StateEvent struct {
 	Type     string `json:"type"`
 	StateKey string `json:"state_key"`
 	Content  any    `json:"content"`
-}
-
-// Event is a room event as returned by /state and /members.
-type Event struct {
-	EventID        string          `json:"event_id"`
-	Type           string          `json:"type"`
-	RoomID         string          `json:"room_id,omitempty"`
-	Sender         string          `json:"sender"`
-	StateKey       *string         `json:"state_key,omitempty"`
-	Content        json.RawMessage `json:"content"`
-	OriginServerTS int64           `json:"origin_server_ts"`
-	Unsigned       json.RawMessage `json:"unsigned,omitempty"`
-}
-
-// IsState reports whether e is a state event.
-func (e *Event) IsState() bool { return e.StateKey != nil }
-
-// Membership returns content.membership of an m.room.member event, "" for
-// other events or unreadable content.
-func (e *Event) Membership() string {
-	if e.Type != "m.room.member" {
-		return ""
-	}
-	var c struct {
-		Membership string `json:"membership"`
-	}
-	if json.Unmarshal(e.Content, &c) != nil {
-		return ""
-	}
-	return c.Membership
 }
 
 // MessageContent is the content of an m.room.message event.

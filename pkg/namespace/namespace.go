@@ -57,6 +57,10 @@ type Parsed struct {
 	Site    string
 	Section string // only for Comments
 	Alias   mxid.RoomAlias
+	// Refused says why an alias shaped like ours is not ours (Kind is
+	// then NotOurs): its site or section has a character that does not
+	// show. "" otherwise.
+	Refused string
 }
 
 // Parse classifies an alias. It works on the localpart only: the original
@@ -90,7 +94,39 @@ func (n Namespace) ParseAlias(a mxid.RoomAlias) Parsed {
 		}
 		p.Kind, p.Site, p.Section = Comments, site, section
 	}
+	if p.Kind != NotOurs {
+		if r, ok := firstInvisible(rest); ok {
+			// Lookalike sections: "abc\u202egpj.exe" shows as
+			// "abcexe.jpg", "post\u200b" as "post". Refused before any
+			// homeserver call.
+			return Parsed{Alias: a, Refused: fmt.Sprintf("the site name or section id holds %U, an invisible or non-printing character", r)}
+		}
+	}
 	return p
+}
+
+// Visible reports whether r may appear in a site name or a section id: a
+// character that shows. Refused are controls, format characters
+// (bidirectional overrides and isolates, zero-width spaces and joiners,
+// the soft hyphen, the byte order mark), every space, private-use and
+// unassigned code points, and the characters Unicode says to render as
+// nothing (variation selectors, Hangul fillers, the combining grapheme
+// joiner).
+func Visible(r rune) bool {
+	return unicode.IsPrint(r) && r != ' ' && r != utf8.RuneError &&
+		!unicode.Is(unicode.Other_Default_Ignorable_Code_Point, r) &&
+		!unicode.Is(unicode.Variation_Selector, r) &&
+		r != '\u2800' // braille pattern blank: shows as a space
+}
+
+// firstInvisible returns the first character of s that is not Visible.
+func firstInvisible(s string) (rune, bool) {
+	for _, r := range s {
+		if !Visible(r) {
+			return r, true
+		}
+	}
+	return 0, false
 }
 
 // ModerationLocalpart is the room_alias_name of a site's moderation room.
@@ -133,8 +169,8 @@ func ValidateSiteName(site string) error {
 		switch {
 		case unicode.IsSpace(r):
 			return fmt.Errorf("%w: the name may not contain spaces", ErrBadSiteName)
-		case unicode.IsControl(r) || r == unicode.ReplacementChar:
-			return fmt.Errorf("%w: the name may not contain control characters", ErrBadSiteName)
+		case !Visible(r):
+			return fmt.Errorf("%w: the name may not contain %U, an invisible or non-printing character", ErrBadSiteName, r)
 		case r == '#' || r == '@' || r == '!' || r == '$' || r == '+':
 			return fmt.Errorf("%w: the name may not contain %q, which Matrix uses as an identifier sigil", ErrBadSiteName, r)
 		case r == '/' || r == '\\' || r == '?' || r == '%':

@@ -3,7 +3,6 @@ package registry
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cactus-comments/appservice/pkg/event"
 	"github.com/cactus-comments/appservice/pkg/matrix"
 	"github.com/cactus-comments/appservice/pkg/mxid"
 	"github.com/cactus-comments/appservice/pkg/namespace"
@@ -222,7 +222,7 @@ func SiteFromHomeserver(ctx context.Context, hs *matrix.Client, ns namespace.Nam
 // guessed as the original left it: the user the bot gave the highest power
 // level (the registrant got 100), the earliest to become a member if
 // several share it.
-func SiteFromState(name, roomID string, state []matrix.Event, bot string) *Site {
+func SiteFromState(name, roomID string, state []event.Event, bot string) *Site {
 	s := &Site{Name: name, ModerationRoom: roomID}
 	memberSince := map[string]int64{}
 	var pl *matrix.PowerLevels
@@ -234,9 +234,9 @@ func SiteFromState(name, roomID string, state []matrix.Event, bot string) *Site 
 			}
 		case e.Type == "m.room.power_levels" && e.StateKey != nil && *e.StateKey == "":
 			var p matrix.PowerLevels
-			if json.Unmarshal(e.Content, &p) == nil {
+			if event.DecodeContent(e.Content, &p) == nil {
 				pl = &p
-				s.PowerLevels = slices.Clone(e.Content)
+				s.PowerLevels = []byte(slices.Clone(e.Content))
 			}
 		case e.Type == "m.room.member" && e.StateKey != nil:
 			switch e.Membership() {

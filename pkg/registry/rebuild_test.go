@@ -2,7 +2,6 @@ package registry
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/cactus-comments/appservice/pkg/bus"
 	"github.com/cactus-comments/appservice/pkg/embednats"
+	"github.com/cactus-comments/appservice/pkg/event"
 	"github.com/cactus-comments/appservice/pkg/hssim"
 	"github.com/cactus-comments/appservice/pkg/matrix"
 	"github.com/cactus-comments/appservice/pkg/mxid"
@@ -23,26 +23,26 @@ import (
 	"github.com/cactus-comments/appservice/pkg/registration"
 )
 
-func stateEvent(typ, key, sender string, ts int64, content string) matrix.Event {
-	return matrix.Event{Type: typ, StateKey: &key, Sender: sender, OriginServerTS: ts, Content: json.RawMessage(content)}
+func stateEvent(typ, key, sender string, ts int64, content string) event.Event {
+	return event.Event{Type: typ, StateKey: &key, Sender: sender, OriginServerTS: ts, Content: []byte(content)}
 }
 
 func TestSiteFromState(t *testing.T) {
 	const bot = "@bot:ex.org"
 	create := stateEvent("m.room.create", "", bot, 1700000000000, `{}`)
-	member := func(u, m string, ts int64) matrix.Event {
+	member := func(u, m string, ts int64) event.Event {
 		return stateEvent("m.room.member", u, bot, ts, `{"membership":"`+m+`"}`)
 	}
 	tests := []struct {
 		name      string
-		state     []matrix.Event
+		state     []event.Event
 		owner     string
 		bans      []string
 		hasLevels bool
 	}{
 		{
 			name: "registrant at 100 is the owner",
-			state: []matrix.Event{create,
+			state: []event.Event{create,
 				stateEvent("m.room.power_levels", "", bot, 1, `{"users":{"@bot:ex.org":100,"@owner:ex.org":100,"@mod:ex.org":50}}`),
 				member("@owner:ex.org", "join", 2), member("@mod:ex.org", "join", 3),
 				member("@spam:ex.org", "ban", 4), member("@eve:ex.org", "ban", 5),
@@ -51,7 +51,7 @@ func TestSiteFromState(t *testing.T) {
 		},
 		{
 			name: "two admins: the earliest member",
-			state: []matrix.Event{create,
+			state: []event.Event{create,
 				stateEvent("m.room.power_levels", "", bot, 1, `{"users":{"@bot:ex.org":100,"@zed:ex.org":100,"@amy:ex.org":100}}`),
 				member("@amy:ex.org", "join", 20), member("@zed:ex.org", "invite", 10),
 			},
@@ -59,7 +59,7 @@ func TestSiteFromState(t *testing.T) {
 		},
 		{
 			name: "a banned admin is not the owner",
-			state: []matrix.Event{create,
+			state: []event.Event{create,
 				stateEvent("m.room.power_levels", "", bot, 1, `{"users":{"@bot:ex.org":100,"@gone:ex.org":100,"@next:ex.org":50}}`),
 				member("@gone:ex.org", "ban", 2), member("@next:ex.org", "join", 3),
 			},
@@ -67,11 +67,11 @@ func TestSiteFromState(t *testing.T) {
 		},
 		{
 			name:  "no power levels: no owner, no snapshot",
-			state: []matrix.Event{create, member("@x:ex.org", "join", 2)},
+			state: []event.Event{create, member("@x:ex.org", "join", 2)},
 		},
 		{
 			name: "unreadable power levels are left out",
-			state: []matrix.Event{create,
+			state: []event.Event{create,
 				stateEvent("m.room.power_levels", "", bot, 1, `{"users":{"@a:ex.org":"lots"}}`),
 			},
 		},

@@ -75,6 +75,8 @@ type Runtime struct {
 	JS      jetstream.JetStream
 
 	ready atomic.Bool
+	// checks are the service's own readiness conditions (AddReadyCheck).
+	checks atomic.Pointer[[]func() error]
 }
 
 // Start connects to NATS and ensures the topology. The runtime is not ready
@@ -121,13 +123,38 @@ func ConnOptions(cfg *config.Config, name string) bus.ConnOptions {
 // SetReady flips /readyz.
 func (r *Runtime) SetReady(ok bool) { r.ready.Store(ok) }
 
-// Ready reports readiness: the service said so and NATS is connected.
+// AddReadyCheck adds a condition to readiness: while check returns an
+// error, /readyz fails with it. A check must answer at once (it runs on
+// every probe); slow work belongs in the service's own loop.
+func (r *Runtime) AddReadyCheck(check func() error) {
+	for {
+		old := r.checks.Load()
+		var next []func() error
+		if old != nil {
+			next = append(next, *old...)
+		}
+		next = append(next, check)
+		if r.checks.CompareAndSwap(old, &next) {
+			return
+		}
+	}
+}
+
+// Ready reports readiness: the service said so, NATS is connected, and
+// every check added with AddReadyCheck passes.
 func (r *Runtime) Ready() error {
 	if !r.ready.Load() {
 		return errors.New("not ready")
 	}
 	if !r.NC.IsConnected() {
 		return fmt.Errorf("nats %s", r.NC.Status())
+	}
+	if checks := r.checks.Load(); checks != nil {
+		for _, c := range *checks {
+			if err := c(); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -302,5 +303,29 @@ func TestConnOptionsRevealSecretsOnlyToNATS(t *testing.T) {
 	topo := Topology(cfg)
 	if topo.Replicas != 1 || topo.MaxDeliver != 8 {
 		t.Fatalf("Topology = %+v", topo)
+	}
+}
+
+func TestReadyChecks(t *testing.T) {
+	rt, _ := startRuntime(t)
+	h := rt.AdminHandler()
+	rt.SetReady(true)
+	var failing atomic.Bool
+	rt.AddReadyCheck(func() error {
+		if failing.Load() {
+			return errors.New("jetstream does not acknowledge")
+		}
+		return nil
+	})
+	if code, body := get(t, h, "/readyz"); code != http.StatusOK {
+		t.Fatalf("/readyz with a passing check = %d %q", code, body)
+	}
+	failing.Store(true)
+	if code, body := get(t, h, "/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "does not acknowledge") {
+		t.Fatalf("/readyz with a failing check = %d %q", code, body)
+	}
+	failing.Store(false)
+	if code, _ := get(t, h, "/readyz"); code != http.StatusOK {
+		t.Fatalf("/readyz after the check recovered = %d", code)
 	}
 }

@@ -5,6 +5,7 @@ go 1.26.0
 require (
 	github.com/cactus-comments/appservice/pkg v0.0.0
 	github.com/go-chi/chi/v5 v5.5.0
+	github.com/go-json-experiment/json v1.27.2
 	github.com/nats-io/nats.go v1.55.0
 	github.com/prometheus/client_golang v1.25.0
 )

@@ -664,7 +664,7 @@ func child(kind, natsURL string, publishTimeout time.Duration) error {
 			NamespaceRegex: "#comments_.*", NamespacePrefix: "comments_", RegistrationRegex: "@.*:.*",
 			NATSURL: natsURL, NATSReplicas: 1, ListenAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
 			LogFormat: "json", LogLevel: "warn", PublishTimeout: publishTimeout, AliasQueryTimeout: 20 * time.Second,
-			MaxBodyBytes: 32 << 20, ShutdownTimeout: 25 * time.Second, RegistrationLimit: 10,
+			MaxBodyBytes: 32 << 20, BodyBytesInFlight: 64 << 20, BodyReadTimeout: 30 * time.Second, MinBodyRate: 64 << 10, ShutdownTimeout: 25 * time.Second, RegistrationLimit: 10,
 			HomeserverTimeout: 20 * time.Second, MaxDeliver: 8, Concurrency: 16,
 		}
 		if err := cfg.Validate(); err != nil {

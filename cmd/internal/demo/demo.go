@@ -22,6 +22,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cactus-comments/appservice/pkg/event"
 	"github.com/cactus-comments/appservice/pkg/matrix"
 	"github.com/cactus-comments/appservice/pkg/mxid"
 )
@@ -248,9 +249,9 @@ func (d *Demo) messagesAfter(ctx context.Context, token string, room mxid.RoomID
 		return nil, fmt.Errorf("read messages: HTTP %d: %s", resp.StatusCode, strings.TrimSpace(string(body)))
 	}
 	var page struct {
-		Chunk []matrix.Event `json:"chunk"`
+		Chunk []event.Event `json:"chunk"`
 	}
-	if err := json.Unmarshal(body, &page); err != nil {
+	if err := event.DecodeContent(body, &page); err != nil {
 		return nil, fmt.Errorf("read messages: %w", err)
 	}
 	var out []string
@@ -263,7 +264,7 @@ func (d *Demo) messagesAfter(ctx context.Context, token string, room mxid.RoomID
 			continue
 		}
 		var c matrix.MessageContent
-		if json.Unmarshal(e.Content, &c) == nil && c.Body != "" {
+		if event.DecodeContent(e.Content, &c) == nil && c.Body != "" {
 			out = append(out, c.Body)
 		}
 	}

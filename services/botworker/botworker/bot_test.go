@@ -52,7 +52,7 @@ func testConfig(t *testing.T, natsURL string, mutate func(*config.Config)) *conf
 		UserID:              botID, NamespaceRegex: "#comments_.*", NamespacePrefix: "comments_", RegistrationRegex: "@.*:.*",
 		BotDisplayName: "Cactus Comments", NATSURL: natsURL, NATSReplicas: 1,
 		AdminAddr: "127.0.0.1:0", LogFormat: "text", LogLevel: "error",
-		PublishTimeout: time.Second, AliasQueryTimeout: time.Second, MaxBodyBytes: 1 << 20, ShutdownTimeout: 5 * time.Second,
+		PublishTimeout: time.Second, AliasQueryTimeout: time.Second, MaxBodyBytes: 1 << 20, BodyBytesInFlight: 8 << 20, BodyReadTimeout: 20 * time.Second, MinBodyRate: 1024, ShutdownTimeout: 5 * time.Second,
 		RegistrationLimit: 10, HomeserverTimeout: 5 * time.Second, MaxDeliver: 4, Concurrency: 4,
 	}
 	if mutate != nil {
@@ -454,7 +454,7 @@ func TestIgnored(t *testing.T) {
 		{"sender not allowed, by start anchor", e.text(dmRoom, "@Bad:example.org", "register x"), ignoreSender},
 		{"comment room", e.text(comments, alice, "help"), ignoreOurRoom},
 		{"moderation room", e.text(mod.id, alice, "register other"), ignoreOurRoom},
-		{"content not an object", &event.Event{EventID: "$bad", Type: "m.room.message", RoomID: dmRoom, Sender: alice, Content: json.RawMessage(`"x"`)}, ignoreBadEvent},
+		{"content not an object", &event.Event{EventID: "$bad", Type: "m.room.message", RoomID: dmRoom, Sender: alice, Content: []byte(`"x"`)}, ignoreBadEvent},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -561,7 +561,7 @@ func TestInvites(t *testing.T) {
 func TestLeaveForgetsDirect(t *testing.T) {
 	e := newEnv(t, nil)
 	sk := botID
-	ev := &event.Event{EventID: "$leave", Type: "m.room.member", RoomID: dmRoom, Sender: alice, StateKey: &sk, Content: json.RawMessage(`{"membership":"leave"}`)}
+	ev := &event.Event{EventID: "$leave", Type: "m.room.member", RoomID: dmRoom, Sender: alice, StateKey: &sk, Content: []byte(`{"membership":"leave"}`)}
 	if err := e.bot.HandleEvent(e.ctx, ev, false); err != nil {
 		t.Fatal(err)
 	}

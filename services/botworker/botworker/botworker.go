@@ -16,7 +16,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -51,7 +50,7 @@ type Homeserver interface {
 	SendEvent(ctx context.Context, room mxid.RoomID, eventType, txnID string, content any) (mxid.EventID, error)
 	GetStateEvent(ctx context.Context, room mxid.RoomID, eventType, stateKey string, out any) error
 	ResolveAlias(ctx context.Context, alias mxid.RoomAlias) (mxid.RoomID, error)
-	Members(ctx context.Context, room mxid.RoomID, membership string) ([]matrix.Event, error)
+	Members(ctx context.Context, room mxid.RoomID, membership string) ([]event.Event, error)
 }
 
 // Options are the parts of a Bot that tests or an embedding program may
@@ -227,18 +226,15 @@ func (b *Bot) Consume(ctx context.Context) error {
 // room (see turns), and mark themselves finished once they will not be
 // delivered again: handled, refused for good, or on their last delivery.
 func (b *Bot) HandleMsg(ctx context.Context, m jetstream.Msg) (err error) {
-	var ev event.Event
-	if err := json.Unmarshal(m.Data(), &ev); err != nil {
-		return worker.Permanent(fmt.Errorf("botworker: undecodable event: %w", err))
-	}
-	if err := ev.Validate(); err != nil {
+	ev, err := event.Decode(m.Data())
+	if err != nil {
 		return worker.Permanent(fmt.Errorf("botworker: %w", err))
 	}
 	md, err := m.Metadata()
 	if err != nil || ev.Sender == b.bot.String() {
 		// The bot's own events have no effect that depends on order (see
 		// turns.firstUnfinished).
-		return b.HandleEvent(ctx, &ev, err == nil && int(md.NumDelivered) >= b.cfg.MaxDeliver)
+		return b.HandleEvent(ctx, ev, err == nil && int(md.NumDelivered) >= b.cfg.MaxDeliver)
 	}
 	last := int(md.NumDelivered) >= b.cfg.MaxDeliver
 	ours, err := b.isOurRoom(ctx, ev.RoomID)
@@ -246,7 +242,7 @@ func (b *Bot) HandleMsg(ctx context.Context, m jetstream.Msg) (err error) {
 		return err
 	}
 	if ours {
-		return b.handleEvent(ctx, &ev, last, roomOurs)
+		return b.handleEvent(ctx, ev, last, roomOurs)
 	}
 	// The last two deliveries go ahead even out of order: the last one
 	// must be a real attempt, and the one before it a chance to retry.
@@ -269,7 +265,7 @@ func (b *Bot) HandleMsg(ctx context.Context, m jetstream.Msg) (err error) {
 			panic(p)
 		}
 	}()
-	return b.handleEvent(ctx, &ev, last, roomNotOurs)
+	return b.handleEvent(ctx, ev, last, roomNotOurs)
 }
 
 // HandleEvent handles one event. last says this is the final delivery:

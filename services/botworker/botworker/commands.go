@@ -2,7 +2,6 @@ package botworker
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,17 +14,6 @@ import (
 	"github.com/cactus-comments/appservice/pkg/worker"
 	"github.com/cactus-comments/appservice/services/botworker/command"
 )
-
-// messageContent is the part of m.room.message content that decides
-// whether a message is a command.
-type messageContent struct {
-	MsgType   string `json:"msgtype"`
-	Body      string `json:"body"`
-	RelatesTo *struct {
-		RelType string `json:"rel_type"`
-	} `json:"m.relates_to,omitempty"`
-	NewContent json.RawMessage `json:"m.new_content,omitempty"`
-}
 
 // Reasons a message is not a command.
 const (
@@ -48,8 +36,8 @@ func (b *Bot) onMessage(ctx context.Context, ev *event.Event, last bool, kind ro
 	if ev.Sender == b.bot.String() {
 		return b.ignore(ignoreOwn)
 	}
-	var c messageContent
-	if err := json.Unmarshal(ev.Content, &c); err != nil {
+	var c event.Message
+	if err := event.DecodeContent(ev.Content, &c); err != nil {
 		return b.ignore(ignoreBadEvent)
 	}
 	switch {

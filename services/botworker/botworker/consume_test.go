@@ -67,7 +67,7 @@ func TestConsume(t *testing.T) {
 		t.Fatalf("no dead letter: %v", err)
 	}
 	dl := bus.ReadDeadLetter(m)
-	if dl.Source != bus.ConsumerBot || !strings.Contains(dl.Reason, "undecodable") || string(dl.Data) != "{not json" {
+	if dl.Source != bus.ConsumerBot || !strings.Contains(dl.Reason, "malformed") || string(dl.Data) != "{not json" {
 		t.Fatalf("dead letter %+v", dl)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"sync"
 
+	"github.com/cactus-comments/appservice/pkg/event"
 	"github.com/cactus-comments/appservice/pkg/matrix"
 	"github.com/cactus-comments/appservice/pkg/mxid"
 )
@@ -221,7 +222,7 @@ func (f *fakeHS) ResolveAlias(_ context.Context, alias mxid.RoomAlias) (mxid.Roo
 	return mxid.MustRoomID(id), nil
 }
 
-func (f *fakeHS) Members(_ context.Context, room mxid.RoomID, membership string) ([]matrix.Event, error) {
+func (f *fakeHS) Members(_ context.Context, room mxid.RoomID, membership string) ([]event.Event, error) {
 	if err := f.enter("members"); err != nil {
 		return nil, err
 	}
@@ -231,11 +232,11 @@ func (f *fakeHS) Members(_ context.Context, room mxid.RoomID, membership string)
 	if r == nil || r.members[f.bot] != "join" {
 		return nil, fakeForbidden()
 	}
-	var out []matrix.Event
+	var out []event.Event
 	for u, m := range r.members {
 		if membership == "" || m == membership {
 			k := u
-			out = append(out, matrix.Event{Type: "m.room.member", StateKey: &k, Content: json.RawMessage(`{"membership":"` + m + `"}`)})
+			out = append(out, event.Event{Type: "m.room.member", StateKey: &k, Content: []byte(`{"membership":"` + m + `"}`)})
 		}
 	}
 	return out, nil

@@ -2,7 +2,6 @@ package botworker
 
 import (
 	"context"
-	"encoding/json"
 	"log/slog"
 
 	"github.com/cactus-comments/appservice/pkg/event"
@@ -15,7 +14,7 @@ import (
 // leaving a room forgets what the bot knew about it.
 func (b *Bot) onMembership(ctx context.Context, ev *event.Event, log *slog.Logger) error {
 	var content event.Member
-	if err := json.Unmarshal(ev.Content, &content); err != nil {
+	if err := event.DecodeContent(ev.Content, &content); err != nil {
 		log.Warn("unreadable membership of the bot; ignored", "err", err)
 		return nil
 	}

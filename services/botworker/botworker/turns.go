@@ -2,7 +2,6 @@ package botworker
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -136,8 +135,7 @@ func (t *turns) firstUnfinished(ctx context.Context, subject string, last uint64
 		if err != nil {
 			return 0, err
 		}
-		var ev event.Event
-		if json.Unmarshal(m.Data, &ev) == nil && ev.Validate() == nil && ev.Sender != t.bot {
+		if ev, err := event.Decode(m.Data); err == nil && ev.Sender != t.bot {
 			return m.Sequence, nil
 		}
 		// The bot's own event, or one the handler refuses before it gets

@@ -16,7 +16,7 @@ func TestTurns(t *testing.T) {
 	room := "!order:example.org"
 	subject := (bus.Topology{}).StoredSubject(bus.ClassBot, room) // as the worker sees it
 	publish := func(subj string) uint64 {
-		ack, err := e.rt.JS.Publish(e.ctx, subj, []byte(`{"event_id":"$x","type":"m.room.message","room_id":"`+room+`","sender":"`+alice+`"}`))
+		ack, err := e.rt.JS.Publish(e.ctx, subj, []byte(`{"event_id":"$x","type":"m.room.message","room_id":"`+room+`","sender":"`+alice+`","content":{}}`))
 		if err != nil {
 			t.Fatal(err)
 		}

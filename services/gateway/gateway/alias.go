@@ -37,7 +37,12 @@ func (g *Gateway) answerAlias(w http.ResponseWriter, r *http.Request) string {
 		writeError(w, http.StatusNotFound, codeNotFound, "not a room alias")
 		return queryInvalid
 	}
-	if !g.cfg.InNamespace(raw) || g.cfg.Namespace().ParseAlias(alias).Kind != namespace.Comments {
+	parsed := g.cfg.Namespace().ParseAlias(alias)
+	if parsed.Refused != "" {
+		writeError(w, http.StatusNotFound, codeNotFound, parsed.Refused)
+		return queryNotOurs
+	}
+	if !g.cfg.InNamespace(raw) || parsed.Kind != namespace.Comments {
 		writeError(w, http.StatusNotFound, codeNotFound, "not a comment section alias of this application service")
 		return queryNotOurs
 	}
@@ -45,7 +50,7 @@ func (g *Gateway) answerAlias(w http.ResponseWriter, r *http.Request) string {
 	defer cancel()
 	ans, err := g.ask(ctx, raw)
 	if err != nil {
-		g.log.Error("alias query: "+err.Error(), "alias", raw)
+		g.log.Error("alias query: "+err.Error(), "alias", logID(raw))
 		writeError(w, http.StatusServiceUnavailable, codeUnknown, "no answer from the comment service, try again")
 		return queryUnavailable
 	}
@@ -57,7 +62,7 @@ func (g *Gateway) answerAlias(w http.ResponseWriter, r *http.Request) string {
 	if reason == "" {
 		reason = "no such comment section"
 	}
-	g.log.Info("alias query: room not created", "alias", raw, "reason", reason)
+	g.log.Info("alias query: room not created", "alias", logID(raw), "reason", reason)
 	writeError(w, http.StatusNotFound, codeNotFound, reason)
 	return queryNotFound
 }

@@ -71,6 +71,11 @@ func TestAliasQuery(t *testing.T) {
 		{"double encoded", "%2523comments_blog_post%253Aexample.org", 404, "", "not a room alias"},
 		{"not an alias", "%40comments_blog_post%3Aexample.org", 404, "", "not a room alias"},
 		{"no server", "%23comments_blog_post", 404, "", "not a room alias"},
+		// Lookalike sections: refused before any NATS or homeserver call.
+		{"right-to-left override in the section", "%23comments_blog_abc%E2%80%AEgpj.exe%3Aexample.org", 404, "", "invisible"},
+		{"zero-width space in the section", "%23comments_blog_po%E2%80%8Bst%3Aexample.org", 404, "", "invisible"},
+		{"no-break space in the section", "%23comments_blog_po%C2%A0st%3Aexample.org", 404, "", "invisible"},
+		{"variation selector in the site", "%23comments_bl%EF%B8%8Fog_post%3Aexample.org", 404, "", "invisible"},
 	}
 	for _, tt := range tests {
 		for _, prefix := range apiPrefixes {

@@ -76,7 +76,7 @@ func (g *Gateway) auth(next http.Handler) http.Handler {
 			writeError(w, http.StatusUnauthorized, codeMissingToken, "missing the homeserver's token (hs_token)")
 		default:
 			g.metrics.authFailures.WithLabelValues("wrong").Inc()
-			g.log.Warn("request with a wrong homeserver token", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)
+			g.log.Warn("request with a wrong homeserver token", "method", r.Method, "path", logID(r.URL.Path), "remote", r.RemoteAddr)
 			writeError(w, http.StatusForbidden, codeForbidden, "wrong homeserver token (hs_token)")
 		}
 	})

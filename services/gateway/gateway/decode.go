@@ -1,22 +1,41 @@
 package gateway
 
 import (
+	"bytes"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
+	"unicode/utf16"
 	"unicode/utf8"
+
+	"github.com/go-json-experiment/json/jsontext"
+
+	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/pkg/event"
 )
 
 // The transaction decoder is the hot path of the gateway: a single pass over
-// the body that validates it as JSON (as strictly as encoding/json) and
-// splits the events array into the original bytes of each event, picking up
-// only the few top-level fields that routing needs. encoding/json would scan
-// the body once for []json.RawMessage and again per event; this does it
-// once. FuzzDecodeTransaction checks it against encoding/json.
+// the body that validates it as JSON and splits the events array into the
+// original bytes of each event, picking up the top-level fields of each
+// event. encoding/json would scan the body once for []json.RawMessage and
+// again per event; this does it once.
+//
+// It must read every event exactly as the consumers' event.Decode does
+// (see package event): an event that event.Decode would refuse, or read
+// differently, is marked with a Problem and dead-lettered. So, inside
+// events, it refuses duplicate keys at any depth, invalid UTF-8 and lone
+// surrogates, top-level keys that fold onto an event field, and fields of
+// the wrong JSON type. FuzzDecodeTransaction checks it against
+// event.Decode.
 
-// maxDepth is encoding/json's nesting limit; deeper input is not JSON to it.
-const maxDepth = 10000
+// maxDepth is the nesting limit of the body. The consumers' decoder allows
+// 10000 levels within an event; an event's own object is at depth 3 of the
+// body (transaction, events array, event). A deeper event fails the whole
+// body, but no homeserver can send one: their own parsers stop far sooner
+// (Python's recursion limit, serde_json's 128 levels, encoding/json's
+// 10000 from the event's root).
+const maxDepth = 10000 + 2
 
 // errNotJSON and errBadJSON tell the handler which Matrix error to answer.
 var (
@@ -42,8 +61,27 @@ type rawEvent struct {
 	Sender      []byte
 	StateKey    []byte
 	HasStateKey bool
-	// Content aliases the body; nil when absent.
-	Content []byte
+	Redacts     string
+	// Content and Unsigned alias the body; nil when absent.
+	Content        []byte
+	Unsigned       []byte
+	OriginServerTS int64
+
+	// class is set by checkEvent.
+	class bus.Class
+}
+
+// event returns e as the consumers read it, with roomID for its room id.
+func (e *rawEvent) event(roomID string) event.Event {
+	ev := event.Event{
+		EventID: e.EventID, Type: e.Type, RoomID: roomID, Sender: string(e.Sender),
+		Content: e.Content, Unsigned: e.Unsigned, OriginServerTS: e.OriginServerTS, Redacts: e.Redacts,
+	}
+	if e.HasStateKey {
+		sk := string(e.StateKey)
+		ev.StateKey = &sk
+	}
+	return ev
 }
 
 // field kinds, as the first byte of a value tells them.
@@ -83,10 +121,34 @@ type span struct {
 	kind       kind
 }
 
+// keySpan is an object key: the bytes between its quotes, whether they
+// hold escapes, and a digest of the decoded key that tells most different
+// keys apart without comparing them.
+type keySpan struct {
+	start, end int
+	escaped    bool
+	digest     uint32
+}
+
 // decoder walks one body. Positions are byte offsets into b.
 type decoder struct {
 	b     []byte
 	depth int
+	// inEvent is set while the decoder is inside an element of the events
+	// array; problem is then the first reason found why the consumers'
+	// decoder would refuse or misread the element.
+	inEvent bool
+	problem string
+	// keys holds the keys of the objects being decoded inside an event,
+	// innermost last, to find duplicates.
+	keys []keySpan
+}
+
+// flag records why the current event cannot be stored, keeping the first.
+func (d *decoder) flag(why string) {
+	if d.inEvent && d.problem == "" {
+		d.problem = why
+	}
 }
 
 // syntaxError carries the offset for the error message.
@@ -102,6 +164,13 @@ func (e *syntaxError) Error() string { return fmt.Sprintf("offset %d: %s", e.off
 // it is JSON but not an object with an "events" array. Malformed events are
 // returned with Problem set, not as an error: they must not fail the
 // transaction.
+//
+// A body with more than one "events" key is ambiguous: which array it
+// carries depends on the reader. Refusing it (400) would block delivery,
+// as the homeserver resends the same body for ever; taking one array
+// would drop the other's events after acknowledging them. So every event
+// of every such array comes back with a Problem: all are dead-lettered,
+// none is lost, and the transaction is acknowledged.
 func decodeTransaction(body []byte, events []rawEvent) ([]rawEvent, error) {
 	d := decoder{b: body}
 	i := d.ws(0)
@@ -114,10 +183,16 @@ func decodeTransaction(body []byte, events []rawEvent) ([]rawEvent, error) {
 		if i = d.ws(i); i != len(body) {
 			return f.out[:0], fmt.Errorf("%w: %w", errNotJSON, &syntaxError{i, "data after the top-level value"})
 		}
-		switch f.events {
-		case kindArray:
+		switch {
+		case f.eventsArrays > 0 && f.eventsKeys > 1:
+			why := fmt.Sprintf(`ambiguous transaction: %d "events" keys`, f.eventsKeys)
+			for j := range f.out {
+				f.out[j].Problem = why
+			}
 			return f.out, nil
-		case kindNone:
+		case f.eventsArrays > 0:
+			return f.out, nil
+		case f.eventsKeys == 0:
 			return f.out[:0], fmt.Errorf(`%w: no "events" key`, errBadJSON)
 		default:
 			return f.out[:0], fmt.Errorf(`%w: "events" is %s, not an array`, errBadJSON, f.events)
@@ -145,14 +220,14 @@ const (
 	modeEvent                         // an event: note the routing fields
 )
 
-// members collects what object finds. Later duplicate keys win, as in
-// encoding/json.
+// members collects what object finds.
 type members struct {
 	// modeTransaction
-	events kind
-	out    []rawEvent
+	events                   kind // of the last "events" value
+	eventsKeys, eventsArrays int
+	out                      []rawEvent
 	// modeEvent
-	eventID, typ, roomID, sender, stateKey, content, ts, redacts span
+	eventID, typ, roomID, sender, stateKey, content, ts, redacts, unsigned span
 }
 
 // eventArray validates the events array starting at b[i] == '[' and
@@ -174,11 +249,9 @@ func (d *decoder) eventArray(i int, out []rawEvent) (int, []rawEvent, error) {
 			err error
 		)
 		if i < len(b) && b[i] == '{' {
-			var f members
-			if end, err = d.object(i, modeEvent, &f); err != nil {
+			if e, end, err = d.eventObject(i); err != nil {
 				return 0, out, err
 			}
-			e = d.event(b[i:end:end], &f)
 		} else {
 			v, err := d.value(i)
 			if err != nil {
@@ -204,97 +277,133 @@ func (d *decoder) eventArray(i int, out []rawEvent) (int, []rawEvent, error) {
 	}
 }
 
-// event builds an event from its validated bytes and routing fields.
+// eventObject decodes the event object starting at b[i] == '{'.
+func (d *decoder) eventObject(i int) (rawEvent, int, error) {
+	var f members
+	d.inEvent, d.problem = true, ""
+	end, err := d.object(i, modeEvent, &f)
+	d.inEvent = false
+	if err != nil {
+		return rawEvent{}, 0, err
+	}
+	return d.event(d.b[i:end:end], &f), end, nil
+}
+
+// event builds an event from its validated bytes and top-level fields.
+// Fields of the wrong JSON type are a Problem: the consumers' decoder
+// refuses them. Ids, lengths and the kinds of content and unsigned are
+// left to event.Validate, which the gateway runs as the consumers do.
 func (d *decoder) event(raw []byte, f *members) rawEvent {
-	e := rawEvent{Raw: raw}
-	// Every field must have the type consumers decoding event.Event
-	// expect, or the event would fail in every consumer instead of once
-	// here.
-	ok := func(name string, s span, required bool) bool {
+	e := rawEvent{Raw: raw, Problem: d.problem}
+	// What is known is kept even for a malformed event, for the log.
+	if f.eventID.kind == kindString {
+		e.EventID = d.str(f.eventID)
+	}
+	if f.typ.kind == kindString {
+		e.Type = internType(d.bytes(f.typ))
+	}
+	if f.roomID.kind == kindString {
+		e.RoomID = d.bytes(f.roomID)
+	}
+	isString := func(name string, s span) bool {
 		switch s.kind {
-		case kindString:
-			if !required || s.end-s.start > 2 {
-				return true
-			}
-			e.Problem = "empty " + name
-		case kindNone, kindNull:
-			if !required {
-				return true
-			}
-			e.Problem = "no " + name
-		default:
+		case kindString, kindNone, kindNull:
+			return true
+		}
+		if e.Problem == "" {
 			e.Problem = name + " is " + s.kind.String() + ", not a string"
 		}
 		return false
 	}
-	if !ok("event_id", f.eventID, true) || !ok("type", f.typ, true) || !ok("room_id", f.roomID, true) ||
-		!ok("sender", f.sender, false) || !ok("state_key", f.stateKey, false) || !ok("redacts", f.redacts, false) {
-		// Keep what is known for the operator's log.
-		if f.eventID.kind == kindString {
-			e.EventID = d.str(f.eventID)
-		}
-		if f.typ.kind == kindString {
-			e.Type = d.str(f.typ)
-		}
-		if f.roomID.kind == kindString {
-			e.RoomID = d.bytes(f.roomID)
-		}
+	if !isString("event_id", f.eventID) || !isString("type", f.typ) || !isString("room_id", f.roomID) ||
+		!isString("sender", f.sender) || !isString("state_key", f.stateKey) || !isString("redacts", f.redacts) {
 		return e
 	}
-	e.EventID = d.str(f.eventID)
-	e.Type = internType(d.bytes(f.typ))
-	e.RoomID = d.bytes(f.roomID)
 	if f.sender.kind == kindString {
 		e.Sender = d.bytes(f.sender)
 	}
 	if f.stateKey.kind == kindString {
 		e.StateKey = d.bytes(f.stateKey)
+		e.HasStateKey = true
 	}
-	e.HasStateKey = f.stateKey.kind == kindString
+	if f.redacts.kind == kindString {
+		e.Redacts = d.str(f.redacts)
+	}
 	if f.content.kind != kindNone {
 		e.Content = d.b[f.content.start:f.content.end:f.content.end]
+	}
+	if f.unsigned.kind != kindNone {
+		e.Unsigned = d.b[f.unsigned.start:f.unsigned.end:f.unsigned.end]
 	}
 	switch f.ts.kind {
 	case kindNone, kindNull:
 	case kindNumber:
-		if !fitsInt64(d.b[f.ts.start:f.ts.end]) {
+		n, ok := parseInt64(d.b[f.ts.start:f.ts.end])
+		if !ok && e.Problem == "" {
 			e.Problem = "origin_server_ts is not a 64-bit integer"
 		}
+		e.OriginServerTS = n
 	default:
-		e.Problem = "origin_server_ts is " + f.ts.kind.String() + ", not a number"
+		if e.Problem == "" {
+			e.Problem = "origin_server_ts is " + f.ts.kind.String() + ", not an integer"
+		}
 	}
 	return e
 }
 
-// fitsInt64 reports whether a valid JSON number decodes into an int64, as
-// strconv.ParseInt would have it.
-func fitsInt64(b []byte) bool {
-	limit := "9223372036854775807"
-	if b[0] == '-' {
-		b, limit = b[1:], "9223372036854775808"
+// parseInt64 reads a valid JSON number as an int64, as the consumers'
+// decoder does: no fraction, no exponent, in range.
+func parseInt64(b []byte) (int64, bool) {
+	neg := b[0] == '-'
+	if neg {
+		b = b[1:]
 	}
+	// In magnitude, up to 2^63 for a negative number, 2^63-1 otherwise.
+	limit := uint64(math.MaxInt64)
+	if neg {
+		limit++
+	}
+	var n uint64
 	for _, c := range b {
 		if !isDigit(c) {
-			return false // fraction or exponent
+			return 0, false // fraction or exponent
 		}
+		d := uint64(c - '0')
+		if n > (limit-d)/10 {
+			return 0, false
+		}
+		n = n*10 + d
 	}
-	return len(b) < len(limit) || len(b) == len(limit) && string(b) <= limit
+	if neg {
+		return int64(-n), true // -2^63 wraps to itself
+	}
+	return int64(n), true
 }
 
-// keyIs compares an object key (the bytes between its quotes) with name.
-func keyIs(key []byte, escaped bool, name string) bool {
-	if !escaped {
-		return string(key) == name
-	}
-	var s string
-	if json.Unmarshal(append(append([]byte{'"'}, key...), '"'), &s) != nil {
-		return false
-	}
-	return s == name
+// unquote decodes a validated JSON string (quotes included) strictly; an
+// invalid string has been flagged by the scan already.
+func unquote(quoted []byte) []byte {
+	out, _ := jsontext.AppendUnquote(nil, quoted)
+	return out
 }
 
-// str returns the value of a validated string span, decoded like
-// encoding/json does (escapes resolved, invalid UTF-8 replaced).
+// key returns an object key's decoded bytes.
+func (d *decoder) key(k keySpan) []byte {
+	if !k.escaped {
+		return d.b[k.start:k.end:k.end]
+	}
+	return unquote(d.b[k.start-1 : k.end+1])
+}
+
+// keyIs compares an object key with name.
+func (d *decoder) keyIs(k keySpan, name string) bool {
+	if !k.escaped {
+		return string(d.b[k.start:k.end]) == name
+	}
+	return string(d.key(k)) == name
+}
+
+// str returns the value of a validated string span, decoded strictly.
 func (d *decoder) str(s span) string {
 	return string(d.bytes(s))
 }
@@ -304,12 +413,8 @@ func (d *decoder) str(s span) string {
 func (d *decoder) bytes(s span) []byte {
 	raw := d.b[s.start+1 : s.end-1 : s.end-1]
 	for _, c := range raw {
-		if c == '\\' || c >= utf8.RuneSelf {
-			var out string
-			if err := json.Unmarshal(d.b[s.start:s.end], &out); err != nil {
-				panic(fmt.Sprintf("gateway: decoding a valid string: %v", err))
-			}
-			return []byte(out)
+		if c == '\\' {
+			return unquote(d.b[s.start:s.end])
 		}
 	}
 	return raw
@@ -408,9 +513,14 @@ func (d *decoder) literal(i int, lit string) (int, error) {
 	return i + len(lit), nil
 }
 
-// stringStop marks the bytes that end the fast scan inside a string.
+// stringStop marks the bytes that end the fast scan inside a string:
+// quote, backslash, control characters, and the first byte of every
+// non-ASCII character, whose UTF-8 must be checked.
 var stringStop = func() (t [256]bool) {
 	for c := 0; c < 0x20; c++ {
+		t[c] = true
+	}
+	for c := 0x80; c < 0x100; c++ {
 		t[c] = true
 	}
 	t['"'], t['\\'] = true, true
@@ -419,6 +529,8 @@ var stringStop = func() (t [256]bool) {
 
 // string validates the string starting at b[i] == '"'. It returns the
 // offset after the closing quote and whether the string holds escapes.
+// Invalid UTF-8 and lone surrogates are JSON to encoding/json but not to
+// the consumers' decoder: inside an event they are flagged, not errors.
 func (d *decoder) string(i int) (int, bool, error) {
 	b := d.b
 	escaped := false
@@ -435,10 +547,10 @@ func (d *decoder) string(i int) (int, bool, error) {
 		if i >= len(b) {
 			return 0, false, d.errAt(i, "closing quote")
 		}
-		switch c := b[i]; c {
-		case '"':
+		switch c := b[i]; {
+		case c == '"':
 			return i + 1, escaped, nil
-		case '\\':
+		case c == '\\':
 			escaped = true
 			if i+1 >= len(b) {
 				return 0, false, d.errAt(i+1, "escape character")
@@ -447,24 +559,62 @@ func (d *decoder) string(i int) (int, bool, error) {
 			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
 				i += 2
 			case 'u':
-				for j := i + 2; j < i+6; j++ {
-					if j >= len(b) || !isHex(b[j]) {
-						return 0, false, d.errAt(j, "hexadecimal digit")
-					}
+				r, err := d.hex4(i + 2)
+				if err != nil {
+					return 0, false, err
 				}
 				i += 6
+				if !utf16.IsSurrogate(r) {
+					continue
+				}
+				// A high surrogate must be followed by a low one.
+				if r < 0xdc00 && i+1 < len(b) && b[i] == '\\' && b[i+1] == 'u' {
+					if r2, err := d.hex4(i + 2); err == nil && r2 >= 0xdc00 && r2 <= 0xdfff {
+						i += 6
+						continue
+					}
+				}
+				d.flag(fmt.Sprintf(`lone surrogate \u%04x in a string`, r))
 			default:
 				return 0, false, d.errAt(i+1, "escape character")
 			}
+		case c >= utf8.RuneSelf:
+			r, size := utf8.DecodeRune(b[i:])
+			if r == utf8.RuneError && size <= 1 {
+				d.flag("invalid UTF-8 in a string")
+				size = 1
+			}
+			i += size
 		default:
 			return 0, false, &syntaxError{i, fmt.Sprintf("control character %q in string", c)}
 		}
 	}
 }
 
-// hasStringStop reports whether any byte of x is '"', '\\' or below 0x20,
-// with the usual bit tricks: a byte of v is zero iff its bit 7 is set in
-// (v - 0x01..) &^ v, and below n iff set in (v - n..) &^ v.
+// hex4 reads the four hexadecimal digits of a \u escape at b[i:].
+func (d *decoder) hex4(i int) (rune, error) {
+	var r rune
+	for j := i; j < i+4; j++ {
+		if j >= len(d.b) || !isHex(d.b[j]) {
+			return 0, d.errAt(j, "hexadecimal digit")
+		}
+		c := d.b[j]
+		switch {
+		case c <= '9':
+			c -= '0'
+		case c >= 'a':
+			c -= 'a' - 10
+		default:
+			c -= 'A' - 10
+		}
+		r = r<<4 | rune(c)
+	}
+	return r, nil
+}
+
+// hasStringStop reports whether any byte of x is '"', '\\', below 0x20 or
+// above 0x7f, with the usual bit tricks: a byte of v is zero iff its bit 7
+// is set in (v - 0x01..) &^ v, and below n iff set in (v - n..) &^ v.
 func hasStringStop(x uint64) bool {
 	const (
 		ones  = 0x0101010101010101
@@ -472,7 +622,7 @@ func hasStringStop(x uint64) bool {
 	)
 	quote := x ^ (ones * '"')
 	backslash := x ^ (ones * '\\')
-	return ((quote-ones)&^quote|(backslash-ones)&^backslash|(x-ones*0x20)&^x)&highs != 0
+	return ((quote-ones)&^quote|(backslash-ones)&^backslash|(x-ones*0x20)&^x|x)&highs != 0
 }
 
 func isHex(c byte) bool {
@@ -521,18 +671,21 @@ func (d *decoder) number(i int) (int, error) {
 func (d *decoder) push(i int) error {
 	d.depth++
 	if d.depth > maxDepth {
-		return &syntaxError{i, "nesting deeper than 10000"}
+		return &syntaxError{i, "nesting deeper than the consumers allow"}
 	}
 	return nil
 }
 
 // object validates the object starting at b[i] == '{'. In modeTransaction
-// and modeEvent it fills f.
+// and modeEvent it fills f. Inside an event it flags duplicate keys.
 func (d *decoder) object(i int, mode objectMode, f *members) (int, error) {
 	if err := d.push(i); err != nil {
 		return 0, err
 	}
 	b := d.b
+	base := len(d.keys)
+	// seen replaces the linear search of d.keys in large objects.
+	var seen map[string]struct{}
 	i = d.ws(i + 1)
 	if i < len(b) && b[i] == '}' {
 		d.depth--
@@ -546,33 +699,36 @@ func (d *decoder) object(i int, mode objectMode, f *members) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		key := b[i+1 : kend-1]
+		key := keySpan{start: i + 1, end: kend - 1, escaped: kesc}
+		if d.inEvent {
+			seen = d.noteKey(base, key, seen)
+		}
 		i = d.ws(kend)
 		if i >= len(b) || b[i] != ':' {
 			return 0, d.errAt(i, "':' after object key")
 		}
 		i = d.ws(i + 1)
 		var v span
+		isEvents := mode == modeTransaction && d.keyIs(key, "events")
 		switch {
-		case mode == modeTransaction && keyIs(key, kesc, "events") && i < len(b) && b[i] == '[':
+		case isEvents && i < len(b) && b[i] == '[':
 			var end int
-			if end, f.out, err = d.eventArray(i, f.out[:0]); err != nil {
+			if end, f.out, err = d.eventArray(i, f.out); err != nil {
 				return 0, err
 			}
 			v = span{i, end, kindArray}
-			f.events = kindArray
+			f.eventsArrays++
 		default:
 			if v, err = d.value(i); err != nil {
 				return 0, err
 			}
-			switch mode {
-			case modeTransaction:
-				if keyIs(key, kesc, "events") {
-					f.events = v.kind
-				}
-			case modeEvent:
-				f.note(key, kesc, v)
+			if mode == modeEvent {
+				f.note(d, key, v)
 			}
+		}
+		if isEvents {
+			f.eventsKeys++
+			f.events = v.kind
 		}
 		i = d.ws(v.end)
 		if i >= len(b) {
@@ -583,6 +739,7 @@ func (d *decoder) object(i int, mode objectMode, f *members) (int, error) {
 			i = d.ws(i + 1)
 		case '}':
 			d.depth--
+			d.keys = d.keys[:base]
 			return i + 1, nil
 		default:
 			return 0, d.errAt(i, "',' or '}'")
@@ -590,29 +747,103 @@ func (d *decoder) object(i int, mode objectMode, f *members) (int, error) {
 	}
 }
 
-// note records a routing field of an event.
-func (f *members) note(key []byte, esc bool, v span) {
-	if len(key) > len("origin_server_ts") && !esc {
+// maxLinearKeys is the number of keys up to which duplicates are found by
+// comparing with every earlier key of the object.
+const maxLinearKeys = 16
+
+// noteKey flags k if the object whose keys start at d.keys[base] already
+// has it, and records it. seen is the object's set of keys once it is
+// large; noteKey returns it.
+func (d *decoder) noteKey(base int, k keySpan, seen map[string]struct{}) map[string]struct{} {
+	if seen != nil {
+		name := string(d.key(k))
+		if _, dup := seen[name]; dup {
+			d.flagDuplicate(name)
+		}
+		seen[name] = struct{}{}
+		return seen
+	}
+	k.digest = digest(d.key(k))
+	for _, p := range d.keys[base:] {
+		if p.digest == k.digest && d.sameKey(p, k) {
+			d.flagDuplicate(string(d.key(k)))
+			break
+		}
+	}
+	d.keys = append(d.keys, k)
+	if len(d.keys)-base > maxLinearKeys {
+		seen = make(map[string]struct{}, 2*maxLinearKeys)
+		for _, p := range d.keys[base:] {
+			seen[string(d.key(p))] = struct{}{}
+		}
+	}
+	return seen
+}
+
+func (d *decoder) flagDuplicate(name string) {
+	d.flag(fmt.Sprintf("duplicate key %q", event.Truncate(name, 64)))
+}
+
+// digest sums up a decoded key: its length and three of its bytes.
+func digest(k []byte) uint32 {
+	if len(k) == 0 {
+		return 0
+	}
+	return uint32(len(k))<<24 | uint32(k[0])<<16 | uint32(k[len(k)/2])<<8 | uint32(k[len(k)-1])
+}
+
+// sameKey reports whether two keys decode to the same name.
+func (d *decoder) sameKey(a, b keySpan) bool {
+	if !a.escaped && !b.escaped {
+		return bytes.Equal(d.b[a.start:a.end], d.b[b.start:b.end])
+	}
+	return bytes.Equal(d.key(a), d.key(b))
+}
+
+// note records a top-level field of an event, and flags a key that folds
+// onto a field without being it.
+func (f *members) note(d *decoder, k keySpan, v span) {
+	if !k.escaped && k.end-k.start > 3*len("origin_server_ts") {
 		return
 	}
-	switch {
-	case keyIs(key, esc, "event_id"):
+	name := d.key(k)
+	switch string(name) {
+	case "event_id":
 		f.eventID = v
-	case keyIs(key, esc, "type"):
+	case "type":
 		f.typ = v
-	case keyIs(key, esc, "room_id"):
+	case "room_id":
 		f.roomID = v
-	case keyIs(key, esc, "sender"):
+	case "sender":
 		f.sender = v
-	case keyIs(key, esc, "state_key"):
+	case "state_key":
 		f.stateKey = v
-	case keyIs(key, esc, "content"):
+	case "content":
 		f.content = v
-	case keyIs(key, esc, "origin_server_ts"):
+	case "origin_server_ts":
 		f.ts = v
-	case keyIs(key, esc, "redacts"):
+	case "redacts":
 		f.redacts = v
+	case "unsigned":
+		f.unsigned = v
+	default:
+		// The fields are lower-case ASCII: only a key with an upper-case
+		// or non-ASCII letter can fold onto one without being it.
+		if mayFold(name) {
+			if field := event.FoldedField(name); field != "" {
+				d.flag(fmt.Sprintf("key %q is a variant of %q", event.Truncate(string(name), 64), field))
+			}
+		}
 	}
+}
+
+func mayFold(name []byte) bool {
+	for _, c := range name {
+		if c >= 'A' && c <= 'Z' || c >= utf8.RuneSelf {
+			return true
+		}
+	}
+	return false
 }
 
 // array validates the array starting at b[i] == '['.

@@ -5,17 +5,22 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
-	"fmt"
+	"io"
 	"math/rand/v2"
+	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/go-json-experiment/json/jsontext"
+
+	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/pkg/event"
 	"github.com/cactus-comments/appservice/services/gateway/loadgen"
 )
 
 func TestDecodeTransaction(t *testing.T) {
-	deep := strings.Repeat("[", maxDepth) + strings.Repeat("]", maxDepth)
-	tooDeep := strings.Repeat("[", maxDepth+1) + strings.Repeat("]", maxDepth+1)
+	deep := strings.Repeat("[", 9999) + strings.Repeat("]", 9999) // with the event object, the limit of 10000
 	tests := []struct {
 		name    string
 		body    string
@@ -30,16 +35,17 @@ func TestDecodeTransaction(t *testing.T) {
 		{name: "trailing comma", body: `{"events":[],}`, wantErr: errNotJSON},
 		{name: "control char in string", body: "{\"events\":[\"a\tb\"]}", wantErr: errNotJSON},
 		{name: "bad escape", body: `{"events":["\x"]}`, wantErr: errNotJSON},
+		{name: "bad unicode escape", body: `{"events":["\ud80"]}`, wantErr: errNotJSON},
 		{name: "bad number", body: `{"events":[01]}`, wantErr: errNotJSON},
-		{name: "too deep", body: `{"events":[` + tooDeep + `]}`, wantErr: errNotJSON},
+		{name: "too deep for the consumers", body: `{"events":[{"content":` + deep[:len(deep)/2] + `[]` + deep[len(deep)/2:] + `}]}`, wantErr: errNotJSON},
 		{name: "array body", body: `[]`, wantErr: errBadJSON},
 		{name: "null body", body: `null`, wantErr: errBadJSON},
 		{name: "no events", body: `{"ephemeral":[]}`, wantErr: errBadJSON},
 		{name: "events null", body: `{"events":null}`, wantErr: errBadJSON},
 		{name: "events object", body: `{"events":{}}`, wantErr: errBadJSON},
-		{name: "events overridden by a later key", body: `{"events":[],"events":1}`, wantErr: errBadJSON},
+		{name: "events twice, neither an array", body: `{"events":1,"events":{}}`, wantErr: errBadJSON},
 		{name: "empty", body: `{"events":[]}`, want: []rawEvent{}},
-		{name: "deep but allowed", body: `{"events":[` + deep[2:len(deep)-2] + `]}`, want: []rawEvent{{Problem: "the event is an array, not an object"}}},
+		{name: "as deep as the consumers allow", body: `{"events":[{"content":` + deep + `}]}`, want: []rawEvent{{}}},
 		{
 			name: "one event, unknown keys ignored",
 			body: ` {"ephemeral":[{"type":"m.typing"}], "events" : [ {"event_id":"$e1","type":"m.room.message","room_id":"!r:x","sender":"@u:x","content":{"body":"hi"},"origin_server_ts":1} ] , "de.sorunome.msc2409.to_device":[]} `,
@@ -59,22 +65,26 @@ func TestDecodeTransaction(t *testing.T) {
 			want: []rawEvent{{EventID: "$e1", Type: "t", RoomID: []byte("!r:x")}},
 		},
 		{
-			name: "later duplicate keys win",
-			body: `{"events":[{"event_id":"$old","event_id":"$new","type":"t","room_id":"!r:x"}]}`,
-			want: []rawEvent{{EventID: "$new", Type: "t", RoomID: []byte("!r:x")}},
+			name: "events twice: every event of both is ambiguous",
+			body: `{"events":[{"event_id":"$a"}],"x":1,"events":[{"event_id":"$b"},2],"events":3}`,
+			want: []rawEvent{{Problem: `ambiguous transaction: 3 "events" keys`}, {Problem: `ambiguous transaction: 3 "events" keys`}, {Problem: `ambiguous transaction: 3 "events" keys`}},
 		},
 		{
-			name: "malformed events do not fail the transaction",
-			body: `{"events":[{"type":"t","room_id":"!r:x"},{"event_id":"$2","room_id":"!r:x"},{"event_id":"$3","type":"t"},` +
-				`{"event_id":3,"type":"t","room_id":"!r:x"},"str",null,{"event_id":"","type":"t","room_id":"!r:x"},` +
-				`{"event_id":"$8","type":"t","room_id":"!r:x","state_key":1},{"event_id":"$9","type":"t","room_id":"!r:x","origin_server_ts":1.5},` +
-				`{"event_id":"$10","type":"t","room_id":"!r:x","sender":null,"state_key":null}]}`,
+			name: "what the consumers would refuse or misread is a problem",
+			body: `{"events":[{"event_id":"$old","event_id":"$new"},{"sender":"@a:x","Sender":"@b:x"},{"\u017fender":"@b:x"},` +
+				`{"content":{"a":[{"b":1,"\u0062":2}]}},{"content":"\ud800"},{"content":"\udc00\ud800"},{"content":"\ud800\u0041"},` +
+				"{\"content\":\"\xff\"},{\"content\":\"\xed\xa0\x80\"}," +
+				`{"event_id":3},{"state_key":1},{"origin_server_ts":1.5},{"origin_server_ts":1e3},{"origin_server_ts":9223372036854775808},` +
+				`{"origin_server_ts":"1"},"str",null,{"content":"\ud83d\ude00","sender":null,"state_key":null,"Content2":1}]}`,
 			want: []rawEvent{
-				{Problem: "no event_id"}, {Problem: "no type"}, {Problem: "no room_id"},
-				{Problem: "event_id is a number, not a string"}, {Problem: "the event is a string, not an object"},
-				{Problem: "the event is null, not an object"}, {Problem: "empty event_id"},
-				{Problem: "state_key is a number, not a string"}, {Problem: "origin_server_ts is not a 64-bit integer"},
-				{EventID: "$10", Type: "t", RoomID: []byte("!r:x")},
+				{Problem: `duplicate key "event_id"`}, {Problem: `key "Sender" is a variant of "sender"`}, {Problem: `key "ſender" is a variant of "sender"`},
+				{Problem: `duplicate key "b"`}, {Problem: `lone surrogate \ud800 in a string`}, {Problem: `lone surrogate \udc00 in a string`},
+				{Problem: `lone surrogate \ud800 in a string`}, {Problem: "invalid UTF-8 in a string"}, {Problem: "invalid UTF-8 in a string"},
+				{Problem: "event_id is a number, not a string"}, {Problem: "state_key is a number, not a string"},
+				{Problem: "origin_server_ts is not a 64-bit integer"}, {Problem: "origin_server_ts is not a 64-bit integer"},
+				{Problem: "origin_server_ts is not a 64-bit integer"}, {Problem: "origin_server_ts is a string, not an integer"},
+				{Problem: "the event is a string, not an object"}, {Problem: "the event is null, not an object"},
+				{Content: []byte(`"\ud83d\ude00"`)},
 			},
 		},
 	}
@@ -104,6 +114,9 @@ func TestDecodeTransaction(t *testing.T) {
 					}
 					continue
 				}
+				if w.EventID == "" {
+					continue
+				}
 				if g.EventID != w.EventID || g.Type != w.Type || !bytes.Equal(g.RoomID, w.RoomID) ||
 					!bytes.Equal(g.Sender, w.Sender) || !bytes.Equal(g.StateKey, w.StateKey) || g.HasStateKey != w.HasStateKey {
 					t.Errorf("event %d = %+v, want %+v", i, g, w)
@@ -113,115 +126,86 @@ func TestDecodeTransaction(t *testing.T) {
 	}
 }
 
-// reference decodes a transaction the slow, obvious way with encoding/json.
-// It is what decodeTransaction must agree with.
-func reference(body []byte) ([]rawEvent, error) {
-	if !json.Valid(body) {
+// split is the reference for the structure of a body: with the lenient
+// syntax of jsontext (duplicate names and invalid UTF-8 allowed, as they
+// are errors of events, not of the body), whether the body is JSON, a
+// transaction, and the bytes of the elements of its "events" arrays.
+func split(body []byte) ([][]byte, error) {
+	d := jsontext.NewDecoder(bytes.NewReader(body), jsontext.AllowDuplicateNames(true), jsontext.AllowInvalidUTF8(true))
+	top, err := d.ReadValue()
+	if err != nil {
 		return nil, errNotJSON
 	}
-	var top map[string]json.RawMessage
-	if err := json.Unmarshal(body, &top); err != nil {
+	top = top.Clone() // valid only until the next read
+	if _, err := d.ReadToken(); err != io.EOF {
+		return nil, errNotJSON
+	}
+	if top.Kind() != '{' {
 		return nil, errBadJSON
 	}
-	raw, ok := top["events"]
-	if !ok || raw[0] != '[' {
+	d = jsontext.NewDecoder(bytes.NewReader(top), jsontext.AllowDuplicateNames(true), jsontext.AllowInvalidUTF8(true))
+	_, _ = d.ReadToken()
+	var elems [][]byte
+	arrays := 0
+	for d.PeekKind() != '}' {
+		name, _ := d.ReadToken()
+		if name.String() != "events" || d.PeekKind() != '[' {
+			_ = d.SkipValue()
+			continue
+		}
+		arrays++
+		_, _ = d.ReadToken()
+		for d.PeekKind() != ']' {
+			v, _ := d.ReadValue()
+			elems = append(elems, bytes.Clone(v))
+		}
+		_, _ = d.ReadToken()
+	}
+	if arrays == 0 {
 		return nil, errBadJSON
 	}
-	var elems []json.RawMessage
-	if err := json.Unmarshal(raw, &elems); err != nil {
-		return nil, fmt.Errorf("reference: %w", err)
-	}
-	out := make([]rawEvent, 0, len(elems))
-	for _, el := range elems {
-		e := rawEvent{Raw: el}
-		var m map[string]json.RawMessage
-		if el[0] != '{' || json.Unmarshal(el, &m) != nil {
-			e.Problem = "not an object"
-			out = append(out, e)
-			continue
-		}
-		str := func(name string, required bool) (string, bool) {
-			v, ok := m[name]
-			if !ok || string(v) == "null" {
-				if required {
-					e.Problem = "no " + name
-				}
-				return "", !required
-			}
-			var s string
-			if err := json.Unmarshal(v, &s); err != nil {
-				e.Problem = name + " not a string"
-				return "", false
-			}
-			if required && s == "" {
-				e.Problem = "empty " + name
-				return "", false
-			}
-			return s, true
-		}
-		var ok bool
-		if e.EventID, ok = str("event_id", true); !ok {
-			out = append(out, e)
-			continue
-		}
-		if e.Type, ok = str("type", true); !ok {
-			out = append(out, e)
-			continue
-		}
-		var room, sender, stateKey string
-		if room, ok = str("room_id", true); !ok {
-			out = append(out, e)
-			continue
-		}
-		if sender, ok = str("sender", false); !ok {
-			out = append(out, e)
-			continue
-		}
-		if stateKey, ok = str("state_key", false); !ok {
-			out = append(out, e)
-			continue
-		}
-		e.RoomID, e.Sender, e.StateKey = []byte(room), []byte(sender), []byte(stateKey)
-		if _, ok = str("redacts", false); !ok {
-			out = append(out, e)
-			continue
-		}
-		if v, has := m["state_key"]; has && string(v) != "null" {
-			e.HasStateKey = true
-		}
-		e.Content = m["content"]
-		if ts, has := m["origin_server_ts"]; has && string(ts) != "null" {
-			var n int64
-			if err := json.Unmarshal(ts, &n); err != nil {
-				e.Problem = "bad origin_server_ts"
-			}
-		}
-		out = append(out, e)
-	}
-	return out, nil
+	return elems, nil
 }
 
-// FuzzDecodeTransaction checks the hand-written decoder against
-// encoding/json on arbitrary input.
+// FuzzDecodeTransaction is the oracle of the gateway: on any body, the
+// decoder splits the body as jsontext does, and every event the gateway
+// would store decodes with event.Decode, the consumers' decoder, to the
+// same value in every field and the same class. An event event.Decode
+// refuses or reads differently must have been dead-lettered.
 func FuzzDecodeTransaction(f *testing.F) {
 	seeds := []string{
 		``, `{}`, `[]`, `null`, `{"events":[]}`, `{"events":null}`, `{"events":[1,"x",null,[],{}]}`,
-		`{"events":[{"event_id":"$a","type":"m.room.message","room_id":"!r:x","sender":"@u:x","content":{"body":"hé\u00e9\ud83d\ude00"},"origin_server_ts":1700000000000,"unsigned":{"age":1}}]}`,
-		`{"events":[{"event_id":"$a","type":"m.room.member","room_id":"!r:x","state_key":"@b:x","content":{"membership":"leave"},"origin_server_ts":-0.5e3}]}`,
+		`{"events":[{"event_id":"$a","type":"m.room.message","room_id":"!r:x.org","sender":"@u:x.org","content":{"body":"hé\u00e9\ud83d\ude00"},"origin_server_ts":1700000000000,"unsigned":{"age":1}}]}`,
+		`{"events":[{"event_id":"$a","type":"m.room.member","room_id":"!r:x.org","sender":"@u:x.org","state_key":"@b:x.org","content":{"membership":"leave"},"unsigned":{"prev_content":{"membership":"ban"}},"origin_server_ts":-0}]}`,
+		`{"events":[{"event_id":"$a","type":"m.room.member","room_id":"!r:x.org","sender":"@cactusbot:example.org","state_key":"@b:x.org","content":{"membership":"ban"}}]}`,
 		`{"events":[{"event_id":"$a\"b","type":"t\\","room_id":"!r\/x","redacts":"$z","origin_server_ts":12345678901234567890}]}`,
-		`{"events":[{"event_id":"$a","type":"t","room_id":"!r:x","state_key":""}],"ephemeral":[{"type":"m.receipt"}]}`,
+		`{"events":[{"event_id":"$a","type":"t","room_id":"!r:x.org","sender":"@u:x.org","state_key":"","content":{}}],"ephemeral":[{"type":"m.receipt"}]}`,
 		"{\"events\":[{\"event_id\":\"$\xff\xfe\",\"type\":\"t\",\"room_id\":\"!r:x\"}]}",
 		`{"events":[{"event_id":"$1","event_id":2,"type":"t","room_id":"!r:x"}],"events":[{}]}`,
 		`{"ev\u0065nts":[{"ROOM_ID":"!r","type":"t","event_id":"$e"}]}`,
 		`{"events":[true,false,-1.0E+2,0,1e5]} `, ` {"events" : [ { } ] } `, `{"events":[{"a":[[[{}]]]}]}`,
 		`{"events":["\u00"]}`, `{"events":[tru]}`, `{"events":[-]}`, `{"events":[1.]}`, `{"events":[1e]}`, `{"events"[]}`,
+		// The cases of the hostile-input report.
+		`{"events":[{"event_id":"$s","type":"m.room.member","room_id":"!r:x.org","sender":"@mallory:evil.org","Sender":"@alice:x.org","state_key":"@cactusbot:example.org","content":{"membership":"invite"}}]}`,
+		`{"events":[{"event_id":"$s","type":"m.room.member","room_id":"!r:x.org","sender":"@mallory:evil.org","\u017fender":"@alice:x.org","state_key":"@cactusbot:example.org","content":{"membership":"invite"}}]}`,
+		`{"events":[{"event_id":"$x_\ud800","type":"m.room.message","room_id":"!r:x.org","sender":"@u:x.org","content":{}},{"event_id":"$x_\udfff","type":"m.room.message","room_id":"!r:x.org","sender":"@u:x.org","content":{}}]}`,
+		`{"events":[{"event_id":"$a","type":"m.room.message","room_id":"!r:x.org","sender":"@u:x.org","content":{}}],"events":[{"event_id":"$b","type":"m.room.message","room_id":"!r:x.org","sender":"@u:x.org","content":{}}]}`,
+		`{"events":[{"event_id":"$t","type":"m.room.message","room_id":"!r:x.org","sender":"@u:x.org","content":{},"origin_server_ts":"yesterday"}]}`,
+		`{"events":[{"event_id":"$t","type":"` + strings.Repeat("t", 300) + `","room_id":"!r:x.org","sender":"@u:x.org","content":{}}]}`,
+		`{"events":[{"event_id":"$p","type":"m.room.power_levels","room_id":"!r:x.org","sender":"@u:x.org","state_key":"","content":{"users":{"@u:x.org":100,"@u:x.org":0}}}]}`,
+		`{"events":[{"event_id":"$k","type":"m.room.member","room_id":"!r:x.org","sender":"@u:x.org","state_\u212aey":"@b:x.org","state_key":"@u:x.org","content":{"Membership":"ban","membership":"join"}}]}`,
 	}
 	for _, s := range seeds {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		got, gotErr := decodeTransaction(body, nil)
-		want, wantErr := reference(body)
+		want, wantErr := split(body)
+		if wantErr == errNotJSON && gotErr == nil && bytes.Count(body, []byte("["))+bytes.Count(body, []byte("{")) > 10000 {
+			// Deeper than jsontext takes a whole body, not deeper than
+			// the consumers take an event.
+			return
+		}
 		if !errors.Is(gotErr, wantErr) || (gotErr == nil) != (wantErr == nil) {
 			t.Fatalf("decode(%q) error = %v, reference %v", body, gotErr, wantErr)
 		}
@@ -232,19 +216,31 @@ func FuzzDecodeTransaction(f *testing.F) {
 			t.Fatalf("decode(%q): %d events, reference %d", body, len(got), len(want))
 		}
 		for i := range got {
-			g, w := got[i], want[i]
-			if !bytes.Equal(g.Raw, w.Raw) {
-				t.Fatalf("event %d raw %q, reference %q", i, g.Raw, w.Raw)
+			g := &got[i]
+			if !bytes.Equal(g.Raw, want[i]) {
+				t.Fatalf("event %d raw %q, reference %q", i, g.Raw, want[i])
 			}
-			if (g.Problem == "") != (w.Problem == "") {
-				t.Fatalf("event %d of %q: problem %q, reference %q", i, body, g.Problem, w.Problem)
+			if g.Problem == "" {
+				g.class, g.Problem = checkEvent(g, string(g.RoomID), testBot, 1<<30)
 			}
+			ev, err := event.Decode(g.Raw)
 			if g.Problem != "" {
+				if err == nil && !strings.HasPrefix(g.Problem, "ambiguous transaction") {
+					// Dead-lettering what the consumers read is safe but
+					// loses the event from the stream: both must agree.
+					t.Fatalf("event %d of %q: the gateway refuses it (%s), event.Decode reads it", i, body, g.Problem)
+				}
 				continue
 			}
-			if g.EventID != w.EventID || g.Type != w.Type || !bytes.Equal(g.RoomID, w.RoomID) || !bytes.Equal(g.Sender, w.Sender) ||
-				!bytes.Equal(g.StateKey, w.StateKey) || g.HasStateKey != w.HasStateKey || !bytes.Equal(g.Content, w.Content) {
-				t.Fatalf("event %d of %q:\n got %+v\nwant %+v", i, body, g, w)
+			if err != nil {
+				t.Fatalf("event %d of %q: the gateway stores it, event.Decode refuses it: %v", i, body, err)
+			}
+			mine := g.event(string(g.RoomID))
+			if !reflect.DeepEqual(&mine, ev) {
+				t.Fatalf("event %d of %q:\ngateway %+v\nconsumer %+v", i, body, mine, *ev)
+			}
+			if c := bus.Classify(ev, testBot); c != g.class {
+				t.Fatalf("event %d of %q: gateway class %s, consumer class %s", i, body, g.class, c)
 			}
 		}
 	})
@@ -317,5 +313,16 @@ func TestHasStringStop(t *testing.T) {
 		var w [8]byte
 		binary.LittleEndian.PutUint64(w[:], rng.Uint64())
 		check(w)
+	}
+}
+
+func TestParseInt64(t *testing.T) {
+	for _, s := range []string{"0", "-0", "1", "-1", "1700000000000", "9223372036854775807", "-9223372036854775808",
+		"9223372036854775808", "-9223372036854775809", "18446744073709551616", "99999999999999999999", "1.5", "1e3", "-0.0"} {
+		want, err := strconv.ParseInt(s, 10, 64)
+		got, ok := parseInt64([]byte(s))
+		if ok != (err == nil) || ok && got != want {
+			t.Errorf("parseInt64(%s) = %d, %v; strconv says %d, %v", s, got, ok, want, err)
+		}
 	}
 }

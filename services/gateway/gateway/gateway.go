@@ -44,6 +44,10 @@ type Gateway struct {
 	token   tokenChecker
 	bot     string
 	handler http.Handler
+	// bodies is the budget of request body bytes held at once.
+	bodies *bodyBudget
+	// health is whether JetStream acknowledges: readiness.
+	health storeHealth
 
 	publishTimeout time.Duration
 	aliasTimeout   time.Duration
@@ -93,7 +97,12 @@ func New(rt *service.Runtime, opts ...Option) (*Gateway, error) {
 			return nil, fmt.Errorf("gateway: jetstream: %w", err)
 		}
 	}
-	return newGateway(rt.Config, rt.Log, rt.Metrics, rt.NC, js)
+	g, err := newGateway(rt.Config, rt.Log, rt.Metrics, rt.NC, js)
+	if err != nil {
+		return nil, err
+	}
+	rt.AddReadyCheck(g.health.ready)
+	return g, nil
 }
 
 // newGateway builds a gateway from its parts; nc and js may be nil in
@@ -102,7 +111,8 @@ func newGateway(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer,
 	if cfg.Bot().IsZero() {
 		return nil, errors.New("gateway: configuration not validated (no bot user id)")
 	}
-	m, err := newMetrics(reg)
+	bodies := &bodyBudget{limit: cfg.BodyBytesInFlight}
+	m, err := newMetrics(reg, bodies)
 	if err != nil {
 		return nil, err
 	}
@@ -117,6 +127,7 @@ func newGateway(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer,
 		publishTimeout: cfg.PublishTimeout,
 		aliasTimeout:   cfg.AliasQueryTimeout,
 		maxBody:        cfg.MaxBodyBytes,
+		bodies:         bodies,
 	}
 	g.maxEvent = maxEventSize(nc)
 	g.ask = g.askNATS
@@ -195,6 +206,7 @@ func RunWith(ctx context.Context, cfg *config.Config, o RunOptions) error {
 	defer stopAdmin()
 	pingCtx, stopPing := context.WithCancel(ctx)
 	defer stopPing()
+	go g.WatchStore(pingCtx)
 
 	adminAddr := make(chan net.Addr, 1)
 	adminErr := make(chan error, 1)

@@ -53,6 +53,9 @@ func testConfig(t testing.TB) *config.Config {
 		PublishTimeout:    20 * time.Second, // generous: tests that need a timeout set their own
 		AliasQueryTimeout: 20 * time.Second,
 		MaxBodyBytes:      1 << 20,
+		BodyBytesInFlight: 8 << 20,
+		BodyReadTimeout:   20 * time.Second,
+		MinBodyRate:       1024,
 		ShutdownTimeout:   10 * time.Second,
 		RegistrationLimit: 10,
 		HomeserverTimeout: 5 * time.Second,

@@ -16,6 +16,7 @@ const (
 	outcomeTooLarge    = "too_large"
 	outcomeUnavailable = "unavailable"
 	outcomeBadRequest  = "bad_request"
+	outcomeBusy        = "busy"
 )
 
 // Query outcomes, the label values of alias_queries_total and
@@ -36,6 +37,7 @@ type metrics struct {
 	txnEvents        prometheus.Histogram
 	eventsPublished  map[bus.Class]prometheus.Counter
 	eventsDuplicate  prometheus.Counter
+	eventsRepeated   prometheus.Counter
 	deadLettered     prometheus.Counter
 	publishFailures  *prometheus.CounterVec
 	aliasQueries     *prometheus.CounterVec
@@ -47,12 +49,12 @@ type metrics struct {
 	homeserverPinged *prometheus.GaugeVec
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer, bodies *bodyBudget) (*metrics, error) {
 	const ns, sub = "cactus", "gateway"
 	m := &metrics{
 		transactions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "transactions_total",
-			Help: "Transactions from the homeserver by outcome (ok: every event stored).",
+			Help: "Transactions from the homeserver by outcome (ok: every event stored; busy: refused, too many bodies in flight).",
 		}, []string{"outcome"}),
 		txnDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: ns, Subsystem: sub, Name: "transaction_duration_seconds",
@@ -72,9 +74,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: ns, Subsystem: sub, Name: "events_duplicate_total",
 			Help: "Events JetStream already had (a retried transaction); counted as stored.",
 		}),
+		eventsRepeated: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "events_repeated_in_transaction_total",
+			Help: "Events whose id appeared earlier in the same transaction: stored once if identical, dead-lettered if not.",
+		}),
 		deadLettered: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "events_dead_lettered_total",
-			Help: "Malformed events stored in the dead-letter stream instead of the event stream.",
+			Help: "Events stored in the dead-letter stream instead of the event stream: malformed, ambiguous, or refused for good by JetStream.",
 		}),
 		publishFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "publish_failures_total",
@@ -119,12 +125,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, c := range []bus.Class{bus.ClassBot, bus.ClassModeration, bus.ClassOther} {
 		m.eventsPublished[c] = published.WithLabelValues(string(c))
 	}
-	for _, o := range []string{outcomeOK, outcomeNotJSON, outcomeBadJSON, outcomeTooLarge, outcomeUnavailable, outcomeBadRequest} {
+	for _, o := range []string{outcomeOK, outcomeNotJSON, outcomeBadJSON, outcomeTooLarge, outcomeUnavailable, outcomeBadRequest, outcomeBusy} {
 		m.transactions.WithLabelValues(o)
 	}
 	m.txnOK = m.transactions.WithLabelValues(outcomeOK)
+	inFlight := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: ns, Subsystem: sub, Name: "body_bytes_in_flight",
+		Help: "Request body bytes the gateway holds right now, at most CACTUS_BODY_BYTES_IN_FLIGHT (beyond it transactions get 503, outcome busy).",
+	}, func() float64 { return float64(bodies.held.Load()) })
 	for _, c := range []prometheus.Collector{
-		m.transactions, m.txnInFlight, m.txnDuration, m.txnEvents, published, m.eventsDuplicate, m.deadLettered,
+		inFlight, m.transactions, m.txnInFlight, m.txnDuration, m.txnEvents, published, m.eventsDuplicate, m.eventsRepeated, m.deadLettered,
 		m.publishFailures, m.aliasQueries, m.aliasDuration, m.userQueries, m.userDuration,
 		m.authFailures, m.pings, m.homeserverPinged,
 	} {

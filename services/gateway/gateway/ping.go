@@ -53,7 +53,7 @@ func (g *Gateway) ping(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	g.metrics.pings.Inc()
-	g.log.Info("ping from the homeserver", "txn_id", txnID)
+	g.log.Info("ping from the homeserver", "txn_id", logID(txnID))
 	writeJSON(w, http.StatusOK, emptyObject)
 }
 

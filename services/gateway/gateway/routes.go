@@ -17,7 +17,7 @@ var (
 
 func (g *Gateway) routes() http.Handler {
 	r := chi.NewRouter()
-	r.Use(rawPath, g.logRequest)
+	r.Use(rawPath, g.bodyDeadline, g.logRequest)
 	notFound := func(w http.ResponseWriter, _ *http.Request) {
 		writeError(w, http.StatusNotFound, codeUnrecognized, "unrecognized request")
 	}
@@ -71,7 +71,7 @@ func rawPath(next http.Handler) http.Handler {
 func (g *Gateway) logRequest(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if g.log.Enabled(r.Context(), slog.LevelDebug) {
-			g.log.DebugContext(r.Context(), "request", "method", r.Method, "path", r.URL.EscapedPath(),
+			g.log.DebugContext(r.Context(), "request", "method", r.Method, "path", logID(r.URL.EscapedPath()),
 				"query", r.URL.RawQuery, "remote", r.RemoteAddr)
 		}
 		next.ServeHTTP(w, r)

@@ -28,10 +28,10 @@ import (
 // banning a user the site already bans, costs no homeserver call. The job
 // ids derive from the event id, so a redelivery queues nothing twice.
 func (p *Provisioner) handleModeration(ctx context.Context, m jetstream.Msg) error {
-	var e event.Event
-	if err := json.Unmarshal(m.Data(), &e); err != nil {
+	e, err := event.Decode(m.Data())
+	if err != nil {
 		p.m.moderation.WithLabelValues("ignored").Inc()
-		return worker.Permanent(fmt.Errorf("undecodable event: %w", err))
+		return worker.Permanent(err)
 	}
 	// The bot only acts to propagate: its own bans and power levels coming
 	// back are echoes, and acting on them would loop. This is checked
@@ -39,10 +39,6 @@ func (p *Provisioner) handleModeration(ctx context.Context, m jetstream.Msg) err
 	if e.Sender == p.bot.String() {
 		p.m.moderation.WithLabelValues("echo").Inc()
 		return nil
-	}
-	if err := e.Validate(); err != nil {
-		p.m.moderation.WithLabelValues("ignored").Inc()
-		return worker.Permanent(err)
 	}
 	redelivered := false
 	if md, err := m.Metadata(); err == nil {
@@ -127,7 +123,7 @@ func (p *Provisioner) handleModeration(ctx context.Context, m jetstream.Msg) err
 			return nil
 		}
 		var pl matrix.PowerLevels
-		if err := json.Unmarshal(e.Content, &pl); err != nil {
+		if err := event.DecodeContent(e.Content, &pl); err != nil {
 			p.m.moderation.WithLabelValues("ignored").Inc()
 			return worker.Permanent(fmt.Errorf("unreadable power levels: %w", err))
 		}
