@@ -321,7 +321,7 @@ func TestDLQReplayGatewayDeadLetters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := events.GetLastMsgForSubject(ctx, bus.EventSubject(bus.ClassBot, room))
+	m, err := events.GetLastMsgForSubject(ctx, (bus.Topology{}).StoredSubject(bus.ClassBot, room))
 	if err != nil || string(m.Data) != good || m.Header.Get(bus.HeaderMsgID) != "$fixed" {
 		t.Fatalf("replayed event: %v %v", m, err)
 	}
