@@ -3,7 +3,6 @@ module github.com/cactus-comments/appservice/pkg
 go 1.26.0
 
 require (
-	github.com/kelseyhightower/envconfig v1.4.0
 	github.com/lmittmann/tint v1.2.1
 	github.com/nats-io/nats-server/v2 v2.15.2
 	github.com/nats-io/nats.go v1.55.0

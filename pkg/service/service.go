@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -43,9 +44,12 @@ func Main(name string, args []string, stderr io.Writer, run func(context.Context
 		fmt.Fprintf(stderr, "%s: unexpected arguments %q (configuration is through CACTUS_* environment variables; -h lists them)\n", name, args)
 		return 2
 	}
+	for _, w := range config.Unknown(os.Environ()) {
+		fmt.Fprintf(stderr, "%s: warning: %s\n", name, w)
+	}
 	cfg, err := config.Load()
 	if err != nil {
-		fmt.Fprintf(stderr, "%s: configuration error: %v\n", name, err)
+		PrintConfigError(stderr, name, err)
 		return 2
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -55,6 +59,14 @@ func Main(name string, args []string, stderr io.Writer, run func(context.Context
 		return 1
 	}
 	return 0
+}
+
+// PrintConfigError writes a configuration error one problem per line, each
+// prefixed with name, so that every line names its variable on its own.
+func PrintConfigError(w io.Writer, name string, err error) {
+	for _, line := range strings.Split(err.Error(), "\n") {
+		fmt.Fprintf(w, "%s: configuration: %s\n", name, line)
+	}
 }
 
 // NewLogger builds the logger of a service from its configuration, with

@@ -44,14 +44,20 @@ type env struct {
 	nats *embednats.Server
 }
 
+// Appservice tokens of the tests: long enough for the configuration checks.
+const (
+	testHSToken = "hs-secret-for-botworker-tests-0123456789"
+	testASToken = "as-secret-for-botworker-tests-0123456789"
+)
+
 func testConfig(t *testing.T, natsURL string, mutate func(*config.Config)) *config.Config {
 	t.Helper()
 	cfg := &config.Config{
-		HSToken: "hs-secret", ASToken: "as-secret", HomeserverURL: "http://127.0.0.1:9",
+		HSToken: testHSToken, ASToken: testASToken, HomeserverURL: "http://127.0.0.1:9",
 		PublicHomeserverURL: "https://matrix.example.org",
 		UserID:              botID, NamespaceRegex: "#comments_.*", NamespacePrefix: "comments_", RegistrationRegex: "@.*:.*",
 		BotDisplayName: "Cactus Comments", NATSURL: natsURL, NATSReplicas: 1,
-		AdminAddr: "127.0.0.1:0", LogFormat: "text", LogLevel: "error",
+		ListenAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", LogFormat: "text", LogLevel: "error",
 		PublishTimeout: time.Second, AliasQueryTimeout: time.Second, MaxBodyBytes: 1 << 20, ShutdownTimeout: 5 * time.Second,
 		RegistrationLimit: 10, HomeserverTimeout: 5 * time.Second, MaxDeliver: 4, Concurrency: 4,
 	}
