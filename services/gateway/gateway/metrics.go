@@ -108,7 +108,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		homeserverPinged: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: ns, Subsystem: sub, Name: "startup_ping",
-			Help: "Result of the startup ping through the homeserver (1 for the current result).",
+			Help: "State of the startup ping through the homeserver: 1 for the current result (pending, ok, unsupported, unreachable, homeserver_down, failed, skipped), 0 for the others.",
 		}, []string{"result"}),
 	}
 	published := prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -123,6 +123,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.transactions.WithLabelValues(o)
 	}
 	m.txnOK = m.transactions.WithLabelValues(outcomeOK)
+	for _, r := range pingResults {
+		m.homeserverPinged.WithLabelValues(r)
+	}
 	for _, c := range []prometheus.Collector{
 		m.transactions, m.txnInFlight, m.txnDuration, m.txnEvents, published, m.eventsDuplicate, m.deadLettered,
 		m.publishFailures, m.aliasQueries, m.aliasDuration, m.userQueries, m.userDuration,
