@@ -6,6 +6,12 @@ SERVICES := gateway provisioner botworker
 PKGS := $(addsuffix /...,$(addprefix ./,$(MODULES)))
 TESTFLAGS ?= -race -count=1 -timeout 15m
 BENCHFLAGS ?= -run '^$$' -bench . -benchmem -count 1
+# What --version and cactus_build_info report: the latest tag (or dev) and
+# the commit, marked -dirty when the tree has uncommitted changes.
+VERSION ?= $(shell git describe --tags --dirty 2>/dev/null || echo dev)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)$(shell git status --porcelain 2>/dev/null | grep -q . && echo -dirty)
+BUILDINFO := github.com/cactus-comments/appservice/pkg/buildinfo
+LDFLAGS := -X $(BUILDINFO).version=$(VERSION) -X $(BUILDINFO).revision=$(REVISION)
 
 .PHONY: all build run test test-short bench lint fmt vet fuzz tidy images clean
 
@@ -14,12 +20,12 @@ all: lint test build
 ## build: every binary into bin/
 build:
 	@mkdir -p bin
-	$(GO) build -o bin/ $(addprefix ./services/,$(SERVICES)) ./cmd/cactusctl ./cmd/cactus-dev ./cmd/hssim
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ $(addprefix ./services/,$(SERVICES)) ./cmd/cactusctl ./cmd/cactus-dev ./cmd/hssim
 
 ## run: the whole system in one process (embedded NATS, simulator unless CACTUS_HOMESERVER_URL is set)
 run:
 	@mkdir -p bin
-	$(GO) build -o bin/cactus-dev ./cmd/cactus-dev
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/cactus-dev ./cmd/cactus-dev
 	@# exec: Ctrl-C reaches the runner, which stops cleanly and exits 0
 	@# (go run would report the interrupt as a failure).
 	exec bin/cactus-dev
@@ -60,7 +66,7 @@ tidy:
 
 ## images: container images (needs a Docker engine)
 images:
-	@for s in $(SERVICES) cactusctl; do docker build --build-arg SERVICE=$$s -t cactus-$$s:dev . || exit 1; done
+	@for s in $(SERVICES) cactusctl; do docker build --build-arg SERVICE=$$s --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) -t cactus-$$s:dev . || exit 1; done
 
 clean:
 	rm -rf bin

@@ -22,6 +22,7 @@ import (
 	"syscall"
 
 	"github.com/cactus-comments/appservice/cmd/internal/devrun"
+	"github.com/cactus-comments/appservice/pkg/buildinfo"
 	"github.com/cactus-comments/appservice/pkg/hssim"
 	"github.com/cactus-comments/appservice/pkg/logging"
 )
@@ -32,6 +33,9 @@ func main() {
 
 // errUsage marks command-line and configuration mistakes (exit 2).
 type errUsage struct{ error }
+
+// errVersion asks for the version line instead of a run.
+var errVersion = errors.New("version")
 
 func parseOptions(args []string, stderr io.Writer, lookup func(string) (string, bool)) (devrun.Options, error) {
 	env := func(k, def string) string {
@@ -53,12 +57,16 @@ func parseOptions(args []string, stderr io.Writer, lookup func(string) (string, 
 	fs.StringVar(&o.GatewayURL, "gateway-url", env("CACTUS_DEV_GATEWAY_URL", ""), "URL the homeserver uses to reach the gateway (default http://<listen>) (CACTUS_DEV_GATEWAY_URL)")
 	fs.StringVar(&o.SimAddr, "hs-addr", env("CACTUS_DEV_HS_ADDR", "127.0.0.1:8008"), "simulator address (CACTUS_DEV_HS_ADDR)")
 	fs.StringVar(&mode, "hs-mode", env("CACTUS_DEV_HS_MODE", "synapse"), "homeserver the simulator imitates: synapse, dendrite or conduit (CACTUS_DEV_HS_MODE)")
+	version := fs.Bool("version", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: cactus-dev [flags]\n\nRuns gateway, provisioner and botworker with an embedded NATS, and a homeserver\nsimulator unless CACTUS_HOMESERVER_URL is set. Ctrl-C stops it.\n\nflags:")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
 		return o, err
+	}
+	if *version {
+		return o, errVersion
 	}
 	if fs.NArg() > 0 {
 		return o, errUsage{fmt.Errorf("unexpected arguments %q", fs.Args())}
@@ -91,6 +99,10 @@ func parseOptions(args []string, stderr io.Writer, lookup func(string) (string, 
 func run(args []string, stdout, stderr io.Writer, lookup func(string) (string, bool)) int {
 	o, err := parseOptions(args, stderr, lookup)
 	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if errors.Is(err, errVersion) {
+		fmt.Fprintln(stdout, "cactus-dev", buildinfo.Get())
 		return 0
 	}
 	if err != nil {

@@ -24,19 +24,25 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/cactus-comments/appservice/pkg/buildinfo"
 	"github.com/cactus-comments/appservice/pkg/bus"
 	"github.com/cactus-comments/appservice/pkg/config"
 	"github.com/cactus-comments/appservice/pkg/logging"
 )
 
-// Main is the whole of a service's main function: it handles -h, loads and
+// Main is the whole of a service's main function: it handles -h and
+// --version, loads and
 // validates the configuration (exit 2 with one line on error), sets up
 // logging and signals, and calls run. It returns the process exit code.
 func Main(name string, args []string, stderr io.Writer, run func(context.Context, *config.Config) error) int {
 	for _, a := range args {
-		if a == "-h" || a == "-help" || a == "--help" {
+		switch a {
+		case "-h", "-help", "--help":
 			fmt.Fprintf(stderr, "%s: configured only through environment variables:\n\n", name)
 			_ = config.Usage(stderr)
+			return 0
+		case "-version", "--version":
+			fmt.Fprintf(stderr, "%s %s\n", name, buildinfo.Get())
 			return 0
 		}
 	}
@@ -96,7 +102,7 @@ func Start(ctx context.Context, name string, cfg *config.Config, log *slog.Logge
 		log = NewLogger(cfg, name)
 	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildinfo.Get().Collector())
 	connectCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	nc, err := bus.Connect(connectCtx, ConnOptions(cfg, name), log)

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cactus-comments/appservice/pkg/buildinfo"
 	"github.com/cactus-comments/appservice/pkg/bus"
 	"github.com/cactus-comments/appservice/pkg/config"
 	"github.com/cactus-comments/appservice/pkg/embednats"
@@ -128,7 +129,7 @@ func TestAdminHandler(t *testing.T) {
 		t.Errorf("/readyz when ready = %d %q", code, body)
 	}
 	code, body := get(t, h, "/metrics")
-	if code != 200 || !strings.Contains(body, "go_goroutines") || !strings.Contains(body, "go_gc_duration_seconds") {
+	if code != 200 || !strings.Contains(body, "go_goroutines") || !strings.Contains(body, "go_gc_duration_seconds") || !strings.Contains(body, "cactus_build_info{") {
 		t.Errorf("/metrics = %d, missing go_ metrics:\n%.500s", code, body)
 	}
 	if strings.Contains(body, asToken) {
@@ -226,6 +227,18 @@ func TestMainHelp(t *testing.T) {
 			if !strings.Contains(out.String(), v.Name) {
 				t.Errorf("Main(%s) does not list %s", flag, v.Name)
 			}
+		}
+	}
+}
+
+func TestMainVersion(t *testing.T) {
+	setEnv(t, nil) // no configuration needed
+	for _, flag := range []string{"-version", "--version"} {
+		var out bytes.Buffer
+		called := false
+		code := Main("svc", []string{flag}, &out, func(context.Context, *config.Config) error { called = true; return nil })
+		if want := "svc " + buildinfo.Get().String() + "\n"; code != 0 || called || out.String() != want {
+			t.Fatalf("Main(%s) = %d, run called %v, printed %q; want 0 and %q", flag, code, called, out.String(), want)
 		}
 	}
 }
