@@ -108,7 +108,7 @@ func TestDevFlow(t *testing.T) {
 		t.Fatal("no simulator or demo users")
 	}
 	banner := r.out.String()
-	for _, want := range []string{"demo -data " + dir + " register myblog", "comment myblog hello", "ban myblog @visitor:localhost", r.info.Admin["provisioner"], "doctor -env"} {
+	for _, want := range []string{"demo --data " + dir + " register myblog", "comment myblog hello", "ban myblog @visitor:localhost", r.info.Admin["provisioner"], "doctor --env"} {
 		if !strings.Contains(banner, want) {
 			t.Fatalf("banner lacks %q:\n%s", want, banner)
 		}
@@ -292,7 +292,7 @@ func TestRealHomeserver(t *testing.T) {
 	banner := out.String()
 	last := -1
 	for _, want := range []string{"Give the homeserver this registration", `| url: http://` + gw, "| as_token: " + as,
-		"Waiting for " + sim.URL(), "accepted the registration", "Cactus Comments is running", "doctor -env"} {
+		"Waiting for " + sim.URL(), "accepted the registration", "Cactus Comments is running", "doctor --env"} {
 		i := strings.Index(banner, want)
 		if i < 0 || i < last {
 			t.Fatalf("banner lacks %q or has it out of order:\n%s", want, banner)
