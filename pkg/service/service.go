@@ -118,7 +118,17 @@ func Start(ctx context.Context, name string, cfg *config.Config, log *slog.Logge
 		nc.Close()
 		return nil, err
 	}
-	return &Runtime{Name: name, Config: cfg, Log: log, Metrics: reg, NC: nc, JS: js}, nil
+	rt := &Runtime{Name: name, Config: cfg, Log: log, Metrics: reg, NC: nc, JS: js}
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "cactus_service_ready",
+		Help: "1 while /readyz answers 200 (NATS connected, the service started), else 0.",
+	}, func() float64 {
+		if rt.Ready() != nil {
+			return 0
+		}
+		return 1
+	}))
+	return rt, nil
 }
 
 // Topology is the bus topology for a configuration.

@@ -126,6 +126,19 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, r := range pingResults {
 		m.homeserverPinged.WithLabelValues(r)
 	}
+	// Every label value an alert or dashboard uses exists at 0 from the
+	// start, so increase() sees the first failure after a restart.
+	for _, r := range []string{"disconnected", "publish", "dead_letter", "refused", "timeout"} {
+		m.publishFailures.WithLabelValues(r)
+	}
+	for _, r := range []string{"missing", "wrong"} {
+		m.authFailures.WithLabelValues(r)
+	}
+	for _, o := range []string{queryExists, queryNotFound, queryNotOurs, queryInvalid, queryUnavailable} {
+		m.aliasQueries.WithLabelValues(o)
+		m.aliasDuration.WithLabelValues(o)
+		m.userQueries.WithLabelValues(o)
+	}
 	for _, c := range []prometheus.Collector{
 		m.transactions, m.txnInFlight, m.txnDuration, m.txnEvents, published, m.eventsDuplicate, m.deadLettered,
 		m.publishFailures, m.aliasQueries, m.aliasDuration, m.userQueries, m.userDuration,
