@@ -57,6 +57,7 @@ func parseOptions(args []string, stderr io.Writer, lookup func(string) (string, 
 	fs.StringVar(&o.GatewayURL, "gateway-url", env("CACTUS_DEV_GATEWAY_URL", ""), "URL the homeserver uses to reach the gateway (default http://<listen>) (CACTUS_DEV_GATEWAY_URL)")
 	fs.StringVar(&o.SimAddr, "hs-addr", env("CACTUS_DEV_HS_ADDR", "127.0.0.1:8008"), "simulator address (CACTUS_DEV_HS_ADDR)")
 	fs.StringVar(&mode, "hs-mode", env("CACTUS_DEV_HS_MODE", "synapse"), "homeserver the simulator imitates: synapse, dendrite or conduit (CACTUS_DEV_HS_MODE)")
+	fs.BoolVar(&o.NATSAuth, "nats-auth", env("CACTUS_DEV_NATS_AUTH", "") != "", "run NATS with one least-privilege user per service, as production does (CACTUS_DEV_NATS_AUTH=1)")
 	version := fs.Bool("version", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: cactus-dev [flags]\n\nRuns gateway, provisioner and botworker with an embedded NATS, and a homeserver\nsimulator unless CACTUS_HOMESERVER_URL is set. Ctrl-C stops it.\n\nflags:")

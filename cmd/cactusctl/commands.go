@@ -45,7 +45,7 @@ func newRoot(e *env) *cobra.Command {
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(
 		registrationCmd(e), doctorCmd(e), sitesCmd(e), registryCmd(e), dlqCmd(e),
-		demoCmd(e), configCmd(e),
+		topologyCmd(e), natsConfigCmd(e), natsCredentialsCmd(e), demoCmd(e), configCmd(e),
 	)
 	return root
 }
@@ -238,6 +238,56 @@ func dlqCmd(e *env) *cobra.Command {
 	}
 	dropCF.register(drop.Flags())
 	return group("dlq", "list, replay or drop dead letters", list, replay, drop)
+}
+
+func topologyCmd(e *env) *cobra.Command {
+	var cf cfgFlags
+	ensure := &cobra.Command{
+		Use:   "ensure [flags]",
+		Short: "create or update every stream, consumer and bucket (with the operator's NATS identity)",
+		Long: "Creates or updates every stream, durable consumer and key-value bucket the services use.\n" +
+			"Services with their own least-privilege NATS identity (CACTUS_NATS_TOPOLOGY=check) cannot do\n" +
+			"it themselves: run this at installation and after every upgrade, as the operator.",
+		Args: noArgs,
+		RunE: func(c *cobra.Command, _ []string) error { return topologyEnsure(c.Context(), e, &cf) },
+	}
+	cf.register(ensure.Flags())
+	return group("topology", "create or update the NATS streams, consumers and buckets", ensure)
+}
+
+func natsConfigCmd(e *env) *cobra.Command {
+	var format string
+	c := &cobra.Command{
+		Use:   "nats-config [--format server|helm]",
+		Short: "print the NATS account and per-service users with their permissions",
+		Long: "Prints the NATS server configuration that gives each service its own user with only the\n" +
+			"subjects and JetStream API it needs, derived from the topology: --format server for a\n" +
+			"nats-server configuration file (Compose, systemd), --format helm for values of the NATS\n" +
+			"Helm chart. Passwords are references to the NATS server's environment, never written here.",
+		Args: noArgs,
+		RunE: func(*cobra.Command, []string) error { return natsConfig(e, format) },
+	}
+	c.Flags().StringVar(&format, "format", "server", "server or helm")
+	return c
+}
+
+func natsCredentialsCmd(e *env) *cobra.Command {
+	var dir string
+	var force bool
+	c := &cobra.Command{
+		Use:   "nats-credentials --dir DIR [--force]",
+		Short: "write fresh passwords for the NATS users: nats.env for the server, <identity>.env for each client",
+		Args:  noArgs,
+		RunE: func(*cobra.Command, []string) error {
+			if dir == "" {
+				return usagef("--dir is required")
+			}
+			return natsCredentials(e, dir, force)
+		},
+	}
+	c.Flags().StringVar(&dir, "dir", "", "directory to write the files into (created 0700)")
+	c.Flags().BoolVar(&force, "force", false, "replace existing passwords")
+	return c
 }
 
 func demoCmd(e *env) *cobra.Command {

@@ -1,8 +1,13 @@
 package bus
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Identity is one NATS user of an installation. Each service kind has its
@@ -149,4 +154,37 @@ func (t Topology) Permissions(id Identity) Permissions {
 	slices.Sort(pub)
 	p.Publish = slices.Compact(pub)
 	return p
+}
+
+// CheckFor reports what of the topology identity id uses is missing,
+// asking only what id may ask (see Permissions): the streams it publishes
+// into, its consumers, and the buckets if it consumes.
+func (t Topology) CheckFor(ctx context.Context, js jetstream.JetStream, id Identity) error {
+	var errs []error
+	consumes := false
+	for _, cs := range t.Consumers() {
+		if ConsumerOwner(cs.Config.Durable) != id {
+			continue
+		}
+		consumes = true
+		if _, err := js.Consumer(ctx, cs.Stream, cs.Config.Durable); err != nil {
+			errs = append(errs, fmt.Errorf("consumer %s: %w", cs.Config.Durable, err))
+		}
+	}
+	for _, sc := range t.Streams() {
+		if !slices.Contains(producers[sc.Name], id) && !(sc.Name == StreamDLQ && (consumes || id == Gateway)) {
+			continue
+		}
+		if _, err := js.Stream(ctx, sc.Name); err != nil {
+			errs = append(errs, fmt.Errorf("stream %s: %w", sc.Name, err))
+		}
+	}
+	if consumes {
+		for _, kc := range t.Buckets() {
+			if _, err := js.KeyValue(ctx, kc.Bucket); err != nil {
+				errs = append(errs, fmt.Errorf("bucket %s: %w", kc.Bucket, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
 }

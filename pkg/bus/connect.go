@@ -23,6 +23,9 @@ type ConnOptions struct {
 	CA       string
 	Cert     string
 	Key      string
+	// InboxPrefix replaces _INBOX for the connection's reply subjects (see
+	// Identity.InboxPrefix).
+	InboxPrefix string
 	// Once makes Connect fail at the first failed attempt instead of
 	// retrying until its context ends: for tools at a terminal.
 	Once bool
@@ -59,6 +62,9 @@ func Connect(ctx context.Context, o ConnOptions, log *slog.Logger) (*nats.Conn, 
 			}
 			log.Error("nats async error", "subject", subj, "err", err)
 		}),
+	}
+	if o.InboxPrefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(o.InboxPrefix))
 	}
 	if o.Creds != "" {
 		opts = append(opts, nats.UserCredentials(o.Creds))

@@ -66,6 +66,7 @@ type Config struct {
 	NATSCA       string `envconfig:"NATS_CA" desc:"CA certificate file to verify the NATS server"`
 	NATSCert     string `envconfig:"NATS_CERT" desc:"client certificate file for NATS mutual TLS"`
 	NATSKey      string `envconfig:"NATS_KEY" desc:"client key file for NATS mutual TLS"`
+	NATSTopology string `envconfig:"NATS_TOPOLOGY" default:"ensure" check:"oneof=ensure|check" desc:"ensure: create or update streams, consumers and buckets at startup; check: only wait until they exist (least-privilege NATS users; cactusctl topology ensure creates them)"`
 	NATSReplicas int    `envconfig:"NATS_REPLICAS" default:"1" check:"positive" desc:"JetStream replicas of our streams and buckets (3 in a cluster)"`
 
 	// Listeners and logs.

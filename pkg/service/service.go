@@ -114,7 +114,7 @@ func Start(ctx context.Context, name string, cfg *config.Config, log *slog.Logge
 		nc.Close()
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	if err := Topology(cfg).Ensure(connectCtx, js); err != nil {
+	if err := prepareTopology(connectCtx, cfg, js, bus.Identity(name), log); err != nil {
 		nc.Close()
 		return nil, err
 	}
@@ -131,6 +131,31 @@ func Start(ctx context.Context, name string, cfg *config.Config, log *slog.Logge
 	return rt, nil
 }
 
+// prepareTopology ensures the whole topology (CACTUS_NATS_TOPOLOGY=ensure),
+// or, for an identity that may not change it (check), waits until what
+// this service uses exists: the operator creates it with `cactusctl
+// topology ensure`, maybe while the services start.
+func prepareTopology(ctx context.Context, cfg *config.Config, js jetstream.JetStream, id bus.Identity, log *slog.Logger) error {
+	topo := Topology(cfg)
+	if cfg.NATSTopology != "check" {
+		return topo.Ensure(ctx, js)
+	}
+	delay := 250 * time.Millisecond
+	for {
+		err := topo.CheckFor(ctx, js, id)
+		if err == nil {
+			return nil
+		}
+		log.Warn("waiting for the NATS topology (cactusctl topology ensure creates it)", "missing", err, "in", delay)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the NATS topology is incomplete; run cactusctl topology ensure with the operator's credentials: %w", err)
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 10*time.Second)
+	}
+}
+
 // Topology is the bus topology for a configuration.
 func Topology(cfg *config.Config) bus.Topology {
 	return bus.Topology{Replicas: cfg.NATSReplicas, MaxDeliver: cfg.MaxDeliver}
@@ -139,7 +164,7 @@ func Topology(cfg *config.Config) bus.Topology {
 // ConnOptions maps the configuration to NATS connection options.
 func ConnOptions(cfg *config.Config, name string) bus.ConnOptions {
 	return bus.ConnOptions{
-		URL: cfg.NATSURL, Name: "cactus-" + name,
+		URL: cfg.NATSURL, Name: "cactus-" + name, InboxPrefix: bus.Identity(name).InboxPrefix(),
 		Creds: cfg.NATSCreds, NKeySeed: cfg.NATSNKey,
 		User: cfg.NATSUser, Password: cfg.NATSPassword.Reveal(), Token: cfg.NATSToken.Reveal(),
 		CA: cfg.NATSCA, Cert: cfg.NATSCert, Key: cfg.NATSKey,

@@ -6,6 +6,8 @@ package devrun
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -30,6 +32,7 @@ import (
 	"github.com/cactus-comments/appservice/pkg/embednats"
 	"github.com/cactus-comments/appservice/pkg/hssim"
 	"github.com/cactus-comments/appservice/pkg/matrix"
+	"github.com/cactus-comments/appservice/pkg/natsconf"
 	"github.com/cactus-comments/appservice/pkg/registration"
 	"github.com/cactus-comments/appservice/pkg/registry"
 	"github.com/cactus-comments/appservice/pkg/service"
@@ -83,6 +86,11 @@ type Options struct {
 	// RegistrationPoll is how often a real homeserver is asked whether it
 	// accepts the registration yet; default 2 seconds.
 	RegistrationPoll time.Duration
+	// NATSAuth runs NATS with one user per identity and the permissions
+	// production gives them (natsconf): each service connects with its own
+	// least-privilege identity, cactusctl (through the env file) as the
+	// operator.
+	NATSAuth bool
 }
 
 // Info describes the running system.
@@ -99,6 +107,9 @@ type Info struct {
 	// StaleSites are sites of a previous run dropped from the registry
 	// because the fresh simulator no longer has them.
 	StaleSites []string
+	// NATSPasswords are the passwords of the NATS users (NATSAuth only),
+	// fresh at every start.
+	NATSPasswords map[bus.Identity]string
 }
 
 // Files in the data directory.
@@ -191,7 +202,13 @@ func Run(ctx context.Context, o Options) (err error) {
 		info.Admin[n] = "http://" + o.AdminAddrs[i]
 	}
 
-	ns, err := startNATS(o)
+	if o.NATSAuth {
+		if info.NATSPasswords, err = natsPasswords(); err != nil {
+			return err
+		}
+		cfg.NATSUser, cfg.NATSPassword = string(bus.Operator), config.Secret(info.NATSPasswords[bus.Operator])
+	}
+	ns, err := startNATS(o, info.NATSPasswords)
 	if err != nil {
 		return err
 	}
@@ -202,6 +219,14 @@ func Run(ctx context.Context, o Options) (err error) {
 	info.NATSURL = ns.ClientURL()
 	cfg.NATSURL = info.NATSURL
 	if err := writeEnv(o.DataDir, cfg, reg); err != nil {
+		return err
+	}
+	// The operator's part: with NATSAuth the services may only check
+	// that the topology exists.
+	if err := ensureTopology(ctx, cfg, o.Log); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return err
 	}
 
@@ -435,6 +460,9 @@ func writeEnv(dir string, cfg *config.Config, reg *registration.Registration) er
 		"CACTUS_AS_TOKEN=" + cfg.ASToken.Reveal(),
 		"CACTUS_HS_TOKEN=" + cfg.HSToken.Reveal(),
 	}
+	if cfg.NATSUser != "" {
+		lines = append(lines, "CACTUS_NATS_USER="+cfg.NATSUser, "CACTUS_NATS_PASSWORD="+cfg.NATSPassword.Reveal())
+	}
 	if err := os.WriteFile(filepath.Join(dir, EnvFile), []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
 		return fmt.Errorf("write env file: %w", err)
 	}
@@ -466,13 +494,50 @@ func checkFree(addr string) error {
 	return ln.Close()
 }
 
-func startNATS(o Options) (*embednats.Server, error) {
+// natsPasswords makes a password for every NATS identity.
+func natsPasswords() (map[bus.Identity]string, error) {
+	out := map[bus.Identity]string{}
+	for _, id := range bus.Identities() {
+		var b [24]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return nil, err
+		}
+		out[id] = hex.EncodeToString(b[:])
+	}
+	return out, nil
+}
+
+// ensureTopology creates the streams, consumers and buckets as the
+// operator would with `cactusctl topology ensure`.
+func ensureTopology(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	cctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	nc, err := bus.Connect(cctx, service.ConnOptions(cfg, string(bus.Operator)), log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	return service.Topology(cfg).Ensure(cctx, js)
+}
+
+func startNATS(o Options, passwords map[bus.Identity]string) (*embednats.Server, error) {
 	if o.NATSPort != 0 {
 		if err := checkFree(net.JoinHostPort("127.0.0.1", strconv.Itoa(o.NATSPort))); err != nil {
 			return nil, fmt.Errorf("NATS port %d is taken (another NATS or cactus-dev running?): choose another with -nats-port or CACTUS_DEV_NATS_PORT", o.NATSPort)
 		}
 	}
-	ns, err := embednats.Start(embednats.Options{Dir: filepath.Join(o.DataDir, natsDir), Port: o.NATSPort})
+	var conf strings.Builder
+	if passwords != nil {
+		for _, id := range bus.Identities() {
+			fmt.Fprintf(&conf, "%s: %q\n", natsconf.PasswordVar(id), passwords[id])
+		}
+		conf.WriteString(natsconf.ServerConfig(bus.Topology{}))
+	}
+	ns, err := embednats.Start(embednats.Options{Dir: filepath.Join(o.DataDir, natsDir), Port: o.NATSPort, Config: conf.String()})
 	if err != nil {
 		return nil, fmt.Errorf("embedded NATS (data in %s): %w", filepath.Join(o.DataDir, natsDir), err)
 	}
@@ -568,6 +633,10 @@ func runServices(ctx context.Context, o Options, cfg *config.Config, info Info) 
 		c := *cfg
 		c.AdminAddr = o.AdminAddrs[i]
 		name := serviceNames[i]
+		if info.NATSPasswords != nil {
+			c.NATSUser, c.NATSPassword = name, config.Secret(info.NATSPasswords[bus.Identity(name)])
+			c.NATSTopology = "check"
+		}
 		wg.Go(func() {
 			err := fn(sctx, &c)
 			if err == nil && sctx.Err() == nil {

@@ -3,6 +3,7 @@ package devrun
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -18,6 +19,7 @@ import (
 	"github.com/cactus-comments/appservice/cmd/internal/appreg"
 	"github.com/cactus-comments/appservice/cmd/internal/demo"
 	"github.com/cactus-comments/appservice/cmd/internal/envconf"
+	"github.com/cactus-comments/appservice/pkg/bus"
 	"github.com/cactus-comments/appservice/pkg/hssim"
 	"github.com/cactus-comments/appservice/pkg/registration"
 	"github.com/cactus-comments/appservice/pkg/registry"
@@ -48,7 +50,9 @@ type running struct {
 }
 
 // start runs the dev system on free ports with its data in dir.
-func start(t *testing.T, dir string) *running {
+func start(t *testing.T, dir string) *running { return startWith(t, dir, false) }
+
+func startWith(t *testing.T, dir string, natsAuth bool) *running {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	out := &syncBuffer{}
@@ -59,7 +63,7 @@ func start(t *testing.T, dir string) *running {
 		errc <- Run(ctx, Options{
 			DataDir: dir, GatewayAddr: free, AdminAddrs: [3]string{free, free, free}, SimAddr: free,
 			Env: envconf.Map(map[string]string{"CACTUS_LOG_LEVEL": "warn", "CACTUS_SHUTDOWN_TIMEOUT": "10s"}),
-			Out: out, Ready: func(i Info) { ready <- i }, ReadyTimeout: time.Minute,
+			Out: out, Ready: func(i Info) { ready <- i }, ReadyTimeout: time.Minute, NATSAuth: natsAuth,
 		})
 	}()
 	var once sync.Once
@@ -319,4 +323,78 @@ func TestStopWhileStarting(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Run with a cancelled context: %v", err)
 	}
+}
+
+// TestLeastPrivilegeFlow runs the whole flow (a site registered through the
+// bot, the first visit of a comment section, a ban propagated) with every
+// service connected to NATS as its own user, with exactly the permissions
+// `cactusctl nats-config` gives production, and shows that the gateway's
+// identity can neither read events nor delete a stream.
+func TestLeastPrivilegeFlow(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts the whole system")
+	}
+	dir := t.TempDir()
+	ctx := context.Background()
+	r := startWith(t, dir, true)
+	if _, err := nats.Connect(r.info.NATSURL); err == nil {
+		t.Fatal("NATS accepts clients without credentials")
+	}
+	d, err := demo.New(dir, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := d.Register(ctx, "secure")
+	if err != nil {
+		t.Fatal(err)
+	}
+	room, err := d.Comment(ctx, "secure", "page", "hello")
+	if err != nil {
+		t.Fatal(err)
+	}
+	visitor := r.info.Demo.Visitor.UserID
+	if _, err := d.Ban(ctx, "secure", visitor, "spam"); err != nil {
+		t.Fatal(err)
+	}
+	sim := r.info.Simulator
+	if sim.Membership(room.String(), visitor) != "ban" || sim.Membership(res.ModerationRoom.String(), visitor) != "ban" {
+		t.Fatalf("ban not carried: comment room %q", sim.Membership(room.String(), visitor))
+	}
+
+	violations := make(chan error, 16)
+	gw, err := nats.Connect(r.info.NATSURL, nats.UserInfo("gateway", r.info.NATSPasswords[bus.Gateway]),
+		nats.CustomInboxPrefix(bus.Gateway.InboxPrefix()),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { violations <- err }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gw.Close()
+	denied := func(subject string) {
+		t.Helper()
+		timeout := time.After(30 * time.Second)
+		for {
+			select {
+			case err := <-violations:
+				if errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(err.Error(), subject) {
+					return
+				}
+			case <-timeout:
+				t.Fatalf("the gateway's identity was not refused %s", subject)
+			}
+		}
+	}
+	if _, err := gw.SubscribeSync(bus.SubjectEventsAll); err != nil {
+		t.Fatal(err)
+	}
+	denied(bus.SubjectEventsAll)
+	js, err := jetstream.New(gw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := js.DeleteStream(short, bus.StreamEvents); err == nil {
+		t.Fatal("the gateway's identity deleted the event stream")
+	}
+	denied("$JS.API.STREAM.DELETE." + bus.StreamEvents)
 }
