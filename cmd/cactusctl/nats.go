@@ -16,10 +16,6 @@ import (
 	"github.com/cactus-comments/appservice/pkg/service"
 )
 
-// NATSUsersSecret is the Secret (namespace nats) the Helm values take the
-// NATS users' passwords from.
-const NATSUsersSecret = "nats-users"
-
 // topologyEnsure creates or updates every stream, consumer and bucket.
 func topologyEnsure(ctx context.Context, e *env, cf *cfgFlags) error {
 	cfg, err := cf.natsOnly(e)
@@ -47,7 +43,7 @@ func natsConfig(e *env, format string) error {
 		_, err := fmt.Fprint(e.stdout, natsconf.ServerConfig(bus.Topology{}))
 		return err
 	case "helm":
-		_, err := fmt.Fprint(e.stdout, natsconf.HelmValues(bus.Topology{}, NATSUsersSecret))
+		_, err := fmt.Fprint(e.stdout, natsconf.HelmValues(bus.Topology{}, natsconf.UsersSecret))
 		return err
 	}
 	return usagef("--format %q: want server or helm", format)

@@ -17,6 +17,10 @@ import (
 // buckets. KEDA's nats-jetstream scaler names it.
 const Account = "CACTUS"
 
+// UsersSecret is the Kubernetes Secret (namespace nats) the Helm values
+// take the passwords from, one key per PasswordVar.
+const UsersSecret = "nats-users"
+
 // PasswordVar is the environment variable of the NATS server that holds
 // the password of id.
 func PasswordVar(id bus.Identity) string {
