@@ -95,7 +95,7 @@ func (c *cfgFlags) register(fs *pflag.FlagSet) {
 
 func registrationCmd(e *env) *cobra.Command {
 	var p appreg.Params
-	var out, envOut string
+	var out, envOut, secretsOut string
 	var force bool
 	c := &cobra.Command{
 		Use:   "registration --server-name NAME [flags]",
@@ -104,7 +104,7 @@ func registrationCmd(e *env) *cobra.Command {
 			"for the server name, and the .env file our services need to match it. Existing files\n" +
 			"are never overwritten without --force, so tokens in use are not lost by accident.",
 		Args: noArgs,
-		RunE: func(*cobra.Command, []string) error { return writeRegistration(e, p, out, envOut, force) },
+		RunE: func(*cobra.Command, []string) error { return writeRegistration(e, p, out, envOut, secretsOut, force) },
 	}
 	f := c.Flags()
 	f.StringVar(&p.ServerName, "server-name", "", "the homeserver's server name, as in user ids (required)")
@@ -115,6 +115,7 @@ func registrationCmd(e *env) *cobra.Command {
 	f.StringVar(&p.Prefix, "prefix", appreg.DefaultPrefix, "alias namespace prefix")
 	f.StringVarP(&out, "output", "o", "-", "registration file to write; - for stdout")
 	f.StringVar(&envOut, "env-out", "cactus.env", "environment file to write; empty to skip")
+	f.StringVar(&secretsOut, "secrets-out", "", "also write the two tokens alone to this file (for a Kubernetes Secret)")
 	f.BoolVar(&force, "force", false, "overwrite existing files")
 	return c
 }

@@ -9,9 +9,10 @@ import (
 	"github.com/cactus-comments/appservice/cmd/internal/appreg"
 )
 
-// writeRegistration writes the registration to out (- for stdout) and the
-// services' environment file to envOut (empty: none).
-func writeRegistration(e *env, p appreg.Params, out, envOut string, force bool) error {
+// writeRegistration writes the registration to out (- for stdout), the
+// services' environment file to envOut and the tokens alone to secretsOut
+// (empty: none).
+func writeRegistration(e *env, p appreg.Params, out, envOut, secretsOut string, force bool) error {
 	if p.ServerName == "" {
 		return usagef("--server-name is required")
 	}
@@ -25,7 +26,7 @@ func writeRegistration(e *env, p appreg.Params, out, envOut string, force bool) 
 	}
 	// Both files are checked before either is written, so a refusal leaves
 	// nothing half done.
-	for _, path := range []string{out, envOut} {
+	for _, path := range []string{out, envOut, secretsOut} {
 		if path == "" || path == "-" || force {
 			continue
 		}
@@ -40,6 +41,13 @@ func writeRegistration(e *env, p appreg.Params, out, envOut string, force bool) 
 			return err
 		}
 		fmt.Fprintf(e.stderr, "wrote %s (CACTUS_* variables for the services)\n", envOut)
+	}
+	if secretsOut != "" {
+		tokens := fmt.Sprintf("CACTUS_HS_TOKEN=%s\nCACTUS_AS_TOKEN=%s\n", g.Registration.HSToken, g.Registration.ASToken)
+		if err := writeSecret(secretsOut, []byte(tokens)); err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stderr, "wrote %s (the two tokens, for a Secret)\n", secretsOut)
 	}
 	if out == "-" {
 		_, err := e.stdout.Write(y)

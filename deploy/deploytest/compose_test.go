@@ -190,7 +190,7 @@ func hostPort(t *testing.T, raw string) (string, int) {
 	}
 	p := u.Port()
 	if p == "" {
-		p = map[string]string{"http": "80", "https": "443", "nats": "4222"}[u.Scheme]
+		p = map[string]string{"http": "80", "https": "443", "nats": "4222", "tls": "4222"}[u.Scheme]
 	}
 	n, err := strconv.Atoi(p)
 	if err != nil {
