@@ -23,12 +23,14 @@ build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ $(addprefix ./services/,$(SERVICES)) ./cmd/cactusctl ./cmd/cactus-dev ./cmd/hssim
 
 ## run: the whole system in one process (embedded NATS, simulator unless CACTUS_HOMESERVER_URL is set)
+DEVBIN ?= bin/cactus-dev
 run:
-	@mkdir -p bin
-	$(GO) build -ldflags "$(LDFLAGS)" -o bin/cactus-dev ./cmd/cactus-dev
-	@# exec: Ctrl-C reaches the runner, which stops cleanly and exits 0
-	@# (go run would report the interrupt as a failure).
-	exec bin/cactus-dev
+	@mkdir -p $(dir $(DEVBIN))
+	@test -x $(DEVBIN) || echo "Building the dev runner; the first build downloads and compiles every dependency and may take a few minutes..."
+	@$(GO) build -ldflags "$(LDFLAGS)" -o $(DEVBIN) ./cmd/cactus-dev
+	@# exec: the runner takes the terminal's foreground, so Ctrl-C stops it
+	@# alone and make exits with its status, 0 after a clean stop.
+	@exec $(DEVBIN)
 
 ## test: every module's tests, with the race detector
 test:

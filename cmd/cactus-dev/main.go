@@ -116,6 +116,7 @@ func run(args []string, stdout, stderr io.Writer, lookup func(string) (string, b
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	defer takeForeground()()
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
@@ -126,6 +127,7 @@ func run(args []string, stdout, stderr io.Writer, lookup func(string) (string, b
 		<-sigs
 		fmt.Fprintln(stderr, "cactus-dev: quit without a clean stop")
 		os.Exit(1)
+
 	}()
 	if err := devrun.Run(ctx, o); err != nil {
 		fmt.Fprintf(stderr, "cactus-dev: %v\n", err)

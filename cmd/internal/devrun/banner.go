@@ -74,6 +74,6 @@ func printRegistration(w io.Writer, info Info) {
 			p("  | %s", l)
 		}
 	}
-	p("The homeserver must reach the gateway at %s (set -gateway-url if it runs in a container).", info.GatewayURL)
+	p("The homeserver must reach the gateway at %s (if it runs in a container, set CACTUS_DEV_GATEWAY_URL, e.g. http://host.docker.internal:8080).", info.GatewayURL)
 	p("")
 }

@@ -185,11 +185,11 @@ func Run(ctx context.Context, o Options) (err error) {
 	}
 	for i, a := range append([]string{o.GatewayAddr}, o.AdminAddrs[:]...) {
 		if err := checkFree(a); err != nil {
-			name, flag := "gateway", "-listen"
+			name, choose := "gateway", "CACTUS_DEV_LISTEN=127.0.0.1:8081 (or -listen)"
 			if i > 0 {
-				name, flag = serviceNames[i-1]+" admin", "-admin-port"
+				name, choose = serviceNames[i-1]+" admin", "CACTUS_DEV_ADMIN_PORT=9190 (or -admin-port)"
 			}
-			return fmt.Errorf("%s address %s is taken (another cactus-dev running?): %w; choose another with %s", name, a, err, flag)
+			return fmt.Errorf("%s address %s is taken (another cactus-dev running?): %w; choose another, e.g. %s make run", name, a, err, choose)
 		}
 	}
 
@@ -237,7 +237,7 @@ func Run(ctx context.Context, o Options) (err error) {
 			Registrations: []*registration.Registration{reg}, Logger: o.Log,
 		})
 		if err != nil {
-			return fmt.Errorf("homeserver simulator: %w (is port %s taken? choose another with -hs-addr)", err, o.SimAddr)
+			return fmt.Errorf("homeserver simulator: %w (is %s taken? choose another, e.g. CACTUS_DEV_HS_ADDR=127.0.0.1:8009 make run, or -hs-addr)", err, o.SimAddr)
 		}
 		defer func() {
 			if cerr := sim.Close(); cerr != nil && err == nil {
@@ -337,13 +337,13 @@ func prepare(o *Options) (*config.Config, *registration.Registration, error) {
 			return nil, nil, fmt.Errorf("CACTUS_USER_ID %q: want @localpart:server", uid)
 		}
 		if server != "" && server != s {
-			return nil, nil, fmt.Errorf("-server-name %q differs from the server of CACTUS_USER_ID %q", server, uid)
+			return nil, nil, fmt.Errorf("the server name %q (CACTUS_DEV_SERVER_NAME or -server-name) differs from the server of CACTUS_USER_ID %q", server, uid)
 		}
 		server = s
 	}
 	if server == "" {
 		if o.HomeserverURL != "" {
-			return nil, nil, errors.New("with a real homeserver, give its server name (-server-name or CACTUS_USER_ID)")
+			return nil, nil, errors.New("with a real homeserver, give its server name: CACTUS_DEV_SERVER_NAME=example.org make run (or CACTUS_USER_ID, or -server-name)")
 		}
 		server = "localhost"
 	}
@@ -527,7 +527,7 @@ func ensureTopology(ctx context.Context, cfg *config.Config, log *slog.Logger) e
 func startNATS(o Options, passwords map[bus.Identity]string) (*embednats.Server, error) {
 	if o.NATSPort != 0 {
 		if err := checkFree(net.JoinHostPort("127.0.0.1", strconv.Itoa(o.NATSPort))); err != nil {
-			return nil, fmt.Errorf("NATS port %d is taken (another NATS or cactus-dev running?): choose another with -nats-port or CACTUS_DEV_NATS_PORT", o.NATSPort)
+			return nil, fmt.Errorf("NATS port %d is taken (another NATS or cactus-dev running?): choose another, e.g. CACTUS_DEV_NATS_PORT=4223 make run (or -nats-port)", o.NATSPort)
 		}
 	}
 	var conf strings.Builder
