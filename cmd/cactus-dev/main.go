@@ -3,7 +3,8 @@
 // in ./.cactus-dev, the gateway, a provisioner and a botworker, and the
 // homeserver simulator with demo users unless CACTUS_HOMESERVER_URL names a
 // real homeserver. It prints how to try it. Ctrl-C stops everything
-// cleanly; the next start reuses the data and tokens.
+// cleanly; the next start keeps the tokens and the NATS data, while the
+// simulator starts empty.
 //
 // Every flag has an environment variable (CACTUS_DEV_*); the services'
 // own CACTUS_* variables (log level, tuning, tokens) apply too.
