@@ -107,3 +107,35 @@ func TestReplayAllShowsProgress(t *testing.T) {
 	}
 	_ = context.Background()
 }
+
+// TestTopologyEnsureAndNATSConfig: the operator's commands create the
+// topology on an empty NATS and print the users the committed files hold.
+func TestTopologyEnsureAndNATSConfig(t *testing.T) {
+	empty := embednats.StartTest(t)
+	vars := map[string]string{"CACTUS_NATS_URL": empty.ClientURL()}
+	if r := ctl(t, vars, "topology", "ensure"); r.code != exitOK || !strings.Contains(r.stdout, "ensured 3 streams") {
+		t.Fatalf("topology ensure: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if r := ctl(t, vars, "doctor"); !strings.Contains(r.stdout, "ok    topology") {
+		t.Fatalf("doctor after ensure:\n%s", r.stdout)
+	}
+	for _, format := range []string{"server", "helm"} {
+		r := ctl(t, nil, "nats-config", "--format", format)
+		if r.code != exitOK || !strings.Contains(r.stdout, `"cactus.ev.>"`) || !strings.Contains(r.stdout, "NATS_PASSWORD_GATEWAY") {
+			t.Fatalf("nats-config --format %s: exit %d\n%.400s", format, r.code, r.stdout+r.stderr)
+		}
+	}
+	dir := filepath.Join(t.TempDir(), "creds")
+	if r := ctl(t, nil, "nats-credentials", "--dir", dir); r.code != exitOK {
+		t.Fatalf("nats-credentials: exit %d %s", r.code, r.stderr)
+	}
+	server, _ := os.ReadFile(filepath.Join(dir, "nats.env"))
+	client, _ := os.ReadFile(filepath.Join(dir, "gateway.env"))
+	pw := strings.TrimPrefix(strings.Split(strings.TrimSpace(string(client)), "\n")[2], "CACTUS_NATS_PASSWORD=")
+	if len(pw) != 64 || !strings.Contains(string(server), "NATS_PASSWORD_GATEWAY="+pw) {
+		t.Fatalf("server and client passwords differ:\n%s\n%s", server, client)
+	}
+	if r := ctl(t, nil, "nats-credentials", "--dir", dir); r.code != exitUsage || !strings.Contains(r.stderr, "--force") {
+		t.Fatalf("a second run replaced the passwords: exit %d %s", r.code, r.stderr)
+	}
+}

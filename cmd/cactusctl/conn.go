@@ -88,6 +88,21 @@ func (c *cfgFlags) connect(ctx context.Context, cfg *config.Config) (*nats.Conn,
 	return nc, js, nil
 }
 
+// connectEnsured is connect, then creates or updates every stream,
+// consumer and bucket, as the operator may. The caller closes the
+// connection.
+func (c *cfgFlags) connectEnsured(ctx context.Context, cfg *config.Config) (*nats.Conn, jetstream.JetStream, error) {
+	nc, js, err := c.connect(ctx, cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := service.Topology(cfg).Ensure(ctx, js); err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return nc, js, nil
+}
+
 // connectNATS is natsOnly then connect: what every command that needs only
 // NATS does first. The caller closes the connection.
 func (c *cfgFlags) connectNATS(ctx context.Context, e *env) (*nats.Conn, jetstream.JetStream, error) {

@@ -22,15 +22,12 @@ func topologyEnsure(ctx context.Context, e *env, cf *cfgFlags) error {
 	if err != nil {
 		return err
 	}
-	nc, js, err := cf.connect(ctx, cfg)
+	nc, _, err := cf.connectEnsured(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
 	topo := service.Topology(cfg)
-	if err := topo.Ensure(ctx, js); err != nil {
-		return err
-	}
 	fmt.Fprintf(e.stdout, "ensured %d streams, %d consumers and %d buckets (%d replicas)\n",
 		len(topo.Streams()), len(topo.Consumers()), len(topo.Buckets()), max(cfg.NATSReplicas, 1))
 	return nil

@@ -9,7 +9,6 @@ import (
 
 	"github.com/cactus-comments/appservice/cmd/internal/rebuild"
 	"github.com/cactus-comments/appservice/pkg/registry"
-	"github.com/cactus-comments/appservice/pkg/service"
 )
 
 // sitesList prints the registry's sites as a table or JSON.
@@ -70,16 +69,12 @@ func registryRebuild(ctx context.Context, e *env, cf *cfgFlags, prune bool) erro
 	if err != nil {
 		return err
 	}
-	nc, js, err := cf.connect(ctx, cfg)
+	// The registry buckets may not exist yet on a fresh NATS.
+	nc, js, err := cf.connectEnsured(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	// The registry buckets may not exist yet on a fresh NATS: create them as
-	// any service would.
-	if err := service.Topology(cfg).Ensure(ctx, js); err != nil {
-		return err
-	}
 	reg, err := registry.Open(ctx, js)
 	if err != nil {
 		return err
