@@ -212,9 +212,12 @@ func checkPositive(f reflect.Value, _ string) string {
 	return "must be positive"
 }
 
+// checkOneOf accepts one of the listed values, or empty: a variable never
+// reads as empty unless set so, and code that builds a Config by hand
+// leaves new fields empty, meaning their first value.
 func checkOneOf(f reflect.Value, arg string) string {
 	allowed := strings.Split(arg, "|")
-	if slices.Contains(allowed, f.String()) {
+	if f.String() == "" || slices.Contains(allowed, f.String()) {
 		return ""
 	}
 	return fmt.Sprintf("must be %s or %s, got %q", strings.Join(allowed[:len(allowed)-1], ", "), allowed[len(allowed)-1], f.String())
