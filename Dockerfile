@@ -43,6 +43,10 @@ COPY cmd/ cmd/
 COPY services/ services/
 
 ARG SERVICE=gateway
+# What `cactus-<service> --version` and cactus_build_info say; `make images`
+# passes the git describe and the commit.
+ARG VERSION=dev
+ARG REVISION=unknown
 RUN --mount=type=cache,target=/go/pkg/mod \
     --mount=type=cache,target=/root/.cache/go-build \
     case "$SERVICE" in \
@@ -51,13 +55,18 @@ RUN --mount=type=cache,target=/go/pkg/mod \
       *) echo "unknown SERVICE '$SERVICE': want gateway, provisioner, botworker or cactusctl" >&2; exit 1 ;; \
     esac && \
     GOOS=$TARGETOS GOARCH=$TARGETARCH \
-      go build -trimpath -ldflags="-s -w" -o /out/app "$pkgpath"
+      go build -trimpath -ldflags="-s -w -X github.com/cactus-comments/appservice/pkg/buildinfo.version=${VERSION} -X github.com/cactus-comments/appservice/pkg/buildinfo.revision=${REVISION}" -o /out/app "$pkgpath"
 
 # distroless/static: CA certificates (https homeservers), tzdata and a
 # passwd entry for 65532, nothing else.
 FROM gcr.io/distroless/static:nonroot
 ARG SERVICE=gateway
+ARG VERSION=dev
+ARG REVISION=unknown
 LABEL org.opencontainers.image.title="cactus-${SERVICE}" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.description="Cactus Comments appservice: ${SERVICE}" \
       org.opencontainers.image.source="https://github.com/cactus-comments/appservice"
 COPY --from=build /out/app /app

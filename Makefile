@@ -6,6 +6,12 @@ SERVICES := gateway provisioner botworker
 PKGS := $(addsuffix /...,$(addprefix ./,$(MODULES)))
 TESTFLAGS ?= -race -count=1 -timeout 15m
 BENCHFLAGS ?= -run '^$$' -bench . -benchmem -count 1
+# What --version and cactus_build_info report: the latest tag (or dev) and
+# the commit, marked -dirty when the tree has uncommitted changes.
+VERSION ?= $(shell git describe --tags --dirty 2>/dev/null || echo dev)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)$(shell git status --porcelain 2>/dev/null | grep -q . && echo -dirty)
+BUILDINFO := github.com/cactus-comments/appservice/pkg/buildinfo
+LDFLAGS := -X $(BUILDINFO).version=$(VERSION) -X $(BUILDINFO).revision=$(REVISION)
 
 .PHONY: all build run test test-short bench lint fmt vet fuzz tidy images clean
 
@@ -14,15 +20,17 @@ all: lint test build
 ## build: every binary into bin/
 build:
 	@mkdir -p bin
-	$(GO) build -o bin/ $(addprefix ./services/,$(SERVICES)) ./cmd/cactusctl ./cmd/cactus-dev ./cmd/hssim
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ $(addprefix ./services/,$(SERVICES)) ./cmd/cactusctl ./cmd/cactus-dev ./cmd/hssim
 
 ## run: the whole system in one process (embedded NATS, simulator unless CACTUS_HOMESERVER_URL is set)
+DEVBIN ?= bin/cactus-dev
 run:
-	@mkdir -p bin
-	$(GO) build -o bin/cactus-dev ./cmd/cactus-dev
-	@# exec: Ctrl-C reaches the runner, which stops cleanly and exits 0
-	@# (go run would report the interrupt as a failure).
-	exec bin/cactus-dev
+	@mkdir -p $(dir $(DEVBIN))
+	@test -x $(DEVBIN) || echo "Building the dev runner; the first build downloads and compiles every dependency and may take a few minutes..."
+	@$(GO) build -ldflags "$(LDFLAGS)" -o $(DEVBIN) ./cmd/cactus-dev
+	@# exec: the runner takes the terminal's foreground, so Ctrl-C stops it
+	@# alone and make exits with its status, 0 after a clean stop.
+	@exec $(DEVBIN)
 
 ## test: every module's tests, with the race detector
 test:
@@ -60,7 +68,7 @@ tidy:
 
 ## images: container images (needs a Docker engine)
 images:
-	@for s in $(SERVICES) cactusctl; do docker build --build-arg SERVICE=$$s -t cactus-$$s:dev . || exit 1; done
+	@for s in $(SERVICES) cactusctl; do docker build --build-arg SERVICE=$$s --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) -t cactus-$$s:dev . || exit 1; done
 
 clean:
 	rm -rf bin

@@ -3,7 +3,8 @@
 // in ./.cactus-dev, the gateway, a provisioner and a botworker, and the
 // homeserver simulator with demo users unless CACTUS_HOMESERVER_URL names a
 // real homeserver. It prints how to try it. Ctrl-C stops everything
-// cleanly; the next start reuses the data and tokens.
+// cleanly; the next start keeps the tokens and the NATS data, while the
+// simulator starts empty.
 //
 // Every flag has an environment variable (CACTUS_DEV_*); the services'
 // own CACTUS_* variables (log level, tuning, tokens) apply too.
@@ -22,6 +23,7 @@ import (
 	"syscall"
 
 	"github.com/cactus-comments/appservice/cmd/internal/devrun"
+	"github.com/cactus-comments/appservice/pkg/buildinfo"
 	"github.com/cactus-comments/appservice/pkg/hssim"
 	"github.com/cactus-comments/appservice/pkg/logging"
 )
@@ -32,6 +34,9 @@ func main() {
 
 // errUsage marks command-line and configuration mistakes (exit 2).
 type errUsage struct{ error }
+
+// errVersion asks for the version line instead of a run.
+var errVersion = errors.New("version")
 
 func parseOptions(args []string, stderr io.Writer, lookup func(string) (string, bool)) (devrun.Options, error) {
 	env := func(k, def string) string {
@@ -54,12 +59,17 @@ func parseOptions(args []string, stderr io.Writer, lookup func(string) (string, 
 	fs.StringVar(&o.SimAddr, "hs-addr", env("CACTUS_DEV_HS_ADDR", "127.0.0.1:8008"), "simulator address (CACTUS_DEV_HS_ADDR)")
 	fs.StringVar(&mode, "hs-mode", env("CACTUS_DEV_HS_MODE", "synapse"), "homeserver the simulator imitates: synapse, dendrite or conduit (CACTUS_DEV_HS_MODE)")
 	fs.StringVar(&o.SimRoomVersion, "room-version", env("CACTUS_DEV_ROOM_VERSION", ""), "room version of the simulator's new rooms: 10, 11 or 12 (default: the mode's, 10 for synapse and dendrite, 12 for conduit) (CACTUS_DEV_ROOM_VERSION)")
+	fs.BoolVar(&o.NATSAuth, "nats-auth", env("CACTUS_DEV_NATS_AUTH", "") != "", "run NATS with one least-privilege user per service, as production does (CACTUS_DEV_NATS_AUTH=1)")
+	version := fs.Bool("version", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: cactus-dev [flags]\n\nRuns gateway, provisioner and botworker with an embedded NATS, and a homeserver\nsimulator unless CACTUS_HOMESERVER_URL is set. Ctrl-C stops it.\n\nflags:")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
 		return o, err
+	}
+	if *version {
+		return o, errVersion
 	}
 	if fs.NArg() > 0 {
 		return o, errUsage{fmt.Errorf("unexpected arguments %q", fs.Args())}
@@ -97,6 +107,10 @@ func run(args []string, stdout, stderr io.Writer, lookup func(string) (string, b
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
+	if errors.Is(err, errVersion) {
+		fmt.Fprintln(stdout, "cactus-dev", buildinfo.Get())
+		return 0
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "cactus-dev: %v\n", err)
 		return 2
@@ -107,6 +121,7 @@ func run(args []string, stdout, stderr io.Writer, lookup func(string) (string, b
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	defer takeForeground()()
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
@@ -117,6 +132,7 @@ func run(args []string, stdout, stderr io.Writer, lookup func(string) (string, b
 		<-sigs
 		fmt.Fprintln(stderr, "cactus-dev: quit without a clean stop")
 		os.Exit(1)
+
 	}()
 	if err := devrun.Run(ctx, o); err != nil {
 		fmt.Fprintf(stderr, "cactus-dev: %v\n", err)

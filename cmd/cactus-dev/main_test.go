@@ -77,3 +77,10 @@ func TestRunUsageErrors(t *testing.T) {
 		})
 	}
 }
+
+func TestVersion(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run([]string{"-version"}, &out, &errb, envconf.Map(nil)); code != 0 || !strings.HasPrefix(out.String(), "cactus-dev ") || !strings.Contains(out.String(), "revision") {
+		t.Fatalf("run(-version) = %d, printed %q %q", code, out.String(), errb.String())
+	}
+}

@@ -2,11 +2,11 @@ package main
 
 import (
 	"context"
-	"flag"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"time"
+	"strings"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -16,17 +16,6 @@ import (
 	"github.com/cactus-comments/appservice/pkg/config"
 	"github.com/cactus-comments/appservice/pkg/service"
 )
-
-// cfgFlags are the flags of every command that reads the configuration.
-type cfgFlags struct {
-	envFile string
-	timeout time.Duration
-}
-
-func (c *cfgFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&c.envFile, "env", "", "read CACTUS_* variables from this .env file too (the environment wins)")
-	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "give up reaching NATS or the homeserver after this long")
-}
 
 func (c *cfgFlags) lookup(e *env) (envconf.Lookup, error) {
 	if c.envFile == "" {
@@ -39,21 +28,19 @@ func (c *cfgFlags) lookup(e *env) (envconf.Lookup, error) {
 	return envconf.Chain(e.lookup, file), nil
 }
 
-// full loads and validates the whole configuration.
+// full loads and validates the whole configuration; its error lists every
+// problem (config.Problems).
 func (c *cfgFlags) full(e *env) (*config.Config, error) {
 	l, err := c.lookup(e)
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := envconf.Load(l)
-	if err != nil {
-		return nil, usagef("configuration: %v", err)
-	}
-	return cfg, nil
+	return envconf.Load(l)
 }
 
 // natsOnly loads the configuration for commands that only talk to NATS:
-// the homeserver variables need not be set.
+// the homeserver variables need not be set, but the NATS ones must be
+// valid.
 func (c *cfgFlags) natsOnly(e *env) (*config.Config, error) {
 	l, err := c.lookup(e)
 	if err != nil {
@@ -61,10 +48,19 @@ func (c *cfgFlags) natsOnly(e *env) (*config.Config, error) {
 	}
 	cfg, err := envconf.Fill(l)
 	if err != nil {
-		return nil, usagef("configuration: %v", err)
+		return nil, err
 	}
-	if cfg.NATSURL == "" {
-		return nil, usagef("configuration: CACTUS_NATS_URL is empty")
+	var ps config.Problems
+	if errors.As(cfg.Validate(), &ps) {
+		var nats config.Problems
+		for _, p := range ps {
+			if strings.HasPrefix(p.Var, config.Prefix+"_NATS_") {
+				nats = append(nats, p)
+			}
+		}
+		if len(nats) > 0 {
+			return nil, nats
+		}
 	}
 	return cfg, nil
 }
@@ -73,11 +69,14 @@ func (c *cfgFlags) natsOnly(e *env) (*config.Config, error) {
 // back as errors.
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-// connect dials NATS within the timeout.
+// connect dials NATS once: an operator at a terminal wants to hear at once
+// that NATS is down, not after the timeout.
 func (c *cfgFlags) connect(ctx context.Context, cfg *config.Config) (*nats.Conn, jetstream.JetStream, error) {
 	cctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	nc, err := bus.Connect(cctx, service.ConnOptions(cfg, "cactusctl"), quietLogger())
+	o := service.ConnOptions(cfg, "cactusctl")
+	o.Once = true
+	nc, err := bus.Connect(cctx, o, quietLogger())
 	if err != nil {
 		return nil, nil, err
 	}
@@ -85,6 +84,21 @@ func (c *cfgFlags) connect(ctx context.Context, cfg *config.Config) (*nats.Conn,
 	if err != nil {
 		nc.Close()
 		return nil, nil, fmt.Errorf("jetstream: %w", err)
+	}
+	return nc, js, nil
+}
+
+// connectEnsured is connect, then creates or updates every stream,
+// consumer and bucket, as the operator may. The caller closes the
+// connection.
+func (c *cfgFlags) connectEnsured(ctx context.Context, cfg *config.Config) (*nats.Conn, jetstream.JetStream, error) {
+	nc, js, err := c.connect(ctx, cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := service.Topology(cfg).Ensure(ctx, js); err != nil {
+		nc.Close()
+		return nil, nil, err
 	}
 	return nc, js, nil
 }

@@ -17,25 +17,6 @@ import (
 	"github.com/cactus-comments/appservice/services/gateway/gateway"
 )
 
-func cmdDLQ(ctx context.Context, e *env, args []string) error {
-	verb, rest, err := subcommand(args, "list", "replay", "drop")
-	if err != nil || verb == "help" {
-		fmt.Fprintln(e.stderr, "usage: cactusctl dlq list [-json] [-consumer NAME]\n       cactusctl dlq replay [-all [-consumer NAME] | SEQ...]\n       cactusctl dlq drop SEQ...")
-		if err != nil {
-			return err
-		}
-		return nil
-	}
-	switch verb {
-	case "list":
-		return dlqList(ctx, e, rest)
-	case "replay":
-		return dlqReplay(ctx, e, rest)
-	default:
-		return dlqDrop(ctx, e, rest)
-	}
-}
-
 // deadLetter is one stored dead letter as the CLI shows it.
 type deadLetter struct {
 	Seq       uint64          `json:"seq"`
@@ -75,7 +56,7 @@ func toDeadLetter(m *jetstream.RawStreamMsg) deadLetter {
 func dlqStream(ctx context.Context, js jetstream.JetStream) (jetstream.Stream, error) {
 	s, err := js.Stream(ctx, bus.StreamDLQ)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return nil, fmt.Errorf("stream %s does not exist (has a service created the topology yet?)", bus.StreamDLQ)
+		return nil, fmt.Errorf("stream %s does not exist yet (cactusctl topology ensure, or a service with the right to, creates it)", bus.StreamDLQ)
 	}
 	return s, err
 }
@@ -135,18 +116,8 @@ func readAll(ctx context.Context, s jetstream.Stream) ([]deadLetter, error) {
 	}
 }
 
-func dlqList(ctx context.Context, e *env, args []string) error {
-	f := newFlags(e, "dlq list", "[flags]", "Lists dead letters: messages a worker gave up on, with the reason.")
-	var cf cfgFlags
-	cf.register(f)
-	asJSON := f.Bool("json", false, "print JSON (with the payload) instead of a table")
-	consumer := f.String("consumer", "", "only dead letters from this consumer (e.g. botworker)")
-	if err := parse(f, args); err != nil {
-		return err
-	}
-	if f.NArg() > 0 {
-		return usagef("unexpected arguments %q", f.Args())
-	}
+// dlqList prints the dead letters, all or one consumer's.
+func dlqList(ctx context.Context, e *env, cf *cfgFlags, asJSON bool, consumer string) error {
 	nc, js, err := cf.connectNATS(ctx, e)
 	if err != nil {
 		return err
@@ -162,11 +133,11 @@ func dlqList(ctx context.Context, e *env, args []string) error {
 	}
 	var dls []deadLetter
 	for _, d := range all {
-		if *consumer == "" || d.Consumer == *consumer {
+		if consumer == "" || d.Consumer == consumer {
 			dls = append(dls, d)
 		}
 	}
-	if *asJSON {
+	if asJSON {
 		if dls == nil {
 			dls = []deadLetter{}
 		}
@@ -303,36 +274,9 @@ func selectDeadLetters(ctx context.Context, s jetstream.Stream, all bool, consum
 	return out, missing, nil
 }
 
-func parseSeqs(args []string) error {
-	for _, a := range args {
-		if n, err := strconv.ParseUint(a, 10, 64); err != nil || n == 0 {
-			return usagef("%q is not a dead letter sequence number", a)
-		}
-	}
-	return nil
-}
-
-func dlqReplay(ctx context.Context, e *env, args []string) error {
-	f := newFlags(e, "dlq replay", "[-all [-consumer NAME] | SEQ...]",
-		"Republishes dead letters to the subject they failed on, so the workers try them again\n"+
-			"(the gateway's go through its checks again and to the subject they pass to),\n"+
-			"and deletes each one only after the republish is acknowledged.")
-	var cf cfgFlags
-	cf.register(f)
-	all := f.Bool("all", false, "replay every dead letter")
-	consumer := f.String("consumer", "", "with -all: only dead letters from this consumer")
-	if err := parse(f, args); err != nil {
-		return err
-	}
-	if *all == (f.NArg() > 0) {
-		return usagef("give either -all or sequence numbers (see cactusctl dlq list)")
-	}
-	if *consumer != "" && !*all {
-		return usagef("-consumer needs -all")
-	}
-	if err := parseSeqs(f.Args()); err != nil {
-		return err
-	}
+// dlqReplay replays every dead letter (all, optionally of one consumer)
+// or the given sequence numbers, saying how far it is on stderr.
+func dlqReplay(ctx context.Context, e *env, cf *cfgFlags, all bool, consumer string, args []string) error {
 	cfg, err := cf.natsOnly(e)
 	if err != nil {
 		return err
@@ -346,23 +290,33 @@ func dlqReplay(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	dls, missing, err := selectDeadLetters(ctx, s, *all, *consumer, f.Args())
+	if all {
+		fmt.Fprintf(e.stderr, "reading dead letters from %s\n", bus.StreamDLQ)
+	}
+	dls, missing, err := selectDeadLetters(ctx, s, all, consumer, args)
 	if err != nil {
 		return err
 	}
 	failed, replayed := len(missing), 0
 	for _, m := range missing {
-		fmt.Fprintf(e.stderr, "%v\n", m)
+		fmt.Fprintf(e.stderr, "%s\n", describe(m))
+	}
+	progress := newProgress(e.stderr, "replayed", len(dls))
+	if all {
+		fmt.Fprintf(e.stderr, "read %d dead letters; replaying %d\n", len(dls), len(dls))
 	}
 	for _, d := range dls {
 		subject, err := replay(ctx, js, s, d, cfg.UserID)
 		if err != nil {
 			failed++
-			fmt.Fprintf(e.stderr, "dead letter %d: %v\n", d.Seq, err)
-			continue
+			fmt.Fprintf(e.stderr, "dead letter %d: %s\n", d.Seq, describe(err))
+		} else {
+			replayed++
+			fmt.Fprintf(e.stdout, "replayed %d to %s\n", d.Seq, subject)
 		}
-		replayed++
-		fmt.Fprintf(e.stdout, "replayed %d to %s\n", d.Seq, subject)
+		if all {
+			progress.step()
+		}
 	}
 	fmt.Fprintf(e.stdout, "%d replayed, %d failed\n", replayed, failed)
 	if failed > 0 {
@@ -371,19 +325,8 @@ func dlqReplay(ctx context.Context, e *env, args []string) error {
 	return nil
 }
 
-func dlqDrop(ctx context.Context, e *env, args []string) error {
-	f := newFlags(e, "dlq drop", "SEQ...", "Deletes dead letters for good, without replaying them.")
-	var cf cfgFlags
-	cf.register(f)
-	if err := parse(f, args); err != nil {
-		return err
-	}
-	if f.NArg() == 0 {
-		return usagef("give the sequence numbers to drop (see cactusctl dlq list)")
-	}
-	if err := parseSeqs(f.Args()); err != nil {
-		return err
-	}
+// dlqDrop deletes dead letters without replaying them.
+func dlqDrop(ctx context.Context, e *env, cf *cfgFlags, seqs []uint64) error {
 	nc, js, err := cf.connectNATS(ctx, e)
 	if err != nil {
 		return err
@@ -394,11 +337,19 @@ func dlqDrop(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	failed := 0
-	for _, a := range f.Args() {
-		seq, _ := strconv.ParseUint(a, 10, 64)
-		if err := s.DeleteMsg(ctx, seq); err != nil {
+	for _, seq := range seqs {
+		// Deleting a sequence the stream does not hold fails with a bare
+		// store error: ask first, so the operator hears "not found".
+		_, err := s.GetMsg(ctx, seq)
+		if err == nil {
+			err = s.DeleteMsg(ctx, seq)
+		}
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			err = errors.New("not found (already replayed or dropped?)")
+		}
+		if err != nil {
 			failed++
-			fmt.Fprintf(e.stderr, "dead letter %d: %v\n", seq, err)
+			fmt.Fprintf(e.stderr, "dead letter %d: %s\n", seq, describe(err))
 			continue
 		}
 		fmt.Fprintf(e.stdout, "dropped %d\n", seq)

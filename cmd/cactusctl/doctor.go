@@ -42,40 +42,34 @@ func (r *report) line(status, name, format string, args ...any) {
 	fmt.Fprintf(r.w, "%-4s  %-26s %s\n", status, name, fmt.Sprintf(format, args...))
 }
 
-func cmdDoctor(ctx context.Context, e *env, args []string) error {
-	f := newFlags(e, "doctor", "[flags]",
-		"Checks a deployment and prints one line per check: ok, WARN, skip or FAIL with the reason.\n"+
-			"Exit 1 if any check fails, 2 if the configuration itself is invalid.")
-	var cf cfgFlags
-	cf.register(f)
-	maxLag := f.Uint64("max-lag", 10000, "fail when a consumer has more pending messages than this")
-	regFile := f.String("registration", "", "also check that this registration file matches the configuration")
-	if err := parse(f, args); err != nil {
-		return err
-	}
-	if f.NArg() > 0 {
-		return usagef("unexpected arguments %q", f.Args())
-	}
+// doctor runs every check and reports each on a line of its own.
+func doctor(ctx context.Context, e *env, cf *cfgFlags, maxLag uint64, regFile string) error {
 	if _, err := cf.lookup(e); err != nil {
 		return err
 	}
 	r := &report{w: e.stdout}
 	cfg, cfgErr := cf.full(e)
 	if cfgErr != nil {
-		r.line(statusFail, "config", "%s", strings.TrimPrefix(errors.Unwrap(cfgErr).Error(), "configuration: "))
+		var ps config.Problems
+		if !errors.As(cfgErr, &ps) {
+			return cfgErr
+		}
+		for _, p := range ps {
+			r.line(statusFail, "config", "%s", p)
+		}
 		// The NATS checks need only the NATS variables: run them anyway so
 		// one invocation shows as much as it can.
 		if partial, err := cf.natsOnly(e); err == nil {
-			doctorNATS(ctx, &cf, r, partial, *maxLag)
+			doctorNATS(ctx, cf, r, partial, maxLag)
 		}
 		return usageError{errors.New("configuration is invalid")}
 	}
 	r.line(statusOK, "config", "valid; bot %s, homeserver %s", cfg.UserID, cfg.HomeserverURL)
-	if *regFile != "" {
-		checkRegistration(r, cfg, *regFile)
+	if regFile != "" {
+		checkRegistration(r, cfg, regFile)
 	}
-	doctorHomeserver(ctx, &cf, r, cfg)
-	doctorNATS(ctx, &cf, r, cfg, *maxLag)
+	doctorHomeserver(ctx, cf, r, cfg)
+	doctorNATS(ctx, cf, r, cfg, maxLag)
 	if r.failed {
 		return errSilent
 	}
@@ -201,7 +195,7 @@ func clientVersions(ctx context.Context, base string) (string, error) {
 func doctorNATS(ctx context.Context, cf *cfgFlags, r *report, cfg *config.Config, maxLag uint64) {
 	nc, js, err := cf.connect(ctx, cfg)
 	if err != nil {
-		r.line(statusFail, "nats", "%s: %v", cfg.NATSURL, err)
+		r.line(statusFail, "nats", "%s", describe(err))
 		r.line(statusSkip, "topology", "NATS unreachable")
 		return
 	}
@@ -210,12 +204,12 @@ func doctorNATS(ctx context.Context, cf *cfgFlags, r *report, cfg *config.Config
 	nctx, cancel := context.WithTimeout(ctx, cf.timeout)
 	defer cancel()
 	if _, err := js.AccountInfo(nctx); err != nil {
-		r.line(statusFail, "jetstream", "%v", err)
+		r.line(statusFail, "jetstream", "%s", describe(err))
 		return
 	}
 	topo := service.Topology(cfg)
 	if err := topo.Check(nctx, js); err != nil {
-		r.line(statusFail, "topology", "missing (a service creates it at startup): %s", strings.ReplaceAll(err.Error(), "\n", "; "))
+		r.line(statusFail, "topology", "missing (cactusctl topology ensure, or a service with the right to, creates it): %s", describe(errors.New(strings.ReplaceAll(err.Error(), "\n", "; "))))
 	} else {
 		r.line(statusOK, "topology", "%d streams, %d consumers, %d buckets present", len(topo.Streams()), len(topo.Consumers()), len(topo.Buckets()))
 	}
@@ -228,7 +222,7 @@ func doctorNATS(ctx context.Context, cf *cfgFlags, r *report, cfg *config.Config
 		}
 		info, err := c.Info(nctx)
 		if err != nil {
-			r.line(statusFail, name, "%v", err)
+			r.line(statusFail, name, "%s", describe(err))
 			continue
 		}
 		st := statusOK
@@ -240,7 +234,7 @@ func doctorNATS(ctx context.Context, cf *cfgFlags, r *report, cfg *config.Config
 	s, err := js.Stream(nctx, bus.StreamDLQ)
 	if err != nil {
 		if !errors.Is(err, jetstream.ErrStreamNotFound) {
-			r.line(statusFail, "dead letters", "%v", err)
+			r.line(statusFail, "dead letters", "%s", describe(err))
 		}
 		return
 	}

@@ -32,17 +32,19 @@ func TestUsage(t *testing.T) {
 		code int
 		in   string // expected in stdout+stderr
 	}{
-		{nil, exitUsage, "usage: cactusctl"},
+		{nil, exitUsage, "want a command"},
 		{[]string{"help"}, exitOK, "registration"},
+		{[]string{"--help"}, exitOK, "Usage:"},
 		{[]string{"nope"}, exitUsage, `unknown command "nope"`},
 		{[]string{"registration", "-h"}, exitOK, "-server-name"},
-		{[]string{"registration", "-bogus"}, exitUsage, "flag provided but not defined"},
-		{[]string{"registration"}, exitUsage, "-server-name is required"},
+		{[]string{"registration", "-bogus"}, exitUsage, "unknown shorthand flag: 'b' in -bogus"},
+		{[]string{"registration", "--bogus"}, exitUsage, "unknown flag: --bogus"},
+		{[]string{"registration"}, exitUsage, "--server-name is required"},
 		{[]string{"doctor", "-h"}, exitOK, "-max-lag"},
 		{[]string{"dlq"}, exitUsage, "want one of"},
 		{[]string{"dlq", "list", "-h"}, exitOK, "-json"},
-		{[]string{"dlq", "replay"}, exitUsage, "either -all or sequence numbers"},
-		{[]string{"dlq", "replay", "-all", "3"}, exitUsage, "either -all or sequence numbers"},
+		{[]string{"dlq", "replay"}, exitUsage, "either --all or sequence numbers"},
+		{[]string{"dlq", "replay", "-all", "3"}, exitUsage, "either --all or sequence numbers"},
 		{[]string{"dlq", "replay", "x"}, exitUsage, "not a dead letter sequence"},
 		{[]string{"dlq", "drop"}, exitUsage, "sequence numbers"},
 		{[]string{"sites", "remove"}, exitUsage, "unknown subcommand"},
@@ -109,7 +111,7 @@ func TestRegistrationCommand(t *testing.T) {
 	// A second run refuses to replace the files and leaves them intact.
 	before, _ := os.ReadFile(regPath)
 	r = ctl(t, nil, args...)
-	if r.code != exitUsage || !strings.Contains(r.stderr, "-force") {
+	if r.code != exitUsage || !strings.Contains(r.stderr, "--force") {
 		t.Fatalf("exit %d, %s", r.code, r.stderr)
 	}
 	after, _ := os.ReadFile(regPath)

@@ -195,7 +195,7 @@ func TestSitesList(t *testing.T) {
 
 func TestNATSUnreachable(t *testing.T) {
 	r := ctl(t, map[string]string{"CACTUS_NATS_URL": "nats://127.0.0.1:1"}, "sites", "list", "-timeout", "300ms")
-	if r.code != exitFailed || !strings.Contains(r.stderr, "connect to nats") {
+	if r.code != exitFailed || !strings.Contains(r.stderr, "cannot reach NATS at nats://127.0.0.1:1") {
 		t.Fatalf("%d %s %s", r.code, r.stdout, r.stderr)
 	}
 }

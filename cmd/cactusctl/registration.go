@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -10,31 +9,12 @@ import (
 	"github.com/cactus-comments/appservice/cmd/internal/appreg"
 )
 
-func cmdRegistration(_ context.Context, e *env, args []string) error {
-	f := newFlags(e, "registration", "-server-name NAME [flags]",
-		"Writes an appservice registration file with fresh 64-hex tokens and namespaces escaped\n"+
-			"for the server name, and the .env file our services need to match it. Existing files\n"+
-			"are never overwritten without -force, so tokens in use are not lost by accident.")
-	var p appreg.Params
-	var out, envOut string
-	var force bool
-	f.StringVar(&p.ServerName, "server-name", "", "the homeserver's server name, as in user ids (required)")
-	f.StringVar(&p.GatewayURL, "gateway-url", "http://localhost:8080", "URL at which the homeserver reaches the gateway")
-	f.StringVar(&p.HomeserverURL, "homeserver-url", "", "URL at which our services reach the homeserver (default https://<server-name>)")
-	f.StringVar(&p.ID, "id", appreg.DefaultID, "registration id")
-	f.StringVar(&p.BotLocalpart, "bot-localpart", appreg.DefaultBotLocalpart, "localpart of the bot user (sender_localpart)")
-	f.StringVar(&p.Prefix, "prefix", appreg.DefaultPrefix, "alias namespace prefix")
-	f.StringVar(&out, "o", "-", "registration file to write; - for stdout")
-	f.StringVar(&envOut, "env-out", "cactus.env", "environment file to write; empty to skip")
-	f.BoolVar(&force, "force", false, "overwrite existing files")
-	if err := parse(f, args); err != nil {
-		return err
-	}
-	if f.NArg() > 0 {
-		return usagef("unexpected arguments %q", f.Args())
-	}
+// writeRegistration writes the registration to out (- for stdout), the
+// services' environment file to envOut and the tokens alone to secretsOut
+// (empty: none).
+func writeRegistration(e *env, p appreg.Params, out, envOut, secretsOut string, force bool) error {
 	if p.ServerName == "" {
-		return usagef("-server-name is required")
+		return usagef("--server-name is required")
 	}
 	g, err := appreg.Generate(p)
 	if err != nil {
@@ -46,12 +26,12 @@ func cmdRegistration(_ context.Context, e *env, args []string) error {
 	}
 	// Both files are checked before either is written, so a refusal leaves
 	// nothing half done.
-	for _, path := range []string{out, envOut} {
+	for _, path := range []string{out, envOut, secretsOut} {
 		if path == "" || path == "-" || force {
 			continue
 		}
 		if _, err := os.Stat(path); err == nil {
-			return usagef("%s exists; use -force to replace it (its tokens would change)", path)
+			return usagef("%s exists; use --force to replace it (its tokens would change)", path)
 		} else if !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
@@ -61,6 +41,13 @@ func cmdRegistration(_ context.Context, e *env, args []string) error {
 			return err
 		}
 		fmt.Fprintf(e.stderr, "wrote %s (CACTUS_* variables for the services)\n", envOut)
+	}
+	if secretsOut != "" {
+		tokens := fmt.Sprintf("CACTUS_HS_TOKEN=%s\nCACTUS_AS_TOKEN=%s\n", g.Registration.HSToken, g.Registration.ASToken)
+		if err := writeSecret(secretsOut, []byte(tokens)); err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stderr, "wrote %s (the two tokens, for a Secret)\n", secretsOut)
 	}
 	if out == "-" {
 		_, err := e.stdout.Write(y)

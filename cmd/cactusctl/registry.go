@@ -9,28 +9,10 @@ import (
 
 	"github.com/cactus-comments/appservice/cmd/internal/rebuild"
 	"github.com/cactus-comments/appservice/pkg/registry"
-	"github.com/cactus-comments/appservice/pkg/service"
 )
 
-func cmdSites(ctx context.Context, e *env, args []string) error {
-	verb, rest, err := subcommand(args, "list")
-	if err != nil || verb == "help" {
-		fmt.Fprintln(e.stderr, "usage: cactusctl sites list [-json] [-env FILE]")
-		if err != nil {
-			return err
-		}
-		return nil
-	}
-	f := newFlags(e, "sites list", "[flags]", "Lists the registered sites from the registry in NATS.")
-	var cf cfgFlags
-	cf.register(f)
-	asJSON := f.Bool("json", false, "print JSON instead of a table")
-	if err := parse(f, rest); err != nil {
-		return err
-	}
-	if f.NArg() > 0 {
-		return usagef("unexpected arguments %q", f.Args())
-	}
+// sitesList prints the registry's sites as a table or JSON.
+func sitesList(ctx context.Context, e *env, cf *cfgFlags, asJSON bool) error {
 	nc, js, err := cf.connectNATS(ctx, e)
 	if err != nil {
 		return err
@@ -56,7 +38,7 @@ func cmdSites(ctx context.Context, e *env, args []string) error {
 		}
 		rows = append(rows, row{s, len(rooms)})
 	}
-	if *asJSON {
+	if asJSON {
 		enc := json.NewEncoder(e.stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(rows)
@@ -80,46 +62,24 @@ func orDash(s string) string {
 	return s
 }
 
-func cmdRegistry(ctx context.Context, e *env, args []string) error {
-	verb, rest, err := subcommand(args, "rebuild")
-	if err != nil || verb == "help" {
-		fmt.Fprintln(e.stderr, "usage: cactusctl registry rebuild [-prune] [-env FILE]")
-		if err != nil {
-			return err
-		}
-		return nil
-	}
-	f := newFlags(e, "registry rebuild", "[flags]",
-		"Rebuilds the site and room registry from the homeserver: the rooms the bot is in, their\n"+
-			"canonical aliases, each moderation room's power levels and bans. Safe while services run.")
-	var cf cfgFlags
-	cf.register(f)
-	prune := f.Bool("prune", false, "also delete sites the homeserver no longer has (only if every room could be read)")
-	if err := parse(f, rest); err != nil {
-		return err
-	}
-	if f.NArg() > 0 {
-		return usagef("unexpected arguments %q", f.Args())
-	}
+// registryRebuild rebuilds the registry from the homeserver, saying how
+// far it is on stderr while it reads.
+func registryRebuild(ctx context.Context, e *env, cf *cfgFlags, prune bool) error {
 	cfg, err := cf.full(e)
 	if err != nil {
 		return err
 	}
-	nc, js, err := cf.connect(ctx, cfg)
+	// The registry buckets may not exist yet on a fresh NATS.
+	nc, js, err := cf.connectEnsured(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	// The registry buckets may not exist yet on a fresh NATS: create them as
-	// any service would.
-	if err := service.Topology(cfg).Ensure(ctx, js); err != nil {
-		return err
-	}
 	reg, err := registry.Open(ctx, js)
 	if err != nil {
 		return err
 	}
-	res, err := rebuild.Run(ctx, cfg, reg, *prune, nil)
+	res, err := rebuild.Run(ctx, cfg, reg, prune, progressLogger(e.stderr))
 	if err != nil {
 		return err
 	}
@@ -141,7 +101,7 @@ func cmdRegistry(ctx context.Context, e *env, args []string) error {
 		for _, s := range res.Skipped {
 			fmt.Fprintf(w, "  %s\n", s)
 		}
-		if *prune {
+		if prune {
 			fmt.Fprintln(w, "nothing was pruned because some rooms could not be read")
 		}
 		return errSilent

@@ -25,6 +25,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cactus-comments/appservice/pkg/buildinfo"
 	"github.com/cactus-comments/appservice/pkg/hssim"
 	"github.com/cactus-comments/appservice/pkg/registration"
 )
@@ -78,7 +79,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var regs, users listFlag
 	fs.Var(&regs, "registration", "appservice registration file (repeatable)")
 	fs.Var(&users, "user", "pre-register a password user as localpart:password (repeatable)")
+	version := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *version {
+		_, err := fmt.Fprintln(stdout, "hssim", buildinfo.Get())
 		return err
 	}
 	if len(regs) == 0 {

@@ -82,3 +82,10 @@ func TestRunRejectsBadInput(t *testing.T) {
 		}
 	}
 }
+
+func TestVersion(t *testing.T) {
+	var out strings.Builder
+	if err := run(context.Background(), []string{"-version"}, &out, io.Discard); err != nil || !strings.HasPrefix(out.String(), "hssim dev (revision ") && !strings.HasPrefix(out.String(), "hssim v") {
+		t.Fatalf("run(-version) = %v, printed %q", err, out.String())
+	}
+}

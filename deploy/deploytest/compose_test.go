@@ -19,8 +19,11 @@ import (
 
 	"github.com/compose-spec/compose-go/v2/loader"
 	"github.com/compose-spec/compose-go/v2/types"
+	"github.com/nats-io/nats-server/v2/server"
 	"gopkg.in/yaml.v3"
 
+	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/pkg/natsconf"
 	"github.com/cactus-comments/appservice/pkg/registration"
 )
 
@@ -187,7 +190,7 @@ func hostPort(t *testing.T, raw string) (string, int) {
 	}
 	p := u.Port()
 	if p == "" {
-		p = map[string]string{"http": "80", "https": "443", "nats": "4222"}[u.Scheme]
+		p = map[string]string{"http": "80", "https": "443", "nats": "4222", "tls": "4222"}[u.Scheme]
 	}
 	n, err := strconv.Atoi(p)
 	if err != nil {
@@ -229,7 +232,7 @@ func TestComposeServices(t *testing.T) {
 		names = append(names, name)
 	}
 	slices.Sort(names)
-	want := []string{"botworker", "gateway", "nats", "provisioner", "synapse"}
+	want := []string{"botworker", "gateway", "nats", "provisioner", "synapse", "topology"}
 	if !slices.Equal(names, want) {
 		t.Fatalf("services %v, want %v", names, want)
 	}
@@ -270,8 +273,14 @@ func TestComposeOurServices(t *testing.T) {
 			if s.Restart == "" || s.Restart == "no" {
 				t.Errorf("restart %q: a service that exits (NATS unreachable for two minutes) should come back", s.Restart)
 			}
-			if !slices.Equal(s.EnvFile, []string{composeEnvFile}) {
-				t.Errorf("env_file %v, want [%s] (written by cactusctl registration)", s.EnvFile, composeEnvFile)
+			if want := []string{composeEnvFile, natsClientEnvFile(name)}; !slices.Equal(s.EnvFile, want) {
+				t.Errorf("env_file %v, want %v (written by cactusctl registration and nats-credentials)", s.EnvFile, want)
+			}
+			if cf.value(s.Environment, "CACTUS_NATS_TOPOLOGY") != "check" {
+				t.Error("CACTUS_NATS_TOPOLOGY is not check: its NATS user may not create the topology")
+			}
+			if d := s.DependsOn["topology"]; d.Condition != "service_completed_successfully" {
+				t.Errorf("depends_on topology %+v: want service_completed_successfully (the topology must exist first)", d)
 			}
 			// The image has no shell and no HTTP client: a healthcheck
 			// command could never run and would mark it unhealthy.
@@ -372,6 +381,41 @@ func TestComposeStartOrder(t *testing.T) {
 	}
 }
 
+// natsClientEnvFile is where `cactusctl nats-credentials --dir
+// deploy/compose/local` writes an identity's NATS user and password.
+func natsClientEnvFile(identity string) string { return "deploy/compose/local/" + identity + ".env" }
+
+const natsServerEnvFile = "deploy/compose/local/nats.env"
+
+// loadNATSConf reads the compose NATS configuration with the server's own
+// parser, the passwords taken from made-up values.
+func loadNATSConf(t *testing.T, c *composeFile) *server.Options {
+	t.Helper()
+	n := c.Services["nats"]
+	conf, ok := flagValue(n.Command, "-c")
+	if !ok {
+		t.Fatalf("nats command %v names no configuration file (-c)", n.Command)
+	}
+	var mount *composeMount
+	for i, m := range n.Volumes {
+		if strings.HasPrefix(conf, m.Target+"/") && m.Type == "bind" {
+			mount = &n.Volumes[i]
+		}
+	}
+	if mount == nil || !mount.ReadOnly {
+		t.Fatalf("nats reads %s, which no read-only bind mount provides", conf)
+	}
+	for _, id := range bus.Identities() {
+		t.Setenv(natsconf.PasswordVar(id), "password-of-"+string(id))
+	}
+	local := filepath.Join(repoRoot(t), filepath.FromSlash(path.Clean(mount.Source)), strings.TrimPrefix(conf, mount.Target+"/"))
+	o, err := server.ProcessConfigFile(local)
+	if err != nil {
+		t.Fatalf("nats-server refuses %s: %v", local, err)
+	}
+	return o
+}
+
 func TestComposeNATS(t *testing.T) {
 	c := loadCompose(t)
 	n := c.Services["nats"]
@@ -382,19 +426,13 @@ func TestComposeNATS(t *testing.T) {
 	if got, want := imageMinor(tag), natsServerMinor(t); got != want {
 		t.Errorf("nats image %s is %s; the tests embed nats-server %s (pkg/go.mod)", n.Image, got, want)
 	}
-	if !slices.Contains(n.Command, "-js") && !slices.Contains(n.Command, "--jetstream") {
-		t.Errorf("nats command %v does not enable JetStream", n.Command)
-	}
-	dir, ok := flagValue(n.Command, "-sd")
-	if !ok {
-		dir, ok = flagValue(n.Command, "--store_dir")
-	}
-	if !ok {
-		t.Fatalf("nats command %v has no store directory (-sd)", n.Command)
+	o := loadNATSConf(t, c)
+	if !o.JetStream || o.StoreDir == "" {
+		t.Fatalf("the nats configuration does not enable JetStream with a store directory")
 	}
 	persisted := false
 	for _, m := range n.Volumes {
-		if m.Target == dir && m.Type == "volume" {
+		if m.Target == o.StoreDir && m.Type == "volume" {
 			if _, declared := c.Volumes[m.Source]; !declared {
 				t.Errorf("nats mounts volume %q, which is not declared under volumes:", m.Source)
 			}
@@ -402,33 +440,73 @@ func TestComposeNATS(t *testing.T) {
 		}
 	}
 	if !persisted {
-		t.Errorf("the JetStream store %s is not on a named volume: a restart would lose every stream", dir)
+		t.Errorf("the JetStream store %s is not on a named volume: a restart would lose every stream", o.StoreDir)
 	}
-	mon, ok := flagValue(n.Command, "-m")
-	if !ok {
-		t.Fatalf("nats command %v does not enable monitoring (-m)", n.Command)
+	if o.HTTPPort <= 0 {
+		t.Fatal("the nats configuration does not enable monitoring (http_port)")
 	}
-	if n.Healthcheck == nil || !strings.Contains(strings.Join(n.Healthcheck.Test, " "), ":"+mon+"/healthz") {
-		t.Errorf("nats healthcheck should ask /healthz on the monitoring port %s", mon)
+	if n.Healthcheck == nil || !strings.Contains(strings.Join(n.Healthcheck.Test, " "), fmt.Sprintf(":%d/healthz", o.HTTPPort)) {
+		t.Errorf("nats healthcheck should ask /healthz on the monitoring port %d", o.HTTPPort)
+	}
+	// Every identity is a user with its password from nats.env, and no
+	// client gets in without one.
+	if o.NoAuthUser != "" {
+		t.Errorf("no_auth_user %q lets clients in without credentials", o.NoAuthUser)
+	}
+	users := map[string]string{}
+	for _, u := range o.Users {
+		users[u.Username] = u.Password
+	}
+	for _, id := range bus.Identities() {
+		if users[string(id)] != "password-of-"+string(id) {
+			t.Errorf("NATS user %s missing or not with the password from %s", id, natsconf.PasswordVar(id))
+		}
+	}
+	if !slices.Equal(n.EnvFile, []string{natsServerEnvFile}) {
+		t.Errorf("nats env_file %v, want [%s] (cactusctl nats-credentials)", n.EnvFile, natsServerEnvFile)
+	}
+
+	top := c.Services["topology"]
+	if top.Build == nil || top.Build.Args["SERVICE"] != "cactusctl" || !slices.Equal(top.Command, []string{"topology", "ensure"}) {
+		t.Errorf("topology service: want the cactusctl image running topology ensure, got %+v %v", top.Build, top.Command)
+	}
+	if !slices.Equal(top.EnvFile, []string{composeEnvFile, natsClientEnvFile(string(bus.Operator))}) {
+		t.Errorf("topology env_file %v: want the operator's NATS user", top.EnvFile)
 	}
 }
 
-// registrationCommand is the `cactusctl registration` invocation the
-// compose README tells you to run, as arguments after "cactusctl".
-func registrationCommand(t *testing.T) []string {
+// TestGeneratedNATSConfig: the committed NATS users are exactly what
+// `cactusctl nats-config` derives from the topology today.
+func TestGeneratedNATSConfig(t *testing.T) {
+	for file, want := range map[string]string{
+		"deploy/compose/nats/accounts.conf": natsconf.ServerConfig(bus.Topology{}),
+		"deploy/k8s/nats-auth-values.yaml":  natsconf.HelmValues(bus.Topology{}, natsconf.UsersSecret),
+	} {
+		if got := string(readRepoFile(t, file)); got != want {
+			format := map[bool]string{true: "server", false: "helm"}[strings.HasSuffix(file, ".conf")]
+			t.Errorf("%s differs from the topology's permissions; regenerate it: go run ./cmd/cactusctl nats-config --format %s > %s", file, format, file)
+		}
+	}
+}
+
+// readmeCommand is the `cactusctl <command>` invocation the compose README
+// tells you to run, as arguments after "cactusctl".
+func readmeCommand(t *testing.T, command string) []string {
 	t.Helper()
 	sc := bufio.NewScanner(bytes.NewReader(readRepoFile(t, composeReadme)))
 	for sc.Scan() {
 		if rest, ok := strings.CutPrefix(strings.TrimSpace(sc.Text()), "go run ./cmd/cactusctl "); ok {
 			argv := strings.Fields(rest)
-			if len(argv) > 0 && argv[0] == "registration" {
+			if len(argv) > 0 && argv[0] == command {
 				return argv
 			}
 		}
 	}
-	t.Fatalf("%s shows no `go run ./cmd/cactusctl registration ...` line", composeReadme)
+	t.Fatalf("%s shows no `go run ./cmd/cactusctl %s ...` line", composeReadme, command)
 	return nil
 }
+
+func registrationCommand(t *testing.T) []string { return readmeCommand(t, "registration") }
 
 func TestComposeSynapse(t *testing.T) {
 	c := loadCompose(t)
@@ -436,13 +514,13 @@ func TestComposeSynapse(t *testing.T) {
 	s := c.Services["synapse"]
 	argv := registrationCommand(t)
 
-	if v, _ := flagValue(argv, "-server-name"); v != hs.ServerName {
+	if v, _ := flagValue(argv, "--server-name"); v != hs.ServerName {
 		t.Errorf("README registers for server %q, homeserver.yaml says %q", v, hs.ServerName)
 	}
 	if out, _ := flagValue(argv, "-o"); out != composeRegistration {
 		t.Errorf("README writes the registration to %q, compose mounts %q", out, composeRegistration)
 	}
-	if env, _ := flagValue(argv, "-env-out"); env != composeEnvFile {
+	if env, _ := flagValue(argv, "--env-out"); env != composeEnvFile {
 		t.Errorf("README writes the env file to %q, compose reads %q", env, composeEnvFile)
 	}
 
@@ -526,11 +604,17 @@ func TestComposeRegistration(t *testing.T) {
 	if err := os.MkdirAll(filepath.Join(work, filepath.FromSlash(path.Dir(composeRegistration))), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	run := exec.Command(bin, registrationCommand(t)...)
-	run.Dir = work
-	run.Env = []string{"PATH=" + os.Getenv("PATH")}
-	if out, err := run.CombinedOutput(); err != nil {
-		t.Fatalf("cactusctl %v: %v\n%s", registrationCommand(t), err, out)
+	creds := readmeCommand(t, "nats-credentials")
+	if dir, _ := flagValue(creds, "--dir"); path.Clean(dir) != path.Dir(composeEnvFile) {
+		t.Errorf("README writes the NATS credentials to %q, compose reads them from %s", dir, path.Dir(composeEnvFile))
+	}
+	for _, argv := range [][]string{registrationCommand(t), creds} {
+		run := exec.Command(bin, argv...)
+		run.Dir = work
+		run.Env = []string{"PATH=" + os.Getenv("PATH")}
+		if out, err := run.CombinedOutput(); err != nil {
+			t.Fatalf("cactusctl %v: %v\n%s", argv, err, out)
+		}
 	}
 
 	reg, err := registration.Load(filepath.Join(work, filepath.FromSlash(composeRegistration)))
@@ -565,8 +649,21 @@ func TestComposeRegistration(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			s := c.Services[name]
 			env := map[string]string{}
-			for k, v := range fileEnv {
-				env[k] = v
+			for _, file := range s.EnvFile { // later files win, as in compose
+				data, err := os.ReadFile(filepath.Join(work, filepath.FromSlash(file)))
+				if err != nil {
+					t.Fatalf("env_file %s is not written by the README's commands: %v", file, err)
+				}
+				m, err := parseComposeEnvFile(data)
+				if err != nil {
+					t.Fatalf("%s: %v", file, err)
+				}
+				for k, v := range m {
+					env[k] = v
+				}
+			}
+			if env["CACTUS_NATS_USER"] != name || env["CACTUS_NATS_PASSWORD"] == "" {
+				t.Errorf("%s connects to NATS as %q, want its own user", name, env["CACTUS_NATS_USER"])
 			}
 			for k, v := range s.Environment { // compose: environment wins over env_file
 				env[k] = v

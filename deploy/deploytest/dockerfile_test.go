@@ -284,9 +284,25 @@ func TestDockerfileStaticBuild(t *testing.T) {
 	if !strings.Contains(env, "CGO_ENABLED=0") && !strings.Contains(goBuild.args, "CGO_ENABLED=0") {
 		t.Error("CGO_ENABLED=0 is not set for go build: the binary would need libc, which the final image lacks")
 	}
-	for _, want := range []string{"-trimpath", `-ldflags="-s -w"`, "--mount=type=cache,target=/go/pkg/mod", "--mount=type=cache,target=/root/.cache/go-build"} {
+	for _, want := range []string{"-trimpath", `-ldflags="-s -w `, "--mount=type=cache,target=/go/pkg/mod", "--mount=type=cache,target=/root/.cache/go-build"} {
 		if !strings.Contains(goBuild.args, want) {
 			t.Errorf("go build RUN lacks %s", want)
+		}
+	}
+	// The image knows its version: the build has no .git (and
+	// -buildvcs=false), so the version and revision come in as build
+	// arguments and are stamped with -X, as `make build` does.
+	const pkg = "github.com/cactus-comments/appservice/pkg/buildinfo"
+	for _, v := range []string{"version", "revision"} {
+		arg := strings.ToUpper(v)
+		if !strings.Contains(goBuild.args, "-X "+pkg+"."+v+"=${"+arg+"}") {
+			t.Errorf("go build does not stamp %s.%s from the build argument %s", pkg, v, arg)
+		}
+		if !slices.ContainsFunc(build.all("ARG"), func(in instruction) bool { return strings.HasPrefix(in.args, arg) }) {
+			t.Errorf("build stage has no ARG %s", arg)
+		}
+		if mk := string(readRepoFile(t, "Makefile")); !strings.Contains(mk, "--build-arg "+arg+"=") || !strings.Contains(mk, "-X $(BUILDINFO)."+v+"=") {
+			t.Errorf("Makefile does not pass %s to the image build and go build", arg)
 		}
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -28,6 +29,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/pkg/natsconf"
 	"github.com/cactus-comments/appservice/pkg/service"
 )
 
@@ -43,6 +45,7 @@ type rendered struct {
 	pdbs          []*policyv1.PodDisruptionBudget
 	netpols       []*networkingv1.NetworkPolicy
 	scaledObjects []*scaledObject
+	cronJobs      []*batchv1.CronJob
 }
 
 // render runs kustomize (the library kubectl uses) on dir and decodes every
@@ -89,6 +92,9 @@ func render(t *testing.T, dir string) *rendered {
 		case "networking.k8s.io/v1/NetworkPolicy":
 			o := &networkingv1.NetworkPolicy{}
 			r.netpols, obj = append(r.netpols, o), o
+		case "batch/v1/CronJob":
+			o := &batchv1.CronJob{}
+			r.cronJobs, obj = append(r.cronJobs, o), o
 		case "keda.sh/v1alpha1/ScaledObject":
 			o := &scaledObject{}
 			r.scaledObjects, obj = append(r.scaledObjects, o), o
@@ -174,6 +180,9 @@ func (r *rendered) containerEnv(t *testing.T, c corev1.Container) map[string]str
 			}
 		case src.SecretRef != nil:
 			s := r.secret(src.SecretRef.Name)
+			if s == nil && slices.ContainsFunc(externalSecrets, func(p string) bool { return strings.HasPrefix(src.SecretRef.Name, p) }) {
+				continue // supplied by an overlay (see checkSecrets)
+			}
 			if s == nil {
 				t.Fatalf("container %s: envFrom Secret %s is not in the kustomization", c.Name, src.SecretRef.Name)
 			}
@@ -231,14 +240,25 @@ var overlays = []overlay{
 	{"production", "deploy/k8s/overlays/production", true},
 }
 
+// externalSecrets are the Secrets base refers to but does not hold: the
+// installation's tokens and NATS passwords, which an overlay supplies.
+var externalSecrets = []string{"cactus-tokens", "cactus-nats-"}
+
 func TestKubernetes(t *testing.T) {
 	root := repoRoot(t)
 	cf := loadConfigFacts(t)
 	nv := loadNATSValues(t)
 	for _, ov := range overlays {
 		t.Run(ov.name, func(t *testing.T) {
-			r := render(t, filepath.Join(root, filepath.FromSlash(ov.dir)))
+			dir := filepath.Join(root, filepath.FromSlash(ov.dir))
+			if ov.production {
+				// As deploy/k8s/README.md has the operator make them.
+				dir = productionWithSecrets(t)
+			}
+			r := render(t, dir)
 			t.Run("objects", func(t *testing.T) { checkObjects(t, r, ov) })
+			t.Run("secrets", func(t *testing.T) { checkSecrets(t, r, ov) })
+			t.Run("cactusctl", func(t *testing.T) { checkCactusctlJob(t, r, ov) })
 			t.Run("config", func(t *testing.T) { checkConfig(t, r, cf, nv, ov) })
 			for _, name := range deploymentNames {
 				t.Run("deployment/"+name, func(t *testing.T) { checkDeployment(t, r, cf, ov, name) })
@@ -275,17 +295,6 @@ func checkObjects(t *testing.T, r *rendered, ov overlay) {
 			t.Errorf("NetworkPolicy %s in namespace %q", p.Name, p.Namespace)
 		}
 	}
-	if len(r.secrets) != 1 {
-		t.Errorf("%d Secrets, want 1", len(r.secrets))
-	}
-	for _, s := range r.secrets {
-		for k, v := range secretValues(s) {
-			// Placeholders only: a real token in git is a leaked token.
-			if !strings.HasPrefix(v, "REPLACE_ME") {
-				t.Errorf("Secret %s key %s holds a value that is not a REPLACE_ME placeholder", s.Name, k)
-			}
-		}
-	}
 }
 
 // checkConfig: the ConfigMap and Secret hold every variable the services
@@ -301,25 +310,42 @@ func checkConfig(t *testing.T, r *rendered, cf configFacts, nv natsValues, ov ov
 			t.Errorf("%s is a secret but sits in ConfigMap %s", k, cm.Name)
 		}
 	}
+	if err := cf.checkKnown(cm.Data); err != nil {
+		t.Error(err)
+	}
+	for _, d := range r.deployments {
+		env := r.containerEnv(t, d.Spec.Template.Spec.Containers[0])
+		if err := cf.checkKnown(env); err != nil {
+			t.Errorf("%s: %v", d.Name, err)
+		}
+		if env["CACTUS_NATS_TOPOLOGY"] != "check" {
+			t.Errorf("%s: CACTUS_NATS_TOPOLOGY %q: its NATS user may not create the topology, want check", d.Name, env["CACTUS_NATS_TOPOLOGY"])
+		}
+		if !ov.production {
+			continue // the tokens and NATS users come from an overlay
+		}
+		for _, req := range cf.required() {
+			if _, ok := env[req]; !ok {
+				t.Errorf("%s: required %s is in neither the ConfigMap nor a Secret", d.Name, req)
+			}
+		}
+		cfg, err := cf.loadConfig(t, env)
+		if err != nil {
+			t.Errorf("%s: the service would refuse this configuration: %v", d.Name, err)
+			continue
+		}
+		if cfg.NATSUser != d.Name || cfg.NATSPassword == "" {
+			t.Errorf("%s connects to NATS as %q, want its own user", d.Name, cfg.NATSUser)
+		}
+		c := d.Spec.Template.Spec.Containers[0]
+		if !strings.HasPrefix(cfg.NATSURL, "tls://") || cfg.NATSCA == "" ||
+			!slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return strings.HasPrefix(cfg.NATSCA, m.MountPath+"/") }) {
+			t.Errorf("%s: NATS %s with CA %q: want tls:// and the CA on a mounted volume", d.Name, cfg.NATSURL, cfg.NATSCA)
+		}
+	}
 	env := map[string]string{}
 	for k, v := range cm.Data {
 		env[k] = v
-	}
-	for _, s := range r.secrets {
-		for k, v := range secretValues(s) {
-			env[k] = v
-		}
-	}
-	for _, req := range cf.required() {
-		if _, ok := env[req]; !ok {
-			t.Errorf("required %s is in neither the ConfigMap nor the Secret", req)
-		}
-	}
-	if err := cf.checkKnown(env); err != nil {
-		t.Error(err)
-	}
-	if _, err := cf.loadConfig(t, env); err != nil {
-		t.Errorf("the services would refuse this configuration: %v", err)
 	}
 
 	natsHost, natsPort := hostPort(t, cf.value(env, "CACTUS_NATS_URL"))
@@ -636,8 +662,8 @@ func checkAutoscaling(t *testing.T, r *rendered, nv natsValues) {
 			if useHTTPS, _ := strconv.ParseBool(md["useHttps"]); useHTTPS {
 				t.Errorf("ScaledObject %s: useHttps, but the NATS monitoring port serves plain http", so.Name)
 			}
-			if md["account"] != "$G" {
-				t.Errorf("ScaledObject %s: account %q; the NATS values configure no accounts, so streams live in $G", so.Name, md["account"])
+			if md["account"] != natsconf.Account {
+				t.Errorf("ScaledObject %s: account %q; our streams live in the NATS account %s (nats-auth-values.yaml)", so.Name, md["account"], natsconf.Account)
 			}
 		}
 		if g, ok := partitionedWorkers[ref.Name]; ok {

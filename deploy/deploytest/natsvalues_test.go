@@ -16,6 +16,12 @@ type natsValues struct {
 	FullnameOverride  string `yaml:"fullnameOverride"`
 	NamespaceOverride string `yaml:"namespaceOverride"`
 	Config            struct {
+		NATS struct {
+			TLS struct {
+				Enabled    bool   `yaml:"enabled"`
+				SecretName string `yaml:"secretName"`
+			} `yaml:"tls"`
+		} `yaml:"nats"`
 		Cluster struct {
 			Enabled  bool `yaml:"enabled"`
 			Replicas int  `yaml:"replicas"`
@@ -153,5 +159,8 @@ func TestNATSValues(t *testing.T) {
 	}
 	if !v.PodDisruptionBudget.Enabled {
 		t.Error("no PodDisruptionBudget: a drain could stop two servers at once")
+	}
+	if !c.NATS.TLS.Enabled || c.NATS.TLS.SecretName == "" {
+		t.Error("clients reach NATS without TLS: tokens and events would cross the cluster network in clear")
 	}
 }

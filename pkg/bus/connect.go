@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/url"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -21,6 +23,12 @@ type ConnOptions struct {
 	CA       string
 	Cert     string
 	Key      string
+	// InboxPrefix replaces _INBOX for the connection's reply subjects (see
+	// Identity.InboxPrefix).
+	InboxPrefix string
+	// Once makes Connect fail at the first failed attempt instead of
+	// retrying until its context ends: for tools at a terminal.
+	Once bool
 }
 
 // Connect dials NATS and keeps reconnecting forever, logging every
@@ -55,6 +63,9 @@ func Connect(ctx context.Context, o ConnOptions, log *slog.Logger) (*nats.Conn, 
 			log.Error("nats async error", "subject", subj, "err", err)
 		}),
 	}
+	if o.InboxPrefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(o.InboxPrefix))
+	}
 	if o.Creds != "" {
 		opts = append(opts, nats.UserCredentials(o.Creds))
 	}
@@ -86,6 +97,9 @@ func Connect(ctx context.Context, o ConnOptions, log *slog.Logger) (*nats.Conn, 
 			log.Info("nats connected", "url", nc.ConnectedUrlRedacted())
 			return nc, nil
 		}
+		if o.Once {
+			return nil, fmt.Errorf("cannot reach NATS at %s: %w", redactURLs(o.URL), err)
+		}
 		log.Warn("nats connect failed, retrying", "err", err, "in", delay)
 		select {
 		case <-ctx.Done():
@@ -94,4 +108,21 @@ func Connect(ctx context.Context, o ConnOptions, log *slog.Logger) (*nats.Conn, 
 		}
 		delay = min(delay*2, 5*time.Second)
 	}
+}
+
+// redactURLs is a comma-separated list of NATS URLs with any password or
+// token in them masked.
+func redactURLs(list string) string {
+	parts := strings.Split(list, ",")
+	for i, p := range parts {
+		p = strings.TrimSpace(p)
+		if u, err := url.Parse(p); err == nil && u.User != nil {
+			if _, hasPW := u.User.Password(); !hasPW {
+				u.User = url.User("xxxxx") // a token alone
+			}
+			p = u.Redacted()
+		}
+		parts[i] = p
+	}
+	return strings.Join(parts, ",")
 }

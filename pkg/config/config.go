@@ -7,14 +7,14 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"os"
 	"reflect"
 	"regexp"
 	"regexp/syntax"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
-
-	"github.com/kelseyhightower/envconfig"
 
 	"github.com/cactus-comments/appservice/pkg/mxid"
 	"github.com/cactus-comments/appservice/pkg/namespace"
@@ -42,9 +42,9 @@ func (s Secret) Format(f fmt.State, verb rune) { _, _ = io.WriteString(f, redact
 // variables so that one environment file or ConfigMap serves them all.
 type Config struct {
 	// The Cactus Comments variables.
-	HSToken           Secret `envconfig:"HS_TOKEN" required:"true" desc:"token the homeserver sends us (registration hs_token)"`
-	ASToken           Secret `envconfig:"AS_TOKEN" required:"true" desc:"token we send the homeserver (registration as_token)"`
-	HomeserverURL     string `envconfig:"HOMESERVER_URL" required:"true" desc:"client-server API base URL of the homeserver, http(s)"`
+	HSToken           Secret `envconfig:"HS_TOKEN" required:"true" check:"token" desc:"token the homeserver sends us (registration hs_token)"`
+	ASToken           Secret `envconfig:"AS_TOKEN" required:"true" check:"token" desc:"token we send the homeserver (registration as_token)"`
+	HomeserverURL     string `envconfig:"HOMESERVER_URL" required:"true" check:"httpurl" desc:"client-server API base URL of the homeserver, http(s)"`
 	UserID            string `envconfig:"USER_ID" required:"true" desc:"the bot's user id, @localpart:server (localpart = sender_localpart)"`
 	NamespaceRegex    string `envconfig:"NAMESPACE_REGEX" default:"#comments_.*" desc:"alias namespace regex of the registration; must start with # + prefix"`
 	NamespacePrefix   string `envconfig:"NAMESPACE_PREFIX" default:"comments_" desc:"alias localpart prefix of every room we manage"`
@@ -52,44 +52,45 @@ type Config struct {
 
 	// Homeserver-facing details.
 	AppserviceID        string `envconfig:"APPSERVICE_ID" desc:"registration id; enables the homeserver-to-gateway ping at startup"`
-	PublicHomeserverURL string `envconfig:"PUBLIC_HOMESERVER_URL" desc:"homeserver URL web browsers use, for the embed snippet (default: HOMESERVER_URL)"`
+	PublicHomeserverURL string `envconfig:"PUBLIC_HOMESERVER_URL" check:"httpurl" desc:"homeserver URL web browsers use, for the embed snippet (default: HOMESERVER_URL)"`
 	BotDisplayName      string `envconfig:"BOT_DISPLAY_NAME" default:"Cactus Comments" desc:"display name set on the bot at startup"`
-	BotAvatarURL        string `envconfig:"BOT_AVATAR_URL" desc:"mxc:// avatar set on the bot at startup (empty: leave unchanged)"`
+	BotAvatarURL        string `envconfig:"BOT_AVATAR_URL" check:"mxc" desc:"mxc:// avatar set on the bot at startup (empty: leave unchanged)"`
 
 	// NATS.
-	NATSURL      string `envconfig:"NATS_URL" default:"nats://127.0.0.1:4222" desc:"NATS server URL(s), comma separated"`
+	NATSURL      string `envconfig:"NATS_URL" default:"nats://127.0.0.1:4222" check:"natsurls" desc:"NATS server URL(s), comma separated"`
 	NATSCreds    string `envconfig:"NATS_CREDS" desc:"NATS credentials file (JWT + nkey)"`
 	NATSNKey     string `envconfig:"NATS_NKEY" desc:"NATS nkey seed file"`
 	NATSUser     string `envconfig:"NATS_USER" desc:"NATS user name"`
-	NATSPassword Secret `envconfig:"NATS_PASSWORD" desc:"NATS password"`
-	NATSToken    Secret `envconfig:"NATS_TOKEN" desc:"NATS authentication token"`
+	NATSPassword Secret `envconfig:"NATS_PASSWORD" check:"secret" desc:"NATS password"`
+	NATSToken    Secret `envconfig:"NATS_TOKEN" check:"secret" desc:"NATS authentication token"`
 	NATSCA       string `envconfig:"NATS_CA" desc:"CA certificate file to verify the NATS server"`
 	NATSCert     string `envconfig:"NATS_CERT" desc:"client certificate file for NATS mutual TLS"`
 	NATSKey      string `envconfig:"NATS_KEY" desc:"client key file for NATS mutual TLS"`
-	NATSReplicas int    `envconfig:"NATS_REPLICAS" default:"1" desc:"JetStream replicas of our streams and buckets (3 in a cluster)"`
+	NATSTopology string `envconfig:"NATS_TOPOLOGY" default:"ensure" check:"oneof=ensure|check" desc:"ensure: create or update streams, consumers and buckets at startup; check: only wait until they exist (least-privilege NATS users; cactusctl topology ensure creates them)"`
+	NATSReplicas int    `envconfig:"NATS_REPLICAS" default:"1" check:"positive" desc:"JetStream replicas of our streams and buckets (3 in a cluster)"`
 
 	// Listeners and logs.
-	ListenAddr string `envconfig:"LISTEN_ADDR" default:":8080" desc:"gateway: homeserver-facing Application Service API address"`
-	AdminAddr  string `envconfig:"ADMIN_ADDR" default:":9090" desc:"every service: /livez, /readyz and /metrics"`
-	LogFormat  string `envconfig:"LOG_FORMAT" default:"auto" desc:"auto (colored text on a terminal, else JSON), text or json"`
+	ListenAddr string `envconfig:"LISTEN_ADDR" default:":8080" check:"addr" desc:"gateway: homeserver-facing Application Service API address"`
+	AdminAddr  string `envconfig:"ADMIN_ADDR" default:":9090" check:"addr" desc:"every service: /livez, /readyz and /metrics"`
+	LogFormat  string `envconfig:"LOG_FORMAT" default:"auto" check:"oneof=auto|text|json" desc:"auto (colored text on a terminal, else JSON), text or json"`
 	LogLevel   string `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
 
 	// Gateway tuning.
-	PublishTimeout    time.Duration `envconfig:"PUBLISH_TIMEOUT" default:"10s" desc:"gateway: longest wait for JetStream acks before answering 503"`
-	AliasQueryTimeout time.Duration `envconfig:"ALIAS_QUERY_TIMEOUT" default:"20s" desc:"gateway: longest wait for a provisioner's answer to an alias query"`
-	MaxBodyBytes      int64         `envconfig:"MAX_BODY_BYTES" default:"33554432" desc:"gateway: largest transaction body accepted"`
+	PublishTimeout    time.Duration `envconfig:"PUBLISH_TIMEOUT" default:"10s" check:"positive" desc:"gateway: longest wait for JetStream acks before answering 503"`
+	AliasQueryTimeout time.Duration `envconfig:"ALIAS_QUERY_TIMEOUT" default:"20s" check:"positive" desc:"gateway: longest wait for a provisioner's answer to an alias query"`
+	MaxBodyBytes      int64         `envconfig:"MAX_BODY_BYTES" default:"33554432" check:"positive" desc:"gateway: largest transaction body accepted"`
 	// The body limits bound the gateway's memory by configuration rather
 	// than by what clients declare or how slowly they send.
-	BodyBytesInFlight int64         `envconfig:"BODY_BYTES_IN_FLIGHT" default:"67108864" desc:"gateway: request body bytes held at once across all requests (a quarter of a 256 MiB pod); beyond it, 503 at once"`
-	BodyReadTimeout   time.Duration `envconfig:"BODY_READ_TIMEOUT" default:"30s" desc:"gateway: longest time a client may take to send a request body"`
-	MinBodyRate       int64         `envconfig:"MIN_BODY_RATE" default:"65536" desc:"gateway: slowest request body upload accepted after its first 2 s, in bytes per second"`
-	ShutdownTimeout   time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"25s" desc:"every service: longest graceful drain on SIGTERM"`
+	BodyBytesInFlight int64         `envconfig:"BODY_BYTES_IN_FLIGHT" default:"67108864" check:"positive" desc:"gateway: request body bytes held at once across all requests (a quarter of a 256 MiB pod); beyond it, 503 at once"`
+	BodyReadTimeout   time.Duration `envconfig:"BODY_READ_TIMEOUT" default:"30s" check:"positive" desc:"gateway: longest time a client may take to send a request body"`
+	MinBodyRate       int64         `envconfig:"MIN_BODY_RATE" default:"65536" check:"positive" desc:"gateway: slowest request body upload accepted after its first 2 s, in bytes per second"`
+	ShutdownTimeout   time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"25s" check:"positive" desc:"every service: longest graceful drain on SIGTERM"`
 
 	// Workers.
-	RegistrationLimit int           `envconfig:"REGISTRATION_LIMIT" default:"10" desc:"botworker: sites one user may register"`
-	HomeserverTimeout time.Duration `envconfig:"HOMESERVER_TIMEOUT" default:"20s" desc:"workers: per-request timeout of homeserver calls"`
-	MaxDeliver        int           `envconfig:"MAX_DELIVER" default:"8" desc:"workers: deliveries of one message before it is dead-lettered"`
-	Concurrency       int           `envconfig:"CONCURRENCY" default:"16" desc:"workers: messages processed at once per replica"`
+	RegistrationLimit int           `envconfig:"REGISTRATION_LIMIT" default:"10" check:"positive" desc:"botworker: sites one user may register"`
+	HomeserverTimeout time.Duration `envconfig:"HOMESERVER_TIMEOUT" default:"20s" check:"positive" desc:"workers: per-request timeout of homeserver calls"`
+	MaxDeliver        int           `envconfig:"MAX_DELIVER" default:"8" check:"positive" desc:"workers: deliveries of one message before it is dead-lettered"`
+	Concurrency       int           `envconfig:"CONCURRENCY" default:"16" check:"positive" desc:"workers: messages processed at once per replica"`
 
 	// Derived by Validate.
 	bot       mxid.UserID
@@ -97,144 +98,193 @@ type Config struct {
 	register  *regexp.Regexp
 }
 
-// Load reads the CACTUS_* environment and validates the result. Every error is one line naming the variable.
-func Load() (*Config, error) {
-	c, err := process()
-	if err != nil {
-		return nil, err
-	}
-	if err := c.Validate(); err != nil {
+// Lookup returns the value of a variable and whether it is set: the
+// process environment (os.LookupEnv), an .env file, or a map in tests.
+type Lookup func(name string) (string, bool)
+
+// Load reads the CACTUS_* environment and validates the result. The error,
+// if any, is a Problems: every problem found, one line each naming its
+// variable.
+func Load() (*Config, error) { return LoadFrom(os.LookupEnv) }
+
+// LoadFrom is Load with the variables taken from lookup.
+func LoadFrom(lookup Lookup) (*Config, error) {
+	var col collector
+	c := parse(lookup, &col, true)
+	c.validate(&col)
+	if err := col.err(); err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
-// process fills a Config from the environment. envconfig falls back to the
-// bare tag name (HS_TOKEN, USER_ID, LOG_LEVEL, ...) when the prefixed
-// variable is unset, so an unrelated LOG_LEVEL in a container would
-// configure us. It therefore processes a shadow struct whose tags carry the
-// full CACTUS_ names, for which the fallback is the same name.
-func process() (*Config, error) {
-	t := reflect.TypeFor[Config]()
-	var fields []reflect.StructField
-	var index []int
+// Parse fills a Config from lookup, each unset variable taking its
+// default, without checking required variables or validating: for tools
+// that need only part of the configuration (the NATS settings). The error
+// lists the values that could not be read at all.
+func Parse(lookup Lookup) (*Config, error) {
+	var col collector
+	c := parse(lookup, &col, false)
+	return c, col.err()
+}
+
+var durationType = reflect.TypeFor[time.Duration]()
+
+// parse reads every variable by its full CACTUS_ name only: an unrelated
+// LOG_LEVEL in a container must not configure us.
+func parse(lookup Lookup, col *collector, required bool) *Config {
+	var c Config
+	v := reflect.ValueOf(&c).Elem()
+	t := v.Type()
 	for i := range t.NumField() {
 		f := t.Field(i)
 		key := f.Tag.Get("envconfig")
 		if key == "" {
 			continue
 		}
-		tag := strings.Replace(string(f.Tag), `envconfig:"`+key+`"`, `envconfig:"`+Prefix+"_"+key+`"`, 1)
-		fields = append(fields, reflect.StructField{Name: f.Name, Type: f.Type, Tag: reflect.StructTag(tag)})
-		index = append(index, i)
+		raw, ok := lookup(Prefix + "_" + key)
+		if !ok {
+			if required && f.Tag.Get("required") == "true" {
+				col.add(key, "required but not set")
+				continue
+			}
+			raw, ok = f.Tag.Get("default"), f.Tag.Get("default") != ""
+		}
+		if !ok {
+			continue
+		}
+		if why := setField(v.Field(i), raw); why != "" {
+			col.add(key, "%s", why)
+		}
 	}
-	shadow := reflect.New(reflect.StructOf(fields))
-	if err := envconfig.Process("", shadow.Interface()); err != nil {
-		return nil, oneLine(err)
-	}
-	var c Config
-	cv := reflect.ValueOf(&c).Elem()
-	for j, i := range index {
-		cv.Field(i).Set(shadow.Elem().Field(j))
-	}
-	return &c, nil
+	return &c
 }
 
-// oneLine turns envconfig's errors into "CACTUS_X: why".
-func oneLine(err error) error {
-	var pe *envconfig.ParseError
-	if errors.As(err, &pe) {
-		return fmt.Errorf("%s: cannot read %q as %s", pe.KeyName, pe.Value, pe.TypeName)
+// setField decodes raw into f, or says why it cannot; the reason quotes raw
+// only for types that cannot hold a secret.
+func setField(f reflect.Value, raw string) string {
+	if f.Type() == durationType {
+		d, err := time.ParseDuration(strings.TrimSpace(raw))
+		if err != nil {
+			return fmt.Sprintf("cannot read %q as a duration (e.g. 500ms, 10s, 1m30s)", raw)
+		}
+		f.SetInt(int64(d))
+		return ""
 	}
-	msg := err.Error()
-	if k, ok := strings.CutPrefix(msg, "required key "); ok {
-		k, _, _ = strings.Cut(k, " ")
-		return fmt.Errorf("%s: required but not set", k)
+	switch f.Kind() {
+	case reflect.String:
+		f.SetString(raw)
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		n, err := strconv.ParseInt(strings.TrimSpace(raw), 10, f.Type().Bits())
+		if err != nil {
+			return fmt.Sprintf("cannot read %q as a whole number", raw)
+		}
+		f.SetInt(n)
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		n, err := strconv.ParseUint(strings.TrimSpace(raw), 10, f.Type().Bits())
+		if err != nil {
+			return fmt.Sprintf("cannot read %q as a whole number", raw)
+		}
+		f.SetUint(n)
+	case reflect.Bool:
+		b, err := strconv.ParseBool(strings.TrimSpace(raw))
+		if err != nil {
+			return fmt.Sprintf("cannot read %q as true or false", raw)
+		}
+		f.SetBool(b)
+	default:
+		return fmt.Sprintf("has an unsupported type %s", f.Type())
 	}
-	return errors.New(strings.ReplaceAll(msg, "\n", " "))
+	return ""
 }
 
-// Validate checks every value and fills the derived fields.
+// Validate checks every value, fills the derived fields and normalises the
+// URLs. The error, if any, is a Problems.
 func (c *Config) Validate() error {
-	v := func(name, format string, args ...any) error {
-		return fmt.Errorf("%s_%s: %s", Prefix, name, fmt.Sprintf(format, args...))
+	var col collector
+	c.validate(&col)
+	return col.err()
+}
+
+// validate runs the check named in each field's `check` tag (see checks),
+// then the checks that involve several variables or derived values.
+func (c *Config) validate(col *collector) {
+	v := reflect.ValueOf(c).Elem()
+	t := v.Type()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		key, tag := f.Tag.Get("envconfig"), f.Tag.Get("check")
+		if key == "" || tag == "" || col.has(key) {
+			continue
+		}
+		if f.Tag.Get("required") == "true" && v.Field(i).IsZero() {
+			col.add(key, "required but empty")
+			continue
+		}
+		name, arg, _ := strings.Cut(tag, "=")
+		check, ok := checks[name]
+		if !ok {
+			col.add(key, "unknown check %q (a bug)", tag)
+			continue
+		}
+		if why := check(v.Field(i), arg); why != "" {
+			col.add(key, "%s", why)
+		}
 	}
-	if c.HSToken == "" {
-		return v("HS_TOKEN", "required but empty")
+
+	if c.HSToken != "" && c.HSToken == c.ASToken {
+		col.add("HS_TOKEN", "must differ from CACTUS_AS_TOKEN")
 	}
-	if c.ASToken == "" {
-		return v("AS_TOKEN", "required but empty")
+	if !col.has("HOMESERVER_URL") && !col.has("PUBLIC_HOMESERVER_URL") && c.PublicHomeserverURL == "" {
+		c.PublicHomeserverURL = c.HomeserverURL
 	}
-	hs, err := normalizeURL(c.HomeserverURL)
-	if err != nil {
-		return v("HOMESERVER_URL", "%v", err)
-	}
-	c.HomeserverURL = hs
-	if c.PublicHomeserverURL == "" {
-		c.PublicHomeserverURL = hs
-	} else if c.PublicHomeserverURL, err = normalizeURL(c.PublicHomeserverURL); err != nil {
-		return v("PUBLIC_HOMESERVER_URL", "%v", err)
-	}
-	if c.bot, err = mxid.ParseUserID(c.UserID); err != nil {
-		return v("USER_ID", "%v", err)
+	var err error
+	if c.UserID == "" {
+		col.add("USER_ID", "required but empty")
+	} else if c.bot, err = mxid.ParseUserID(c.UserID); err != nil {
+		col.add("USER_ID", "%v", err)
 	}
 	if c.NamespacePrefix == "" || strings.ContainsAny(c.NamespacePrefix, ": \t\n#") {
-		return v("NAMESPACE_PREFIX", "must be non-empty without ':', '#' or whitespace, got %q", c.NamespacePrefix)
-	}
-	if !strings.HasPrefix(c.NamespaceRegex, "#"+c.NamespacePrefix) {
-		return v("NAMESPACE_REGEX", "must start with %q (# and the namespace prefix), got %q", "#"+c.NamespacePrefix, c.NamespaceRegex)
+		col.add("NAMESPACE_PREFIX", "must be non-empty without ':', '#' or whitespace, got %q", c.NamespacePrefix)
+	} else if !strings.HasPrefix(c.NamespaceRegex, "#"+c.NamespacePrefix) {
+		col.add("NAMESPACE_REGEX", "must start with %q (# and the namespace prefix), got %q", "#"+c.NamespacePrefix, c.NamespaceRegex)
 	}
 	if c.namespace, err = compileMatch(c.NamespaceRegex); err != nil {
-		return v("NAMESPACE_REGEX", "%v", err)
+		col.add("NAMESPACE_REGEX", "%v", err)
 	}
 	if c.register, err = compileMatch(c.RegistrationRegex); err != nil {
-		return v("REGISTRATION_REGEX", "%v", err)
-	}
-	switch c.LogFormat {
-	case "auto", "text", "json":
-	default:
-		return v("LOG_FORMAT", "must be auto, text or json, got %q", c.LogFormat)
+		col.add("REGISTRATION_REGEX", "%v", err)
 	}
 	switch strings.ToLower(c.LogLevel) {
 	case "debug", "info", "warn", "warning", "error":
 	default:
-		return v("LOG_LEVEL", "must be debug, info, warn or error, got %q", c.LogLevel)
+		col.add("LOG_LEVEL", "must be debug, info, warn or error, got %q", c.LogLevel)
 	}
 	if (c.NATSCert == "") != (c.NATSKey == "") {
-		return v("NATS_CERT", "NATS_CERT and NATS_KEY must be set together")
+		col.add("NATS_CERT", "CACTUS_NATS_CERT and CACTUS_NATS_KEY must be set together")
 	}
 	if c.NATSUser == "" && c.NATSPassword != "" {
-		return v("NATS_USER", "required when NATS_PASSWORD is set")
-	}
-	positive := []struct {
-		name string
-		val  int64
-	}{
-		{"NATS_REPLICAS", int64(c.NATSReplicas)},
-		{"PUBLISH_TIMEOUT", int64(c.PublishTimeout)},
-		{"ALIAS_QUERY_TIMEOUT", int64(c.AliasQueryTimeout)},
-		{"MAX_BODY_BYTES", c.MaxBodyBytes},
-		{"BODY_BYTES_IN_FLIGHT", c.BodyBytesInFlight},
-		{"BODY_READ_TIMEOUT", int64(c.BodyReadTimeout)},
-		{"MIN_BODY_RATE", c.MinBodyRate},
-		{"SHUTDOWN_TIMEOUT", int64(c.ShutdownTimeout)},
-		{"REGISTRATION_LIMIT", int64(c.RegistrationLimit)},
-		{"HOMESERVER_TIMEOUT", int64(c.HomeserverTimeout)},
-		{"MAX_DELIVER", int64(c.MaxDeliver)},
-		{"CONCURRENCY", int64(c.Concurrency)},
-	}
-	for _, p := range positive {
-		if p.val <= 0 {
-			return v(p.name, "must be positive")
-		}
+		col.add("NATS_USER", "required when CACTUS_NATS_PASSWORD is set")
 	}
 	if c.BodyBytesInFlight < c.MaxBodyBytes {
-		return v("BODY_BYTES_IN_FLIGHT", "must be at least CACTUS_MAX_BODY_BYTES (%d), got %d", c.MaxBodyBytes, c.BodyBytesInFlight)
+		col.add("BODY_BYTES_IN_FLIGHT", "must be at least CACTUS_MAX_BODY_BYTES (%d), got %d", c.MaxBodyBytes, c.BodyBytesInFlight)
+	}
+	// NATS takes one way of authenticating; two set at once means one is
+	// silently ignored, or the server refuses both.
+	var auth []string
+	for _, a := range []struct{ name, val string }{
+		{"NATS_CREDS", c.NATSCreds}, {"NATS_NKEY", c.NATSNKey}, {"NATS_USER", c.NATSUser}, {"NATS_TOKEN", string(c.NATSToken)},
+	} {
+		if a.val != "" {
+			auth = append(auth, a.name)
+		}
+	}
+	if len(auth) > 1 {
+		col.add(auth[len(auth)-1], "only one of CACTUS_NATS_CREDS, CACTUS_NATS_NKEY, CACTUS_NATS_USER and CACTUS_NATS_TOKEN may be set (got %s)", Prefix+"_"+strings.Join(auth, ", "+Prefix+"_"))
 	}
 	if c.NATSReplicas > 5 {
-		return v("NATS_REPLICAS", "JetStream allows at most 5 replicas, got %d", c.NATSReplicas)
+		col.add("NATS_REPLICAS", "JetStream allows at most 5 replicas, got %d", c.NATSReplicas)
 	}
-	return nil
 }
 
 func normalizeURL(raw string) (string, error) {

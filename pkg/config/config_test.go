@@ -14,8 +14,8 @@ import (
 )
 
 const (
-	hsToken = "hs-secret-0123456789abcdef"
-	asToken = "as-secret-fedcba9876543210"
+	hsToken = "hs-secret-0123456789abcdef0123456789abcdef"
+	asToken = "as-secret-fedcba9876543210fedcba9876543210"
 )
 
 // setEnv clears every CACTUS_* variable for the test, then sets vars.
@@ -118,7 +118,6 @@ func TestLoadValues(t *testing.T) {
 		"CACTUS_LOG_FORMAT":            "json",
 		"CACTUS_NATS_USER":             "u",
 		"CACTUS_NATS_PASSWORD":         "natspassword",
-		"CACTUS_NATS_TOKEN":            "natstoken",
 		"CACTUS_NATS_REPLICAS":         "5",
 		"CACTUS_PUBLISH_TIMEOUT":       "1500ms",
 		"CACTUS_CONCURRENCY":           "1",
@@ -139,8 +138,8 @@ func TestLoadValues(t *testing.T) {
 	if c.NATSReplicas != 5 || c.PublishTimeout != 1500*time.Millisecond || c.Concurrency != 1 {
 		t.Errorf("NATSReplicas %d, PublishTimeout %v, Concurrency %d", c.NATSReplicas, c.PublishTimeout, c.Concurrency)
 	}
-	if got := c.Secrets(); len(got) != 4 {
-		t.Errorf("Secrets() has %d values, want 4", len(got))
+	if got := c.Secrets(); len(got) != 3 {
+		t.Errorf("Secrets() has %d values, want 3", len(got))
 	}
 }
 
@@ -157,7 +156,7 @@ func TestLoadErrors(t *testing.T) {
 		{"missing USER_ID", with(nil, "CACTUS_USER_ID"), "CACTUS_USER_ID", "required"},
 		{"empty HS_TOKEN", with(map[string]string{"CACTUS_HS_TOKEN": ""}), "CACTUS_HS_TOKEN", "empty"},
 		{"empty AS_TOKEN", with(map[string]string{"CACTUS_AS_TOKEN": ""}), "CACTUS_AS_TOKEN", "empty"},
-		{"empty HOMESERVER_URL", with(map[string]string{"CACTUS_HOMESERVER_URL": ""}), "CACTUS_HOMESERVER_URL", "http"},
+		{"empty HOMESERVER_URL", with(map[string]string{"CACTUS_HOMESERVER_URL": ""}), "CACTUS_HOMESERVER_URL", "empty"},
 		{"malformed URL", with(map[string]string{"CACTUS_HOMESERVER_URL": "http://[::1"}), "CACTUS_HOMESERVER_URL", "not a URL"},
 		{"URL with control char", with(map[string]string{"CACTUS_HOMESERVER_URL": "http://a\x01b"}), "CACTUS_HOMESERVER_URL", "not a URL"},
 		{"non-http scheme", with(map[string]string{"CACTUS_HOMESERVER_URL": "ftp://example.org"}), "CACTUS_HOMESERVER_URL", "http or https"},

@@ -26,6 +26,9 @@ type Options struct {
 	Port int
 	// MonitorPort > 0 enables the HTTP monitoring endpoint.
 	MonitorPort int
+	// Config is nats-server configuration text (accounts and users, as
+	// natsconf renders them), applied first; the fields above win.
+	Config string
 }
 
 // Server is a running embedded NATS server.
@@ -54,18 +57,20 @@ func Start(o Options) (*Server, error) {
 	if port == 0 {
 		port = server.RANDOM_PORT
 	}
-	opts := &server.Options{
-		ServerName: "cactus-embedded",
-		Host:       host,
-		Port:       port,
-		JetStream:  true,
-		StoreDir:   dir,
-		NoSigs:     true,
-		NoLog:      true,
-		// Matrix events are at most 64 KiB; dead letters carry one event
-		// and headers.
-		MaxPayload: 4 << 20,
+	opts := &server.Options{}
+	if o.Config != "" {
+		if err := opts.ProcessConfigString(o.Config); err != nil {
+			s.cleanup()
+			return nil, fmt.Errorf("embedded nats: configuration: %w", err)
+		}
 	}
+	opts.ServerName = "cactus-embedded"
+	opts.Host, opts.Port = host, port
+	opts.JetStream, opts.StoreDir = true, dir
+	opts.NoSigs, opts.NoLog = true, true
+	// Matrix events are at most 64 KiB; dead letters carry one event and
+	// headers.
+	opts.MaxPayload = 4 << 20
 	if o.MonitorPort > 0 {
 		opts.HTTPHost = host
 		opts.HTTPPort = o.MonitorPort
@@ -82,7 +87,7 @@ func Start(o Options) (*Server, error) {
 		return nil, errors.New("embedded nats: not ready for connections after 10s")
 	}
 	s.Server = ns
-	s.opts = Options{Dir: dir, Host: host, Port: ns.Addr().(*net.TCPAddr).Port, MonitorPort: o.MonitorPort}
+	s.opts = Options{Dir: dir, Host: host, Port: ns.Addr().(*net.TCPAddr).Port, MonitorPort: o.MonitorPort, Config: o.Config}
 	return s, nil
 }
 

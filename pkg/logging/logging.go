@@ -14,7 +14,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/lmittmann/tint"
 )
@@ -28,27 +27,49 @@ type Options struct {
 	Service string
 }
 
-// New returns a logger writing to w.
+// TimeFormat is the timestamp of text lines: the date too, so that a log
+// read a week later, or kept across midnight, says which day it is.
+const TimeFormat = "2006-01-02 15:04:05.000"
+
+// New returns a logger writing to w. Durations appear as seconds (JSON
+// numbers) in JSON and as Go duration strings ("1.5s") in text. Text is
+// colored only on a terminal, and never when NO_COLOR is set
+// (https://no-color.org).
 func New(w io.Writer, o Options) *slog.Logger {
 	level := ParseLevel(o.Level)
+	tty := isTerminal(w)
 	var h slog.Handler
 	format := o.Format
 	if format == "" || format == "auto" {
 		format = "json"
-		if isTerminal(w) {
+		if tty {
 			format = "text"
 		}
 	}
 	if format == "text" {
-		h = tint.NewHandler(w, &tint.Options{Level: level, TimeFormat: time.TimeOnly, NoColor: !isTerminal(w)})
+		h = tint.NewHandler(w, &tint.Options{Level: level, TimeFormat: TimeFormat, NoColor: !colored(tty, os.Getenv)})
 	} else {
-		h = slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})
+		h = slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level, ReplaceAttr: durationSeconds})
 	}
 	l := slog.New(NewRedactor(h, o.Secrets))
 	if o.Service != "" {
 		l = l.With("service", o.Service)
 	}
 	return l
+}
+
+// colored decides on colors: a terminal, and no NO_COLOR with a value.
+func colored(terminal bool, getenv func(string) string) bool {
+	return terminal && getenv("NO_COLOR") == ""
+}
+
+// durationSeconds writes durations as seconds: slog's JSON handler would
+// write nanoseconds, which log pipelines misread as seconds or milliseconds.
+func durationSeconds(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		return slog.Float64(a.Key, a.Value.Duration().Seconds())
+	}
+	return a
 }
 
 // ParseLevel maps a level name to a slog level; unknown names mean info.

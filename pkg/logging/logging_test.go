@@ -11,6 +11,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 )
 
 const (
@@ -195,4 +196,66 @@ func TestAutoFormat(t *testing.T) {
 
 func TestDiscard(t *testing.T) {
 	Discard().Error("nothing", "k", asToken) // must not panic or print
+}
+
+// TestTextTimestampsCarryTheDate: a text log kept across midnight (or read
+// a week later) must say which day each line is from.
+func TestTextTimestampsCarryTheDate(t *testing.T) {
+	var buf bytes.Buffer
+	New(&buf, Options{Format: "text"}).Info("hello")
+	today := time.Now().Format(time.DateOnly)
+	yesterday := time.Now().Add(-time.Hour).Format(time.DateOnly) // the test may cross midnight
+	if !strings.HasPrefix(buf.String(), today) && !strings.HasPrefix(buf.String(), yesterday) {
+		t.Fatalf("text line %q does not start with the date", buf.String())
+	}
+}
+
+// TestDurations: JSON carries seconds as numbers (what log pipelines sum
+// and compare), text carries Go duration strings (what people read).
+func TestDurations(t *testing.T) {
+	var js bytes.Buffer
+	New(&js, Options{Format: "json"}).Info("waited", "in", 1500*time.Millisecond, slog.Group("g", "rtt", 2*time.Millisecond))
+	var m map[string]any
+	if err := json.Unmarshal(js.Bytes(), &m); err != nil {
+		t.Fatal(err)
+	}
+	if m["in"] != 1.5 {
+		t.Errorf("JSON duration = %#v, want the number 1.5 (seconds): %s", m["in"], js.String())
+	}
+	if g, _ := m["g"].(map[string]any); g["rtt"] != 0.002 {
+		t.Errorf("JSON duration in a group = %#v, want 0.002: %s", m["g"], js.String())
+	}
+	var txt bytes.Buffer
+	New(&txt, Options{Format: "text"}).Info("waited", "in", 1500*time.Millisecond)
+	if !strings.Contains(txt.String(), "in=1.5s") {
+		t.Errorf("text duration: %q, want in=1.5s", txt.String())
+	}
+}
+
+// TestColor: colors only on a terminal, and never when NO_COLOR is set to
+// anything non-empty (https://no-color.org).
+func TestColor(t *testing.T) {
+	tests := []struct {
+		terminal bool
+		noColor  string
+		set      bool
+		want     bool
+	}{
+		{true, "", false, true},
+		{true, "", true, true}, // set but empty: no effect, as the convention says
+		{true, "1", true, false},
+		{true, "0", true, false}, // any non-empty value
+		{false, "", false, false},
+	}
+	for _, tt := range tests {
+		getenv := func(k string) string {
+			if k == "NO_COLOR" && tt.set {
+				return tt.noColor
+			}
+			return ""
+		}
+		if got := colored(tt.terminal, getenv); got != tt.want {
+			t.Errorf("terminal %v, NO_COLOR %q (set %v): colored = %v, want %v", tt.terminal, tt.noColor, tt.set, got, tt.want)
+		}
+	}
 }

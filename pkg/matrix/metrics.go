@@ -23,7 +23,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Homeserver client-server API calls by endpoint and HTTP status (0: no response).",
 		}, []string{"endpoint", "status"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "cactus_homeserver_request_seconds",
+			Name:    "cactus_homeserver_request_duration_seconds",
 			Help:    "Latency of homeserver calls by endpoint, per attempt.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}, []string{"endpoint"}),

@@ -61,9 +61,15 @@ func Rebuild(ctx context.Context, reg *Registry, hs *matrix.Client, ns namespace
 		mu       sync.Mutex
 		mods     []found
 		comments []found
+		read     int
 	)
 	err = forEach(ctx, joined, func(ctx context.Context, room mxid.RoomID) error {
 		alias, err := canonicalAlias(ctx, hs, room)
+		mu.Lock()
+		if read++; read%500 == 0 {
+			log.Info("registry rebuild: rooms read", "done", read, "total", len(joined))
+		}
+		mu.Unlock()
 		if err != nil {
 			mu.Lock()
 			rep.Skipped = append(rep.Skipped, fmt.Sprintf("%s: %v", room, err))

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -23,19 +24,25 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/cactus-comments/appservice/pkg/buildinfo"
 	"github.com/cactus-comments/appservice/pkg/bus"
 	"github.com/cactus-comments/appservice/pkg/config"
 	"github.com/cactus-comments/appservice/pkg/logging"
 )
 
-// Main is the whole of a service's main function: it handles -h, loads and
+// Main is the whole of a service's main function: it handles -h and
+// --version, loads and
 // validates the configuration (exit 2 with one line on error), sets up
 // logging and signals, and calls run. It returns the process exit code.
 func Main(name string, args []string, stderr io.Writer, run func(context.Context, *config.Config) error) int {
 	for _, a := range args {
-		if a == "-h" || a == "-help" || a == "--help" {
+		switch a {
+		case "-h", "-help", "--help":
 			fmt.Fprintf(stderr, "%s: configured only through environment variables:\n\n", name)
 			_ = config.Usage(stderr)
+			return 0
+		case "-version", "--version":
+			fmt.Fprintf(stderr, "%s %s\n", name, buildinfo.Get())
 			return 0
 		}
 	}
@@ -43,9 +50,12 @@ func Main(name string, args []string, stderr io.Writer, run func(context.Context
 		fmt.Fprintf(stderr, "%s: unexpected arguments %q (configuration is through CACTUS_* environment variables; -h lists them)\n", name, args)
 		return 2
 	}
+	for _, w := range config.Unknown(os.Environ()) {
+		fmt.Fprintf(stderr, "%s: warning: %s\n", name, w)
+	}
 	cfg, err := config.Load()
 	if err != nil {
-		fmt.Fprintf(stderr, "%s: configuration error: %v\n", name, err)
+		PrintConfigError(stderr, name, err)
 		return 2
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -55,6 +65,14 @@ func Main(name string, args []string, stderr io.Writer, run func(context.Context
 		return 1
 	}
 	return 0
+}
+
+// PrintConfigError writes a configuration error one problem per line, each
+// prefixed with name, so that every line names its variable on its own.
+func PrintConfigError(w io.Writer, name string, err error) {
+	for _, line := range strings.Split(err.Error(), "\n") {
+		fmt.Fprintf(w, "%s: configuration: %s\n", name, line)
+	}
 }
 
 // NewLogger builds the logger of a service from its configuration, with
@@ -86,7 +104,7 @@ func Start(ctx context.Context, name string, cfg *config.Config, log *slog.Logge
 		log = NewLogger(cfg, name)
 	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildinfo.Get().Collector())
 	connectCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	nc, err := bus.Connect(connectCtx, ConnOptions(cfg, name), log)
@@ -98,11 +116,46 @@ func Start(ctx context.Context, name string, cfg *config.Config, log *slog.Logge
 		nc.Close()
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	if err := Topology(cfg).Ensure(connectCtx, js); err != nil {
+	if err := prepareTopology(connectCtx, cfg, js, bus.Identity(name), log); err != nil {
 		nc.Close()
 		return nil, err
 	}
-	return &Runtime{Name: name, Config: cfg, Log: log, Metrics: reg, NC: nc, JS: js}, nil
+	rt := &Runtime{Name: name, Config: cfg, Log: log, Metrics: reg, NC: nc, JS: js}
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "cactus_service_ready",
+		Help: "1 while /readyz answers 200 (NATS connected, the service started), else 0.",
+	}, func() float64 {
+		if rt.Ready() != nil {
+			return 0
+		}
+		return 1
+	}))
+	return rt, nil
+}
+
+// prepareTopology ensures the whole topology (CACTUS_NATS_TOPOLOGY=ensure),
+// or, for an identity that may not change it (check), waits until what
+// this service uses exists: the operator creates it with `cactusctl
+// topology ensure`, maybe while the services start.
+func prepareTopology(ctx context.Context, cfg *config.Config, js jetstream.JetStream, id bus.Identity, log *slog.Logger) error {
+	topo := Topology(cfg)
+	if cfg.NATSTopology != "check" {
+		return topo.Ensure(ctx, js)
+	}
+	delay := 250 * time.Millisecond
+	for {
+		err := topo.CheckFor(ctx, js, id)
+		if err == nil {
+			return nil
+		}
+		log.Warn("waiting for the NATS topology (cactusctl topology ensure creates it)", "missing", err, "in", delay)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the NATS topology is incomplete; run cactusctl topology ensure with the operator's credentials: %w", err)
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 10*time.Second)
+	}
 }
 
 // Topology is the bus topology for a configuration.
@@ -113,7 +166,7 @@ func Topology(cfg *config.Config) bus.Topology {
 // ConnOptions maps the configuration to NATS connection options.
 func ConnOptions(cfg *config.Config, name string) bus.ConnOptions {
 	return bus.ConnOptions{
-		URL: cfg.NATSURL, Name: "cactus-" + name,
+		URL: cfg.NATSURL, Name: "cactus-" + name, InboxPrefix: bus.Identity(name).InboxPrefix(),
 		Creds: cfg.NATSCreds, NKeySeed: cfg.NATSNKey,
 		User: cfg.NATSUser, Password: cfg.NATSPassword.Reveal(), Token: cfg.NATSToken.Reveal(),
 		CA: cfg.NATSCA, Cert: cfg.NATSCert, Key: cfg.NATSKey,

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cactus-comments/appservice/pkg/buildinfo"
 	"github.com/cactus-comments/appservice/pkg/bus"
 	"github.com/cactus-comments/appservice/pkg/config"
 	"github.com/cactus-comments/appservice/pkg/embednats"
@@ -129,7 +130,7 @@ func TestAdminHandler(t *testing.T) {
 		t.Errorf("/readyz when ready = %d %q", code, body)
 	}
 	code, body := get(t, h, "/metrics")
-	if code != 200 || !strings.Contains(body, "go_goroutines") || !strings.Contains(body, "go_gc_duration_seconds") {
+	if code != 200 || !strings.Contains(body, "go_goroutines") || !strings.Contains(body, "go_gc_duration_seconds") || !strings.Contains(body, "cactus_build_info{") {
 		t.Errorf("/metrics = %d, missing go_ metrics:\n%.500s", code, body)
 	}
 	if strings.Contains(body, asToken) {
@@ -231,6 +232,18 @@ func TestMainHelp(t *testing.T) {
 	}
 }
 
+func TestMainVersion(t *testing.T) {
+	setEnv(t, nil) // no configuration needed
+	for _, flag := range []string{"-version", "--version"} {
+		var out bytes.Buffer
+		called := false
+		code := Main("svc", []string{flag}, &out, func(context.Context, *config.Config) error { called = true; return nil })
+		if want := "svc " + buildinfo.Get().String() + "\n"; code != 0 || called || out.String() != want {
+			t.Fatalf("Main(%s) = %d, run called %v, printed %q; want 0 and %q", flag, code, called, out.String(), want)
+		}
+	}
+}
+
 func TestMainExitCodes(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -245,8 +258,8 @@ func TestMainExitCodes(t *testing.T) {
 		{"ok", baseEnv("nats://127.0.0.1:1"), nil, nil, 0, "", true, false},
 		{"run fails", baseEnv("nats://127.0.0.1:1"), nil, errors.New("boom"), 1, "svc: boom", true, true},
 		{"unexpected argument", baseEnv("nats://127.0.0.1:1"), []string{"serve"}, nil, 2, "unexpected arguments", false, true},
-		{"missing variable", func() map[string]string { m := baseEnv(""); delete(m, "CACTUS_USER_ID"); return m }(), nil, nil, 2, "CACTUS_USER_ID", false, true},
-		{"invalid variable", func() map[string]string { m := baseEnv(""); m["CACTUS_LOG_LEVEL"] = "loud"; return m }(), nil, nil, 2, "CACTUS_LOG_LEVEL", false, true},
+		{"missing variable", func() map[string]string { m := baseEnv("nats://127.0.0.1:1"); delete(m, "CACTUS_USER_ID"); return m }(), nil, nil, 2, "CACTUS_USER_ID", false, true},
+		{"invalid variable", func() map[string]string { m := baseEnv("nats://127.0.0.1:1"); m["CACTUS_LOG_LEVEL"] = "loud"; return m }(), nil, nil, 2, "CACTUS_LOG_LEVEL", false, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -276,6 +289,42 @@ func TestMainExitCodes(t *testing.T) {
 	}
 }
 
+// TestMainReportsEveryProblemBeforeConnecting: bad values are refused with
+// exit 2, all at once and one line each, before anything is dialled; a
+// misspelt variable is warned about.
+func TestMainReportsEveryProblemBeforeConnecting(t *testing.T) {
+	env := baseEnv("http://127.0.0.1:1")
+	delete(env, "CACTUS_USER_ID")
+	delete(env, "CACTUS_HS_TOKEN")
+	env["CACTUS_AS_TOKEN"] = "REPLACE_ME"
+	env["CACTUS_LISTEN_ADDR"] = "notanaddr"
+	env["CACTUS_LOGLEVEL"] = "debug"
+	setEnv(t, env)
+	var out bytes.Buffer
+	ran := false
+	code := Main("svc", nil, &out, func(context.Context, *config.Config) error { ran = true; return nil })
+	if code != 2 || ran {
+		t.Fatalf("Main = %d, run called %v; want 2 without running", code, ran)
+	}
+	lines := strings.Split(strings.TrimRight(out.String(), "\n"), "\n")
+	want := []string{
+		"svc: warning: CACTUS_LOGLEVEL is not a variable the services read; did you mean CACTUS_LOG_LEVEL?",
+		"svc: configuration: CACTUS_HS_TOKEN: required but not set",
+		"svc: configuration: CACTUS_AS_TOKEN: is a placeholder",
+		"svc: configuration: CACTUS_USER_ID: required but not set",
+		"svc: configuration: CACTUS_NATS_URL: ",
+		"svc: configuration: CACTUS_LISTEN_ADDR: ",
+	}
+	if len(lines) != len(want) {
+		t.Fatalf("stderr has %d lines, want %d:\n%s", len(lines), len(want), out.String())
+	}
+	for i, w := range want {
+		if !strings.HasPrefix(lines[i], w) {
+			t.Errorf("line %d = %q, want it to start with %q", i+1, lines[i], w)
+		}
+	}
+}
+
 func TestCloseDrains(t *testing.T) {
 	rt, _ := startRuntime(t)
 	rt.Close()
@@ -287,9 +336,9 @@ func TestCloseDrains(t *testing.T) {
 
 func TestConnOptionsRevealSecretsOnlyToNATS(t *testing.T) {
 	setEnv(t, map[string]string{
-		"CACTUS_HS_TOKEN": "h1234567", "CACTUS_AS_TOKEN": "a1234567",
+		"CACTUS_HS_TOKEN": "h1234567-0123456789abcdef0123456789", "CACTUS_AS_TOKEN": "a1234567-0123456789abcdef0123456789",
 		"CACTUS_HOMESERVER_URL": "http://hs", "CACTUS_USER_ID": "@b:x",
-		"CACTUS_NATS_USER": "u", "CACTUS_NATS_PASSWORD": "natspass", "CACTUS_NATS_TOKEN": "natstok",
+		"CACTUS_NATS_USER": "u", "CACTUS_NATS_PASSWORD": "natspass",
 		"CACTUS_NATS_CERT": "/c", "CACTUS_NATS_KEY": "/k", "CACTUS_NATS_CA": "/ca",
 	})
 	cfg, err := config.Load()
@@ -297,7 +346,7 @@ func TestConnOptionsRevealSecretsOnlyToNATS(t *testing.T) {
 		t.Fatal(err)
 	}
 	o := ConnOptions(cfg, "gateway")
-	if o.Name != "cactus-gateway" || o.User != "u" || o.Password != "natspass" || o.Token != "natstok" || o.Cert != "/c" || o.Key != "/k" || o.CA != "/ca" {
+	if o.Name != "cactus-gateway" || o.User != "u" || o.Password != "natspass" || o.Token != "" || o.Cert != "/c" || o.Key != "/k" || o.CA != "/ca" {
 		t.Fatalf("ConnOptions = %+v", o)
 	}
 	topo := Topology(cfg)

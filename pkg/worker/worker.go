@@ -99,7 +99,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Messages handled by consumer and outcome (ok, retry, dead_letter).",
 		}, []string{"consumer", "outcome"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "cactus_worker_handle_seconds",
+			Name:    "cactus_worker_handle_duration_seconds",
 			Help:    "Time spent handling one message, by consumer.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}, []string{"consumer"}),
@@ -136,6 +136,14 @@ func (o *Options) defaults() {
 // messages for redelivery, waits for running handlers and returns.
 func Run(ctx context.Context, js jetstream.JetStream, o Options, h Handler) error {
 	o.defaults()
+	if o.Metrics != nil {
+		// Every outcome exists at 0 from the start: an increase() alert
+		// then sees the first dead letter after a restart.
+		for _, outcome := range []string{"ok", "retry", "dead_letter"} {
+			o.Metrics.messages.WithLabelValues(o.Consumer, outcome)
+		}
+		o.Metrics.duration.WithLabelValues(o.Consumer)
+	}
 	cons, err := js.Consumer(ctx, o.Stream, o.Consumer)
 	if err != nil {
 		if ctx.Err() != nil {

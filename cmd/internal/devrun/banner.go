@@ -19,7 +19,7 @@ func banner(w io.Writer, cfg *config.Config, info Info) {
 	p := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
 	dataFlag := ""
 	if filepath.Clean(info.DataDir) != DefaultDataDir {
-		dataFlag = " -data " + shellQuote(info.DataDir)
+		dataFlag = " --data " + shellQuote(info.DataDir)
 	}
 	p("")
 	p("Cactus Comments is running (data in %s, NATS %s).", info.DataDir, info.NATSURL)
@@ -44,13 +44,13 @@ func banner(w io.Writer, cfg *config.Config, info Info) {
 		p("  go run ./cmd/cactusctl demo%s register myblog             # %s asks the bot to register site myblog", dataFlag, d.Owner.UserID)
 		p("  go run ./cmd/cactusctl demo%s comment myblog hello First! # %s opens #%smyblog_hello:%s and comments", dataFlag, d.Visitor.UserID, d.Prefix, d.ServerName)
 		p("  go run ./cmd/cactusctl demo%s ban myblog %s # %s bans them; the ban reaches every comment room", dataFlag, d.Visitor.UserID, d.Owner.UserID)
-		p("  go run ./cmd/cactusctl sites list -env %s", shellQuote(env))
-		p("  go run ./cmd/cactusctl doctor -env %s", shellQuote(env))
+		p("  go run ./cmd/cactusctl sites list --env %s", shellQuote(env))
+		p("  go run ./cmd/cactusctl doctor --env %s", shellQuote(env))
 		p("Or talk to the simulator yourself, e.g.:")
 		p("  curl -s -H 'Authorization: Bearer %s' %s/_matrix/client/v3/account/whoami", d.Owner.AccessToken, info.HomeserverURL)
 		p("The simulator keeps nothing across restarts (users, rooms); NATS data and tokens in %s do.", info.DataDir)
 	} else {
-		p("Check everything: go run ./cmd/cactusctl doctor -env %s -registration %s", shellQuote(env), shellQuote(info.RegistrationPath))
+		p("Check everything: go run ./cmd/cactusctl doctor --env %s --registration %s", shellQuote(env), shellQuote(info.RegistrationPath))
 	}
 	p("Ctrl-C stops everything.")
 	p("")
@@ -75,6 +75,6 @@ func printRegistration(w io.Writer, info Info) {
 			p("  | %s", l)
 		}
 	}
-	p("The homeserver must reach the gateway at %s (set -gateway-url if it runs in a container).", info.GatewayURL)
+	p("The homeserver must reach the gateway at %s (if it runs in a container, set CACTUS_DEV_GATEWAY_URL, e.g. http://host.docker.internal:8080).", info.GatewayURL)
 	p("")
 }

@@ -6,6 +6,8 @@ package devrun
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -31,6 +33,7 @@ import (
 	"github.com/cactus-comments/appservice/pkg/embednats"
 	"github.com/cactus-comments/appservice/pkg/hssim"
 	"github.com/cactus-comments/appservice/pkg/matrix"
+	"github.com/cactus-comments/appservice/pkg/natsconf"
 	"github.com/cactus-comments/appservice/pkg/registration"
 	"github.com/cactus-comments/appservice/pkg/registry"
 	"github.com/cactus-comments/appservice/pkg/service"
@@ -88,6 +91,11 @@ type Options struct {
 	// RegistrationPoll is how often a real homeserver is asked whether it
 	// accepts the registration yet; default 2 seconds.
 	RegistrationPoll time.Duration
+	// NATSAuth runs NATS with one user per identity and the permissions
+	// production gives them (natsconf): each service connects with its own
+	// least-privilege identity, cactusctl (through the env file) as the
+	// operator.
+	NATSAuth bool
 }
 
 // Info describes the running system.
@@ -104,6 +112,9 @@ type Info struct {
 	// StaleSites are sites of a previous run dropped from the registry
 	// because the fresh simulator no longer has them.
 	StaleSites []string
+	// NATSPasswords are the passwords of the NATS users (NATSAuth only),
+	// fresh at every start.
+	NATSPasswords map[bus.Identity]string
 }
 
 // Files in the data directory.
@@ -195,11 +206,11 @@ func Run(ctx context.Context, o Options) (err error) {
 	}
 	for i, a := range append([]string{o.GatewayAddr}, o.AdminAddrs[:]...) {
 		if err := checkFree(a); err != nil {
-			name, flag := "gateway", "-listen"
+			name, choose := "gateway", "CACTUS_DEV_LISTEN=127.0.0.1:8081 (or -listen)"
 			if i > 0 {
-				name, flag = serviceNames[i-1]+" admin", "-admin-port"
+				name, choose = serviceNames[i-1]+" admin", "CACTUS_DEV_ADMIN_PORT=9190 (or -admin-port)"
 			}
-			return fmt.Errorf("%s address %s is taken (another cactus-dev running?): %w; choose another with %s", name, a, err, flag)
+			return fmt.Errorf("%s address %s is taken (another cactus-dev running?): %w; choose another, e.g. %s make run", name, a, err, choose)
 		}
 	}
 
@@ -212,7 +223,13 @@ func Run(ctx context.Context, o Options) (err error) {
 		info.Admin[n] = "http://" + o.AdminAddrs[i]
 	}
 
-	ns, err := startNATS(o)
+	if o.NATSAuth {
+		if info.NATSPasswords, err = natsPasswords(); err != nil {
+			return err
+		}
+		cfg.NATSUser, cfg.NATSPassword = string(bus.Operator), config.Secret(info.NATSPasswords[bus.Operator])
+	}
+	ns, err := startNATS(o, info.NATSPasswords)
 	if err != nil {
 		return err
 	}
@@ -225,6 +242,14 @@ func Run(ctx context.Context, o Options) (err error) {
 	if err := writeEnv(o.DataDir, cfg, reg); err != nil {
 		return err
 	}
+	// The operator's part: with NATSAuth the services may only check
+	// that the topology exists.
+	if err := ensureTopology(ctx, cfg, o.Log); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
 
 	var sim *hssim.Server
 	if o.HomeserverURL == "" {
@@ -233,7 +258,7 @@ func Run(ctx context.Context, o Options) (err error) {
 			Registrations: []*registration.Registration{reg}, Logger: o.Log,
 		})
 		if err != nil {
-			return fmt.Errorf("homeserver simulator: %w (is port %s taken? choose another with -hs-addr)", err, o.SimAddr)
+			return fmt.Errorf("homeserver simulator: %w (is %s taken? choose another, e.g. CACTUS_DEV_HS_ADDR=127.0.0.1:8009 make run, or -hs-addr)", err, o.SimAddr)
 		}
 		defer func() {
 			if cerr := sim.Close(); cerr != nil && err == nil {
@@ -333,13 +358,13 @@ func prepare(o *Options) (*config.Config, *registration.Registration, error) {
 			return nil, nil, fmt.Errorf("CACTUS_USER_ID %q: want @localpart:server", uid)
 		}
 		if server != "" && server != s {
-			return nil, nil, fmt.Errorf("-server-name %q differs from the server of CACTUS_USER_ID %q", server, uid)
+			return nil, nil, fmt.Errorf("the server name %q (CACTUS_DEV_SERVER_NAME or -server-name) differs from the server of CACTUS_USER_ID %q", server, uid)
 		}
 		server = s
 	}
 	if server == "" {
 		if o.HomeserverURL != "" {
-			return nil, nil, errors.New("with a real homeserver, give its server name (-server-name or CACTUS_USER_ID)")
+			return nil, nil, errors.New("with a real homeserver, give its server name: CACTUS_DEV_SERVER_NAME=example.org make run (or CACTUS_USER_ID, or -server-name)")
 		}
 		server = "localhost"
 	}
@@ -456,6 +481,9 @@ func writeEnv(dir string, cfg *config.Config, reg *registration.Registration) er
 		"CACTUS_AS_TOKEN=" + cfg.ASToken.Reveal(),
 		"CACTUS_HS_TOKEN=" + cfg.HSToken.Reveal(),
 	}
+	if cfg.NATSUser != "" {
+		lines = append(lines, "CACTUS_NATS_USER="+cfg.NATSUser, "CACTUS_NATS_PASSWORD="+cfg.NATSPassword.Reveal())
+	}
 	if err := os.WriteFile(filepath.Join(dir, EnvFile), []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
 		return fmt.Errorf("write env file: %w", err)
 	}
@@ -487,13 +515,50 @@ func checkFree(addr string) error {
 	return ln.Close()
 }
 
-func startNATS(o Options) (*embednats.Server, error) {
+// natsPasswords makes a password for every NATS identity.
+func natsPasswords() (map[bus.Identity]string, error) {
+	out := map[bus.Identity]string{}
+	for _, id := range bus.Identities() {
+		var b [24]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return nil, err
+		}
+		out[id] = hex.EncodeToString(b[:])
+	}
+	return out, nil
+}
+
+// ensureTopology creates the streams, consumers and buckets as the
+// operator would with `cactusctl topology ensure`.
+func ensureTopology(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	cctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	nc, err := bus.Connect(cctx, service.ConnOptions(cfg, string(bus.Operator)), log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	return service.Topology(cfg).Ensure(cctx, js)
+}
+
+func startNATS(o Options, passwords map[bus.Identity]string) (*embednats.Server, error) {
 	if o.NATSPort != 0 {
 		if err := checkFree(net.JoinHostPort("127.0.0.1", strconv.Itoa(o.NATSPort))); err != nil {
-			return nil, fmt.Errorf("NATS port %d is taken (another NATS or cactus-dev running?): choose another with -nats-port or CACTUS_DEV_NATS_PORT", o.NATSPort)
+			return nil, fmt.Errorf("NATS port %d is taken (another NATS or cactus-dev running?): choose another, e.g. CACTUS_DEV_NATS_PORT=4223 make run (or -nats-port)", o.NATSPort)
 		}
 	}
-	ns, err := embednats.Start(embednats.Options{Dir: filepath.Join(o.DataDir, natsDir), Port: o.NATSPort})
+	var conf strings.Builder
+	if passwords != nil {
+		for _, id := range bus.Identities() {
+			fmt.Fprintf(&conf, "%s: %q\n", natsconf.PasswordVar(id), passwords[id])
+		}
+		conf.WriteString(natsconf.ServerConfig(bus.Topology{}))
+	}
+	ns, err := embednats.Start(embednats.Options{Dir: filepath.Join(o.DataDir, natsDir), Port: o.NATSPort, Config: conf.String()})
 	if err != nil {
 		return nil, fmt.Errorf("embedded NATS (data in %s): %w", filepath.Join(o.DataDir, natsDir), err)
 	}
@@ -589,6 +654,10 @@ func runServices(ctx context.Context, o Options, cfg *config.Config, info Info) 
 		c := *cfg
 		c.AdminAddr = o.AdminAddrs[i]
 		name := serviceNames[i]
+		if info.NATSPasswords != nil {
+			c.NATSUser, c.NATSPassword = name, config.Secret(info.NATSPasswords[bus.Identity(name)])
+			c.NATSTopology = "check"
+		}
 		wg.Go(func() {
 			err := fn(sctx, &c)
 			if err == nil && sctx.Err() == nil {

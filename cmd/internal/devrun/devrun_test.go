@@ -3,6 +3,7 @@ package devrun
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -18,6 +19,7 @@ import (
 	"github.com/cactus-comments/appservice/cmd/internal/appreg"
 	"github.com/cactus-comments/appservice/cmd/internal/demo"
 	"github.com/cactus-comments/appservice/cmd/internal/envconf"
+	"github.com/cactus-comments/appservice/pkg/bus"
 	"github.com/cactus-comments/appservice/pkg/hssim"
 	"github.com/cactus-comments/appservice/pkg/registration"
 	"github.com/cactus-comments/appservice/pkg/registry"
@@ -110,7 +112,7 @@ func TestDevFlow(t *testing.T) {
 		t.Fatal("no simulator or demo users")
 	}
 	banner := r.out.String()
-	for _, want := range []string{"demo -data " + dir + " register myblog", "comment myblog hello", "ban myblog @visitor:localhost", r.info.Admin["provisioner"], "doctor -env"} {
+	for _, want := range []string{"demo --data " + dir + " register myblog", "comment myblog hello", "ban myblog @visitor:localhost", r.info.Admin["provisioner"], "doctor --env"} {
 		if !strings.Contains(banner, want) {
 			t.Fatalf("banner lacks %q:\n%s", want, banner)
 		}
@@ -234,11 +236,12 @@ func TestPortTaken(t *testing.T) {
 	port := ln.Addr().(*net.TCPAddr).Port
 	free := "127.0.0.1:0"
 	err = Run(context.Background(), Options{DataDir: t.TempDir(), NATSPort: port, GatewayAddr: free, AdminAddrs: [3]string{free, free, free}, SimAddr: free})
-	if err == nil || !strings.Contains(err.Error(), "NATS port") || !strings.Contains(err.Error(), "-nats-port") {
+	// The remedy names what `make run` can take: an environment variable.
+	if err == nil || !strings.Contains(err.Error(), "NATS port") || !strings.Contains(err.Error(), "CACTUS_DEV_NATS_PORT=") {
 		t.Fatalf("err = %v", err)
 	}
 	err = Run(context.Background(), Options{DataDir: t.TempDir(), GatewayAddr: ln.Addr().String(), AdminAddrs: [3]string{free, free, free}, SimAddr: free})
-	if err == nil || !strings.Contains(err.Error(), "gateway address") || !strings.Contains(err.Error(), "taken") {
+	if err == nil || !strings.Contains(err.Error(), "gateway address") || !strings.Contains(err.Error(), "taken") || !strings.Contains(err.Error(), "CACTUS_DEV_LISTEN=") {
 		t.Fatalf("err = %v", err)
 	}
 }
@@ -314,7 +317,7 @@ func TestRealHomeserver(t *testing.T) {
 	banner := out.String()
 	last := -1
 	for _, want := range []string{"Give the homeserver this registration", `| url: http://` + gw, "| as_token: " + as,
-		"Waiting for " + sim.URL(), "accepted the registration", "Cactus Comments is running", "doctor -env"} {
+		"Waiting for " + sim.URL(), "accepted the registration", "Cactus Comments is running", "doctor --env"} {
 		i := strings.Index(banner, want)
 		if i < 0 || i < last {
 			t.Fatalf("banner lacks %q or has it out of order:\n%s", want, banner)
@@ -341,4 +344,78 @@ func TestStopWhileStarting(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Run with a cancelled context: %v", err)
 	}
+}
+
+// TestLeastPrivilegeFlow runs the whole flow (a site registered through the
+// bot, the first visit of a comment section, a ban propagated) with every
+// service connected to NATS as its own user, with exactly the permissions
+// `cactusctl nats-config` gives production, and shows that the gateway's
+// identity can neither read events nor delete a stream.
+func TestLeastPrivilegeFlow(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts the whole system")
+	}
+	dir := t.TempDir()
+	ctx := context.Background()
+	r := start(t, dir, func(o *Options) { o.NATSAuth = true })
+	if _, err := nats.Connect(r.info.NATSURL); err == nil {
+		t.Fatal("NATS accepts clients without credentials")
+	}
+	d, err := demo.New(dir, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := d.Register(ctx, "secure")
+	if err != nil {
+		t.Fatal(err)
+	}
+	room, err := d.Comment(ctx, "secure", "page", "hello")
+	if err != nil {
+		t.Fatal(err)
+	}
+	visitor := r.info.Demo.Visitor.UserID
+	if _, err := d.Ban(ctx, "secure", visitor, "spam"); err != nil {
+		t.Fatal(err)
+	}
+	sim := r.info.Simulator
+	if sim.Membership(room.String(), visitor) != "ban" || sim.Membership(res.ModerationRoom.String(), visitor) != "ban" {
+		t.Fatalf("ban not carried: comment room %q", sim.Membership(room.String(), visitor))
+	}
+
+	violations := make(chan error, 16)
+	gw, err := nats.Connect(r.info.NATSURL, nats.UserInfo("gateway", r.info.NATSPasswords[bus.Gateway]),
+		nats.CustomInboxPrefix(bus.Gateway.InboxPrefix()),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { violations <- err }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gw.Close()
+	denied := func(subject string) {
+		t.Helper()
+		timeout := time.After(30 * time.Second)
+		for {
+			select {
+			case err := <-violations:
+				if errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(err.Error(), subject) {
+					return
+				}
+			case <-timeout:
+				t.Fatalf("the gateway's identity was not refused %s", subject)
+			}
+		}
+	}
+	if _, err := gw.SubscribeSync(bus.SubjectEventsAll); err != nil {
+		t.Fatal(err)
+	}
+	denied(bus.SubjectEventsAll)
+	js, err := jetstream.New(gw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := js.DeleteStream(short, bus.StreamEvents); err == nil {
+		t.Fatal("the gateway's identity deleted the event stream")
+	}
+	denied("$JS.API.STREAM.DELETE." + bus.StreamEvents)
 }

@@ -9,16 +9,14 @@ import (
 	"bytes"
 	"fmt"
 	"os"
-	"reflect"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/cactus-comments/appservice/pkg/config"
 )
 
 // Lookup returns the value of a variable and whether it is set.
-type Lookup func(name string) (string, bool)
+type Lookup = config.Lookup
 
 // Env is the process environment.
 func Env() Lookup { return os.LookupEnv }
@@ -47,85 +45,11 @@ func Chain(ls ...Lookup) Lookup {
 // field's default, without checking required variables or validating. It is
 // what commands that only need part of the configuration (the NATS
 // settings) use.
-func Fill(lookup Lookup) (*config.Config, error) {
-	var c config.Config
-	v := reflect.ValueOf(&c).Elem()
-	t := v.Type()
-	for i := range t.NumField() {
-		f := t.Field(i)
-		key := f.Tag.Get("envconfig")
-		if key == "" {
-			continue
-		}
-		name := config.Prefix + "_" + key
-		raw, ok := lookup(name)
-		if !ok {
-			raw, ok = f.Tag.Get("default"), f.Tag.Get("default") != ""
-		}
-		if !ok {
-			continue
-		}
-		if err := set(v.Field(i), raw); err != nil {
-			return nil, fmt.Errorf("%s: cannot read %q: %w", name, raw, err)
-		}
-	}
-	return &c, nil
-}
+func Fill(lookup Lookup) (*config.Config, error) { return config.Parse(lookup) }
 
-// Load is Fill followed by the checks config.Load makes: required
-// variables present, every value valid. Errors are one line naming the
-// variable.
-func Load(lookup Lookup) (*config.Config, error) {
-	vars, err := config.Variables()
-	if err != nil {
-		return nil, err
-	}
-	for _, vr := range vars {
-		if _, ok := lookup(vr.Name); vr.Required && !ok {
-			return nil, fmt.Errorf("%s: required but not set", vr.Name)
-		}
-	}
-	c, err := Fill(lookup)
-	if err != nil {
-		return nil, err
-	}
-	if err := c.Validate(); err != nil {
-		return nil, err
-	}
-	return c, nil
-}
-
-var durationType = reflect.TypeFor[time.Duration]()
-
-func set(f reflect.Value, raw string) error {
-	if f.Type() == durationType {
-		d, err := time.ParseDuration(raw)
-		if err != nil {
-			return err
-		}
-		f.SetInt(int64(d))
-		return nil
-	}
-	switch f.Kind() {
-	case reflect.String:
-		f.SetString(raw)
-	case reflect.Int, reflect.Int64, reflect.Int32:
-		n, err := strconv.ParseInt(raw, 0, f.Type().Bits())
-		if err != nil {
-			return err
-		}
-		f.SetInt(n)
-	case reflect.Bool:
-		b, err := strconv.ParseBool(raw)
-		if err != nil {
-			return err
-		}
-		f.SetBool(b)
-	default:
-		return fmt.Errorf("unsupported field kind %s", f.Kind())
-	}
-	return nil
-}
+// Load reads and validates the whole configuration exactly as the
+// services do (config.LoadFrom): every problem, one line each.
+func Load(lookup Lookup) (*config.Config, error) { return config.LoadFrom(lookup) }
 
 // ParseFile reads a .env file: KEY=VALUE lines, blank lines and # comments
 // ignored, an optional leading "export ", values optionally in single or

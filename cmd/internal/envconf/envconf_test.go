@@ -10,8 +10,8 @@ import (
 )
 
 var required = map[string]string{
-	"CACTUS_HS_TOKEN":       "hs-secret",
-	"CACTUS_AS_TOKEN":       "as-secret",
+	"CACTUS_HS_TOKEN":       "hs-secret-0123456789abcdef0123456789abcdef",
+	"CACTUS_AS_TOKEN":       "as-secret-0123456789abcdef0123456789abcdef",
 	"CACTUS_HOMESERVER_URL": "http://127.0.0.1:8008/",
 	"CACTUS_USER_ID":        "@cactusbot:localhost",
 }

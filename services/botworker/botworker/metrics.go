@@ -2,6 +2,8 @@ package botworker
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cactus-comments/appservice/services/botworker/command"
 )
 
 // metrics are the botworker's own series; the consumer loop adds
@@ -37,12 +39,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Commands from site owners by kind (help, register, sites, unknown) and outcome.",
 		}, []string{"command", "outcome"}),
 		replyLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "cactus_bot_reply_latency_seconds",
+			Name:    "cactus_bot_reply_duration_seconds",
 			Help:    "Time from a command's origin_server_ts to the bot's reply being accepted by the homeserver, by command.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
 		}, []string{"command"}),
 		handleTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "cactus_bot_command_seconds",
+			Name:    "cactus_bot_command_duration_seconds",
 			Help:    "Time the botworker spent handling one command, by command.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}, []string{"command"}),
@@ -60,5 +62,20 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"outcome"}),
 	}
 	reg.MustRegister(m.commands, m.replyLatency, m.handleTime, m.invites, m.ignored, m.orderWaits)
+	// Every label value an alert or dashboard uses exists at 0 from the
+	// start, so increase() sees the first event after a restart.
+	for _, o := range []string{"joined", "rejected", "failed"} {
+		m.invites.WithLabelValues(o)
+	}
+	for _, k := range []command.Kind{command.Help, command.Register, command.Sites, command.Unknown} {
+		m.replyLatency.WithLabelValues(k.String())
+		m.handleTime.WithLabelValues(k.String())
+		for _, o := range []string{outcomeOK, outcomeCreated, outcomeRedelivered, outcomeUsage, outcomeInvalid, outcomeTaken, outcomeOwned, outcomeLimit, outcomeHSError, outcomeSilent, outcomeError} {
+			m.commands.WithLabelValues(k.String(), o)
+		}
+	}
+	for _, o := range []string{"waited", "redelivered", "out_of_order"} {
+		m.orderWaits.WithLabelValues(o)
+	}
 	return m
 }

@@ -22,7 +22,7 @@ func TestRunSetsUpBotUser(t *testing.T) {
 	ns := embednats.StartTest(t)
 	url := ""
 	reg := &registration.Registration{
-		ID: "cactus", URL: &url, ASToken: "as-secret", HSToken: "hs-secret", SenderLocalpart: "cactusbot",
+		ID: "cactus", URL: &url, ASToken: testASToken, HSToken: testHSToken, SenderLocalpart: "cactusbot",
 		Namespaces: registration.Namespaces{
 			Users:   []registration.Namespace{{Exclusive: true, Regex: `@cactusbot:example\.org`}},
 			Aliases: []registration.Namespace{{Exclusive: true, Regex: "#comments_.*"}},

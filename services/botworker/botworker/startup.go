@@ -2,7 +2,6 @@ package botworker
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -15,27 +14,13 @@ import (
 // not reachable yet is retried until ctx ends; a refusal (wrong token,
 // user outside our namespace) is returned, since retrying cannot fix it.
 func (b *Bot) Setup(ctx context.Context) error {
-	delay := 250 * time.Millisecond
-	for {
-		err := b.setupOnce(ctx)
-		if err == nil {
-			return nil
-		}
-		if matrix.IsPermanent(err) {
-			return fmt.Errorf("botworker: set up bot user %s: %w", b.bot, err)
-		}
-		var e *matrix.Error
-		if errors.As(err, &e) && e.RetryAfter > delay {
-			delay = e.RetryAfter
-		}
-		b.log.Warn("bot user set-up failed, retrying", "err", err, "in", delay)
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("botworker: set up bot user %s: %w (last error: %v)", b.bot, ctx.Err(), err)
-		case <-time.After(delay):
-		}
-		delay = min(delay*2, 30*time.Second)
+	err := matrix.Retry(ctx, 250*time.Millisecond, 30*time.Second, b.setupOnce, func(err error, in time.Duration) {
+		b.log.Warn("bot user set-up failed, retrying", "err", err, "in", in)
+	})
+	if err != nil {
+		return fmt.Errorf("botworker: set up bot user %s: %w", b.bot, err)
 	}
+	return nil
 }
 
 func (b *Bot) setupOnce(ctx context.Context) error {

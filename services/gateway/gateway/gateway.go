@@ -59,6 +59,8 @@ type Gateway struct {
 
 	// txns recycles the buffers of a transaction (*txnState).
 	txns sync.Pool
+	// pingRetry bounds the startup ping's retries (tests shorten it).
+	pingRetry pingRetry
 	// ask puts an alias query to the provisioners (askNATS; tests replace
 	// it).
 	ask func(ctx context.Context, alias string) (bus.AliasAnswer, error)
@@ -128,6 +130,7 @@ func newGateway(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer,
 		aliasTimeout:   cfg.AliasQueryTimeout,
 		maxBody:        cfg.MaxBodyBytes,
 		bodies:         bodies,
+		pingRetry:      defaultPingRetry,
 	}
 	g.maxEvent = maxEventSize(nc)
 	g.ask = g.askNATS

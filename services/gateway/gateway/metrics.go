@@ -114,7 +114,7 @@ func newMetrics(reg prometheus.Registerer, bodies *bodyBudget) (*metrics, error)
 		}),
 		homeserverPinged: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: ns, Subsystem: sub, Name: "startup_ping",
-			Help: "Result of the startup ping through the homeserver (1 for the current result).",
+			Help: "State of the startup ping through the homeserver: 1 for the current result (pending, ok, unsupported, unreachable, homeserver_down, failed, skipped), 0 for the others.",
 		}, []string{"result"}),
 	}
 	published := prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -133,6 +133,22 @@ func newMetrics(reg prometheus.Registerer, bodies *bodyBudget) (*metrics, error)
 		Namespace: ns, Subsystem: sub, Name: "body_bytes_in_flight",
 		Help: "Request body bytes the gateway holds right now, at most CACTUS_BODY_BYTES_IN_FLIGHT (beyond it transactions get 503, outcome busy).",
 	}, func() float64 { return float64(bodies.held.Load()) })
+	for _, r := range pingResults {
+		m.homeserverPinged.WithLabelValues(r)
+	}
+	// Every label value an alert or dashboard uses exists at 0 from the
+	// start, so increase() sees the first failure after a restart.
+	for _, r := range []string{"disconnected", "publish", "dead_letter", "refused", "timeout"} {
+		m.publishFailures.WithLabelValues(r)
+	}
+	for _, r := range []string{"missing", "wrong"} {
+		m.authFailures.WithLabelValues(r)
+	}
+	for _, o := range []string{queryExists, queryNotFound, queryNotOurs, queryInvalid, queryUnavailable} {
+		m.aliasQueries.WithLabelValues(o)
+		m.aliasDuration.WithLabelValues(o)
+		m.userQueries.WithLabelValues(o)
+	}
 	for _, c := range []prometheus.Collector{
 		inFlight, m.transactions, m.txnInFlight, m.txnDuration, m.txnEvents, published, m.eventsDuplicate, m.eventsRepeated, m.deadLettered,
 		m.publishFailures, m.aliasQueries, m.aliasDuration, m.userQueries, m.userDuration,

@@ -27,7 +27,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Alias queries answered, by outcome (created, exists, unknown_site, not_comment_room, error).",
 		}, []string{"outcome"}),
 		aliasLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "cactus_provisioner_alias_query_seconds",
+			Name:    "cactus_provisioner_alias_query_duration_seconds",
 			Help:    "Time to answer one alias query, homeserver calls included.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}),
@@ -58,22 +58,49 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	reg.MustRegister(m.aliasQueries, m.aliasLatency, m.roomsCreated,
 		m.jobsPublished, m.jobs, m.plSkipped, m.moderation, m.registryMisses)
+	// Every label value an alert or dashboard uses exists at 0 from the
+	// start, so increase() sees the first event after a restart.
+	for _, o := range []string{"created", "exists", "unknown_site", "not_comment_room", "error", "bad_request"} {
+		m.aliasQueries.WithLabelValues(o)
+	}
+	for _, k := range []string{KindMember, KindPower, KindSync} {
+		m.jobsPublished.WithLabelValues(k)
+		for _, o := range []string{"done", "noop", "retried", "failed"} {
+			m.jobs.WithLabelValues(k, o)
+		}
+	}
+	for _, a := range []string{"ban", "unban", "power_levels", "alias", "echo", "ignored"} {
+		m.moderation.WithLabelValues(a)
+	}
+	for _, r := range []string{"imported", "absent"} {
+		m.registryMisses.WithLabelValues(r)
+	}
 	return m
 }
 
 // registerPending exports the jobs still to do as a gauge read at scrape
 // time: the progress of every fan-out in flight, whichever replica runs it.
+// When NATS cannot say, the sample is left out of the scrape rather than
+// given a made-up value: a query then sees no data, not a number.
 func (m *metrics) registerPending(reg prometheus.Registerer, pending func(context.Context) (uint64, error)) {
-	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "cactus_provisioner_jobs_pending",
-		Help: "Fan-out jobs waiting or running, all replicas together (-1: unknown).",
-	}, func() float64 {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		n, err := pending(ctx)
-		if err != nil {
-			return -1
-		}
-		return float64(n)
-	}))
+	reg.MustRegister(&pendingCollector{
+		desc: prometheus.NewDesc("cactus_provisioner_jobs_pending",
+			"Fan-out jobs waiting or running, all replicas together; absent from a scrape when NATS could not tell.", nil, nil),
+		pending: pending,
+	})
+}
+
+type pendingCollector struct {
+	desc    *prometheus.Desc
+	pending func(context.Context) (uint64, error)
+}
+
+func (c *pendingCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *pendingCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if n, err := c.pending(ctx); err == nil {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n))
+	}
 }

@@ -157,9 +157,8 @@ func Run(ctx context.Context, cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
-	if err := p.Bootstrap(ctx); err != nil {
-		return err
-	}
+	// The admin listener comes first: while the homeserver is not up yet
+	// the pod is alive (liveness) and says it is not ready.
 	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopAdmin()
 	adminErr := make(chan error, 1)
@@ -168,7 +167,14 @@ func Run(ctx context.Context, cfg *config.Config) error {
 			rt.Log.Info("admin listening", "addr", a.String())
 		})
 	}()
-	serveErr := p.Serve(ctx)
+	var serveErr error
+	if err := p.Bootstrap(ctx); err != nil {
+		if ctx.Err() == nil {
+			serveErr = err
+		}
+	} else {
+		serveErr = p.Serve(ctx)
+	}
 	stopAdmin()
 	if err := <-adminErr; err != nil && serveErr == nil {
 		serveErr = err

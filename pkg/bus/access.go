@@ -1,0 +1,190 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Identity is one NATS user of an installation. Each service kind has its
+// own, allowed only the subjects and JetStream API calls it needs; the
+// operator's (cactusctl) may do everything else: create and update the
+// topology, replay and drop dead letters, read any stream.
+type Identity string
+
+// The identities. A service connects as the identity of its name.
+const (
+	Gateway     Identity = "gateway"
+	Provisioner Identity = "provisioner"
+	Botworker   Identity = "botworker"
+	Operator    Identity = "operator"
+)
+
+// Identities lists every identity, the services first.
+func Identities() []Identity { return []Identity{Gateway, Provisioner, Botworker, Operator} }
+
+// InboxPrefix is the prefix of the identity's reply subjects (request
+// replies, JetStream API answers, pulled messages). Each identity has its
+// own, so that none may subscribe to what is delivered to another: with a
+// shared _INBOX.> any identity could read the events pulled by a worker.
+func (i Identity) InboxPrefix() string { return "_INBOX_" + string(i) }
+
+// Permissions is what one identity may publish and subscribe to, in NATS
+// subject terms. Everything not allowed is denied.
+type Permissions struct {
+	// All: no restriction (the operator).
+	All       bool
+	Publish   []string
+	Subscribe []string
+	// Responses lets the identity answer each request it received once,
+	// on the request's reply subject, whatever that subject is.
+	Responses bool
+}
+
+// producers publish into a stream; the dead-letter stream is fed by the
+// gateway and by every identity that consumes (see Permissions). A stream
+// added to the topology needs its producers here; a test says so.
+var producers = map[string][]Identity{
+	StreamEvents: {Gateway},
+	StreamJobs:   {Provisioner},
+}
+
+// The alias query: who asks, who answers.
+var (
+	aliasRequester = Gateway
+	aliasResponder = Provisioner
+)
+
+// ConsumerOwner is the identity whose workers pull from a durable
+// consumer: the one whose name the consumer's name is, or starts with
+// followed by "-" (botworker, botworker-p03, provisioner-jobs). "" if
+// none: a test requires every consumer of the topology to have an owner.
+func ConsumerOwner(durable string) Identity {
+	for _, id := range []Identity{Gateway, Provisioner, Botworker} {
+		if durable == string(id) || strings.HasPrefix(durable, string(id)+"-") {
+			return id
+		}
+	}
+	return ""
+}
+
+// Permissions derives what id may do from the topology, so that a stream,
+// consumer or bucket added to it is covered without a second edit:
+//
+//   - publishing into a stream: its subjects, and the stream's info;
+//   - a durable consumer it owns: its info, pulling (with priority groups
+//     and unpinning), acknowledging, and the info and messages of the
+//     stream it reads;
+//   - every identity that consumes dead-letters what it cannot handle and
+//     keeps its state in the key-value buckets, all of which it may read,
+//     write and watch;
+//   - the alias query: the gateway asks, the provisioners answer;
+//   - replies: each identity its own inbox.
+//
+// The operator may do everything.
+func (t Topology) Permissions(id Identity) Permissions {
+	if id == Operator {
+		return Permissions{All: true}
+	}
+	var pub []string
+	api := func(s ...string) { pub = append(pub, "$JS.API."+strings.Join(s, ".")) }
+	api("INFO")
+
+	produces := func(stream string) {
+		for _, sc := range t.Streams() {
+			if sc.Name == stream {
+				pub = append(pub, sc.Subjects...)
+				api("STREAM", "INFO", sc.Name)
+			}
+		}
+	}
+	for _, sc := range t.Streams() {
+		if slices.Contains(producers[sc.Name], id) {
+			produces(sc.Name)
+		}
+	}
+
+	consumes := false
+	for _, cs := range t.Consumers() {
+		if ConsumerOwner(cs.Config.Durable) != id {
+			continue
+		}
+		consumes = true
+		s, c := cs.Stream, cs.Config.Durable
+		api("CONSUMER", "INFO", s, c)
+		api("CONSUMER", "MSG", "NEXT", s, c)
+		api("CONSUMER", "UNPIN", s, c)
+		pub = append(pub, "$JS.ACK."+s+"."+c+".>")
+		api("STREAM", "INFO", s)
+		api("STREAM", "MSG", "GET", s)
+	}
+	if consumes || id == Gateway {
+		produces(StreamDLQ)
+	}
+	if consumes {
+		for _, kc := range t.Buckets() {
+			b, s := kc.Bucket, "KV_"+kc.Bucket
+			pub = append(pub, "$KV."+b+".>")
+			api("STREAM", "INFO", s)
+			api("STREAM", "MSG", "GET", s)
+			api("DIRECT", "GET", s)
+			api("DIRECT", "GET", s, ">")
+			// Watches and key listings: an ordered push consumer, created,
+			// flow-controlled and deleted by the client.
+			api("CONSUMER", "CREATE", s)
+			api("CONSUMER", "CREATE", s, ">")
+			api("CONSUMER", "INFO", s, ">")
+			api("CONSUMER", "DELETE", s, ">")
+			pub = append(pub, "$JS.FC."+s+".>")
+		}
+	}
+
+	p := Permissions{Subscribe: []string{id.InboxPrefix() + ".>"}}
+	if id == aliasRequester {
+		pub = append(pub, SubjectAliasQuery)
+	}
+	if id == aliasResponder {
+		p.Subscribe = append(p.Subscribe, SubjectAliasQuery)
+		p.Responses = true
+	}
+	slices.Sort(pub)
+	p.Publish = slices.Compact(pub)
+	return p
+}
+
+// CheckFor reports what of the topology identity id uses is missing,
+// asking only what id may ask (see Permissions): the streams it publishes
+// into, its consumers, and the buckets if it consumes.
+func (t Topology) CheckFor(ctx context.Context, js jetstream.JetStream, id Identity) error {
+	var errs []error
+	consumes := false
+	for _, cs := range t.Consumers() {
+		if ConsumerOwner(cs.Config.Durable) != id {
+			continue
+		}
+		consumes = true
+		if _, err := js.Consumer(ctx, cs.Stream, cs.Config.Durable); err != nil {
+			errs = append(errs, fmt.Errorf("consumer %s: %w", cs.Config.Durable, err))
+		}
+	}
+	for _, sc := range t.Streams() {
+		if !slices.Contains(producers[sc.Name], id) && !(sc.Name == StreamDLQ && (consumes || id == Gateway)) {
+			continue
+		}
+		if _, err := js.Stream(ctx, sc.Name); err != nil {
+			errs = append(errs, fmt.Errorf("stream %s: %w", sc.Name, err))
+		}
+	}
+	if consumes {
+		for _, kc := range t.Buckets() {
+			if _, err := js.KeyValue(ctx, kc.Bucket); err != nil {
+				errs = append(errs, fmt.Errorf("bucket %s: %w", kc.Bucket, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
