@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/url"
-	"os"
 	"reflect"
 	"regexp"
 	"regexp/syntax"
@@ -15,6 +14,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/kelseyhightower/envconfig"
 
 	"github.com/cactus-comments/appservice/pkg/mxid"
 	"github.com/cactus-comments/appservice/pkg/namespace"
@@ -102,12 +103,21 @@ type Config struct {
 // process environment (os.LookupEnv), an .env file, or a map in tests.
 type Lookup func(name string) (string, bool)
 
-// Load reads the CACTUS_* environment and validates the result. The error,
-// if any, is a Problems: every problem found, one line each naming its
-// variable.
-func Load() (*Config, error) { return LoadFrom(os.LookupEnv) }
+// Load reads the CACTUS_* environment with envconfig and validates the
+// result. The error, if any, is a Problems: every problem found, one line
+// each naming its variable.
+func Load() (*Config, error) {
+	var col collector
+	c := parseEnv(&col)
+	c.validate(&col)
+	if err := col.err(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
 
-// LoadFrom is Load with the variables taken from lookup.
+// LoadFrom is Load with the variables taken from lookup (an .env file, a
+// map in tests): the same defaults, the same decoding, the same problems.
 func LoadFrom(lookup Lookup) (*Config, error) {
 	var col collector
 	c := parse(lookup, &col, true)
@@ -160,40 +170,81 @@ func parse(lookup Lookup, col *collector, required bool) *Config {
 	return &c
 }
 
-// setField decodes raw into f, or says why it cannot; the reason quotes raw
+// parseEnv fills a Config from the process environment with envconfig,
+// one field at a time: envconfig stops at the first value it cannot read,
+// and an operator should see every one. Each field is read through a
+// one-field struct whose tag holds the full CACTUS_ name, so envconfig
+// never falls back to the bare name (an unrelated LOG_LEVEL in a container
+// must not configure us).
+func parseEnv(col *collector) *Config {
+	var c Config
+	v := reflect.ValueOf(&c).Elem()
+	t := v.Type()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		key := f.Tag.Get("envconfig")
+		if key == "" {
+			continue
+		}
+		tag := strings.Replace(string(f.Tag), `envconfig:"`+key+`"`, `envconfig:"`+Prefix+"_"+key+`"`, 1)
+		one := reflect.New(reflect.StructOf([]reflect.StructField{{Name: "V", Type: f.Type, Tag: reflect.StructTag(tag)}}))
+		err := envconfig.Process("", one.Interface())
+		var pe *envconfig.ParseError
+		switch {
+		case err == nil:
+			v.Field(i).Set(one.Elem().Field(0))
+		case errors.As(err, &pe):
+			col.add(key, "%s", unreadable(f.Type, pe.Value))
+		default:
+			// envconfig's only other error: required and not set.
+			col.add(key, "required but not set")
+		}
+	}
+	return &c
+}
+
+// unreadable says why raw cannot be a value of type t, in envconfig's
+// terms; it quotes raw only for types that cannot hold a secret.
+func unreadable(t reflect.Type, raw string) string {
+	switch {
+	case t == durationType:
+		return fmt.Sprintf("cannot read %q as a duration (e.g. 500ms, 10s, 1m30s)", raw)
+	case t.Kind() == reflect.Bool:
+		return fmt.Sprintf("cannot read %q as true or false", raw)
+	case t.Kind() >= reflect.Int && t.Kind() <= reflect.Uint64:
+		return fmt.Sprintf("cannot read %q as a whole number", raw)
+	}
+	return fmt.Sprintf("has an unsupported type %s", t)
+}
+
+// setField decodes raw into f as envconfig would (parseEnv), or says why it cannot; the reason quotes raw
 // only for types that cannot hold a secret.
 func setField(f reflect.Value, raw string) string {
-	if f.Type() == durationType {
-		d, err := time.ParseDuration(strings.TrimSpace(raw))
-		if err != nil {
-			return fmt.Sprintf("cannot read %q as a duration (e.g. 500ms, 10s, 1m30s)", raw)
-		}
+	ok := true
+	switch {
+	case f.Type() == durationType:
+		d, err := time.ParseDuration(raw)
+		ok = err == nil
 		f.SetInt(int64(d))
-		return ""
-	}
-	switch f.Kind() {
-	case reflect.String:
+	case f.Kind() == reflect.String:
 		f.SetString(raw)
-	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
-		n, err := strconv.ParseInt(strings.TrimSpace(raw), 10, f.Type().Bits())
-		if err != nil {
-			return fmt.Sprintf("cannot read %q as a whole number", raw)
-		}
+	case f.Kind() >= reflect.Int && f.Kind() <= reflect.Int64:
+		n, err := strconv.ParseInt(raw, 0, f.Type().Bits())
+		ok = err == nil
 		f.SetInt(n)
-	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
-		n, err := strconv.ParseUint(strings.TrimSpace(raw), 10, f.Type().Bits())
-		if err != nil {
-			return fmt.Sprintf("cannot read %q as a whole number", raw)
-		}
+	case f.Kind() >= reflect.Uint && f.Kind() <= reflect.Uint64:
+		n, err := strconv.ParseUint(raw, 0, f.Type().Bits())
+		ok = err == nil
 		f.SetUint(n)
-	case reflect.Bool:
-		b, err := strconv.ParseBool(strings.TrimSpace(raw))
-		if err != nil {
-			return fmt.Sprintf("cannot read %q as true or false", raw)
-		}
+	case f.Kind() == reflect.Bool:
+		b, err := strconv.ParseBool(raw)
+		ok = err == nil
 		f.SetBool(b)
 	default:
-		return fmt.Sprintf("has an unsupported type %s", f.Type())
+		ok = false
+	}
+	if !ok {
+		return unreadable(f.Type(), raw)
 	}
 	return ""
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -430,5 +431,38 @@ func TestSecretsIncludeNATSURLCredentials(t *testing.T) {
 	}
 	if strings.Contains(got, "alice") || strings.Contains(got, "n3") {
 		t.Errorf("Secrets() lists a user name or host: %q", got)
+	}
+}
+
+// TestEnvAndLookupAgree: services read the environment with envconfig
+// (Load); tools read .env files and maps (LoadFrom). Both must give the
+// same configuration, or the same problems, for the same variables.
+func TestEnvAndLookupAgree(t *testing.T) {
+	cases := []map[string]string{
+		required(),
+		with(nil, "CACTUS_HS_TOKEN", "CACTUS_USER_ID"),
+		with(map[string]string{"CACTUS_CONCURRENCY": "0x10", "CACTUS_PUBLISH_TIMEOUT": "1m30s"}),
+		with(map[string]string{"CACTUS_CONCURRENCY": " 16", "CACTUS_PUBLISH_TIMEOUT": "10"}),
+		with(map[string]string{"CACTUS_CONCURRENCY": "many", "CACTUS_SHUTDOWN_TIMEOUT": "soon", "CACTUS_NATS_REPLICAS": ""}),
+		with(map[string]string{"CACTUS_LOG_LEVEL": "", "CACTUS_BOT_DISPLAY_NAME": ""}),
+		with(map[string]string{"CACTUS_HS_TOKEN": "REPLACE_ME", "CACTUS_LISTEN_ADDR": "notanaddr"}),
+	}
+	for i, vars := range cases {
+		t.Run(fmt.Sprint(i), func(t *testing.T) {
+			setEnv(t, vars)
+			fromEnv, envErr := Load()
+			fromMap, mapErr := LoadFrom(func(k string) (string, bool) { v, ok := vars[k]; return v, ok })
+			if fmt.Sprint(envErr) != fmt.Sprint(mapErr) {
+				t.Fatalf("problems differ:\nenvironment: %v\nlookup:      %v", envErr, mapErr)
+			}
+			if envErr == nil {
+				a, b := reflect.ValueOf(*fromEnv), reflect.ValueOf(*fromMap)
+				for i := range a.NumField() {
+					if f := a.Type().Field(i); f.IsExported() && a.Field(i).Interface() != b.Field(i).Interface() {
+						t.Errorf("%s differs: environment %v, lookup %v", f.Name, a.Field(i).Interface(), b.Field(i).Interface())
+					}
+				}
+			}
+		})
 	}
 }
