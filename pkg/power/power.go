@@ -41,16 +41,16 @@ const Infinite = math.MaxInt
 const AdminLevel = 100
 
 // Room is what the decisions need to know about a room: its version and
-// who created it.
+// who created it. The registry stores it as JSON beside each room.
 type Room struct {
 	// Version is the room version ("10", "11", "12", ...). Versions that
 	// are not integers (unstable ones) count as before 12.
-	Version string
+	Version string `json:"room_version"`
 	// Creator is the sender of the room's m.room.create event.
-	Creator string
+	Creator string `json:"creator"`
 	// AdditionalCreators is the create content's additional_creators
 	// (meaningful from version 12).
-	AdditionalCreators []string
+	AdditionalCreators []string `json:"additional_creators,omitempty"`
 }
 
 // FromCreateEvent reads a Room from an m.room.create event's sender and

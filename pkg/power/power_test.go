@@ -1,7 +1,9 @@
 package power
 
 import (
+	"encoding/json"
 	"errors"
+	"reflect"
 	"testing"
 )
 
@@ -188,5 +190,26 @@ func TestCopyFor(t *testing.T) {
 	}
 	if got := CopyFor(v10, nil, v10); !same(t, got, pl(t, `{"users":{"@bot:example.org":100}}`)) {
 		t.Fatalf("nil source: %s", canonical(t, got))
+	}
+}
+
+// The registry keeps a Room as JSON: what it stores reads back the same,
+// and the names are the create event's own.
+func TestRoomJSON(t *testing.T) {
+	for _, r := range []Room{
+		{Version: "10", Creator: "@bot:example.org"},
+		{Version: "12", Creator: "@owner:example.org", AdditionalCreators: []string{"@a:example.org"}},
+	} {
+		b, err := json.Marshal(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back Room
+		if err := json.Unmarshal(b, &back); err != nil || !reflect.DeepEqual(back, r) {
+			t.Fatalf("%s read back as %+v (%v)", b, back, err)
+		}
+	}
+	if b, _ := json.Marshal(Room{Version: "11", Creator: "@bot:example.org"}); string(b) != `{"room_version":"11","creator":"@bot:example.org"}` {
+		t.Fatalf("stored as %s", b)
 	}
 }
