@@ -175,6 +175,12 @@ func TestCopyFor(t *testing.T) {
 		{"the bot's own lower entry is kept", v10, v10, `{"users":{"@bot:example.org":60}}`, `{"users":{"@bot:example.org":60}}`},
 		{"no users at all into v12", v10, v12, `{"ban":10}`, `{"ban":10}`},
 		{"unknown keys travel", v10, v12, `{"users":{},"historical":100,"m.call.invite":50}`, `{"users":{},"historical":100,"m.call.invite":50}`},
+		// A moderation room its owner upgraded to v12: the owner is a
+		// creator there, in no users, and a plain admin in every comment
+		// room, whatever its version.
+		{"owner-created v12 to the bot's v12: the owner explicit", ownerV12, v12, `{"users":{"@bot:example.org":100}}`, `{"users":{"@owner:example.org":100}}`},
+		{"owner-created v12 to v10: owner and bot explicit", ownerV12, v10, `{"users":{"@bot:example.org":100}}`, `{"users":{"@bot:example.org":100,"@owner:example.org":100}}`},
+		{"a creator of both rooms stays out", ownerV12, ownerV12, `{"users":{"@bot:example.org":100}}`, `{"users":{"@bot:example.org":100}}`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
