@@ -18,6 +18,7 @@ type fakeHS struct {
 	mu       sync.Mutex
 	server   string
 	bot      string
+	version  string // default room version ("10" if empty)
 	rooms    map[string]*fakeRoom
 	aliases  map[string]string
 	txns     map[string]string // txn id -> event id
@@ -33,8 +34,11 @@ type fakeHS struct {
 
 type fakeRoom struct {
 	id          string
+	version     string
+	creator     string
 	members     map[string]string // user -> membership
 	powerLevels json.RawMessage
+	state       map[string]any // other state set with SetStateEvent, by type
 	req         *matrix.CreateRoomRequest
 }
 
@@ -143,22 +147,118 @@ func (f *fakeHS) CreateRoom(_ context.Context, req *matrix.CreateRoomRequest) (m
 			return mxid.RoomID{}, mErr(http.StatusBadRequest, matrix.CodeRoomInUse, "Room alias already taken")
 		}
 	}
+	version := req.RoomVersion
+	if version == "" {
+		version = f.defaultVersion()
+	}
+	v12 := version == "12"
 	f.seq++
 	id := fmt.Sprintf("!room%d:%s", f.seq, f.server)
-	pl := map[string]any{"users": map[string]int{f.bot: 100}, "ban": 50, "kick": 50, "redact": 50, "state_default": 50, "events_default": 0, "users_default": 0}
+	if v12 {
+		id = fmt.Sprintf("!room%d", f.seq)
+	}
+	users := map[string]int{f.bot: 100}
+	if v12 {
+		users = map[string]int{}
+	}
+	pl := map[string]any{"users": users, "ban": 50, "kick": 50, "redact": 50, "state_default": 50, "events_default": 0, "users_default": 0}
 	if req.PowerLevelContentOverride != nil {
 		pl["users"] = req.PowerLevelContentOverride.Users
 	}
 	plb, _ := json.Marshal(pl)
-	r := &fakeRoom{id: id, members: map[string]string{f.bot: "join"}, powerLevels: plb, req: req}
-	for _, u := range req.Invite {
-		r.members[u] = "invite"
-	}
+	r := &fakeRoom{id: id, version: version, creator: f.bot, members: map[string]string{f.bot: "join"}, powerLevels: plb, req: req}
 	f.rooms[id] = r
 	if alias != "" {
 		f.aliases[alias] = id
 	}
+	if o := req.PowerLevelContentOverride; v12 && o != nil && o.Users[f.bot] != 0 {
+		// Synapse stores the room and its alias, then refuses the power
+		// levels and everything after them.
+		r.powerLevels = nil
+		return mxid.RoomID{}, mErr(http.StatusBadRequest, "M_UNKNOWN", "Creator user "+f.bot+" must not appear in content.users")
+	}
+	for _, u := range req.Invite {
+		r.members[u] = "invite"
+	}
 	return mxid.MustRoomID(id), nil
+}
+
+func (f *fakeHS) defaultVersion() string {
+	if f.version == "" {
+		return "10"
+	}
+	return f.version
+}
+
+func (f *fakeHS) DefaultRoomVersion(context.Context) (string, error) {
+	if err := f.enter("capabilities"); err != nil {
+		return "", err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.defaultVersion(), nil
+}
+
+func (f *fakeHS) CreateEvent(_ context.Context, room mxid.RoomID) (*matrix.Event, error) {
+	if err := f.enter("getState"); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r := f.rooms[room.String()]
+	if r == nil || r.members[f.bot] != "join" {
+		return nil, fakeForbidden()
+	}
+	key := ""
+	content, _ := json.Marshal(map[string]string{"room_version": r.version})
+	return &matrix.Event{Type: "m.room.create", StateKey: &key, Sender: r.creator, Content: content}, nil
+}
+
+func (f *fakeHS) SetStateEvent(_ context.Context, room mxid.RoomID, eventType, _ string, content any) (mxid.EventID, error) {
+	if err := f.enter("setState"); err != nil {
+		return mxid.EventID{}, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r := f.rooms[room.String()]
+	if r == nil || r.members[f.bot] != "join" {
+		return mxid.EventID{}, fakeForbidden()
+	}
+	b, err := json.Marshal(content)
+	if err != nil {
+		return mxid.EventID{}, err
+	}
+	if eventType == "m.room.power_levels" {
+		var pl struct {
+			Users map[string]int `json:"users"`
+		}
+		if json.Unmarshal(b, &pl) == nil && r.version == "12" {
+			if _, named := pl.Users[r.creator]; named {
+				return mxid.EventID{}, mErr(http.StatusBadRequest, "M_UNKNOWN", "Creator user "+r.creator+" must not appear in content.users")
+			}
+		}
+		r.powerLevels = b
+	} else {
+		if r.state == nil {
+			r.state = map[string]any{}
+		}
+		r.state[eventType] = content
+	}
+	return mxid.EventID{}, nil
+}
+
+func (f *fakeHS) Invite(_ context.Context, room mxid.RoomID, user mxid.UserID, _ string) error {
+	if err := f.enter("invite"); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r := f.rooms[room.String()]
+	if r == nil || r.members[f.bot] != "join" {
+		return fakeForbidden()
+	}
+	r.members[user.String()] = "invite"
+	return nil
 }
 
 // addRoom makes a room (a DM or group) with the bot invited.
