@@ -194,6 +194,10 @@ func (p *Provisioner) recordExisting(ctx context.Context, parsed namespace.Parse
 		return ans, "exists", nil
 	}
 	room := registry.Room{Site: parsed.Site, Section: parsed.Section, RoomID: roomID.String(), Alias: parsed.Alias.String()}
+	if room.Create, err = p.existingRoom(ctx, roomID); err != nil {
+		// Recorded anyway: its version is read when a job needs it.
+		p.log.Warn("version of an existing comment room not read", "alias", parsed.Alias.String(), "err", err)
+	}
 	if err := p.reg.PutRoom(ctx, room); err != nil {
 		p.log.Warn("existing comment room not recorded", "alias", parsed.Alias.String(), "err", err)
 	}

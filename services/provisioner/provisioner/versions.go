@@ -177,3 +177,18 @@ func (p *Provisioner) refusal(ctx context.Context, site *registry.Site, room mxi
 	}
 	return err
 }
+
+// existingRoom reads the version and creators of a comment room that
+// exists already (made by another replica, an earlier attempt, or before
+// the registry), to record it with them.
+func (p *Provisioner) existingRoom(ctx context.Context, room mxid.RoomID) (*power.Room, error) {
+	ev, err := p.hs.CreateEvent(ctx, room)
+	if err != nil {
+		return nil, err
+	}
+	create, err := power.FromCreateEvent(ev.Sender, ev.Content)
+	if err != nil {
+		return nil, err
+	}
+	return &create, nil
+}
