@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"sync"
+	"time"
 
 	"github.com/cactus-comments/appservice/pkg/matrix"
 	"github.com/cactus-comments/appservice/pkg/mxid"
@@ -39,6 +40,7 @@ type fakeRoom struct {
 	members     map[string]string // user -> membership
 	powerLevels json.RawMessage
 	state       map[string]any // other state set with SetStateEvent, by type
+	created     time.Time
 	req         *matrix.CreateRoomRequest
 }
 
@@ -166,7 +168,7 @@ func (f *fakeHS) CreateRoom(_ context.Context, req *matrix.CreateRoomRequest) (m
 		pl["users"] = req.PowerLevelContentOverride.Users
 	}
 	plb, _ := json.Marshal(pl)
-	r := &fakeRoom{id: id, version: version, creator: f.bot, members: map[string]string{f.bot: "join"}, powerLevels: plb, req: req}
+	r := &fakeRoom{id: id, version: version, creator: f.bot, members: map[string]string{f.bot: "join"}, powerLevels: plb, req: req, created: time.Now()}
 	f.rooms[id] = r
 	if alias != "" {
 		f.aliases[alias] = id
@@ -211,7 +213,7 @@ func (f *fakeHS) CreateEvent(_ context.Context, room mxid.RoomID) (*matrix.Event
 	}
 	key := ""
 	content, _ := json.Marshal(map[string]string{"room_version": r.version})
-	return &matrix.Event{Type: "m.room.create", StateKey: &key, Sender: r.creator, Content: content}, nil
+	return &matrix.Event{Type: "m.room.create", StateKey: &key, Sender: r.creator, Content: content, OriginServerTS: r.created.UnixMilli()}, nil
 }
 
 func (f *fakeHS) SetStateEvent(_ context.Context, room mxid.RoomID, eventType, _ string, content any) (mxid.EventID, error) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/cactus-comments/appservice/pkg/event"
 	"github.com/cactus-comments/appservice/pkg/matrix"
@@ -274,6 +275,12 @@ func (b *Bot) adopt(ctx context.Context, alias mxid.RoomAlias, owner string) (ad
 	pl, err := b.powerLevels(ctx, r)
 	switch {
 	case matrix.IsNotFound(err) && create.Creator == b.bot.String():
+		// The homeserver makes the alias before the room's first events:
+		// a young room without power levels may be someone's createRoom
+		// under way. Asked again later, it has them or is half made.
+		if ev.OriginServerTS <= 0 || b.now().Sub(time.UnixMilli(ev.OriginServerTS)) < halfMadeAfter {
+			return adoption{}, fmt.Errorf("moderation room %s has no power levels yet: its creation may be under way", r)
+		}
 		a.mine, a.halfMade = true, true
 		return a, nil
 	case err != nil && matrix.IsPermanent(err):
@@ -289,6 +296,11 @@ func (b *Bot) adopt(ctx context.Context, alias mxid.RoomAlias, owner string) (ad
 		power.UserLevel(create, &levels, b.bot.String()) >= power.AdminLevel
 	return a, nil
 }
+
+// halfMadeAfter is the age from which a room the bot made without power
+// levels is a refused createRoom rather than one under way: far longer
+// than any createRoom takes.
+const halfMadeAfter = time.Minute
 
 // completeModerationRoom gives a moderation room what a refused createRoom
 // left out: its power levels (which must come first: before them the

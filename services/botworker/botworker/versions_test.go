@@ -5,6 +5,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cactus-comments/appservice/pkg/event"
 	"github.com/cactus-comments/appservice/pkg/matrix"
@@ -49,7 +50,16 @@ func TestRegisterCompletesHalfMadeRoom(t *testing.T) {
 		t.Fatal("no half-made room to start from")
 	}
 
-	e.say(dmRoom, alice, "register blog")
+	// Seconds later it may be a createRoom under way: not adopted yet.
+	ev := e.text(dmRoom, alice, "register blog")
+	if err := e.bot.HandleEvent(e.ctx, ev, false); err == nil || !strings.Contains(err.Error(), "under way") {
+		t.Fatalf("a young room without power levels: %v", err)
+	}
+	// A minute later it is half made for good.
+	e.bot.now = func() time.Time { return time.Now().Add(2 * halfMadeAfter) }
+	if err := e.bot.HandleEvent(e.ctx, ev, false); err != nil {
+		t.Fatal(err)
+	}
 	if got := e.last(dmRoom); !strings.Contains(got, "Done") {
 		t.Fatalf("reply %q", got)
 	}
