@@ -67,6 +67,10 @@ type Options struct {
 	// if set, else the mode's own (10 for Synapse and Dendrite, 12 for
 	// Conduit).
 	RoomVersion string
+	// V12CreateCollisions: the simulator answers 500 to a v12 createRoom
+	// while another by the same user is under way, as Synapse up to
+	// 1.157.1 does.
+	V12CreateCollisions bool
 	// Provisioners started by Start (default 1; -1 for none).
 	Provisioners int
 	// MaxDeliver per message before dead-lettering (default 4).
@@ -170,8 +174,9 @@ func Start(t testing.TB, o Options) *Harness {
 	}
 	hs, err := hssim.Start(ctx, hssim.Options{
 		ServerName: serverName, Mode: o.Mode, RoomVersion: o.RoomVersion, TimeUnit: 5 * time.Millisecond,
-		Registrations: []*registration.Registration{reg},
-		Logger:        slog.New(slog.NewTextHandler(h.logw, &slog.HandlerOptions{Level: o.LogLevel})),
+		V12CreateCollisions: o.V12CreateCollisions,
+		Registrations:       []*registration.Registration{reg},
+		Logger:              slog.New(slog.NewTextHandler(h.logw, &slog.HandlerOptions{Level: o.LogLevel})),
 	})
 	if err != nil {
 		t.Fatalf("start simulator: %v", err)

@@ -640,13 +640,13 @@ func snapshotRegistry(t *testing.T, h *Harness) string {
 			t.Fatalf("site %s power levels: %v", s.Name, err)
 		}
 		canon, _ := json.Marshal(pl)
-		fmt.Fprintf(&b, "site %s owner=%s mod=%s bans=%v pl=%s\n", s.Name, s.Owner, s.ModerationRoom, s.Bans, canon)
+		fmt.Fprintf(&b, "site %s owner=%s mod=%s %s bans=%v pl=%s\n", s.Name, s.Owner, s.ModerationRoom, showRoom(s.ModerationCreate), s.Bans, canon)
 		rooms, err := h.Registry.Rooms(h.Ctx, s.Name)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, r := range rooms {
-			fmt.Fprintf(&b, "  room %s %s %s\n", r.Section, r.RoomID, r.Alias)
+			fmt.Fprintf(&b, "  room %s %s %s %s\n", r.Section, r.RoomID, r.Alias, showRoom(r.Create))
 		}
 	}
 	return b.String()
@@ -762,4 +762,11 @@ func TestBansFailingAtCreationAreQueued(t *testing.T) {
 	if got := metricValue(t, h, "cactus_provisioner_fanout_jobs_published_total"); got < 1 {
 		t.Errorf("jobs published = %v, want the sync job", got)
 	}
+}
+
+func showRoom(r *power.Room) string {
+	if r == nil {
+		return "version=?"
+	}
+	return fmt.Sprintf("version=%s creators=%v", r.Version, r.Creators())
 }
