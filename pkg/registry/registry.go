@@ -1,7 +1,9 @@
 // Package registry keeps the site and room registry in JetStream key-value
 // buckets: each site's owner, moderation room, power levels and bans, and
-// each site's comment rooms. The homeserver remains the source of truth
-// (invariant 7): everything here can be rebuilt from it.
+// each site's comment rooms, with every room's version and creators. An
+// upgraded room is replaced by its successor (FollowUpgrade). The
+// homeserver remains the source of truth (invariant 7): everything here
+// can be rebuilt from it.
 package registry
 
 import (

@@ -1,7 +1,10 @@
 // Package provisioner is the provisioner service: it answers alias queries
-// by creating comment rooms, keeps the site and room registry, and
-// propagates bans, unbans and power levels across every room of a site by
-// fanning the work out as one small job per room that all replicas share.
+// by creating comment rooms, keeps the site and room registry (following
+// rooms that are upgraded), and propagates bans, unbans and power levels
+// across every room of a site by fanning the work out as one small job per
+// room that all replicas share. Rooms of versions 10, 11 and 12 coexist;
+// every power decision is pkg/power's, for the version and creators of the
+// rooms it is about.
 package provisioner
 
 import (
