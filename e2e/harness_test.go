@@ -463,13 +463,9 @@ func (h *Harness) CreateModerationRoom(name string, owner *User) mxid.RoomID {
 // RoomOf is a room's version and creators, as the homeserver has them.
 func (h *Harness) RoomOf(room mxid.RoomID) power.Room {
 	h.t.Helper()
-	ev, err := h.Bot.CreateEvent(h.Ctx, room)
+	r, err := registry.ReadRoom(h.Ctx, h.Bot, room)
 	if err != nil {
 		h.t.Fatalf("create event of %s: %v", room, err)
-	}
-	r, err := power.FromCreateEvent(ev.Sender, ev.Content)
-	if err != nil {
-		h.t.Fatal(err)
 	}
 	return r
 }

@@ -321,13 +321,9 @@ func currentRoom(ctx context.Context, hs *matrix.Client, room mxid.RoomID) (*pow
 	if !matrix.IsNotFound(err) {
 		return nil, fmt.Errorf("tombstone: %w", err)
 	}
-	ev, err := hs.CreateEvent(ctx, room)
+	r, err := ReadRoom(ctx, hs, room)
 	if err != nil {
 		return nil, fmt.Errorf("create event: %w", err)
-	}
-	r, err := power.FromCreateEvent(ev.Sender, ev.Content)
-	if err != nil {
-		return nil, err
 	}
 	return &r, nil
 }

@@ -12,7 +12,6 @@ import (
 	"github.com/cactus-comments/appservice/pkg/mxid"
 	"github.com/cactus-comments/appservice/pkg/power"
 	"github.com/cactus-comments/appservice/pkg/registry"
-	"github.com/cactus-comments/appservice/pkg/worker"
 )
 
 // onMembership handles a change of the bot's own membership: invites are
@@ -108,12 +107,8 @@ func (b *Bot) joinedModerationRoom(ctx context.Context, ev *event.Event, room mx
 	}
 	create, ok := inviteCreate(ev)
 	if !ok {
-		got, err := b.hs.CreateEvent(ctx, room)
-		if err != nil {
+		if create, err = registry.ReadRoom(ctx, b.hs, room); err != nil {
 			return hsError(fmt.Errorf("create event of %s: %w", room, err))
-		}
-		if create, err = power.FromCreateEvent(got.Sender, got.Content); err != nil {
-			return worker.Permanent(fmt.Errorf("create event of %s: %w", room, err))
 		}
 	}
 	// Said before it is recorded: a redelivery after a crash in between

@@ -314,13 +314,9 @@ func (b *Bot) completeModerationRoom(ctx context.Context, room mxid.RoomID, site
 	if !matrix.IsNotFound(err) {
 		return hsError(err)
 	}
-	ev, err := b.hs.CreateEvent(ctx, room)
+	create, err := registry.ReadRoom(ctx, b.hs, room)
 	if err != nil {
 		return hsError(err)
-	}
-	create, err := power.FromCreateEvent(ev.Sender, ev.Content)
-	if err != nil {
-		return worker.Permanent(fmt.Errorf("moderation room %s: %w", room, err))
 	}
 	state := []matrix.StateEvent{
 		{Type: "m.room.power_levels", Content: completeLevels(create, b.bot.String(), owner)},

@@ -78,13 +78,9 @@ func (p *Provisioner) handleTombstone(ctx context.Context, m jetstream.Msg, e *e
 	}
 	var create *power.Room
 	if joined {
-		ev, err := p.hs.CreateEvent(ctx, next)
+		r, err := registry.ReadRoom(ctx, p.hs, next)
 		if err != nil {
 			return classify(err)
-		}
-		r, err := power.FromCreateEvent(ev.Sender, ev.Content)
-		if err != nil {
-			return worker.Permanent(fmt.Errorf("replacement room %s: %w", next, err))
 		}
 		create = &r
 	}

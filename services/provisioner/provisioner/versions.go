@@ -72,15 +72,11 @@ var errUnreadable = errors.New("the bot cannot read the room")
 // learnCreate reads a room's version and creators from its create event
 // and records them. errUnreadable if the bot may not read the room.
 func (p *Provisioner) learnCreate(ctx context.Context, room mxid.RoomID) (power.Room, error) {
-	ev, err := p.hs.CreateEvent(ctx, room)
+	r, err := registry.ReadRoom(ctx, p.hs, room)
 	if matrix.IsForbidden(err) || matrix.IsNotFound(err) {
 		// Retrying cannot help until someone invites the bot.
 		return power.Room{}, worker.Permanent(fmt.Errorf("%w %s: %v", errUnreadable, room, err))
 	}
-	if err != nil {
-		return power.Room{}, err
-	}
-	r, err := power.FromCreateEvent(ev.Sender, ev.Content)
 	if err != nil {
 		return power.Room{}, err
 	}
@@ -182,11 +178,7 @@ func (p *Provisioner) refusal(ctx context.Context, site *registry.Site, room mxi
 // exists already (made by another replica, an earlier attempt, or before
 // the registry), to record it with them.
 func (p *Provisioner) existingRoom(ctx context.Context, room mxid.RoomID) (*power.Room, error) {
-	ev, err := p.hs.CreateEvent(ctx, room)
-	if err != nil {
-		return nil, err
-	}
-	create, err := power.FromCreateEvent(ev.Sender, ev.Content)
+	create, err := registry.ReadRoom(ctx, p.hs, room)
 	if err != nil {
 		return nil, err
 	}
