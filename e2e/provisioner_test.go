@@ -400,30 +400,10 @@ func TestPowerLevelsWithSecondAdmin(t *testing.T) {
 	}
 }
 
-// metricValue sums a counter over every provisioner of the harness.
+// metricValue sums a counter over every service of the harness.
 func metricValue(t *testing.T, h *Harness, name string) float64 {
 	t.Helper()
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	total := 0.0
-	for _, s := range h.services {
-		if s.RT == nil {
-			continue
-		}
-		mfs, err := s.RT.Metrics.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, mf := range mfs {
-			if mf.GetName() != name {
-				continue
-			}
-			for _, m := range mf.GetMetric() {
-				total += m.GetCounter().GetValue()
-			}
-		}
-	}
-	return total
+	return metricWith(t, h, name, "", "")
 }
 
 func TestKilledMidFanOutFinishesWithoutDuplicates(t *testing.T) {

@@ -164,14 +164,7 @@ func TestRoomVersions(t *testing.T) {
 			if err := owner.Client.Unban(h.Ctx, mod, spammer.ID, ""); err != nil {
 				t.Fatal(err)
 			}
-			h.WaitSim(func() bool {
-				for _, r := range all {
-					if h.HS.Membership(r.String(), spammer.ID.String()) == "ban" {
-						return false
-					}
-				}
-				return true
-			}, 30*time.Second, "the unban in every room")
+			waitMembership(h, all, spammer.ID, "leave", "the unban in every room")
 
 			// A second owner at 100, then she steps down and makes bob a
 			// moderator in one change. Where the bot is not above her (it
@@ -558,8 +551,8 @@ func TestCommentRoomUpgraded(t *testing.T) {
 	}
 }
 
-// metricWith sums a counter's series with one label value over every
-// service of the harness.
+// metricWith sums a counter's series with one label value (label "": all
+// series) over every service of the harness.
 func metricWith(t *testing.T, h *Harness, name, label, value string) float64 {
 	t.Helper()
 	h.mu.Lock()
@@ -578,10 +571,12 @@ func metricWith(t *testing.T, h *Harness, name, label, value string) float64 {
 				continue
 			}
 			for _, m := range mf.GetMetric() {
+				match := label == ""
 				for _, l := range m.GetLabel() {
-					if l.GetName() == label && l.GetValue() == value {
-						total += m.GetCounter().GetValue()
-					}
+					match = match || l.GetName() == label && l.GetValue() == value
+				}
+				if match {
+					total += m.GetCounter().GetValue()
 				}
 			}
 		}

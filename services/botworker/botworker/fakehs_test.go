@@ -201,56 +201,10 @@ func (f *fakeHS) DefaultRoomVersion(context.Context) (string, error) {
 	return f.defaultVersion(), nil
 }
 
-func (f *fakeHS) CreateEvent(_ context.Context, room mxid.RoomID) (*matrix.Event, error) {
-	if err := f.enter("getState"); err != nil {
-		return nil, err
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	r := f.rooms[room.String()]
-	if r == nil || r.members[f.bot] != "join" {
-		return nil, fakeForbidden()
-	}
-	key := ""
-	content, _ := json.Marshal(map[string]string{"room_version": r.version})
-	return &matrix.Event{Type: "m.room.create", StateKey: &key, Sender: r.creator, Content: content, OriginServerTS: r.created.UnixMilli()}, nil
-}
-
-func (f *fakeHS) SetStateEvent(_ context.Context, room mxid.RoomID, eventType, _ string, content any) (mxid.EventID, error) {
-	if err := f.enter("setState"); err != nil {
-		return mxid.EventID{}, err
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	r := f.rooms[room.String()]
-	if r == nil || r.members[f.bot] != "join" {
-		return mxid.EventID{}, fakeForbidden()
-	}
-	b, err := json.Marshal(content)
-	if err != nil {
-		return mxid.EventID{}, err
-	}
-	if eventType == "m.room.power_levels" {
-		var pl struct {
-			Users map[string]int `json:"users"`
-		}
-		if json.Unmarshal(b, &pl) == nil && r.version == "12" {
-			if _, named := pl.Users[r.creator]; named {
-				return mxid.EventID{}, mErr(http.StatusBadRequest, "M_UNKNOWN", "Creator user "+r.creator+" must not appear in content.users")
-			}
-		}
-		r.powerLevels = b
-	} else {
-		if r.state == nil {
-			r.state = map[string]any{}
-		}
-		r.state[eventType] = content
-	}
-	return mxid.EventID{}, nil
-}
-
-func (f *fakeHS) Invite(_ context.Context, room mxid.RoomID, user mxid.UserID, _ string) error {
-	if err := f.enter("invite"); err != nil {
+// inRoom runs fn on a room the bot is joined to, under the lock, as the
+// endpoint's call; a room the bot is not in is forbidden.
+func (f *fakeHS) inRoom(endpoint string, room mxid.RoomID, fn func(r *fakeRoom) error) error {
+	if err := f.enter(endpoint); err != nil {
 		return err
 	}
 	f.mu.Lock()
@@ -259,8 +213,52 @@ func (f *fakeHS) Invite(_ context.Context, room mxid.RoomID, user mxid.UserID, _
 	if r == nil || r.members[f.bot] != "join" {
 		return fakeForbidden()
 	}
-	r.members[user.String()] = "invite"
-	return nil
+	return fn(r)
+}
+
+func (f *fakeHS) CreateEvent(_ context.Context, room mxid.RoomID) (*matrix.Event, error) {
+	var ev *matrix.Event
+	err := f.inRoom("getState", room, func(r *fakeRoom) error {
+		key := ""
+		content, _ := json.Marshal(map[string]string{"room_version": r.version})
+		ev = &matrix.Event{Type: "m.room.create", StateKey: &key, Sender: r.creator, Content: content, OriginServerTS: r.created.UnixMilli()}
+		return nil
+	})
+	return ev, err
+}
+
+func (f *fakeHS) SetStateEvent(_ context.Context, room mxid.RoomID, eventType, _ string, content any) (mxid.EventID, error) {
+	return mxid.EventID{}, f.inRoom("setState", room, func(r *fakeRoom) error {
+		b, err := json.Marshal(content)
+		if err != nil {
+			return err
+		}
+		if eventType != "m.room.power_levels" {
+			if r.state == nil {
+				r.state = map[string]any{}
+			}
+			r.state[eventType] = content
+			return nil
+		}
+		var pl struct {
+			Users map[string]int `json:"users"`
+		}
+		if err := json.Unmarshal(b, &pl); err != nil {
+			return err
+		}
+		if _, named := pl.Users[r.creator]; r.version == "12" && named {
+			return mErr(http.StatusBadRequest, "M_UNKNOWN", "Creator user "+r.creator+" must not appear in content.users")
+		}
+		r.powerLevels = b
+		return nil
+	})
+}
+
+func (f *fakeHS) Invite(_ context.Context, room mxid.RoomID, user mxid.UserID, _ string) error {
+	return f.inRoom("invite", room, func(r *fakeRoom) error {
+		r.members[user.String()] = "invite"
+		return nil
+	})
 }
 
 // addRoom makes a room (a DM or group) with the bot invited.
@@ -295,19 +293,12 @@ func (f *fakeHS) SendEvent(_ context.Context, room mxid.RoomID, eventType, txn s
 }
 
 func (f *fakeHS) GetStateEvent(_ context.Context, room mxid.RoomID, eventType, _ string, out any) error {
-	if err := f.enter("getState"); err != nil {
-		return err
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	r := f.rooms[room.String()]
-	if r == nil || r.members[f.bot] != "join" {
-		return fakeForbidden()
-	}
-	if eventType != "m.room.power_levels" || r.powerLevels == nil {
-		return mErr(http.StatusNotFound, "M_NOT_FOUND", "no state")
-	}
-	return json.Unmarshal(r.powerLevels, out)
+	return f.inRoom("getState", room, func(r *fakeRoom) error {
+		if eventType != "m.room.power_levels" || r.powerLevels == nil {
+			return mErr(http.StatusNotFound, "M_NOT_FOUND", "no state")
+		}
+		return json.Unmarshal(r.powerLevels, out)
+	})
 }
 
 func (f *fakeHS) ResolveAlias(_ context.Context, alias mxid.RoomAlias) (mxid.RoomID, error) {
@@ -324,23 +315,17 @@ func (f *fakeHS) ResolveAlias(_ context.Context, alias mxid.RoomAlias) (mxid.Roo
 }
 
 func (f *fakeHS) Members(_ context.Context, room mxid.RoomID, membership string) ([]matrix.Event, error) {
-	if err := f.enter("members"); err != nil {
-		return nil, err
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	r := f.rooms[room.String()]
-	if r == nil || r.members[f.bot] != "join" {
-		return nil, fakeForbidden()
-	}
 	var out []matrix.Event
-	for u, m := range r.members {
-		if membership == "" || m == membership {
-			k := u
-			out = append(out, matrix.Event{Type: "m.room.member", StateKey: &k, Content: json.RawMessage(`{"membership":"` + m + `"}`)})
+	err := f.inRoom("members", room, func(r *fakeRoom) error {
+		for u, m := range r.members {
+			if membership == "" || m == membership {
+				k := u
+				out = append(out, matrix.Event{Type: "m.room.member", StateKey: &k, Content: json.RawMessage(`{"membership":"` + m + `"}`)})
+			}
 		}
-	}
-	return out, nil
+		return nil
+	})
+	return out, err
 }
 
 // messages returns the bodies sent to room, in order.
