@@ -305,6 +305,12 @@ func (p *Provisioner) convergePower(ctx context.Context, j Job, room mxid.RoomID
 		if err != nil {
 			return did, err
 		}
+		if src == nil {
+			// The snapshot cannot be read without the moderation room's
+			// creators: it waits, as the site's power levels do.
+			p.log.Info("power levels job waits until the bot can read the moderation room", "site", j.Site, "room_id", j.Room)
+			return did, nil
+		}
 		target, skipped := power.Reconcile(dst, cur, siteLevels(src, &want, dst), p.bot.String())
 		for _, s := range skipped {
 			p.m.plSkipped.Inc()
