@@ -13,6 +13,7 @@ import (
 	"github.com/cactus-comments/appservice/pkg/matrix"
 	"github.com/cactus-comments/appservice/pkg/mxid"
 	"github.com/cactus-comments/appservice/pkg/registry"
+	"github.com/cactus-comments/appservice/services/botworker/botworker"
 	"github.com/cactus-comments/appservice/services/provisioner/provisioner"
 )
 
@@ -582,4 +583,48 @@ func metricWith(t *testing.T, h *Harness, name, label, value string) float64 {
 		}
 	}
 	return total
+}
+
+// What this service did on a version 12 homeserver before it knew the
+// version's rules: the moderation room's createRoom named the bot, the
+// creator, in the power levels' users, and Synapse refused it after
+// storing the room, the bot's join and the alias. Registering the site
+// again completes that room (once it is clearly not a createRoom under
+// way) instead of calling the name taken.
+func TestHalfMadeRegistrationCompleted(t *testing.T) {
+	t.Parallel()
+	h := Start(t, Options{RoomVersion: "12"})
+	owner, visitor := h.User("owner"), h.User("visitor")
+	_, err := h.Bot.CreateRoom(h.Ctx, &matrix.CreateRoomRequest{
+		RoomAliasName: h.NS.ModerationLocalpart("blog"), Invite: []string{owner.ID.String()},
+		PowerLevelContentOverride: &matrix.PowerLevels{Users: map[string]int{owner.ID.String(): 100, h.BotID.String(): 100}},
+	})
+	if !strings.Contains(fmt.Sprint(err), "must not appear in content.users") {
+		t.Fatalf("the old moderation room request: %v", err)
+	}
+	half, ok := h.ModerationRoomOf("blog")
+	if !ok {
+		t.Fatal("no half-made room behind the moderation alias")
+	}
+	// A botworker whose clock says the room was made minutes ago.
+	h.startBotWith(nil, botworker.Options{Now: func() time.Time { return time.Now().Add(5 * time.Minute) }})
+	if mod := registerViaBot(t, h, owner, "blog"); mod != half {
+		t.Fatalf("registered with %s, want the completed %s", mod, half)
+	}
+	checkRoom(t, h, half, "12")
+	if got := h.HS.PowerLevel(half.String(), owner.ID.String()); got != 100 {
+		t.Errorf("owner at %d in the completed moderation room", got)
+	}
+	for typ, want := range map[string]string{"m.room.join_rules": "invite", "m.room.history_visibility": "invited", "m.room.name": "blog moderation room"} {
+		if got := stateString(t, h, half, typ, ""); got != want {
+			t.Errorf("%s = %q, want %q", typ, got, want)
+		}
+	}
+	site, err := h.Registry.Site(h.Ctx, "blog")
+	if err != nil || site.Owner != owner.ID.String() || site.ModerationRoom != half.String() || site.ModerationCreate == nil {
+		t.Fatalf("site %+v, %v", site, err)
+	}
+	if room := h.Join(visitor, h.CommentAlias("blog", "post")); h.HS.PowerLevel(room.String(), owner.ID.String()) != 100 {
+		t.Error("the owner has no power in the site's first comment room")
+	}
 }
