@@ -9,6 +9,7 @@ import (
 
 	"github.com/cactus-comments/appservice/pkg/event"
 	"github.com/cactus-comments/appservice/pkg/matrix"
+	"github.com/cactus-comments/appservice/pkg/mxid"
 	"github.com/cactus-comments/appservice/pkg/power"
 	"github.com/cactus-comments/appservice/pkg/registry"
 )
@@ -138,4 +139,34 @@ func errString(err error) string {
 		return ""
 	}
 	return err.Error()
+}
+
+// FuzzInviteCreate: whatever an invite's stripped state holds, a room read
+// from it has a creator that is a user id, and its version and creators
+// survive the registry's JSON unchanged.
+func FuzzInviteCreate(f *testing.F) {
+	f.Add(`{"invite_room_state":[{"type":"m.room.create","state_key":"","sender":"@a:x","content":{"room_version":"12","additional_creators":["@b:x"]}}]}`)
+	f.Add(`{"invite_room_state":[{"type":"m.room.create","state_key":"","sender":"@a:x","content":{"room_version":"10"}}]}`)
+	f.Add(`{"invite_room_state":[{"type":"m.room.create","state_key":"x","sender":"@a:x","content":{}}]}`)
+	f.Add(`{"invite_room_state":[{"type":"m.room.create","state_key":"","sender":"nobody","content":{"room_version":"12"}}]}`)
+	f.Add(`{"invite_room_state":[{"type":"m.room.create","state_key":"","sender":"@a:x","content":{"room_version":"12","additional_creators":"@b:x"}}]}`)
+	f.Add(`{"invite_room_state":"x"}`)
+	f.Add(`{"invite_room_state":[{"type":"m.room.create","state_key":"","sender":"@a:x","content":{"room_version":"12","additional_creators":[]}}]}`)
+	f.Fuzz(func(t *testing.T, unsigned string) {
+		r, ok := inviteCreate(&event.Event{Unsigned: json.RawMessage(unsigned)})
+		if !ok {
+			return
+		}
+		if _, err := mxid.ParseUserID(r.Creator); err != nil {
+			t.Fatalf("creator %q: %v", r.Creator, err)
+		}
+		b, err := json.Marshal(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back power.Room
+		if err := json.Unmarshal(b, &back); err != nil || back.Version != r.Version || !reflect.DeepEqual(back.Creators(), r.Creators()) {
+			t.Fatalf("%+v stored as %s, read back as %+v (%v)", r, b, back, err)
+		}
+	})
 }
