@@ -85,6 +85,12 @@ func (h *Harness) StartWatchedBot(mutate func(*config.Config)) (*botworker.Bot, 
 
 func (h *Harness) startBot(mutate func(*config.Config), hs botworker.Homeserver) *botworker.Bot {
 	h.t.Helper()
+	return h.startBotWith(mutate, botworker.Options{Homeserver: hs})
+}
+
+// startBotWith starts a botworker with options (its Homeserver, clock).
+func (h *Harness) startBotWith(mutate func(*config.Config), o botworker.Options) *botworker.Bot {
+	h.t.Helper()
 	name := fmt.Sprintf("botworker-%d", botSeq.Add(1))
 	rt := h.Runtime(name)
 	if mutate != nil {
@@ -93,7 +99,8 @@ func (h *Harness) startBot(mutate func(*config.Config), hs botworker.Homeserver)
 			h.t.Fatalf("%s config: %v", name, err)
 		}
 	}
-	b, err := botworker.New(h.Ctx, rt, botworker.Options{Homeserver: hs, MinBackoff: 20 * time.Millisecond})
+	o.MinBackoff = 20 * time.Millisecond
+	b, err := botworker.New(h.Ctx, rt, o)
 	if err != nil {
 		h.t.Fatalf("%s: %v", name, err)
 	}

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -28,6 +27,7 @@ import (
 	"github.com/cactus-comments/appservice/pkg/matrix"
 	"github.com/cactus-comments/appservice/pkg/mxid"
 	"github.com/cactus-comments/appservice/pkg/namespace"
+	"github.com/cactus-comments/appservice/pkg/power"
 	"github.com/cactus-comments/appservice/pkg/registration"
 	"github.com/cactus-comments/appservice/pkg/registry"
 	"github.com/cactus-comments/appservice/pkg/service"
@@ -64,10 +64,13 @@ const (
 type Options struct {
 	Mode hssim.Mode // default Synapse
 	// RoomVersion of the simulator's new rooms. Default: E2E_ROOM_VERSION
-	// if set, else 10 in every mode: the services do not handle the
-	// creators of version 12 rooms yet, although Conduit's own default is
-	// 12 (E2E_ROOM_VERSION=12 shows what still breaks).
+	// if set, else the mode's own (10 for Synapse and Dendrite, 12 for
+	// Conduit).
 	RoomVersion string
+	// V12CreateCollisions: the simulator answers 500 to a v12 createRoom
+	// while another by the same user is under way, as Synapse up to
+	// 1.157.1 does.
+	V12CreateCollisions bool
 	// Provisioners started by Start (default 1; -1 for none).
 	Provisioners int
 	// MaxDeliver per message before dead-lettering (default 4).
@@ -121,7 +124,7 @@ func Start(t testing.TB, o Options) *Harness {
 		o.Mode = hssim.Synapse
 	}
 	if o.RoomVersion == "" {
-		o.RoomVersion = cmp.Or(os.Getenv("E2E_ROOM_VERSION"), "10")
+		o.RoomVersion = os.Getenv("E2E_ROOM_VERSION")
 	}
 	if o.Provisioners == 0 {
 		o.Provisioners = 1
@@ -171,8 +174,9 @@ func Start(t testing.TB, o Options) *Harness {
 	}
 	hs, err := hssim.Start(ctx, hssim.Options{
 		ServerName: serverName, Mode: o.Mode, RoomVersion: o.RoomVersion, TimeUnit: 5 * time.Millisecond,
-		Registrations: []*registration.Registration{reg},
-		Logger:        slog.New(slog.NewTextHandler(h.logw, &slog.HandlerOptions{Level: o.LogLevel})),
+		V12CreateCollisions: o.V12CreateCollisions,
+		Registrations:       []*registration.Registration{reg},
+		Logger:              slog.New(slog.NewTextHandler(h.logw, &slog.HandlerOptions{Level: o.LogLevel})),
 	})
 	if err != nil {
 		t.Fatalf("start simulator: %v", err)
@@ -422,7 +426,8 @@ func (h *Harness) RegisterSite(name string, owner *User) *registry.Site {
 		h.t.Fatal(err)
 	}
 	raw, _ := json.Marshal(cur)
-	site := &registry.Site{Name: name, Owner: owner.ID.String(), ModerationRoom: room.String(), PowerLevels: raw}
+	create := h.RoomOf(room)
+	site := &registry.Site{Name: name, Owner: owner.ID.String(), ModerationRoom: room.String(), ModerationCreate: &create, PowerLevels: raw}
 	if err := h.Registry.CreateSite(h.Ctx, site); err != nil {
 		h.t.Fatalf("record site %s: %v", name, err)
 	}
@@ -430,12 +435,15 @@ func (h *Harness) RegisterSite(name string, owner *User) *registry.Site {
 }
 
 // CreateModerationRoom creates a site's moderation room on the homeserver
-// only, as the original appservice did (a site from before the registry).
+// only, as the original appservice did (a site from before the registry),
+// in the homeserver's default room version.
 func (h *Harness) CreateModerationRoom(name string, owner *User) mxid.RoomID {
 	h.t.Helper()
-	pl := &matrix.PowerLevels{Users: map[string]int{owner.ID.String(): 100, h.BotID.String(): 100}}
+	version := h.HS.RoomVersion()
+	pl := power.ModerationRoomOverride(version, h.BotID.String(), owner.ID.String())
 	room, err := h.Bot.CreateRoom(h.Ctx, &matrix.CreateRoomRequest{
-		Visibility: matrix.VisibilityPrivate, RoomAliasName: h.NS.ModerationLocalpart(name),
+		RoomVersion: version,
+		Visibility:  matrix.VisibilityPrivate, RoomAliasName: h.NS.ModerationLocalpart(name),
 		Name: name + " moderation room", Topic: "Moderation of " + name,
 		Invite: []string{owner.ID.String()}, CreationContent: map[string]any{"m.federate": true},
 		InitialState: []matrix.StateEvent{
@@ -451,6 +459,16 @@ func (h *Harness) CreateModerationRoom(name string, owner *User) mxid.RoomID {
 		h.t.Fatalf("owner joins moderation room: %v", err)
 	}
 	return room
+}
+
+// RoomOf is a room's version and creators, as the homeserver has them.
+func (h *Harness) RoomOf(room mxid.RoomID) power.Room {
+	h.t.Helper()
+	r, err := registry.ReadRoom(h.Ctx, h.Bot, room)
+	if err != nil {
+		h.t.Fatalf("create event of %s: %v", room, err)
+	}
+	return r
 }
 
 // Join makes u join alias (the homeserver asks the appservice about an

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"maps"
@@ -40,9 +41,10 @@ func (l *lockedBuffer) String() string {
 }
 
 // startDev runs the dev system (embedded NATS, simulator, gateway,
-// provisioner, botworker) on free ports and returns its info, its banner
-// and the variables of its env file.
-func startDev(t *testing.T) (devrun.Info, string, map[string]string) {
+// provisioner, botworker) on free ports, its simulator making rooms of
+// roomVersion ("": the default), and returns its info, its banner and the
+// variables of its env file.
+func startDev(t *testing.T, roomVersion string) (devrun.Info, string, map[string]string) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("starts the whole system")
@@ -54,7 +56,7 @@ func startDev(t *testing.T) (devrun.Info, string, map[string]string) {
 	free := "127.0.0.1:0"
 	go func() {
 		errc <- devrun.Run(ctx, devrun.Options{
-			DataDir: t.TempDir(), GatewayAddr: free, AdminAddrs: [3]string{free, free, free}, SimAddr: free,
+			DataDir: t.TempDir(), GatewayAddr: free, AdminAddrs: [3]string{free, free, free}, SimAddr: free, SimRoomVersion: roomVersion,
 			Env: envconf.Map(map[string]string{"CACTUS_LOG_LEVEL": "error", "CACTUS_SHUTDOWN_TIMEOUT": "10s"}),
 			Out: out, Ready: func(i devrun.Info) { ready <- i },
 		})
@@ -105,9 +107,16 @@ func printedCommands(t *testing.T, banner string) [][]string {
 }
 
 // TestDevBannerCommandsWorkAsPrinted runs every cactusctl command the dev
-// runner prints, in order, and checks what they did.
+// runner prints, in order, and checks what they did: with the simulator's
+// default room version and with 12 (CACTUS_DEV_ROOM_VERSION=12 make run).
 func TestDevBannerCommandsWorkAsPrinted(t *testing.T) {
-	info, banner, _ := startDev(t)
+	for _, version := range []string{"", "12"} {
+		t.Run("room version "+cmp.Or(version, "default"), func(t *testing.T) { bannerCommandsWork(t, version) })
+	}
+}
+
+func bannerCommandsWork(t *testing.T, version string) {
+	info, banner, _ := startDev(t, version)
 	cmds := printedCommands(t, banner)
 	if len(cmds) < 5 {
 		t.Fatalf("expected the demo, sites and doctor commands, got %q in:\n%s", cmds, banner)
@@ -145,9 +154,9 @@ func TestDevBannerCommandsWorkAsPrinted(t *testing.T) {
 }
 
 // TestDoctorAndRebuildAgainstDev runs doctor's failure modes and a
-// registry rebuild against a running system.
+// registry rebuild against a running system making version 12 rooms.
 func TestDoctorAndRebuildAgainstDev(t *testing.T) {
-	info, _, vars := startDev(t)
+	info, _, vars := startDev(t, "12")
 	ctx := context.Background()
 	// A site and a comment room, made through the real flow.
 	for _, args := range [][]string{

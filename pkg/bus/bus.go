@@ -63,8 +63,8 @@ type Class string
 const (
 	// ClassBot: invites to the bot and room messages (botworker).
 	ClassBot Class = "bot"
-	// ClassModeration: bans, unbans, kicks, power levels, canonical aliases
-	// (provisioner).
+	// ClassModeration: bans, unbans, kicks, power levels, canonical
+	// aliases, tombstones (provisioner).
 	ClassModeration Class = "mod"
 	// ClassOther: everything else; kept for audit and future consumers.
 	ClassOther Class = "other"

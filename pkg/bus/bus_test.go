@@ -199,6 +199,9 @@ func TestClassify(t *testing.T) {
 		{"bot's own ban (propagation echo)", member(bot, "@troll:x", "ban"), ClassOther},
 		{"bot's own unban (propagation echo)", member(bot, "@troll:x", "leave"), ClassOther},
 		{"bot's own power levels", func() *event.Event { e := plain("m.room.power_levels", ""); e.Sender = bot; return e }(), ClassOther},
+		{"tombstone (room upgraded)", plain("m.room.tombstone", ""), ClassModeration},
+		{"tombstone with a state key is not the room's", plain("m.room.tombstone", "x"), ClassOther},
+		{"tombstone the bot sent (an upgrade made with the as_token)", func() *event.Event { e := plain("m.room.tombstone", ""); e.Sender = bot; return e }(), ClassModeration},
 		{"bot's own message still reaches the bot worker", func() *event.Event { e := plain("m.room.message", "-"); e.Sender = bot; return e }(), ClassBot},
 	}
 	for _, tt := range tests {

@@ -11,9 +11,13 @@ import "github.com/cactus-comments/appservice/pkg/event"
 // bot only ever sends them to propagate a change it already recorded, and a
 // fan-out over N rooms would otherwise queue N echoes behind the one
 // moderation event at a time.
+//
+// A room's tombstone (it was upgraded) is a moderation event whoever sent
+// it, the bot included: the registry must follow the replacement room, and
+// upgrades are rare enough to cost nothing.
 func Classify(e *event.Event, bot string) Class {
 	c := classify(e, bot)
-	if c == ClassModeration && e.Sender == bot {
+	if c == ClassModeration && e.Sender == bot && e.Type != "m.room.tombstone" {
 		return ClassOther
 	}
 	return c
@@ -25,6 +29,10 @@ func classify(e *event.Event, bot string) Class {
 		return ClassBot
 	case "m.room.power_levels", "m.room.canonical_alias":
 		return ClassModeration
+	case "m.room.tombstone":
+		if e.StateKey != nil && *e.StateKey == "" {
+			return ClassModeration
+		}
 	case "m.room.member":
 		if e.StateKey == nil {
 			return ClassOther

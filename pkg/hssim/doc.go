@@ -21,7 +21,8 @@ package hssim
 // Room versions: 1 to 12 are created (others: 400
 // M_UNSUPPORTED_ROOM_VERSION); new rooms get Options.RoomVersion, by
 // default 10 on Synapse and Dendrite and 12 on Conduit, which
-// GET /capabilities reports. Before 10 levels may be strings; before 11
+// GET /capabilities reports; SetRoomVersion changes it for new rooms, as
+// an operator changing default_room_version does. Before 10 levels may be strings; before 11
 // the create content names the creator; from 11 redactions carry redacts
 // in content. From 12 (MSC4289, MSC4291): the room id is the create event's
 // id with '!' for '$' (no server name); the create event's sender and

@@ -94,7 +94,7 @@ func (s *Server) handleCreateRoom(q *request) (any, *matrixError) {
 			return nil, errBadJSON("initial_state entries need type and content")
 		}
 	}
-	version := s.opts.RoomVersion
+	version := s.RoomVersion()
 	if b.RoomVersion != nil {
 		v, ok := b.RoomVersion.(string)
 		if !ok {

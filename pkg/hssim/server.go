@@ -124,10 +124,13 @@ type Server struct {
 	notifyWake chan struct{}
 	notifying  bool           // the notifier holds an item outside notifyQ
 	creating   map[string]int // user -> v12 createRooms committed, not yet answered
-	nextTxn    int64
-	guestSeq   int
-	rng        *mrand.Rand
-	closed     bool
+	// roomVersion is the default of new rooms (Options.RoomVersion until
+	// SetRoomVersion changes it).
+	roomVersion string
+	nextTxn     int64
+	guestSeq    int
+	rng         *mrand.Rand
+	closed      bool
 }
 
 // Start listens on opts.Addr and serves until Close or ctx ends.
@@ -169,23 +172,24 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	s := &Server{
-		opts:       opts,
-		log:        opts.Logger.With("component", "hssim", "mode", string(mode)),
-		users:      map[string]*user{},
-		sessions:   map[string]*session{},
-		rooms:      map[string]*room{},
-		aliases:    map[string]aliasEntry{},
-		txnCache:   map[txnKey]txnEntry{},
-		calls:      map[string]int{},
-		latency:    map[string]time.Duration{},
-		creating:   map[string]int{},
-		buckets:    map[string]*bucket{},
-		rateLimit:  opts.RateLimit,
-		delivered:  map[string]bool{},
-		changed:    make(chan struct{}),
-		notifyWake: make(chan struct{}, 1),
-		rng:        mrand.New(mrand.NewPCG(uint64(time.Now().UnixNano()), 0x9e3779b97f4a7c15)),
-		nextTxn:    int64(1 + time.Now().Unix()%1000),
+		opts:        opts,
+		roomVersion: opts.RoomVersion,
+		log:         opts.Logger.With("component", "hssim", "mode", string(mode)),
+		users:       map[string]*user{},
+		sessions:    map[string]*session{},
+		rooms:       map[string]*room{},
+		aliases:     map[string]aliasEntry{},
+		txnCache:    map[txnKey]txnEntry{},
+		calls:       map[string]int{},
+		latency:     map[string]time.Duration{},
+		creating:    map[string]int{},
+		buckets:     map[string]*bucket{},
+		rateLimit:   opts.RateLimit,
+		delivered:   map[string]bool{},
+		changed:     make(chan struct{}),
+		notifyWake:  make(chan struct{}, 1),
+		rng:         mrand.New(mrand.NewPCG(uint64(time.Now().UnixNano()), 0x9e3779b97f4a7c15)),
+		nextTxn:     int64(1 + time.Now().Unix()%1000),
 	}
 	if err := s.addAppservices(opts.Registrations); err != nil {
 		return nil, err
@@ -240,7 +244,25 @@ func (s *Server) ServerName() string { return s.opts.ServerName }
 func (s *Server) Mode() Mode { return s.opts.Mode }
 
 // RoomVersion is the version of new rooms whose createRoom names none.
-func (s *Server) RoomVersion() string { return s.opts.RoomVersion }
+func (s *Server) RoomVersion() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.roomVersion
+}
+
+// SetRoomVersion changes the version of new rooms whose createRoom names
+// none, as an operator does by changing default_room_version and
+// restarting the homeserver: existing rooms keep theirs, GET /capabilities
+// announces the new default.
+func (s *Server) SetRoomVersion(v string) error {
+	if err := CheckRoomVersion(v); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.roomVersion = v
+	return nil
+}
 
 // Close stops the pusher and the HTTP server and waits for both.
 func (s *Server) Close() error {

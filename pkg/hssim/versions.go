@@ -129,7 +129,7 @@ func (s *Server) handleCapabilities(*request) (any, *matrixError) {
 		available[v] = "stable"
 	}
 	return map[string]any{"capabilities": map[string]any{
-		"m.room_versions":   map[string]any{"default": s.opts.RoomVersion, "available": available},
+		"m.room_versions":   map[string]any{"default": s.RoomVersion(), "available": available},
 		"m.change_password": map[string]any{"enabled": true},
 		"m.set_displayname": map[string]any{"enabled": true},
 		"m.set_avatar_url":  map[string]any{"enabled": true},

@@ -43,6 +43,34 @@ func TestRoomVersionDefaultsPerMode(t *testing.T) {
 	}
 }
 
+// An operator changing default_room_version: rooms made before keep their
+// version, new ones and the capabilities follow.
+func TestSetRoomVersion(t *testing.T) {
+	e := startEnv(t, Synapse)
+	_, atok := e.user("alice")
+	before := e.createRoom(atok, map[string]any{})
+	if err := e.hs.SetRoomVersion("13"); err == nil {
+		t.Fatal("SetRoomVersion accepted an unsupported version")
+	}
+	if err := e.hs.SetRoomVersion("12"); err != nil {
+		t.Fatal(err)
+	}
+	after := e.createRoom(atok, map[string]any{})
+	if got := e.hs.RoomVersionOf(before); got != "10" {
+		t.Errorf("room made before the change is version %q, want 10", got)
+	}
+	if got := e.hs.RoomVersionOf(after); got != "12" || strings.Contains(after, ":") {
+		t.Errorf("room made after the change: %s of version %q, want a v12 room", after, got)
+	}
+	caps := e.mustOK(e.do("GET", "/_matrix/client/v3/capabilities", atok, nil))
+	if rv := caps.Body["capabilities"].(map[string]any)["m.room_versions"].(map[string]any); rv["default"] != "12" {
+		t.Errorf("capabilities default %v, want 12", rv["default"])
+	}
+	if got := e.createRoom(atok, map[string]any{"room_version": "11"}); e.hs.RoomVersionOf(got) != "11" {
+		t.Errorf("an explicit room_version is still obeyed: got %q", e.hs.RoomVersionOf(got))
+	}
+}
+
 func TestCreateRoomRefusesUnknownVersions(t *testing.T) {
 	e := startEnv(t, Synapse)
 	_, atok := e.user("alice")

@@ -287,6 +287,40 @@ func TestEndpoints(t *testing.T) {
 			status: 200, resp: `{"joined_rooms":["!a:ex.org","!b:ex.org"]}`, want: []string{"!a:ex.org", "!b:ex.org"},
 		},
 		{
+			name:       "default room version",
+			call:       func(c *Client) (any, error) { return c.DefaultRoomVersion(ctx) },
+			wantMethod: "GET", wantURI: "/_matrix/client/v3/capabilities",
+			status: 200, resp: `{"capabilities":{"m.room_versions":{"default":"12","available":{"12":"stable"}}}}`,
+			want: "12",
+		},
+		{
+			name:       "no default room version announced",
+			call:       func(c *Client) (any, error) { return c.DefaultRoomVersion(ctx) },
+			wantMethod: "GET", wantURI: "/_matrix/client/v3/capabilities",
+			status: 200, resp: `{"capabilities":{}}`,
+			wantErr: func(err error) bool { return err != nil && !IsTransient(err) },
+		},
+		{
+			name: "create event in full",
+			call: func(c *Client) (any, error) {
+				ev, err := c.CreateEvent(ctx, room)
+				if err != nil {
+					return nil, err
+				}
+				return ev.Sender, nil
+			},
+			wantMethod: "GET", wantURI: roomPath + "/state/m.room.create/?format=event",
+			status: 200, resp: `{"type":"m.room.create","state_key":"","sender":"@bob:ex.org","event_id":"$c","content":{"room_version":"12"}}`,
+			want: "@bob:ex.org",
+		},
+		{
+			name:       "upgrade",
+			call:       func(c *Client) (any, error) { r, err := c.UpgradeRoom(ctx, room, "12"); return r.String(), err },
+			wantMethod: "POST", wantURI: roomPath + "/upgrade", wantBody: `{"new_version":"12"}`,
+			status: 200, resp: `{"replacement_room":"!abc"}`,
+			want: "!abc",
+		},
+		{
 			name:       "ping",
 			call:       func(c *Client) (any, error) { return c.AppservicePing(ctx, "cactus comments", "p1") },
 			wantMethod: "POST", wantURI: "/_matrix/client/v1/appservice/cactus%20comments/ping", wantBody: `{"transaction_id":"p1"}`,
@@ -387,5 +421,28 @@ func TestArgumentValidation(t *testing.T) {
 	}
 	if n := len(hs.requests()); n != 0 {
 		t.Errorf("%d requests sent for invalid arguments", n)
+	}
+}
+
+// A homeserver that ignores format=event answers the content, which names
+// no sender from room version 11 on: the whole state has it.
+func TestCreateEventWithoutFormatEvent(t *testing.T) {
+	hs := newFakeHS(t, func(n int, w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/_matrix/client/v3/rooms/!r:ex.org/state/m.room.create/" {
+			writeJSON(w, 200, map[string]string{"room_version": "11"})
+			return
+		}
+		writeJSON(w, 200, []map[string]any{
+			{"type": "m.room.name", "state_key": "", "sender": "@a:ex.org", "content": map[string]string{"name": "x"}},
+			{"type": "m.room.create", "state_key": "", "sender": "@a:ex.org", "content": map[string]string{"room_version": "11"}},
+		})
+	})
+	c, _ := newTestClient(t, hs.srv.URL, nil)
+	ev, err := c.CreateEvent(context.Background(), mxid.MustRoomID("!r:ex.org"))
+	if err != nil || ev.Sender != "@a:ex.org" || ev.Type != "m.room.create" {
+		t.Fatalf("CreateEvent = %+v, %v", ev, err)
+	}
+	if reqs := hs.requests(); len(reqs) != 2 || reqs[1].RequestURI != "/_matrix/client/v3/rooms/%21r%3Aex.org/state" {
+		t.Fatalf("requests = %+v", reqs)
 	}
 }

@@ -10,11 +10,14 @@ import "github.com/cactus-comments/appservice/pkg/matrix"
 //   - dst's creators are dropped from users when dst is of version 12 or
 //     later: they have infinite power there, and a homeserver refuses a
 //     content naming them;
-//   - before version 12 the creators have no power of their own: src's
-//     creators (when src is of version 12) and dst's creator get an
-//     explicit 100 unless the content already names them, so that the bot
-//     keeps its power in dst (Synapse also refuses a createRoom override
-//     whose users lack the creator);
+//   - src's creators (when src is of version 12 or later) have no entry in
+//     pl, and are no creators of dst: they get an explicit 100 unless the
+//     content already names them, so that a site owner who upgraded the
+//     moderation room keeps their power in every comment room;
+//   - before version 12 dst's creator has no power of its own either: it
+//     gets an explicit 100 unless named, so that the bot keeps its power
+//     in dst (Synapse also refuses a createRoom override whose users lack
+//     the creator);
 //   - nobody is ever made a creator: CopyFor only writes power levels.
 //
 // pl is not modified; a nil pl copies as an empty content.
@@ -23,15 +26,15 @@ func CopyFor(src Room, pl *matrix.PowerLevels, dst Room) *matrix.PowerLevels {
 	if out == nil {
 		out = &matrix.PowerLevels{}
 	}
-	if dst.PrivilegedCreators() {
-		for _, c := range dst.Creators() {
-			delete(out.Users, c)
-		}
-		return out
+	for _, c := range dst.Creators() {
+		delete(out.Users, c)
 	}
-	keep := append(src.Creators(), dst.Creator)
+	keep := src.Creators()
+	if !dst.PrivilegedCreators() {
+		keep = append(keep, dst.Creator)
+	}
 	for _, c := range keep {
-		if c == "" {
+		if c == "" || dst.IsCreator(c) {
 			continue
 		}
 		if _, listed := out.Users[c]; !listed {

@@ -22,12 +22,14 @@
 package power
 
 import (
-	"encoding/json"
 	"fmt"
 	"math"
 	"slices"
 	"strconv"
 
+	"github.com/go-json-experiment/json/jsontext"
+
+	"github.com/cactus-comments/appservice/pkg/event"
 	"github.com/cactus-comments/appservice/pkg/matrix"
 	"github.com/cactus-comments/appservice/pkg/mxid"
 )
@@ -41,26 +43,26 @@ const Infinite = math.MaxInt
 const AdminLevel = 100
 
 // Room is what the decisions need to know about a room: its version and
-// who created it.
+// who created it. The registry stores it as JSON beside each room.
 type Room struct {
 	// Version is the room version ("10", "11", "12", ...). Versions that
 	// are not integers (unstable ones) count as before 12.
-	Version string
+	Version string `json:"room_version"`
 	// Creator is the sender of the room's m.room.create event.
-	Creator string
+	Creator string `json:"creator"`
 	// AdditionalCreators is the create content's additional_creators
 	// (meaningful from version 12).
-	AdditionalCreators []string
+	AdditionalCreators []string `json:"additional_creators,omitempty"`
 }
 
 // FromCreateEvent reads a Room from an m.room.create event's sender and
 // content. A content without room_version is version 1, as the spec says.
-func FromCreateEvent(sender string, content json.RawMessage) (Room, error) {
+func FromCreateEvent(sender string, content []byte) (Room, error) {
 	var c struct {
-		RoomVersion        *string         `json:"room_version"`
-		AdditionalCreators json.RawMessage `json:"additional_creators"`
+		RoomVersion        *string        `json:"room_version"`
+		AdditionalCreators jsontext.Value `json:"additional_creators"`
 	}
-	if err := json.Unmarshal(content, &c); err != nil {
+	if err := event.DecodeContent(content, &c); err != nil {
 		return Room{}, fmt.Errorf("power: m.room.create content: %w", err)
 	}
 	if _, err := mxid.ParseUserID(sender); err != nil {
@@ -71,7 +73,7 @@ func FromCreateEvent(sender string, content json.RawMessage) (Room, error) {
 		r.Version = *c.RoomVersion
 	}
 	if len(c.AdditionalCreators) > 0 && r.PrivilegedCreators() {
-		if err := json.Unmarshal(c.AdditionalCreators, &r.AdditionalCreators); err != nil {
+		if err := event.DecodeContent(c.AdditionalCreators, &r.AdditionalCreators); err != nil {
 			return Room{}, fmt.Errorf("power: additional_creators: %w", err)
 		}
 	}

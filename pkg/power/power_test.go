@@ -1,7 +1,9 @@
 package power
 
 import (
+	"encoding/json"
 	"errors"
+	"reflect"
 	"testing"
 )
 
@@ -173,6 +175,12 @@ func TestCopyFor(t *testing.T) {
 		{"the bot's own lower entry is kept", v10, v10, `{"users":{"@bot:example.org":60}}`, `{"users":{"@bot:example.org":60}}`},
 		{"no users at all into v12", v10, v12, `{"ban":10}`, `{"ban":10}`},
 		{"unknown keys travel", v10, v12, `{"users":{},"historical":100,"m.call.invite":50}`, `{"users":{},"historical":100,"m.call.invite":50}`},
+		// A moderation room its owner upgraded to v12: the owner is a
+		// creator there, in no users, and a plain admin in every comment
+		// room, whatever its version.
+		{"owner-created v12 to the bot's v12: the owner explicit", ownerV12, v12, `{"users":{"@bot:example.org":100}}`, `{"users":{"@owner:example.org":100}}`},
+		{"owner-created v12 to v10: owner and bot explicit", ownerV12, v10, `{"users":{"@bot:example.org":100}}`, `{"users":{"@bot:example.org":100,"@owner:example.org":100}}`},
+		{"a creator of both rooms stays out", ownerV12, ownerV12, `{"users":{"@bot:example.org":100}}`, `{"users":{"@bot:example.org":100}}`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -188,5 +196,26 @@ func TestCopyFor(t *testing.T) {
 	}
 	if got := CopyFor(v10, nil, v10); !same(t, got, pl(t, `{"users":{"@bot:example.org":100}}`)) {
 		t.Fatalf("nil source: %s", canonical(t, got))
+	}
+}
+
+// The registry keeps a Room as JSON: what it stores reads back the same,
+// and the names are the create event's own.
+func TestRoomJSON(t *testing.T) {
+	for _, r := range []Room{
+		{Version: "10", Creator: "@bot:example.org"},
+		{Version: "12", Creator: "@owner:example.org", AdditionalCreators: []string{"@a:example.org"}},
+	} {
+		b, err := json.Marshal(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back Room
+		if err := json.Unmarshal(b, &back); err != nil || !reflect.DeepEqual(back, r) {
+			t.Fatalf("%s read back as %+v (%v)", b, back, err)
+		}
+	}
+	if b, _ := json.Marshal(Room{Version: "11", Creator: "@bot:example.org"}); string(b) != `{"room_version":"11","creator":"@bot:example.org"}` {
+		t.Fatalf("stored as %s", b)
 	}
 }

@@ -19,11 +19,12 @@ const (
 )
 
 var (
-	v10     = Room{Version: "10", Creator: bot}
-	v11     = Room{Version: "11", Creator: bot}
-	v12     = Room{Version: "12", Creator: bot}
-	v12Co   = Room{Version: "12", Creator: bot, AdditionalCreators: []string{carol}}
-	v12Else = Room{Version: "12", Creator: person} // made by someone else, e.g. upgraded by the owner
+	v10      = Room{Version: "10", Creator: bot}
+	v11      = Room{Version: "11", Creator: bot}
+	v12      = Room{Version: "12", Creator: bot}
+	v12Co    = Room{Version: "12", Creator: bot, AdditionalCreators: []string{carol}}
+	ownerV12 = Room{Version: "12", Creator: owner}
+	v12Else  = Room{Version: "12", Creator: person} // made by someone else, e.g. upgraded by the owner
 )
 
 func pl(t testing.TB, s string) *matrix.PowerLevels {

@@ -15,6 +15,7 @@ import (
 	"github.com/cactus-comments/appservice/pkg/matrix"
 	"github.com/cactus-comments/appservice/pkg/mxid"
 	"github.com/cactus-comments/appservice/pkg/namespace"
+	"github.com/cactus-comments/appservice/pkg/power"
 )
 
 // RebuildConcurrency is how many homeserver reads a rebuild runs at once.
@@ -56,6 +57,7 @@ func Rebuild(ctx context.Context, reg *Registry, hs *matrix.Client, ns namespace
 	type found struct {
 		room   mxid.RoomID
 		parsed namespace.Parsed
+		create *power.Room // comment rooms
 	}
 	var (
 		mu       sync.Mutex
@@ -83,13 +85,22 @@ func Rebuild(ctx context.Context, reg *Registry, hs *matrix.Client, ns namespace
 		if err != nil {
 			return nil
 		}
+		var create *power.Room
+		if p.Kind == namespace.Comments {
+			if create, err = currentRoom(ctx, hs, room); err != nil {
+				mu.Lock()
+				rep.Skipped = append(rep.Skipped, fmt.Sprintf("%s: %v", room, err))
+				mu.Unlock()
+				return nil
+			}
+		}
 		mu.Lock()
 		defer mu.Unlock()
 		switch p.Kind {
 		case namespace.Moderation:
-			mods = append(mods, found{room, p})
+			mods = append(mods, found{room, p, nil})
 		case namespace.Comments:
-			comments = append(comments, found{room, p})
+			comments = append(comments, found{room, p, create})
 		}
 		return nil
 	})
@@ -112,6 +123,12 @@ func Rebuild(ctx context.Context, reg *Registry, hs *matrix.Client, ns namespace
 		if err != nil {
 			mu.Lock()
 			rep.Skipped = append(rep.Skipped, fmt.Sprintf("%s: state: %v", f.room, err))
+			mu.Unlock()
+			return nil
+		}
+		if tombstoned(state) {
+			mu.Lock()
+			rep.Skipped = append(rep.Skipped, fmt.Sprintf("%s: upgraded, its replacement is the site's room", f.room))
 			mu.Unlock()
 			return nil
 		}
@@ -176,7 +193,7 @@ func Rebuild(ctx context.Context, reg *Registry, hs *matrix.Client, ns namespace
 			}
 			pick = cands[i]
 		}
-		rooms = append(rooms, Room{Site: k[0], Section: k[1], RoomID: pick.room.String(), Alias: pick.parsed.Alias.String()})
+		rooms = append(rooms, Room{Site: k[0], Section: k[1], RoomID: pick.room.String(), Alias: pick.parsed.Alias.String(), Create: pick.create})
 	}
 	var written int
 	err = forEach(ctx, rooms, func(ctx context.Context, r Room) error {
@@ -222,12 +239,14 @@ func SiteFromHomeserver(ctx context.Context, hs *matrix.Client, ns namespace.Nam
 	return SiteFromState(name, room.String(), state, bot.String()), nil
 }
 
-// SiteFromState builds a site from its moderation room's state.
+// SiteFromState builds a site from its moderation room's state: its
+// version and creators, power levels and bans.
 //
 // The homeserver does not record who registered a site. The owner is
-// guessed as the original left it: the user the bot gave the highest power
-// level (the registrant got 100), the earliest to become a member if
-// several share it.
+// guessed as the original left it: the user other than the bot with the
+// highest effective power (the registrant got 100; in a room of version
+// 12 or later they upgraded themselves, they are a creator), the earliest
+// to become a member if several share it.
 func SiteFromState(name, roomID string, state []event.Event, bot string) *Site {
 	s := &Site{Name: name, ModerationRoom: roomID}
 	memberSince := map[string]int64{}
@@ -237,6 +256,9 @@ func SiteFromState(name, roomID string, state []event.Event, bot string) *Site {
 		case e.Type == "m.room.create" && e.StateKey != nil && *e.StateKey == "":
 			if e.OriginServerTS > 0 {
 				s.CreatedAt = time.UnixMilli(e.OriginServerTS).UTC()
+			}
+			if r, err := power.FromCreateEvent(e.Sender, e.Content); err == nil {
+				s.ModerationCreate = &r
 			}
 		case e.Type == "m.room.power_levels" && e.StateKey != nil && *e.StateKey == "":
 			var p matrix.PowerLevels
@@ -253,28 +275,63 @@ func SiteFromState(name, roomID string, state []event.Event, bot string) *Site {
 			}
 		}
 	}
+	var room power.Room
+	if s.ModerationCreate != nil {
+		room = *s.ModerationCreate
+	}
+	var cands []string
 	if pl != nil {
-		var cands []string
 		for u := range pl.Users {
-			if u != bot && !s.Banned(u) {
-				cands = append(cands, u)
-			}
-		}
-		slices.SortFunc(cands, func(a, b string) int {
-			ta, oka := memberSince[a]
-			tb, okb := memberSince[b]
-			return cmp.Or(
-				-cmp.Compare(pl.Users[a], pl.Users[b]),
-				-cmpBool(oka, okb),
-				cmp.Compare(ta, tb),
-				cmp.Compare(a, b),
-			)
-		})
-		if len(cands) > 0 {
-			s.Owner = cands[0]
+			cands = append(cands, u)
 		}
 	}
+	cands = append(cands, room.Creators()...)
+	slices.Sort(cands)
+	cands = slices.Compact(cands)
+	cands = slices.DeleteFunc(cands, func(u string) bool { return u == bot || s.Banned(u) })
+	level := func(u string) int { return power.UserLevel(room, pl, u) }
+	slices.SortFunc(cands, func(a, b string) int {
+		ta, oka := memberSince[a]
+		tb, okb := memberSince[b]
+		return cmp.Or(
+			-cmp.Compare(level(a), level(b)),
+			-cmpBool(oka, okb),
+			cmp.Compare(ta, tb),
+			cmp.Compare(a, b),
+		)
+	})
+	if len(cands) > 0 {
+		s.Owner = cands[0]
+	}
 	return s
+}
+
+// tombstoned reports whether state has the room's m.room.tombstone: the
+// room was upgraded and is no longer current.
+func tombstoned(state []event.Event) bool {
+	for _, e := range state {
+		if e.Type == "m.room.tombstone" && e.StateKey != nil && *e.StateKey == "" {
+			return true
+		}
+	}
+	return false
+}
+
+// currentRoom reads a comment room's version and creators, and refuses a
+// room that was upgraded (its replacement is the current one).
+func currentRoom(ctx context.Context, hs *matrix.Client, room mxid.RoomID) (*power.Room, error) {
+	err := hs.GetStateEvent(ctx, room, "m.room.tombstone", "", nil)
+	if err == nil {
+		return nil, errors.New("upgraded, its replacement is the section's room")
+	}
+	if !matrix.IsNotFound(err) {
+		return nil, fmt.Errorf("tombstone: %w", err)
+	}
+	r, err := ReadRoom(ctx, hs, room)
+	if err != nil {
+		return nil, fmt.Errorf("create event: %w", err)
+	}
+	return &r, nil
 }
 
 func cmpBool(a, b bool) int {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -20,6 +21,7 @@ import (
 	"github.com/cactus-comments/appservice/pkg/matrix"
 	"github.com/cactus-comments/appservice/pkg/mxid"
 	"github.com/cactus-comments/appservice/pkg/namespace"
+	"github.com/cactus-comments/appservice/pkg/power"
 	"github.com/cactus-comments/appservice/pkg/registration"
 )
 
@@ -39,6 +41,7 @@ func TestSiteFromState(t *testing.T) {
 		owner     string
 		bans      []string
 		hasLevels bool
+		create    *power.Room // default: version 1 created by the bot
 	}{
 		{
 			name: "registrant at 100 is the owner",
@@ -66,6 +69,22 @@ func TestSiteFromState(t *testing.T) {
 			owner: "@next:ex.org", bans: []string{"@gone:ex.org"}, hasLevels: true,
 		},
 		{
+			name: "version 12: the bot is the creator, the owner at 100",
+			state: []event.Event{stateEvent("m.room.create", "", bot, 1700000000000, `{"room_version":"12"}`),
+				stateEvent("m.room.power_levels", "", bot, 1, `{"users":{"@owner:ex.org":100,"@mod:ex.org":50}}`),
+				member("@mod:ex.org", "join", 2), member("@owner:ex.org", "join", 3),
+			},
+			owner: "@owner:ex.org", hasLevels: true, create: &power.Room{Version: "12", Creator: bot},
+		},
+		{
+			name: "upgraded to version 12 by the owner: a creator, in no users",
+			state: []event.Event{stateEvent("m.room.create", "", "@owner:ex.org", 1700000000000, `{"room_version":"12","predecessor":{"room_id":"!old:ex.org"}}`),
+				stateEvent("m.room.power_levels", "", "@owner:ex.org", 1, `{"users":{"@bot:ex.org":100,"@mod:ex.org":100}}`),
+				member("@mod:ex.org", "join", 2), member("@owner:ex.org", "join", 3),
+			},
+			owner: "@owner:ex.org", hasLevels: true, create: &power.Room{Version: "12", Creator: "@owner:ex.org"},
+		},
+		{
 			name:  "no power levels: no owner, no snapshot",
 			state: []event.Event{create, member("@x:ex.org", "join", 2)},
 		},
@@ -90,6 +109,13 @@ func TestSiteFromState(t *testing.T) {
 			}
 			if (len(s.PowerLevels) > 0) != tt.hasLevels {
 				t.Errorf("power levels = %s", s.PowerLevels)
+			}
+			want := tt.create
+			if want == nil {
+				want = &power.Room{Version: "1", Creator: bot}
+			}
+			if !reflect.DeepEqual(s.ModerationCreate, want) {
+				t.Errorf("moderation create = %+v, want %+v", s.ModerationCreate, want)
 			}
 			if want := time.UnixMilli(1700000000000).UTC(); !s.CreatedAt.Equal(want) {
 				t.Errorf("created at %v, want %v", s.CreatedAt, want)
@@ -153,6 +179,11 @@ func TestRebuildEdgeCases(t *testing.T) {
 	}
 	mod := create("comments_site")
 	c1 := create("comments_site_a")
+	// A comment room upgraded: its replacement is the section's room.
+	b, err := cli.UpgradeRoom(ctx, create("comments_site_b"), "12")
+	if err != nil {
+		t.Fatal(err)
+	}
 	create("comments_lost_x") // its site has no moderation room
 	// A room of someone else's, with an alias outside our namespace, that
 	// the bot was invited to and joined.
@@ -197,7 +228,7 @@ func TestRebuildEdgeCases(t *testing.T) {
 	if !slices.Equal(rep.Sites, []string{"other", "site"}) {
 		t.Errorf("sites = %v, want other and site", rep.Sites)
 	}
-	if rep.JoinedRooms != 7 || rep.CommentRooms != 1 || !slices.Equal(rep.Orphans, []string{"#comments_lost_x:" + server}) {
+	if rep.JoinedRooms != 9 || rep.CommentRooms != 2 || !slices.Equal(rep.Orphans, []string{"#comments_lost_x:" + server}) {
 		t.Errorf("report = %+v", rep)
 	}
 	if len(rep.Skipped) != 1 || !strings.Contains(rep.Skipped[0], stale.String()) {
@@ -207,8 +238,14 @@ func TestRebuildEdgeCases(t *testing.T) {
 	if err != nil || s.ModerationRoom != mod.String() {
 		t.Fatalf("site = %+v, %v", s, err)
 	}
-	if r, err := reg.Room(ctx, "site", "a"); err != nil || r.RoomID != c1.String() {
+	if !reflect.DeepEqual(s.ModerationCreate, &power.Room{Version: "10", Creator: bot.String()}) {
+		t.Errorf("moderation create = %+v", s.ModerationCreate)
+	}
+	if r, err := reg.Room(ctx, "site", "a"); err != nil || r.RoomID != c1.String() || r.Create == nil || r.Create.Version != "10" {
 		t.Errorf("room = %+v, %v", r, err)
+	}
+	if r, err := reg.Room(ctx, "site", "b"); err != nil || r.RoomID != b.String() || r.Create == nil || r.Create.Version != "12" || r.Create.Creator != bot.String() {
+		t.Errorf("upgraded room = %+v, %v; want the replacement %s", r, err, b)
 	}
 	if r, err := reg.Lookup(ctx, mod.String()); err != nil || !r.IsModeration() || r.Site != "site" {
 		t.Errorf("moderation room lookup = %+v, %v", r, err)

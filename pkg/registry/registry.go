@@ -1,7 +1,9 @@
 // Package registry keeps the site and room registry in JetStream key-value
 // buckets: each site's owner, moderation room, power levels and bans, and
-// each site's comment rooms. The homeserver remains the source of truth
-// (invariant 7): everything here can be rebuilt from it.
+// each site's comment rooms, with every room's version and creators. An
+// upgraded room is replaced by its successor (FollowUpgrade). The
+// homeserver remains the source of truth (invariant 7): everything here
+// can be rebuilt from it.
 package registry
 
 import (
@@ -16,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/pkg/power"
 )
 
 // ErrNotFound means the registry has no such site or room.
@@ -29,6 +32,10 @@ type Site struct {
 	Name           string `json:"name"`
 	Owner          string `json:"owner"`
 	ModerationRoom string `json:"moderation_room"`
+	// ModerationCreate is the moderation room's version and creators; nil
+	// while unknown (a site recorded before they were, or a replacement
+	// room the bot has not been able to read yet).
+	ModerationCreate *power.Room `json:"moderation_create,omitempty"`
 	// PowerLevels is the moderation room's m.room.power_levels content, as
 	// last seen. Comment rooms are created with it.
 	PowerLevels json.RawMessage `json:"power_levels,omitempty"`
@@ -67,6 +74,12 @@ type Room struct {
 	RoomID    string    `json:"room_id"`
 	Alias     string    `json:"alias,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
+	// Create is the room's version and creators; nil while unknown.
+	Create *power.Room `json:"create,omitempty"`
+	// ReplacedBy, on the index entry of an upgraded room, is the room
+	// that replaced it: the entry is kept so that the old room's late
+	// events are recognised, but the room is no longer the site's.
+	ReplacedBy string `json:"replaced_by,omitempty"`
 }
 
 // IsModeration reports whether r is a site's moderation room.

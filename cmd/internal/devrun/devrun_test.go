@@ -2,6 +2,7 @@ package devrun
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"io"
@@ -99,14 +100,25 @@ func natsJS(t *testing.T, url string) jetstream.JetStream {
 // TestDevFlow drives the printed try-it flow through the simulator: the
 // owner registers a site with the bot, a visitor opens a comment section,
 // the owner bans the visitor and the ban reaches the comment room. Then a
-// clean stop, and a second start on the same data.
+// clean stop, and a second start on the same data. With the simulator's
+// default room version (10), and with 12 (CACTUS_DEV_ROOM_VERSION=12).
 func TestDevFlow(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts the whole system")
 	}
+	for _, version := range []string{"", "12"} {
+		t.Run("room version "+cmp.Or(version, "default"), func(t *testing.T) { devFlow(t, version) })
+	}
+}
+
+func devFlow(t *testing.T, version string) {
 	dir := t.TempDir()
 	ctx := context.Background()
-	r := start(t, dir)
+	withVersion := func(o *Options) { o.SimRoomVersion = version }
+	r := start(t, dir, withVersion)
+	if want := cmp.Or(version, "10"); r.info.Simulator.RoomVersion() != want {
+		t.Fatalf("simulator makes version %s rooms, want %s", r.info.Simulator.RoomVersion(), want)
+	}
 	sim := r.info.Simulator
 	if sim == nil || r.info.Demo == nil {
 		t.Fatal("no simulator or demo users")
@@ -139,6 +151,9 @@ func TestDevFlow(t *testing.T) {
 	}
 	if got := sim.PowerLevel(res.ModerationRoom.String(), owner); got != 100 {
 		t.Fatalf("owner power level %d", got)
+	}
+	if got, want := sim.RoomVersionOf(res.ModerationRoom.String()), cmp.Or(version, "10"); got != want {
+		t.Fatalf("moderation room of version %s, want %s", got, want)
 	}
 	room, err := d.Comment(ctx, "myblog", "hello", "First!")
 	if err != nil {
@@ -184,7 +199,7 @@ func TestDevFlow(t *testing.T) {
 	// Second start on the same data: same tokens, the stale site is
 	// dropped (the simulator forgot its rooms), and it can be registered
 	// again.
-	r2 := start(t, dir)
+	r2 := start(t, dir, withVersion)
 	reg2, err := registration.Load(filepath.Join(dir, RegistrationFile))
 	if err != nil {
 		t.Fatal(err)

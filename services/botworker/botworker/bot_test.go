@@ -180,6 +180,7 @@ func TestRegister(t *testing.T) {
 		{"owner at 100", req.PowerLevelContentOverride.Users[alice] == 100},
 		{"bot at 100", req.PowerLevelContentOverride.Users[botID] == 100},
 		{"two power level users", len(req.PowerLevelContentOverride.Users) == 2},
+		{"room version named", req.RoomVersion == "10"},
 	}
 	for _, c := range checks {
 		if !c.ok {
@@ -673,7 +674,7 @@ func TestRegisterRedeliveredAfterRegistryWrite(t *testing.T) {
 	if _, _, err := e.bot.state.claim(e.ctx, alice, "blog", ev.EventID, 10, false); err != nil {
 		t.Fatal(err)
 	}
-	mod, err := e.hs.CreateRoom(e.ctx, e.bot.moderationRoomRequest("blog", alice))
+	mod, err := e.hs.CreateRoom(e.ctx, e.bot.moderationRoomRequest("blog", alice, "10"))
 	if err != nil {
 		t.Fatal(err)
 	}

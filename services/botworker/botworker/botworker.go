@@ -51,6 +51,12 @@ type Homeserver interface {
 	GetStateEvent(ctx context.Context, room mxid.RoomID, eventType, stateKey string, out any) error
 	ResolveAlias(ctx context.Context, alias mxid.RoomAlias) (mxid.RoomID, error)
 	Members(ctx context.Context, room mxid.RoomID, membership string) ([]event.Event, error)
+	// DefaultRoomVersion is the version of rooms whose createRoom names none.
+	DefaultRoomVersion(ctx context.Context) (string, error)
+	// CreateEvent is a room's m.room.create event, sender included.
+	CreateEvent(ctx context.Context, room mxid.RoomID) (*event.Event, error)
+	SetStateEvent(ctx context.Context, room mxid.RoomID, eventType, stateKey string, content any) (mxid.EventID, error)
+	Invite(ctx context.Context, room mxid.RoomID, user mxid.UserID, reason string) error
 }
 
 // Options are the parts of a Bot that tests or an embedding program may

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"sync"
+	"time"
 
 	"github.com/cactus-comments/appservice/pkg/event"
 	"github.com/cactus-comments/appservice/pkg/matrix"
@@ -19,6 +20,7 @@ type fakeHS struct {
 	mu       sync.Mutex
 	server   string
 	bot      string
+	version  string // default room version ("10" if empty)
 	rooms    map[string]*fakeRoom
 	aliases  map[string]string
 	txns     map[string]string // txn id -> event id
@@ -34,8 +36,12 @@ type fakeHS struct {
 
 type fakeRoom struct {
 	id          string
+	version     string
+	creator     string
 	members     map[string]string // user -> membership
 	powerLevels json.RawMessage
+	state       map[string]any // other state set with SetStateEvent, by type
+	created     time.Time
 	req         *matrix.CreateRoomRequest
 }
 
@@ -144,22 +150,116 @@ func (f *fakeHS) CreateRoom(_ context.Context, req *matrix.CreateRoomRequest) (m
 			return mxid.RoomID{}, mErr(http.StatusBadRequest, matrix.CodeRoomInUse, "Room alias already taken")
 		}
 	}
+	version := req.RoomVersion
+	if version == "" {
+		version = f.defaultVersion()
+	}
+	v12 := version == "12"
 	f.seq++
 	id := fmt.Sprintf("!room%d:%s", f.seq, f.server)
-	pl := map[string]any{"users": map[string]int{f.bot: 100}, "ban": 50, "kick": 50, "redact": 50, "state_default": 50, "events_default": 0, "users_default": 0}
+	if v12 {
+		id = fmt.Sprintf("!room%d", f.seq)
+	}
+	users := map[string]int{f.bot: 100}
+	if v12 {
+		users = map[string]int{}
+	}
+	pl := map[string]any{"users": users, "ban": 50, "kick": 50, "redact": 50, "state_default": 50, "events_default": 0, "users_default": 0}
 	if req.PowerLevelContentOverride != nil {
 		pl["users"] = req.PowerLevelContentOverride.Users
 	}
 	plb, _ := json.Marshal(pl)
-	r := &fakeRoom{id: id, members: map[string]string{f.bot: "join"}, powerLevels: plb, req: req}
-	for _, u := range req.Invite {
-		r.members[u] = "invite"
-	}
+	r := &fakeRoom{id: id, version: version, creator: f.bot, members: map[string]string{f.bot: "join"}, powerLevels: plb, req: req, created: time.Now()}
 	f.rooms[id] = r
 	if alias != "" {
 		f.aliases[alias] = id
 	}
+	if o := req.PowerLevelContentOverride; v12 && o != nil && o.Users[f.bot] != 0 {
+		// Synapse stores the room and its alias, then refuses the power
+		// levels and everything after them.
+		r.powerLevels = nil
+		return mxid.RoomID{}, mErr(http.StatusBadRequest, "M_UNKNOWN", "Creator user "+f.bot+" must not appear in content.users")
+	}
+	for _, u := range req.Invite {
+		r.members[u] = "invite"
+	}
 	return mxid.MustRoomID(id), nil
+}
+
+func (f *fakeHS) defaultVersion() string {
+	if f.version == "" {
+		return "10"
+	}
+	return f.version
+}
+
+func (f *fakeHS) DefaultRoomVersion(context.Context) (string, error) {
+	if err := f.enter("capabilities"); err != nil {
+		return "", err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.defaultVersion(), nil
+}
+
+// inRoom runs fn on a room the bot is joined to, under the lock, as the
+// endpoint's call; a room the bot is not in is forbidden.
+func (f *fakeHS) inRoom(endpoint string, room mxid.RoomID, fn func(r *fakeRoom) error) error {
+	if err := f.enter(endpoint); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r := f.rooms[room.String()]
+	if r == nil || r.members[f.bot] != "join" {
+		return fakeForbidden()
+	}
+	return fn(r)
+}
+
+func (f *fakeHS) CreateEvent(_ context.Context, room mxid.RoomID) (*event.Event, error) {
+	var ev *event.Event
+	err := f.inRoom("getState", room, func(r *fakeRoom) error {
+		key := ""
+		content, _ := json.Marshal(map[string]string{"room_version": r.version})
+		ev = &event.Event{Type: "m.room.create", StateKey: &key, Sender: r.creator, Content: content, OriginServerTS: r.created.UnixMilli()}
+		return nil
+	})
+	return ev, err
+}
+
+func (f *fakeHS) SetStateEvent(_ context.Context, room mxid.RoomID, eventType, _ string, content any) (mxid.EventID, error) {
+	return mxid.EventID{}, f.inRoom("setState", room, func(r *fakeRoom) error {
+		b, err := json.Marshal(content)
+		if err != nil {
+			return err
+		}
+		if eventType != "m.room.power_levels" {
+			if r.state == nil {
+				r.state = map[string]any{}
+			}
+			r.state[eventType] = content
+			return nil
+		}
+		var pl struct {
+			Users map[string]int `json:"users"`
+		}
+		if err := json.Unmarshal(b, &pl); err != nil {
+			return err
+		}
+		if _, named := pl.Users[r.creator]; r.version == "12" && named {
+			return mErr(http.StatusBadRequest, "M_UNKNOWN", "Creator user "+r.creator+" must not appear in content.users")
+		}
+		r.powerLevels = b
+		return nil
+	})
+}
+
+func (f *fakeHS) Invite(_ context.Context, room mxid.RoomID, user mxid.UserID, _ string) error {
+	return f.inRoom("invite", room, func(r *fakeRoom) error {
+		r.members[user.String()] = "invite"
+		return nil
+	})
 }
 
 // addRoom makes a room (a DM or group) with the bot invited.
@@ -194,19 +294,12 @@ func (f *fakeHS) SendEvent(_ context.Context, room mxid.RoomID, eventType, txn s
 }
 
 func (f *fakeHS) GetStateEvent(_ context.Context, room mxid.RoomID, eventType, _ string, out any) error {
-	if err := f.enter("getState"); err != nil {
-		return err
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	r := f.rooms[room.String()]
-	if r == nil || r.members[f.bot] != "join" {
-		return fakeForbidden()
-	}
-	if eventType != "m.room.power_levels" || r.powerLevels == nil {
-		return mErr(http.StatusNotFound, "M_NOT_FOUND", "no state")
-	}
-	return json.Unmarshal(r.powerLevels, out)
+	return f.inRoom("getState", room, func(r *fakeRoom) error {
+		if eventType != "m.room.power_levels" || r.powerLevels == nil {
+			return mErr(http.StatusNotFound, "M_NOT_FOUND", "no state")
+		}
+		return json.Unmarshal(r.powerLevels, out)
+	})
 }
 
 func (f *fakeHS) ResolveAlias(_ context.Context, alias mxid.RoomAlias) (mxid.RoomID, error) {
@@ -223,23 +316,17 @@ func (f *fakeHS) ResolveAlias(_ context.Context, alias mxid.RoomAlias) (mxid.Roo
 }
 
 func (f *fakeHS) Members(_ context.Context, room mxid.RoomID, membership string) ([]event.Event, error) {
-	if err := f.enter("members"); err != nil {
-		return nil, err
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	r := f.rooms[room.String()]
-	if r == nil || r.members[f.bot] != "join" {
-		return nil, fakeForbidden()
-	}
 	var out []event.Event
-	for u, m := range r.members {
-		if membership == "" || m == membership {
-			k := u
-			out = append(out, event.Event{Type: "m.room.member", StateKey: &k, Content: []byte(`{"membership":"` + m + `"}`)})
+	err := f.inRoom("members", room, func(r *fakeRoom) error {
+		for u, m := range r.members {
+			if membership == "" || m == membership {
+				k := u
+				out = append(out, event.Event{Type: "m.room.member", StateKey: &k, Content: []byte(`{"membership":"` + m + `"}`)})
+			}
 		}
-	}
-	return out, nil
+		return nil
+	})
+	return out, err
 }
 
 // messages returns the bodies sent to room, in order.

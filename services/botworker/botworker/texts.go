@@ -190,3 +190,7 @@ func homeserverMessage(err error) string {
 	}
 	return fmt.Sprintf("HTTP status %d", e.Status)
 }
+
+func (t *texts) followingUpgrade(site string) message {
+	return message{Body: fmt.Sprintf("Thanks for the invite. I moderate %s from this room now: power levels and bans set here apply to all of its comment sections.", site)}
+}

@@ -32,6 +32,7 @@ func TestTransactionStoresEvents(t *testing.T) {
 		member("$u1", modRoom, "@owner:example.org", "@spam:example.org", "leave"),
 		member("$i1", "!dm:example.org", "@owner:example.org", testBot, "invite"),
 		`{"event_id":"$pl1","type":"m.room.power_levels","room_id":"!moderation:example.org","sender":"@owner:example.org","state_key":"","content":{"users":{}}}`,
+		`{"event_id":"$t1","type":"m.room.tombstone","room_id":"!moderation:example.org","sender":"@owner:example.org","state_key":"","content":{"body":"upgraded","replacement_room":"!new"}}`,
 	}
 	// The bot's events are stored with their partition.
 	stored := (bus.Topology{}).StoredSubject
@@ -42,6 +43,7 @@ func TestTransactionStoresEvents(t *testing.T) {
 		"$u1":  bus.EventSubject(bus.ClassModeration, modRoom),
 		"$i1":  stored(bus.ClassBot, "!dm:example.org"),
 		"$pl1": bus.EventSubject(bus.ClassModeration, modRoom),
+		"$t1":  bus.EventSubject(bus.ClassModeration, modRoom),
 	}
 	status, body := e.do(http.MethodPut, "/_matrix/app/v1/transactions/42", txnBody(events...))
 	if status != 200 || string(body) != "{}" {
@@ -69,8 +71,8 @@ func TestTransactionStoresEvents(t *testing.T) {
 			t.Errorf("%s type header %q, want %q", id, got, ev.Type)
 		}
 	}
-	if got := counter(e.gw.metrics.eventsPublished[bus.ClassModeration]); got != 3 {
-		t.Errorf("moderation events published metric = %v, want 3", got)
+	if got := counter(e.gw.metrics.eventsPublished[bus.ClassModeration]); got != 4 {
+		t.Errorf("moderation events published metric = %v, want 4", got)
 	}
 }
 

@@ -112,6 +112,14 @@ func (p *Provisioner) provision(ctx context.Context, parsed namespace.Parsed) (b
 	if err != nil {
 		return bus.AliasAnswer{Error: err.Error()}, "error", err
 	}
+	src, err := p.moderationRoom(ctx, site)
+	if err != nil {
+		return bus.AliasAnswer{Error: err.Error()}, "error", err
+	}
+	dst, err := p.newRoom(ctx)
+	if err != nil {
+		return bus.AliasAnswer{Error: "could not create the room"}, "error", err
+	}
 	req := &matrix.CreateRoomRequest{
 		Visibility:      matrix.VisibilityPrivate,
 		RoomAliasName:   p.ns.CommentsLocalpart(parsed.Site, parsed.Section),
@@ -122,9 +130,13 @@ func (p *Provisioner) provision(ctx context.Context, parsed namespace.Parsed) (b
 			{Type: "m.room.guest_access", Content: map[string]string{"guest_access": "can_join"}},
 			{Type: "m.room.history_visibility", Content: map[string]string{"history_visibility": "world_readable"}},
 		},
-		PowerLevelContentOverride: pl,
+		PowerLevelContentOverride: siteLevels(src, pl, dst),
+		RoomVersion:               dst.Version,
 	}
 	roomID, err := p.hs.CreateRoom(ctx, req)
+	if matrix.ErrCode(err) == "M_UNSUPPORTED_ROOM_VERSION" {
+		p.versions.forget()
+	}
 	if matrix.IsRoomInUse(err) {
 		// Created by another replica, by an earlier attempt of ours, or
 		// by hand: it exists, which is all the homeserver asked.
@@ -139,7 +151,7 @@ func (p *Provisioner) provision(ctx context.Context, parsed namespace.Parsed) (b
 		return bus.AliasAnswer{Error: msg}, "error", fmt.Errorf("create room %s: %w", parsed.Alias, err)
 	}
 	p.m.roomsCreated.Inc()
-	room := registry.Room{Site: parsed.Site, Section: parsed.Section, RoomID: roomID.String(), Alias: parsed.Alias.String()}
+	room := registry.Room{Site: parsed.Site, Section: parsed.Section, RoomID: roomID.String(), Alias: parsed.Alias.String(), Create: &dst}
 	// Recorded before the bans so that a moderation change from now on
 	// fans out to this room too; the bans then follow the snapshot as it
 	// is after recording, so no change falls between the two.
@@ -182,6 +194,10 @@ func (p *Provisioner) recordExisting(ctx context.Context, parsed namespace.Parse
 		return ans, "exists", nil
 	}
 	room := registry.Room{Site: parsed.Site, Section: parsed.Section, RoomID: roomID.String(), Alias: parsed.Alias.String()}
+	if room.Create, err = p.existingRoom(ctx, roomID); err != nil {
+		// Recorded anyway: its version is read when a job needs it.
+		p.log.Warn("version of an existing comment room not read", "alias", parsed.Alias.String(), "err", err)
+	}
 	if err := p.reg.PutRoom(ctx, room); err != nil {
 		p.log.Warn("existing comment room not recorded", "alias", parsed.Alias.String(), "err", err)
 	}
@@ -262,10 +278,9 @@ func (p *Provisioner) site(ctx context.Context, name string) (*registry.Site, er
 	return s, nil
 }
 
-// sitePowerLevels is the content new comment rooms start with: the
-// moderation room's, read from the homeserver if the snapshot lacks it.
-// The bot keeps its level whatever the content says, or it could not
-// moderate the room it creates.
+// sitePowerLevels is the content new comment rooms start with (copied
+// into their version): the moderation room's, read from the homeserver if
+// the snapshot lacks it.
 func (p *Provisioner) sitePowerLevels(ctx context.Context, site *registry.Site) (*matrix.PowerLevels, error) {
 	var pl matrix.PowerLevels
 	if len(site.PowerLevels) > 0 {
@@ -292,9 +307,6 @@ func (p *Provisioner) sitePowerLevels(ctx context.Context, site *registry.Site) 
 		}); err != nil {
 			p.log.Warn("power levels snapshot not recorded", "site", site.Name, "err", err)
 		}
-	}
-	if _, ok := pl.Users[p.bot.String()]; !ok {
-		pl.SetUserLevel(p.bot.String(), 100)
 	}
 	return &pl, nil
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/cactus-comments/appservice/pkg/bus"
 	"github.com/cactus-comments/appservice/pkg/matrix"
 	"github.com/cactus-comments/appservice/pkg/mxid"
+	"github.com/cactus-comments/appservice/pkg/power"
 	"github.com/cactus-comments/appservice/pkg/registry"
 	"github.com/cactus-comments/appservice/pkg/worker"
 )
@@ -224,7 +225,7 @@ func (p *Provisioner) convergeMember(ctx context.Context, j Job, room mxid.RoomI
 				return did, nil
 			}
 		}
-		if err := p.setBan(ctx, room, user, ban); err != nil {
+		if err := p.setBan(ctx, site, room, user, ban); err != nil {
 			return did, err
 		}
 		did = true
@@ -241,8 +242,9 @@ func (p *Provisioner) convergeMember(ctx context.Context, j Job, room mxid.RoomI
 }
 
 // setBan bans or unbans. A refusal that leaves the room as wanted (the
-// user already unbanned, say) is success.
-func (p *Provisioner) setBan(ctx context.Context, room mxid.RoomID, user mxid.UserID, ban bool) error {
+// user already unbanned, say) is success; other refusals are explained by
+// the room's rules (see refusal).
+func (p *Provisioner) setBan(ctx context.Context, site *registry.Site, room mxid.RoomID, user mxid.UserID, ban bool) error {
 	var err error
 	if ban {
 		err = p.hs.Ban(ctx, room, user, "banned on this site")
@@ -256,7 +258,7 @@ func (p *Provisioner) setBan(ctx context.Context, room mxid.RoomID, user mxid.Us
 	if merr == nil && (membership == matrix.MembershipBan) == ban {
 		return nil
 	}
-	return err
+	return p.refusal(ctx, site, room, user, ban, err)
 }
 
 // membership is user's membership in room, "" if they never had one.
@@ -295,7 +297,21 @@ func (p *Provisioner) convergePower(ctx context.Context, j Job, room mxid.RoomID
 		if err != nil {
 			return did, err
 		}
-		target, skipped := ReconcilePowerLevels(cur, &want, p.bot.String())
+		dst, err := p.roomOf(ctx, site, room)
+		if err != nil {
+			return did, err
+		}
+		src, err := p.moderationRoom(ctx, site)
+		if err != nil {
+			return did, err
+		}
+		if src == nil {
+			// The snapshot cannot be read without the moderation room's
+			// creators: it waits, as the site's power levels do.
+			p.log.Info("power levels job waits until the bot can read the moderation room", "site", j.Site, "room_id", j.Room)
+			return did, nil
+		}
+		target, skipped := power.Reconcile(dst, cur, siteLevels(src, &want, dst), p.bot.String())
 		for _, s := range skipped {
 			p.m.plSkipped.Inc()
 			p.log.Warn("power level change not applied: the bot may not make it", "site", j.Site, "room_id", j.Room, "change", s.String())
@@ -342,7 +358,7 @@ func (p *Provisioner) syncBans(ctx context.Context, j Job, room mxid.RoomID) (bo
 		if err != nil {
 			continue
 		}
-		if err := p.setBan(ctx, room, user, true); err != nil {
+		if err := p.setBan(ctx, site, room, user, true); err != nil {
 			return did, err
 		}
 		did = true

@@ -18,6 +18,8 @@ type metrics struct {
 	plSkipped      prometheus.Counter
 	moderation     *prometheus.CounterVec
 	registryMisses *prometheus.CounterVec
+	refused        *prometheus.CounterVec
+	upgrades       *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -49,15 +51,32 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		moderation: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cactus_provisioner_moderation_events_total",
-			Help: "Moderation events by what was done (ban, unban, power_levels, alias, echo, ignored).",
+			Help: "Moderation events by what was done (ban, unban, power_levels, upgrade, alias, echo, ignored; deferred: power levels set in a moderation room the bot cannot read yet, the last snapshot stays in force).",
 		}, []string{"action"}),
 		registryMisses: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cactus_provisioner_registry_fallbacks_total",
 			Help: "Registry misses resolved from the homeserver, by result (imported, absent).",
 		}, []string{"result"}),
 	}
+	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "cactus_provisioner_moderation_refused_total",
+		Help: "Bans and unbans not applied in a room because its rules forbid them to anyone (reason creator: a creator of a room of version 12 or later), by action.",
+	}, []string{"action", "reason"})
+	m.upgrades = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "cactus_provisioner_room_upgrades_total",
+		Help: "Upgraded rooms of sites followed, by kind (moderation, comment) and outcome (joined: the bot is in the replacement; not_joined: it could not join, the site's owner was told).",
+	}, []string{"kind", "outcome"})
+	for _, a := range []string{"ban", "unban"} {
+		m.refused.WithLabelValues(a, "creator")
+	}
+	for _, k := range []string{"moderation", "comment"} {
+		for _, o := range []string{"joined", "not_joined"} {
+			m.upgrades.WithLabelValues(k, o)
+		}
+	}
+	m.moderation.WithLabelValues("deferred")
 	reg.MustRegister(m.aliasQueries, m.aliasLatency, m.roomsCreated,
-		m.jobsPublished, m.jobs, m.plSkipped, m.moderation, m.registryMisses)
+		m.jobsPublished, m.jobs, m.plSkipped, m.moderation, m.registryMisses, m.refused, m.upgrades)
 	// Every label value an alert or dashboard uses exists at 0 from the
 	// start, so increase() sees the first event after a restart.
 	for _, o := range []string{"created", "exists", "unknown_site", "not_comment_room", "error", "bad_request"} {
@@ -69,7 +88,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			m.jobs.WithLabelValues(k, o)
 		}
 	}
-	for _, a := range []string{"ban", "unban", "power_levels", "alias", "echo", "ignored"} {
+	for _, a := range []string{"ban", "unban", "power_levels", "alias", "echo", "ignored", "deferred"} {
 		m.moderation.WithLabelValues(a)
 	}
 	for _, r := range []string{"imported", "absent"} {

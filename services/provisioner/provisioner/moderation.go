@@ -33,6 +33,9 @@ func (p *Provisioner) handleModeration(ctx context.Context, m jetstream.Msg) err
 		p.m.moderation.WithLabelValues("ignored").Inc()
 		return worker.Permanent(err)
 	}
+	if e.Type == "m.room.tombstone" {
+		return p.handleTombstone(ctx, m, e)
+	}
 	// The bot only acts to propagate: its own bans and power levels coming
 	// back are echoes, and acting on them would loop. This is checked
 	// first because a fan-out over 10,000 rooms sends 10,000 echoes.
@@ -56,6 +59,11 @@ func (p *Provisioner) handleModeration(ctx context.Context, m jetstream.Msg) err
 		return classify(err)
 	}
 	log = log.With("site", room.Site)
+	if room.ReplacedBy != "" {
+		p.m.moderation.WithLabelValues("ignored").Inc()
+		log.Info("moderation event in an upgraded room ignored: its replacement is the site's room", "replaced_by", room.ReplacedBy)
+		return nil
+	}
 	progress := func() { _ = m.InProgress() }
 
 	switch {
@@ -126,6 +134,9 @@ func (p *Provisioner) handleModeration(ctx context.Context, m jetstream.Msg) err
 		if err := event.DecodeContent(e.Content, &pl); err != nil {
 			p.m.moderation.WithLabelValues("ignored").Inc()
 			return worker.Permanent(fmt.Errorf("unreadable power levels: %w", err))
+		}
+		if known, err := p.knowModerationRoom(ctx, room.Site, log); err != nil || !known {
+			return classify(err)
 		}
 		p.m.moderation.WithLabelValues("power_levels").Inc()
 		want, err := canonicalJSON(&pl)

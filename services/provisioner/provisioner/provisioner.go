@@ -1,7 +1,10 @@
 // Package provisioner is the provisioner service: it answers alias queries
-// by creating comment rooms, keeps the site and room registry, and
-// propagates bans, unbans and power levels across every room of a site by
-// fanning the work out as one small job per room that all replicas share.
+// by creating comment rooms, keeps the site and room registry (following
+// rooms that are upgraded), and propagates bans, unbans and power levels
+// across every room of a site by fanning the work out as one small job per
+// room that all replicas share. Rooms of versions 10, 11 and 12 coexist;
+// every power decision is pkg/power's, for the version and creators of the
+// rooms it is about.
 package provisioner
 
 import (
@@ -46,6 +49,9 @@ type Options struct {
 	PublishWindow int
 	// AliasConcurrency bounds alias queries handled at once (default 256).
 	AliasConcurrency int
+	// RoomVersionTTL is how long the homeserver's default room version is
+	// remembered (default 1 min).
+	RoomVersionTTL time.Duration
 }
 
 // Provisioner is one replica. Its parts share nothing but NATS and the
@@ -63,6 +69,9 @@ type Provisioner struct {
 	hsm     *matrix.Metrics
 	opts    Options
 	flights flightGroup
+	// versions is the homeserver's default room version, for the rooms
+	// the provisioner creates.
+	versions *versionCache
 	// pub publishes fan-out jobs asynchronously, with its own window of
 	// acks awaited.
 	pub jetstream.JetStream
@@ -109,6 +118,10 @@ func New(ctx context.Context, rt *service.Runtime, opts Options) (*Provisioner, 
 		}
 		p.hs = hs
 	}
+	if opts.RoomVersionTTL <= 0 {
+		opts.RoomVersionTTL = time.Minute
+	}
+	p.versions = &versionCache{fetch: p.hs.DefaultRoomVersion, ttl: opts.RoomVersionTTL, now: time.Now}
 	pub, err := jetstream.New(rt.NC, jetstream.WithPublishAsyncMaxPending(opts.PublishWindow+1))
 	if err != nil {
 		return nil, fmt.Errorf("provisioner: %w", err)

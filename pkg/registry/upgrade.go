@@ -1,0 +1,154 @@
+package registry
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/cactus-comments/appservice/pkg/power"
+)
+
+// ErrReplaced means a room was already replaced by another room than the
+// one a change names.
+var ErrReplaced = errors.New("registry: room already replaced")
+
+// FollowUpgrade records that room old was upgraded to next (old's
+// m.room.tombstone names next): the site's moderation room, or the comment
+// section's room, is next from now on, with create as its version and
+// creators (nil: not known yet); next is indexed, and old's index entry
+// keeps its site but says what replaced it. It returns the entry now
+// recorded for next.
+//
+// Repeating it changes nothing more. A room that is no longer the site's
+// current one (its section moved to another room meanwhile) is only
+// marked as replaced. ErrNotFound: old is not a room of ours;
+// ErrReplaced: old was replaced by another room.
+func (r *Registry) FollowUpgrade(ctx context.Context, old, next string, create *power.Room) (Room, error) {
+	prev, err := r.Lookup(ctx, old)
+	if err != nil {
+		return Room{}, err
+	}
+	if prev.ReplacedBy != "" && prev.ReplacedBy != next {
+		return Room{}, fmt.Errorf("%w: %s by %s", ErrReplaced, old, prev.ReplacedBy)
+	}
+	now := Room{Site: prev.Site, Section: prev.Section, RoomID: next, Alias: prev.Alias, Create: create}
+	if prev.IsModeration() {
+		now.Alias = ""
+		// The new room first: from then on its events find their site.
+		if err := r.putIndex(ctx, now); err != nil {
+			return Room{}, err
+		}
+		if _, err := r.UpdateSite(ctx, prev.Site, func(s *Site) (bool, error) {
+			switch {
+			case s.ModerationRoom == old:
+				s.ModerationRoom, s.ModerationCreate = next, create
+				return true, nil
+			case s.ModerationRoom == next && s.ModerationCreate == nil && create != nil:
+				s.ModerationCreate = create
+				return true, nil
+			}
+			return false, nil
+		}); err != nil {
+			return Room{}, err
+		}
+	} else {
+		cur, err := r.UpdateRoom(ctx, prev.Site, prev.Section, func(c *Room) (bool, error) {
+			switch {
+			case c.RoomID == old:
+				*c = Room{Site: c.Site, Section: c.Section, RoomID: next, Alias: c.Alias, Create: create}
+				return true, nil
+			case c.RoomID == next && c.Create == nil && create != nil:
+				c.Create = create
+				return true, nil
+			}
+			return false, nil
+		})
+		if err != nil {
+			return Room{}, err
+		}
+		if cur.RoomID == next {
+			// Indexed again: a first attempt may have stopped between
+			// the room's write and its index's.
+			if err := r.putIndex(ctx, cur); err != nil {
+				return Room{}, err
+			}
+			now = cur
+		}
+	}
+	prev.ReplacedBy = next
+	if err := r.putIndex(ctx, prev); err != nil {
+		return Room{}, err
+	}
+	return now, nil
+}
+
+// SetCreate records the version and creators of a room recorded without
+// them. A room that is no longer current, or already has them, is left as
+// it is.
+func (r *Registry) SetCreate(ctx context.Context, roomID string, create power.Room) error {
+	room, err := r.Lookup(ctx, roomID)
+	if err != nil {
+		return err
+	}
+	if room.ReplacedBy != "" {
+		return nil
+	}
+	if room.IsModeration() {
+		_, err := r.UpdateSite(ctx, room.Site, func(s *Site) (bool, error) {
+			if s.ModerationRoom != roomID || s.ModerationCreate != nil {
+				return false, nil
+			}
+			s.ModerationCreate = &create
+			return true, nil
+		})
+		return err
+	}
+	_, err = r.UpdateRoom(ctx, room.Site, room.Section, func(c *Room) (bool, error) {
+		if c.RoomID != roomID || c.Create != nil {
+			return false, nil
+		}
+		c.Create = &create
+		return true, nil
+	})
+	return err
+}
+
+// UpdateRoom applies fn to a comment room's entry and stores the result
+// with a compare-and-set, retrying on conflicting writes, and re-indexes
+// it. fn returning false means no change is needed.
+func (r *Registry) UpdateRoom(ctx context.Context, site, section string, fn func(*Room) (changed bool, err error)) (Room, error) {
+	key := roomKey(site, section)
+	name := site + "_" + section
+	for attempt := 0; ; attempt++ {
+		e, err := r.rooms.Get(ctx, key)
+		if isNotFound(err) {
+			return Room{}, notFound("room", name)
+		}
+		if err != nil {
+			return Room{}, wrap("get room", name, err)
+		}
+		var room Room
+		if err := decode(e.Value(), &room); err != nil {
+			return Room{}, wrap("decode room", name, err)
+		}
+		changed, err := fn(&room)
+		if err != nil || !changed {
+			return room, err
+		}
+		b, err := json.Marshal(room)
+		if err != nil {
+			return Room{}, wrap("encode room", name, err)
+		}
+		_, err = r.rooms.Update(ctx, key, b, e.Revision())
+		if err == nil {
+			return room, r.putIndex(ctx, room)
+		}
+		if attempt >= 50 || !isConflict(err) {
+			return Room{}, wrap("update room", name, err)
+		}
+		if err := ctx.Err(); err != nil {
+			return Room{}, wrap("update room", name, err)
+		}
+	}
+}

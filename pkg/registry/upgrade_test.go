@@ -1,0 +1,124 @@
+package registry
+
+import (
+	"errors"
+	"reflect"
+	"testing"
+
+	"github.com/cactus-comments/appservice/pkg/power"
+)
+
+func TestFollowUpgradeOfModerationRoom(t *testing.T) {
+	ctx, reg, _ := openTestRegistry(t)
+	v10 := &power.Room{Version: "10", Creator: "@bot:x"}
+	if err := reg.CreateSite(ctx, &Site{Name: "blog", Owner: "@o:x", ModerationRoom: "!old:x", ModerationCreate: v10, Bans: []string{"@spam:x"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.FollowUpgrade(ctx, "!nope:x", "!new", nil); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a room not ours: %v", err)
+	}
+	// The bot could not read the replacement yet: its creators are unknown.
+	got, err := reg.FollowUpgrade(ctx, "!old:x", "!new", nil)
+	if err != nil || got.RoomID != "!new" || got.Site != "blog" || !got.IsModeration() {
+		t.Fatalf("FollowUpgrade = %+v, %v", got, err)
+	}
+	s, _ := reg.Site(ctx, "blog")
+	if s.ModerationRoom != "!new" || s.ModerationCreate != nil || !s.Banned("@spam:x") || s.Owner != "@o:x" {
+		t.Fatalf("site after the upgrade = %+v", s)
+	}
+	if r, err := reg.Lookup(ctx, "!new"); err != nil || r.Site != "blog" || !r.IsModeration() || r.ReplacedBy != "" {
+		t.Fatalf("new room indexed as %+v, %v", r, err)
+	}
+	if r, err := reg.Lookup(ctx, "!old:x"); err != nil || r.Site != "blog" || r.ReplacedBy != "!new" {
+		t.Fatalf("old room indexed as %+v, %v", r, err)
+	}
+	// Learnt later (the bot joined): recorded; again: nothing changes.
+	v12 := power.Room{Version: "12", Creator: "@o:x"}
+	if err := reg.SetCreate(ctx, "!new", v12); err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.SetCreate(ctx, "!new", power.Room{Version: "12", Creator: "@other:x"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.SetCreate(ctx, "!old:x", power.Room{Version: "1", Creator: "@x:x"}); err != nil {
+		t.Fatal(err)
+	}
+	s, _ = reg.Site(ctx, "blog")
+	if s.ModerationCreate == nil || !reflect.DeepEqual(*s.ModerationCreate, v12) {
+		t.Fatalf("moderation create = %+v, want %+v", s.ModerationCreate, v12)
+	}
+	// A redelivered tombstone changes nothing; another replacement of the
+	// old room is refused.
+	if _, err := reg.FollowUpgrade(ctx, "!old:x", "!new", nil); err != nil {
+		t.Fatal(err)
+	}
+	if s2, _ := reg.Site(ctx, "blog"); s2.ModerationCreate == nil || s2.ModerationRoom != "!new" {
+		t.Fatalf("redelivery changed the site: %+v", s2)
+	}
+	if _, err := reg.FollowUpgrade(ctx, "!old:x", "!other", nil); !errors.Is(err, ErrReplaced) {
+		t.Fatalf("second replacement of one room: %v", err)
+	}
+	// Upgraded again: the chain is followed.
+	v12b := &power.Room{Version: "12", Creator: "@o:x"}
+	if _, err := reg.FollowUpgrade(ctx, "!new", "!newer", v12b); err != nil {
+		t.Fatal(err)
+	}
+	if s, _ = reg.Site(ctx, "blog"); s.ModerationRoom != "!newer" || !reflect.DeepEqual(s.ModerationCreate, v12b) {
+		t.Fatalf("after the second upgrade: %+v", s)
+	}
+}
+
+func TestFollowUpgradeOfCommentRoom(t *testing.T) {
+	ctx, reg, _ := openTestRegistry(t)
+	if err := reg.CreateSite(ctx, &Site{Name: "blog", Owner: "@o:x", ModerationRoom: "!mod:x"}); err != nil {
+		t.Fatal(err)
+	}
+	// Recorded before versions were: no create.
+	if err := reg.PutRoom(ctx, Room{Site: "blog", Section: "a", RoomID: "!a:x", Alias: "#c_blog_a:x"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.SetCreate(ctx, "!a:x", power.Room{Version: "10", Creator: "@bot:x"}); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := reg.Room(ctx, "blog", "a"); r.Create == nil || r.Create.Version != "10" {
+		t.Fatalf("create not recorded: %+v", r)
+	}
+	if r, _ := reg.Lookup(ctx, "!a:x"); r.Create == nil || r.Create.Version != "10" {
+		t.Fatalf("create not indexed: %+v", r)
+	}
+	v12 := &power.Room{Version: "12", Creator: "@o:x"}
+	got, err := reg.FollowUpgrade(ctx, "!a:x", "!a2", v12)
+	if err != nil || got.RoomID != "!a2" || got.Section != "a" || got.Alias != "#c_blog_a:x" || !reflect.DeepEqual(got.Create, v12) {
+		t.Fatalf("FollowUpgrade = %+v, %v", got, err)
+	}
+	rooms, _ := reg.Rooms(ctx, "blog")
+	if len(rooms) != 1 || rooms[0].RoomID != "!a2" {
+		t.Fatalf("rooms = %+v, want only the replacement", rooms)
+	}
+	if r, _ := reg.Lookup(ctx, "!a2"); r.Section != "a" || r.ReplacedBy != "" {
+		t.Fatalf("replacement indexed as %+v", r)
+	}
+	if r, _ := reg.Lookup(ctx, "!a:x"); r.Section != "a" || r.ReplacedBy != "!a2" {
+		t.Fatalf("old room indexed as %+v", r)
+	}
+	if again, err := reg.FollowUpgrade(ctx, "!a:x", "!a2", nil); err != nil || !reflect.DeepEqual(again, got) {
+		t.Fatalf("redelivery = %+v, %v; want %+v", again, err, got)
+	}
+	// A section whose alias now names a third room: the old room is only
+	// marked.
+	if err := reg.PutRoom(ctx, Room{Site: "blog", Section: "b", RoomID: "!b3:x"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.PutRoom(ctx, Room{Site: "blog", Section: "b", RoomID: "!b:x"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.PutRoom(ctx, Room{Site: "blog", Section: "b", RoomID: "!b3:x"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.FollowUpgrade(ctx, "!b:x", "!b2", nil); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := reg.Room(ctx, "blog", "b"); r.RoomID != "!b3:x" {
+		t.Fatalf("section b = %+v, want !b3:x kept", r)
+	}
+}
