@@ -47,8 +47,11 @@ func (c *Client) CreateEvent(ctx context.Context, room mxid.RoomID) (*event.Even
 		v3+"/rooms/{}/state/{}/{}", room.String(), "m.room.create", ""); err != nil {
 		return nil, err
 	}
-	if ev, err := event.Decode(raw); err == nil && ev.Type == "m.room.create" {
-		return ev, nil
+	// The event as the homeserver serialised it, read with the strict
+	// rules; some homeservers leave room_id out of a single state event.
+	var ev event.Event
+	if event.DecodeContent(raw, &ev) == nil && ev.Type == "m.room.create" && ev.Sender != "" && len(ev.Content) > 0 {
+		return &ev, nil
 	}
 	state, err := c.State(ctx, room)
 	if err != nil {
