@@ -14,8 +14,8 @@ import (
 	"strings"
 )
 
-func open(name string) string  { return "<!-- bench:" + name + " -->" }
-func close(name string) string { return "<!-- /bench:" + name + " -->" }
+func openMarker(name string) string  { return "<!-- bench:" + name + " -->" }
+func closeMarker(name string) string { return "<!-- /bench:" + name + " -->" }
 
 // Block returns the content between the markers of name, without the
 // newlines that follow the opening marker and precede the closing one.
@@ -39,7 +39,7 @@ func Replace(doc, name, content string) (string, error) {
 // find returns the span between the end of the opening marker and the
 // start of the closing one. Each marker must appear exactly once.
 func find(doc, name string) (int, int, error) {
-	o, c := open(name), close(name)
+	o, c := openMarker(name), closeMarker(name)
 	if n := strings.Count(doc, o); n != 1 {
 		return 0, 0, fmt.Errorf("docsync: %d %q markers, want 1", n, o)
 	}
