@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"time"
 
@@ -73,28 +74,29 @@ func (m measurement) eventsPerSec() float64 {
 // measure runs one design on one scenario with fresh processes: a new
 // nats-server (so that every measurement starts from the same empty
 // duplicate window), the gateway if measured, and the client.
-func measure(ctx context.Context, b *binaries, sc scenario, design string, round, run int) (measurement, error) {
+func measure(ctx context.Context, b *binaries, sc scenario, design string, replicas, round, run int) (measurement, error) {
 	m := measurement{Scenario: sc.Name, Design: design, Round: round, Use: map[string]procUse{}}
-	ns, err := startNATS(b)
+	ns, err := startCluster(b, replicas)
 	if err != nil {
 		return m, err
 	}
 	defer ns.stop()
-	if err := ensureTopology(ctx, ns.url, design == "atomic" || design == "fast"); err != nil {
+	if err := ensureTopology(ctx, ns.url, replicas, design == "atomic" || design == "fast"); err != nil {
 		return m, err
 	}
-	procs := []*proc{ns.proc}
+	var procs []named
+	procs = append(procs, named{"nats-server", ns})
 	sp := sc.spec
 	sp.Run = "r" + strconv.Itoa(run)
 	spJSON, _ := json.Marshal(sp)
 	var client *proc
 	if design == gatewayDesign {
-		gw, api, err := startGateway(ctx, b, ns.url)
+		gw, api, err := startGateway(ctx, b, ns.url, replicas)
 		if err != nil {
 			return m, err
 		}
 		defer gw.stop()
-		procs = append(procs, gw)
+		procs = append(procs, named{gw.name, gw})
 		client, err = start("client", b.self, []string{"-child", "loadgen", "-url", api, "-spec", string(spJSON)}, nil, true)
 		if err != nil {
 			return m, err
@@ -106,13 +108,13 @@ func measure(ctx context.Context, b *binaries, sc scenario, design string, round
 		}
 	}
 	defer client.stop()
-	procs = append(procs, client)
+	procs = append(procs, named{client.name, client})
 	if _, err := client.readLine("READY"); err != nil {
 		return m, err
 	}
 	before := map[string]procstat.Sample{}
 	for _, p := range procs {
-		before[p.name] = p.sample()
+		before[p.name] = p.s.sample()
 	}
 	if _, err := fmt.Fprintln(client.in, "GO"); err != nil {
 		return m, err
@@ -122,7 +124,7 @@ func measure(ctx context.Context, b *binaries, sc scenario, design string, round
 		return m, err
 	}
 	for _, p := range procs {
-		after := p.sample()
+		after := p.s.sample()
 		m.Use[p.name] = procUse{CPU: after.CPU - before[p.name].CPU, RSS: after.RSS, PeakRSS: after.PeakRSS}
 	}
 	if err := json.Unmarshal([]byte(line), &m.Result); err != nil {
@@ -134,7 +136,7 @@ func measure(ctx context.Context, b *binaries, sc scenario, design string, round
 // ensureTopology creates the services' streams, consumers and buckets, as
 // every service does at startup, and lets the events stream take batches
 // for the batch designs.
-func ensureTopology(ctx context.Context, url string, batches bool) error {
+func ensureTopology(ctx context.Context, url string, replicas int, batches bool) error {
 	nc, err := nats.Connect(url)
 	if err != nil {
 		return err
@@ -144,7 +146,16 @@ func ensureTopology(ctx context.Context, url string, batches bool) error {
 	if err != nil {
 		return err
 	}
-	if err := (bus.Topology{Replicas: 1, MaxDeliver: 8}).Ensure(ctx, js); err != nil {
+	// A new cluster takes a moment to elect its meta leader.
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		err = (bus.Topology{Replicas: replicas, MaxDeliver: 8}).Ensure(ctx, js)
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err != nil {
 		return err
 	}
 	if batches {
@@ -155,8 +166,9 @@ func ensureTopology(ctx context.Context, url string, batches bool) error {
 
 // gatewayEnv is the gateway's configuration in the benchmark: defaults
 // except what a benchmark must set.
-func gatewayEnv(natsURL, homeserver string, api, admin int) []string {
+func gatewayEnv(natsURL, homeserver string, replicas, api, admin int) []string {
 	return []string{
+		"CACTUS_NATS_REPLICAS=" + strconv.Itoa(replicas),
 		"CACTUS_HS_TOKEN=" + hsToken,
 		"CACTUS_AS_TOKEN=" + asToken,
 		"CACTUS_HOMESERVER_URL=" + homeserver,
@@ -194,7 +206,7 @@ func startService(ctx context.Context, name, bin string, env []string, admin int
 	}
 }
 
-func startGateway(ctx context.Context, b *binaries, natsURL string) (*proc, string, error) {
+func startGateway(ctx context.Context, b *binaries, natsURL string, replicas int) (*proc, string, error) {
 	api, err := freePort()
 	if err != nil {
 		return nil, "", err
@@ -205,7 +217,7 @@ func startGateway(ctx context.Context, b *binaries, natsURL string) (*proc, stri
 	}
 	// No homeserver: without CACTUS_APPSERVICE_ID the gateway does not
 	// ping it, and transactions never call it.
-	p, err := startService(ctx, "gateway", b.gateway, gatewayEnv(natsURL, "http://127.0.0.1:9", api, admin), admin)
+	p, err := startService(ctx, "gateway", b.gateway, gatewayEnv(natsURL, "http://127.0.0.1:9", replicas, api, admin), admin)
 	if err != nil {
 		return nil, "", err
 	}
@@ -218,10 +230,13 @@ func ingest(ctx context.Context, b *binaries, o options) ([]measurement, error) 
 	var all []measurement
 	run := 0
 	for _, sc := range scenarios(o.long) {
+		if len(o.only) > 0 && !slices.Contains(o.only, sc.Name) {
+			continue
+		}
 		for round := 1; round <= o.rounds; round++ {
 			for _, design := range o.designs {
 				run++
-				m, err := measure(ctx, b, sc, design, round, run)
+				m, err := measure(ctx, b, sc, design, o.replicas, round, run)
 				if err != nil {
 					return all, fmt.Errorf("%s, %s, round %d: %w", sc.Name, design, round, err)
 				}
@@ -232,4 +247,13 @@ func ingest(ctx context.Context, b *binaries, o options) ([]measurement, error) 
 		}
 	}
 	return all, nil
+}
+
+// sampler is anything whose CPU and memory can be read: a process, or a
+// cluster of nats-servers added up.
+type sampler interface{ sample() procstat.Sample }
+
+type named struct {
+	name string
+	s    sampler
 }

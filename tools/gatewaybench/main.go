@@ -39,12 +39,14 @@ import (
 )
 
 type options struct {
-	rounds  int
-	long    bool
-	designs []string
-	parts   []string
-	write   bool
-	root    string
+	rounds   int
+	replicas int
+	only     []string // scenario names; empty: all
+	long     bool
+	designs  []string
+	parts    []string
+	write    bool
+	root     string
 }
 
 func main() {
@@ -57,6 +59,8 @@ func main() {
 	long := flag.Bool("long", false, "longer runs, and the duplicate-window measurement (about half an hour)")
 	designs := flag.String("designs", "async,gateway,lean,atomic,fast,whole", "ingest designs, the floor (async) first")
 	parts := flag.String("parts", "", "what to run: ingest, alias, dupwindow (default ingest,alias; with -long all)")
+	replicas := flag.Int("replicas", 1, "ingest: nats-servers in the JetStream cluster and replicas of the streams (1 or 3)")
+	only := flag.String("scenarios", "", "ingest scenarios to run (100x1, 100x4, 1x1, ban; default all)")
 	write := flag.Bool("write", false, "write the results into docs/benchmarks.md and README.md")
 	flag.Parse()
 
@@ -81,7 +85,7 @@ func main() {
 		}
 		return
 	}
-	o := options{rounds: *rounds, long: *long, designs: split(*designs), parts: split(*parts), write: *write}
+	o := options{rounds: *rounds, replicas: *replicas, only: split(*only), long: *long, designs: split(*designs), parts: split(*parts), write: *write}
 	if o.rounds == 0 {
 		o.rounds = 3
 		if o.long {
@@ -180,4 +184,3 @@ func loadavg() string {
 	}
 	return "load average " + strings.Join(f[:3], " ")
 }
-

@@ -175,6 +175,10 @@ type natsServer struct {
 }
 
 func startNATS(b *binaries, extra ...string) (*natsServer, error) {
+	return startNATSNamed(b, "nats-server", extra...)
+}
+
+func startNATSNamed(b *binaries, name string, extra ...string) (*natsServer, error) {
 	store, err := os.MkdirTemp("", "gatewaybench-nats-*")
 	if err != nil {
 		return nil, err
@@ -183,8 +187,8 @@ func startNATS(b *binaries, extra ...string) (*natsServer, error) {
 	if err != nil {
 		return nil, err
 	}
-	args := append([]string{"-a", "127.0.0.1", "-p", strconv.Itoa(port), "-js", "-sd", store}, extra...)
-	p, err := start("nats-server", b.natsServer, args, nil, false)
+	args := append([]string{"-a", "127.0.0.1", "-p", strconv.Itoa(port), "-js", "-sd", store, "-l", os.DevNull}, extra...)
+	p, err := start(name, b.natsServer, args, nil, false)
 	if err != nil {
 		_ = os.RemoveAll(store)
 		return nil, err
@@ -211,4 +215,64 @@ func (ns *natsServer) stop() {
 	}
 	ns.proc.stop()
 	_ = os.RemoveAll(ns.store)
+}
+
+// cluster is one nats-server, or several forming a JetStream cluster over
+// loopback routes (production runs three).
+type cluster struct {
+	servers []*natsServer
+	url     string // every server's client URL, comma separated
+}
+
+func startCluster(b *binaries, n int) (*cluster, error) {
+	if n <= 1 {
+		ns, err := startNATS(b)
+		if err != nil {
+			return nil, err
+		}
+		return &cluster{servers: []*natsServer{ns}, url: ns.url}, nil
+	}
+	ports := make([]int, n)
+	var routes []string
+	for i := range ports {
+		p, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		ports[i] = p
+		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", p))
+	}
+	c := &cluster{}
+	var urls []string
+	for i := range n {
+		ns, err := startNATSNamed(b, fmt.Sprintf("nats-server-%d", i+1),
+			"-n", fmt.Sprintf("bench-%d", i+1), "--cluster_name", "bench",
+			"--cluster", fmt.Sprintf("nats://127.0.0.1:%d", ports[i]), "--routes", strings.Join(routes, ","))
+		if err != nil {
+			c.stop()
+			return nil, err
+		}
+		c.servers = append(c.servers, ns)
+		urls = append(urls, ns.url)
+	}
+	c.url = strings.Join(urls, ",")
+	return c, nil
+}
+
+func (c *cluster) stop() {
+	for _, ns := range c.servers {
+		ns.stop()
+	}
+}
+
+// sample adds up the servers' CPU and memory.
+func (c *cluster) sample() procstat.Sample {
+	var sum procstat.Sample
+	for _, ns := range c.servers {
+		s := ns.sample()
+		sum.CPU += s.CPU
+		sum.RSS += s.RSS
+		sum.PeakRSS += s.PeakRSS
+	}
+	return sum
 }

@@ -172,6 +172,7 @@ func find(sums []summary, sc, design string) (summary, bool) {
 // readmeRows are the README's performance rows that come from this run.
 func readmeRows(sums []summary, alias *aliasSummary) string {
 	var b strings.Builder
+	b.WriteString("| what | result |\n|---|---|\n")
 	if g, ok := find(sums, "100x1", gatewayDesign); ok {
 		fmt.Fprintf(&b, "| gateway, 100-event transactions, 1 in flight | %s events/s (p50 %.2f ms), %.0f%% of the JetStream async-publish floor (median of per-round ratios); CPU per event: gateway %.1f µs, nats-server %.1f µs |\n",
 			thousands(g.EventsPerSec), g.P50, 100*g.ratio(), g.CPUPerEvent["gateway"], g.CPUPerEvent["nats-server"])
