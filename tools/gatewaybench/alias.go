@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cactus-comments/appservice/pkg/hssim"
 	"github.com/cactus-comments/appservice/pkg/matrix"
@@ -352,15 +351,11 @@ func registerSite(ctx context.Context, hs *hssim.Server, hsURL, natsURL, name st
 		return err
 	}
 	raw, _ := json.Marshal(cur)
-	nc, err := nats.Connect(natsURL)
+	nc, js, err := connectJS(natsURL, "gatewaybench-setup")
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
 	r, err := registry.Open(ctx, js)
 	if err != nil {
 		return err

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"strconv"
@@ -14,7 +15,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cactus-comments/appservice/pkg/bus"
 	"github.com/cactus-comments/appservice/tools/gatewaybench/publish"
@@ -70,15 +70,11 @@ func dupRun(ctx context.Context, b *binaries, window time.Duration, marks []int,
 	if err := ensureTopology(ctx, ns.url, 1, false); err != nil {
 		return nil, err
 	}
-	nc, err := nats.Connect(ns.url, nats.ReconnectBufSize(-1))
+	nc, js, err := connectJS(ns.url, "gatewaybench-dupwindow")
 	if err != nil {
 		return nil, err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return nil, err
-	}
 	stream, err := js.Stream(ctx, bus.StreamEvents)
 	if err != nil {
 		return nil, err
@@ -113,6 +109,11 @@ func dupRun(ctx context.Context, b *binaries, window time.Duration, marks []int,
 		// the purge freed.
 		time.Sleep(30 * time.Second)
 		r := sample("after purging the stream, 30 s later", sent, 0)
+		if path := os.Getenv("GATEWAYBENCH_HEAPPROFILE"); path != "" {
+			if err := saveProfile(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/heap", prof), path); err != nil {
+				return out, err
+			}
+		}
 		p, err := publish.New("async", nc, 8192)
 		if err != nil {
 			return out, err
@@ -188,6 +189,24 @@ func floodMsg(i int) *nats.Msg {
 	m.Header.Set(bus.HeaderMsgID, id)
 	m.Data = floodPayload
 	return m
+}
+
+// saveProfile stores the profile at url in path, for go tool pprof.
+func saveProfile(url, path string) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // heapInuse reads HeapInuse from a Go program's heap profile page.

@@ -10,9 +10,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/cactus-comments/appservice/pkg/bus"
 	"github.com/cactus-comments/appservice/tools/gatewaybench/procstat"
 	"github.com/cactus-comments/appservice/tools/gatewaybench/publish"
@@ -137,15 +134,11 @@ func measure(ctx context.Context, b *binaries, sc scenario, design string, repli
 // every service does at startup, and lets the events stream take batches
 // for the batch designs.
 func ensureTopology(ctx context.Context, url string, replicas int, batches bool) error {
-	nc, err := nats.Connect(url)
+	nc, js, err := connectJS(url, "gatewaybench-setup")
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
 	// A new cluster takes a moment to elect its meta leader.
 	deadline := time.Now().Add(60 * time.Second)
 	for {

@@ -27,15 +27,11 @@ import (
 // It also times a bare NATS request/reply (the gateway-to-provisioner
 // hop) with a responder that answers at once.
 func kvPaths(ctx context.Context, natsURL string, n int) (map[string][]int64, error) {
-	nc, err := nats.Connect(natsURL, nats.Name("gatewaybench-kvpath"))
+	nc, js, err := connectJS(natsURL, "gatewaybench-kvpath")
 	if err != nil {
 		return nil, err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return nil, err
-	}
 	kv := map[string]jetstream.KeyValue{}
 	for _, b := range []string{bus.BucketSites, bus.BucketRooms, bus.BucketIndex} {
 		if kv[b], err = js.KeyValue(ctx, b); err != nil {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cactus-comments/appservice/tools/gatewaybench/procstat"
 )
@@ -275,4 +276,19 @@ func (c *cluster) sample() procstat.Sample {
 		sum.PeakRSS += s.PeakRSS
 	}
 	return sum
+}
+
+// connectJS connects to url with a JetStream context, for the benchmark's
+// own set-up and measurements.
+func connectJS(url, name string) (*nats.Conn, jetstream.JetStream, error) {
+	nc, err := nats.Connect(url, nats.Name(name), nats.ReconnectBufSize(-1))
+	if err != nil {
+		return nil, nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return nc, js, nil
 }

@@ -43,6 +43,16 @@ func txn(run string, first, last int) *Txn {
 	return t
 }
 
+func newPublisher(t *testing.T, design string, nc *nats.Conn) Publisher {
+	t.Helper()
+	p, err := New(design, nc, 8192)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return p
+}
+
 func stored(t *testing.T, js jetstream.JetStream) uint64 {
 	t.Helper()
 	s, err := js.Stream(context.Background(), bus.StreamEvents)
@@ -69,11 +79,7 @@ func TestEveryEventStored(t *testing.T) {
 	for _, design := range perEvent {
 		t.Run(design, func(t *testing.T) {
 			_, nc, js := setUp(t)
-			p, err := New(design, nc, 8192)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer p.Close()
+			p := newPublisher(t, design, nc)
 			// Two transactions, the second larger than an atomic batch.
 			for i, tx := range []*Txn{txn("a", 0, 99), txn("b", 0, MaxAtomicBatch+10)} {
 				r, err := p.Publish(ctx(t), tx)
@@ -99,11 +105,7 @@ func TestRetryWithStoredEvents(t *testing.T) {
 	for _, design := range perEvent {
 		t.Run(design, func(t *testing.T) {
 			_, nc, js := setUp(t)
-			p, err := New(design, nc, 8192)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer p.Close()
+			p := newPublisher(t, design, nc)
 			if _, err := p.Publish(ctx(t), txn("r", 0, 9)); err != nil {
 				t.Fatal(err)
 			}
@@ -142,11 +144,7 @@ func TestNoStreamIsAnError(t *testing.T) {
 			if err := js.DeleteStream(context.Background(), bus.StreamEvents); err != nil {
 				t.Fatal(err)
 			}
-			p, err := New(design, nc, 8192)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer p.Close()
+			p := newPublisher(t, design, nc)
 			c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			if _, err := p.Publish(c, txn("n", 0, 4)); err == nil {
@@ -167,11 +165,7 @@ func TestNATSDownIsAnError(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer nc.Close()
-			p, err := New(design, nc, 8192)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer p.Close()
+			p := newPublisher(t, design, nc)
 			s.Stop()
 			c, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 			defer cancel()
@@ -184,10 +178,7 @@ func TestNATSDownIsAnError(t *testing.T) {
 
 func TestWholeIsOneMessage(t *testing.T) {
 	_, nc, js := setUp(t)
-	p, err := New("whole", nc, 8192)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := newPublisher(t, "whole", nc)
 	if _, err := p.Publish(ctx(t), txn("w", 0, 99)); err != nil {
 		t.Fatal(err)
 	}
