@@ -87,11 +87,20 @@ func (c *createTimer) take() ([]time.Duration, []time.Time) {
 // over NATS, which creates the room on the simulator and records it.
 // nats-server, the gateway and the provisioner run as separate processes.
 func aliasBench(ctx context.Context, b *binaries, o options) (*aliasSummary, error) {
+	var err error
 	n := 500
 	if o.long {
 		n = 2000
 	}
-	ns, err := startNATS(b)
+	var natsArgs []string
+	natsProf := 0
+	if o.profile != "" {
+		if natsProf, err = freePort(); err != nil {
+			return nil, err
+		}
+		natsArgs = []string{"--profile", strconv.Itoa(natsProf)}
+	}
+	ns, err := startNATS(b, natsArgs...)
 	if err != nil {
 		return nil, err
 	}
@@ -140,13 +149,13 @@ func aliasBench(ctx context.Context, b *binaries, o options) (*aliasSummary, err
 	hsURL := "http://" + ln.Addr().String()
 
 	env := gatewayEnv(ns.url, hsURL, 1, apiPort, gwAdmin)
-	gw, err := startService(ctx, "gateway", b.gateway, env, gwAdmin)
+	gw, err := startService(ctx, "gateway", b.gateway, env, gwAdmin, serviceArgs(b, o, "gateway"))
 	if err != nil {
 		return nil, err
 	}
 	defer gw.stop()
 	penv := gatewayEnv(ns.url, hsURL, 1, 0, prAdmin)
-	pr, err := startService(ctx, "provisioner", b.provisioner, penv, prAdmin)
+	pr, err := startService(ctx, "provisioner", b.provisioner, penv, prAdmin, serviceArgs(b, o, "provisioner"))
 	if err != nil {
 		return nil, err
 	}
@@ -190,6 +199,12 @@ func aliasBench(ctx context.Context, b *binaries, o options) (*aliasSummary, err
 	before := map[string]float64{}
 	for _, p := range procs {
 		before[p.name] = float64(p.sample().CPU.Microseconds())
+	}
+	if natsProf > 0 {
+		// Profile nats-server over the first 3 s of the timed queries.
+		go func() {
+			_ = saveProfile(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/profile?seconds=3", natsProf), o.profile+"/nats-server.prof")
+		}()
 	}
 	totals := make([]time.Duration, 0, n)
 	for i := range n {
@@ -397,4 +412,13 @@ func (a *aliasSummary) table() string {
 		fmt.Fprintf(&b, "| %.2f ms | %s | %s |\n", float64(s.At)/float64(time.Millisecond), subj, strings.ReplaceAll(s.What, "|", "\\|"))
 	}
 	return strings.TrimRight(b.String(), "\n")
+}
+
+// serviceArgs are the binary and arguments that run a service: its own
+// binary, or this one with a CPU profile when profiling.
+func serviceArgs(b *binaries, o options, name string) []string {
+	if o.profile == "" {
+		return nil
+	}
+	return []string{b.self, "-child", "serve", "-service", name, "-cpuprofile", o.profile + "/" + name + ".prof"}
 }

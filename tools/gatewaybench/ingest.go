@@ -174,10 +174,14 @@ func gatewayEnv(natsURL, homeserver string, replicas, api, admin int) []string {
 	}
 }
 
-// startService starts one of our service binaries and waits until its
-// /readyz says ready.
-func startService(ctx context.Context, name, bin string, env []string, admin int) (*proc, error) {
-	p, err := start(name, bin, nil, env, false)
+// startService starts one of our service binaries (or, with instead, the
+// program and arguments it names) and waits until its /readyz says ready.
+func startService(ctx context.Context, name, bin string, env []string, admin int, instead []string) (*proc, error) {
+	var args []string
+	if len(instead) > 0 {
+		bin, args = instead[0], instead[1:]
+	}
+	p, err := start(name, bin, args, env, false)
 	if err != nil {
 		return nil, err
 	}
@@ -210,7 +214,7 @@ func startGateway(ctx context.Context, b *binaries, natsURL string, replicas int
 	}
 	// No homeserver: without CACTUS_APPSERVICE_ID the gateway does not
 	// ping it, and transactions never call it.
-	p, err := startService(ctx, "gateway", b.gateway, gatewayEnv(natsURL, "http://127.0.0.1:9", replicas, api, admin), admin)
+	p, err := startService(ctx, "gateway", b.gateway, gatewayEnv(natsURL, "http://127.0.0.1:9", replicas, api, admin), admin, nil)
 	if err != nil {
 		return nil, "", err
 	}

@@ -42,6 +42,7 @@ type options struct {
 	rounds   int
 	replicas int
 	only     []string // scenario names; empty: all
+	profile  string   // directory for the alias run's CPU profiles
 	long     bool
 	designs  []string
 	parts    []string
@@ -50,22 +51,28 @@ type options struct {
 }
 
 func main() {
-	child := flag.String("child", "", "internal: run as a client process (loadgen or publish)")
+	child := flag.String("child", "", "internal: run as a client process (loadgen or publish) or a profiled service (serve)")
 	url := flag.String("url", "", "internal: gateway URL for -child loadgen")
 	natsURL := flag.String("nats", "", "internal: NATS URL for -child publish")
 	design := flag.String("design", "", "internal: publish design for -child publish")
 	specJSON := flag.String("spec", "", "internal: workload of a client process")
+	serviceName := flag.String("service", "", "internal: service for -child serve (gateway or provisioner)")
+	cpuProfile := flag.String("cpuprofile", "", "internal: CPU profile file for -child serve")
 	rounds := flag.Int("rounds", 0, "rounds of every ingest scenario (default 3, 5 with -long)")
 	long := flag.Bool("long", false, "longer runs, and the duplicate-window measurement (about half an hour)")
 	designs := flag.String("designs", "async,gateway,lean,atomic,fast,whole", "ingest designs, the floor (async) first")
 	parts := flag.String("parts", "", "what to run: ingest, alias, dupwindow (default ingest,alias; with -long all)")
 	replicas := flag.Int("replicas", 1, "ingest: nats-servers in the JetStream cluster and replicas of the streams (1 or 3)")
 	only := flag.String("scenarios", "", "ingest scenarios to run (100x1, 100x4, 1x1, ban; default all)")
+	profile := flag.String("profile", "", "alias: run the gateway and provisioner with CPU profiles, and profile nats-server, into this directory")
 	write := flag.Bool("write", false, "write the results into docs/benchmarks.md and README.md")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if *child == "serve" {
+		os.Exit(serveProfiled(*serviceName, *cpuProfile))
+	}
 	if *child != "" {
 		var sp spec
 		if err := json.Unmarshal([]byte(*specJSON), &sp); err != nil {
@@ -85,7 +92,7 @@ func main() {
 		}
 		return
 	}
-	o := options{rounds: *rounds, replicas: *replicas, only: split(*only), long: *long, designs: split(*designs), parts: split(*parts), write: *write}
+	o := options{profile: *profile, rounds: *rounds, replicas: *replicas, only: split(*only), long: *long, designs: split(*designs), parts: split(*parts), write: *write}
 	if o.rounds == 0 {
 		o.rounds = 3
 		if o.long {
