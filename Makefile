@@ -38,7 +38,7 @@ bench:
 ## bench-report: measure ingest and alias queries with every piece in its own
 ## process and rewrite the generated tables of docs/benchmarks.md and the
 ## README (a few minutes); BENCH_LONG=1 for longer runs plus nats-server's
-## memory under the duplicate window (about half an hour)
+## memory under the duplicate window (about an hour on a busy machine)
 BENCH_LONG ?=
 bench-report:
 	$(GO) run ./tools/gatewaybench -write $(if $(BENCH_LONG),-long)

@@ -59,7 +59,7 @@ func main() {
 	serviceName := flag.String("service", "", "internal: service for -child serve (gateway or provisioner)")
 	cpuProfile := flag.String("cpuprofile", "", "internal: CPU profile file for -child serve")
 	rounds := flag.Int("rounds", 0, "rounds of every ingest scenario (default 3, 5 with -long)")
-	long := flag.Bool("long", false, "longer runs, and the duplicate-window measurement (about half an hour)")
+	long := flag.Bool("long", false, "longer runs, and the duplicate-window measurement (about an hour on a busy machine)")
 	designs := flag.String("designs", "async,gateway,lean,atomic,fast,whole", "ingest designs, the floor (async) first")
 	parts := flag.String("parts", "", "what to run: ingest, alias, dupwindow (default ingest,alias; with -long all)")
 	replicas := flag.Int("replicas", 1, "ingest: nats-servers in the JetStream cluster and replicas of the streams (1 or 3)")
