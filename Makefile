@@ -13,7 +13,7 @@ REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)$(shell git s
 BUILDINFO := github.com/cactus-comments/appservice/pkg/buildinfo
 LDFLAGS := -X $(BUILDINFO).version=$(VERSION) -X $(BUILDINFO).revision=$(REVISION)
 
-.PHONY: all build run test test-short bench lint fmt vet fuzz tidy images clean
+.PHONY: all build run test test-short bench bench-report lint fmt vet fuzz tidy images clean
 
 all: lint test build
 
@@ -42,6 +42,14 @@ test-short:
 ## bench: go benchmarks of every module (see docs/benchmarks.md for the load tools)
 bench:
 	$(GO) test $(BENCHFLAGS) $(PKGS)
+
+## bench-report: measure ingest and alias queries with every piece in its own
+## process and rewrite the generated tables of docs/benchmarks.md and the
+## README (a few minutes); BENCH_LONG=1 for longer runs plus nats-server's
+## memory under the duplicate window (about an hour on a busy machine)
+BENCH_LONG ?=
+bench-report:
+	$(GO) run ./tools/gatewaybench -write $(if $(BENCH_LONG),-long)
 
 ## fuzz: run each fuzz target for FUZZTIME (default 20s)
 FUZZTIME ?= 20s
