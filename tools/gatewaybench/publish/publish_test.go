@@ -190,26 +190,3 @@ func TestWholeIsOneMessage(t *testing.T) {
 		t.Errorf("%d messages, want 1", n)
 	}
 }
-
-func TestScanAck(t *testing.T) {
-	tests := []struct {
-		data string
-		dup  bool
-		err  bool
-	}{
-		{`{"stream":"CACTUS_EVENTS","seq":12}`, false, false},
-		{`{"stream":"CACTUS_EVENTS","seq":12,"duplicate": true}`, true, false},
-		{`{"stream":"CACTUS_EVENTS","seq":12,"domain":"hub"}`, false, false},
-		{`{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"},"stream":"CACTUS_EVENTS","seq":0}`, false, true},
-		{`{"error":{"code":400,"err_code":10054,"description":"message size exceeds maximum allowed"}}`, false, true},
-		{``, false, true},
-		{`not json`, false, true},
-		{`{"seq":1}`, false, true},
-	}
-	for _, tt := range tests {
-		dup, err := scanAck(&nats.Msg{Data: []byte(tt.data)})
-		if dup != tt.dup || (err != nil) != tt.err {
-			t.Errorf("%q: duplicate %v, err %v; want %v, error %v", tt.data, dup, err, tt.dup, tt.err)
-		}
-	}
-}
