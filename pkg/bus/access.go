@@ -49,6 +49,7 @@ type Permissions struct {
 // gateway and by every identity that consumes (see Permissions). A stream
 // added to the topology needs its producers here; a test says so.
 var producers = map[string][]Identity{
+	StreamTxns:   {Gateway},
 	StreamEvents: {Gateway},
 	StreamJobs:   {Provisioner},
 }
@@ -80,8 +81,8 @@ func ConsumerOwner(durable string) Identity {
 //     and unpinning), acknowledging, and the info and messages of the
 //     stream it reads;
 //   - every identity that consumes dead-letters what it cannot handle and
-//     keeps its state in the key-value buckets, all of which it may read,
-//     write and watch;
+//     keeps its state in the key-value buckets it uses (bucketsOf), which
+//     it may read, write and watch;
 //   - the alias query: the gateway asks, the provisioners answer;
 //   - replies: each identity its own inbox.
 //
@@ -126,7 +127,7 @@ func (t Topology) Permissions(id Identity) Permissions {
 		produces(StreamDLQ)
 	}
 	if consumes {
-		for _, kc := range t.Buckets() {
+		for _, kc := range t.bucketsOf(id) {
 			b, s := kc.Bucket, "KV_"+kc.Bucket
 			pub = append(pub, "$KV."+b+".>")
 			api("STREAM", "INFO", s)
@@ -180,11 +181,23 @@ func (t Topology) CheckFor(ctx context.Context, js jetstream.JetStream, id Ident
 		}
 	}
 	if consumes {
-		for _, kc := range t.Buckets() {
+		for _, kc := range t.bucketsOf(id) {
 			if _, err := js.KeyValue(ctx, kc.Bucket); err != nil {
 				errs = append(errs, fmt.Errorf("bucket %s: %w", kc.Bucket, err))
 			}
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// bucketsOf is the buckets a consuming identity uses: the gateway only its
+// splitter's lease; the workers the registry and their partitions.
+func (t Topology) bucketsOf(id Identity) []jetstream.KeyValueConfig {
+	var out []jetstream.KeyValueConfig
+	for _, kc := range t.Buckets() {
+		if (kc.Bucket == BucketSplitter) == (id == Gateway) {
+			out = append(out, kc)
+		}
+	}
+	return out
 }

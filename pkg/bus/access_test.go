@@ -53,16 +53,20 @@ func TestPermissions(t *testing.T) {
 	}
 	checks := []check{
 		{
-			id:    Gateway,
-			pub:   []string{EventSubject(ClassBot, "!r:x"), DLQSubject("gateway"), SubjectAliasQuery, "$JS.API.STREAM.INFO." + StreamEvents, "$JS.API.INFO"},
-			noPub: []string{"$JS.API.STREAM.DELETE." + StreamEvents, "$JS.API.CONSUMER.CREATE." + StreamEvents + ".x", "$JS.API.CONSUMER.MSG.NEXT." + StreamEvents + "." + ConsumerBot, "$JS.API.STREAM.MSG.GET." + StreamEvents, "$KV." + BucketSites + ".k", JobSubject("ban", "s", "!r:x"), "$JS.API.STREAM.PURGE." + StreamDLQ},
+			id: Gateway,
+			pub: []string{EventSubject(ClassBot, "!r:x"), DLQSubject("gateway"), SubjectAliasQuery, "$JS.API.STREAM.INFO." + StreamEvents, "$JS.API.INFO",
+				// The splitter: transactions in, its consumer, its lease.
+				SubjectTxns, "$JS.API.STREAM.INFO." + StreamTxns, "$JS.API.CONSUMER.MSG.NEXT." + StreamTxns + ".gateway-splitter-p00",
+				"$JS.ACK." + StreamTxns + ".gateway-splitter-p00.1.2.3.4.5", "$JS.API.CONSUMER.UNPIN." + StreamTxns + ".gateway-splitter-p00",
+				"$KV." + BucketSplitter + ".gateway-splitter.claims.0", "$JS.API.STREAM.INFO.KV_" + BucketSplitter},
+			noPub: []string{"$JS.API.STREAM.DELETE." + StreamEvents, "$KV." + BucketPartitions + ".k", "$KV." + BucketIndex + ".k", "$JS.API.STREAM.PURGE." + StreamTxns, "$JS.API.CONSUMER.CREATE." + StreamEvents + ".x", "$JS.API.CONSUMER.MSG.NEXT." + StreamEvents + "." + ConsumerBot, "$JS.API.STREAM.MSG.GET." + StreamEvents, "$KV." + BucketSites + ".k", JobSubject("ban", "s", "!r:x"), "$JS.API.STREAM.PURGE." + StreamDLQ},
 			sub:   []string{"_INBOX_gateway.abc.1"},
 			noSub: []string{SubjectEventsAll, "_INBOX.x", "_INBOX_botworker.x", SubjectAliasQuery, ">"},
 		},
 		{
 			id:      Provisioner,
 			pub:     []string{JobSubject("ban", "s", "!r:x"), DLQSubject(ConsumerJobs), "$JS.API.CONSUMER.MSG.NEXT." + StreamEvents + "." + ConsumerModeration, "$JS.ACK." + StreamJobs + "." + ConsumerJobs + ".1.2.3.4.5", "$KV." + BucketSites + ".k", "$JS.API.DIRECT.GET.KV_" + BucketRooms + ".$KV." + BucketRooms + ".k"},
-			noPub:   []string{EventSubject(ClassBot, "!r:x"), "$JS.API.CONSUMER.MSG.NEXT." + StreamEvents + "." + ConsumerBot, "$JS.API.STREAM.DELETE." + StreamJobs, "$JS.API.STREAM.UPDATE.KV_" + BucketSites, SubjectAliasQuery},
+			noPub:   []string{EventSubject(ClassBot, "!r:x"), SubjectTxns, "$KV." + BucketSplitter + ".k", "$JS.API.CONSUMER.MSG.NEXT." + StreamTxns + ".gateway-splitter-p00", "$JS.API.CONSUMER.MSG.NEXT." + StreamEvents + "." + ConsumerBot, "$JS.API.STREAM.DELETE." + StreamJobs, "$JS.API.STREAM.UPDATE.KV_" + BucketSites, SubjectAliasQuery},
 			sub:     []string{SubjectAliasQuery, "_INBOX_provisioner.x"},
 			noSub:   []string{SubjectEventsAll, "_INBOX_gateway.x"},
 			respond: true,
@@ -70,7 +74,7 @@ func TestPermissions(t *testing.T) {
 		{
 			id:    Botworker,
 			pub:   []string{DLQSubject(ConsumerBot), "$JS.API.CONSUMER.MSG.NEXT." + StreamEvents + "." + ConsumerBot, "$KV." + BucketLimit + ".k"},
-			noPub: []string{EventSubject(ClassBot, "!r:x"), JobSubject("ban", "s", "!r:x"), "$JS.API.CONSUMER.MSG.NEXT." + StreamEvents + "." + ConsumerModeration},
+			noPub: []string{EventSubject(ClassBot, "!r:x"), SubjectTxns, "$KV." + BucketSplitter + ".k", JobSubject("ban", "s", "!r:x"), "$JS.API.CONSUMER.MSG.NEXT." + StreamEvents + "." + ConsumerModeration},
 			sub:   []string{"_INBOX_botworker.x"},
 			noSub: []string{SubjectAliasQuery, SubjectEventsAll},
 		},

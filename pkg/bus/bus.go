@@ -4,6 +4,8 @@
 //
 // Subjects:
 //
+//	cactus.txn                      homeserver transactions, not yet split into
+//	                                events (stream TXNS, work queue; txns.go)
 //	cactus.ev.<class>.<room>        events from the homeserver (stream EVENTS)
 //	cactus.ev.bot.<p>.<room>        how EVENTS stores the bot's events: p is the
 //	                                room's partition (partitions.go)

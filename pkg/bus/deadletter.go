@@ -38,10 +38,18 @@ type DeadLetter struct {
 // the homeserver resend its transaction for ever.
 const MaxDeadLetterData = 256 << 10
 
-// PublishDeadLetter stores a dead letter with its reason. The original
-// headers are kept, except the message id, so a replay is not dropped as a
-// duplicate of the original.
+// PublishDeadLetter stores a dead letter with its reason (DeadLetterMsg).
 func PublishDeadLetter(ctx context.Context, js jetstream.JetStream, d DeadLetter) error {
+	if _, err := js.PublishMsg(ctx, DeadLetterMsg(d)); err != nil {
+		return fmt.Errorf("dead-letter from %s: %w", d.Source, err)
+	}
+	return nil
+}
+
+// DeadLetterMsg is the message that stores d. The original headers are
+// kept, except the message id, so a replay is not dropped as a duplicate
+// of the original.
+func DeadLetterMsg(d DeadLetter) *nats.Msg {
 	m := nats.NewMsg(DLQSubject(d.Source))
 	for k, vs := range d.Header {
 		// Nats-Msg-Id would make a replay a duplicate of the original;
@@ -70,10 +78,7 @@ func PublishDeadLetter(ctx context.Context, js jetstream.JetStream, d DeadLetter
 		m.Header.Set(HeaderTruncated, strconv.Itoa(len(m.Data)))
 		m.Data = m.Data[:MaxDeadLetterData]
 	}
-	if _, err := js.PublishMsg(ctx, m); err != nil {
-		return fmt.Errorf("dead-letter from %s: %w", d.Source, err)
-	}
-	return nil
+	return m
 }
 
 // errCodeHeaderTooLarge is JetStream's refusal of headers over 64 KiB.

@@ -81,6 +81,7 @@ func (t Topology) Streams() []jetstream.StreamConfig {
 			Duplicates:  DuplicateWindow,
 			MaxMsgSize:  1 << 20,
 		},
+		t.TxnStream(),
 	}
 }
 
@@ -113,6 +114,7 @@ func (t Topology) Consumers() []ConsumerSpec {
 		// homeserver sent them (invariant 5). Their work fans out as jobs.
 		c(StreamEvents, ConsumerModeration, "Bans, unbans and power levels", EventFilter(ClassModeration), 1),
 		c(StreamJobs, ConsumerJobs, "Per-room fan-out jobs", SubjectJobsAll, 1024),
+		t.SplitterConsumer(),
 	}, t.BotGroup().ConsumerSpecs()...)
 }
 
@@ -126,7 +128,7 @@ func (t Topology) Buckets() []jetstream.KeyValueConfig {
 		b(BucketRooms, "Comment rooms by site and section"),
 		b(BucketIndex, "Room id to site, for every room we manage"),
 		b(BucketLimit, "Bot bookkeeping: registrations per user"),
-	}, t.PartitionBucket())
+	}, t.PartitionBucket(), t.SplitterBucket())
 }
 
 // Ensure creates or updates every stream, consumer and bucket. It is safe to

@@ -47,7 +47,7 @@ func TestEnsureIdempotentAndCheck(t *testing.T) {
 	if err == nil {
 		t.Fatal("Check passed on an empty server")
 	}
-	for _, name := range []string{StreamEvents, StreamJobs, StreamDLQ, ConsumerBot, ConsumerModeration, ConsumerJobs, BucketSites, BucketRooms, BucketIndex, BucketLimit, BucketPartitions, "botworker-p00", "botworker-p15"} {
+	for _, name := range []string{StreamEvents, StreamJobs, StreamDLQ, ConsumerBot, ConsumerModeration, ConsumerJobs, BucketSites, BucketRooms, BucketIndex, BucketLimit, BucketPartitions, "botworker-p00", "botworker-p15", StreamTxns, "gateway-splitter-p00", BucketSplitter} {
 		if !strings.Contains(err.Error(), name) {
 			t.Errorf("Check error does not name %s: %v", name, err)
 		}
@@ -83,6 +83,23 @@ func TestEnsureIdempotentAndCheck(t *testing.T) {
 	}
 	if d := s.CachedInfo().Config.Duplicates; d < 15*time.Minute {
 		t.Errorf("duplicate window %v, want at least 15 min", d)
+	}
+
+	// The transaction stream keeps what is not split yet, whatever its age,
+	// and refuses more rather than dropping any.
+	ts, err := js.Stream(ctx, StreamTxns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tc := ts.CachedInfo().Config; tc.Retention != jetstream.WorkQueuePolicy || tc.MaxAge != 0 || tc.Discard != jetstream.DiscardNew || tc.Duplicates < 15*time.Minute {
+		t.Errorf("transaction stream config = %+v", tc)
+	}
+	sc, err := js.Consumer(ctx, StreamTxns, topo.SplitterGroup().Consumer(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cc := sc.CachedInfo().Config; cc.MaxDeliver != -1 || cc.PriorityPolicy != jetstream.PriorityPolicyPinned || cc.AckWait > cc.PinnedTTL {
+		t.Errorf("splitter consumer config = %+v", cc)
 	}
 
 	// A changed setting is applied by the next Ensure.
