@@ -372,7 +372,7 @@ func (s *Service) Kill() {
 }
 
 // startGateway runs the gateway on its own runtime behind the harness's
-// listener, whose address the registration names.
+// listener, whose address the registration names, and its splitter.
 func (h *Harness) startGateway() {
 	h.t.Helper()
 	rt := h.Runtime("gateway")
@@ -383,6 +383,7 @@ func (h *Harness) startGateway() {
 	rt.SetReady(true)
 	hd := gw.Handler()
 	h.gateway.Store(&hd)
+	h.Go("gateway-splitter", rt, gw.Split)
 }
 
 // User is a homeserver user with its own client.
@@ -519,7 +520,7 @@ func (h *Harness) describe() string {
 			failed++
 		}
 	}
-	fmt.Fprintf(&b, "homeserver pushes: %d, not 200: %d", len(txns), failed)
+	fmt.Fprintf(&b, "homeserver pushes: %d, not 200: %d, all split: %v", len(txns), failed, h.TxnsSplit())
 	return b.String()
 }
 
@@ -545,11 +546,25 @@ func (h *Harness) ModerationDrained() bool {
 	return h.consumerIdle(bus.StreamEvents, bus.ConsumerModeration)
 }
 
+// TxnsSplit reports whether the gateway's splitter has moved every
+// transaction the homeserver was answered for into the event stream.
+func (h *Harness) TxnsSplit() bool {
+	s, err := h.JS.Stream(h.Ctx, bus.StreamTxns)
+	if err != nil {
+		return false
+	}
+	info, err := s.Info(h.Ctx)
+	return err == nil && info.State.Msgs == 0
+}
+
 // consumerIdle reports whether a consumer has acknowledged every message
-// of its filter. The consumer's own pending count is updated after the
-// stream stores a message, so the stream's last matching sequence is the
-// reference.
+// of its filter, and, for the event stream, every transaction is split.
+// The consumer's own pending count is updated after the stream stores a
+// message, so the stream's last matching sequence is the reference.
 func (h *Harness) consumerIdle(stream, consumer string) bool {
+	if stream == bus.StreamEvents && !h.TxnsSplit() {
+		return false
+	}
 	c, err := h.JS.Consumer(h.Ctx, stream, consumer)
 	if err != nil {
 		return false

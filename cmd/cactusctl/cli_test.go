@@ -113,7 +113,7 @@ func TestReplayAllShowsProgress(t *testing.T) {
 func TestTopologyEnsureAndNATSConfig(t *testing.T) {
 	empty := embednats.StartTest(t)
 	vars := map[string]string{"CACTUS_NATS_URL": empty.ClientURL()}
-	if r := ctl(t, vars, "topology", "ensure"); r.code != exitOK || !strings.Contains(r.stdout, "ensured 3 streams") {
+	if r := ctl(t, vars, "topology", "ensure"); r.code != exitOK || !strings.Contains(r.stdout, "ensured 4 streams") {
 		t.Fatalf("topology ensure: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 	if r := ctl(t, vars, "doctor"); !strings.Contains(r.stdout, "ok    topology") {

@@ -145,7 +145,7 @@ func TestAliasQueryNoProvisioner(t *testing.T) {
 // offlineGateway is a gateway without NATS whose provisioner is a function.
 func offlineGateway(t testing.TB, ask func(ctx context.Context, alias string) (bus.AliasAnswer, error)) *Gateway {
 	t.Helper()
-	g, err := newGateway(testConfig(t), logging.Discard(), prometheus.NewRegistry(), nil, nil)
+	g, err := newGateway(testConfig(t), logging.Discard(), prometheus.NewRegistry(), nil, nil, options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,9 +1,3 @@
-// Package gateway is the only HTTP surface the homeserver sees: it
-// authenticates the homeserver, stores every event of a transaction in
-// JetStream before acknowledging it, asks a provisioner over NATS whether a
-// comment room alias exists, and answers user queries and pings itself.
-//
-// The gateway keeps no state: run as many replicas as the load needs.
 package gateway
 
 import (
@@ -22,16 +16,13 @@ import (
 
 	"github.com/cactus-comments/appservice/pkg/bus"
 	"github.com/cactus-comments/appservice/pkg/config"
+	"github.com/cactus-comments/appservice/pkg/jspub"
+	"github.com/cactus-comments/appservice/pkg/partition"
 	"github.com/cactus-comments/appservice/pkg/service"
 )
 
 // Name is the service name in logs, metrics and the NATS client name.
 const Name = "gateway"
-
-// maxPendingAcks bounds publishes awaiting their PubAck across all
-// transactions of one replica; beyond it publishing stalls briefly, then
-// the transaction answers 503.
-const maxPendingAcks = 8192
 
 // Gateway serves the Application Service API. Create it with New and mount
 // Handler on the homeserver-facing listener.
@@ -40,6 +31,7 @@ type Gateway struct {
 	log     *slog.Logger
 	nc      *nats.Conn
 	js      jetstream.JetStream
+	pub     *jspub.Publisher
 	metrics *metrics
 	token   tokenChecker
 	bot     string
@@ -53,9 +45,14 @@ type Gateway struct {
 	aliasTimeout   time.Duration
 	maxBody        int64
 	// maxEvent is the largest event the event stream and the NATS server
-	// take, less room for headers. Larger ones are dead-lettered: a
-	// refused publish would fail the transaction forever.
+	// take, less room for headers, that also fits in a transaction
+	// message. Larger ones are dead-lettered: a refused publish would fail
+	// the transaction forever.
 	maxEvent int
+	// maxChunk is the largest transaction message.
+	maxChunk int
+	// split moves transactions to the event stream (split.go).
+	split *splitter
 
 	// txns recycles the buffers of a transaction (*txnState).
 	txns sync.Pool
@@ -70,46 +67,38 @@ type Gateway struct {
 type Option func(*options)
 
 type options struct {
-	js jetstream.JetStream
+	split partition.Options
 }
 
-// WithJetStream publishes events through js instead of a JetStream context
-// of the runtime's connection. Tests use it to inject a slow or failing
-// JetStream.
-func WithJetStream(js jetstream.JetStream) Option {
-	return func(o *options) { o.js = js }
+// WithSplitter sets the options of this replica's member of the splitter
+// group (its instance name, grace and heartbeat; tests shorten them).
+func WithSplitter(o partition.Options) Option {
+	return func(op *options) { op.split = o }
 }
 
 // New builds a gateway on a started runtime (NATS connected, topology
-// ensured). Its metrics are registered in rt.Metrics.
+// ensured). Its metrics are registered in rt.Metrics. The API is
+// Handler; the splitter runs in Split.
 func New(rt *service.Runtime, opts ...Option) (*Gateway, error) {
 	var o options
 	for _, opt := range opts {
 		opt(&o)
 	}
-	js := o.js
-	if js == nil {
-		// A context of our own: an ack that never comes must not hold a
-		// pending slot forever, so async publishes time out.
-		var err error
-		js, err = jetstream.New(rt.NC,
-			jetstream.WithPublishAsyncTimeout(rt.Config.PublishTimeout),
-			jetstream.WithPublishAsyncMaxPending(maxPendingAcks))
-		if err != nil {
-			return nil, fmt.Errorf("gateway: jetstream: %w", err)
-		}
-	}
-	g, err := newGateway(rt.Config, rt.Log, rt.Metrics, rt.NC, js)
+	g, err := newGateway(rt.Config, rt.Log, rt.Metrics, rt.NC, rt.JS, o)
 	if err != nil {
 		return nil, err
 	}
+	if g.pub, err = jspub.New(rt.NC); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
 	rt.AddReadyCheck(g.health.ready)
+	rt.AddReadyCheck(g.split.ready)
 	return g, nil
 }
 
 // newGateway builds a gateway from its parts; nc and js may be nil in
 // tests that never reach NATS.
-func newGateway(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer, nc *nats.Conn, js jetstream.JetStream) (*Gateway, error) {
+func newGateway(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer, nc *nats.Conn, js jetstream.JetStream, o options) (*Gateway, error) {
 	if cfg.Bot().IsZero() {
 		return nil, errors.New("gateway: configuration not validated (no bot user id)")
 	}
@@ -132,21 +121,37 @@ func newGateway(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer,
 		bodies:         bodies,
 		pingRetry:      defaultPingRetry,
 	}
-	g.maxEvent = maxEventSize(nc)
+	g.maxEvent, g.maxChunk = maxEventSize(nc), maxChunkSize(nc)
+	g.split = &splitter{g: g, group: service.Topology(cfg).SplitterGroup(), popts: o.split}
+	g.split.setState(splitStandby, nil)
 	g.ask = g.askNATS
 	g.handler = g.routes()
 	return g, nil
 }
 
 // headerRoom is what our headers and the NATS protocol line may add to an
-// event's bytes.
-const headerRoom = 4 << 10
+// event's bytes; chunkRoom the same for a transaction message, whose
+// headers are its hash and the transaction id (at most maxHeaderValue
+// bytes and a note of its length).
+const (
+	headerRoom = 4 << 10
+	chunkRoom  = 2 << 10
+)
 
-// maxEventSize is the largest event the event stream accepts from nc.
+// maxEventSize is the largest event the event stream accepts from nc that
+// also fits alone in a transaction message.
 func maxEventSize(nc *nats.Conn) int {
+	return min(streamLimit(bus.StreamEvents, nc)-headerRoom, maxChunkSize(nc)-chunkFraming)
+}
+
+// maxChunkSize is the largest transaction message's data.
+func maxChunkSize(nc *nats.Conn) int { return streamLimit(bus.StreamTxns, nc) - chunkRoom }
+
+// streamLimit is the largest message the stream named takes from nc.
+func streamLimit(name string, nc *nats.Conn) int {
 	limit := int64(1 << 20)
 	for _, sc := range (bus.Topology{}).Streams() {
-		if sc.Name == bus.StreamEvents && sc.MaxMsgSize > 0 {
+		if sc.Name == name && sc.MaxMsgSize > 0 {
 			limit = int64(sc.MaxMsgSize)
 		}
 	}
@@ -155,7 +160,7 @@ func maxEventSize(nc *nats.Conn) int {
 			limit = mp
 		}
 	}
-	return int(limit) - headerRoom
+	return int(limit)
 }
 
 // Handler is the Application Service API, for the homeserver-facing
@@ -200,17 +205,22 @@ func RunWith(ctx context.Context, cfg *config.Config, o RunOptions) error {
 	}
 
 	// Shutdown order: readiness false, then the API server stops accepting
-	// and waits for in-flight transactions, then the admin server stops,
-	// then (deferred) NATS drains. The servers get contexts of their own so
-	// that the order holds whatever ctx does.
+	// and waits for in-flight transactions, then the splitter hands over
+	// to another replica, then the admin server stops, then (deferred)
+	// NATS drains. Each part gets a context of its own so that the order
+	// holds whatever ctx does.
 	apiCtx, stopAPI := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopAPI()
 	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopAdmin()
+	splitCtx, stopSplit := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopSplit()
 	pingCtx, stopPing := context.WithCancel(ctx)
 	defer stopPing()
 	go g.WatchStore(pingCtx)
 
+	splitErr := make(chan error, 1)
+	go func() { splitErr <- g.Split(splitCtx) }()
 	adminAddr := make(chan net.Addr, 1)
 	adminErr := make(chan error, 1)
 	go func() {
@@ -239,26 +249,39 @@ func RunWith(ctx context.Context, cfg *config.Config, o RunOptions) error {
 		})
 	}()
 
+	var apiDone, adminDone, splitDone bool
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down: readiness off, finishing in-flight requests")
-	case err := <-apiErr:
-		rt.SetReady(false)
-		stopAdmin()
-		<-adminErr
-		return err
-	case err := <-adminErr:
-		rt.SetReady(false)
-		stopAPI()
-		<-apiErr
-		return err
+	case err = <-apiErr:
+		apiDone = true
+	case err = <-adminErr:
+		adminDone = true
+	case err = <-splitErr:
+		splitDone = true
+		if err == nil {
+			err = errors.New("splitter stopped")
+		}
+		err = fmt.Errorf("gateway: %w", err)
 	}
 	rt.SetReady(false)
 	stopAPI()
-	err = <-apiErr
+	if !apiDone {
+		if aerr := <-apiErr; err == nil {
+			err = aerr
+		}
+	}
+	stopSplit()
+	if !splitDone {
+		if serr := <-splitErr; err == nil && serr != nil {
+			err = fmt.Errorf("gateway: splitter: %w", serr)
+		}
+	}
 	stopAdmin()
-	if aerr := <-adminErr; err == nil {
-		err = aerr
+	if !adminDone {
+		if aerr := <-adminErr; err == nil {
+			err = aerr
+		}
 	}
 	return err
 }

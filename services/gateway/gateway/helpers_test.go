@@ -90,15 +90,17 @@ func testLogger(cfg *config.Config, w io.Writer) *slog.Logger {
 	return logging.New(w, logging.Options{Format: "json", Level: cfg.LogLevel, Secrets: cfg.Secrets(), Service: Name})
 }
 
-// env is a gateway on an embedded NATS server behind an httptest server.
+// env is a gateway on an embedded NATS server behind an httptest server,
+// with its splitter running unless the test starts it itself.
 type env struct {
-	t    testing.TB
-	ns   *embednats.Server
-	cfg  *config.Config
-	rt   *service.Runtime
-	gw   *Gateway
-	srv  *httptest.Server
-	logs *syncBuffer
+	t       testing.TB
+	ns      *embednats.Server
+	cfg     *config.Config
+	rt      *service.Runtime
+	gw      *Gateway
+	srv     *httptest.Server
+	logs    *syncBuffer
+	noSplit bool
 }
 
 type envOption func(*env, *[]Option)
@@ -124,7 +126,66 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 	}
 	e.srv = httptest.NewServer(e.gw.Handler())
 	t.Cleanup(e.srv.Close)
+	if !e.noSplit {
+		e.startSplit(e.gw)
+	}
 	return e
+}
+
+// withoutSplitter leaves the splitter to the test (startSplit).
+func withoutSplitter() envOption {
+	return func(e *env, _ *[]Option) { e.noSplit = true }
+}
+
+// startSplit runs gw's splitter until the test ends.
+func (e *env) startSplit(gw *Gateway) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- gw.Split(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				e.t.Errorf("Split: %v", err)
+			}
+		})
+	}
+	e.t.Cleanup(stop)
+	return stop
+}
+
+// splitDone waits until the splitter has split every transaction stored:
+// the transaction stream, a work queue, is empty.
+func (e *env) splitDone() {
+	e.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		n := e.streamLen(bus.StreamTxns)
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("%d transactions still not split after a minute", n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// streamLen is the number of messages in a stream.
+func (e *env) streamLen(stream string) uint64 {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := e.rt.JS.Stream(ctx, stream)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return info.State.Msgs
 }
 
 // do sends a request with the token in the header.
@@ -240,9 +301,16 @@ func member(id, room, sender, target, membership string) string {
 	return fmt.Sprintf(`{"event_id":%q,"type":"m.room.member","room_id":%q,"sender":%q,"state_key":%q,"content":{"membership":%q},"origin_server_ts":1700000000000}`, id, room, sender, target, membership)
 }
 
-// stored returns the messages of a stream, by event id (Nats-Msg-Id) or,
-// for the dead-letter stream, in order.
+// stored returns the messages of a stream in order, once every
+// transaction is split.
 func (e *env) stored(stream string) []jetstream.RawStreamMsg {
+	e.t.Helper()
+	e.splitDone()
+	return e.streamMsgs(stream)
+}
+
+// streamMsgs returns the messages of a stream in order, now.
+func (e *env) streamMsgs(stream string) []jetstream.RawStreamMsg {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

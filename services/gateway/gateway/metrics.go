@@ -6,6 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/pkg/partition"
 )
 
 // Transaction outcomes, the label values of transactions_total.
@@ -47,6 +48,16 @@ type metrics struct {
 	authFailures     *prometheus.CounterVec
 	pings            prometheus.Counter
 	homeserverPinged *prometheus.GaugeVec
+
+	txnMessagesStored, txnMessagesDuplicate prometheus.Counter
+
+	// The splitter's.
+	splitState    *prometheus.GaugeVec
+	splitBacklog  prometheus.Gauge
+	splitDelay    prometheus.Histogram
+	txnsSplit     prometheus.Counter
+	splitFailures prometheus.Counter
+	partitions    *partition.Metrics
 }
 
 func newMetrics(reg prometheus.Registerer, bodies *bodyBudget) (*metrics, error) {
@@ -54,7 +65,7 @@ func newMetrics(reg prometheus.Registerer, bodies *bodyBudget) (*metrics, error)
 	m := &metrics{
 		transactions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "transactions_total",
-			Help: "Transactions from the homeserver by outcome (ok: every event stored; busy: refused, too many bodies in flight).",
+			Help: "Transactions from the homeserver by outcome (ok: every event stored in a transaction message or dead-lettered; busy: refused, too many bodies in flight).",
 		}, []string{"outcome"}),
 		txnDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: ns, Subsystem: sub, Name: "transaction_duration_seconds",
@@ -72,7 +83,28 @@ func newMetrics(reg prometheus.Registerer, bodies *bodyBudget) (*metrics, error)
 		}),
 		eventsDuplicate: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "events_duplicate_total",
-			Help: "Events JetStream already had (a retried transaction); counted as stored.",
+			Help: "Events the event stream already had (a retried transaction, or a transaction split again after a splitter stopped); counted as stored.",
+		}),
+		splitState: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: ns, Subsystem: sub, Name: "splitter_state",
+			Help: "1 for this replica's splitter state: standby (another replica splits), active (this one splits), failing (this one splits and events cannot be stored; retrying).",
+		}, []string{"state"}),
+		splitBacklog: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Subsystem: sub, Name: "split_backlog_transactions",
+			Help: "Transactions stored and not yet split into the event stream, as the active splitter last saw them (0 on standby replicas).",
+		}),
+		splitDelay: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: ns, Subsystem: sub, Name: "split_duration_seconds",
+			Help:    "Time from a transaction stored to its last event stored in the event stream: what workers wait beyond the homeserver's 200.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
+		}),
+		txnsSplit: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "transactions_split_total",
+			Help: "Transaction messages whose every event is stored in the event stream (or dead-lettered).",
+		}),
+		splitFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "split_failures_total",
+			Help: "Attempts of the splitter that left events unstored (NATS down or slow, the event stream refusing); the transaction is held and retried.",
 		}),
 		eventsRepeated: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "events_repeated_in_transaction_total",
@@ -84,7 +116,7 @@ func newMetrics(reg prometheus.Registerer, bodies *bodyBudget) (*metrics, error)
 		}),
 		publishFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "publish_failures_total",
-			Help: "Transactions not stored: NATS disconnected, an ack timed out, or JetStream refused an event.",
+			Help: "Transactions not stored (answered 503): NATS disconnected, an ack timed out, or JetStream refused a transaction message or dead letter.",
 		}, []string{"reason"}),
 		aliasQueries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "alias_queries_total",
@@ -119,8 +151,16 @@ func newMetrics(reg prometheus.Registerer, bodies *bodyBudget) (*metrics, error)
 	}
 	published := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: ns, Subsystem: sub, Name: "events_published_total",
-		Help: "Events JetStream acknowledged (duplicates of retried transactions included), by class.",
+		Help: "Events the splitter stored in the event stream (duplicates included), by class.",
 	}, []string{"class"})
+	txnMessages := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns, Subsystem: sub, Name: "transaction_messages_total",
+		Help: "Transaction messages acknowledged by JetStream, by outcome (stored, duplicate: an identical retry).",
+	}, []string{"outcome"})
+	m.txnMessagesStored, m.txnMessagesDuplicate = txnMessages.WithLabelValues("stored"), txnMessages.WithLabelValues("duplicate")
+	for _, st := range splitStates {
+		m.splitState.WithLabelValues(st)
+	}
 	m.eventsPublished = map[bus.Class]prometheus.Counter{}
 	for _, c := range []bus.Class{bus.ClassBot, bus.ClassModeration, bus.ClassOther} {
 		m.eventsPublished[c] = published.WithLabelValues(string(c))
@@ -152,11 +192,13 @@ func newMetrics(reg prometheus.Registerer, bodies *bodyBudget) (*metrics, error)
 	for _, c := range []prometheus.Collector{
 		inFlight, m.transactions, m.txnInFlight, m.txnDuration, m.txnEvents, published, m.eventsDuplicate, m.eventsRepeated, m.deadLettered,
 		m.publishFailures, m.aliasQueries, m.aliasDuration, m.userQueries, m.userDuration,
-		m.authFailures, m.pings, m.homeserverPinged,
+		m.authFailures, m.pings, m.homeserverPinged, txnMessages,
+		m.splitState, m.splitBacklog, m.splitDelay, m.txnsSplit, m.splitFailures,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("gateway metrics: %w", err)
 		}
 	}
+	m.partitions = partition.NewMetrics(reg)
 	return m, nil
 }

@@ -17,6 +17,7 @@ func TestMetrics(t *testing.T) {
 	e.do(http.MethodGet, "/_matrix/app/v1/rooms/%23comments_a_b%3Aexample.org", nil) // no provisioner
 	e.doAuth(http.MethodPost, "/_matrix/app/v1/ping", nil, authNone)
 	e.do(http.MethodPost, "/_matrix/app/v1/ping", nil)
+	e.splitDone()
 
 	families, err := e.rt.Metrics.Gather()
 	if err != nil {
@@ -55,6 +56,16 @@ func TestMetrics(t *testing.T) {
 		"cactus_gateway_auth_failures_total{reason=missing}":            1,
 		"cactus_gateway_pings_total":                                    1,
 		"cactus_gateway_transactions_in_flight":                         0,
+		"cactus_gateway_transaction_messages_total{outcome=stored}":     2,
+		"cactus_gateway_transaction_messages_total{outcome=duplicate}":  0,
+		"cactus_gateway_transactions_split_total":                       2,
+		"cactus_gateway_split_duration_seconds":                         2,
+		"cactus_gateway_split_backlog_transactions":                     0,
+		"cactus_gateway_split_failures_total":                           0,
+		"cactus_gateway_splitter_state{state=active}":                   1,
+		"cactus_gateway_splitter_state{state=standby}":                  0,
+		"cactus_gateway_splitter_state{state=failing}":                  0,
+		"cactus_partition_owned{group=gateway-splitter}":                1,
 	}
 	for k, v := range want {
 		if g, ok := got[k]; !ok || g != v {

@@ -70,13 +70,13 @@ func (g *Gateway) WatchStore(ctx context.Context) {
 func (g *Gateway) probeStore(ctx context.Context) {
 	start := time.Now()
 	pctx, cancel := context.WithTimeout(ctx, min(probeTimeout, g.publishTimeout))
-	_, err := g.js.Stream(pctx, bus.StreamEvents)
+	_, err := g.js.Stream(pctx, bus.StreamTxns)
 	cancel()
 	if ctx.Err() != nil {
 		return
 	}
 	if err != nil {
-		err = fmt.Errorf("probe of stream %s: %w", bus.StreamEvents, err)
+		err = fmt.Errorf("probe of stream %s: %w", bus.StreamTxns, err)
 		if g.health.ready() == nil {
 			g.log.Warn("JetStream does not answer; readiness off until it does", "err", err)
 		}

@@ -140,7 +140,19 @@ func TestReadyzFollowsJetStream(t *testing.T) {
 	}
 
 	proxy.Resume()
-	waitFor(t, "readiness to come back", func() bool { return readyz() == 200 })
+	var lastErr error
+	defer func() {
+		if t.Failed() {
+			t.Logf("last readiness error: %v", lastErr)
+		}
+	}()
+	waitFor(t, "readiness to come back", func() bool {
+		if readyz() == 200 {
+			return true
+		}
+		lastErr = e.rt.Ready()
+		return false
+	})
 	if status, body := e.do(http.MethodPut, "/_matrix/app/v1/transactions/2", txnBody(message("$during", "!r:example.org"))); status != 200 {
 		t.Fatalf("after the hang: %d %s", status, body)
 	}

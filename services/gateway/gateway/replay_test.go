@@ -36,6 +36,7 @@ func TestReplayDeadLetter(t *testing.T) {
 	if status, body := e.do(http.MethodPut, "/_matrix/app/v1/transactions/r1", txnBody(big, spoof)); status != 200 {
 		t.Fatalf("status %d body %s", status, body)
 	}
+	e.splitDone() // refused by the small stream, then dead-lettered
 	if _, err := e.rt.JS.UpdateStream(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}

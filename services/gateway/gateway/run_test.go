@@ -19,7 +19,8 @@ import (
 
 // TestRunGracefulShutdown runs the whole service and stops it while a
 // transaction is half received: readiness goes false, the transaction
-// still completes with 200 and its events are stored, then Run returns.
+// still completes with 200 and its events are stored, then Run returns;
+// what the stopped gateway did not split, the next one does.
 func TestRunGracefulShutdown(t *testing.T) {
 	ns := embednats.StartTest(t)
 	cfg := testConfig(t)
@@ -110,19 +111,53 @@ func TestRunGracefulShutdown(t *testing.T) {
 		t.Error("the API still listens after Run returned")
 	}
 
+	// The transaction is stored: split already, or waiting in the
+	// transaction stream for the next gateway, which splits it.
 	nc, err := nats.Connect(ns.ClientURL())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
-	s, err := js.Stream(context.Background(), bus.StreamEvents)
+	bg := context.Background()
+	count := func(stream string) uint64 {
+		s, err := js.Stream(bg, stream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := s.Info(bg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.State.Msgs
+	}
+	if events, txns := count(bus.StreamEvents), count(bus.StreamTxns); events != 2 && txns != 1 {
+		t.Fatalf("after the shutdown: %d events and %d transactions stored", events, txns)
+	}
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	defer cancel2()
+	done2 := make(chan error, 1)
+	listening2 := make(chan struct{})
+	go func() {
+		done2 <- RunWith(ctx2, cfg, RunOptions{Logger: testLogger(cfg, logs), OnListen: func(net.Addr, net.Addr) { close(listening2) }})
+	}()
+	select {
+	case <-listening2:
+	case err := <-done2:
+		t.Fatalf("second Run returned early: %v", err)
+	}
+	waitFor(t, "the next gateway to split what is left", func() bool { return count(bus.StreamTxns) == 0 })
+	cancel2()
+	if err := <-done2; err != nil {
+		t.Fatalf("second Run: %v", err)
+	}
+	s, err := js.Stream(bg, bus.StreamEvents)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var ids []string
 	for seq := uint64(1); seq <= 2; seq++ {
-		m, err := s.GetMsg(context.Background(), seq)
+		m, err := s.GetMsg(bg, seq)
 		if err != nil {
 			t.Fatal(err)
 		}

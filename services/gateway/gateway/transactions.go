@@ -17,6 +17,7 @@ import (
 
 	"github.com/cactus-comments/appservice/pkg/bus"
 	"github.com/cactus-comments/appservice/pkg/event"
+	"github.com/cactus-comments/appservice/pkg/jspub"
 	"github.com/cactus-comments/appservice/pkg/mxid"
 )
 
@@ -30,58 +31,29 @@ const maxPooledBody = 1 << 20
 type txnState struct {
 	body   []byte
 	events []rawEvent
-	// msgs keep their header maps from one transaction to the next.
-	msgs []nats.Msg
-	futs []jetstream.PubAckFuture
-	// futEvent is the index in events of each future's event.
-	futEvent []int
-	rooms    []*room // per event, nil for malformed events
 	// seen maps the event ids of this transaction to their first index.
 	seen map[string]int
-	// cache holds the rooms of recent transactions, so that a room id is
-	// validated and encoded into subjects once, not once per event.
-	cache map[string]*room
-}
-
-// maxCachedRooms bounds txnState.cache.
-const maxCachedRooms = 4096
-
-// room is a validated room id and its event subjects.
-type room struct {
-	id       string
-	subjects [3]string // by classIndex, filled on first use
-}
-
-func (r *room) subject(c bus.Class) string {
-	i := classIndex(c)
-	if r.subjects[i] == "" {
-		r.subjects[i] = bus.EventSubject(c, r.id)
-	}
-	return r.subjects[i]
-}
-
-// room returns the cached room of id, or caches it. The id is not
-// validated here: checkEvent does that, and the cache is bounded.
-func (st *txnState) room(id []byte) *room {
-	if r, ok := st.cache[string(id)]; ok {
-		return r
-	}
-	s := string(id)
-	if st.cache == nil || len(st.cache) >= maxCachedRooms {
-		st.cache = make(map[string]*room)
-	}
-	r := &room{id: s}
-	st.cache[s] = r
-	return r
+	// raws are the events that go into transaction messages, chunks the
+	// messages' bytes back to back, ends where each ends.
+	raws   [][]byte
+	chunks []byte
+	ends   []int
+	// msgs keep their header maps from one transaction to the next.
+	msgs []nats.Msg
+	ptrs []*nats.Msg
+	// dead are the dead letters of this transaction.
+	dead []*nats.Msg
 }
 
 var errTooLarge = errors.New("body too large")
 
 // transaction handles PUT /transactions/{txnId}: 200 {} once every event
-// has its PubAck (or, if malformed, is stored in the dead-letter stream);
-// 503 if that does not happen within the publish timeout. A txn id seen
-// before is processed again: Dendrite merges new events into a retried
-// txn id, and JetStream deduplicates by event id.
+// is stored in a transaction message (or, if it cannot be stored as an
+// event, in the dead-letter stream); 503 if that does not happen within
+// the publish timeout. The splitter moves the events to the event stream
+// afterwards (split.go). A txn id seen before is processed again:
+// Dendrite merges new events into a retried txn id; an identical retry is
+// a duplicate transaction message and stores nothing.
 func (g *Gateway) transaction(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	g.metrics.txnInFlight.Inc()
@@ -145,15 +117,13 @@ func (g *Gateway) transaction(w http.ResponseWriter, r *http.Request) {
 		// A homeserver that hangs up says nothing about JetStream.
 		g.health.observe(start, err)
 	}
+	g.recycle(st)
 	if err != nil {
-		// Pending futures may still read the messages: st is not
-		// recycled, the garbage collector takes it once they are done.
 		g.log.Warn("transaction not stored, asking the homeserver to retry", "txn_id", logID(txnID), "events", n, "err", err)
 		g.finishTxn(w, start, outcomeUnavailable, http.StatusServiceUnavailable, codeUnknown,
 			"events could not be stored, retry later: "+err.Error())
 		return
 	}
-	g.recycle(st)
 	writeJSON(w, http.StatusOK, emptyObject)
 	g.metrics.txnOK.Inc()
 	d := time.Since(start)
@@ -169,24 +139,30 @@ func (g *Gateway) finishTxn(w http.ResponseWriter, start time.Time, outcome stri
 	g.metrics.txnDuration.Observe(time.Since(start).Seconds())
 }
 
-// recycle returns st to the pool once nothing refers to its buffers.
+// recycle returns st to the pool. Nothing refers to its buffers once
+// published: the connection copies what it sends.
 func (g *Gateway) recycle(st *txnState) {
-	if cap(st.body) > maxPooledBody {
+	if cap(st.body) > maxPooledBody || cap(st.chunks) > 2*maxPooledBody {
 		return
 	}
 	clear(st.events)
+	clear(st.raws)
 	for i := range st.msgs {
 		st.msgs[i].Data = nil // keep the header map for reuse
 	}
-	clear(st.futs)
-	clear(st.rooms)
+	clear(st.ptrs)
+	clear(st.dead)
 	clear(st.seen)
 	g.txns.Put(st)
 }
 
-// store publishes every event and waits for every PubAck; malformed events
-// and events JetStream refuses for good go to the dead-letter stream. It
-// returns nil only when all are stored.
+// store stores the transaction's events as transaction messages and what
+// cannot become an event as dead letters, and waits for every PubAck. It
+// returns nil only when all are stored. The judgement of each event is
+// the splitter's (RouteEvent's), except what must be decided here: an
+// element the decoder flags (malformed, or an ambiguous transaction), one
+// too large for any message, and an event id repeated with other content,
+// which only the whole transaction shows.
 func (g *Gateway) store(ctx context.Context, txnID string, st *txnState) error {
 	if !g.nc.IsConnected() {
 		g.metrics.publishFailures.WithLabelValues("disconnected").Inc()
@@ -195,34 +171,21 @@ func (g *Gateway) store(ctx context.Context, txnID string, st *txnState) error {
 	ctx, cancel := context.WithTimeout(ctx, g.publishTimeout)
 	defer cancel()
 	txnHeader := headerValue(txnID)
-
-	n := len(st.events)
-	if cap(st.msgs) < n {
-		st.msgs = append(st.msgs[:cap(st.msgs)], make([]nats.Msg, n-cap(st.msgs))...)
-	}
-	if cap(st.rooms) < n {
-		st.rooms = make([]*room, n)
-	}
 	if st.seen == nil {
 		st.seen = make(map[string]int)
 	}
-	st.msgs, st.rooms, st.futs, st.futEvent = st.msgs[:n], st.rooms[:n], st.futs[:0], st.futEvent[:0]
-	var (
-		bad      []int
-		repeated int
-	)
+	st.raws, st.dead = st.raws[:0], st.dead[:0]
+	repeated := 0
 	for i := range st.events {
 		e := &st.events[i]
-		var rm *room
-		if e.Problem == "" {
-			rm = st.room(e.RoomID)
-			e.class, e.Problem = checkEvent(e, rm.id, g.bot, g.maxEvent)
+		if e.Problem == "" && len(e.Raw) > g.maxEvent {
+			e.Problem = tooLarge(len(e.Raw), g.maxEvent)
 		}
-		if e.Problem == "" {
+		if e.Problem == "" && e.EventID != "" {
 			if j, ok := st.seen[e.EventID]; ok {
 				repeated++
 				same := bytes.Equal(st.events[j].Raw, e.Raw)
-				g.log.Warn("event repeated within a transaction", "txn_id", logID(txnID), "event_id", e.EventID, "identical", same)
+				g.log.Warn("event repeated within a transaction", "txn_id", logID(txnID), "event_id", logID(e.EventID), "identical", same)
 				if same {
 					continue // stored once
 				}
@@ -231,91 +194,88 @@ func (g *Gateway) store(ctx context.Context, txnID string, st *txnState) error {
 				st.seen[e.EventID] = i
 			}
 		}
-		st.rooms[i] = rm
 		if e.Problem != "" {
-			bad = append(bad, i)
+			st.dead = append(st.dead, g.deadLetterMsg(txnHeader, e))
 			continue
 		}
-		m := &st.msgs[i]
-		m.Subject = rm.subject(e.class)
-		m.Data = e.Raw
-		setHeaders(m, e.EventID, txnHeader, e.Type)
-		f, err := g.js.PublishMsgAsync(m)
-		if err != nil {
-			if bus.IsPermanentPublishError(err) {
-				e.Problem = "refused for good by NATS: " + err.Error()
-				bad = append(bad, i)
-				continue
-			}
-			g.metrics.publishFailures.WithLabelValues("publish").Inc()
-			return fmt.Errorf("publish event %s: %w", e.EventID, err)
-		}
-		st.futs = append(st.futs, f)
-		st.futEvent = append(st.futEvent, i)
+		st.raws = append(st.raws, e.Raw)
 	}
-	// Dead letters are rare: store them one by one while the acks of the
-	// good events come in.
-	if err := g.deadLetters(ctx, txnID, st, bad); err != nil {
+	st.chunks, st.ends = appendChunks(st.chunks[:0], st.ends[:0], st.raws, g.maxChunk)
+	n := len(st.ends)
+	if cap(st.msgs) < n {
+		st.msgs = append(st.msgs[:cap(st.msgs)], make([]nats.Msg, n-cap(st.msgs))...)
+	}
+	st.msgs, st.ptrs = st.msgs[:n], st.ptrs[:0]
+	start := 0
+	for k, end := range st.ends {
+		m := &st.msgs[k]
+		m.Subject, m.Data = bus.SubjectTxns, st.chunks[start:end:end]
+		setChunkHeaders(m, chunkID(m.Data), txnHeader)
+		st.ptrs = append(st.ptrs, m)
+		start = end
+	}
+	st.ptrs = append(st.ptrs, st.dead...)
+	b := g.pub.Publish(st.ptrs)
+	if err := b.Wait(ctx); err != nil {
+		g.metrics.publishFailures.WithLabelValues(g.failureReason(ctx, b, n)).Inc()
 		return err
 	}
-	// Acks come back in publish order: waiting for the last first means
-	// one wake-up per transaction instead of one per event, and one
-	// channel per event instead of two.
-	var refused []int
 	dups := 0
-	for k := len(st.futs) - 1; k >= 0; k-- {
-		f := st.futs[k]
-		ok := f.Ok()
-		var ack *jetstream.PubAck
-		select {
-		case ack = <-ok:
-		default:
-			select {
-			case ack = <-ok:
-			case err := <-f.Err():
-				if bus.IsPermanentPublishError(err) {
-					// Resending cannot change JetStream's mind: answering
-					// 503 would block the homeserver for ever.
-					i := st.futEvent[k]
-					st.events[i].Problem = "refused for good by JetStream: " + err.Error()
-					refused = append(refused, i)
-					continue
-				}
-				g.metrics.publishFailures.WithLabelValues("refused").Inc()
-				return fmt.Errorf("event %s: %w", f.Msg().Header.Get(bus.HeaderMsgID), err)
-			case <-ctx.Done():
-				g.metrics.publishFailures.WithLabelValues("timeout").Inc()
-				return fmt.Errorf("no ack from JetStream within %v: %w", g.publishTimeout, context.Cause(ctx))
-			}
-		}
-		if ack.Duplicate {
+	for k := range n {
+		if b.Duplicate(k) {
 			dups++
 		}
 	}
-	if err := g.deadLetters(ctx, txnID, st, refused); err != nil {
-		return err
-	}
-	var counts [3]int // by classIndex
-	for _, i := range st.futEvent {
-		if st.events[i].Problem == "" {
-			counts[classIndex(st.events[i].class)]++
-		}
-	}
-	for i, c := range []bus.Class{bus.ClassBot, bus.ClassModeration, bus.ClassOther} {
-		if counts[i] > 0 {
-			g.metrics.eventsPublished[c].Add(float64(counts[i]))
-		}
-	}
 	if dups > 0 {
-		g.metrics.eventsDuplicate.Add(float64(dups))
+		g.metrics.txnMessagesDuplicate.Add(float64(dups))
+	}
+	if n > dups {
+		g.metrics.txnMessagesStored.Add(float64(n - dups))
 	}
 	if repeated > 0 {
 		g.metrics.eventsRepeated.Add(float64(repeated))
 	}
-	if d := len(bad) + len(refused); d > 0 {
-		g.metrics.deadLettered.Add(float64(d))
+	if len(st.dead) > 0 {
+		g.metrics.deadLettered.Add(float64(len(st.dead)))
 	}
 	return nil
+}
+
+// failureReason labels a failed store for publish_failures_total: the
+// first message that failed is a transaction message (its first n) or a
+// dead letter.
+func (g *Gateway) failureReason(ctx context.Context, b *jspub.Batch, n int) string {
+	if ctx.Err() != nil {
+		return "timeout"
+	}
+	for i := range b.Len() {
+		err := b.MessageErr(i)
+		var apiErr *jetstream.APIError
+		switch {
+		case err == nil:
+		case i >= n:
+			return "dead_letter"
+		case errors.Is(err, jspub.ErrNoStream) || errors.As(err, &apiErr):
+			return "refused"
+		default:
+			return "publish"
+		}
+	}
+	return "publish"
+}
+
+// setChunkHeaders fills a transaction message's headers, reusing the map
+// and slices a recycled message already has.
+func setChunkHeaders(m *nats.Msg, id, txnID string) {
+	if m.Header == nil {
+		m.Header = nats.Header{bus.HeaderMsgID: make([]string, 1), bus.HeaderTxnID: make([]string, 1)}
+	}
+	m.Header[bus.HeaderMsgID][0] = id
+	m.Header[bus.HeaderTxnID][0] = txnID
+}
+
+func tooLarge(size, max int) string {
+	return fmt.Sprintf("event of %d bytes is larger than the event stream takes (%d)", size, max)
 }
 
 func classIndex(c bus.Class) int {
@@ -335,7 +295,7 @@ func classIndex(c bus.Class) int {
 // that what passes here reads the same in every consumer.
 func checkEvent(e *rawEvent, roomID, bot string, maxEvent int) (bus.Class, string) {
 	if len(e.Raw) > maxEvent {
-		return "", fmt.Sprintf("event of %d bytes is larger than the event stream takes (%d)", len(e.Raw), maxEvent)
+		return "", tooLarge(len(e.Raw), maxEvent)
 	}
 	ev := e.event(roomID)
 	if err := ev.Validate(); err != nil {
@@ -381,42 +341,33 @@ func headerValue(s string) string {
 // logID bounds an id a homeserver chose before it goes into a log line.
 func logID(s string) string { return event.Truncate(s, maxHeaderValue) }
 
-// deadLetters stores the events at the given indexes with their reasons.
-func (g *Gateway) deadLetters(ctx context.Context, txnID string, st *txnState, idx []int) error {
-	for _, i := range idx {
-		if err := g.deadLetter(ctx, txnID, &st.events[i]); err != nil {
-			g.metrics.publishFailures.WithLabelValues("dead_letter").Inc()
-			return err
-		}
-	}
-	return nil
-}
-
-// deadLetter stores a malformed event with its reason.
-func (g *Gateway) deadLetter(ctx context.Context, txnID string, e *rawEvent) error {
+// deadLetterMsg is the dead letter of an event that cannot go to the
+// event stream, with its reason (e.Problem). txnID is a headerValue.
+func (g *Gateway) deadLetterMsg(txnID string, e *rawEvent) *nats.Msg {
 	subject := ""
 	if len(e.RoomID) > 0 && len(e.RoomID) <= mxid.MaxLength {
 		subject = bus.EventSubject(bus.ClassOther, string(e.RoomID))
 	}
-	h := nats.Header{bus.HeaderTxnID: {headerValue(txnID)}}
+	h := nats.Header{bus.HeaderTxnID: {txnID}}
 	if e.Type != "" {
 		h.Set(bus.HeaderEventType, headerValue(e.Type))
 	}
 	g.log.Warn("malformed event sent to the dead-letter stream", "txn_id", logID(txnID),
 		"event_id", logID(e.EventID), "room_id", logID(string(e.RoomID)), "reason", e.Problem)
-	sum := sha256.Sum256(e.Raw)
-	err := bus.PublishDeadLetter(ctx, g.js, bus.DeadLetter{
+	return gatewayDeadLetter(subject, e.Problem, e.Raw, h)
+}
+
+// gatewayDeadLetter is the gateway's dead letter of an event's bytes.
+func gatewayDeadLetter(subject, reason string, data []byte, h nats.Header) *nats.Msg {
+	sum := sha256.Sum256(data)
+	return bus.DeadLetterMsg(bus.DeadLetter{
 		Source:  "gateway",
 		Subject: subject,
-		Reason:  e.Problem,
-		Data:    e.Raw,
+		Reason:  reason,
+		Data:    data,
 		Header:  h,
 		// The homeserver resends the same event with every retry of its
 		// transaction; one dead letter per distinct event is enough.
 		ID: "gateway:" + hex.EncodeToString(sum[:]),
 	})
-	if err != nil {
-		return fmt.Errorf("dead-letter event %q (%s): %w", logID(e.EventID), e.Problem, err)
-	}
-	return nil
 }

@@ -1,0 +1,89 @@
+// Package gateway is the only HTTP surface the homeserver sees: it
+// authenticates the homeserver, stores every event of a transaction in
+// JetStream before acknowledging it, asks a provisioner over NATS whether a
+// comment room alias exists, and answers user queries and pings itself.
+// The gateway keeps no state of its own: run as many replicas as the load
+// needs.
+//
+// # How a transaction travels
+//
+//  1. The handler (transactions.go) reads the body and decodes it in one
+//     pass (decode.go). A body that is not JSON, or not an object with an
+//     "events" array, is answered 400 and nothing is stored.
+//  2. Events the decoder flags (malformed, or every event of an ambiguous
+//     transaction with two "events" arrays), events too large for any
+//     message, and an event id repeated with other content become dead
+//     letters. The other events, bytes unchanged and in order, are cut
+//     into transaction messages {"events":[...]} of at most one message
+//     each (txnmsg.go): one for nearly every transaction.
+//  3. The transaction messages go to the transaction stream (CACTUS_TXNS,
+//     subject cactus.txn), with Nats-Msg-Id a hash of their bytes, and the
+//     dead letters to the dead-letter stream, all in one batch (pkg/jspub).
+//     Once JetStream has acknowledged every one, the handler answers 200;
+//     if not within CACTUS_PUBLISH_TIMEOUT, or NATS is not connected, 503.
+//  4. The splitter (split.go), running in every replica and active in one
+//     at a time, reads the transaction messages in stream order, judges
+//     each event as RouteEvent does, and publishes it to its event subject
+//     in CACTUS_EVENTS with Nats-Msg-Id = event id (or dead-letters it). It
+//     acknowledges a transaction message, which leaves the work queue,
+//     only once every event of it is stored.
+//
+// Workers read CACTUS_EVENTS as before; cactus_gateway_split_duration_seconds
+// is what they wait beyond the homeserver's 200.
+//
+// # Why 200 means every event is stored
+//
+// A 200 is written only after JetStream acknowledged every transaction
+// message and dead letter of the transaction (step 3): every event is then
+// in a stored message, on disk (and on a majority of the servers in a
+// cluster), in a stream that never ages a message out and refuses new ones
+// when full rather than dropping old ones. A transaction message leaves
+// the stream only when the splitter acknowledges it, after every one of
+// its events has its own PubAck in the event stream or the dead-letter
+// stream. So from the 200 on, each event is in the transaction stream, the
+// event stream or the dead-letter stream, whatever fails:
+//
+//   - NATS unreachable or disconnected: 503 at once; nothing acknowledged.
+//   - NATS slow or hung: no ack within the publish timeout, 503. A message
+//     JetStream stored after all makes the retry a duplicate (same bytes,
+//     same hash): acknowledged, stored once.
+//   - The transaction stream full or missing: JetStream refuses, 503.
+//   - A gateway killed while handling: it answered nothing; the homeserver
+//     retries, on another replica.
+//   - NATS stopped after the transaction message, before the split: the
+//     message is on disk. The splitter fails to fetch or to publish, holds
+//     what it has, and carries on when NATS is back; what it held and did
+//     not acknowledge is delivered again.
+//   - The active splitter killed mid-transaction: its unacknowledged
+//     transaction messages are redelivered (bus.SplitterAckWait after its
+//     last sign of life) to the next active replica, which takes over once
+//     the dead one's lease expires (bus.LeaseTTL of it). Republishing the
+//     events stored before the kill costs nothing: the event stream
+//     deduplicates them by event id.
+//   - The event stream refusing events (missing, full, NATS refusing): the
+//     splitter holds the transaction, retries with backoff, and /readyz
+//     says "splitter cannot store events"; transactions queue in their
+//     stream meanwhile and the homeserver keeps getting 200. An event
+//     JetStream refuses for good (larger than the stream takes) is
+//     dead-lettered instead, as the handler would have done.
+//
+// # Duplicates and order
+//
+// An identical retry (Synapse resends the same body) is a duplicate
+// transaction message: nothing is split twice. A retry with new events
+// merged in (Dendrite) is a new message; its old events are duplicates in
+// the event stream's window (bus.DuplicateWindow), and beyond it the
+// workers' effectively-once rules apply, as for any redelivery. The
+// transaction id is never the deduplication key, for the same reason.
+//
+// One splitter at a time reads the transaction stream in order, and
+// publishes on one connection, which JetStream stores in arrival order:
+// events of a room are in the event stream in the order the homeserver
+// sent them, however many transactions are in flight (splitWindow) and
+// whichever replica splits. The one exception is a transient failure of
+// an event while later transactions already in flight are stored: its
+// retry is stored after them. The splitter stops publishing new
+// transactions while the oldest one fails, so that is at most the
+// transactions in flight at that moment, the same exposure the gateway
+// had within one transaction when it published events itself.
+package gateway

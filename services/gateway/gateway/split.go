@@ -1,0 +1,548 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/pkg/jspub"
+	"github.com/cactus-comments/appservice/pkg/partition"
+)
+
+// The splitter moves transactions from the transaction stream to the
+// event stream. Every gateway replica runs one, as a member of a
+// partitioned consumer group of one partition (bus.SplitterGroup): one
+// replica splits at a time, the others stand by and take over when it
+// leaves or dies.
+//
+// It reads transaction messages in stream order and, for each, judges
+// every event as RouteEvent does (checkEvent: the consumers' validation
+// and classification) and publishes it to its event subject with
+// Nats-Msg-Id = event id, or dead-letters it. It does not wait for one
+// transaction's acks before publishing the next: up to splitWindow
+// transactions are in flight on one connection, and since one connection
+// publishes in order and JetStream stores in arrival order, the event
+// stream holds the events in the homeserver's order. A transaction
+// message is acknowledged, and leaves the work queue, only once every one
+// of its events is stored (or was already, or is dead-lettered); a
+// failure holds it and retries its unstored events in place. What the
+// splitter had not acknowledged when it died is redelivered to the next
+// one, whose republishing JetStream deduplicates by event id.
+
+const (
+	// splitWindow bounds the transaction messages being split at once
+	// (bus.SplitterGroup's MaxAckPending is above it).
+	splitWindow = 64
+	// splitFetchWait bounds one pull request: the package partition asks
+	// for short ones, and a stopping splitter waits for the last to end.
+	splitFetchWait  = 2 * time.Second
+	splitMinBackoff = 100 * time.Millisecond
+	splitMaxBackoff = 5 * time.Second
+	// maxCachedRooms bounds the splitter's cache of room subjects.
+	maxCachedRooms = 4096
+)
+
+// Splitter states, the label values of cactus_gateway_splitter_state.
+const (
+	splitStandby = "standby"
+	splitActive  = "active"
+	splitFailing = "failing"
+)
+
+var splitStates = []string{splitStandby, splitActive, splitFailing}
+
+// splitter is one replica's member of the splitter group.
+type splitter struct {
+	g     *Gateway
+	group bus.PartitionGroup
+	popts partition.Options
+
+	mu sync.Mutex
+	// state is one of splitStates; err why it fails.
+	state string
+	err   error
+
+	// Only the reading goroutine of the running consume uses these.
+	rooms  map[string]*room
+	events []rawEvent
+}
+
+// room is a validated room id and its event subjects.
+type room struct {
+	id       string
+	subjects [3]string // by classIndex, filled on first use
+}
+
+func (r *room) subject(c bus.Class) string {
+	i := classIndex(c)
+	if r.subjects[i] == "" {
+		r.subjects[i] = bus.EventSubject(c, r.id)
+	}
+	return r.subjects[i]
+}
+
+// room returns the cached room of id, or caches it. The id is not
+// validated here: checkEvent does that, and the cache is bounded.
+func (s *splitter) room(id []byte) *room {
+	if r, ok := s.rooms[string(id)]; ok {
+		return r
+	}
+	if s.rooms == nil || len(s.rooms) >= maxCachedRooms {
+		s.rooms = make(map[string]*room)
+	}
+	r := &room{id: string(id)}
+	s.rooms[r.id] = r
+	return r
+}
+
+func (s *splitter) setState(state string, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.state == state && (err == nil) == (s.err == nil) {
+		return
+	}
+	switch {
+	case state == splitFailing && s.state != splitFailing:
+		s.g.log.Warn("splitter: events cannot be stored; holding the transactions and retrying", "err", err)
+	case s.state == splitFailing && state == splitActive:
+		s.g.log.Info("splitter: events are stored again")
+	}
+	s.state, s.err = state, err
+	for _, st := range splitStates {
+		v := 0.0
+		if st == state {
+			v = 1
+		}
+		s.g.metrics.splitState.WithLabelValues(st).Set(v)
+	}
+}
+
+// ready is the splitter's part of readiness: a splitter that cannot store
+// events says so. The transactions wait in their stream meanwhile.
+func (s *splitter) ready() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.state == splitFailing {
+		return fmt.Errorf("splitter cannot store events: %w", s.err)
+	}
+	return nil
+}
+
+// Split runs this replica's splitter until ctx ends, then hands the
+// splitting over to another replica and returns nil. While it cannot join
+// the splitter group (NATS unreachable, the topology incomplete) it says
+// so in readiness and tries again.
+func (g *Gateway) Split(ctx context.Context) error {
+	o := g.split.popts
+	if o.Log == nil {
+		o.Log = g.log
+	}
+	if o.Metrics == nil {
+		o.Metrics = g.metrics.partitions
+	}
+	backoff := time.Second
+	for {
+		m, err := partition.New(g.js, g.split.group, g.split.consume, o)
+		if err != nil {
+			return fmt.Errorf("splitter: %w", err)
+		}
+		err = m.Run(ctx)
+		if ctx.Err() != nil || err == nil {
+			g.split.setState(splitStandby, nil)
+			return nil
+		}
+		g.split.setState(splitFailing, fmt.Errorf("cannot join the splitter group: %w", err))
+		g.log.Error("splitter: cannot join the splitter group; retrying", "err", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+			g.split.setState(splitStandby, nil)
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 30*time.Second)
+	}
+}
+
+// splitItem is one transaction message in the splitter's pipeline.
+type splitItem struct {
+	msg jetstream.Msg
+	// stored is when JetStream stored the transaction message.
+	stored time.Time
+	// msgs are what is left to store and kinds what each is (a classIndex,
+	// or kindDeadLetter); batch their publication, nil if never published
+	// (the splitter was stopping).
+	msgs  []*nats.Msg
+	kinds []int8
+	batch *jspub.Batch
+	// What was stored, for the metrics.
+	published    [3]int
+	dups, deadLt int
+}
+
+const kindDeadLetter int8 = -1
+
+func (it *splitItem) add(m *nats.Msg, kind int8) {
+	it.msgs = append(it.msgs, m)
+	it.kinds = append(it.kinds, kind)
+}
+
+// splitRun is one run of consume: a reading goroutine that fetches,
+// routes and publishes, and a completing one that waits for each
+// transaction's acks in order and acknowledges it.
+type splitRun struct {
+	s        *splitter
+	ctx      context.Context
+	consumer jetstream.Consumer
+	queue    chan *splitItem
+	slots    chan struct{}
+	// graceOver closes Grace after ctx's end: what is still being stored
+	// then is given back (Nak) to the next splitter.
+	graceOver chan struct{}
+	progress  time.Duration
+
+	mu   sync.Mutex
+	held []jetstream.Msg // in stream order
+	// pending is how many transactions the last fetched one had behind it.
+	pending uint64
+	// paused is open while the oldest transaction fails: the reader then
+	// publishes no later one, so that as few as possible overtake it.
+	paused chan struct{}
+}
+
+func (r *splitRun) pause() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.paused == nil {
+		r.paused = make(chan struct{})
+	}
+}
+
+func (r *splitRun) unpause() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.paused != nil {
+		close(r.paused)
+		r.paused = nil
+	}
+}
+
+// waitUnpaused waits while paused; false once ctx ends.
+func (r *splitRun) waitUnpaused() bool {
+	r.mu.Lock()
+	ch := r.paused
+	r.mu.Unlock()
+	if ch == nil {
+		return r.ctx.Err() == nil
+	}
+	select {
+	case <-ch:
+		return r.ctx.Err() == nil
+	case <-r.ctx.Done():
+		return false
+	}
+}
+
+// consume is the partition's Consume: it splits until ctx is cancelled,
+// then returns holding nothing (see the package partition).
+func (s *splitter) consume(ctx context.Context, consumer string) error {
+	c, err := s.g.js.Consumer(ctx, s.group.Stream, consumer)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("splitter: consumer %s: %w", consumer, err)
+	}
+	grace := s.popts.Grace
+	if grace <= 0 {
+		grace = bus.PartitionGrace
+	}
+	r := &splitRun{
+		s: s, ctx: ctx, consumer: c,
+		queue:     make(chan *splitItem, splitWindow),
+		slots:     make(chan struct{}, splitWindow),
+		graceOver: make(chan struct{}),
+		progress:  max(c.CachedInfo().Config.AckWait/3, 100*time.Millisecond),
+	}
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(grace, func() { close(r.graceOver) }) })
+	defer stop()
+	s.setState(splitActive, nil)
+	defer s.setState(splitStandby, nil)
+	defer s.g.metrics.splitBacklog.Set(0)
+	s.g.log.Info("splitter active: splitting transactions into the event stream")
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		r.complete()
+	}()
+	err = r.read(min(splitFetchWait, grace/2))
+	close(r.queue)
+	<-done
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// read fetches transaction messages while there is room in the pipeline,
+// publishes each one's events and queues it for complete. Once ctx ends
+// it publishes nothing more, lets its last fetch end, and queues what
+// that fetch brought unpublished, to be given back.
+func (r *splitRun) read(fetchWait time.Duration) error {
+	for {
+		n := r.acquire()
+		if n == 0 {
+			return nil
+		}
+		b, err := r.consumer.Fetch(n, jetstream.FetchMaxWait(fetchWait), jetstream.FetchPriorityGroup(r.s.group.PriorityGroup))
+		if err != nil {
+			r.release(n)
+			if r.ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("splitter: fetch: %w", err)
+		}
+		got := 0
+		for m := range b.Messages() {
+			got++
+			it := &splitItem{msg: m}
+			pending := uint64(0)
+			if md, err := m.Metadata(); err == nil {
+				it.stored, pending = md.Timestamp, md.NumPending
+			}
+			r.mu.Lock()
+			r.held, r.pending = append(r.held, m), pending
+			r.s.g.metrics.splitBacklog.Set(float64(r.pending) + float64(len(r.held)))
+			r.mu.Unlock()
+			if r.waitUnpaused() {
+				r.s.prepare(it)
+				it.batch = r.s.g.pub.Publish(it.msgs)
+			}
+			r.queue <- it // never blocks: a slot is held for it
+		}
+		r.release(n - got)
+		if err := b.Error(); err != nil && r.ctx.Err() == nil {
+			return fmt.Errorf("splitter: fetch: %w", err)
+		}
+	}
+}
+
+// acquire waits for a free slot in the pipeline and takes every free one;
+// 0 once ctx ends.
+func (r *splitRun) acquire() int {
+	select {
+	case r.slots <- struct{}{}:
+	case <-r.ctx.Done():
+		return 0
+	}
+	n := 1
+	for n < cap(r.slots) {
+		select {
+		case r.slots <- struct{}{}:
+			n++
+			continue
+		default:
+		}
+		break
+	}
+	return n
+}
+
+func (r *splitRun) release(n int) {
+	for range n {
+		<-r.slots
+	}
+}
+
+// complete takes the pipeline's transactions in order: each is
+// acknowledged once all of its events are stored, or given back (Nak) if
+// the splitter stops first.
+func (r *splitRun) complete() {
+	for it := range r.queue {
+		if it.batch != nil && r.finish(it) {
+			_ = it.msg.Ack()
+			r.s.split(it)
+		} else {
+			_ = it.msg.Nak()
+		}
+		r.mu.Lock()
+		r.held = r.held[1:]
+		r.s.g.metrics.splitBacklog.Set(float64(r.pending) + float64(len(r.held)))
+		r.mu.Unlock()
+		<-r.slots
+	}
+}
+
+// finish waits until every message of it is stored, retrying in place
+// what failed; false if the splitter stops first.
+func (r *splitRun) finish(it *splitItem) bool {
+	tick := time.NewTicker(r.progress)
+	defer tick.Stop()
+	backoff := splitMinBackoff
+	for {
+		deadline := time.NewTimer(r.s.g.publishTimeout)
+	wait:
+		for {
+			select {
+			case <-it.batch.Done():
+				break wait // stored in time, whatever else happened
+			default:
+			}
+			select {
+			case <-it.batch.Done():
+				break wait
+			case <-tick.C:
+				r.inProgress()
+			case <-deadline.C:
+				it.batch.Abandon(fmt.Errorf("no ack from JetStream within %v", r.s.g.publishTimeout))
+				break wait
+			case <-r.graceOver:
+				deadline.Stop()
+				it.batch.Abandon(errors.New("splitter stopping"))
+				return false
+			}
+		}
+		deadline.Stop()
+		failure := r.s.settle(it)
+		if len(it.msgs) == 0 {
+			r.unpause()
+			return true
+		}
+		if failure != nil {
+			if r.ctx.Err() != nil {
+				return false
+			}
+			r.pause()
+			r.s.g.metrics.splitFailures.Inc()
+			r.s.setState(splitFailing, failure)
+			t := time.NewTimer(backoff)
+		sleep:
+			for {
+				select {
+				case <-t.C:
+					break sleep
+				case <-tick.C:
+					r.inProgress()
+				case <-r.ctx.Done():
+					t.Stop()
+					return false
+				}
+			}
+			backoff = min(2*backoff, splitMaxBackoff)
+		}
+		it.batch = r.s.g.pub.Publish(it.msgs)
+	}
+}
+
+// inProgress tells JetStream that every transaction held is still being
+// worked on, so that none is redelivered meanwhile.
+func (r *splitRun) inProgress() {
+	r.mu.Lock()
+	held := append([]jetstream.Msg(nil), r.held...)
+	r.mu.Unlock()
+	for _, m := range held {
+		_ = m.InProgress()
+	}
+}
+
+// prepare routes every event of a transaction message: a message to its
+// event subject, or a dead letter.
+func (s *splitter) prepare(it *splitItem) {
+	data := it.msg.Data()
+	txnID := headerValue(it.msg.Headers().Get(bus.HeaderTxnID))
+	var err error
+	s.events, err = decodeTransaction(data, s.events[:0])
+	if err != nil {
+		// Not a transaction message of ours: kept for an operator to read.
+		s.g.log.Error("splitter: unreadable transaction message sent to the dead-letter stream", "txn_id", logID(txnID), "err", err)
+		it.add(gatewayDeadLetter("", "transaction message unreadable: "+err.Error(), data,
+			nats.Header{bus.HeaderTxnID: {txnID}}), kindDeadLetter)
+		return
+	}
+	it.msgs = make([]*nats.Msg, 0, len(s.events))
+	it.kinds = make([]int8, 0, len(s.events))
+	msgs := make([]nats.Msg, len(s.events))
+	for i := range s.events {
+		e := &s.events[i]
+		var rm *room
+		if e.Problem == "" {
+			rm = s.room(e.RoomID)
+			e.class, e.Problem = checkEvent(e, rm.id, s.g.bot, s.g.maxEvent)
+		}
+		if e.Problem != "" {
+			it.add(s.g.deadLetterMsg(txnID, e), kindDeadLetter)
+			continue
+		}
+		m := &msgs[i]
+		m.Subject, m.Data = rm.subject(e.class), e.Raw
+		setHeaders(m, e.EventID, txnID, e.Type)
+		it.add(m, int8(classIndex(e.class)))
+	}
+	clear(s.events)
+}
+
+// settle reads the outcome of it's batch: what is stored is counted, and
+// it.msgs keeps what is left to store. An event JetStream refuses for good
+// becomes a dead letter (resending cannot change its mind, and holding it
+// would hold every transaction behind it); any other failure is returned,
+// to be retried.
+func (s *splitter) settle(it *splitItem) error {
+	var failure error
+	left, kinds := it.msgs[:0:0], it.kinds[:0:0]
+	for i, m := range it.msgs {
+		err := it.batch.MessageErr(i)
+		switch {
+		case err == nil && it.kinds[i] == kindDeadLetter:
+			it.deadLt++
+		case err == nil:
+			it.published[it.kinds[i]]++
+			if it.batch.Duplicate(i) {
+				it.dups++
+			}
+		case it.kinds[i] != kindDeadLetter && bus.IsPermanentPublishError(err):
+			reason := "refused for good by JetStream: " + err.Error()
+			s.g.log.Warn("splitter: event refused for good, sent to the dead-letter stream", "event_id", logID(m.Header.Get(bus.HeaderMsgID)), "reason", reason)
+			left = append(left, gatewayDeadLetter(m.Subject, reason, m.Data, m.Header))
+			kinds = append(kinds, kindDeadLetter)
+		default:
+			if failure == nil {
+				failure = fmt.Errorf("%s: %w", m.Subject, err)
+			}
+			left = append(left, m)
+			kinds = append(kinds, it.kinds[i])
+		}
+	}
+	it.msgs, it.kinds = left, kinds
+	return failure
+}
+
+// split counts a transaction message whose events are all stored.
+func (s *splitter) split(it *splitItem) {
+	mt := s.g.metrics
+	for i, c := range []bus.Class{bus.ClassBot, bus.ClassModeration, bus.ClassOther} {
+		if it.published[i] > 0 {
+			mt.eventsPublished[c].Add(float64(it.published[i]))
+		}
+	}
+	if it.dups > 0 {
+		mt.eventsDuplicate.Add(float64(it.dups))
+	}
+	if it.deadLt > 0 {
+		mt.deadLettered.Add(float64(it.deadLt))
+	}
+	mt.txnsSplit.Inc()
+	if !it.stored.IsZero() {
+		mt.splitDelay.Observe(time.Since(it.stored).Seconds())
+	}
+	s.setState(splitActive, nil)
+	if s.g.log.Enabled(context.Background(), slog.LevelDebug) {
+		s.g.log.Debug("transaction split", "txn_id", logID(it.msg.Headers().Get(bus.HeaderTxnID)),
+			"events", it.published[0]+it.published[1]+it.published[2], "duplicates", it.dups, "dead_lettered", it.deadLt)
+	}
+}
