@@ -13,10 +13,17 @@ import (
 
 // BenchmarkTransaction pushes 100-event transactions of ~1 KiB events
 // through the handler over HTTP into an embedded JetStream with file
-// storage, one at a time. The load tool in tools/gatewaybench measures the
-// same against its floors; this is for profiles and allocation counts.
+// storage, one at a time, with the splitter moving them to the event
+// stream meanwhile, and without (what the handler costs alone). The load
+// tool in tools/gatewaybench measures the same against its floors; this
+// is for profiles and allocation counts.
 func BenchmarkTransaction(b *testing.B) {
-	e := newEnv(b, withConfig(func(c *config.Config) { c.LogLevel = "info"; c.MaxBodyBytes = 32 << 20 }))
+	b.Run("split", func(b *testing.B) { benchmarkTransaction(b) })
+	b.Run("store-only", func(b *testing.B) { benchmarkTransaction(b, withoutSplitter()) })
+}
+
+func benchmarkTransaction(b *testing.B, opts ...envOption) {
+	e := newEnv(b, append(opts, withConfig(func(c *config.Config) { c.LogLevel = "info"; c.MaxBodyBytes = 32 << 20 }))...)
 	const events = 100
 	bodies := make([][]byte, 0, 256)
 	b.ReportAllocs()

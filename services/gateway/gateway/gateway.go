@@ -67,13 +67,20 @@ type Gateway struct {
 type Option func(*options)
 
 type options struct {
-	split partition.Options
+	split     partition.Options
+	splitConn *nats.Conn
 }
 
 // WithSplitter sets the options of this replica's member of the splitter
 // group (its instance name, grace and heartbeat; tests shorten them).
 func WithSplitter(o partition.Options) Option {
 	return func(op *options) { op.split = o }
+}
+
+// WithSplitterConn makes the splitter use nc, which the caller closes,
+// instead of a connection of its own.
+func WithSplitterConn(nc *nats.Conn) Option {
+	return func(op *options) { op.splitConn = nc }
 }
 
 // New builds a gateway on a started runtime (NATS connected, topology
@@ -122,7 +129,7 @@ func newGateway(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer,
 		pingRetry:      defaultPingRetry,
 	}
 	g.maxEvent, g.maxChunk = maxEventSize(nc), maxChunkSize(nc)
-	g.split = &splitter{g: g, group: service.Topology(cfg).SplitterGroup(), popts: o.split}
+	g.split = &splitter{g: g, group: service.Topology(cfg).SplitterGroup(), popts: o.split, nc: o.splitConn}
 	g.split.setState(splitStandby, nil)
 	g.ask = g.askNATS
 	g.handler = g.routes()

@@ -324,7 +324,9 @@ func (e *env) streamMsgs(stream string) []jetstream.RawStreamMsg {
 	}
 	var out []jetstream.RawStreamMsg
 	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
-		m, err := s.GetMsg(ctx, seq)
+		gctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		m, err := s.GetMsg(gctx, seq)
+		cancel()
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			continue
 		}

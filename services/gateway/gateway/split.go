@@ -14,6 +14,7 @@ import (
 	"github.com/cactus-comments/appservice/pkg/bus"
 	"github.com/cactus-comments/appservice/pkg/jspub"
 	"github.com/cactus-comments/appservice/pkg/partition"
+	"github.com/cactus-comments/appservice/pkg/service"
 )
 
 // The splitter moves transactions from the transaction stream to the
@@ -63,6 +64,12 @@ type splitter struct {
 	g     *Gateway
 	group bus.PartitionGroup
 	popts partition.Options
+	// nc is the splitter's own connection: the handler's messages must
+	// not queue behind its events, in the client nor in the server. js
+	// and pub are on nc; Split sets them.
+	nc  *nats.Conn
+	js  jetstream.JetStream
+	pub *jspub.Publisher
 
 	mu sync.Mutex
 	// state is one of splitStates; err why it fails.
@@ -136,11 +143,34 @@ func (s *splitter) ready() error {
 }
 
 // Split runs this replica's splitter until ctx ends, then hands the
-// splitting over to another replica and returns nil. While it cannot join
-// the splitter group (NATS unreachable, the topology incomplete) it says
-// so in readiness and tries again.
+// splitting over to another replica and returns nil. It splits on a NATS
+// connection of its own (WithSplitterConn's, or one it opens and drains).
+// While it cannot join the splitter group (NATS unreachable, the topology
+// incomplete) it says so in readiness and tries again.
 func (g *Gateway) Split(ctx context.Context) error {
-	o := g.split.popts
+	s := g.split
+	if s.nc == nil {
+		o := service.ConnOptions(g.cfg, Name)
+		o.Name += "-splitter"
+		nc, err := bus.Connect(ctx, o, g.log)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("splitter: %w", err)
+		}
+		defer drain(nc, g.cfg.ShutdownTimeout)
+		s.nc = nc
+	}
+	var err error
+	if s.js, err = jetstream.New(s.nc); err != nil {
+		return fmt.Errorf("splitter: %w", err)
+	}
+	if s.pub, err = jspub.New(s.nc); err != nil {
+		return fmt.Errorf("splitter: %w", err)
+	}
+	defer s.pub.Close()
+	o := s.popts
 	if o.Log == nil {
 		o.Log = g.log
 	}
@@ -149,20 +179,20 @@ func (g *Gateway) Split(ctx context.Context) error {
 	}
 	backoff := time.Second
 	for {
-		m, err := partition.New(g.js, g.split.group, g.split.consume, o)
+		m, err := partition.New(s.js, s.group, s.consume, o)
 		if err != nil {
 			return fmt.Errorf("splitter: %w", err)
 		}
 		err = m.Run(ctx)
 		if ctx.Err() != nil || err == nil {
-			g.split.setState(splitStandby, nil)
+			s.setState(splitStandby, nil)
 			return nil
 		}
-		g.split.setState(splitFailing, fmt.Errorf("cannot join the splitter group: %w", err))
+		s.setState(splitFailing, fmt.Errorf("cannot join the splitter group: %w", err))
 		g.log.Error("splitter: cannot join the splitter group; retrying", "err", err, "in", backoff)
 		select {
 		case <-ctx.Done():
-			g.split.setState(splitStandby, nil)
+			s.setState(splitStandby, nil)
 			return nil
 		case <-time.After(backoff):
 		}
@@ -170,9 +200,27 @@ func (g *Gateway) Split(ctx context.Context) error {
 	}
 }
 
+// drain drains nc, closing it if that takes longer than timeout.
+func drain(nc *nats.Conn, timeout time.Duration) {
+	done := make(chan struct{})
+	nc.SetClosedHandler(func(*nats.Conn) { close(done) })
+	if err := nc.Drain(); err != nil {
+		nc.Close()
+		return
+	}
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		nc.Close()
+	}
+}
+
 // splitItem is one transaction message in the splitter's pipeline.
 type splitItem struct {
+	// msg is the delivered message; nil for one read directly from the
+	// stream (a delivery lost on the way), which has no ack.
 	msg jetstream.Msg
+	seq uint64
 	// stored is when JetStream stored the transaction message.
 	stored time.Time
 	// msgs are what is left to store and kinds what each is (a classIndex,
@@ -200,8 +248,12 @@ type splitRun struct {
 	s        *splitter
 	ctx      context.Context
 	consumer jetstream.Consumer
-	queue    chan *splitItem
-	slots    chan struct{}
+	stream   jetstream.Stream
+	// next is the stream sequence after the newest transaction message
+	// this run has seen.
+	next  uint64
+	queue chan *splitItem
+	slots chan struct{}
 	// graceOver closes Grace after ctx's end: what is still being stored
 	// then is given back (Nak) to the next splitter.
 	graceOver chan struct{}
@@ -252,7 +304,7 @@ func (r *splitRun) waitUnpaused() bool {
 // consume is the partition's Consume: it splits until ctx is cancelled,
 // then returns holding nothing (see the package partition).
 func (s *splitter) consume(ctx context.Context, consumer string) error {
-	c, err := s.g.js.Consumer(ctx, s.group.Stream, consumer)
+	c, err := s.js.Consumer(ctx, s.group.Stream, consumer)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -265,10 +317,17 @@ func (s *splitter) consume(ctx context.Context, consumer string) error {
 	}
 	r := &splitRun{
 		s: s, ctx: ctx, consumer: c,
-		queue:     make(chan *splitItem, splitWindow),
+		queue:     make(chan *splitItem, 2*splitWindow),
 		slots:     make(chan struct{}, splitWindow),
 		graceOver: make(chan struct{}),
 		progress:  max(c.CachedInfo().Config.AckWait/3, 100*time.Millisecond),
+	}
+	// Every transaction message older than the stream's first is split:
+	// the work queue has deleted it.
+	if r.stream, err = s.js.Stream(ctx, s.group.Stream); err == nil {
+		if info, err := r.stream.Info(ctx); err == nil && info.State.Msgs > 0 {
+			r.next = info.State.FirstSeq
+		}
 	}
 	stop := context.AfterFunc(ctx, func() { time.AfterFunc(grace, func() { close(r.graceOver) }) })
 	defer stop()
@@ -314,21 +373,64 @@ func (r *splitRun) read(fetchWait time.Duration) error {
 			it := &splitItem{msg: m}
 			pending := uint64(0)
 			if md, err := m.Metadata(); err == nil {
-				it.stored, pending = md.Timestamp, md.NumPending
+				it.stored, pending, it.seq = md.Timestamp, md.NumPending, md.Sequence.Stream
 			}
+			r.recoverLost(it.seq)
 			r.mu.Lock()
 			r.held, r.pending = append(r.held, m), pending
 			r.s.g.metrics.splitBacklog.Set(float64(r.pending) + float64(len(r.held)))
 			r.mu.Unlock()
 			if r.waitUnpaused() {
-				r.s.prepare(it)
-				it.batch = r.s.g.pub.Publish(it.msgs)
+				r.s.route(it, m.Data(), headerValue(m.Headers().Get(bus.HeaderTxnID)))
+				it.batch = r.s.pub.Publish(it.msgs)
 			}
 			r.queue <- it // never blocks: a slot is held for it
 		}
 		r.release(n - got)
 		if err := b.Error(); err != nil && r.ctx.Err() == nil {
 			return fmt.Errorf("splitter: fetch: %w", err)
+		}
+	}
+}
+
+// maxLost bounds the transaction messages recoverLost reads directly.
+const maxLost = 4 * splitWindow
+
+// recoverLost splits, before the message of stream sequence seq, every
+// older one this run did not see: JetStream delivered it, or handed it to
+// a pull request, and it was lost on the way (the server restarted, the
+// connection dropped). It would come back only after AckWait, behind
+// newer transactions: out of the homeserver's order. Read directly from
+// the stream, it is split in its place, and its redelivery, when it comes,
+// stores nothing new (every event is a duplicate).
+func (r *splitRun) recoverLost(seq uint64) {
+	if seq == 0 {
+		return
+	}
+	from := r.next
+	r.next = max(r.next, seq+1)
+	if from == 0 || seq <= from || r.stream == nil || r.ctx.Err() != nil {
+		return
+	}
+	if seq-from > maxLost {
+		r.s.g.log.Error("splitter: transaction messages missing from the deliveries; too many to read directly, they will be split when redelivered", "from", from, "to", seq-1)
+		return
+	}
+	for q := from; q < seq; q++ {
+		raw, err := r.stream.GetMsg(r.ctx, q)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue // split and acknowledged before
+		}
+		if err != nil {
+			r.s.g.log.Warn("splitter: a transaction message missing from the deliveries could not be read; it will be split when redelivered", "seq", q, "err", err)
+			continue
+		}
+		r.s.g.log.Warn("splitter: a transaction message delivered but lost on the way; split from the stream", "seq", q)
+		it := &splitItem{seq: q, stored: raw.Time}
+		if r.waitUnpaused() {
+			r.s.route(it, raw.Data, headerValue(raw.Header.Get(bus.HeaderTxnID)))
+			it.batch = r.s.pub.Publish(it.msgs)
+			r.queue <- it
 		}
 	}
 }
@@ -365,6 +467,13 @@ func (r *splitRun) release(n int) {
 // the splitter stops first.
 func (r *splitRun) complete() {
 	for it := range r.queue {
+		if it.msg == nil {
+			// Read directly: its delivery, when it comes, is acknowledged.
+			if r.finish(it) {
+				r.s.split(it)
+			}
+			continue
+		}
 		if it.batch != nil && r.finish(it) {
 			_ = it.msg.Ack()
 			r.s.split(it)
@@ -436,7 +545,7 @@ func (r *splitRun) finish(it *splitItem) bool {
 			}
 			backoff = min(2*backoff, splitMaxBackoff)
 		}
-		it.batch = r.s.g.pub.Publish(it.msgs)
+		it.batch = r.s.pub.Publish(it.msgs)
 	}
 }
 
@@ -451,11 +560,10 @@ func (r *splitRun) inProgress() {
 	}
 }
 
-// prepare routes every event of a transaction message: a message to its
-// event subject, or a dead letter.
-func (s *splitter) prepare(it *splitItem) {
-	data := it.msg.Data()
-	txnID := headerValue(it.msg.Headers().Get(bus.HeaderTxnID))
+// route routes every event of a transaction message (data, of
+// transaction txnID) into it: a message to its event subject, or a dead
+// letter.
+func (s *splitter) route(it *splitItem, data []byte, txnID string) {
 	var err error
 	s.events, err = decodeTransaction(data, s.events[:0])
 	if err != nil {
@@ -536,13 +644,15 @@ func (s *splitter) split(it *splitItem) {
 	if it.deadLt > 0 {
 		mt.deadLettered.Add(float64(it.deadLt))
 	}
-	mt.txnsSplit.Inc()
+	if it.msg != nil {
+		mt.txnsSplit.Inc()
+	}
 	if !it.stored.IsZero() {
 		mt.splitDelay.Observe(time.Since(it.stored).Seconds())
 	}
 	s.setState(splitActive, nil)
 	if s.g.log.Enabled(context.Background(), slog.LevelDebug) {
-		s.g.log.Debug("transaction split", "txn_id", logID(it.msg.Headers().Get(bus.HeaderTxnID)),
+		s.g.log.Debug("transaction split", "seq", it.seq,
 			"events", it.published[0]+it.published[1]+it.published[2], "duplicates", it.dups, "dead_lettered", it.deadLt)
 	}
 }

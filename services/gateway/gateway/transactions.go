@@ -170,12 +170,42 @@ func (g *Gateway) store(ctx context.Context, txnID string, st *txnState) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, g.publishTimeout)
 	defer cancel()
+	n, repeated := g.prepare(txnID, st)
+	b := g.pub.Publish(st.ptrs)
+	if err := b.Wait(ctx); err != nil {
+		g.metrics.publishFailures.WithLabelValues(g.failureReason(ctx, b, n)).Inc()
+		return err
+	}
+	dups := 0
+	for k := range n {
+		if b.Duplicate(k) {
+			dups++
+		}
+	}
+	if dups > 0 {
+		g.metrics.txnMessagesDuplicate.Add(float64(dups))
+	}
+	if n > dups {
+		g.metrics.txnMessagesStored.Add(float64(n - dups))
+	}
+	if repeated > 0 {
+		g.metrics.eventsRepeated.Add(float64(repeated))
+	}
+	if len(st.dead) > 0 {
+		g.metrics.deadLettered.Add(float64(len(st.dead)))
+	}
+	return nil
+}
+
+// prepare sorts the events of a decoded transaction into st.ptrs: its n
+// transaction messages first, then its dead letters. repeated counts the
+// events whose id came earlier in the transaction.
+func (g *Gateway) prepare(txnID string, st *txnState) (n, repeated int) {
 	txnHeader := headerValue(txnID)
 	if st.seen == nil {
 		st.seen = make(map[string]int)
 	}
 	st.raws, st.dead = st.raws[:0], st.dead[:0]
-	repeated := 0
 	for i := range st.events {
 		e := &st.events[i]
 		if e.Problem == "" && len(e.Raw) > g.maxEvent {
@@ -201,7 +231,7 @@ func (g *Gateway) store(ctx context.Context, txnID string, st *txnState) error {
 		st.raws = append(st.raws, e.Raw)
 	}
 	st.chunks, st.ends = appendChunks(st.chunks[:0], st.ends[:0], st.raws, g.maxChunk)
-	n := len(st.ends)
+	n = len(st.ends)
 	if cap(st.msgs) < n {
 		st.msgs = append(st.msgs[:cap(st.msgs)], make([]nats.Msg, n-cap(st.msgs))...)
 	}
@@ -215,30 +245,7 @@ func (g *Gateway) store(ctx context.Context, txnID string, st *txnState) error {
 		start = end
 	}
 	st.ptrs = append(st.ptrs, st.dead...)
-	b := g.pub.Publish(st.ptrs)
-	if err := b.Wait(ctx); err != nil {
-		g.metrics.publishFailures.WithLabelValues(g.failureReason(ctx, b, n)).Inc()
-		return err
-	}
-	dups := 0
-	for k := range n {
-		if b.Duplicate(k) {
-			dups++
-		}
-	}
-	if dups > 0 {
-		g.metrics.txnMessagesDuplicate.Add(float64(dups))
-	}
-	if n > dups {
-		g.metrics.txnMessagesStored.Add(float64(n - dups))
-	}
-	if repeated > 0 {
-		g.metrics.eventsRepeated.Add(float64(repeated))
-	}
-	if len(st.dead) > 0 {
-		g.metrics.deadLettered.Add(float64(len(st.dead)))
-	}
-	return nil
+	return n, repeated
 }
 
 // failureReason labels a failed store for publish_failures_total: the
