@@ -167,35 +167,37 @@ func split(body []byte) ([][]byte, error) {
 	return elems, nil
 }
 
+// fuzzBodies are the fuzz targets' seed transactions.
+var fuzzBodies = []string{
+	``, `{}`, `[]`, `null`, `{"events":[]}`, `{"events":null}`, `{"events":[1,"x",null,[],{}]}`,
+	`{"events":[{"event_id":"$a","type":"m.room.message","room_id":"!r:x.org","sender":"@u:x.org","content":{"body":"hé\u00e9\ud83d\ude00"},"origin_server_ts":1700000000000,"unsigned":{"age":1}}]}`,
+	`{"events":[{"event_id":"$a","type":"m.room.member","room_id":"!r:x.org","sender":"@u:x.org","state_key":"@b:x.org","content":{"membership":"leave"},"unsigned":{"prev_content":{"membership":"ban"}},"origin_server_ts":-0}]}`,
+	`{"events":[{"event_id":"$a","type":"m.room.member","room_id":"!r:x.org","sender":"@cactusbot:example.org","state_key":"@b:x.org","content":{"membership":"ban"}}]}`,
+	`{"events":[{"event_id":"$a\"b","type":"t\\","room_id":"!r\/x","redacts":"$z","origin_server_ts":12345678901234567890}]}`,
+	`{"events":[{"event_id":"$a","type":"t","room_id":"!r:x.org","sender":"@u:x.org","state_key":"","content":{}}],"ephemeral":[{"type":"m.receipt"}]}`,
+	"{\"events\":[{\"event_id\":\"$\xff\xfe\",\"type\":\"t\",\"room_id\":\"!r:x\"}]}",
+	`{"events":[{"event_id":"$1","event_id":2,"type":"t","room_id":"!r:x"}],"events":[{}]}`,
+	`{"ev\u0065nts":[{"ROOM_ID":"!r","type":"t","event_id":"$e"}]}`,
+	`{"events":[true,false,-1.0E+2,0,1e5]} `, ` {"events" : [ { } ] } `, `{"events":[{"a":[[[{}]]]}]}`,
+	`{"events":["\u00"]}`, `{"events":[tru]}`, `{"events":[-]}`, `{"events":[1.]}`, `{"events":[1e]}`, `{"events"[]}`,
+	// The cases of the hostile-input report.
+	`{"events":[{"event_id":"$s","type":"m.room.member","room_id":"!r:x.org","sender":"@mallory:evil.org","Sender":"@alice:x.org","state_key":"@cactusbot:example.org","content":{"membership":"invite"}}]}`,
+	`{"events":[{"event_id":"$s","type":"m.room.member","room_id":"!r:x.org","sender":"@mallory:evil.org","\u017fender":"@alice:x.org","state_key":"@cactusbot:example.org","content":{"membership":"invite"}}]}`,
+	`{"events":[{"event_id":"$x_\ud800","type":"m.room.message","room_id":"!r:x.org","sender":"@u:x.org","content":{}},{"event_id":"$x_\udfff","type":"m.room.message","room_id":"!r:x.org","sender":"@u:x.org","content":{}}]}`,
+	`{"events":[{"event_id":"$a","type":"m.room.message","room_id":"!r:x.org","sender":"@u:x.org","content":{}}],"events":[{"event_id":"$b","type":"m.room.message","room_id":"!r:x.org","sender":"@u:x.org","content":{}}]}`,
+	`{"events":[{"event_id":"$t","type":"m.room.message","room_id":"!r:x.org","sender":"@u:x.org","content":{},"origin_server_ts":"yesterday"}]}`,
+	`{"events":[{"event_id":"$t","type":"` + strings.Repeat("t", 300) + `","room_id":"!r:x.org","sender":"@u:x.org","content":{}}]}`,
+	`{"events":[{"event_id":"$p","type":"m.room.power_levels","room_id":"!r:x.org","sender":"@u:x.org","state_key":"","content":{"users":{"@u:x.org":100,"@u:x.org":0}}}]}`,
+	`{"events":[{"event_id":"$k","type":"m.room.member","room_id":"!r:x.org","sender":"@u:x.org","state_\u212aey":"@b:x.org","state_key":"@u:x.org","content":{"Membership":"ban","membership":"join"}}]}`,
+}
+
 // FuzzDecodeTransaction is the oracle of the gateway: on any body, the
 // decoder splits the body as jsontext does, and every event the gateway
 // would store decodes with event.Decode, the consumers' decoder, to the
 // same value in every field and the same class. An event event.Decode
 // refuses or reads differently must have been dead-lettered.
 func FuzzDecodeTransaction(f *testing.F) {
-	seeds := []string{
-		``, `{}`, `[]`, `null`, `{"events":[]}`, `{"events":null}`, `{"events":[1,"x",null,[],{}]}`,
-		`{"events":[{"event_id":"$a","type":"m.room.message","room_id":"!r:x.org","sender":"@u:x.org","content":{"body":"hé\u00e9\ud83d\ude00"},"origin_server_ts":1700000000000,"unsigned":{"age":1}}]}`,
-		`{"events":[{"event_id":"$a","type":"m.room.member","room_id":"!r:x.org","sender":"@u:x.org","state_key":"@b:x.org","content":{"membership":"leave"},"unsigned":{"prev_content":{"membership":"ban"}},"origin_server_ts":-0}]}`,
-		`{"events":[{"event_id":"$a","type":"m.room.member","room_id":"!r:x.org","sender":"@cactusbot:example.org","state_key":"@b:x.org","content":{"membership":"ban"}}]}`,
-		`{"events":[{"event_id":"$a\"b","type":"t\\","room_id":"!r\/x","redacts":"$z","origin_server_ts":12345678901234567890}]}`,
-		`{"events":[{"event_id":"$a","type":"t","room_id":"!r:x.org","sender":"@u:x.org","state_key":"","content":{}}],"ephemeral":[{"type":"m.receipt"}]}`,
-		"{\"events\":[{\"event_id\":\"$\xff\xfe\",\"type\":\"t\",\"room_id\":\"!r:x\"}]}",
-		`{"events":[{"event_id":"$1","event_id":2,"type":"t","room_id":"!r:x"}],"events":[{}]}`,
-		`{"ev\u0065nts":[{"ROOM_ID":"!r","type":"t","event_id":"$e"}]}`,
-		`{"events":[true,false,-1.0E+2,0,1e5]} `, ` {"events" : [ { } ] } `, `{"events":[{"a":[[[{}]]]}]}`,
-		`{"events":["\u00"]}`, `{"events":[tru]}`, `{"events":[-]}`, `{"events":[1.]}`, `{"events":[1e]}`, `{"events"[]}`,
-		// The cases of the hostile-input report.
-		`{"events":[{"event_id":"$s","type":"m.room.member","room_id":"!r:x.org","sender":"@mallory:evil.org","Sender":"@alice:x.org","state_key":"@cactusbot:example.org","content":{"membership":"invite"}}]}`,
-		`{"events":[{"event_id":"$s","type":"m.room.member","room_id":"!r:x.org","sender":"@mallory:evil.org","\u017fender":"@alice:x.org","state_key":"@cactusbot:example.org","content":{"membership":"invite"}}]}`,
-		`{"events":[{"event_id":"$x_\ud800","type":"m.room.message","room_id":"!r:x.org","sender":"@u:x.org","content":{}},{"event_id":"$x_\udfff","type":"m.room.message","room_id":"!r:x.org","sender":"@u:x.org","content":{}}]}`,
-		`{"events":[{"event_id":"$a","type":"m.room.message","room_id":"!r:x.org","sender":"@u:x.org","content":{}}],"events":[{"event_id":"$b","type":"m.room.message","room_id":"!r:x.org","sender":"@u:x.org","content":{}}]}`,
-		`{"events":[{"event_id":"$t","type":"m.room.message","room_id":"!r:x.org","sender":"@u:x.org","content":{},"origin_server_ts":"yesterday"}]}`,
-		`{"events":[{"event_id":"$t","type":"` + strings.Repeat("t", 300) + `","room_id":"!r:x.org","sender":"@u:x.org","content":{}}]}`,
-		`{"events":[{"event_id":"$p","type":"m.room.power_levels","room_id":"!r:x.org","sender":"@u:x.org","state_key":"","content":{"users":{"@u:x.org":100,"@u:x.org":0}}}]}`,
-		`{"events":[{"event_id":"$k","type":"m.room.member","room_id":"!r:x.org","sender":"@u:x.org","state_\u212aey":"@b:x.org","state_key":"@u:x.org","content":{"Membership":"ban","membership":"join"}}]}`,
-	}
-	for _, s := range seeds {
+	for _, s := range fuzzBodies {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
