@@ -26,6 +26,15 @@ type clientResult struct {
 	// LatNS are the measured transactions' latencies (sender 0's only in
 	// the ban scenario).
 	LatNS []int64
+	// StartNS is when the measured phase started (Unix ns); PushNS when
+	// each measured transaction was sent, by sender and number from the
+	// first measured one (Unix ns: the stream's stored times are compared
+	// with them).
+	StartNS int64
+	PushNS  [][]int64
+	// Sent and SentTxns are the events and transactions sent, warm-up
+	// included: what the event stream holds once everything is stored.
+	Sent, SentTxns int
 	// Duplicates and Fallbacks count what the publishers reported.
 	Duplicates, Fallbacks int
 }
@@ -57,16 +66,25 @@ func runClient(ctx context.Context, sp spec, prepare func([][][]byte) (sendFunc,
 	var (
 		wg       sync.WaitGroup
 		events   atomic.Int64
+		sentTxns atomic.Int64
 		bulkLeft atomic.Int64
 		errOnce  sync.Once
 		firstErr error
 		lat      = make([][]int64, sp.Senders)
+		pushed   = make([][]int64, sp.Senders)
 	)
+	warmEvents := 0
+	for s := range sp.Senders {
+		for n := range sp.Warmup {
+			warmEvents += eventsOf(bodies[s][n])
+		}
+	}
 	bulkLeft.Store(int64(sp.Senders))
 	if sp.Ban {
 		bulkLeft.Store(int64(sp.Senders - 1))
 	}
 	start := time.Now()
+	sentTxns.Store(int64(sp.Senders * sp.Warmup))
 	for s := range sp.Senders {
 		wg.Go(func() {
 			ban := sp.Ban && s == 0
@@ -78,6 +96,7 @@ func runClient(ctx context.Context, sp spec, prepare func([][][]byte) (sendFunc,
 					return
 				}
 				t0 := time.Now()
+				pushed[s] = append(pushed[s], t0.UnixNano())
 				k, err := send(ctx, s, n)
 				if err != nil {
 					errOnce.Do(func() { firstErr = err })
@@ -85,6 +104,7 @@ func runClient(ctx context.Context, sp spec, prepare func([][][]byte) (sendFunc,
 				}
 				d := time.Since(t0)
 				events.Add(int64(k))
+				sentTxns.Add(1)
 				if ban || !sp.Ban {
 					lat[s] = append(lat[s], int64(d))
 				}
@@ -96,7 +116,8 @@ func runClient(ctx context.Context, sp spec, prepare func([][][]byte) (sendFunc,
 	if firstErr != nil {
 		return firstErr
 	}
-	r := clientResult{WallNS: int64(wall), Events: int(events.Load())}
+	r := clientResult{WallNS: int64(wall), Events: int(events.Load()), StartNS: start.UnixNano(), PushNS: pushed,
+		Sent: warmEvents + int(events.Load()), SentTxns: int(sentTxns.Load())}
 	for _, l := range lat {
 		r.LatNS = append(r.LatNS, l...)
 	}
@@ -111,6 +132,13 @@ func runClient(ctx context.Context, sp spec, prepare func([][][]byte) (sendFunc,
 	// Stay until the parent has read our memory and closes stdin.
 	_, _ = stdin.ReadString('\n')
 	return nil
+}
+
+// eventsOf counts the events of a transaction body.
+func eventsOf(body []byte) int {
+	var txn struct{ Events []json.RawMessage }
+	_ = json.Unmarshal(body, &txn)
+	return len(txn.Events)
 }
 
 type pubStats struct{ dups, fallbacks atomic.Int64 }
@@ -171,11 +199,7 @@ func loadClient(url, hsToken string) func([][][]byte) (sendFunc, func(), error) 
 		counts := make([][]int, len(bodies))
 		for s := range bodies {
 			for _, b := range bodies[s] {
-				var txn struct{ Events []json.RawMessage }
-				if err := json.Unmarshal(b, &txn); err != nil {
-					return nil, nil, err
-				}
-				counts[s] = append(counts[s], len(txn.Events))
+				counts[s] = append(counts[s], eventsOf(b))
 			}
 		}
 		send := func(ctx context.Context, s, n int) (int, error) {

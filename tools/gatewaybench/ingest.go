@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/cactus-comments/appservice/pkg/bus"
 	"github.com/cactus-comments/appservice/tools/gatewaybench/procstat"
 	"github.com/cactus-comments/appservice/tools/gatewaybench/publish"
@@ -53,6 +55,12 @@ type measurement struct {
 	Scenario, Design string
 	Round            int
 	Result           clientResult
+	// ToStreamNS is, per measured transaction (the latency senders'),
+	// the time from its push to its last event stored in the event
+	// stream; StreamEndNS when the last measured event was stored (Unix
+	// ns). Empty for the design that stores no events.
+	ToStreamNS  []int64
+	StreamEndNS int64
 	// Use is each process's CPU during the measured phase and its
 	// memory at its end: nats-server, gateway (gateway design only),
 	// client (the load generator or the publisher).
@@ -67,6 +75,19 @@ type procUse struct {
 func (m measurement) eventsPerSec() float64 {
 	return float64(m.Result.Events) / time.Duration(m.Result.WallNS).Seconds()
 }
+
+// streamEventsPerSec is the rate at which the measured events reached the
+// event stream: what workers see.
+func (m measurement) streamEventsPerSec() float64 {
+	if m.StreamEndNS == 0 {
+		return 0
+	}
+	return float64(m.Result.Events) / time.Duration(m.StreamEndNS-m.Result.StartNS).Seconds()
+}
+
+// storesEvents: the design puts each event in the event stream (the
+// whole-transaction prototype stores one message per transaction).
+func storesEvents(design string) bool { return design != "whole" }
 
 // measure runs one design on one scenario with fresh processes: a new
 // nats-server (so that every measurement starts from the same empty
@@ -120,14 +141,98 @@ func measure(ctx context.Context, b *binaries, sc scenario, design string, repli
 	if err != nil {
 		return m, err
 	}
+	if err := json.Unmarshal([]byte(line), &m.Result); err != nil {
+		return m, fmt.Errorf("client result %q: %w", line, err)
+	}
+	// The gateway acknowledges before the events reach the event stream:
+	// the measurement ends, and CPU is read, once every event is there.
+	if storesEvents(design) {
+		if err := waitStored(ctx, ns.url, uint64(m.Result.Sent)); err != nil {
+			return m, err
+		}
+	}
 	for _, p := range procs {
 		after := p.s.sample()
 		m.Use[p.name] = procUse{CPU: after.CPU - before[p.name].CPU, RSS: after.RSS, PeakRSS: after.PeakRSS}
 	}
-	if err := json.Unmarshal([]byte(line), &m.Result); err != nil {
-		return m, fmt.Errorf("client result %q: %w", line, err)
+	if storesEvents(design) {
+		if err := m.readStored(ctx, ns.url, sc); err != nil {
+			return m, err
+		}
 	}
 	return m, nil
+}
+
+// waitStored waits until the event stream holds n messages.
+func waitStored(ctx context.Context, url string, n uint64) error {
+	nc, js, err := connectJS(url, "gatewaybench-wait")
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		s, err := js.Stream(ctx, bus.StreamEvents)
+		if err != nil {
+			return err
+		}
+		info, err := s.Info(ctx)
+		if err != nil {
+			return err
+		}
+		if info.State.Msgs >= n {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the event stream holds %d events, want %d, five minutes after the last acknowledgement", info.State.Msgs, n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// readStored reads when each event was stored (the stream's own
+// timestamps, headers only) and derives, per measured transaction of the
+// latency senders, the time from push to its last event stored, and when
+// the last measured event was stored.
+func (m *measurement) readStored(ctx context.Context, url string, sc scenario) error {
+	nc, js, err := connectJS(url, "gatewaybench-read")
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	c, err := js.OrderedConsumer(ctx, bus.StreamEvents, jetstream.OrderedConsumerConfig{HeadersOnly: true})
+	if err != nil {
+		return err
+	}
+	last := map[int]int64{} // transaction (sender*1e6 + number) → its last event stored
+	for range m.Result.Sent {
+		msg, err := c.Next(jetstream.FetchMaxWait(30 * time.Second))
+		if err != nil {
+			return fmt.Errorf("reading the event stream back: %w", err)
+		}
+		md, err := msg.Metadata()
+		if err != nil {
+			return err
+		}
+		id, err := strconv.Atoi(msg.Headers().Get(bus.HeaderTxnID))
+		if err != nil {
+			return fmt.Errorf("event without a transaction number: %w", err)
+		}
+		last[id] = max(last[id], md.Timestamp.UnixNano())
+	}
+	for s, pushes := range m.Result.PushNS {
+		for i, push := range pushes {
+			stored, ok := last[s*1_000_000+sc.Warmup+i]
+			if !ok {
+				return fmt.Errorf("transaction %d of sender %d acknowledged, none of its events stored", sc.Warmup+i, s)
+			}
+			m.StreamEndNS = max(m.StreamEndNS, stored)
+			if !sc.Ban || s == 0 {
+				m.ToStreamNS = append(m.ToStreamNS, stored-push)
+			}
+		}
+	}
+	return nil
 }
 
 // ensureTopology creates the services' streams, consumers and buckets, as
@@ -237,8 +342,9 @@ func ingest(ctx context.Context, b *binaries, o options) ([]measurement, error) 
 				if err != nil {
 					return all, fmt.Errorf("%s, %s, round %d: %w", sc.Name, design, round, err)
 				}
-				fmt.Fprintf(os.Stderr, "  %-6s round %d %-8s %9.0f events/s  p50 %6.2f ms  p99 %6.2f ms\n",
-					sc.Name, round, design, m.eventsPerSec(), ms(pct(m.Result.LatNS, .5)), ms(pct(m.Result.LatNS, .99)))
+				fmt.Fprintf(os.Stderr, "  %-6s round %d %-8s %9.0f events/s  p50 %6.2f ms  p99 %6.2f ms  to the event stream: %9.0f events/s  p50 %6.2f ms  p99 %6.2f ms\n",
+					sc.Name, round, design, m.eventsPerSec(), ms(pct(m.Result.LatNS, .5)), ms(pct(m.Result.LatNS, .99)),
+					m.streamEventsPerSec(), ms(pct(m.ToStreamNS, .5)), ms(pct(m.ToStreamNS, .99)))
 				all = append(all, m)
 			}
 		}

@@ -37,6 +37,10 @@ type summary struct {
 	Rounds           int
 	EventsPerSec     float64 // median of rounds
 	P50, P99         float64 // ms, medians of rounds
+	// StreamEventsPerSec, ToStreamP50 and ToStreamP99: the same as the
+	// event stream sees it (events stored, from push to the transaction's
+	// last event stored); 0 for a design that stores no events.
+	StreamEventsPerSec, ToStreamP50, ToStreamP99 float64
 	// Ratios are events/s against the floor of the same round, sorted.
 	Ratios []float64
 	// CPUPerEvent and RSS by process (nats-server, gateway, client):
@@ -70,12 +74,17 @@ func summarize(all []measurement) []summary {
 	for _, k := range order {
 		g := groups[k]
 		s := summary{Scenario: k.sc, Design: k.d, Rounds: len(g), CPUPerEvent: map[string]float64{}, RSS: map[string]float64{}}
-		var eps, p50, p99 []float64
+		var eps, p50, p99, seps, sp50, sp99 []float64
 		cpu, rss := map[string][]float64{}, map[string][]float64{}
 		for _, m := range g {
 			eps = append(eps, m.eventsPerSec())
 			p50 = append(p50, ms(pct(m.Result.LatNS, .5)))
 			p99 = append(p99, ms(pct(m.Result.LatNS, .99)))
+			if len(m.ToStreamNS) > 0 {
+				seps = append(seps, m.streamEventsPerSec())
+				sp50 = append(sp50, ms(pct(m.ToStreamNS, .5)))
+				sp99 = append(sp99, ms(pct(m.ToStreamNS, .99)))
+			}
 			if f, ok := floor[k.sc][m.Round]; ok && f > 0 {
 				s.Ratios = append(s.Ratios, m.eventsPerSec()/f)
 			}
@@ -88,6 +97,7 @@ func summarize(all []measurement) []summary {
 		}
 		slices.Sort(s.Ratios)
 		s.EventsPerSec, s.P50, s.P99 = median(eps), median(p50), median(p99)
+		s.StreamEventsPerSec, s.ToStreamP50, s.ToStreamP99 = median(seps), median(sp50), median(sp99)
 		for name := range cpu {
 			s.CPUPerEvent[name], s.RSS[name] = median(cpu[name]), median(rss[name])
 		}
@@ -134,8 +144,8 @@ func ingestTables(sums []summary, scs []scenario) string {
 			lat = "ban txn"
 		}
 		fmt.Fprintf(&b, "\n**%s** (`%s`, %d measured transactions per sender, %d rounds):\n\n", sc.What, sc.Name, sc.Txns, rows[0].Rounds)
-		fmt.Fprintf(&b, "| design | events/s | %s p50 | %s p99 | of floor, median | of floor, rounds | CPU µs/event: nats-server · service · load gen | RSS MiB: nats-server · service · load gen |\n", lat, lat)
-		b.WriteString("|---|---|---|---|---|---|---|---|\n")
+		fmt.Fprintf(&b, "| design | events/s | %s p50 | %s p99 | of floor, median | of floor, rounds | in the event stream: events/s · p50 · p99 | CPU µs/event: nats-server · service · load gen | RSS MiB: nats-server · service · load gen |\n", lat, lat)
+		b.WriteString("|---|---|---|---|---|---|---|---|---|\n")
 		for _, s := range rows {
 			service := "client"
 			loadgen := ""
@@ -153,8 +163,12 @@ func ingestTables(sums []summary, scs []scenario) string {
 				// Throughput is not what this scenario compares.
 				med, rounds = "", ""
 			}
-			fmt.Fprintf(&b, "| %s | %.0f | %.2f ms | %.2f ms | %s | %s | %s | %s |\n",
-				designNames[s.Design], s.EventsPerSec, s.P50, s.P99, med, rounds, cpu, rss)
+			inStream := "not per event"
+			if s.StreamEventsPerSec > 0 {
+				inStream = fmt.Sprintf("%.0f · %.2f ms · %.2f ms", s.StreamEventsPerSec, s.ToStreamP50, s.ToStreamP99)
+			}
+			fmt.Fprintf(&b, "| %s | %.0f | %.2f ms | %.2f ms | %s | %s | %s | %s | %s |\n",
+				designNames[s.Design], s.EventsPerSec, s.P50, s.P99, med, rounds, inStream, cpu, rss)
 		}
 	}
 	return strings.TrimLeft(b.String(), "\n")
