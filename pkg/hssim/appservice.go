@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cactus-comments/appservice/pkg/event"
 	"github.com/cactus-comments/appservice/pkg/registration"
 )
 
@@ -23,7 +24,7 @@ type appservice struct {
 	sender      string
 	rateLimited bool
 
-	queue    []*Event // interesting events not yet in a transaction
+	queue    []*event.Event // interesting events not yet in a transaction
 	cur      *pendingTxn
 	wake     chan struct{} // new events queued
 	retryNow chan struct{} // a successful ping: retry the failed txn at once

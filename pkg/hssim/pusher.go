@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/cactus-comments/appservice/pkg/event"
 )
 
 // TxnRecord is one push attempt of a transaction to an appservice.
@@ -26,12 +28,12 @@ type TxnRecord struct {
 
 type pendingTxn struct {
 	id      string
-	events  []*Event
+	events  []*event.Event
 	attempt int
 }
 
 type notifyItem struct {
-	ev      *Event
+	ev      *event.Event
 	targets []*appservice
 }
 
@@ -44,7 +46,7 @@ func (s *Server) maxEvents() int {
 
 // enqueueNotifyLocked decides, with the state right after ev, which
 // appservices are interested, and queues it for the notifier.
-func (s *Server) enqueueNotifyLocked(ev *Event) {
+func (s *Server) enqueueNotifyLocked(ev *event.Event) {
 	s.signalLocked()
 	var targets []*appservice
 	for _, as := range s.apps {
@@ -63,7 +65,7 @@ func (s *Server) enqueueNotifyLocked(ev *Event) {
 // member event's target in the users namespace (or the appservice's own
 // sender), the room in the rooms namespace, a local alias of the room in
 // the aliases namespace, or a joined member in the users namespace.
-func (s *Server) interestedLocked(as *appservice, ev *Event) bool {
+func (s *Server) interestedLocked(as *appservice, ev *event.Event) bool {
 	isOurs := func(uid string) bool {
 		in, _ := as.match.User(uid)
 		return in || uid == as.sender
@@ -170,7 +172,7 @@ func (s *Server) notifier() {
 // newTxnIDLocked: Synapse draws from one increasing sequence shared by all
 // appservices (so each sees gaps; we add random ones too); Dendrite uses
 // the current time in nanoseconds; continuwuity a hash of the contents.
-func (s *Server) newTxnIDLocked(events []*Event) string {
+func (s *Server) newTxnIDLocked(events []*event.Event) string {
 	switch s.opts.Mode {
 	case Dendrite:
 		return strconv.FormatInt(time.Now().UnixNano(), 10)
@@ -243,10 +245,10 @@ func (s *Server) pushLoop(as *appservice) {
 		cur.attempt++
 		attempt := cur.attempt
 		now := time.Now()
-		wire := make([]Event, len(cur.events))
+		wire := make([]event.Event, len(cur.events))
 		ids := make([]string, len(cur.events))
 		for i, ev := range cur.events {
-			wire[i] = ev.clientFormat(now)
+			wire[i] = clientFormat(ev, now)
 			ids[i] = ev.EventID
 		}
 		txnID := cur.id
