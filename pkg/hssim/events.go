@@ -205,25 +205,34 @@ func (s *Server) appendEventIDLocked(r *room, eventID, sender, typ string, state
 	if stateKey != nil {
 		k := *stateKey
 		ev.StateKey = &k
-		if prev := r.state[StateKey{typ, k}]; prev != nil {
+	}
+	s.storeEventLocked(r, ev)
+	return ev
+}
+
+// storeEventLocked adds an authorized event to r: its unsigned data, the
+// room's state, the timeline, and the notifier's queue.
+func (s *Server) storeEventLocked(r *room, ev *event.Event) {
+	if ev.StateKey != nil {
+		k := StateKey{ev.Type, *ev.StateKey}
+		if prev := r.state[k]; prev != nil {
 			ev.Unsigned = mustJSON(map[string]any{
 				"replaces_state": prev.EventID,
 				"prev_content":   json.RawMessage(prev.Content),
 				"prev_sender":    prev.Sender,
 			})
 		}
-		if typ == "m.room.member" {
+		if ev.Type == "m.room.member" {
 			m, _ := contentMap(ev)["membership"].(string)
-			r.members[k] = m
+			r.members[k.StateKey] = m
 			if m == "invite" {
-				setUnsigned(ev, "invite_room_state", inviteRoomState(r, sender))
+				setUnsigned(ev, "invite_room_state", inviteRoomState(r, ev.Sender))
 			}
 		}
-		r.state[StateKey{typ, k}] = ev
+		r.state[k] = ev
 	}
 	r.timeline = append(r.timeline, ev)
 	s.enqueueNotifyLocked(ev)
-	return ev
 }
 
 // inviteRoomState is the stripped state Synapse attaches to invites.

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-json-experiment/json/jsontext"
+
 	"github.com/cactus-comments/appservice/pkg/event"
 )
 
@@ -245,22 +247,28 @@ func (s *Server) pushLoop(as *appservice) {
 		cur.attempt++
 		attempt := cur.attempt
 		now := time.Now()
-		wire := make([]event.Event, len(cur.events))
+		// The body is written here rather than by encoding/json, which
+		// would rewrite the values a remote server wrote (it escapes <, >
+		// and &).
+		body := []byte(`{"events":[`)
 		ids := make([]string, len(cur.events))
 		for i, ev := range cur.events {
-			wire[i] = clientFormat(ev, now)
+			if i > 0 {
+				body = append(body, ',')
+			}
+			body = append(body, s.servedLocked(ev, now)...)
 			ids[i] = ev.EventID
 		}
+		body = append(body, ']')
 		txnID := cur.id
 		s.mu.Unlock()
 
-		body := map[string]any{"events": wire}
 		ephemeral := s.opts.Mode == Synapse && as.reg.ReceiveEphemeral && attempt == 1
 		if ephemeral {
-			body["ephemeral"] = []any{}
-			body["de.sorunome.msc2409.ephemeral"] = []any{}
+			body = append(body, `,"ephemeral":[],"de.sorunome.msc2409.ephemeral":[]`...)
 		}
-		res := s.callAS(s.ctx, as, s.opts.PushTimeout, http.MethodPut, "/_matrix/app/v1/transactions/"+s.escapeSegment(txnID), nil, body)
+		body = append(body, '}')
+		res := s.callAS(s.ctx, as, s.opts.PushTimeout, http.MethodPut, "/_matrix/app/v1/transactions/"+s.escapeSegment(txnID), nil, jsontext.Value(body))
 		if s.ctx.Err() != nil {
 			return
 		}
