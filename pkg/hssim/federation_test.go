@@ -2,14 +2,19 @@ package hssim
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/go-json-experiment/json"
 	"github.com/go-json-experiment/json/jsontext"
+
+	"github.com/cactus-comments/appservice/pkg/event"
 )
 
 const (
@@ -271,4 +276,82 @@ func TestRedactionPrunesRemoteKeys(t *testing.T) {
 	if slices.Contains(got, "Sender") || !slices.Contains(got, "membership") {
 		t.Fatalf("redacted event keys %q: want Sender pruned, membership kept (version 10)", got)
 	}
+}
+
+// FuzzReceiveFederated: whatever a remote server writes, the simulator
+// either refuses it and changes nothing, or serves JSON that a reader of
+// the exact keys (the project's strict decoder) reads as the event the
+// simulator applied; remote keys never change that reading, at worst make
+// it fail (a real field's name with a value of another type).
+func FuzzReceiveFederated(f *testing.F) {
+	for _, seed := range []string{
+		`{"room_id":"!r","sender":"@mallory:evil.test","type":"m.room.message","content":{"body":"x"}}`,
+		`{"room_id":"!r","Sender":"@alice:example.org","sender":"@mallory:evil.test","type":"m.room.message","ſender":"x","content":{},"redacts":5}`,
+		`{"room_id":"!r","sender":"@mallory:evil.test","type":"m.room.member","state_key":"@bob:evil.test","State_key":"@alice:example.org","content":{"membership":"ban"}}`,
+		`{"room_id":"!r","sender":"@mallory:evil.test","type":"m.room.topic","state_key":"","content":{"topic":"t"},"origin_server_ts":5,"depth":1,"TYPE":null}`,
+		`{"room_id":"!r","sender":"@mallory:evil.test","type":"x","content":{},"content ":1,"event_id ":"$x","unsigned":{}}`,
+		`{"room_id":"!r","sender":"@mallory:evil.test","type":"x","content":{"a":"\ud83d\ude00 <&>"},"x":"\u0000"}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	hs, err := Start(context.Background(), Options{ServerName: testServer, Mode: Synapse, TimeUnit: time.Millisecond})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { _ = hs.Close() })
+	_, tok, err := hs.RegisterUser("owner", "pw")
+	if err != nil {
+		f.Fatal(err)
+	}
+	room, err := hs.CreateRoom(context.Background(), tok, map[string]any{"preset": "public_chat",
+		"power_level_content_override": map[string]any{"users": map[string]any{"@owner:" + testServer: 100, mallory: 99}}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	if _, err := hs.ReceiveFederated([]byte(`{"room_id":"` + room + `","sender":"` + mallory + `","type":"m.room.member","state_key":"` + mallory + `","content":{"membership":"join"}}`)); err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, pdu []byte) {
+		pdu = bytes.ReplaceAll(pdu, []byte(`"!r"`), []byte(`"`+room+`"`))
+		length := func() int {
+			hs.mu.Lock()
+			defer hs.mu.Unlock()
+			return len(hs.rooms[room].timeline)
+		}
+		before := length()
+		id, err := hs.ReceiveFederated(pdu)
+		if err != nil {
+			if !errors.Is(err, ErrFederation) {
+				t.Fatalf("error %v does not wrap ErrFederation", err)
+			}
+			if after := length(); after != before {
+				t.Fatalf("refused event changed the room: %v", err)
+			}
+			return
+		}
+		hs.mu.Lock()
+		r := hs.rooms[room]
+		stored := copyOut(r.timeline[len(r.timeline)-1])
+		served := hs.servedLocked(r.timeline[len(r.timeline)-1], time.Now())
+		hs.mu.Unlock()
+		if stored.EventID != id {
+			t.Fatalf("last event %s, ReceiveFederated said %s", stored.EventID, id)
+		}
+		if !served.IsValid() {
+			t.Fatalf("served JSON is not valid (duplicate keys or bad UTF-8): %s", served)
+		}
+		var got event.Event
+		if err := event.DecodeContent(served, &got); err != nil {
+			return // a remote key named like a field, with a value of another type
+		}
+		var wantContent, gotContent any
+		if json.Unmarshal(stored.Content, &wantContent) != nil || json.Unmarshal(got.Content, &gotContent) != nil ||
+			!reflect.DeepEqual(wantContent, gotContent) {
+			t.Fatalf("content served as %s, stored %s", got.Content, stored.Content)
+		}
+		if got.EventID != stored.EventID || got.Type != stored.Type || got.RoomID != stored.RoomID || got.Sender != stored.Sender ||
+			got.IsState() != stored.IsState() || got.IsState() && *got.StateKey != *stored.StateKey || got.OriginServerTS != stored.OriginServerTS {
+			t.Fatalf("served %s\nread as %+v\nstored %+v", served, got, stored)
+		}
+	})
 }
