@@ -123,6 +123,11 @@ func (s *Server) parsePDU(pdu []byte) (*event.Event, []topKey, error) {
 		case err != nil:
 			return nil, nil, fmt.Errorf("%s: %w", name, err)
 		case pduFieldsDropped[name]:
+			if _, err := strconv.ParseUint(string(raw), 10, 63); name == "depth" && err != nil {
+				// Synapse refuses a PDU whose depth is not an integer in
+				// [0, 2^63-1].
+				return nil, nil, fmt.Errorf("depth: %.40s is not a non-negative integer", raw)
+			}
 		case field:
 			layout = append(layout, topKey{name: name})
 		default:

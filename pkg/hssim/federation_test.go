@@ -238,6 +238,8 @@ func TestFederatedEventRefusals(t *testing.T) {
 		{"not joined", strings.Replace(msg(room, ""), mallory, "@eve:evil.test", 1), "not in room"},
 		{"too large", msg(room, `,"x":"`+strings.Repeat("a", maxPDUSize)+`"`), "larger than"},
 		{"trailing data", msg(room, "") + "{}", "after"},
+		{"depth not an integer", msg(room, `,"depth":"7"`), "depth"},
+		{"negative depth", msg(room, `,"depth":-1`), "depth"},
 	}
 	before := len(e.hs.Timeline(room))
 	for _, tt := range tests {
