@@ -14,7 +14,7 @@ import (
 
 	"github.com/cactus-comments/appservice/pkg/bus"
 	"github.com/cactus-comments/appservice/pkg/config"
-	"github.com/cactus-comments/appservice/pkg/hssim"
+	"github.com/cactus-comments/appservice/pkg/event"
 	"github.com/cactus-comments/appservice/pkg/matrix"
 	"github.com/cactus-comments/appservice/pkg/mxid"
 	"github.com/cactus-comments/appservice/services/botworker/botworker"
@@ -248,8 +248,8 @@ func (h *Harness) ModerationRoomOf(site string) (mxid.RoomID, bool) {
 	return mxid.MustRoomID(id), true
 }
 
-func timelineOf(h *Harness, room mxid.RoomID, typ string) []hssim.Event {
-	var out []hssim.Event
+func timelineOf(h *Harness, room mxid.RoomID, typ string) []event.Event {
+	var out []event.Event
 	for _, ev := range h.HS.Timeline(room.String()) {
 		if ev.Type == typ {
 			out = append(out, ev)

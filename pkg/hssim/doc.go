@@ -76,6 +76,39 @@ package hssim
 // joined_rooms, capabilities, v1 appservice ping,
 // thirdparty/{location,user}.
 //
+// Events are pkg/event.Event everywhere: stored, returned by Timeline and
+// RoomState, served to clients and pushed to appservices (unsigned.age is
+// added when served).
+//
+// Events from remote servers: ReceiveFederated(pdu) makes an event arrive
+// over federation, the PDU written by the test as the remote server wrote
+// it. The simulator reads its real fields by their exact keys (room_id,
+// sender of another server, type, state_key, content, origin_server_ts),
+// checks what a receiving server checks (size limits, canonical JSON from
+// room version 6, the authorization rules against the room's state) and
+// applies the event to the room by those fields. Every other top-level key
+// is the remote server's to choose, variants of real fields such as
+// "Sender" or "ſender" and values of any JSON type included ("redacts":5
+// on a message). Synapse keeps them: it serialises the PDU's dict for
+// clients and appservices, dropping only auth_events, prev_events, hashes,
+// signatures, depth, origin and prev_state (the simulator drops those too).
+// So in Synapse mode they are served to appservices and clients after the
+// event's own fields, in the order given, each value byte for byte.
+// (Synapse writes every key in code point order, canonical JSON; keeping
+// the given order lets a test put a variant before or after the real key.)
+// Dendrite and continuwuity rebuild the client event from the fields they
+// parsed: there the keys are dropped, and a non-string redacts makes them
+// refuse the event. Redaction prunes the keys, keeping the legacy
+// membership before version 11. What no homeserver emits, since it
+// re-serialises a parsed event, cannot be sent this way: duplicate keys at
+// any depth, invalid UTF-8 or lone surrogates; nor can the keys the
+// receiving server writes (event_id, unsigned, and user_id, age,
+// prev_content, ... which Synapse's client format writes at the top level;
+// the simulator does not write those). Create and redaction events over federation are not simulated.
+// Refusals wrap ErrFederation. A homeserver's own malformations (duplicate
+// keys, broken bodies, huge transaction ids) are for raw requests to the
+// appservice, not for the simulator.
+//
 // Differences between modes, each taken from the real server:
 //
 //   - Namespace regexes: Synapse anchors at the start only; Dendrite and

@@ -118,8 +118,8 @@ func TestProfileChangeUpdatesRooms(t *testing.T) {
 	}
 	tl := e.hs.Timeline(id)
 	last := tl[len(tl)-1]
-	if last.Unsigned["replaces_state"] == nil || last.Unsigned["prev_content"] == nil {
-		t.Fatalf("replacing state lacks prev_content/replaces_state: %v", last.Unsigned)
+	if u := unsignedOf(t, last); u["replaces_state"] == nil || u["prev_content"] == nil {
+		t.Fatalf("replacing state lacks prev_content/replaces_state: %s", last.Unsigned)
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cactus-comments/appservice/pkg/event"
 	"github.com/cactus-comments/appservice/pkg/registration"
 )
 
@@ -65,7 +66,7 @@ func (f *fakeAS) waitFor(t *testing.T, cond func() bool) {
 
 type seenTxn struct {
 	ID        string
-	Events    []Event
+	Events    []event.Event
 	Body      map[string]json.RawMessage
 	AuthHdr   string
 	AuthQuery string
@@ -132,7 +133,7 @@ func (f *fakeAS) serve(w http.ResponseWriter, r *http.Request) {
 		f.inflight--
 		id, _ := url.PathUnescape(strings.TrimPrefix(path, "/_matrix/app/v1/transactions/"))
 		var parsed struct {
-			Events []Event `json:"events"`
+			Events []event.Event `json:"events"`
 		}
 		_ = json.Unmarshal(body, &parsed)
 		var raw map[string]json.RawMessage
@@ -341,4 +342,16 @@ func t0(tb testing.TB) context.Context {
 	ctx, cancel := context.WithCancel(context.Background())
 	tb.Cleanup(cancel)
 	return ctx
+}
+
+// unsignedOf decodes an event's unsigned data.
+func unsignedOf(t *testing.T, ev event.Event) map[string]any {
+	t.Helper()
+	u := map[string]any{}
+	if len(ev.Unsigned) > 0 {
+		if err := json.Unmarshal(ev.Unsigned, &u); err != nil {
+			t.Fatalf("unsigned of %s: %v", ev.EventID, err)
+		}
+	}
+	return u
 }

@@ -8,6 +8,10 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/go-json-experiment/json/jsontext"
+
+	"github.com/cactus-comments/appservice/pkg/event"
 )
 
 // TxnRecord is one push attempt of a transaction to an appservice.
@@ -26,12 +30,12 @@ type TxnRecord struct {
 
 type pendingTxn struct {
 	id      string
-	events  []*Event
+	events  []*event.Event
 	attempt int
 }
 
 type notifyItem struct {
-	ev      *Event
+	ev      *event.Event
 	targets []*appservice
 }
 
@@ -44,7 +48,7 @@ func (s *Server) maxEvents() int {
 
 // enqueueNotifyLocked decides, with the state right after ev, which
 // appservices are interested, and queues it for the notifier.
-func (s *Server) enqueueNotifyLocked(ev *Event) {
+func (s *Server) enqueueNotifyLocked(ev *event.Event) {
 	s.signalLocked()
 	var targets []*appservice
 	for _, as := range s.apps {
@@ -63,7 +67,7 @@ func (s *Server) enqueueNotifyLocked(ev *Event) {
 // member event's target in the users namespace (or the appservice's own
 // sender), the room in the rooms namespace, a local alias of the room in
 // the aliases namespace, or a joined member in the users namespace.
-func (s *Server) interestedLocked(as *appservice, ev *Event) bool {
+func (s *Server) interestedLocked(as *appservice, ev *event.Event) bool {
 	isOurs := func(uid string) bool {
 		in, _ := as.match.User(uid)
 		return in || uid == as.sender
@@ -170,7 +174,7 @@ func (s *Server) notifier() {
 // newTxnIDLocked: Synapse draws from one increasing sequence shared by all
 // appservices (so each sees gaps; we add random ones too); Dendrite uses
 // the current time in nanoseconds; continuwuity a hash of the contents.
-func (s *Server) newTxnIDLocked(events []*Event) string {
+func (s *Server) newTxnIDLocked(events []*event.Event) string {
 	switch s.opts.Mode {
 	case Dendrite:
 		return strconv.FormatInt(time.Now().UnixNano(), 10)
@@ -243,22 +247,28 @@ func (s *Server) pushLoop(as *appservice) {
 		cur.attempt++
 		attempt := cur.attempt
 		now := time.Now()
-		wire := make([]Event, len(cur.events))
+		// The body is written here rather than by encoding/json, which
+		// would rewrite the values a remote server wrote (it escapes <, >
+		// and &).
+		body := []byte(`{"events":[`)
 		ids := make([]string, len(cur.events))
 		for i, ev := range cur.events {
-			wire[i] = ev.clientFormat(now)
+			if i > 0 {
+				body = append(body, ',')
+			}
+			body = append(body, s.servedLocked(ev, now)...)
 			ids[i] = ev.EventID
 		}
+		body = append(body, ']')
 		txnID := cur.id
 		s.mu.Unlock()
 
-		body := map[string]any{"events": wire}
 		ephemeral := s.opts.Mode == Synapse && as.reg.ReceiveEphemeral && attempt == 1
 		if ephemeral {
-			body["ephemeral"] = []any{}
-			body["de.sorunome.msc2409.ephemeral"] = []any{}
+			body = append(body, `,"ephemeral":[],"de.sorunome.msc2409.ephemeral":[]`...)
 		}
-		res := s.callAS(s.ctx, as, s.opts.PushTimeout, http.MethodPut, "/_matrix/app/v1/transactions/"+s.escapeSegment(txnID), nil, body)
+		body = append(body, '}')
+		res := s.callAS(s.ctx, as, s.opts.PushTimeout, http.MethodPut, "/_matrix/app/v1/transactions/"+s.escapeSegment(txnID), nil, jsontext.Value(body))
 		if s.ctx.Err() != nil {
 			return
 		}

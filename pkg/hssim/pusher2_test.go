@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cactus-comments/appservice/pkg/event"
 	"github.com/cactus-comments/appservice/pkg/registration"
 )
 
@@ -140,12 +141,12 @@ func TestRetryMergesOnlyOnDendrite(t *testing.T) {
 
 func TestConduitTxnIDIsContentHash(t *testing.T) {
 	s := &Server{opts: Options{Mode: Conduit}}
-	a := &Event{EventID: "$a", Content: []byte(`{}`)}
-	b := &Event{EventID: "$b", Content: []byte(`{}`)}
-	if s.newTxnIDLocked([]*Event{a}) != s.newTxnIDLocked([]*Event{a}) {
+	a := &event.Event{EventID: "$a", Content: []byte(`{}`)}
+	b := &event.Event{EventID: "$b", Content: []byte(`{}`)}
+	if s.newTxnIDLocked([]*event.Event{a}) != s.newTxnIDLocked([]*event.Event{a}) {
 		t.Fatal("same contents, different ids")
 	}
-	if s.newTxnIDLocked([]*Event{a}) == s.newTxnIDLocked([]*Event{a, b}) {
+	if s.newTxnIDLocked([]*event.Event{a}) == s.newTxnIDLocked([]*event.Event{a, b}) {
 		t.Fatal("different contents, same id")
 	}
 }

@@ -118,9 +118,10 @@ type Server struct {
 	buckets    map[string]*bucket
 	rateLimit  RateLimit
 	txnLog     []TxnRecord
-	delivered  map[string]bool // event id -> acknowledged by some appservice
-	changed    chan struct{}   // closed and replaced whenever txnLog or delivered change
-	notifyQ    []notifyItem    // events awaiting the notifier (interest + user queries)
+	delivered  map[string]bool     // event id -> acknowledged by some appservice
+	remoteKeys map[string][]topKey // event id -> top-level keys of a remote event (Synapse mode)
+	changed    chan struct{}       // closed and replaced whenever txnLog or delivered change
+	notifyQ    []notifyItem        // events awaiting the notifier (interest + user queries)
 	notifyWake chan struct{}
 	notifying  bool           // the notifier holds an item outside notifyQ
 	creating   map[string]int // user -> v12 createRooms committed, not yet answered
@@ -186,6 +187,7 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		buckets:     map[string]*bucket{},
 		rateLimit:   opts.RateLimit,
 		delivered:   map[string]bool{},
+		remoteKeys:  map[string][]topKey{},
 		changed:     make(chan struct{}),
 		notifyWake:  make(chan struct{}, 1),
 		rng:         mrand.New(mrand.NewPCG(uint64(time.Now().UnixNano()), 0x9e3779b97f4a7c15)),
