@@ -15,7 +15,6 @@ import (
 
 	"github.com/go-json-experiment/json/jsontext"
 
-	"github.com/cactus-comments/appservice/pkg/event"
 	"github.com/cactus-comments/appservice/pkg/registration"
 )
 
@@ -26,8 +25,9 @@ type appservice struct {
 	sender      string
 	rateLimited bool
 
-	queue    []*event.Event // interesting events not yet in a transaction
+	queue    []queued // interesting events not yet in a transaction
 	cur      *pendingTxn
+	down     bool          // a push failed and the transactions formed since have not all gone through
 	wake     chan struct{} // new events queued
 	retryNow chan struct{} // a successful ping: retry the failed txn at once
 }

@@ -15,7 +15,9 @@ import (
 // type of the project. Its unsigned data is kept as the JSON object the
 // simulator wrote: prev_content, prev_sender and replaces_state for a
 // state event that replaced another, invite_room_state for invites, and
-// redacted_because for redactions; age is added when an event is served.
+// redacted_because (the redaction event) for redacted events; age is added
+// when an event is served to clients. Appservices get each server's own
+// rendering of these (wire.go).
 
 // StateKey identifies one piece of room state.
 type StateKey struct {
@@ -188,14 +190,24 @@ func (r *room) setScratchState(sender, typ, key string, content map[string]any) 
 // appendEventLocked stores an already authorized event, updates state and
 // hands it to the notifier for appservice delivery.
 func (s *Server) appendEventLocked(r *room, sender, typ string, stateKey *string, content jsontext.Value) *event.Event {
-	return s.appendEventIDLocked(r, s.newEventID(), sender, typ, stateKey, content)
+	ev := s.newEventLocked(r, sender, typ, stateKey, content)
+	s.storeEventLocked(r, ev)
+	return ev
 }
 
 // appendEventIDLocked is appendEventLocked with a chosen event id: a room
 // of version 12 is named after its create event.
 func (s *Server) appendEventIDLocked(r *room, eventID, sender, typ string, stateKey *string, content jsontext.Value) *event.Event {
+	ev := s.newEventLocked(r, sender, typ, stateKey, content)
+	ev.EventID = eventID
+	s.storeEventLocked(r, ev)
+	return ev
+}
+
+// newEventLocked makes an event of r, stamped now, without storing it.
+func (s *Server) newEventLocked(r *room, sender, typ string, stateKey *string, content jsontext.Value) *event.Event {
 	ev := &event.Event{
-		EventID:        eventID,
+		EventID:        s.newEventID(),
 		RoomID:         r.id,
 		Sender:         sender,
 		Type:           typ,
@@ -206,7 +218,6 @@ func (s *Server) appendEventIDLocked(r *room, eventID, sender, typ string, state
 		k := *stateKey
 		ev.StateKey = &k
 	}
-	s.storeEventLocked(r, ev)
 	return ev
 }
 

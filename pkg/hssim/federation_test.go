@@ -107,8 +107,10 @@ func publicRoom(t *testing.T, e *env, body map[string]any) string {
 
 // TestFederatedEventKeepsTheRemoteKeys: in Synapse mode an event from a
 // remote server reaches appservices and clients with every top-level key
-// its server wrote, variants of real fields included, in the order given
-// and byte for byte; the simulator itself reads only the real fields.
+// its server wrote, variants of real fields included; the simulator itself
+// reads only the real fields. Appservices get them as Synapse's canonical
+// JSON writes the dict it parsed (keys sorted, values re-encoded), plus
+// user_id; clients in the order given, byte for byte.
 func TestFederatedEventKeepsTheRemoteKeys(t *testing.T) {
 	e := startEnv(t, Synapse)
 	room := publicRoom(t, e, map[string]any{})
@@ -117,18 +119,20 @@ func TestFederatedEventKeepsTheRemoteKeys(t *testing.T) {
 		`"redacts":5,"Type":["m.room.member"],"x":{"a" : [1, true]},"depth":9,"hashes":{"sha256":"y"},"origin_server_ts":1700000000001}`)
 
 	got := topLevel(t, e.pushedEvent(id))
-	want := []string{"room_id", "Sender", "sender", "type", "ſender", "content", "redacts", "Type", "x", "origin_server_ts", "event_id", "unsigned"}
-	if !slices.Equal(names(got), want) {
-		t.Fatalf("pushed keys %q, want %q", names(got), want)
+	wantPushed := []string{"Sender", "Type", "content", "event_id", "origin_server_ts", "redacts", "room_id", "sender", "type", "unsigned", "user_id", "x", "ſender"}
+	if !slices.Equal(names(got), wantPushed) {
+		t.Fatalf("pushed keys %q, want %q", names(got), wantPushed)
 	}
 	for _, m := range []member{
-		{"Sender", `"@alice:example.org"`}, {"sender", `"` + mallory + `"`}, {"ſender", `"@alice:example.org"`},
-		{"redacts", `5`}, {"Type", `["m.room.member"]`}, {"x", `{"a" : [1, true]}`}, {"origin_server_ts", `1700000000001`},
+		{"Sender", `"@alice:example.org"`}, {"sender", `"` + mallory + `"`}, {"ſender", `"@alice:example.org"`}, {"user_id", `"` + mallory + `"`},
+		{"redacts", `5`}, {"Type", `["m.room.member"]`}, {"x", `{"a":[1,true]}`}, {"origin_server_ts", `1700000000001`},
+		{"content", `{"body":"<b>hi</b> é","msgtype":"m.text"}`}, {"unsigned", `{}`},
 	} {
 		if i := slices.Index(names(got), m.name); got[i].raw != m.raw {
 			t.Errorf("%s pushed as %s, want %s", m.name, got[i].raw, m.raw)
 		}
 	}
+	want := []string{"room_id", "Sender", "sender", "type", "ſender", "content", "redacts", "Type", "x", "origin_server_ts", "event_id", "unsigned"}
 
 	// The simulator's own reading is the real fields.
 	tl := e.hs.Timeline(room)

@@ -67,6 +67,7 @@ func (f *fakeAS) waitFor(t *testing.T, cond func() bool) {
 type seenTxn struct {
 	ID        string
 	Events    []event.Event
+	Raw       []byte // the body as received
 	Body      map[string]json.RawMessage
 	AuthHdr   string
 	AuthQuery string
@@ -138,7 +139,7 @@ func (f *fakeAS) serve(w http.ResponseWriter, r *http.Request) {
 		_ = json.Unmarshal(body, &parsed)
 		var raw map[string]json.RawMessage
 		_ = json.Unmarshal(body, &raw)
-		st := seenTxn{ID: id, Events: parsed.Events, Body: raw, AuthHdr: r.Header.Get("Authorization"), AuthQuery: r.URL.Query().Get("access_token")}
+		st := seenTxn{ID: id, Events: parsed.Events, Raw: body, Body: raw, AuthHdr: r.Header.Get("Authorization"), AuthQuery: r.URL.Query().Get("access_token")}
 		switch {
 		case f.failN > 0:
 			f.failN--
@@ -210,6 +211,14 @@ func (f *fakeAS) requestsTo(prefix string) []seenRequest {
 		}
 	}
 	return out
+}
+
+// mu runs fn under the fake appservice's lock.
+func (e *env) mu(fn func()) {
+	e.as.mu.Lock()
+	defer e.as.mu.Unlock()
+	fn()
+	e.as.signalLocked()
 }
 
 func (f *fakeAS) setFail(n, status int) {

@@ -141,12 +141,12 @@ func TestRetryMergesOnlyOnDendrite(t *testing.T) {
 
 func TestConduitTxnIDIsContentHash(t *testing.T) {
 	s := &Server{opts: Options{Mode: Conduit}}
-	a := &event.Event{EventID: "$a", Content: []byte(`{}`)}
-	b := &event.Event{EventID: "$b", Content: []byte(`{}`)}
-	if s.newTxnIDLocked([]*event.Event{a}) != s.newTxnIDLocked([]*event.Event{a}) {
+	a := queued{live: &event.Event{EventID: "$a", Content: []byte(`{}`)}}
+	b := queued{live: &event.Event{EventID: "$b", Content: []byte(`{}`)}}
+	if s.newTxnIDLocked([]queued{a}) != s.newTxnIDLocked([]queued{a}) {
 		t.Fatal("same contents, different ids")
 	}
-	if s.newTxnIDLocked([]*event.Event{a}) == s.newTxnIDLocked([]*event.Event{a, b}) {
+	if s.newTxnIDLocked([]queued{a}) == s.newTxnIDLocked([]queued{a, b}) {
 		t.Fatal("different contents, same id")
 	}
 }

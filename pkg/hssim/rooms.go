@@ -503,7 +503,10 @@ func (s *Server) handleSend(q *request) (any, *matrixError) {
 	if e := s.authorizeEventLocked(r, q.who.userID, typ, nil, content); e != nil {
 		return nil, e
 	}
-	ev := s.appendEventLocked(r, q.who.userID, typ, nil, mustJSON(content))
+	ev := s.newEventLocked(r, q.who.userID, typ, nil, mustJSON(content))
+	// continuwuity keeps the transaction id in the event's unsigned data.
+	s.sendTxns[ev.EventID] = q.param("txnId")
+	s.storeEventLocked(r, ev)
 	s.txnStoreLocked(key, ev.EventID)
 	return map[string]any{"event_id": ev.EventID}, nil
 }
@@ -547,13 +550,14 @@ func (s *Server) handleRedact(q *request) (any, *matrixError) {
 	if rv.redactsInContent() {
 		content["redacts"] = target
 	}
-	ev := s.appendEventLocked(r, q.who.userID, "m.room.redaction", nil, mustJSON(content))
+	ev := s.newEventLocked(r, q.who.userID, "m.room.redaction", nil, mustJSON(content))
 	if !rv.redactsInContent() {
 		ev.Redacts = target
 	}
+	s.storeEventLocked(r, ev)
 	if orig != nil && orig.StateKey == nil {
 		orig.Content = jsontext.Value(`{}`)
-		setUnsigned(orig, "redacted_because", map[string]any{"event_id": ev.EventID, "sender": ev.Sender, "type": ev.Type})
+		setUnsigned(orig, "redacted_because", copyOut(ev))
 		s.pruneRemoteKeysLocked(orig.EventID, rv)
 	}
 	s.txnStoreLocked(key, ev.EventID)

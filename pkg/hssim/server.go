@@ -120,6 +120,7 @@ type Server struct {
 	txnLog     []TxnRecord
 	delivered  map[string]bool     // event id -> acknowledged by some appservice
 	remoteKeys map[string][]topKey // event id -> top-level keys of a remote event (Synapse mode)
+	sendTxns   map[string]string   // event id -> client transaction id of the /send that made it
 	changed    chan struct{}       // closed and replaced whenever txnLog or delivered change
 	notifyQ    []notifyItem        // events awaiting the notifier (interest + user queries)
 	notifyWake chan struct{}
@@ -188,6 +189,7 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		rateLimit:   opts.RateLimit,
 		delivered:   map[string]bool{},
 		remoteKeys:  map[string][]topKey{},
+		sendTxns:    map[string]string{},
 		changed:     make(chan struct{}),
 		notifyWake:  make(chan struct{}, 1),
 		rng:         mrand.New(mrand.NewPCG(uint64(time.Now().UnixNano()), 0x9e3779b97f4a7c15)),
