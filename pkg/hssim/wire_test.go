@@ -79,7 +79,7 @@ func newWireFixture() wireFixture {
 	return f
 }
 
-func testAppservice(t *testing.T) *appservice {
+func testAppservice(t testing.TB) *appservice {
 	t.Helper()
 	reg := testRegistration("http://127.0.0.1:1")
 	m, err := reg.Compile(registration.AnchorStart)
@@ -445,4 +445,38 @@ func TestRetryAfterARedaction(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzAppendCanonical: for any valid JSON, the canonical form is valid,
+// means the same (a strict reader reads the same value), is its own
+// canonical form, and has no insignificant whitespace.
+func FuzzAppendCanonical(f *testing.F) {
+	for _, seed := range []string{`{"b":1,"a":[true,null,"\u00e9<"]}`, `"\u2028"`, `[1.5e3,-0]`, ` { "ſ" : { } } `} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		if !jsontext.Value(in).IsValid() {
+			return
+		}
+		out, err := appendCanonical(nil, in)
+		if err != nil {
+			t.Fatalf("%s: %v", in, err)
+		}
+		if !jsontext.Value(out).IsValid() {
+			t.Fatalf("%s: invalid output %s", in, out)
+		}
+		var a, b any
+		errA, errB := event.DecodeContent(in, &a), event.DecodeContent(out, &b)
+		if (errA == nil) != (errB == nil) || errA == nil && !reflect.DeepEqual(a, b) {
+			t.Fatalf("%s read as %v (%v), canonical %s as %v (%v)", in, a, errA, out, b, errB)
+		}
+		again, _ := appendCanonical(nil, out)
+		if !bytes.Equal(again, out) {
+			t.Fatalf("not idempotent: %s then %s", out, again)
+		}
+		compact := jsontext.Value(slices.Clone(out))
+		if err := compact.Compact(); err != nil || len(compact) > len(out) {
+			t.Fatalf("%s has insignificant whitespace", out)
+		}
+	})
 }
