@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/go-json-experiment/json/jsontext"
@@ -236,7 +237,9 @@ func (s *Server) storeEventLocked(r *room, ev *event.Event) {
 		if ev.Type == "m.room.member" {
 			m, _ := contentMap(ev)["membership"].(string)
 			r.members[k.StateKey] = m
-			if m == "invite" {
+			// The stripped state of a local invite; an invite from a
+			// remote server carries what that server gives.
+			if m == "invite" && strings.HasSuffix(ev.Sender, ":"+s.opts.ServerName) {
 				setUnsigned(ev, "invite_room_state", inviteRoomState(r, ev.Sender))
 			}
 		}

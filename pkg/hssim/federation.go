@@ -5,6 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
+	"math/big"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -29,21 +33,12 @@ var pduFieldsDropped = map[string]bool{
 	"depth": true, "origin": true, "prev_state": true,
 }
 
-// pduFieldsRefused are keys the receiving server writes itself: the event
-// id (a hash of the event, or the simulator's own), unsigned data (which
-// Synapse strips from what it receives), and the keys Synapse's client
-// format copies to the top level from unsigned (user_id, age, ...).
-var pduFieldsRefused = map[string]string{
-	"event_id":          "the receiving server names the event",
-	"unsigned":          "the receiving server writes unsigned data",
-	"user_id":           "Synapse writes it (the sender) when it serialises",
-	"age":               "Synapse writes it when it serialises",
-	"prev_content":      "Synapse copies it from unsigned when it serialises",
-	"replaces_state":    "Synapse copies it from unsigned when it serialises",
-	"redacted_because":  "Synapse copies it from unsigned when it serialises",
-	"invite_room_state": "Synapse copies it from unsigned when it serialises",
-	"knock_room_state":  "Synapse copies it from unsigned when it serialises",
-}
+// synapseUnsignedKept are the keys of a remote event's unsigned data
+// Synapse keeps (_strip_unsigned_values); the rest it drops.
+var synapseUnsignedKept = map[string]bool{"age": true}
+
+// synapseMemberUnsignedKept are those of a member event.
+var synapseMemberUnsignedKept = map[string]bool{"age": true, "invite_room_state": true, "knock_room_state": true}
 
 // topKey is one top-level key of a remote event, in the order the remote
 // server wrote it: a field the simulator reads (raw nil: written from the
@@ -65,10 +60,11 @@ var ErrFederation = errors.New("federated event refused")
 // other keys are served as written in Synapse mode (see the package notes).
 // Every refusal wraps ErrFederation and changes nothing.
 func (s *Server) ReceiveFederated(pdu []byte) (string, error) {
-	ev, layout, err := s.parsePDU(pdu)
+	p, err := s.parsePDU(pdu, time.Now())
 	if err != nil {
 		return "", fmt.Errorf("%w: %w", ErrFederation, err)
 	}
+	ev := p.ev
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r, ok := s.rooms[ev.RoomID]
@@ -76,8 +72,10 @@ func (s *Server) ReceiveFederated(pdu []byte) (string, error) {
 		return "", fmt.Errorf("%w: room %s unknown to %s", ErrFederation, ev.RoomID, s.opts.ServerName)
 	}
 	if versionOf(r.version).n >= 6 {
-		if err := checkCanonicalJSON(pdu); err != nil {
-			return "", fmt.Errorf("%w: room version %s: %w", ErrFederation, r.version, err)
+		for _, v := range p.canonical {
+			if err := checkCanonicalJSON(v); err != nil {
+				return "", fmt.Errorf("%w: room version %s: %w", ErrFederation, r.version, err)
+			}
 		}
 	}
 	if e := s.authorizeRemoteLocked(r, ev); e != nil {
@@ -85,93 +83,233 @@ func (s *Server) ReceiveFederated(pdu []byte) (string, error) {
 	}
 	ev.EventID = s.newEventID()
 	if s.opts.Mode == Synapse {
-		s.remoteKeys[ev.EventID] = layout
+		s.remoteKeys[ev.EventID] = p.keys
+		if p.unsigned != nil {
+			s.remoteUnsigned[ev.EventID] = p.unsigned
+		}
 	}
 	s.storeEventLocked(r, ev)
 	return ev.EventID, nil
 }
 
-// parsePDU reads a remote event: its fields into an event, and the order
-// and values of all its top-level keys into a layout.
-func (s *Server) parsePDU(pdu []byte) (*event.Event, []topKey, error) {
+// remotePDU is what a receiving server takes from a remote event.
+type remotePDU struct {
+	ev *event.Event
+	// keys are all its top-level keys, in the order written, as Synapse
+	// keeps them: with age_ts, and without event_id, unsigned and age.
+	keys []topKey
+	// unsigned is the unsigned data Synapse keeps (nil if none).
+	unsigned jsontext.Value
+	// canonical are the values that must be canonical JSON in rooms of
+	// version 6 and later.
+	canonical [][]byte
+}
+
+// parsePDU reads a remote event received at now: its fields into an
+// event, and what the imitated server keeps of the rest.
+//
+// Synapse keeps every top-level key of the event's dict and drops only the
+// federation ones when it serialises. Before parsing it moves
+// unsigned.age, or else a top-level age, to a top-level age_ts (receipt
+// time less age; the whole transaction fails when that age is no number),
+// then keeps only age of unsigned (and invite_room_state and
+// knock_room_state of a member event), an unsigned that is no object
+// becoming empty. The event id it computes; a given event_id it ignores.
+// Dendrite and continuwuity drop unsigned, as the spec has receivers do,
+// and rebuild the event from the fields they parsed.
+func (s *Server) parsePDU(pdu []byte, now time.Time) (*remotePDU, error) {
 	if len(pdu) > maxPDUSize {
-		return nil, nil, fmt.Errorf("%d bytes, larger than %d", len(pdu), maxPDUSize)
+		return nil, fmt.Errorf("%d bytes, larger than %d", len(pdu), maxPDUSize)
 	}
+	synapse := s.opts.Mode == Synapse
 	// jsontext's defaults refuse duplicate names and invalid UTF-8, which
 	// a homeserver re-serialising a parsed event never writes.
 	d := jsontext.NewDecoder(bytes.NewReader(pdu))
 	if tok, err := d.ReadToken(); err != nil {
-		return nil, nil, err
+		return nil, err
 	} else if tok.Kind() != '{' {
-		return nil, nil, fmt.Errorf("not a JSON object")
+		return nil, fmt.Errorf("not a JSON object")
 	}
-	ev := &event.Event{OriginServerTS: time.Now().UnixMilli()}
-	var layout []topKey
+	p := &remotePDU{ev: &event.Event{OriginServerTS: now.UnixMilli()}}
+	var unsigned, age jsontext.Value
 	for d.PeekKind() == '"' {
 		tok, err := d.ReadToken()
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		name := tok.String()
 		raw, err := d.ReadValue()
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		raw = raw.Clone()
-		field, err := readPDUField(ev, name, raw)
+		field, err := readPDUField(p.ev, name, raw)
 		switch {
 		case err != nil:
-			return nil, nil, fmt.Errorf("%s: %w", name, err)
+			return nil, fmt.Errorf("%s: %w", name, err)
+		case name == "unsigned":
+			unsigned = raw
+			continue
+		case name == "age":
+			age = raw
+			continue
+		case name == "event_id":
 		case pduFieldsDropped[name]:
 			if _, err := strconv.ParseUint(string(raw), 10, 63); name == "depth" && err != nil {
 				// Synapse refuses a PDU whose depth is not an integer in
 				// [0, 2^63-1].
-				return nil, nil, fmt.Errorf("depth: %.40s is not a non-negative integer", raw)
+				return nil, fmt.Errorf("depth: %.40s is not a non-negative integer", raw)
 			}
 		case field:
-			layout = append(layout, topKey{name: name})
+			p.keys = append(p.keys, topKey{name: name})
 		default:
-			if s.opts.Mode != Synapse && name == "redacts" && raw.Kind() != '"' {
+			if !synapse && name == "redacts" && raw.Kind() != '"' {
 				// Dendrite and continuwuity parse redacts as an event id.
-				return nil, nil, fmt.Errorf("redacts: %.40s is not an event id", raw)
+				return nil, fmt.Errorf("redacts: %.40s is not an event id", raw)
 			}
-			layout = append(layout, topKey{name: name, raw: raw})
+			p.keys = append(p.keys, topKey{name: name, raw: raw})
 		}
+		p.canonical = append(p.canonical, raw)
 	}
 	if _, err := d.ReadToken(); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if _, err := d.ReadToken(); err != io.EOF {
-		return nil, nil, fmt.Errorf("data after the event")
+		return nil, fmt.Errorf("data after the event")
 	}
-	for name, v := range map[string]string{"room_id": ev.RoomID, "sender": ev.Sender, "type": ev.Type} {
+	for name, v := range map[string]string{"room_id": p.ev.RoomID, "sender": p.ev.Sender, "type": p.ev.Type} {
 		if v == "" {
-			return nil, nil, fmt.Errorf("no %s", name)
+			return nil, fmt.Errorf("no %s", name)
 		}
 	}
-	if len(ev.Content) == 0 {
-		return nil, nil, fmt.Errorf("no content")
+	if len(p.ev.Content) == 0 {
+		return nil, fmt.Errorf("no content")
 	}
-	u, err := mxid.ParseUserID(ev.Sender)
+	u, err := mxid.ParseUserID(p.ev.Sender)
 	if err != nil {
-		return nil, nil, fmt.Errorf("sender: %w", err)
+		return nil, fmt.Errorf("sender: %w", err)
 	}
 	if u.Server() == s.opts.ServerName {
-		return nil, nil, fmt.Errorf("sender %s is a local user: a remote server cannot sign for %s", ev.Sender, s.opts.ServerName)
+		return nil, fmt.Errorf("sender %s is a local user: a remote server cannot sign for %s", p.ev.Sender, s.opts.ServerName)
 	}
-	switch ev.Type {
+	switch p.ev.Type {
 	case "m.room.create", "m.room.redaction":
-		return nil, nil, fmt.Errorf("%s events over federation are not simulated", ev.Type)
+		return nil, fmt.Errorf("%s events over federation are not simulated", p.ev.Type)
 	}
-	return ev, layout, nil
+	if !synapse {
+		// The whole event, as the others check what they received.
+		p.canonical = [][]byte{pdu}
+		return p, nil
+	}
+	if unsigned != nil {
+		kept, uAge, err := synapseUnsigned(unsigned, p.ev.Type)
+		if err != nil {
+			return nil, fmt.Errorf("unsigned: %w", err)
+		}
+		if uAge != nil {
+			age = uAge
+		}
+		p.unsigned = kept
+		p.canonical = append(p.canonical, kept)
+	}
+	if age != nil {
+		n, err := pythonInt(age)
+		if err != nil {
+			return nil, fmt.Errorf("age: %w: Synapse fails the whole federation transaction", err)
+		}
+		ts := jsontext.Value(new(big.Int).Sub(big.NewInt(now.UnixMilli()), n).String())
+		p.canonical = append(p.canonical, ts)
+		i := slices.IndexFunc(p.keys, func(k topKey) bool { return k.name == "age_ts" })
+		if i < 0 {
+			p.keys = append(p.keys, topKey{name: "age_ts", raw: ts})
+		} else {
+			p.keys[i].raw = ts
+		}
+	}
+	return p, nil
 }
 
-// readPDUField reads name into ev if it is a field the simulator reads,
-// and reports whether it was. It refuses keys the receiving server writes.
-func readPDUField(ev *event.Event, name string, raw jsontext.Value) (bool, error) {
-	if why, ok := pduFieldsRefused[name]; ok {
-		return false, errors.New(why)
+// synapseUnsigned is what Synapse keeps of a remote event's unsigned data,
+// and the age it reads from it (nil if none). It fails where Synapse's
+// `"age" in unsigned` and `unsigned["age"]` raise.
+func synapseUnsigned(raw jsontext.Value, typ string) (jsontext.Value, jsontext.Value, error) {
+	switch raw.Kind() {
+	case '{':
+	case '"':
+		var s string
+		_ = event.DecodeContent(raw, &s)
+		if strings.Contains(s, "age") {
+			return nil, nil, fmt.Errorf("%.40s is a string holding \"age\": not subscriptable", raw)
+		}
+		return jsontext.Value(`{}`), nil, nil
+	case '[':
+		var list []jsontext.Value
+		_ = event.DecodeContent(raw, &list)
+		for _, x := range list {
+			if string(canonical(x)) == `"age"` {
+				return nil, nil, fmt.Errorf("%.40s is a list holding \"age\": not subscriptable", raw)
+			}
+		}
+		return jsontext.Value(`{}`), nil, nil
+	default:
+		return nil, nil, fmt.Errorf("%.40s is not iterable", raw)
 	}
+	var all map[string]jsontext.Value
+	if err := event.DecodeContent(raw, &all); err != nil {
+		return nil, nil, err
+	}
+	keep := synapseUnsignedKept
+	if typ == "m.room.member" {
+		keep = synapseMemberUnsignedKept
+	}
+	kept := map[string]jsontext.Value{}
+	for k, v := range all {
+		if keep[k] {
+			kept[k] = v
+		}
+	}
+	return mustJSON(kept), all["age"], nil
+}
+
+// pythonInt is Python's int() of a JSON value as Synapse parsed it: an
+// integer as it is, a number with a fraction or exponent as a float
+// truncated toward zero, true and false as 1 and 0, a string of decimal
+// digits (ASCII here; Python also takes other scripts' digits) with
+// optional sign, underscores between digits and surrounding whitespace.
+func pythonInt(raw jsontext.Value) (*big.Int, error) {
+	switch raw.Kind() {
+	case 't':
+		return big.NewInt(1), nil
+	case 'f':
+		return big.NewInt(0), nil
+	case '0':
+		if n, ok := new(big.Int).SetString(string(raw), 10); ok {
+			return n, nil
+		}
+		f, err := strconv.ParseFloat(string(raw), 64)
+		if err != nil || math.IsInf(f, 0) {
+			return nil, fmt.Errorf("%.40s is an infinite float", raw)
+		}
+		n, _ := big.NewFloat(f).Int(nil)
+		return n, nil
+	case '"':
+		var s string
+		_ = event.DecodeContent(raw, &s)
+		lit := strings.TrimSpace(s)
+		if !pythonIntLiteral.MatchString(lit) {
+			return nil, fmt.Errorf("%.40s is not an integer literal", raw)
+		}
+		n, _ := new(big.Int).SetString(strings.TrimPrefix(strings.ReplaceAll(lit, "_", ""), "+"), 10)
+		return n, nil
+	}
+	return nil, fmt.Errorf("%.40s is not a number", raw)
+}
+
+var pythonIntLiteral = regexp.MustCompile(`^[+-]?[0-9]+(_[0-9]+)*$`)
+
+// readPDUField reads name into ev if it is a field the simulator reads,
+// and reports whether it was.
+func readPDUField(ev *event.Event, name string, raw jsontext.Value) (bool, error) {
 	str := func(dst *string, max int) (bool, error) {
 		if raw.Kind() != '"' {
 			return false, fmt.Errorf("%.40s is not a string", raw)
@@ -260,8 +398,8 @@ func (s *Server) authorizeRemoteLocked(r *room, ev *event.Event) *matrixError {
 }
 
 // pruneRemoteKeysLocked drops what redaction removes from a remote event:
-// every key but the event's own fields, and before version 11 the legacy
-// top-level membership.
+// every key but the event's own fields (age_ts included), and before
+// version 11 the legacy top-level membership; and its unsigned data.
 func (s *Server) pruneRemoteKeysLocked(eventID string, rv roomVersion) {
 	layout, ok := s.remoteKeys[eventID]
 	if !ok {
@@ -274,6 +412,7 @@ func (s *Server) pruneRemoteKeysLocked(eventID string, rv roomVersion) {
 		}
 	}
 	s.remoteKeys[eventID] = kept
+	delete(s.remoteUnsigned, eventID)
 }
 
 // servedLocked is an event as the simulator serves it, to appservices and

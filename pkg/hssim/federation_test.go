@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"reflect"
 	"slices"
 	"strings"
@@ -186,6 +187,57 @@ func TestFederatedEventAppliedByItsRealFields(t *testing.T) {
 	}
 }
 
+// TestFederatedKeysSynapseWritesToo: a remote event may carry the keys
+// Synapse's client format writes (user_id, age, prev_content, ...) and
+// unsigned data. Synapse keeps them in the event's dict, so its own values
+// replace them only where it writes one: user_id always, the copies from
+// unsigned when unsigned has them. It keeps unsigned.age (stale: it only
+// computes age for its own events) and moves it to a top-level age_ts.
+func TestFederatedKeysSynapseWritesToo(t *testing.T) {
+	e := startEnv(t, Synapse)
+	room := publicRoom(t, e, map[string]any{})
+	join := e.hs.Timeline(room)[len(e.hs.Timeline(room))-1].EventID
+	before := time.Now().UnixMilli()
+	id := e.federate(`{"room_id":"` + room + `","sender":"` + mallory + `","type":"m.room.member","state_key":"` + mallory + `",` +
+		`"content":{"membership":"join","displayname":"M"},"user_id":"` + alice + `","prev_content":{"membership":"ban"},` +
+		`"replaces_state":"$fake","age":99,"event_id":"$chosen","redacted_because":{"x":1},` +
+		`"unsigned":{"age":1234,"foo":1.5,"invite_room_state":[],"prev_content":{"x":1}}}`)
+	after := time.Now().UnixMilli()
+	var ev struct {
+		EventID         string                    `json:"event_id"`
+		UserID          string                    `json:"user_id"`
+		Age             jsontext.Value            `json:"age"`
+		AgeTS           int64                     `json:"age_ts"`
+		PrevContent     jsontext.Value            `json:"prev_content"`
+		ReplacesState   string                    `json:"replaces_state"`
+		RedactedBecause jsontext.Value            `json:"redacted_because"`
+		Unsigned        map[string]jsontext.Value `json:"unsigned"`
+	}
+	raw := e.pushedEvent(id)
+	if err := json.Unmarshal(raw, &ev); err != nil {
+		t.Fatal(err)
+	}
+	if ev.EventID != id || ev.UserID != mallory || string(ev.Age) != "1234" || string(ev.PrevContent) != `{"membership":"join"}` ||
+		ev.ReplacesState != join || string(ev.RedactedBecause) != `{"x":1}` || ev.AgeTS < before-1234 || ev.AgeTS > after-1234 {
+		t.Errorf("pushed %s", raw)
+	}
+	if got := slices.Sorted(maps.Keys(ev.Unsigned)); !slices.Equal(got, []string{"age", "prev_content", "prev_sender", "replaces_state"}) ||
+		string(ev.Unsigned["age"]) != "1234" || string(ev.Unsigned["prev_content"]) != `{"membership":"join"}` {
+		t.Errorf("unsigned %s", raw)
+	}
+
+	// Without unsigned data from its server, a remote event has no age, and
+	// the remote copies stand where Synapse writes none.
+	id = e.federate(`{"room_id":"` + room + `","sender":"` + mallory + `","type":"m.room.message","content":{},` +
+		`"prev_content":{"membership":"ban"},"replaces_state":"$fake"}`)
+	raw = e.pushedEvent(id)
+	got := topLevel(t, raw)
+	if slices.Contains(names(got), "age") || slices.Contains(names(got), "age_ts") ||
+		got[slices.Index(names(got), "prev_content")].raw != `{"membership":"ban"}` || got[slices.Index(names(got), "unsigned")].raw != `{}` {
+		t.Errorf("pushed %s", raw)
+	}
+}
+
 // TestFederatedKeysDroppedByDendriteAndContinuwuity: they rebuild the
 // client event from the fields they parsed.
 func TestFederatedKeysDroppedByDendriteAndContinuwuity(t *testing.T) {
@@ -194,12 +246,11 @@ func TestFederatedKeysDroppedByDendriteAndContinuwuity(t *testing.T) {
 			e := startEnv(t, mode, func(o *Options) { o.RoomVersion = "10" })
 			room := publicRoom(t, e, map[string]any{})
 			id := e.federate(`{"room_id":"` + room + `","Sender":"@alice:example.org","sender":"` + mallory + `",` +
-				`"type":"m.room.message","content":{"body":"hi"},"redacts":"$x","Type":"x"}`)
-			got := names(topLevel(t, e.pushedEvent(id)))
-			for _, n := range got {
-				if n == "Sender" || n == "Type" || n == "redacts" {
-					t.Fatalf("%s pushed %q", mode, got)
-				}
+				`"type":"m.room.message","content":{"body":"hi"},"redacts":"$x","Type":"x","user_id":"` + alice + `",` +
+				`"age":5,"prev_content":{},"unsigned":{"age":5,"transaction_id":"t"}}`)
+			want := []string{"content", "event_id", "origin_server_ts", "room_id", "sender", "type"}
+			if got := names(topLevel(t, e.pushedEvent(id))); !slices.Equal(got, want) {
+				t.Fatalf("%s pushed %q, want %q", mode, got, want)
 			}
 			// They parse redacts as an event id and refuse anything else.
 			_, err := e.hs.ReceiveFederated([]byte(`{"room_id":"` + room + `","sender":"` + mallory + `","type":"m.room.message","content":{},"redacts":5}`))
@@ -227,9 +278,14 @@ func TestFederatedEventRefusals(t *testing.T) {
 		{"invalid UTF-8", msg(room, ",\"x\":\"\xff\""), "UTF-8"},
 		{"lone surrogate", msg(room, `,"x":"\ud800"`), "surrogate"},
 		{"local sender", strings.Replace(msg(room, ""), mallory, alice, 1), "local user"},
-		{"event_id", msg(room, `,"event_id":"$x"`), "event_id"},
-		{"unsigned", msg(room, `,"unsigned":{}`), "unsigned"},
-		{"user_id", msg(room, `,"user_id":"`+alice+`"`), "user_id"},
+		{"unsigned a number", msg(room, `,"unsigned":5`), "not iterable"},
+		{"unsigned null", msg(room, `,"unsigned":null`), "not iterable"},
+		{"unsigned a string holding age", msg(room, `,"unsigned":"page"`), "not subscriptable"},
+		{"unsigned a list holding age", msg(room, `,"unsigned":[1,"age"]`), "not subscriptable"},
+		{"age an object", msg(room, `,"unsigned":{"age":{}}`), "not a number"},
+		{"age not an integer literal", msg(room, `,"age":"12a"`), "not an integer literal"},
+		{"age_ts out of range", msg(room, `,"unsigned":{"age":-9007199254740991}`), "out of range"},
+		{"float kept in unsigned", msg(room, `,"unsigned":{"age":1.5}`), "not an integer"},
 		{"float in a v6+ room", msg(room, `,"x":1.5`), "not an integer"},
 		{"integer out of range", msg(room, `,"x":9007199254740992`), "out of range"},
 		{"sender not a string", strings.Replace(msg(room, ""), `"`+mallory+`"`, `["`+mallory+`"]`, 1), "not a string"},
@@ -297,6 +353,7 @@ func FuzzReceiveFederated(f *testing.F) {
 		`{"room_id":"!r","sender":"@mallory:evil.test","type":"m.room.topic","state_key":"","content":{"topic":"t"},"origin_server_ts":5,"depth":1,"TYPE":null}`,
 		`{"room_id":"!r","sender":"@mallory:evil.test","type":"x","content":{},"content ":1,"event_id ":"$x","unsigned":{}}`,
 		`{"room_id":"!r","sender":"@mallory:evil.test","type":"x","content":{"a":"\ud83d\ude00 <&>"},"x":"\u0000"}`,
+		`{"room_id":"!r","sender":"@mallory:evil.test","type":"m.room.member","state_key":"@mallory:evil.test","content":{"membership":"join"},"user_id":"@alice:example.org","prev_content":{},"age":"1_0","unsigned":{"age":7,"invite_room_state":[1]}}`,
 	} {
 		f.Add([]byte(seed))
 	}
@@ -317,6 +374,7 @@ func FuzzReceiveFederated(f *testing.F) {
 	if _, err := hs.ReceiveFederated([]byte(`{"room_id":"` + room + `","sender":"` + mallory + `","type":"m.room.member","state_key":"` + mallory + `","content":{"membership":"join"}}`)); err != nil {
 		f.Fatal(err)
 	}
+	as := testAppservice(f)
 	f.Fuzz(func(t *testing.T, pdu []byte) {
 		pdu = bytes.ReplaceAll(pdu, []byte(`"!r"`), []byte(`"`+room+`"`))
 		length := func() int {
@@ -337,27 +395,43 @@ func FuzzReceiveFederated(f *testing.F) {
 		}
 		hs.mu.Lock()
 		r := hs.rooms[room]
-		stored := copyOut(r.timeline[len(r.timeline)-1])
-		served := hs.servedLocked(r.timeline[len(r.timeline)-1], time.Now())
+		live := r.timeline[len(r.timeline)-1]
+		stored := copyOut(live)
+		now := time.Now()
+		view := hs.viewLocked(live)
+		// What clients get, what Synapse pushes (held in memory, read
+		// back), and what Dendrite and continuwuity would push.
+		served := map[string]jsontext.Value{
+			"client":            hs.servedLocked(live, now),
+			"synapse":           hs.wireEventLocked(as, queued{live: live, snap: view}, true, now),
+			"synapse read back": hs.wireEventLocked(as, queued{live: live, snap: view}, false, now),
+			"dendrite":          dendriteEvent(view),
+			"continuwuity":      conduitEvent(view),
+		}
 		hs.mu.Unlock()
 		if stored.EventID != id {
 			t.Fatalf("last event %s, ReceiveFederated said %s", stored.EventID, id)
 		}
-		if !served.IsValid() {
-			t.Fatalf("served JSON is not valid (duplicate keys or bad UTF-8): %s", served)
-		}
-		var got event.Event
-		if err := event.DecodeContent(served, &got); err != nil {
-			return // a remote key named like a field, with a value of another type
-		}
-		var wantContent, gotContent any
-		if json.Unmarshal(stored.Content, &wantContent) != nil || json.Unmarshal(got.Content, &gotContent) != nil ||
-			!reflect.DeepEqual(wantContent, gotContent) {
-			t.Fatalf("content served as %s, stored %s", got.Content, stored.Content)
-		}
-		if got.EventID != stored.EventID || got.Type != stored.Type || got.RoomID != stored.RoomID || got.Sender != stored.Sender ||
-			got.IsState() != stored.IsState() || got.IsState() && *got.StateKey != *stored.StateKey || got.OriginServerTS != stored.OriginServerTS {
-			t.Fatalf("served %s\nread as %+v\nstored %+v", served, got, stored)
+		for form, raw := range served {
+			if !raw.IsValid() {
+				t.Fatalf("%s: JSON is not valid (duplicate keys or bad UTF-8): %s", form, raw)
+			}
+			var got event.Event
+			if err := event.DecodeContent(raw, &got); err != nil {
+				if form == "dendrite" || form == "continuwuity" {
+					t.Fatalf("%s: %v: %s", form, err, raw)
+				}
+				continue // a remote key named like a field, with a value of another type
+			}
+			var wantContent, gotContent any
+			if json.Unmarshal(stored.Content, &wantContent) != nil || json.Unmarshal(got.Content, &gotContent) != nil ||
+				!reflect.DeepEqual(wantContent, gotContent) {
+				t.Fatalf("%s: content %s, stored %s", form, got.Content, stored.Content)
+			}
+			if got.EventID != stored.EventID || got.Type != stored.Type || got.RoomID != stored.RoomID || got.Sender != stored.Sender ||
+				got.IsState() != stored.IsState() || got.IsState() && *got.StateKey != *stored.StateKey || got.OriginServerTS != stored.OriginServerTS {
+				t.Fatalf("%s: %s\nread as %+v\nstored %+v", form, raw, got, stored)
+			}
 		}
 	})
 }

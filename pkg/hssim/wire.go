@@ -21,10 +21,12 @@ import (
 // transaction: a snapshot taken when the event was queued, or the stored
 // event as it is now.
 type pushView struct {
-	ev      event.Event
-	remote  []topKey // a remote server's own top-level keys (Synapse)
-	version roomVersion
-	txnID   string // the client transaction id of a /send
+	ev     event.Event
+	remote []topKey // a remote server's own top-level keys (Synapse)
+	// remoteUnsigned is the unsigned data of a remote event Synapse kept.
+	remoteUnsigned jsontext.Value
+	version        roomVersion
+	txnID          string // the client transaction id of a /send
 }
 
 // queued is one event waiting for, or in, a transaction to an appservice.
@@ -35,7 +37,7 @@ type queued struct {
 
 // viewLocked is ev as stored now.
 func (s *Server) viewLocked(ev *event.Event) pushView {
-	v := pushView{ev: copyOut(ev), remote: slices.Clone(s.remoteKeys[ev.EventID]), txnID: s.sendTxns[ev.EventID]}
+	v := pushView{ev: copyOut(ev), remote: slices.Clone(s.remoteKeys[ev.EventID]), remoteUnsigned: s.remoteUnsigned[ev.EventID].Clone(), txnID: s.sendTxns[ev.EventID]}
 	if r := s.rooms[ev.RoomID]; r != nil {
 		v.version = versionOf(r.version)
 	}
@@ -111,6 +113,9 @@ func synapseEvent(v pushView, as *appservice, now time.Time, withPrev bool) map[
 		d["redacts"] = mustJSON(ev.Redacts)
 	}
 
+	// A local event's age counts from when it was made; a remote event
+	// keeps the age its server gave (Synapse stores age_ts at the top
+	// level then, where serialize_event does not look).
 	stored := unsignedMap(&ev)
 	u := map[string]jsontext.Value{}
 	_, redacted := stored["redacted_because"]
@@ -121,6 +126,16 @@ func synapseEvent(v pushView, as *appservice, now time.Time, withPrev bool) map[
 		u["replaces_state"] = rs
 	}
 	if !redacted {
+		if len(v.remoteUnsigned) > 0 {
+			var remote map[string]jsontext.Value
+			_ = event.DecodeContent(v.remoteUnsigned, &remote)
+			for k, x := range remote {
+				stored[k] = x
+			}
+			if age, ok := remote["age"]; ok {
+				u["age"] = age
+			}
+		}
 		if withPrev {
 			for _, k := range []string{"prev_content", "prev_sender"} {
 				if x, ok := stored[k]; ok {
