@@ -339,10 +339,15 @@ func TestSynapseRetriesReadTheDatabase(t *testing.T) {
 	if err := e.hs.WaitDelivered(ctxT(t), first); err != nil {
 		t.Fatal(err)
 	}
-	e.as.setFail(2, 500)
+	// The second topic's push is held, then fails; the third is made
+	// meanwhile.
+	block := make(chan struct{})
+	e.mu(func() { e.as.failN, e.as.failWith, e.as.block = 1, 500, block })
 	second := setTopic("two")
-	e.as.waitFor(t, func() bool { return e.as.failN == 0 })
+	e.as.waitFor(t, func() bool { return e.as.inflight == 1 })
 	third := setTopic("three")
+	e.mu(func() { e.as.block = nil })
+	close(block)
 	if err := e.hs.WaitDelivered(ctxT(t), third); err != nil {
 		t.Fatal(err)
 	}
@@ -366,8 +371,8 @@ func TestSynapseRetriesReadTheDatabase(t *testing.T) {
 		return ev.PrevContent != nil && ev.Unsigned.PrevContent != nil && ev.Unsigned.PrevSender != ""
 	}
 	attempts := e.pushAttempts(second)
-	if len(attempts) != 3 {
-		t.Fatalf("%d attempts of the second topic, want 3", len(attempts))
+	if len(attempts) != 2 {
+		t.Fatalf("%d attempts of the second topic, want 2", len(attempts))
 	}
 	for i, raw := range attempts {
 		if hasPrev(raw) != (i == 0) {
@@ -408,7 +413,18 @@ func TestRetryAfterARedaction(t *testing.T) {
 			msg := sendMessages(t, e, id, atok, 1, "r")[0]
 			e.as.waitFor(t, func() bool { return len(e.as.txns) > 0 })
 			red := e.mustOK(e.do("PUT", "/_matrix/client/v3/rooms/"+esc(id)+"/redact/"+esc(msg)+"/x1", atok, map[string]any{"reason": "oops"})).str("event_id")
+			// An attempt may be on its way, rendered before the redaction;
+			// the one after it was not.
 			before := len(e.pushAttempts(msg))
+			e.as.waitFor(t, func() bool {
+				n := 0
+				for _, tx := range e.as.txns {
+					if bytes.Contains(tx.Raw, []byte(msg)) {
+						n++
+					}
+				}
+				return n >= before+2
+			})
 			e.mu(func() { e.as.failN = 0 })
 			if err := e.hs.WaitDelivered(ctxT(t), msg); err != nil {
 				t.Fatal(err)
