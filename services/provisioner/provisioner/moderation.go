@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -16,6 +17,32 @@ import (
 	"github.com/cactus-comments/appservice/pkg/registry"
 	"github.com/cactus-comments/appservice/pkg/worker"
 )
+
+// prevMembership is the membership a member event replaced when the event
+// as pushed does not say: Synapse leaves unsigned.prev_content out of the
+// events its recoverer resends after a failed push, Dendrite out of every
+// push. The homeserver serves the event with it to clients. "" when it
+// cannot tell either (a refusal, or no earlier membership): the caller
+// then goes by the site's bans.
+func (p *Provisioner) prevMembership(ctx context.Context, e *event.Event, log *slog.Logger) (string, error) {
+	room, err := mxid.ParseRoomID(e.RoomID)
+	if err != nil {
+		return "", nil
+	}
+	id, err := mxid.ParseEventID(e.EventID)
+	if err != nil {
+		return "", nil
+	}
+	ev, err := p.hs.EventContext(ctx, room, id)
+	switch {
+	case err == nil:
+		return ev.PrevMembership(), nil
+	case matrix.IsPermanent(err):
+		log.Warn("previous membership unknown; going by the site's bans", "err", err)
+		return "", nil
+	}
+	return "", err
+}
 
 // handleModeration applies one moderation event. The consumer hands them
 // over one at a time in stream order (invariant 5); the work itself is
@@ -81,6 +108,11 @@ func (p *Provisioner) handleModeration(ctx context.Context, m jetstream.Msg) err
 			// A leave caused by someone else is an unban if the user was
 			// banned, else a kick, which is not propagated.
 			prev := e.PrevMembership()
+			if prev == "" {
+				if prev, err = p.prevMembership(ctx, e, log); err != nil {
+					return classify(err)
+				}
+			}
 			if prev != matrix.MembershipBan {
 				if prev != "" {
 					p.m.moderation.WithLabelValues("ignored").Inc()
