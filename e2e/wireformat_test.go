@@ -45,14 +45,7 @@ func TestKickOfABannedUserIsNotAnUnban(t *testing.T) {
 				}
 				return []string{ban, lastEventID(h, rooms[1].String())}
 			})
-			h.WaitSim(func() bool {
-				for _, r := range rooms {
-					if h.HS.Membership(r.String(), spammer.ID.String()) != "ban" {
-						return false
-					}
-				}
-				return true
-			}, 20*time.Second, "the spammer banned from every comment room")
+			waitMembership(h, rooms, spammer.ID, "ban", "the spammer banned from every comment room")
 			h.Quiesce(20 * time.Second)
 			s, err := h.Registry.Site(h.Ctx, "blog")
 			if err != nil {

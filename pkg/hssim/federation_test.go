@@ -64,19 +64,11 @@ func (e *env) pushedEvent(id string) []byte {
 	if err := e.hs.WaitDelivered(ctxT(e.t), id); err != nil {
 		e.t.Fatal(err)
 	}
-	for _, tx := range e.as.transactions() {
-		var evs []jsontext.Value
-		if err := json.Unmarshal(tx.Body["events"], &evs); err != nil {
-			e.t.Fatalf("txn %s: %v", tx.ID, err)
-		}
-		for _, ev := range evs {
-			if bytes.Contains(ev, []byte(`"event_id":"`+id+`"`)) {
-				return ev
-			}
-		}
+	attempts := e.pushAttempts(id)
+	if len(attempts) == 0 {
+		e.t.Fatalf("%s not pushed", id)
 	}
-	e.t.Fatalf("%s not pushed", id)
-	return nil
+	return attempts[0]
 }
 
 // federate sends a remote event and fails the test if it is refused.
