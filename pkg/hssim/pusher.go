@@ -268,7 +268,7 @@ func (s *Server) pushLoop(as *appservice) {
 		// Synapse adds the ephemeral keys to every push, retries included,
 		// when the appservice receives ephemeral events.
 		ephemeral := s.opts.Mode == Synapse && as.reg.ReceiveEphemeral
-		body := s.wireBody(evs, ephemeral)
+		body := wireBody(evs, ephemeral)
 		res := s.callAS(s.ctx, as, s.opts.PushTimeout, http.MethodPut, "/_matrix/app/v1/transactions/"+s.escapeSegment(txnID), nil, jsontext.Value(body))
 		if s.ctx.Err() != nil {
 			return

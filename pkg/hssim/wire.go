@@ -66,7 +66,7 @@ func (s *Server) wireEventLocked(as *appservice, q queued, fromMemory bool, now 
 // encodes the whole body as canonical JSON, so its keys come sorted;
 // ephemeral is whether it carries the (empty) ephemeral keys of an
 // appservice that receives them.
-func (s *Server) wireBody(events []jsontext.Value, ephemeral bool) []byte {
+func wireBody(events []jsontext.Value, ephemeral bool) []byte {
 	body := []byte{'{'}
 	if ephemeral {
 		body = append(body, `"de.sorunome.msc2409.to_device":[],"ephemeral":[],`...)
