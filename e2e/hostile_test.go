@@ -42,12 +42,12 @@ func (h *Harness) remoteJoin(room mxid.RoomID, user string) {
 	h.federate(fmt.Sprintf(`{"room_id":%q,"sender":%q,"type":"m.room.member","state_key":%q,"content":{"membership":"join"}}`, room, user, user))
 }
 
-// inOneTransaction has the events batch makes reach the gateway in one
-// transaction. The gateway's address answers 503 while batch runs, after a
-// push (of primer's event, or one before it) has failed: the homeserver
-// then queues every new event behind the transaction it retries, and sends
-// them together in the next.
-func (h *Harness) inOneTransaction(primer func() string, batch func() []string) {
+// withGatewayDown runs batch while the gateway's address answers 503,
+// after a push (of primer's event, or one before it) has failed, and waits
+// until the homeserver has delivered the events batch made, whose ids it
+// returns. The homeserver resends them: Synapse reads them back from its
+// database then.
+func (h *Harness) withGatewayDown(primer func() string, batch func() []string) []string {
 	h.t.Helper()
 	gw := h.gateway.Swap(nil) // the harness's listener answers 503 without it
 	before := len(h.HS.Transactions())
@@ -65,6 +65,15 @@ func (h *Harness) inOneTransaction(primer func() string, batch func() []string) 
 	for _, id := range ids {
 		h.WaitSim(func() bool { return h.HS.Delivered(id) }, 30*time.Second, "delivery of "+id)
 	}
+	return ids
+}
+
+// inOneTransaction has the events batch makes reach the gateway in one
+// transaction (withGatewayDown): the homeserver queues every new event
+// behind the transaction it retries, and sends them together in the next.
+func (h *Harness) inOneTransaction(primer func() string, batch func() []string) {
+	h.t.Helper()
+	ids := h.withGatewayDown(primer, batch)
 	for _, tx := range h.HS.Transactions() {
 		if tx.OK && slices.Contains(tx.EventIDs, ids[0]) {
 			for _, id := range ids {
