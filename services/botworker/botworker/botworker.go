@@ -27,6 +27,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/pkg/cas"
 	"github.com/cactus-comments/appservice/pkg/config"
 	"github.com/cactus-comments/appservice/pkg/event"
 	"github.com/cactus-comments/appservice/pkg/matrix"
@@ -122,9 +123,9 @@ func New(ctx context.Context, rt *service.Runtime, o Options) (*Bot, error) {
 		}
 		o.Registry = reg
 	}
-	kv, err := rt.JS.KeyValue(ctx, bus.BucketLimit)
+	sb, err := cas.Open(ctx, rt.JS, bus.BucketLimit)
 	if err != nil {
-		return nil, fmt.Errorf("botworker: open bucket %s: %w", bus.BucketLimit, err)
+		return nil, fmt.Errorf("botworker: %w", err)
 	}
 	t := texts{
 		ServerName: cfg.ServerName(), PublicURL: cfg.PublicHomeserverURL, Namespace: cfg.Namespace(),
@@ -160,9 +161,9 @@ func New(ctx context.Context, rt *service.Runtime, o Options) (*Bot, error) {
 	}
 	return &Bot{
 		cfg: cfg, log: rt.Log, js: rt.JS, hs: o.Homeserver, reg: o.Registry,
-		state: &state{kv: kv, now: o.Now}, texts: t, m: m, wm: worker.NewMetrics(rt.Metrics),
+		state: &state{b: sb, now: o.Now}, texts: t, m: m, wm: worker.NewMetrics(rt.Metrics),
 		bot: bot, ns: cfg.Namespace(), mentions: mentions, now: o.Now, backoff: o.MinBackoff,
-		turns: &turns{kv: kv, stream: stream, consumer: cons, maxWait: o.OrderWait, recheck: 250 * time.Millisecond,
+		turns: &turns{kv: sb.KV(), stream: stream, consumer: cons, maxWait: o.OrderWait, recheck: 250 * time.Millisecond,
 			bot: bot.String(), log: rt.Log, waits: m.orderWaits},
 		ours:   newTTLCache(o.Now, time.Minute, 50_000),
 		direct: newTTLCache(o.Now, time.Minute, 50_000),
