@@ -27,7 +27,7 @@ func natsEnv(t *testing.T) (map[string]string, jetstream.JetStream) {
 	t.Helper()
 	srv, _, js := embednats.JetStreamTest(t)
 	ctx := context.Background()
-	if err := (bus.Topology{Replicas: 1, MaxDeliver: 3}).Ensure(ctx, js); err != nil {
+	if err := (bus.Topology{Replicas: 1}).Ensure(ctx, js); err != nil {
 		t.Fatal(err)
 	}
 	return map[string]string{"CACTUS_NATS_URL": srv.ClientURL()}, js

@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/cactus-comments/appservice/pkg/embednats"
 )
 
@@ -20,7 +22,7 @@ func TestDeadLetterIDDeduplicatesAndLargeDataIsTruncated(t *testing.T) {
 		{Source: "gateway", Reason: "no event_id", Data: []byte(`{"type":"m.room.message"}`), ID: "gateway:abc"},
 		{Source: "gateway", Reason: "no event_id", Data: []byte(`{"type":"m.room.message"}`), ID: "gateway:abc"}, // the retried transaction
 		{Source: "gateway", Reason: "too large", Data: big, ID: "gateway:big"},
-		{Source: "botworker", Reason: "boom", Data: []byte("1")}, // no ID: never deduplicated
+		{Source: "botworker", Reason: "boom", Data: []byte("1"), Stream: StreamEvents, Sequence: 7}, // no ID: never deduplicated
 		{Source: "botworker", Reason: "boom", Data: []byte("1")},
 	} {
 		if err := PublishDeadLetter(ctx, js, d); err != nil {
@@ -44,5 +46,26 @@ func TestDeadLetterIDDeduplicatesAndLargeDataIsTruncated(t *testing.T) {
 	}
 	if len(raw.Data) != MaxDeadLetterData || raw.Header.Get(HeaderTruncated) != strconv.Itoa(len(big)) {
 		t.Fatalf("large dead letter kept %d bytes, truncated header %q", len(raw.Data), raw.Header.Get(HeaderTruncated))
+	}
+}
+
+func TestReplayOrigin(t *testing.T) {
+	if _, ok := ReplayOrigin(nats.Header{HeaderTxnID: {"t"}}); ok {
+		t.Fatal("a message without replay headers read as a replay")
+	}
+	if _, ok := ReplayOrigin(nil); ok {
+		t.Fatal("no header read as a replay")
+	}
+	h := nats.Header{}
+	want := Origin{Stream: StreamEvents, Sequence: 42, Consumer: ConsumerModeration}
+	SetReplayOrigin(h, want)
+	if got, ok := ReplayOrigin(h); !ok || got != want {
+		t.Fatalf("ReplayOrigin = %+v, %v; want %+v", got, ok, want)
+	}
+	// The sequence is what orders a replayed decision; one that cannot be
+	// read is 0 (older than anything), never a guess.
+	h.Set(HeaderReplaySequence, "not a number")
+	if got, ok := ReplayOrigin(h); !ok || got.Sequence != 0 {
+		t.Fatalf("ReplayOrigin with a bad sequence = %+v, %v", got, ok)
 	}
 }

@@ -105,7 +105,7 @@ func Start(ctx context.Context, name string, cfg *config.Config, log *slog.Logge
 
 // Topology is the bus topology for a configuration.
 func Topology(cfg *config.Config) bus.Topology {
-	return bus.Topology{Replicas: cfg.NATSReplicas, MaxDeliver: cfg.MaxDeliver}
+	return bus.Topology{Replicas: cfg.NATSReplicas}
 }
 
 // ConnOptions maps the configuration to NATS connection options.

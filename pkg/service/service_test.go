@@ -93,8 +93,8 @@ func TestStartEnsuresTopology(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := c.CachedInfo().Config.MaxDeliver; got != 4 {
-		t.Errorf("consumer MaxDeliver = %d, want CACTUS_MAX_DELIVER+1 = 4", got)
+	if got := c.CachedInfo().Config.MaxDeliver; got != -1 {
+		t.Errorf("consumer MaxDeliver = %d, want -1: workers decide when to give up", got)
 	}
 	if rt.Name != "test" || rt.Metrics == nil || rt.Log == nil {
 		t.Errorf("runtime %+v", rt)
@@ -300,7 +300,7 @@ func TestConnOptionsRevealSecretsOnlyToNATS(t *testing.T) {
 		t.Fatalf("ConnOptions = %+v", o)
 	}
 	topo := Topology(cfg)
-	if topo.Replicas != 1 || topo.MaxDeliver != 8 {
+	if topo.Replicas != 1 {
 		t.Fatalf("Topology = %+v", topo)
 	}
 }

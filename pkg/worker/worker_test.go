@@ -36,7 +36,7 @@ func newEnv(t *testing.T, maxDeliver int) *env {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
 	_, _, js := embednats.JetStreamTest(t)
-	if err := (bus.Topology{Memory: true, MaxDeliver: maxDeliver}).Ensure(ctx, js); err != nil {
+	if err := (bus.Topology{Memory: true}).Ensure(ctx, js); err != nil {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()

@@ -235,7 +235,7 @@ func bench(p params, sendersList []int) error {
 	if err != nil {
 		return err
 	}
-	topo := bus.Topology{Replicas: 1, MaxDeliver: 3, Memory: p.memory}
+	topo := bus.Topology{Replicas: 1, Memory: p.memory}
 	if err := topo.Ensure(ctx, js); err != nil {
 		return err
 	}
