@@ -83,8 +83,11 @@ type Config struct {
 	// Workers.
 	RegistrationLimit int           `envconfig:"REGISTRATION_LIMIT" default:"10" desc:"botworker: sites one user may register"`
 	HomeserverTimeout time.Duration `envconfig:"HOMESERVER_TIMEOUT" default:"20s" desc:"workers: per-request timeout of homeserver calls"`
-	MaxDeliver        int           `envconfig:"MAX_DELIVER" default:"8" desc:"workers: deliveries of one message before it is dead-lettered"`
 	Concurrency       int           `envconfig:"CONCURRENCY" default:"16" desc:"workers: messages processed at once per replica"`
+	RetryHorizon      time.Duration `envconfig:"RETRY_HORIZON" default:"24h" desc:"workers: how long a message is retried through transient failures (homeserver down, 5xx, 429), from when it was stored, before it is dead-lettered"`
+	RetryMaxBackoff   time.Duration `envconfig:"RETRY_MAX_BACKOFF" default:"5m" desc:"workers: longest wait between two retries of one message"`
+	// Deprecated: workers retry by time; read only to warn.
+	MaxDeliver int `envconfig:"MAX_DELIVER" desc:"deprecated and ignored: workers retry until CACTUS_RETRY_HORIZON"`
 
 	// Derived by Validate.
 	bot       mxid.UserID
@@ -212,8 +215,9 @@ func (c *Config) Validate() error {
 		{"SHUTDOWN_TIMEOUT", int64(c.ShutdownTimeout)},
 		{"REGISTRATION_LIMIT", int64(c.RegistrationLimit)},
 		{"HOMESERVER_TIMEOUT", int64(c.HomeserverTimeout)},
-		{"MAX_DELIVER", int64(c.MaxDeliver)},
 		{"CONCURRENCY", int64(c.Concurrency)},
+		{"RETRY_HORIZON", int64(c.RetryHorizon)},
+		{"RETRY_MAX_BACKOFF", int64(c.RetryMaxBackoff)},
 	}
 	for _, p := range positive {
 		if p.val <= 0 {
@@ -222,6 +226,18 @@ func (c *Config) Validate() error {
 	}
 	if c.NATSReplicas > 5 {
 		return v("NATS_REPLICAS", "JetStream allows at most 5 replicas, got %d", c.NATSReplicas)
+	}
+	if c.RetryMaxBackoff > c.RetryHorizon {
+		return v("RETRY_MAX_BACKOFF", "%v is longer than CACTUS_RETRY_HORIZON %v", c.RetryMaxBackoff, c.RetryHorizon)
+	}
+	return nil
+}
+
+// Deprecations lists settings that are accepted but no longer used, one
+// line each, for the services to log at startup.
+func (c *Config) Deprecations() []string {
+	if c.MaxDeliver != 0 {
+		return []string{Prefix + "_MAX_DELIVER is ignored: workers retry transient failures until " + Prefix + "_RETRY_HORIZON and dead-letter permanent ones at once"}
 	}
 	return nil
 }

@@ -83,6 +83,9 @@ func Start(ctx context.Context, name string, cfg *config.Config, log *slog.Logge
 	if log == nil {
 		log = NewLogger(cfg, name)
 	}
+	for _, d := range cfg.Deprecations() {
+		log.Warn("deprecated setting: " + d)
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	connectCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)

@@ -46,7 +46,7 @@ func baseEnv(natsURL string) map[string]string {
 		"CACTUS_USER_ID":          "@cactusbot:example.org",
 		"CACTUS_NATS_URL":         natsURL,
 		"CACTUS_SHUTDOWN_TIMEOUT": "2s",
-		"CACTUS_MAX_DELIVER":      "3",
+		"CACTUS_RETRY_HORIZON":    "1h",
 	}
 }
 
