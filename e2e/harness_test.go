@@ -64,8 +64,12 @@ type Options struct {
 	Mode hssim.Mode // default Synapse
 	// Provisioners started by Start (default 1; -1 for none).
 	Provisioners int
-	// MaxDeliver per message before dead-lettering (default 4).
-	MaxDeliver int
+	// RetryHorizon of the workers (default 1 h): how long a transient
+	// failure is retried before the message is dead-lettered.
+	RetryHorizon time.Duration
+	// RetryMaxBackoff caps the workers' wait between attempts (default
+	// 500 ms, so that retries in tests come quickly).
+	RetryMaxBackoff time.Duration
 	// Concurrency of each worker (default 8).
 	Concurrency int
 	// AckWait overrides the consumers' AckWait (default bus.AckWait), so
@@ -117,8 +121,11 @@ func Start(t testing.TB, o Options) *Harness {
 	if o.Provisioners == 0 {
 		o.Provisioners = 1
 	}
-	if o.MaxDeliver <= 0 {
-		o.MaxDeliver = 4
+	if o.RetryHorizon <= 0 {
+		o.RetryHorizon = time.Hour
+	}
+	if o.RetryMaxBackoff <= 0 {
+		o.RetryMaxBackoff = 500 * time.Millisecond
 	}
 	if o.Concurrency <= 0 {
 		o.Concurrency = 8
@@ -220,7 +227,7 @@ func (h *Harness) newConfig() *config.Config {
 		ListenAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", LogFormat: "text", LogLevel: "warn",
 		PublishTimeout: 10 * time.Second, AliasQueryTimeout: 20 * time.Second, MaxBodyBytes: 32 << 20,
 		ShutdownTimeout: 10 * time.Second, RegistrationLimit: 10, HomeserverTimeout: 10 * time.Second,
-		MaxDeliver: h.opts.MaxDeliver, Concurrency: h.opts.Concurrency,
+		Concurrency: h.opts.Concurrency, RetryHorizon: h.opts.RetryHorizon, RetryMaxBackoff: h.opts.RetryMaxBackoff,
 	}
 	if err := c.Validate(); err != nil {
 		h.t.Fatalf("harness config: %v", err)
@@ -307,9 +314,6 @@ func (h *Harness) StartProvisioner(o provisioner.Options) *Service {
 	rt := h.Runtime(name)
 	if o.MinBackoff == 0 {
 		o.MinBackoff = 20 * time.Millisecond
-	}
-	if o.MaxBackoff == 0 {
-		o.MaxBackoff = 500 * time.Millisecond
 	}
 	if o.Progress == 0 && h.opts.AckWait > 0 {
 		o.Progress = h.opts.AckWait / 4

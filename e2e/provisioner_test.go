@@ -507,7 +507,7 @@ func TestHomeserverErrorsRetried(t *testing.T) {
 	t.Parallel()
 	// No provisioner yet: the owner's ban is queued before the faults are
 	// armed, so that only the fan-out meets them.
-	h := Start(t, Options{Provisioners: -1, MaxDeliver: 8})
+	h := Start(t, Options{Provisioners: -1})
 	owner := h.User("owner")
 	spammer := h.User("spammer")
 	site := h.RegisterSite("flaky", owner)

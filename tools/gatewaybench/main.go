@@ -665,7 +665,7 @@ func child(kind, natsURL string, publishTimeout time.Duration) error {
 			NATSURL: natsURL, NATSReplicas: 1, ListenAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
 			LogFormat: "json", LogLevel: "warn", PublishTimeout: publishTimeout, AliasQueryTimeout: 20 * time.Second,
 			MaxBodyBytes: 32 << 20, ShutdownTimeout: 25 * time.Second, RegistrationLimit: 10,
-			HomeserverTimeout: 20 * time.Second, MaxDeliver: 8, Concurrency: 16,
+			HomeserverTimeout: 20 * time.Second, Concurrency: 16, RetryHorizon: 24 * time.Hour, RetryMaxBackoff: 5 * time.Minute,
 		}
 		if err := cfg.Validate(); err != nil {
 			return err

@@ -41,6 +41,11 @@ import (
 // Name is the service name in logs and NATS connection names.
 const Name = "botworker"
 
+// orderForceAttempt is the attempt at which an event stops waiting for an
+// earlier event of its room (see turns): with the default order wait, about
+// 20 s.
+const orderForceAttempt = 7
+
 // Homeserver is what the bot needs from the client-server API.
 // *matrix.Client implements it; tests substitute their own.
 type Homeserver interface {
@@ -216,8 +221,10 @@ func (b *Bot) Consume(ctx context.Context) error {
 		Stream:      bus.StreamEvents,
 		Consumer:    bus.ConsumerBot,
 		Concurrency: b.cfg.Concurrency,
-		MaxDeliver:  b.cfg.MaxDeliver,
+		Horizon:     b.cfg.RetryHorizon,
 		MinBackoff:  b.backoff,
+		MaxBackoff:  b.cfg.RetryMaxBackoff,
+		Grace:       b.cfg.ShutdownTimeout / 2,
 		Log:         b.log,
 		Metrics:     b.wm,
 	}, b.HandleMsg)
@@ -226,7 +233,7 @@ func (b *Bot) Consume(ctx context.Context) error {
 // HandleMsg is the worker handler: one event from the bot's consumer.
 // Events of rooms that are not ours wait for the earlier events of their
 // room (see turns), and mark themselves finished once they will not be
-// delivered again: handled, refused for good, or on their last delivery.
+// tried again: handled, refused for good, or on their last attempt.
 func (b *Bot) HandleMsg(ctx context.Context, m jetstream.Msg) (err error) {
 	var ev event.Event
 	if err := json.Unmarshal(m.Data(), &ev); err != nil {
@@ -239,9 +246,9 @@ func (b *Bot) HandleMsg(ctx context.Context, m jetstream.Msg) (err error) {
 	if err != nil || ev.Sender == b.bot.String() {
 		// The bot's own events have no effect that depends on order (see
 		// turns.firstUnfinished).
-		return b.HandleEvent(ctx, &ev, err == nil && int(md.NumDelivered) >= b.cfg.MaxDeliver)
+		return b.HandleEvent(ctx, &ev, worker.LastAttempt(ctx))
 	}
-	last := int(md.NumDelivered) >= b.cfg.MaxDeliver
+	last := worker.LastAttempt(ctx)
 	ours, err := b.isOurRoom(ctx, ev.RoomID)
 	if err != nil {
 		return err
@@ -249,9 +256,10 @@ func (b *Bot) HandleMsg(ctx context.Context, m jetstream.Msg) (err error) {
 	if ours {
 		return b.handleEvent(ctx, &ev, last, roomOurs)
 	}
-	// The last two deliveries go ahead even out of order: the last one
-	// must be a real attempt, and the one before it a chance to retry.
-	force := int(md.NumDelivered) >= b.cfg.MaxDeliver-1
+	// After a while, or on its last attempt, an event goes ahead even out
+	// of order: an earlier event that never finishes must not hold its
+	// room for ever.
+	force := last || worker.Attempt(ctx) >= orderForceAttempt
 	tn, err := b.turns.wait(ctx, m.Subject(), ev.RoomID, md.Sequence.Stream, force)
 	if errors.Is(err, errTurn) {
 		return worker.RetryAfter(err, b.turns.maxWait/2)

@@ -129,10 +129,7 @@ func (p *Provisioner) handleJob(ctx context.Context, m jetstream.Msg) error {
 		p.m.jobs.WithLabelValues("unknown", "failed").Inc()
 		return worker.Permanent(fmt.Errorf("undecodable job: %w", err))
 	}
-	delivered := 1
-	if md, err := m.Metadata(); err == nil {
-		delivered = int(md.NumDelivered)
-	}
+	attempt := worker.Attempt(ctx)
 	room, err := mxid.ParseRoomID(j.Room)
 	if err != nil {
 		p.m.jobs.WithLabelValues(j.Kind, "failed").Inc()
@@ -141,7 +138,7 @@ func (p *Provisioner) handleJob(ctx context.Context, m jetstream.Msg) error {
 	var did bool
 	switch j.Kind {
 	case KindMember:
-		did, err = p.convergeMember(ctx, j, room, delivered > 1)
+		did, err = p.convergeMember(ctx, j, room, worker.Retried(ctx))
 	case KindPower:
 		did, err = p.convergePower(ctx, j, room)
 	case KindSync:
@@ -149,11 +146,11 @@ func (p *Provisioner) handleJob(ctx context.Context, m jetstream.Msg) error {
 	default:
 		err = worker.Permanent(fmt.Errorf("unknown job kind %q", j.Kind))
 	}
-	log := p.log.With("kind", j.Kind, "site", j.Site, "room_id", j.Room, "cause", j.Cause, "delivered", delivered)
+	log := p.log.With("kind", j.Kind, "site", j.Site, "room_id", j.Room, "cause", j.Cause, "attempt", attempt)
 	if err != nil {
 		err = classify(err)
 		outcome := "retried"
-		if worker.IsPermanent(err) || delivered >= p.cfg.MaxDeliver {
+		if worker.IsPermanent(err) || worker.LastAttempt(ctx) {
 			outcome = "failed"
 		}
 		p.m.jobs.WithLabelValues(j.Kind, outcome).Inc()

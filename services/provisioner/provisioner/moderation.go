@@ -44,10 +44,7 @@ func (p *Provisioner) handleModeration(ctx context.Context, m jetstream.Msg) err
 		p.m.moderation.WithLabelValues("ignored").Inc()
 		return worker.Permanent(err)
 	}
-	redelivered := false
-	if md, err := m.Metadata(); err == nil {
-		redelivered = md.NumDelivered > 1
-	}
+	redelivered := worker.Retried(ctx)
 	log := p.log.With("event_id", e.EventID, "room_id", e.RoomID, "type", e.Type, "sender", e.Sender)
 
 	room, err := p.lookupRoom(ctx, e.RoomID)

@@ -38,8 +38,8 @@ type Options struct {
 	// Progress is how often running jobs tell JetStream they are alive;
 	// default a quarter of the consumers' AckWait.
 	Progress time.Duration
-	// MinBackoff and MaxBackoff bound the redelivery delay of failed
-	// messages (default 500 ms and 1 min).
+	// MinBackoff and MaxBackoff bound the wait between attempts at a
+	// failed message (default 1 s and CACTUS_RETRY_MAX_BACKOFF).
 	MinBackoff, MaxBackoff time.Duration
 	// PublishWindow bounds fan-out publishes awaiting their acks
 	// (default 512).
@@ -197,9 +197,13 @@ func (p *Provisioner) Serve(ctx context.Context) error {
 		errc <- err
 	}
 	base := worker.Options{
-		MaxDeliver: p.cfg.MaxDeliver, Progress: p.opts.Progress,
-		MinBackoff: p.opts.MinBackoff, MaxBackoff: p.opts.MaxBackoff,
-		Log: p.log, Metrics: p.wm,
+		Horizon: p.cfg.RetryHorizon, Progress: p.opts.Progress,
+		MinBackoff: p.opts.MinBackoff, MaxBackoff: p.cfg.RetryMaxBackoff,
+		Grace: p.cfg.ShutdownTimeout / 2,
+		Log:   p.log, Metrics: p.wm,
+	}
+	if p.opts.MaxBackoff > 0 {
+		base.MaxBackoff = p.opts.MaxBackoff
 	}
 	mod := base
 	mod.Stream, mod.Consumer, mod.Concurrency = bus.StreamEvents, bus.ConsumerModeration, 1
