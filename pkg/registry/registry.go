@@ -34,9 +34,58 @@ type Site struct {
 	// last seen. Comment rooms are created with it.
 	PowerLevels json.RawMessage `json:"power_levels,omitempty"`
 	// Bans are the users banned in the moderation room, sorted.
-	Bans      []string  `json:"bans,omitempty"`
-	CreatedAt time.Time `json:"created_at"`
-	UpdatedAt time.Time `json:"updated_at"`
+	Bans []string `json:"bans,omitempty"`
+	// BanDecisions holds, for every user whose ban or unban came from an
+	// event, that decision and the event-stream sequence of the event
+	// (see DecideBan). A ban without an entry (a site imported from the
+	// homeserver) counts as decided before any event.
+	BanDecisions map[string]Decision `json:"ban_decisions,omitempty"`
+	// PowerLevelsSeq is the event-stream sequence of the event that set
+	// PowerLevels, 0 if none did.
+	PowerLevelsSeq uint64    `json:"power_levels_seq,omitempty"`
+	CreatedAt      time.Time `json:"created_at"`
+	UpdatedAt      time.Time `json:"updated_at"`
+}
+
+// Decision is a user's ban state as of an event.
+type Decision struct {
+	Banned bool   `json:"banned"`
+	Seq    uint64 `json:"seq"`
+}
+
+// DecideBan records that user is banned (or not) as of the event with
+// stream sequence seq, unless the snapshot already holds a decision about
+// user from that event or a later one. taken reports whether it was
+// recorded, changed whether the ban list changed.
+//
+// This makes a site's ban list a set of last-writer-wins registers, one
+// per user, ordered by the event stream: the homeserver sends events one
+// transaction at a time, so the stream's order is its order. Applying a
+// site's events in any order, any number of times, on any number of
+// replicas ends in the list that applying them once in order gives.
+func (s *Site) DecideBan(user string, banned bool, seq uint64) (taken, changed bool) {
+	if d, ok := s.BanDecisions[user]; ok && d.Seq >= seq {
+		return false, false
+	}
+	if s.BanDecisions == nil {
+		s.BanDecisions = map[string]Decision{}
+	}
+	s.BanDecisions[user] = Decision{Banned: banned, Seq: seq}
+	return true, s.SetBanned(user, banned)
+}
+
+// DecidePowerLevels sets the site's power levels to content (canonical
+// JSON, so equal contents compare equal) as of the event with sequence
+// seq, unless they were set by that event or a later one. It is the
+// last-writer-wins register of the site's power levels.
+func (s *Site) DecidePowerLevels(content json.RawMessage, seq uint64) (taken, changed bool) {
+	if s.PowerLevelsSeq >= seq && (seq > 0 || len(s.PowerLevels) > 0) {
+		return false, false
+	}
+	s.PowerLevelsSeq = seq
+	changed = string(s.PowerLevels) != string(content)
+	s.PowerLevels = content
+	return true, changed
 }
 
 // Banned reports whether user is in the site's ban list.

@@ -39,6 +39,9 @@ type Job struct {
 	Room  string `json:"room"`
 	User  string `json:"user,omitempty"`
 	Cause string `json:"cause"` // the event (or room creation) that caused it
+	// Recheck asks the job to read the room's state before acting: an
+	// earlier run of its cause (a retry, a replay) may have acted already.
+	Recheck bool `json:"recheck,omitempty"`
 }
 
 // msgID names a job for JetStream's deduplication: a moderation event
@@ -138,7 +141,7 @@ func (p *Provisioner) handleJob(ctx context.Context, m jetstream.Msg) error {
 	var did bool
 	switch j.Kind {
 	case KindMember:
-		did, err = p.convergeMember(ctx, j, room, worker.Retried(ctx))
+		did, err = p.convergeMember(ctx, j, room, j.Recheck || worker.Retried(ctx))
 	case KindPower:
 		did, err = p.convergePower(ctx, j, room)
 	case KindSync:

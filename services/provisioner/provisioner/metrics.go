@@ -49,7 +49,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		moderation: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cactus_provisioner_moderation_events_total",
-			Help: "Moderation events by what was done (ban, unban, power_levels, alias, echo, ignored).",
+			Help: "Moderation events by what was done (ban, unban, power_levels, echo, ignored; duplicate: handled before, found by its done marker).",
 		}, []string{"action"}),
 		registryMisses: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cactus_provisioner_registry_fallbacks_total",
@@ -58,6 +58,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	reg.MustRegister(m.aliasQueries, m.aliasLatency, m.roomsCreated,
 		m.jobsPublished, m.jobs, m.plSkipped, m.moderation, m.registryMisses)
+	for _, a := range []string{"ban", "unban", "power_levels", "echo", "ignored", "duplicate"} {
+		m.moderation.WithLabelValues(a)
+	}
 	return m
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/pkg/cas"
 	"github.com/cactus-comments/appservice/pkg/config"
 	"github.com/cactus-comments/appservice/pkg/matrix"
 	"github.com/cactus-comments/appservice/pkg/mxid"
@@ -56,6 +57,7 @@ type Provisioner struct {
 	log     *slog.Logger
 	hs      *matrix.Client
 	reg     *registry.Registry
+	done    *cas.Bucket
 	ns      namespace.Namespace
 	bot     mxid.UserID
 	m       *metrics
@@ -98,9 +100,11 @@ func New(ctx context.Context, rt *service.Runtime, opts Options) (*Provisioner, 
 			HomeserverURL:  rt.Config.HomeserverURL,
 			Token:          rt.Config.ASToken.Reveal(),
 			RequestTimeout: rt.Config.HomeserverTimeout,
-			// A few quick attempts in the client; longer outages go back
-			// to the queue, where a redelivery does not hold a lane.
-			MaxAttempts: 3,
+			// A few quick attempts in the client; longer outages and rate
+			// limits go back to the worker, which waits without holding
+			// a lane.
+			MaxAttempts:   3,
+			MaxRetryAfter: time.Second,
 			Observe:     p.observe,
 			Logger:      log,
 		})
@@ -119,6 +123,9 @@ func New(ctx context.Context, rt *service.Runtime, opts Options) (*Provisioner, 
 		return nil, fmt.Errorf("provisioner: %w", err)
 	}
 	p.reg = reg
+	if p.done, err = cas.Open(ctx, rt.JS, bus.BucketDone); err != nil {
+		return nil, fmt.Errorf("provisioner: %w", err)
+	}
 	return p, nil
 }
 
@@ -205,8 +212,14 @@ func (p *Provisioner) Serve(ctx context.Context) error {
 	if p.opts.MaxBackoff > 0 {
 		base.MaxBackoff = p.opts.MaxBackoff
 	}
+	// Moderation events in any order, many at once: each site's decisions
+	// are ordered by their events' stream sequences (see
+	// handleModeration), so one site's slow or failing calls hold only
+	// that site's events, and they wait through JetStream, not here.
 	mod := base
-	mod.Stream, mod.Consumer, mod.Concurrency = bus.StreamEvents, bus.ConsumerModeration, 1
+	mod.Stream, mod.Consumer, mod.Concurrency = bus.StreamEvents, bus.ConsumerModeration, p.cfg.Concurrency
+	mod.OrderKey = worker.Unordered
+	mod.Done = p.done
 	jobs := base
 	jobs.Stream, jobs.Consumer, jobs.Concurrency = bus.StreamJobs, bus.ConsumerJobs, p.cfg.Concurrency
 	// Jobs need no order: each converges on the current snapshot.
