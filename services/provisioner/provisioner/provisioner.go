@@ -105,8 +105,8 @@ func New(ctx context.Context, rt *service.Runtime, opts Options) (*Provisioner, 
 			// a lane.
 			MaxAttempts:   3,
 			MaxRetryAfter: time.Second,
-			Observe:     p.observe,
-			Logger:      log,
+			Observe:       p.observe,
+			Logger:        log,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("provisioner: homeserver client: %w", err)
