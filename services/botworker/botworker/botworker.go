@@ -95,6 +95,7 @@ type Bot struct {
 	mentions []string
 	now      func() time.Time
 	backoff  time.Duration
+	done     *cas.Bucket // done markers
 
 	turns  *turns
 	ours   *ttlCache // rooms known to be comment or moderation rooms
@@ -113,8 +114,11 @@ func New(ctx context.Context, rt *service.Runtime, o Options) (*Bot, error) {
 			HomeserverURL:  cfg.HomeserverURL,
 			Token:          cfg.ASToken.Reveal(),
 			RequestTimeout: cfg.HomeserverTimeout,
-			Observe:        matrix.NewMetrics(rt.Metrics).Observe,
-			Logger:         rt.Log,
+			// A long rate limit goes back to the worker, which waits
+			// without holding a lane.
+			MaxRetryAfter: time.Second,
+			Observe:       matrix.NewMetrics(rt.Metrics).Observe,
+			Logger:        rt.Log,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("botworker: %w", err)
@@ -129,6 +133,10 @@ func New(ctx context.Context, rt *service.Runtime, o Options) (*Bot, error) {
 		o.Registry = reg
 	}
 	sb, err := cas.Open(ctx, rt.JS, bus.BucketLimit)
+	if err != nil {
+		return nil, fmt.Errorf("botworker: %w", err)
+	}
+	done, err := cas.Open(ctx, rt.JS, bus.BucketDone)
 	if err != nil {
 		return nil, fmt.Errorf("botworker: %w", err)
 	}
@@ -167,7 +175,7 @@ func New(ctx context.Context, rt *service.Runtime, o Options) (*Bot, error) {
 	return &Bot{
 		cfg: cfg, log: rt.Log, js: rt.JS, hs: o.Homeserver, reg: o.Registry,
 		state: &state{b: sb, now: o.Now}, texts: t, m: m, wm: worker.NewMetrics(rt.Metrics),
-		bot: bot, ns: cfg.Namespace(), mentions: mentions, now: o.Now, backoff: o.MinBackoff,
+		bot: bot, ns: cfg.Namespace(), mentions: mentions, now: o.Now, backoff: o.MinBackoff, done: done,
 		turns: &turns{kv: sb.KV(), stream: stream, consumer: cons, maxWait: o.OrderWait, recheck: 250 * time.Millisecond,
 			bot: bot.String(), log: rt.Log, waits: m.orderWaits},
 		ours:   newTTLCache(o.Now, time.Minute, 50_000),
@@ -225,6 +233,7 @@ func (b *Bot) Consume(ctx context.Context) error {
 		MinBackoff:  b.backoff,
 		MaxBackoff:  b.cfg.RetryMaxBackoff,
 		Grace:       b.cfg.ShutdownTimeout / 2,
+		Done:        b.done,
 		Log:         b.log,
 		Metrics:     b.wm,
 	}, b.HandleMsg)
@@ -278,6 +287,12 @@ func (b *Bot) HandleMsg(ctx context.Context, m jetstream.Msg) (err error) {
 			panic(p)
 		}
 	}()
+	// Invites and commands have effects a second run must not repeat
+	// once the homeserver has forgotten their transaction ids: an event
+	// stored again after the duplicate window is recognised here.
+	if done, err := worker.CheckDone(ctx, ev.EventID); err != nil || done {
+		return err
+	}
 	return b.handleEvent(ctx, &ev, last, roomNotOurs)
 }
 
