@@ -70,6 +70,12 @@ type Options struct {
 	// RetryMaxBackoff caps the workers' wait between attempts (default
 	// 500 ms, so that retries in tests come quickly).
 	RetryMaxBackoff time.Duration
+	// AliasQueryTimeout is how long the gateway waits for a provisioner's
+	// answer (default 20 s).
+	AliasQueryTimeout time.Duration
+	// HomeserverTimeout bounds each homeserver request of the workers
+	// (default 10 s).
+	HomeserverTimeout time.Duration
 	// Concurrency of each worker (default 8).
 	Concurrency int
 	// AckWait overrides the consumers' AckWait (default bus.AckWait), so
@@ -126,6 +132,12 @@ func Start(t testing.TB, o Options) *Harness {
 	}
 	if o.RetryMaxBackoff <= 0 {
 		o.RetryMaxBackoff = 500 * time.Millisecond
+	}
+	if o.AliasQueryTimeout <= 0 {
+		o.AliasQueryTimeout = 20 * time.Second
+	}
+	if o.HomeserverTimeout <= 0 {
+		o.HomeserverTimeout = 10 * time.Second
 	}
 	if o.Concurrency <= 0 {
 		o.Concurrency = 8
@@ -225,8 +237,8 @@ func (h *Harness) newConfig() *config.Config {
 		AppserviceID: "cactus", BotDisplayName: "Cactus Comments",
 		NATSURL: h.NATS.ClientURL(), NATSReplicas: 1,
 		ListenAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", LogFormat: "text", LogLevel: "warn",
-		PublishTimeout: 10 * time.Second, AliasQueryTimeout: 20 * time.Second, MaxBodyBytes: 32 << 20,
-		ShutdownTimeout: 10 * time.Second, RegistrationLimit: 10, HomeserverTimeout: 10 * time.Second,
+		PublishTimeout: 10 * time.Second, AliasQueryTimeout: h.opts.AliasQueryTimeout, MaxBodyBytes: 32 << 20,
+		ShutdownTimeout: 10 * time.Second, RegistrationLimit: 10, HomeserverTimeout: h.opts.HomeserverTimeout,
 		Concurrency: h.opts.Concurrency, RetryHorizon: h.opts.RetryHorizon, RetryMaxBackoff: h.opts.RetryMaxBackoff,
 	}
 	if err := c.Validate(); err != nil {

@@ -61,6 +61,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, a := range []string{"ban", "unban", "power_levels", "echo", "ignored", "duplicate"} {
 		m.moderation.WithLabelValues(a)
 	}
+	for _, k := range []string{KindMember, KindPower, KindSync, KindResolve} {
+		m.jobsPublished.WithLabelValues(k)
+		for _, o := range []string{"done", "noop", "retried", "failed"} {
+			m.jobs.WithLabelValues(k, o)
+		}
+	}
 	return m
 }
 
