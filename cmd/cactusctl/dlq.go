@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/pkg/dlq"
 )
 
 func cmdDLQ(ctx context.Context, e *env, args []string) error {
@@ -193,53 +194,10 @@ func oneLine(s string, n int) string {
 	return s
 }
 
-// dlqHeaders are the headers PublishDeadLetter adds; a replay removes them.
-var dlqHeaders = []string{bus.HeaderReason, bus.HeaderSource, bus.HeaderStream, bus.HeaderConsumer, bus.HeaderDelivered, bus.HeaderFailedAt, bus.HeaderTruncated}
-
-// replayMsgID makes a replay idempotent: if the ack is lost and the replay
-// is retried, or the dead letter could not be deleted after the replay and
-// is replayed again, the stream's duplicate window drops the second copy.
-func replayMsgID(seq uint64) string { return "cactus-dlq-replay-" + strconv.FormatUint(seq, 10) }
-
-// replay republishes one dead letter to its original subject and deletes
-// it only once the republish is acknowledged.
-func replay(ctx context.Context, js jetstream.JetStream, s jetstream.Stream, d deadLetter) error {
-	if d.Subject == "" {
-		return errors.New("no original subject recorded; cannot replay")
-	}
-	if n := d.header.Get(bus.HeaderTruncated); n != "" {
-		return fmt.Errorf("only part of the original %s bytes was kept; cannot replay (drop it)", n)
-	}
-	if !strings.HasPrefix(d.Subject, "cactus.") || strings.HasPrefix(d.Subject, "cactus.dlq.") {
-		return fmt.Errorf("original subject %q is not a cactus work subject; refusing to replay", d.Subject)
-	}
-	m := nats.NewMsg(d.Subject)
-	for k, vs := range d.header {
-		if k == bus.HeaderMsgID || contains(dlqHeaders, k) {
-			continue
-		}
-		for _, v := range vs {
-			m.Header.Add(k, v)
-		}
-	}
-	m.Header.Set(bus.HeaderMsgID, replayMsgID(d.Seq))
-	m.Data = d.payload
-	if _, err := js.PublishMsg(ctx, m); err != nil {
-		return fmt.Errorf("republish to %s: %w (the dead letter is kept)", d.Subject, err)
-	}
-	if err := s.DeleteMsg(ctx, d.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
-		return fmt.Errorf("republished to %s, but deleting the dead letter failed: %w (replaying it again within %s is harmless)", d.Subject, err, bus.DuplicateWindow)
-	}
-	return nil
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if strings.EqualFold(x, s) {
-			return true
-		}
-	}
-	return false
+// replay sends one dead letter back through the path for its source (see
+// package dlq) and deletes it only once that is acknowledged.
+func replay(ctx context.Context, js jetstream.JetStream, s jetstream.Stream, d deadLetter) (string, error) {
+	return dlq.Replay(ctx, js, s, dlq.Letter{Seq: d.Seq, Header: d.header, Data: d.payload})
 }
 
 // selectDeadLetters resolves the -all flag or the sequence arguments.
@@ -285,8 +243,8 @@ func parseSeqs(args []string) error {
 
 func dlqReplay(ctx context.Context, e *env, args []string) error {
 	f := newFlags(e, "dlq replay", "[-all [-consumer NAME] | SEQ...]",
-		"Republishes dead letters to the subject they failed on, so the workers try them again,\n"+
-			"and deletes each one only after the republish is acknowledged.")
+		"Sends dead letters back through the path that would have handled them (a worker's: the subject\n"+
+			"they failed on, as a forced full re-run), and deletes each one only after that is acknowledged.")
 	var cf cfgFlags
 	cf.register(f)
 	all := f.Bool("all", false, "replay every dead letter")
@@ -321,13 +279,14 @@ func dlqReplay(ctx context.Context, e *env, args []string) error {
 		fmt.Fprintf(e.stderr, "%v\n", m)
 	}
 	for _, d := range dls {
-		if err := replay(ctx, js, s, d); err != nil {
+		to, err := replay(ctx, js, s, d)
+		if err != nil {
 			failed++
 			fmt.Fprintf(e.stderr, "dead letter %d: %v\n", d.Seq, err)
 			continue
 		}
 		replayed++
-		fmt.Fprintf(e.stdout, "replayed %d to %s\n", d.Seq, d.Subject)
+		fmt.Fprintf(e.stdout, "replayed %d to %s\n", d.Seq, to)
 	}
 	fmt.Fprintf(e.stdout, "%d replayed, %d failed\n", replayed, failed)
 	if failed > 0 {
