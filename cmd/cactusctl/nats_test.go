@@ -265,6 +265,31 @@ func TestDoctorDendrite(t *testing.T) {
 	if r = ctl(t, vars, "doctor", "-max-lag", "3"); r.code != exitOK {
 		t.Fatalf("lag at the limit: exit %d\n%s", r.code, r.stdout)
 	}
+	if !strings.Contains(r.stdout, "skip  workers") {
+		t.Fatalf("no worker reports, yet:\n%s", r.stdout)
+	}
+
+	// Worker replicas report what they see; one cannot reach the
+	// homeserver (doctor itself can: they may be on another network).
+	kv, err := js.KeyValue(context.Background(), bus.BucketStatus)
+	if err != nil {
+		t.Fatal(err)
+	}
+	since := time.Now().Add(-3 * time.Minute)
+	for _, s := range []bus.Status{
+		{Service: "provisioner", Instance: "p-1", At: time.Now(), WaitingRetry: 2},
+		{Service: "provisioner", Instance: "p-2", At: time.Now(), HomeserverUnreachableSince: &since, HomeserverLastStatus: 502, WaitingRetry: 1990},
+	} {
+		b, _ := json.Marshal(s)
+		if _, err := kv.Put(context.Background(), bus.StatusKey(s.Service, s.Instance), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r = ctl(t, vars, "doctor", "-max-lag", "3")
+	if r.code != exitOK || !strings.Contains(r.stdout, "WARN  homeserver from workers") || !strings.Contains(r.stdout, "provisioner p-2: homeserver unreachable since") ||
+		!strings.Contains(r.stdout, "HTTP 502") || !strings.Contains(r.stdout, "1990 messages waiting") {
+		t.Fatalf("doctor with an unreachable homeserver reported: exit %d\n%s", r.code, r.stdout)
+	}
 }
 
 // TestDLQListMany lists more dead letters than one batch holds, after

@@ -13,6 +13,9 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -74,7 +77,11 @@ type Runtime struct {
 	NC      *nats.Conn
 	JS      jetstream.JetStream
 
-	ready atomic.Bool
+	ready        atomic.Bool
+	mu           sync.Mutex
+	details      []func() string
+	instanceOnce sync.Once
+	instance     string
 }
 
 // Start connects to NATS and ensures the topology. The runtime is not ready
@@ -124,6 +131,30 @@ func ConnOptions(cfg *config.Config, name string) bus.ConnOptions {
 // SetReady flips /readyz.
 func (r *Runtime) SetReady(ok bool) { r.ready.Store(ok) }
 
+// AddReadyDetail adds a line that /readyz shows when fn returns one. It
+// does not change readiness: it says what a ready service is struggling
+// with (the homeserver unreachable, say), which restarting it or taking
+// it out of service would not fix.
+func (r *Runtime) AddReadyDetail(fn func() string) {
+	r.mu.Lock()
+	r.details = append(r.details, fn)
+	r.mu.Unlock()
+}
+
+// ReadyDetails returns the current detail lines of /readyz.
+func (r *Runtime) ReadyDetails() []string {
+	r.mu.Lock()
+	fns := slices.Clone(r.details)
+	r.mu.Unlock()
+	var out []string
+	for _, fn := range fns {
+		if d := fn(); d != "" {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
 // Ready reports readiness: the service said so and NATS is connected.
 func (r *Runtime) Ready() error {
 	if !r.ready.Load() {
@@ -144,12 +175,12 @@ func (r *Runtime) AdminHandler() http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		status := "ok"
 		if err := r.Ready(); err != nil {
 			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = io.WriteString(w, err.Error()+"\n")
-			return
+			status = err.Error()
 		}
-		_, _ = io.WriteString(w, "ok\n")
+		_, _ = io.WriteString(w, strings.Join(append([]string{status}, r.ReadyDetails()...), "\n")+"\n")
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(r.Metrics, promhttp.HandlerOpts{Registry: r.Metrics}))
 	return mux

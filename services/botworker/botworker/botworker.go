@@ -90,6 +90,7 @@ type Bot struct {
 	texts    texts
 	m        *metrics
 	wm       *worker.Metrics
+	hsm      *matrix.Metrics
 	bot      mxid.UserID
 	ns       namespace.Namespace
 	mentions []string
@@ -106,6 +107,7 @@ type Bot struct {
 func New(ctx context.Context, rt *service.Runtime, o Options) (*Bot, error) {
 	cfg := rt.Config
 	m := newMetrics(rt.Metrics)
+	hsm := matrix.NewMetrics(rt.Metrics)
 	if o.Now == nil {
 		o.Now = time.Now
 	}
@@ -117,7 +119,7 @@ func New(ctx context.Context, rt *service.Runtime, o Options) (*Bot, error) {
 			// A long rate limit goes back to the worker, which waits
 			// without holding a lane.
 			MaxRetryAfter: time.Second,
-			Observe:       matrix.NewMetrics(rt.Metrics).Observe,
+			Observe:       hsm.Observe,
 			Logger:        rt.Log,
 		})
 		if err != nil {
@@ -174,7 +176,7 @@ func New(ctx context.Context, rt *service.Runtime, o Options) (*Bot, error) {
 	}
 	return &Bot{
 		cfg: cfg, log: rt.Log, js: rt.JS, hs: o.Homeserver, reg: o.Registry,
-		state: &state{b: sb, now: o.Now}, texts: t, m: m, wm: worker.NewMetrics(rt.Metrics),
+		state: &state{b: sb, now: o.Now}, texts: t, m: m, wm: worker.NewMetrics(rt.Metrics), hsm: hsm,
 		bot: bot, ns: cfg.Namespace(), mentions: mentions, now: o.Now, backoff: o.MinBackoff, done: done,
 		turns: &turns{kv: sb.KV(), stream: stream, consumer: cons, maxWait: o.OrderWait, recheck: 250 * time.Millisecond,
 			bot: bot.String(), log: rt.Log, waits: m.orderWaits},
@@ -217,6 +219,7 @@ func Run(ctx context.Context, cfg *config.Config) error {
 		return err
 	}
 	rt.SetReady(true)
+	rt.ReportWorker(ctx, service.WorkerHealth{Homeserver: b.hsm, Worker: b.wm})
 	rt.Log.Info("botworker ready", "bot", b.bot.String(), "concurrency", cfg.Concurrency)
 	err = b.Consume(ctx)
 	rt.SetReady(false)

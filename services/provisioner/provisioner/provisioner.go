@@ -228,6 +228,7 @@ func (p *Provisioner) Serve(ctx context.Context) error {
 	go run(jobs, p.handleJob)
 
 	p.rt.SetReady(true)
+	p.rt.ReportWorker(ctx, service.WorkerHealth{Homeserver: p.hsm, Worker: p.wm})
 	p.log.Info("provisioner serving", "bot", p.bot.String(), "concurrency", p.cfg.Concurrency)
 	<-ctx.Done()
 	p.rt.SetReady(false)
