@@ -76,6 +76,10 @@ type Options struct {
 	// HomeserverTimeout bounds each homeserver request of the workers
 	// (default 10 s).
 	HomeserverTimeout time.Duration
+	// Duplicates overrides the streams' duplicate window, and the
+	// simulator's send transaction window with it, for tests of what
+	// happens after them.
+	Duplicates time.Duration
 	// Concurrency of each worker (default 8).
 	Concurrency int
 	// AckWait overrides the consumers' AckWait (default bus.AckWait), so
@@ -94,8 +98,11 @@ type Harness struct {
 	opts Options
 	Ctx  context.Context
 
-	NATS     *embednats.Server
-	HS       *hssim.Server
+	NATS *embednats.Server
+	HS   *hssim.Server
+	// HSProxy is the workers' way to the simulator: HSProxy.Down() is a
+	// homeserver that refuses connections.
+	HSProxy  *hsProxy
 	NC       *nats.Conn
 	JS       jetstream.JetStream
 	Registry *registry.Registry
@@ -180,7 +187,7 @@ func Start(t testing.TB, o Options) *Harness {
 		},
 	}
 	hs, err := hssim.Start(ctx, hssim.Options{
-		ServerName: serverName, Mode: o.Mode, TimeUnit: 5 * time.Millisecond,
+		ServerName: serverName, Mode: o.Mode, TimeUnit: 5 * time.Millisecond, TxnWindow: o.Duplicates,
 		Registrations: []*registration.Registration{reg},
 		Logger:        slog.New(slog.NewTextHandler(h.logw, &slog.HandlerOptions{Level: o.LogLevel})),
 	})
@@ -192,6 +199,7 @@ func Start(t testing.TB, o Options) *Harness {
 		_ = hs.Close()
 	})
 	h.HS = hs
+	h.HSProxy = startHSProxy(t, strings.TrimPrefix(hs.URL(), "http://"))
 
 	h.cfg = h.newConfig()
 	h.BotID = h.cfg.Bot()
@@ -199,6 +207,7 @@ func Start(t testing.TB, o Options) *Harness {
 	h.NC, h.JS = h.connect("harness")
 	topo := service.Topology(h.cfg)
 	topo.Memory = o.Memory
+	topo.Duplicates = o.Duplicates
 	if err := topo.Ensure(ctx, h.JS); err != nil {
 		t.Fatalf("ensure topology: %v", err)
 	}
@@ -232,7 +241,9 @@ func Start(t testing.TB, o Options) *Harness {
 func (h *Harness) newConfig() *config.Config {
 	c := &config.Config{
 		HSToken: testHSToken, ASToken: testASToken,
-		HomeserverURL: h.HS.URL(), UserID: "@" + botLocal + ":" + serverName,
+		// The workers reach the homeserver through the proxy; browsers
+		// would use its own address.
+		HomeserverURL: h.HSProxy.URL(), PublicHomeserverURL: h.HS.URL(), UserID: "@" + botLocal + ":" + serverName,
 		NamespaceRegex: "#comments_.*", NamespacePrefix: "comments_", RegistrationRegex: "@.*:.*",
 		AppserviceID: "cactus", BotDisplayName: "Cactus Comments",
 		NATSURL: h.NATS.ClientURL(), NATSReplicas: 1,
