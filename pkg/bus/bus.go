@@ -5,13 +5,12 @@
 // Subjects:
 //
 //	cactus.ev.<class>.<room>        events from the homeserver (stream EVENTS)
-//	cactus.job.<kind>.<site>.<room> fan-out jobs (stream JOBS, work queue)
+//	cactus.job.<kind>.<site>.<room> fan-out jobs (stream JOBS, work queue);
+//	                                a resolve job names an alias instead
 //	cactus.dlq.<source>             dead letters (stream DLQ)
-//	cactus.job.resolve.<site>.<alias> a comment room whose creation had an
-//	                                unknown outcome, to look up and record
 //	cactus.rpc.alias                alias queries, request/reply to provisioners
 //
-// <room> and <site> are Tokens: base64url encodings, because room ids and site
+// <room>, <alias> and <site> are Tokens: base64url encodings, because room ids and site
 // names hold '.', '*', '>', ':' and '!' (invariant 4).
 package bus
 

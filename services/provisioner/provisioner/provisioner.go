@@ -2,6 +2,17 @@
 // by creating comment rooms, keeps the site and room registry, and
 // propagates bans, unbans and power levels across every room of a site by
 // fanning the work out as one small job per room that all replicas share.
+//
+// Moderation events are handled concurrently, on any replica, in any
+// order, yet every site ends as the homeserver ordered its events: the
+// site snapshot keeps each decision (a user's ban or unban, the power
+// levels) with the event-stream sequence of the event that made it, and
+// only a newer event changes it. The stream's order is the homeserver's
+// (it sends one transaction at a time and the gateway stores them in
+// order), so each decision is a last-writer-wins register, and applying a
+// site's events in any order, any number of times, gives the snapshot that
+// in-order application gives (TestModerationConvergesInAnyOrder). Jobs
+// converge each room on the snapshot as it is when they run.
 package provisioner
 
 import (
@@ -37,7 +48,7 @@ type Options struct {
 	// metrics do (benchmarks compare our latency with the homeserver's).
 	Observe func(endpoint string, status int, d time.Duration)
 	// Progress is how often running jobs tell JetStream they are alive;
-	// default a quarter of the consumers' AckWait.
+	// default a third of the consumers' AckWait.
 	Progress time.Duration
 	// MinBackoff and MaxBackoff bound the wait between attempts at a
 	// failed message (default 1 s and CACTUS_RETRY_MAX_BACKOFF).
