@@ -49,60 +49,42 @@ func BenchmarkModerationManySites(b *testing.B) {
 	h.HS.SetLatency(hssim.EPBan, 2*time.Millisecond)
 
 	seq := 0
-	for _, replicas := range []int{1, 2, 4} {
-		b.Run(fmt.Sprintf("replicas=%d", replicas), func(b *testing.B) {
-			var reps []*Service
-			for range replicas {
-				reps = append(reps, h.StartProvisioner(provisioner.Options{}))
-			}
-			b.ResetTimer()
-			for range b.N {
-				seq++
-				target := h.User(fmt.Sprintf("spammer%d", seq))
-				base := h.HS.Calls(hssim.EPBan)
-				t0 := time.Now()
-				var wg sync.WaitGroup
-				errs := make(chan error, len(sites))
-				for _, s := range sites {
-					wg.Go(func() {
-						if err := owner.Client.Ban(h.Ctx, mxid.MustRoomID(s.ModerationRoom), target.ID, "spam"); err != nil {
-							errs <- err
-						}
-					})
+	eachReplicaCount(b, h, func(b *testing.B) {
+		seq++
+		target := h.User(fmt.Sprintf("spammer%d", seq))
+		base := h.HS.Calls(hssim.EPBan)
+		t0 := time.Now()
+		var wg sync.WaitGroup
+		errs := make(chan error, len(sites))
+		for _, s := range sites {
+			wg.Go(func() {
+				if err := owner.Client.Ban(h.Ctx, mxid.MustRoomID(s.ModerationRoom), target.ID, "spam"); err != nil {
+					errs <- err
 				}
-				wg.Wait()
-				close(errs)
-				for err := range errs {
-					b.Fatal(err)
-				}
-				// The moderation consumer's own share: every event handled
-				// (its jobs queued). Nothing signals it: poll.
-				modDone := make(chan time.Duration, 1)
-				go func() {
-					for bansHandled(b, h) < float64(seq*len(sites)) || !h.ModerationDrained() {
-						time.Sleep(5 * time.Millisecond)
-					}
-					modDone <- time.Since(t0)
-				}()
-				// Each site: the owner's ban and one per comment room.
-				h.WaitSim(func() bool { return h.HS.Calls(hssim.EPBan) >= base+len(sites)*(1+perSite) }, 10*time.Minute, "every site's fan-out")
-				elapsed := time.Since(t0)
-				mod := <-modDone
-				b.ReportMetric(elapsed.Seconds(), "s/round")
-				b.ReportMetric(float64(len(sites))/elapsed.Seconds(), "sites/s")
-				b.ReportMetric(float64(len(sites))/mod.Seconds(), "moderation-events/s")
-				b.StopTimer()
-				h.Quiesce(5 * time.Minute)
-				b.StartTimer()
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			b.Fatal(err)
+		}
+		// The moderation consumer's own share: every event handled (its
+		// jobs queued). Nothing signals it: poll.
+		modDone := make(chan time.Duration, 1)
+		go func() {
+			for metricValue(b, h, "cactus_provisioner_moderation_events_total", "action", "ban") < float64(seq*len(sites)) || !h.ModerationDrained() {
+				time.Sleep(5 * time.Millisecond)
 			}
-			b.StopTimer()
-			for _, r := range reps {
-				if err := r.Stop(); err != nil {
-					b.Error(err)
-				}
-			}
-		})
-	}
+			modDone <- time.Since(t0)
+		}()
+		// Each site: the owner's ban and one per comment room.
+		h.WaitSim(func() bool { return h.HS.Calls(hssim.EPBan) >= base+len(sites)*(1+perSite) }, 10*time.Minute, "every site's fan-out")
+		elapsed := time.Since(t0)
+		mod := <-modDone
+		b.ReportMetric(elapsed.Seconds(), "s/round")
+		b.ReportMetric(float64(len(sites))/elapsed.Seconds(), "sites/s")
+		b.ReportMetric(float64(len(sites))/mod.Seconds(), "moderation-events/s")
+	})
 }
 
 // BenchmarkFanOutAfterKill measures how long the rest of a fan-out takes
@@ -146,33 +128,4 @@ func BenchmarkFanOutAfterKill(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-}
-
-// bansHandled sums the ban moderation events every provisioner handled.
-func bansHandled(tb testing.TB, h *Harness) float64 {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	total := 0.0
-	for _, s := range h.services {
-		if s.RT == nil {
-			continue
-		}
-		mfs, err := s.RT.Metrics.Gather()
-		if err != nil {
-			tb.Fatal(err)
-		}
-		for _, mf := range mfs {
-			if mf.GetName() != "cactus_provisioner_moderation_events_total" {
-				continue
-			}
-			for _, m := range mf.GetMetric() {
-				for _, l := range m.GetLabel() {
-					if l.GetName() == "action" && l.GetValue() == "ban" {
-						total += m.GetCounter().GetValue()
-					}
-				}
-			}
-		}
-	}
-	return total
 }

@@ -12,8 +12,19 @@ import (
 	"github.com/cactus-comments/appservice/pkg/bus"
 	"github.com/cactus-comments/appservice/pkg/hssim"
 	"github.com/cactus-comments/appservice/pkg/mxid"
+	"github.com/cactus-comments/appservice/pkg/registry"
 	"github.com/cactus-comments/appservice/services/provisioner/provisioner"
 )
+
+// siteWithSpammer registers a site with n comment rooms (made in bulk) and
+// returns its owner and a user about to be banned.
+func siteWithSpammer(t testing.TB, h *Harness, name string, n int) (owner, spammer *User, site *registry.Site, rooms []mxid.RoomID) {
+	t.Helper()
+	owner = h.User("owner")
+	spammer = h.User("spammer")
+	site = h.RegisterSite(name, owner)
+	return owner, spammer, site, bulkRooms(t, h, site, n)
+}
 
 // allBanned reports whether user is banned in every room.
 func allBanned(h *Harness, rooms []mxid.RoomID, user mxid.UserID) bool {
@@ -43,11 +54,8 @@ func countBanned(h *Harness, rooms []mxid.RoomID, user mxid.UserID) int {
 func TestHomeserverOutageDuringFanOut(t *testing.T) {
 	t.Parallel()
 	h := Start(t, Options{Provisioners: -1, Concurrency: 16})
-	owner := h.User("owner")
-	spammer := h.User("spammer")
-	site := h.RegisterSite("outage", owner)
 	const n = 2000
-	rooms := bulkRooms(t, h, site, n)
+	owner, spammer, site, rooms := siteWithSpammer(t, h, "outage", n)
 	warm := h.StartProvisioner(provisioner.Options{})
 	h.Quiesce(60 * time.Second)
 	reps := []*Service{warm, h.StartProvisioner(provisioner.Options{})}
@@ -153,11 +161,8 @@ func TestRateLimitedSiteDoesNotDelayOthers(t *testing.T) {
 func TestReplicaKilledMidFanOut(t *testing.T) {
 	t.Parallel()
 	h := Start(t, Options{Provisioners: -1, Concurrency: 8})
-	owner := h.User("owner")
-	spammer := h.User("spammer")
-	site := h.RegisterSite("killed", owner)
 	const n = 300
-	rooms := bulkRooms(t, h, site, n)
+	owner, spammer, site, rooms := siteWithSpammer(t, h, "killed", n)
 	victim := h.StartProvisioner(provisioner.Options{})
 	h.Quiesce(30 * time.Second)
 	survivor := h.StartProvisioner(provisioner.Options{})

@@ -64,14 +64,7 @@ func visitorJoinCreatesCommentRoom(t *testing.T, mode hssim.Mode, section string
 	spammer := h.User("spammer")
 	// The site bans the spammer before the room exists: the new room must
 	// start with the ban.
-	if err := owner.Client.Ban(h.Ctx, mxid.MustRoomID(site.ModerationRoom), spammer.ID, "spam"); err != nil {
-		t.Fatal(err)
-	}
-	h.Eventually(func() bool {
-		s, err := h.Registry.Site(h.Ctx, site.Name)
-		return err == nil && s.Banned(spammer.ID.String())
-	}, 10*time.Second, "the ban in the site's snapshot")
-	h.Quiesce(10 * time.Second)
+	banInSnapshot(t, h, site, owner, spammer)
 
 	h.HS.ResetCalls()
 	visitor := h.User("visitor")
@@ -394,7 +387,7 @@ func TestPowerLevelsWithSecondAdmin(t *testing.T) {
 
 // metricValue sums a counter or gauge over every service of the harness
 // that has a runtime, optionally only series with the given label pairs.
-func metricValue(t *testing.T, h *Harness, name string, labels ...string) float64 {
+func metricValue(t testing.TB, h *Harness, name string, labels ...string) float64 {
 	t.Helper()
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -705,14 +698,7 @@ func TestBansFailingAtCreationAreQueued(t *testing.T) {
 	owner := h.User("owner")
 	spammer := h.User("spammer")
 	site := h.RegisterSite("queued", owner)
-	if err := owner.Client.Ban(h.Ctx, mxid.MustRoomID(site.ModerationRoom), spammer.ID, "spam"); err != nil {
-		t.Fatal(err)
-	}
-	h.Eventually(func() bool {
-		s, err := h.Registry.Site(h.Ctx, site.Name)
-		return err == nil && s.Banned(spammer.ID.String())
-	}, 10*time.Second, "the ban in the snapshot")
-	h.Quiesce(10 * time.Second)
+	banInSnapshot(t, h, site, owner, spammer)
 	// The homeserver fails every attempt of the new room's ban: the visitor
 	// still gets the room at once, and the ban follows as a job.
 	h.HS.InjectFault(hssim.Fault{Endpoint: hssim.EPBan, Status: 503, Times: 3})

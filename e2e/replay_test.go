@@ -19,11 +19,8 @@ import (
 func TestReplayedModerationDeadLetterReachesEveryRoom(t *testing.T) {
 	t.Parallel()
 	h := Start(t, Options{RetryHorizon: 3 * time.Second})
-	owner := h.User("owner")
-	spammer := h.User("spammer")
-	site := h.RegisterSite("replayed", owner)
 	const n = 30
-	rooms := bulkRooms(t, h, site, n)
+	owner, spammer, site, rooms := siteWithSpammer(t, h, "replayed", n)
 	h.Quiesce(20 * time.Second)
 	var recorded []registry.Room
 	for _, r := range rooms {
