@@ -49,7 +49,7 @@ func BenchmarkModerationManySites(b *testing.B) {
 	h.HS.SetLatency(hssim.EPBan, 2*time.Millisecond)
 
 	seq := 0
-	eachReplicaCount(b, h, func(b *testing.B) {
+	eachReplicaCount(b, h, func(b *testing.B) map[string]float64 {
 		seq++
 		target := h.User(fmt.Sprintf("spammer%d", seq))
 		base := h.HS.Calls(hssim.EPBan)
@@ -81,9 +81,11 @@ func BenchmarkModerationManySites(b *testing.B) {
 		h.WaitSim(func() bool { return h.HS.Calls(hssim.EPBan) >= base+len(sites)*(1+perSite) }, 10*time.Minute, "every site's fan-out")
 		elapsed := time.Since(t0)
 		mod := <-modDone
-		b.ReportMetric(elapsed.Seconds(), "s/round")
-		b.ReportMetric(float64(len(sites))/elapsed.Seconds(), "sites/s")
-		b.ReportMetric(float64(len(sites))/mod.Seconds(), "moderation-events/s")
+		return map[string]float64{
+			"s/round":             elapsed.Seconds(),
+			"sites/s":             float64(len(sites)) / elapsed.Seconds(),
+			"moderation-events/s": float64(len(sites)) / mod.Seconds(),
+		}
 	})
 }
 

@@ -488,10 +488,9 @@ func (r *runner) wait(it *item, d time.Duration) bool {
 // next releases a settled item and returns the message that waited behind
 // it on its key, if any and if the worker is not stopping.
 func (r *runner) next(it *item) *item {
+	r.release(it)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	delete(r.held, it)
-	r.o.addHeld(-1)
 	if it.key != "" {
 		if q := r.keys[it.key]; len(q) > 0 && !r.stopping {
 			r.keys[it.key] = q[1:]
@@ -504,6 +503,16 @@ func (r *runner) next(it *item) *item {
 	r.ready--
 	r.cond.Broadcast()
 	return nil
+}
+
+// release forgets a settled message.
+func (r *runner) release(it *item) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.held[it]; ok {
+		delete(r.held, it)
+		r.o.addHeld(-1)
+	}
 }
 
 // leave gives up a lane slot without handling anything (stopping).
@@ -653,7 +662,11 @@ func (r *runner) shutdown(cancelHandlers context.CancelFunc) {
 
 	slices.SortFunc(left, func(a, b *item) int { return cmp.Compare(a.seq, b.seq) })
 	for _, it := range left {
-		if ok, err := it.settle(it.m.Nak); ok && err != nil {
+		ok, err := it.settle(it.m.Nak)
+		if ok {
+			r.release(it)
+		}
+		if ok && err != nil {
 			r.o.Log.Warn("worker: handing a message back failed; it comes back after AckWait", "consumer", r.o.Consumer, "seq", it.seq, "err", err)
 		}
 	}
