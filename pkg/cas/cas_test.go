@@ -130,6 +130,17 @@ func TestUpdateUnderContention(t *testing.T) {
 func TestGetAndCreate(t *testing.T) {
 	b := bucketOn(t, embednats.StartTest(t).ClientURL(), 1)
 	ctx := t.Context()
+	for _, replicated := range []bool{false, true} {
+		// Both ways of reading: direct (one replica) and from the leader.
+		b.replicated = replicated
+		getAndCreate(t, ctx, b)
+		if err := b.KV().Purge(ctx, "k"); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func getAndCreate(t *testing.T, ctx context.Context, b *Bucket) {
 	if _, err := b.Get(ctx, "k"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Get of a missing key = %v", err)
 	}
@@ -183,7 +194,11 @@ func TestGetSeesTheLastWriteOnR3(t *testing.T) {
 	c := embednats.StartCluster(t, 3)
 	var bs []*Bucket
 	for _, s := range c.Servers {
-		bs = append(bs, bucketOn(t, s.ClientURL(), 3))
+		b := bucketOn(t, s.ClientURL(), 3)
+		if !b.replicated {
+			t.Fatal("an R3 bucket not recognised as replicated: its reads would not go to the leader")
+		}
+		bs = append(bs, b)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
