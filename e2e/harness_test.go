@@ -80,6 +80,9 @@ type Options struct {
 	// simulator's send transaction window with it, for tests of what
 	// happens after them.
 	Duplicates time.Duration
+	// NATSLatency, if set, puts this delay each way between the services
+	// and NATS, as a network between them would (benchmarks).
+	NATSLatency time.Duration
 	// Concurrency of each worker (default 8).
 	Concurrency int
 	// AckWait overrides the consumers' AckWait (default bus.AckWait), so
@@ -113,6 +116,7 @@ type Harness struct {
 	GatewayURL string
 
 	cfg     *config.Config
+	natsURL string // what the services connect to
 	gateway atomic.Pointer[http.Handler]
 	// httpc is shared by the clients the harness makes, so that their
 	// idle connections can be closed before the simulator stops (a
@@ -162,6 +166,10 @@ func Start(t testing.TB, o Options) *Harness {
 	t.Cleanup(h.logw.close)
 
 	h.NATS = embednats.StartTest(t)
+	h.natsURL = h.NATS.ClientURL()
+	if o.NATSLatency > 0 {
+		h.natsURL = startProxy(t, strings.TrimPrefix(h.natsURL, "nats://"), o.NATSLatency).addr
+	}
 
 	// The gateway's address must be in the registration before the
 	// simulator starts, and the simulator's in the gateway's config: the
@@ -246,7 +254,7 @@ func (h *Harness) newConfig() *config.Config {
 		HomeserverURL: h.HSProxy.URL(), PublicHomeserverURL: h.HS.URL(), UserID: "@" + botLocal + ":" + serverName,
 		NamespaceRegex: "#comments_.*", NamespacePrefix: "comments_", RegistrationRegex: "@.*:.*",
 		AppserviceID: "cactus", BotDisplayName: "Cactus Comments",
-		NATSURL: h.NATS.ClientURL(), NATSReplicas: 1,
+		NATSURL: h.natsURL, NATSReplicas: 1,
 		ListenAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", LogFormat: "text", LogLevel: "warn",
 		PublishTimeout: 10 * time.Second, AliasQueryTimeout: h.opts.AliasQueryTimeout, MaxBodyBytes: 32 << 20,
 		ShutdownTimeout: 10 * time.Second, RegistrationLimit: 10, HomeserverTimeout: h.opts.HomeserverTimeout,
@@ -266,7 +274,11 @@ func (h *Harness) Config() *config.Config {
 
 func (h *Harness) connect(name string) (*nats.Conn, jetstream.JetStream) {
 	h.t.Helper()
-	nc, err := nats.Connect(h.NATS.ClientURL(), nats.Name(name), nats.MaxReconnects(-1))
+	url := h.natsURL
+	if name == "harness" {
+		url = h.NATS.ClientURL()
+	}
+	nc, err := nats.Connect(url, nats.Name(name), nats.MaxReconnects(-1))
 	if err != nil {
 		h.t.Fatalf("nats connect: %v", err)
 	}

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -21,11 +22,20 @@ import (
 //	go test -run '^$' -bench BenchmarkModerationManySites -benchtime 3x -timeout 30m ./e2e/
 //
 // CACTUS_BENCH_SITES (default 200) and CACTUS_BENCH_SITE_ROOMS (comment
-// rooms per site, default 5) change the set-up.
+// rooms per site, default 5) change the set-up; CACTUS_BENCH_NATS_LATENCY
+// (a duration, default none) puts that delay each way between the
+// services and NATS, as a network would.
 func BenchmarkModerationManySites(b *testing.B) {
 	nSites := envInt(b, "CACTUS_BENCH_SITES", 200)
 	perSite := envInt(b, "CACTUS_BENCH_SITE_ROOMS", 5)
-	h := Start(b, Options{Provisioners: -1})
+	var latency time.Duration
+	if v := os.Getenv("CACTUS_BENCH_NATS_LATENCY"); v != "" {
+		var err error
+		if latency, err = time.ParseDuration(v); err != nil {
+			b.Fatalf("CACTUS_BENCH_NATS_LATENCY=%q: %v", v, err)
+		}
+	}
+	h := Start(b, Options{Provisioners: -1, NATSLatency: latency})
 	owner := h.User("owner")
 	sites := make([]*registry.Site, nSites)
 	var wg sync.WaitGroup

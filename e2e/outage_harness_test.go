@@ -11,11 +11,16 @@ import (
 
 // hsProxy stands between the workers and the simulator, so that a test can
 // take the homeserver down as a restart or an upgrade does: connections
-// refused (and open ones cut) until it is back on the same address.
+// refused (and open ones cut) until it is back on the same address. With a
+// delay it stands for a network between the services and NATS instead.
 type hsProxy struct {
 	t      testing.TB
 	target string
 	addr   string
+	// delay holds back every chunk of data in each direction, a crude
+	// network latency (chunks coalesce behind it, so it costs latency,
+	// not much throughput).
+	delay time.Duration
 
 	mu    sync.Mutex
 	ln    net.Listener
@@ -24,8 +29,12 @@ type hsProxy struct {
 }
 
 func startHSProxy(t testing.TB, target string) *hsProxy {
+	return startProxy(t, target, 0)
+}
+
+func startProxy(t testing.TB, target string, delay time.Duration) *hsProxy {
 	t.Helper()
-	p := &hsProxy{t: t, target: target, conns: map[net.Conn]struct{}{}}
+	p := &hsProxy{t: t, target: target, delay: delay, conns: map[net.Conn]struct{}{}}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -91,7 +100,11 @@ func (p *hsProxy) pipe(c net.Conn) {
 	defer p.untrack(up)
 	done := make(chan struct{}, 2)
 	cp := func(dst, src net.Conn) {
-		_, _ = io.Copy(dst, src)
+		if p.delay > 0 {
+			_, _ = io.Copy(dst, &slowReader{src, p.delay})
+		} else {
+			_, _ = io.Copy(dst, src)
+		}
 		// Half-close so an HTTP response still gets through after the
 		// request body ended.
 		if tc, ok := dst.(*net.TCPConn); ok {
@@ -138,4 +151,18 @@ func (p *hsProxy) Up() {
 		p.t.Fatalf("homeserver proxy back up on %s: %v", p.addr, errors.Unwrap(err))
 	}
 	p.serve(ln)
+}
+
+// slowReader delays every read.
+type slowReader struct {
+	r     io.Reader
+	delay time.Duration
+}
+
+func (s *slowReader) Read(b []byte) (int, error) {
+	n, err := s.r.Read(b)
+	if n > 0 {
+		time.Sleep(s.delay)
+	}
+	return n, err
 }
