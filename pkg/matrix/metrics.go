@@ -52,14 +52,21 @@ func (m *Metrics) Observe(endpoint string, status int, d time.Duration) {
 	m.duration.WithLabelValues(endpoint).Observe(d.Seconds())
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.lastStatus = status
+	now := m.now()
 	if !noAnswer(status) {
+		// An answer to a request sent before the homeserver stopped
+		// answering (a slow one, observed late) says nothing about now.
+		if !m.downSince.IsZero() && now.Add(-d).Before(m.downSince) {
+			return
+		}
+		m.lastStatus = status
 		m.downSince = time.Time{}
 		m.unreachable.Set(0)
 		return
 	}
+	m.lastStatus = status
 	if m.downSince.IsZero() {
-		m.downSince = m.now()
+		m.downSince = now
 	}
 	m.unreachable.Set(1)
 }

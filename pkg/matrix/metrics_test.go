@@ -43,7 +43,13 @@ func TestMetricsFollowReachability(t *testing.T) {
 	if s2, status, down := m.Unreachable(); !down || !s2.Equal(since) || status != http.StatusBadGateway {
 		t.Fatalf("after a 502: down %v since %v (was %v) status %d", down, s2, since, status)
 	}
-	// Any answer, even a refusal, means it is back.
+	// An answer to a request sent before the outage began, arriving late,
+	// does not mean it is back.
+	m.Observe("ban", http.StatusOK, time.Hour)
+	if _, _, down := m.Unreachable(); !down {
+		t.Fatal("a late answer to an old request cleared the outage")
+	}
+	// Any answer to a later request, even a refusal, means it is back.
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.WriteHeader(http.StatusForbidden)
 		_, _ = w.Write([]byte(`{"errcode":"M_FORBIDDEN","error":"no"}`))
