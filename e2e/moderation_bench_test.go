@@ -51,12 +51,7 @@ func BenchmarkModerationManySites(b *testing.B) {
 	for _, s := range sites {
 		bulkRooms(b, h, s, perSite)
 	}
-	warm := h.StartProvisioner(provisioner.Options{})
-	h.Quiesce(5 * time.Minute)
-	if err := warm.Stop(); err != nil {
-		b.Fatal(err)
-	}
-	h.HS.SetLatency(hssim.EPBan, 2*time.Millisecond)
+	settleForBenchmark(b, h)
 
 	seq := 0
 	eachReplicaCount(b, h, func(b *testing.B) map[string]float64 {
@@ -113,12 +108,7 @@ func BenchmarkFanOutAfterKill(b *testing.B) {
 	owner := h.User("owner")
 	site := h.RegisterSite("killbench", owner)
 	bulkRooms(b, h, site, rooms)
-	warm := h.StartProvisioner(provisioner.Options{})
-	h.Quiesce(5 * time.Minute)
-	if err := warm.Stop(); err != nil {
-		b.Fatal(err)
-	}
-	h.HS.SetLatency(hssim.EPBan, 2*time.Millisecond)
+	settleForBenchmark(b, h)
 	mod := mxid.MustRoomID(site.ModerationRoom)
 	for i := range b.N {
 		survivor := h.StartProvisioner(provisioner.Options{})

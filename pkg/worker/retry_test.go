@@ -276,15 +276,7 @@ func TestWaitingRetryKeptInProgress(t *testing.T) {
 	// Long enough that a loaded machine still signals many times per
 	// AckWait: only a worker that does not signal at all fails.
 	const ackWait = time.Second
-	c, err := e.js.Consumer(e.ctx, bus.StreamEvents, bus.ConsumerBot)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := c.CachedInfo().Config
-	cfg.AckWait = ackWait
-	if _, err := e.js.CreateOrUpdateConsumer(e.ctx, bus.StreamEvents, cfg); err != nil {
-		t.Fatal(err)
-	}
+	e.setAckWait(ackWait)
 	e.publish("!r:x", "$e")
 	var rec recorder
 	o := e.options(1)

@@ -105,6 +105,20 @@ func (e *env) poll(what string, cond func() bool) {
 	}
 }
 
+// setAckWait changes the bot consumer's AckWait.
+func (e *env) setAckWait(d time.Duration) {
+	e.t.Helper()
+	c, err := e.js.Consumer(e.ctx, bus.StreamEvents, bus.ConsumerBot)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cfg := c.CachedInfo().Config
+	cfg.AckWait = d
+	if _, err := e.js.CreateOrUpdateConsumer(e.ctx, bus.StreamEvents, cfg); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
 func (e *env) consumerInfo() *jetstream.ConsumerInfo {
 	e.t.Helper()
 	c, err := e.js.Consumer(e.ctx, bus.StreamEvents, bus.ConsumerBot)
@@ -613,15 +627,7 @@ func TestQueuedMessagesKeptInProgress(t *testing.T) {
 	// Long enough that a loaded machine still signals many times per
 	// AckWait: only a worker that does not signal at all fails.
 	const ackWait = time.Second
-	c, err := e.js.Consumer(e.ctx, bus.StreamEvents, bus.ConsumerBot)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := c.CachedInfo().Config
-	cfg.AckWait = ackWait
-	if _, err := e.js.CreateOrUpdateConsumer(e.ctx, bus.StreamEvents, cfg); err != nil {
-		t.Fatal(err)
-	}
+	e.setAckWait(ackWait)
 	for i := range 4 {
 		e.publish("!r:x", fmt.Sprintf("$e%d", i))
 	}

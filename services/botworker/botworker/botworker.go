@@ -70,8 +70,8 @@ type Options struct {
 	// DocsURL, ClientScript and ClientStyle override where the bot's
 	// messages point for documentation and the web client's files.
 	DocsURL, ClientScript, ClientStyle string
-	// MinBackoff bounds the first redelivery delay of a failed message
-	// (default 500ms).
+	// MinBackoff is the first wait before a failed message is tried
+	// again (default 1 s, as every worker).
 	MinBackoff time.Duration
 	// OrderWait bounds how long an event holds a worker lane waiting for
 	// an earlier event of its room before it is handed back to JetStream
@@ -161,7 +161,7 @@ func New(ctx context.Context, rt *service.Runtime, o Options) (*Bot, error) {
 		mentions = append(mentions, cfg.BotDisplayName)
 	}
 	if o.MinBackoff <= 0 {
-		o.MinBackoff = 500 * time.Millisecond
+		o.MinBackoff = time.Second
 	}
 	if o.OrderWait <= 0 {
 		o.OrderWait = 2 * time.Second
