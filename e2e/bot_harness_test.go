@@ -75,7 +75,7 @@ func (w *ReplyWatch) Wait(ctx context.Context, room mxid.RoomID, n int) error {
 // the homeserver.
 func (h *Harness) StartWatchedBot(mutate func(*config.Config)) (*botworker.Bot, *ReplyWatch) {
 	h.t.Helper()
-	c, err := matrix.NewClient(matrix.Config{HomeserverURL: h.HS.URL(), Token: testASToken})
+	c, err := matrix.NewClient(matrix.Config{HomeserverURL: h.cfg.HomeserverURL, Token: testASToken})
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -363,7 +363,7 @@ func TestConcurrentFirstVisitsV12Collisions(t *testing.T) {
 			t.Errorf("registry room = %+v, %v", rec, err)
 		}
 	}
-	t.Logf("createRoom answered 500 (a collision) %v times", metricWith(t, h, "cactus_homeserver_requests_total", "status", "500"))
+	t.Logf("createRoom answered 500 (a collision) %v times", metricValue(t, h, "cactus_homeserver_requests_total", "status", "500"))
 }
 
 // The owner upgrades the site's moderation room to version 12. The
@@ -412,7 +412,7 @@ func TestModerationRoomUpgradedToV12(t *testing.T) {
 	if got := h.HS.PowerLevel(a.String(), bob.ID.String()); got != 0 {
 		t.Errorf("bob at %d in the comment room before the bot could read the new moderation room", got)
 	}
-	if got := metricWith(t, h, "cactus_provisioner_moderation_events_total", "action", "deferred"); got == 0 {
+	if got := metricValue(t, h, "cactus_provisioner_moderation_events_total", "action", "deferred"); got == 0 {
 		t.Error("no power levels change reported as deferred")
 	}
 
@@ -550,39 +550,6 @@ func TestCommentRoomUpgraded(t *testing.T) {
 	if dl := h.DeadLetters(); len(dl) != 0 {
 		t.Errorf("dead letters: %+v", dl)
 	}
-}
-
-// metricWith sums a counter's series with one label value (label "": all
-// series) over every service of the harness.
-func metricWith(t *testing.T, h *Harness, name, label, value string) float64 {
-	t.Helper()
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	total := 0.0
-	for _, s := range h.services {
-		if s.RT == nil {
-			continue
-		}
-		mfs, err := s.RT.Metrics.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, mf := range mfs {
-			if mf.GetName() != name {
-				continue
-			}
-			for _, m := range mf.GetMetric() {
-				match := label == ""
-				for _, l := range m.GetLabel() {
-					match = match || l.GetName() == label && l.GetValue() == value
-				}
-				if match {
-					total += m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return total
 }
 
 // What this service did on a version 12 homeserver before it knew the

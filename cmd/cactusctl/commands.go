@@ -202,9 +202,10 @@ func dlqCmd(e *env) *cobra.Command {
 	var replayConsumer string
 	replay := &cobra.Command{
 		Use:   "replay (--all [--consumer NAME] | SEQ...)",
-		Short: "republish dead letters so the workers try them again",
-		Long: "Republishes dead letters to the subject they failed on, so the workers try them again,\n" +
-			"and deletes each one only after the republish is acknowledged.",
+		Short: "send dead letters back through the path that would have handled them",
+		Long: "Sends dead letters back through the path that would have handled them (a worker's: the subject\n" +
+			"they failed on, as a forced full re-run; the gateway's: through its checks again, stored if they\n" +
+			"pass now), and deletes each one only after that is acknowledged.",
 		RunE: func(c *cobra.Command, args []string) error {
 			if all == (len(args) > 0) {
 				return usagef("give either --all or sequence numbers (see cactusctl dlq list)")

@@ -83,9 +83,9 @@ func (t Topology) BotGroup() PartitionGroup {
 		Bucket: BucketPartitions, PriorityGroup: PartitionPriorityGroup,
 		AckWait: AckWait, PinnedTTL: PinnedTTL(AckWait),
 		MaxAckPending: partitionMaxAckPending,
-		// As for every consumer: JetStream's limit only catches a worker
-		// that died on its last delivery.
-		MaxDeliver: t.maxDeliver() + 1,
+		// As for every consumer: JetStream never gives up on a message by
+		// itself; the worker decides, by time, and dead-letters.
+		MaxDeliver: -1,
 	}
 }
 

@@ -73,7 +73,7 @@ func TestServerConfigEnforces(t *testing.T) {
 	srv, pw := server(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	topo := bus.Topology{Replicas: 1, MaxDeliver: 3}
+	topo := bus.Topology{Replicas: 1}
 
 	if nc, err := nats.Connect(srv.ClientURL(), nats.UserInfo("gateway", "wrong")); err == nil {
 		nc.Close()

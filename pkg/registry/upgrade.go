@@ -118,37 +118,39 @@ func (r *Registry) SetCreate(ctx context.Context, roomID string, create power.Ro
 // with a compare-and-set, retrying on conflicting writes, and re-indexes
 // it. fn returning false means no change is needed.
 func (r *Registry) UpdateRoom(ctx context.Context, site, section string, fn func(*Room) (changed bool, err error)) (Room, error) {
-	key := roomKey(site, section)
 	name := site + "_" + section
-	for attempt := 0; ; attempt++ {
-		e, err := r.rooms.Get(ctx, key)
-		if isNotFound(err) {
-			return Room{}, notFound("room", name)
+	var (
+		out     Room
+		changed bool
+		fnErr   error
+	)
+	_, err := r.rooms.Update(ctx, roomKey(site, section), func(cur []byte) ([]byte, bool, error) {
+		if cur == nil {
+			return nil, false, notFound("room", name)
 		}
+		out = Room{}
+		if err := decode(cur, &out); err != nil {
+			return nil, false, wrap("decode room", name, err)
+		}
+		changed, fnErr = fn(&out)
+		if fnErr != nil || !changed {
+			return nil, false, fnErr
+		}
+		b, err := json.Marshal(out)
 		if err != nil {
-			return Room{}, wrap("get room", name, err)
+			return nil, false, wrap("encode room", name, err)
 		}
-		var room Room
-		if err := decode(e.Value(), &room); err != nil {
-			return Room{}, wrap("decode room", name, err)
-		}
-		changed, err := fn(&room)
-		if err != nil || !changed {
-			return room, err
-		}
-		b, err := json.Marshal(room)
-		if err != nil {
-			return Room{}, wrap("encode room", name, err)
-		}
-		_, err = r.rooms.Update(ctx, key, b, e.Revision())
-		if err == nil {
-			return room, r.putIndex(ctx, room)
-		}
-		if attempt >= 50 || !isConflict(err) {
-			return Room{}, wrap("update room", name, err)
-		}
-		if err := ctx.Err(); err != nil {
-			return Room{}, wrap("update room", name, err)
-		}
+		return b, true, nil
+	})
+	switch {
+	case fnErr != nil:
+		return out, fnErr
+	case errors.Is(err, ErrNotFound):
+		return Room{}, err
+	case err != nil:
+		return Room{}, wrap("update room", name, err)
+	case !changed:
+		return out, nil
 	}
+	return out, r.putIndex(ctx, out)
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/pkg/cas"
 	"github.com/cactus-comments/appservice/pkg/config"
 	"github.com/cactus-comments/appservice/pkg/event"
 	"github.com/cactus-comments/appservice/pkg/matrix"
@@ -38,6 +39,11 @@ import (
 
 // Name is the service name in logs and NATS connection names.
 const Name = "botworker"
+
+// orderForceAttempt is the attempt at which an event stops waiting for an
+// earlier event of its room (see turns): with the default order wait, about
+// 20 s.
+const orderForceAttempt = 7
 
 // Homeserver is what the bot needs from the client-server API.
 // *matrix.Client implements it; tests substitute their own.
@@ -69,8 +75,8 @@ type Options struct {
 	// DocsURL, ClientScript and ClientStyle override where the bot's
 	// messages point for documentation and the web client's files.
 	DocsURL, ClientScript, ClientStyle string
-	// MinBackoff bounds the first redelivery delay of a failed message
-	// (default 500ms).
+	// MinBackoff is the first wait before a failed message is tried
+	// again (default 1 s, as every worker).
 	MinBackoff time.Duration
 	// OrderWait bounds how long an event holds a worker lane waiting for
 	// an earlier event of its room before it is handed back to JetStream
@@ -89,11 +95,13 @@ type Bot struct {
 	texts    texts
 	m        *metrics
 	wm       *worker.Metrics
+	hsm      *matrix.Metrics
 	bot      mxid.UserID
 	ns       namespace.Namespace
 	mentions []string
 	now      func() time.Time
 	backoff  time.Duration
+	done     *cas.Bucket // done markers
 
 	turns  *turns
 	ours   *ttlCache // rooms known to be comment or moderation rooms
@@ -104,6 +112,7 @@ type Bot struct {
 func New(ctx context.Context, rt *service.Runtime, o Options) (*Bot, error) {
 	cfg := rt.Config
 	m := newMetrics(rt.Metrics)
+	hsm := matrix.NewMetrics(rt.Metrics)
 	if o.Now == nil {
 		o.Now = time.Now
 	}
@@ -112,8 +121,11 @@ func New(ctx context.Context, rt *service.Runtime, o Options) (*Bot, error) {
 			HomeserverURL:  cfg.HomeserverURL,
 			Token:          cfg.ASToken.Reveal(),
 			RequestTimeout: cfg.HomeserverTimeout,
-			Observe:        matrix.NewMetrics(rt.Metrics).Observe,
-			Logger:         rt.Log,
+			// A long rate limit goes back to the worker, which waits
+			// without holding a lane.
+			MaxRetryAfter: time.Second,
+			Observe:       hsm.Observe,
+			Logger:        rt.Log,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("botworker: %w", err)
@@ -127,9 +139,13 @@ func New(ctx context.Context, rt *service.Runtime, o Options) (*Bot, error) {
 		}
 		o.Registry = reg
 	}
-	kv, err := rt.JS.KeyValue(ctx, bus.BucketLimit)
+	sb, err := cas.Open(ctx, rt.JS, bus.BucketLimit)
 	if err != nil {
-		return nil, fmt.Errorf("botworker: open bucket %s: %w", bus.BucketLimit, err)
+		return nil, fmt.Errorf("botworker: %w", err)
+	}
+	done, err := cas.Open(ctx, rt.JS, bus.BucketDone)
+	if err != nil {
+		return nil, fmt.Errorf("botworker: %w", err)
 	}
 	t := texts{
 		ServerName: cfg.ServerName(), PublicURL: cfg.PublicHomeserverURL, Namespace: cfg.Namespace(),
@@ -150,7 +166,7 @@ func New(ctx context.Context, rt *service.Runtime, o Options) (*Bot, error) {
 		mentions = append(mentions, cfg.BotDisplayName)
 	}
 	if o.MinBackoff <= 0 {
-		o.MinBackoff = 500 * time.Millisecond
+		o.MinBackoff = time.Second
 	}
 	if o.OrderWait <= 0 {
 		o.OrderWait = 2 * time.Second
@@ -165,9 +181,9 @@ func New(ctx context.Context, rt *service.Runtime, o Options) (*Bot, error) {
 	}
 	return &Bot{
 		cfg: cfg, log: rt.Log, js: rt.JS, hs: o.Homeserver, reg: o.Registry,
-		state: &state{kv: kv, now: o.Now}, texts: t, m: m, wm: worker.NewMetrics(rt.Metrics),
-		bot: bot, ns: cfg.Namespace(), mentions: mentions, now: o.Now, backoff: o.MinBackoff,
-		turns: &turns{kv: kv, stream: stream, consumer: cons, maxWait: o.OrderWait, recheck: 250 * time.Millisecond,
+		state: &state{b: sb, now: o.Now}, texts: t, m: m, wm: worker.NewMetrics(rt.Metrics), hsm: hsm,
+		bot: bot, ns: cfg.Namespace(), mentions: mentions, now: o.Now, backoff: o.MinBackoff, done: done,
+		turns: &turns{kv: sb.KV(), stream: stream, consumer: cons, maxWait: o.OrderWait, recheck: 250 * time.Millisecond,
 			bot: bot.String(), log: rt.Log, waits: m.orderWaits},
 		ours:   newTTLCache(o.Now, time.Minute, 50_000),
 		direct: newTTLCache(o.Now, time.Minute, 50_000),
@@ -208,6 +224,7 @@ func Run(ctx context.Context, cfg *config.Config) error {
 		return err
 	}
 	rt.SetReady(true)
+	rt.ReportWorker(ctx, service.WorkerHealth{Homeserver: b.hsm, Worker: b.wm})
 	rt.Log.Info("botworker ready", "bot", b.bot.String(), "concurrency", cfg.Concurrency)
 	err = b.Consume(ctx)
 	rt.SetReady(false)
@@ -220,8 +237,11 @@ func (b *Bot) Consume(ctx context.Context) error {
 		Stream:      bus.StreamEvents,
 		Consumer:    bus.ConsumerBot,
 		Concurrency: b.cfg.Concurrency,
-		MaxDeliver:  b.cfg.MaxDeliver,
+		Horizon:     b.cfg.RetryHorizon,
 		MinBackoff:  b.backoff,
+		MaxBackoff:  b.cfg.RetryMaxBackoff,
+		Grace:       b.cfg.ShutdownTimeout / 2,
+		Done:        b.done,
 		Log:         b.log,
 		Metrics:     b.wm,
 	}, b.HandleMsg)
@@ -230,7 +250,7 @@ func (b *Bot) Consume(ctx context.Context) error {
 // HandleMsg is the worker handler: one event from the bot's consumer.
 // Events of rooms that are not ours wait for the earlier events of their
 // room (see turns), and mark themselves finished once they will not be
-// delivered again: handled, refused for good, or on their last delivery.
+// tried again: handled, refused for good, or on their last attempt.
 func (b *Bot) HandleMsg(ctx context.Context, m jetstream.Msg) (err error) {
 	ev, err := event.Decode(m.Data())
 	if err != nil {
@@ -240,9 +260,9 @@ func (b *Bot) HandleMsg(ctx context.Context, m jetstream.Msg) (err error) {
 	if err != nil || ev.Sender == b.bot.String() {
 		// The bot's own events have no effect that depends on order (see
 		// turns.firstUnfinished).
-		return b.HandleEvent(ctx, ev, err == nil && int(md.NumDelivered) >= b.cfg.MaxDeliver)
+		return b.HandleEvent(ctx, ev, worker.LastAttempt(ctx))
 	}
-	last := int(md.NumDelivered) >= b.cfg.MaxDeliver
+	last := worker.LastAttempt(ctx)
 	ours, err := b.isOurRoom(ctx, ev.RoomID)
 	if err != nil {
 		return err
@@ -250,9 +270,10 @@ func (b *Bot) HandleMsg(ctx context.Context, m jetstream.Msg) (err error) {
 	if ours {
 		return b.handleEvent(ctx, ev, last, roomOurs)
 	}
-	// The last two deliveries go ahead even out of order: the last one
-	// must be a real attempt, and the one before it a chance to retry.
-	force := int(md.NumDelivered) >= b.cfg.MaxDeliver-1
+	// After a while, or on its last attempt, an event goes ahead even out
+	// of order: an earlier event that never finishes must not hold its
+	// room for ever.
+	force := last || worker.Attempt(ctx) >= orderForceAttempt
 	tn, err := b.turns.wait(ctx, m.Subject(), ev.RoomID, md.Sequence.Stream, force)
 	if errors.Is(err, errTurn) {
 		return worker.RetryAfter(err, b.turns.maxWait/2)
@@ -271,6 +292,12 @@ func (b *Bot) HandleMsg(ctx context.Context, m jetstream.Msg) (err error) {
 			panic(p)
 		}
 	}()
+	// Invites and commands have effects a second run must not repeat
+	// once the homeserver has forgotten their transaction ids: an event
+	// stored again after the duplicate window is recognised here.
+	if done, err := worker.CheckDone(ctx, ev.EventID); err != nil || done {
+		return err
+	}
 	return b.handleEvent(ctx, ev, last, roomNotOurs)
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/pkg/cas"
 	"github.com/cactus-comments/appservice/pkg/event"
 )
 
@@ -196,7 +197,7 @@ func (t *turns) finish(ctx context.Context, tn turn) error {
 		if err == nil {
 			return nil
 		}
-		if !isConflict(err) {
+		if !cas.IsConflict(err) {
 			return fmt.Errorf("room order: %w", err)
 		}
 		known = false
