@@ -39,6 +39,11 @@ func TestTopologyHasOwners(t *testing.T) {
 			t.Errorf("stream %s has no producers in access.go", sc.Name)
 		}
 	}
+	for _, kc := range topo.Buckets() {
+		if len(bucketUsers[kc.Bucket]) == 0 {
+			t.Errorf("bucket %s has no users in access.go", kc.Bucket)
+		}
+	}
 }
 
 func TestPermissions(t *testing.T) {
@@ -60,16 +65,20 @@ func TestPermissions(t *testing.T) {
 			noSub: []string{SubjectEventsAll, "_INBOX.x", "_INBOX_botworker.x", SubjectAliasQuery, ">"},
 		},
 		{
-			id:      Provisioner,
-			pub:     []string{JobSubject("ban", "s", "!r:x"), DLQSubject(ConsumerJobs), "$JS.API.CONSUMER.MSG.NEXT." + StreamEvents + "." + ConsumerModeration, "$JS.ACK." + StreamJobs + "." + ConsumerJobs + ".1.2.3.4.5", "$KV." + BucketSites + ".k", "$JS.API.DIRECT.GET.KV_" + BucketRooms + ".$KV." + BucketRooms + ".k"},
-			noPub:   []string{EventSubject(ClassBot, "!r:x"), "$JS.API.CONSUMER.MSG.NEXT." + StreamEvents + "." + ConsumerBot, "$JS.API.STREAM.DELETE." + StreamJobs, "$JS.API.STREAM.UPDATE.KV_" + BucketSites, SubjectAliasQuery},
+			id:  Provisioner,
+			pub: []string{JobSubject("ban", "s", "!r:x"), DLQSubject(ConsumerJobs), "$JS.API.CONSUMER.MSG.NEXT." + StreamEvents + "." + ConsumerModeration, "$JS.ACK." + StreamJobs + "." + ConsumerJobs + ".1.2.3.4.5", "$KV." + BucketSites + ".k", "$JS.API.DIRECT.GET.KV_" + BucketRooms + ".$KV." + BucketRooms + ".k"},
+			noPub: []string{EventSubject(ClassBot, "!r:x"), "$JS.API.CONSUMER.MSG.NEXT." + StreamEvents + "." + ConsumerBot, "$JS.API.STREAM.DELETE." + StreamJobs, "$JS.API.STREAM.UPDATE.KV_" + BucketSites, SubjectAliasQuery,
+				// Buckets of the bot alone.
+				"$KV." + BucketPartitions + ".k", "$JS.API.DIRECT.GET.KV_" + BucketPartitions, "$KV." + BucketLimit + ".k"},
 			sub:     []string{SubjectAliasQuery, "_INBOX_provisioner.x"},
 			noSub:   []string{SubjectEventsAll, "_INBOX_gateway.x"},
 			respond: true,
 		},
 		{
-			id:    Botworker,
-			pub:   []string{DLQSubject(ConsumerBot), "$JS.API.CONSUMER.MSG.NEXT." + StreamEvents + "." + ConsumerBot, "$KV." + BucketLimit + ".k"},
+			id: Botworker,
+			pub: []string{DLQSubject(ConsumerBot), "$JS.API.CONSUMER.MSG.NEXT." + StreamEvents + "." + ConsumerBot, "$KV." + BucketLimit + ".k",
+				"$KV." + BucketPartitions + ".botworker.members.x", "$JS.API.CONSUMER.UNPIN." + StreamEvents + ".botworker-p03",
+				"$KV." + BucketDone + ".k", "$KV." + BucketStatus + ".k", "$JS.API.STREAM.MSG.GET.KV_" + BucketSites},
 			noPub: []string{EventSubject(ClassBot, "!r:x"), JobSubject("ban", "s", "!r:x"), "$JS.API.CONSUMER.MSG.NEXT." + StreamEvents + "." + ConsumerModeration},
 			sub:   []string{"_INBOX_botworker.x"},
 			noSub: []string{SubjectAliasQuery, SubjectEventsAll},
