@@ -88,8 +88,8 @@ func ConsumerOwner(durable string) Identity {
 // consumer or bucket added to it is covered without a second edit:
 //
 //   - publishing into a stream: its subjects, and the stream's info;
-//   - a durable consumer it owns: its info, pulling (with priority groups
-//     and unpinning), acknowledging, and the info and messages of the
+//   - a durable consumer it owns: its info, pulling (with priority groups,
+//     and unpinning a pinned consumer's client), acknowledging, and the info and messages of the
 //     stream it reads;
 //   - every identity that consumes dead-letters what it cannot handle;
 //   - a key-value bucket: its users (bucketUsers) may read it (from the
@@ -129,7 +129,10 @@ func (t Topology) Permissions(id Identity) Permissions {
 		s, c := cs.Stream, cs.Config.Durable
 		api("CONSUMER", "INFO", s, c)
 		api("CONSUMER", "MSG", "NEXT", s, c)
-		api("CONSUMER", "UNPIN", s, c)
+		if cs.Config.PriorityPolicy == jetstream.PriorityPolicyPinned {
+			// Handing a partition over unpins its owner at once.
+			api("CONSUMER", "UNPIN", s, c)
+		}
 		pub = append(pub, "$JS.ACK."+s+"."+c+".>")
 		api("STREAM", "INFO", s)
 		api("STREAM", "MSG", "GET", s)

@@ -69,7 +69,9 @@ func TestPermissions(t *testing.T) {
 			pub: []string{JobSubject("ban", "s", "!r:x"), DLQSubject(ConsumerJobs), "$JS.API.CONSUMER.MSG.NEXT." + StreamEvents + "." + ConsumerModeration, "$JS.ACK." + StreamJobs + "." + ConsumerJobs + ".1.2.3.4.5", "$KV." + BucketSites + ".k", "$JS.API.DIRECT.GET.KV_" + BucketRooms + ".$KV." + BucketRooms + ".k"},
 			noPub: []string{EventSubject(ClassBot, "!r:x"), "$JS.API.CONSUMER.MSG.NEXT." + StreamEvents + "." + ConsumerBot, "$JS.API.STREAM.DELETE." + StreamJobs, "$JS.API.STREAM.UPDATE.KV_" + BucketSites, SubjectAliasQuery,
 				// Buckets of the bot alone.
-				"$KV." + BucketPartitions + ".k", "$JS.API.DIRECT.GET.KV_" + BucketPartitions, "$KV." + BucketLimit + ".k"},
+				"$KV." + BucketPartitions + ".k", "$JS.API.DIRECT.GET.KV_" + BucketPartitions, "$KV." + BucketLimit + ".k",
+				// Nothing of its own is pinned.
+				"$JS.API.CONSUMER.UNPIN." + StreamJobs + "." + ConsumerJobs},
 			sub:     []string{SubjectAliasQuery, "_INBOX_provisioner.x"},
 			noSub:   []string{SubjectEventsAll, "_INBOX_gateway.x"},
 			respond: true,
