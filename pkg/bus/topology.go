@@ -148,22 +148,23 @@ func (t Topology) Buckets() []jetstream.KeyValueConfig {
 	}, t.PartitionBucket())
 }
 
-// Ensure creates or updates every stream, consumer and bucket. It is safe to
+// Ensure creates or updates every stream, consumer and bucket that is
+// missing or differs from the declaration (see ensure.go). It is safe to
 // run from every replica at once.
 func (t Topology) Ensure(ctx context.Context, js jetstream.JetStream) error {
 	for _, sc := range t.Streams() {
-		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
-			return fmt.Errorf("ensure stream %s: %w", sc.Name, err)
+		if err := ensureStream(ctx, js, sc); err != nil {
+			return err
 		}
 	}
 	for _, cs := range t.Consumers() {
-		if _, err := js.CreateOrUpdateConsumer(ctx, cs.Stream, cs.Config); err != nil {
-			return fmt.Errorf("ensure consumer %s: %w", cs.Config.Durable, err)
+		if err := ensureConsumer(ctx, js, cs); err != nil {
+			return err
 		}
 	}
 	for _, kc := range t.Buckets() {
-		if _, err := js.CreateOrUpdateKeyValue(ctx, kc); err != nil {
-			return fmt.Errorf("ensure bucket %s: %w", kc.Bucket, err)
+		if err := ensureBucket(ctx, js, kc); err != nil {
+			return err
 		}
 	}
 	return nil
