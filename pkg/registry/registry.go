@@ -130,6 +130,18 @@ type Room struct {
 	// that replaced it: the entry is kept so that the old room's late
 	// events are recognised, but the room is no longer the site's.
 	ReplacedBy string `json:"replaced_by,omitempty"`
+	// ReplacedSeq is the event-stream sequence of the tombstone that
+	// replaced the room, 0 if unknown.
+	ReplacedSeq uint64 `json:"replaced_seq,omitempty"`
+}
+
+// ReplacedAfter reports whether the event with stream sequence seq came
+// before the room's tombstone: the room was still the site's then. Events
+// are handled in any order, so the old room's events may be handled after
+// the tombstone; those it sent before still count. Without a recorded
+// sequence nothing counts.
+func (r Room) ReplacedAfter(seq uint64) bool {
+	return r.ReplacedSeq > 0 && seq > 0 && seq < r.ReplacedSeq
 }
 
 // IsModeration reports whether r is a site's moderation room.

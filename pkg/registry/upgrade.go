@@ -23,8 +23,10 @@ var ErrReplaced = errors.New("registry: room already replaced")
 // Repeating it changes nothing more. A room that is no longer the site's
 // current one (its section moved to another room meanwhile) is only
 // marked as replaced. ErrNotFound: old is not a room of ours;
-// ErrReplaced: old was replaced by another room.
-func (r *Registry) FollowUpgrade(ctx context.Context, old, next string, create *power.Room) (Room, error) {
+// ErrReplaced: old was replaced by another room. seq is the event-stream
+// sequence of old's tombstone (0 if unknown): old's events from before it
+// still count (Room.ReplacedAfter).
+func (r *Registry) FollowUpgrade(ctx context.Context, old, next string, create *power.Room, seq uint64) (Room, error) {
 	prev, err := r.Lookup(ctx, old)
 	if err != nil {
 		return Room{}, err
@@ -77,6 +79,9 @@ func (r *Registry) FollowUpgrade(ctx context.Context, old, next string, create *
 		}
 	}
 	prev.ReplacedBy = next
+	if prev.ReplacedSeq == 0 || (seq > 0 && seq < prev.ReplacedSeq) {
+		prev.ReplacedSeq = seq
+	}
 	if err := r.putIndex(ctx, prev); err != nil {
 		return Room{}, err
 	}

@@ -61,7 +61,11 @@ func (p *Provisioner) handleModeration(ctx context.Context, m jetstream.Msg) err
 		return classify(err)
 	}
 	log = log.With("site", room.Site)
-	if room.ReplacedBy != "" {
+	seq := eventSequence(ctx, m)
+	if room.ReplacedBy != "" && !room.ReplacedAfter(seq) {
+		// The old room's events from after its tombstone: the replacement
+		// is the site's room now. Its events from before the tombstone
+		// (handled late: events are handled in any order) still count.
 		p.m.moderation.WithLabelValues("ignored").Inc()
 		log.Info("moderation event in an upgraded room ignored: its replacement is the site's room", "replaced_by", room.ReplacedBy)
 		return nil
@@ -99,7 +103,6 @@ func (p *Provisioner) handleModeration(ctx context.Context, m jetstream.Msg) err
 	}
 	p.m.moderation.WithLabelValues(d.action()).Inc()
 
-	seq := eventSequence(ctx, m)
 	taken, changed := false, false
 	if _, err := p.reg.UpdateSite(ctx, room.Site, func(s *registry.Site) (bool, error) {
 		taken, changed = d.apply(s, seq)
