@@ -173,7 +173,9 @@ func (p *Provisioner) knowModerationRoom(ctx context.Context, siteName string, l
 	}
 	if r == nil {
 		p.m.moderation.WithLabelValues("deferred").Inc()
-		log.Warn("power levels of a moderation room the bot cannot read yet not applied: the comment sections keep the last ones until the bot is invited there")
+		if worker.Attempt(ctx) == 1 {
+			log.Warn("power levels of a moderation room the bot cannot read yet wait: the comment sections keep the last ones until the bot is invited there")
+		}
 		return false, nil
 	}
 	return true, nil
