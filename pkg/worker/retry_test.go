@@ -334,7 +334,7 @@ func TestDoneMarkers(t *testing.T) {
 	}
 	replay := nats.NewMsg(bus.EventSubject(bus.ClassBot, "!r:x"))
 	replay.Header.Set(bus.HeaderMsgID, "cactus-dlq-replay-1")
-	bus.SetReplayOrigin(replay.Header, bus.Origin{Stream: bus.StreamEvents, Sequence: 1, Consumer: bus.ConsumerBot})
+	bus.SetReplayOrigin(replay.Header, bus.Origin{Stream: bus.StreamEvents, Sequence: 1, Consumer: testConsumer})
 	replay.Data = []byte("$event")
 	if _, err := e.js.PublishMsg(e.ctx, replay); err != nil {
 		t.Fatal(err)
@@ -351,7 +351,7 @@ func TestDoneMarkers(t *testing.T) {
 	for k := range keys.Keys() {
 		all = append(all, k)
 	}
-	if !slices.Equal(all, []string{markerKey(bus.ConsumerBot, "$event")}) {
+	if !slices.Equal(all, []string{markerKey(testConsumer, "$event")}) {
 		t.Fatalf("markers %v", all)
 	}
 }

@@ -106,6 +106,9 @@ type Options struct {
 	Stream, Consumer string
 	// Concurrency is the number of lanes: handlers running at once.
 	Concurrency int
+	// Lanes, if set, are lanes this Run shares with others (Concurrency
+	// is then ignored): one limit for every consumer of a replica.
+	Lanes *Lanes
 	// Horizon is how long after a message was stored it is still retried
 	// through transient failures (default 24 h).
 	Horizon time.Duration
@@ -224,6 +227,9 @@ func (o *Options) defaults() {
 	if o.Concurrency <= 0 {
 		o.Concurrency = 1
 	}
+	if o.Lanes == nil {
+		o.Lanes = NewLanes(o.Concurrency)
+	}
 	if o.Horizon <= 0 {
 		o.Horizon = 24 * time.Hour
 	}
@@ -272,7 +278,7 @@ func Run(ctx context.Context, js jetstream.JetStream, o Options, h Handler) erro
 	defer hcancel()
 	r := &runner{
 		o: &o, js: js, h: h, hctx: hctx,
-		lanes: make(chan struct{}, o.Concurrency),
+		lanes: o.Lanes,
 		held:  map[*item]struct{}{},
 		keys:  map[string][]*item{},
 		stop:  make(chan struct{}),
@@ -332,40 +338,17 @@ type runner struct {
 	h    Handler
 	hctx context.Context
 
-	lanes chan struct{}
+	lanes *Lanes
 	wg    sync.WaitGroup
 
 	mu   sync.Mutex
-	cond *sync.Cond // broadcast when ready or running decrease
-	// ready counts messages that need a lane now: running, or about to
-	// run. Pulls ask for at most Concurrency-ready messages.
-	ready int
+	cond *sync.Cond // broadcast when running decreases or the worker stops
 	// running counts handlers in progress.
 	running  int
 	held     map[*item]struct{}
 	keys     map[string][]*item // keys with a message in progress, and what waits behind it
 	stopping bool
 	stop     chan struct{} // closed when stopping
-}
-
-// free waits until a lane is free for a new message and returns how many
-// are, or 0 once ctx ends.
-func (r *runner) free(ctx context.Context) int {
-	stop := context.AfterFunc(ctx, func() {
-		r.mu.Lock()
-		r.cond.Broadcast()
-		r.mu.Unlock()
-	})
-	defer stop()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for r.ready >= r.o.Concurrency && ctx.Err() == nil {
-		r.cond.Wait()
-	}
-	if ctx.Err() != nil {
-		return 0
-	}
-	return r.o.Concurrency - r.ready
 }
 
 // pull fetches as many messages as there are free lanes until ctx ends.
@@ -378,7 +361,7 @@ func (r *runner) pull(ctx context.Context, cons jetstream.Consumer) error {
 		opts = append(opts, jetstream.FetchPriorityGroup(r.o.PriorityGroup))
 	}
 	for {
-		n := r.free(ctx)
+		n := r.lanes.free(ctx)
 		if n == 0 {
 			return ctx.Err()
 		}
@@ -437,7 +420,7 @@ func (r *runner) accept(ctx context.Context, m jetstream.Msg) {
 	if ctx.Err() != nil {
 		return
 	}
-	r.ready++
+	r.lanes.add(+1)
 	r.wg.Go(func() { r.process(it) })
 }
 
@@ -445,13 +428,13 @@ func (r *runner) accept(ctx context.Context, m jetstream.Msg) {
 func (r *runner) process(it *item) {
 	for it != nil {
 		select {
-		case r.lanes <- struct{}{}:
+		case r.lanes.run <- struct{}{}:
 		case <-r.stop:
 			r.leave()
 			return
 		}
 		retry := r.attempt(it)
-		<-r.lanes
+		<-r.lanes.run
 		if retry > 0 {
 			if !r.wait(it, retry) {
 				return
@@ -465,10 +448,7 @@ func (r *runner) process(it *item) {
 // wait holds it, without a lane, until its next attempt; false means the
 // worker is stopping and it is left for shutdown to hand back.
 func (r *runner) wait(it *item, d time.Duration) bool {
-	r.mu.Lock()
-	r.ready--
-	r.cond.Broadcast()
-	r.mu.Unlock()
+	r.lanes.add(-1)
 	r.o.addWaiting(+1)
 	defer r.o.addWaiting(-1)
 	t := time.NewTimer(d)
@@ -483,7 +463,7 @@ func (r *runner) wait(it *item, d time.Duration) bool {
 	if r.stopping {
 		return false
 	}
-	r.ready++
+	r.lanes.add(+1)
 	return true
 }
 
@@ -502,8 +482,7 @@ func (r *runner) next(it *item) *item {
 			delete(r.keys, it.key)
 		}
 	}
-	r.ready--
-	r.cond.Broadcast()
+	r.lanes.add(-1)
 	return nil
 }
 
@@ -518,12 +497,7 @@ func (r *runner) release(it *item) {
 }
 
 // leave gives up a lane slot without handling anything (stopping).
-func (r *runner) leave() {
-	r.mu.Lock()
-	r.ready--
-	r.cond.Broadcast()
-	r.mu.Unlock()
-}
+func (r *runner) leave() { r.lanes.add(-1) }
 
 // attempt runs the handler once and settles the message, or returns how
 // long to wait before trying it again in place (ordered messages).

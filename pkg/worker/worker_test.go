@@ -19,6 +19,9 @@ import (
 	"github.com/cactus-comments/appservice/pkg/embednats"
 )
 
+// testConsumer consumes every bot event in the tests.
+const testConsumer = "worker-test"
+
 // waitFor is the failure deadline of conditions that have no signal. It is
 // never a pass condition.
 const waitFor = 15 * time.Second
@@ -44,13 +47,21 @@ func newEnvWith(t *testing.T, topo bus.Topology) *env {
 	if err := topo.Ensure(ctx, js); err != nil {
 		t.Fatal(err)
 	}
+	// A consumer of the bot's events in every partition, as the workers'
+	// consumers are configured.
+	if _, err := js.CreateConsumer(ctx, bus.StreamEvents, jetstream.ConsumerConfig{
+		Durable: testConsumer, FilterSubject: bus.EventFilter(bus.ClassBot), AckPolicy: jetstream.AckExplicitPolicy,
+		AckWait: bus.AckWait, MaxDeliver: -1, MaxAckPending: 512,
+	}); err != nil {
+		t.Fatal(err)
+	}
 	reg := prometheus.NewRegistry()
 	return &env{t: t, ctx: ctx, js: js, reg: reg, met: NewMetrics(reg)}
 }
 
 func (e *env) options(concurrency int) Options {
 	return Options{
-		Stream: bus.StreamEvents, Consumer: bus.ConsumerBot,
+		Stream: bus.StreamEvents, Consumer: testConsumer,
 		Concurrency: concurrency,
 		MinBackoff:  time.Millisecond, MaxBackoff: 5 * time.Millisecond,
 		// Short pulls: tests stop workers often.
@@ -108,7 +119,7 @@ func (e *env) poll(what string, cond func() bool) {
 // setAckWait changes the bot consumer's AckWait.
 func (e *env) setAckWait(d time.Duration) {
 	e.t.Helper()
-	c, err := e.js.Consumer(e.ctx, bus.StreamEvents, bus.ConsumerBot)
+	c, err := e.js.Consumer(e.ctx, bus.StreamEvents, testConsumer)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -121,7 +132,7 @@ func (e *env) setAckWait(d time.Duration) {
 
 func (e *env) consumerInfo() *jetstream.ConsumerInfo {
 	e.t.Helper()
-	c, err := e.js.Consumer(e.ctx, bus.StreamEvents, bus.ConsumerBot)
+	c, err := e.js.Consumer(e.ctx, bus.StreamEvents, testConsumer)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -321,14 +332,14 @@ func TestPermanentErrorDeadLetters(t *testing.T) {
 		return nil
 	})
 	dl := e.deadLetters(1)[0]
-	if dl.Reason != "create room: 403 M_FORBIDDEN" || dl.Source != bus.ConsumerBot || dl.Stream != bus.StreamEvents ||
+	if dl.Reason != "create room: 403 M_FORBIDDEN" || dl.Source != testConsumer || dl.Stream != bus.StreamEvents ||
 		dl.Subject != (bus.Topology{}).StoredSubject(bus.ClassBot, "!r:x") || dl.Delivered != 1 || string(dl.Data) != "$bad" {
 		t.Fatalf("dead letter %+v", dl)
 	}
-	if dl.Header.Get(bus.HeaderConsumer) != bus.ConsumerBot || dl.Header.Get(bus.HeaderTxnID) != "txn-$bad" ||
+	if dl.Header.Get(bus.HeaderConsumer) != testConsumer || dl.Header.Get(bus.HeaderTxnID) != "txn-$bad" ||
 		// Its own id (stream and sequence), never the original's, which
 		// would make a replay a duplicate.
-		dl.Header.Get(bus.HeaderMsgID) != "dlq:"+bus.StreamEvents+":"+bus.ConsumerBot+":1" {
+		dl.Header.Get(bus.HeaderMsgID) != "dlq:"+bus.StreamEvents+":"+testConsumer+":1" {
 		t.Fatalf("dead letter headers %v", dl.Header)
 	}
 	// A later message of the same room is handled after it (same lane), and
@@ -566,7 +577,7 @@ func TestRunStopsWhenConsumerDisappears(t *testing.T) {
 		})
 	}()
 	<-handled
-	if err := e.js.DeleteConsumer(e.ctx, bus.StreamEvents, bus.ConsumerBot); err != nil {
+	if err := e.js.DeleteConsumer(e.ctx, bus.StreamEvents, testConsumer); err != nil {
 		t.Fatal(err)
 	}
 	select {
