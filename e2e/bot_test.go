@@ -324,7 +324,7 @@ func TestBotHomeserverModes(t *testing.T) {
 // replica (where the retry queues behind the next command) or several.
 func TestBotOrderAfterRetry(t *testing.T) {
 	t.Parallel()
-	for _, replicas := range []int{1, 2} {
+	for _, replicas := range []int{1, 2, 3} {
 		t.Run(fmt.Sprintf("replicas=%d", replicas), func(t *testing.T) {
 			t.Parallel()
 			h := Start(t, Options{Concurrency: 2})

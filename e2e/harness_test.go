@@ -239,6 +239,14 @@ func Start(t testing.TB, o Options) *Harness {
 				t.Fatalf("shorten AckWait of %s: %v", cs.Config.Durable, err)
 			}
 		}
+		// The partition lease follows AckWait, so a killed botworker's
+		// partitions move sooner too.
+		kc := topo.PartitionBucket()
+		kc.TTL = bus.LeaseTTL(o.AckWait)
+		kc.LimitMarkerTTL = kc.TTL
+		if _, err := h.JS.CreateOrUpdateKeyValue(ctx, kc); err != nil {
+			t.Fatalf("shorten the partition lease: %v", err)
+		}
 	}
 	if h.Registry, err = registry.Open(ctx, h.JS); err != nil {
 		t.Fatal(err)
@@ -535,9 +543,8 @@ func (h *Harness) WaitSim(cond func() bool, timeout time.Duration, what string) 
 // describe is the state of the pipeline, for failure messages.
 func (h *Harness) describe() string {
 	var b strings.Builder
-	for _, c := range []struct{ stream, consumer string }{
-		{bus.StreamEvents, bus.ConsumerModeration}, {bus.StreamJobs, bus.ConsumerJobs}, {bus.StreamEvents, bus.ConsumerBot},
-	} {
+	for _, cs := range service.Topology(h.cfg).Consumers() {
+		c := struct{ stream, consumer string }{cs.Stream, cs.Config.Durable}
 		cons, err := h.JS.Consumer(h.Ctx, c.stream, c.consumer)
 		if err != nil {
 			fmt.Fprintf(&b, "%s: %v; ", c.consumer, err)
@@ -546,6 +553,9 @@ func (h *Harness) describe() string {
 		info, err := cons.Info(h.Ctx)
 		if err != nil {
 			fmt.Fprintf(&b, "%s: %v; ", c.consumer, err)
+			continue
+		}
+		if info.NumPending == 0 && info.NumAckPending == 0 && info.NumRedelivered == 0 {
 			continue
 		}
 		fmt.Fprintf(&b, "%s: pending %d, ack pending %d, redelivered %d, delivered %d; ", c.consumer,

@@ -33,6 +33,10 @@ func natsEnv(t *testing.T) (map[string]string, jetstream.JetStream) {
 	return map[string]string{"CACTUS_NATS_URL": srv.ClientURL()}, js
 }
 
+// botConsumer is a partition consumer of the bot's events, whose dead
+// letters the fixtures are.
+var botConsumer = (bus.Topology{}).BotGroup().Consumer(3)
+
 func deadLetterFixture(t *testing.T, js jetstream.JetStream, room, eventID string) {
 	t.Helper()
 	h := nats.Header{}
@@ -40,7 +44,7 @@ func deadLetterFixture(t *testing.T, js jetstream.JetStream, room, eventID strin
 	h.Set(bus.HeaderEventType, "m.room.message")
 	h.Set(bus.HeaderTxnID, "txn1")
 	err := bus.PublishDeadLetter(context.Background(), js, bus.DeadLetter{
-		Source: bus.ConsumerBot, Stream: bus.StreamEvents, Sequence: 42, Subject: bus.EventSubject(bus.ClassBot, room),
+		Source: botConsumer, Stream: bus.StreamEvents, Sequence: 42, Subject: bus.EventSubject(bus.ClassBot, room),
 		Reason: "homeserver said 403 M_FORBIDDEN", Delivered: 3,
 		Data: []byte(fmt.Sprintf(`{"event_id":%q,"room_id":%q}`, eventID, room)), Header: h,
 	})
@@ -74,7 +78,7 @@ func TestDLQListReplayDrop(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &listed); err != nil {
 		t.Fatalf("%v\n%s", err, r.stdout)
 	}
-	if len(listed) != 3 || listed[0].Seq != 1 || listed[0].Delivered != 3 || listed[0].Consumer != bus.ConsumerBot ||
+	if len(listed) != 3 || listed[0].Seq != 1 || listed[0].Delivered != 3 || listed[0].Consumer != botConsumer ||
 		listed[0].Subject != bus.EventSubject(bus.ClassBot, "!a:x") || !strings.Contains(string(listed[0].Data), "$e1") || listed[0].Time.IsZero() {
 		t.Fatalf("unexpected JSON list %+v", listed)
 	}
@@ -112,7 +116,7 @@ func TestDLQListReplayDrop(t *testing.T) {
 	}
 	// It says it is a replay, and of which message, so the worker re-runs
 	// it in full and orders it by the original.
-	if o, ok := bus.ReplayOrigin(last.Header); !ok || o != (bus.Origin{Stream: bus.StreamEvents, Sequence: 42, Consumer: bus.ConsumerBot}) {
+	if o, ok := bus.ReplayOrigin(last.Header); !ok || o != (bus.Origin{Stream: bus.StreamEvents, Sequence: 42, Consumer: botConsumer}) {
 		t.Fatalf("replay origin %+v, %v", o, ok)
 	}
 	// Replaying the same sequence again: it is gone, exit 1.

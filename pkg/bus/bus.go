@@ -42,8 +42,8 @@ const (
 	QueueProvisioners = "provisioners"
 
 	// Durable consumers. Each service kind shares one, so replicas split
-	// the work and KEDA can scale on its lag.
-	ConsumerBot        = "botworker"
+	// the work and KEDA can scale on its lag; the botworker's are the
+	// partition consumers of its group (partitions.go).
 	ConsumerModeration = "provisioner-moderation"
 	ConsumerJobs       = "provisioner-jobs"
 

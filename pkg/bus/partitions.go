@@ -40,6 +40,11 @@ const (
 	PartitionGrace = 10 * time.Second
 	// partitionMaxAckPending bounds what the owner of one partition holds.
 	partitionMaxAckPending = 64
+	// RetiredConsumerBot is the single durable consumer of the bot's
+	// events that versions before the partitions declared. Nothing
+	// consumes it any more; `cactusctl topology migrate` moves what waits
+	// in it to the partitions and deletes it.
+	RetiredConsumerBot = "botworker"
 )
 
 // PinnedTTL is how long a partition consumer keeps its owner pinned after

@@ -116,7 +116,6 @@ func (t Topology) Consumers() []ConsumerSpec {
 		}}
 	}
 	return append([]ConsumerSpec{
-		c(StreamEvents, ConsumerBot, "Bot invites and commands", EventFilter(ClassBot), 512),
 		// Many at a time: a site's decisions are ordered by the data (each
 		// carries the stream sequence of the event that made it, and an
 		// older one never overwrites a newer one), not by serialising

@@ -47,7 +47,7 @@ func TestEnsureIdempotentAndCheck(t *testing.T) {
 	if err == nil {
 		t.Fatal("Check passed on an empty server")
 	}
-	for _, name := range []string{StreamEvents, StreamJobs, StreamDLQ, ConsumerBot, ConsumerModeration, ConsumerJobs, BucketSites, BucketRooms, BucketIndex, BucketLimit, BucketDone, BucketStatus, BucketPartitions, "botworker-p00", "botworker-p15"} {
+	for _, name := range []string{StreamEvents, StreamJobs, StreamDLQ, ConsumerModeration, ConsumerJobs, BucketSites, BucketRooms, BucketIndex, BucketLimit, BucketDone, BucketStatus, BucketPartitions, "botworker-p00", "botworker-p15"} {
 		if !strings.Contains(err.Error(), name) {
 			t.Errorf("Check error does not name %s: %v", name, err)
 		}
@@ -112,7 +112,7 @@ func TestEnsureIdempotentAndCheck(t *testing.T) {
 	}
 	err = topo.Check(ctx, js)
 	if err == nil || !strings.Contains(err.Error(), ConsumerJobs) || !strings.Contains(err.Error(), BucketIndex) ||
-		strings.Contains(err.Error(), ConsumerBot) || strings.Contains(err.Error(), BucketSites) {
+		strings.Contains(err.Error(), ConsumerModeration) || strings.Contains(err.Error(), BucketSites) {
 		t.Fatalf("Check after deletions = %v", err)
 	}
 }
@@ -196,7 +196,7 @@ func TestDeadLetterRoundTrip(t *testing.T) {
 	h.Add("X-Multi", "b")
 	reason := "homeserver said 403 M_FORBIDDEN:\n{\"errcode\":\"M_FORBIDDEN\"}\r\n" + strings.Repeat("x", 5000)
 	in := DeadLetter{
-		Source: ConsumerBot, Stream: StreamEvents, Sequence: 17, Subject: EventSubject(ClassBot, "!r:x"),
+		Source: "botworker-p03", Stream: StreamEvents, Sequence: 17, Subject: EventSubject(ClassBot, "!r:x"),
 		Reason: reason, Delivered: 8, Data: []byte(`{"event_id":"$e1"}`), Header: h,
 	}
 	for range 2 {
@@ -218,7 +218,7 @@ func TestDeadLetterRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatalf("dead letter %d: %v", i, err)
 		}
-		if m.Subject() != DLQSubject(ConsumerBot) {
+		if m.Subject() != DLQSubject("botworker-p03") {
 			t.Errorf("subject %q", m.Subject())
 		}
 		out := ReadDeadLetter(m)

@@ -97,7 +97,7 @@ func TestStartEnsuresTopology(t *testing.T) {
 	if err := topo.Check(ctx, rt.JS); err != nil {
 		t.Fatalf("topology not ensured: %v", err)
 	}
-	c, err := rt.JS.Consumer(ctx, bus.StreamEvents, bus.ConsumerBot)
+	c, err := rt.JS.Consumer(ctx, bus.StreamEvents, bus.ConsumerModeration)
 	if err != nil {
 		t.Fatal(err)
 	}

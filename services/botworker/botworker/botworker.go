@@ -4,9 +4,12 @@
 // recording the site in the registry the provisioner shares) and lists a
 // user's sites.
 //
-// It consumes the bot's events (bus.ConsumerBot) through pkg/worker, so
-// replicas share the work, each room's commands are handled in order, and
-// failures are retried with backoff or dead-lettered. Every side effect is
+// It consumes the bot's events as a member of their partitioned consumer
+// group (bus.Topology.BotGroup, pkg/partition): the rooms are split into
+// partitions, each consumed by one replica at a time through pkg/worker, so
+// replicas share the work, each room's commands are handled in order
+// however many replicas run, and failures are retried in place with
+// backoff or dead-lettered. Every side effect is
 // idempotent and derived from the triggering event: replies carry a
 // transaction id made from the event id, and a registration is a
 // create-if-absent on both the homeserver (the alias) and the registry.
@@ -32,6 +35,7 @@ import (
 	"github.com/cactus-comments/appservice/pkg/matrix"
 	"github.com/cactus-comments/appservice/pkg/mxid"
 	"github.com/cactus-comments/appservice/pkg/namespace"
+	"github.com/cactus-comments/appservice/pkg/partition"
 	"github.com/cactus-comments/appservice/pkg/registry"
 	"github.com/cactus-comments/appservice/pkg/service"
 	"github.com/cactus-comments/appservice/pkg/worker"
@@ -39,11 +43,6 @@ import (
 
 // Name is the service name in logs and NATS connection names.
 const Name = "botworker"
-
-// orderForceAttempt is the attempt at which an event stops waiting for an
-// earlier event of its room (see turns): with the default order wait, about
-// 20 s.
-const orderForceAttempt = 7
 
 // Homeserver is what the bot needs from the client-server API.
 // *matrix.Client implements it; tests substitute their own.
@@ -78,10 +77,9 @@ type Options struct {
 	// MinBackoff is the first wait before a failed message is tried
 	// again (default 1 s, as every worker).
 	MinBackoff time.Duration
-	// OrderWait bounds how long an event holds a worker lane waiting for
-	// an earlier event of its room before it is handed back to JetStream
-	// to wait longer (default 2s).
-	OrderWait time.Duration
+	// Instance names this replica in the bot's partitioned consumer group
+	// (default: the host name and a random suffix).
+	Instance string
 }
 
 // Bot handles the bot's events. It is safe for concurrent use.
@@ -95,7 +93,10 @@ type Bot struct {
 	texts    texts
 	m        *metrics
 	wm       *worker.Metrics
+	pm       *partition.Metrics
 	hsm      *matrix.Metrics
+	group    bus.PartitionGroup
+	instance string
 	bot      mxid.UserID
 	ns       namespace.Namespace
 	mentions []string
@@ -103,7 +104,6 @@ type Bot struct {
 	backoff  time.Duration
 	done     *cas.Bucket // done markers
 
-	turns  *turns
 	ours   *ttlCache // rooms known to be comment or moderation rooms
 	direct *ttlCache // direct-chat verdicts of rooms without a DM mark
 }
@@ -168,23 +168,13 @@ func New(ctx context.Context, rt *service.Runtime, o Options) (*Bot, error) {
 	if o.MinBackoff <= 0 {
 		o.MinBackoff = time.Second
 	}
-	if o.OrderWait <= 0 {
-		o.OrderWait = 2 * time.Second
-	}
-	stream, err := rt.JS.Stream(ctx, bus.StreamEvents)
-	if err != nil {
-		return nil, fmt.Errorf("botworker: stream %s: %w", bus.StreamEvents, err)
-	}
-	cons, err := rt.JS.Consumer(ctx, bus.StreamEvents, bus.ConsumerBot)
-	if err != nil {
-		return nil, fmt.Errorf("botworker: consumer %s: %w", bus.ConsumerBot, err)
-	}
 	return &Bot{
 		cfg: cfg, log: rt.Log, js: rt.JS, hs: o.Homeserver, reg: o.Registry,
 		state: &state{b: sb, now: o.Now}, texts: t, m: m, wm: worker.NewMetrics(rt.Metrics), hsm: hsm,
+		// Once per service, however many partitions it consumes.
+		pm:    partition.NewMetrics(rt.Metrics),
+		group: service.Topology(cfg).BotGroup(), instance: o.Instance,
 		bot: bot, ns: cfg.Namespace(), mentions: mentions, now: o.Now, backoff: o.MinBackoff, done: done,
-		turns: &turns{kv: sb.KV(), stream: stream, consumer: cons, maxWait: o.OrderWait, recheck: 250 * time.Millisecond,
-			bot: bot.String(), log: rt.Log, waits: m.orderWaits},
 		ours:   newTTLCache(o.Now, time.Minute, 50_000),
 		direct: newTTLCache(o.Now, time.Minute, 50_000),
 	}, nil
@@ -231,38 +221,59 @@ func Run(ctx context.Context, cfg *config.Config) error {
 	return err
 }
 
-// Consume handles the bot's events until ctx ends.
+// Consume handles the bot's events until ctx ends: the replica joins the
+// bot's partitioned consumer group and consumes the partitions it owns,
+// all of them sharing CACTUS_CONCURRENCY lanes.
 func (b *Bot) Consume(ctx context.Context) error {
-	return worker.Run(ctx, b.js, worker.Options{
-		Stream:      bus.StreamEvents,
-		Consumer:    bus.ConsumerBot,
-		Concurrency: b.cfg.Concurrency,
-		Horizon:     b.cfg.RetryHorizon,
-		MinBackoff:  b.backoff,
-		MaxBackoff:  b.cfg.RetryMaxBackoff,
-		Grace:       b.cfg.ShutdownTimeout / 2,
-		Done:        b.done,
-		Log:         b.log,
-		Metrics:     b.wm,
-	}, b.HandleMsg)
+	lanes := worker.NewLanes(b.cfg.Concurrency)
+	consume := func(ctx context.Context, consumer string) error {
+		return worker.Run(ctx, b.js, worker.Options{
+			Stream:     b.group.Stream,
+			Consumer:   consumer,
+			Lanes:      lanes,
+			Horizon:    b.cfg.RetryHorizon,
+			MinBackoff: b.backoff,
+			MaxBackoff: b.cfg.RetryMaxBackoff,
+			// A room's events in order: retried in place (the default
+			// order key is the subject, which names the room), pulled
+			// through the group's pinned priority group, in short pulls,
+			// and handed back in order within the partition's grace
+			// period: pkg/partition's contract.
+			PriorityGroup: b.group.PriorityGroup,
+			PullWait:      partitionPullWait,
+			Grace:         bus.PartitionGrace - partitionPullWait - time.Second,
+			Done:          b.done,
+			Log:           b.log,
+			Metrics:       b.wm,
+		}, b.HandleMsg)
+	}
+	m, err := partition.New(b.js, b.group, consume, partition.Options{
+		Instance: b.instance, Log: b.log, Metrics: b.pm,
+	})
+	if err != nil {
+		return fmt.Errorf("botworker: %w", err)
+	}
+	return m.Run(ctx)
 }
 
-// HandleMsg is the worker handler: one event from the bot's consumer.
-// Events of rooms that are not ours wait for the earlier events of their
-// room (see turns), and mark themselves finished once they will not be
-// tried again: handled, refused for good, or on their last attempt.
-func (b *Bot) HandleMsg(ctx context.Context, m jetstream.Msg) (err error) {
+// partitionPullWait bounds one pull from a partition consumer: a pull the
+// server may still answer after this replica died is covered by the
+// partition lease only for a few seconds.
+const partitionPullWait = 2 * time.Second
+
+// HandleMsg is the worker handler: one event of the bot's partitions. The
+// worker hands a room's events over one at a time, in stream order, and
+// retries a failing one in place before the next; the partition group
+// makes this replica the only one consuming the room's partition.
+func (b *Bot) HandleMsg(ctx context.Context, m jetstream.Msg) error {
 	ev, err := event.Decode(m.Data())
 	if err != nil {
 		return worker.Permanent(fmt.Errorf("botworker: %w", err))
 	}
-	md, err := m.Metadata()
-	if err != nil || ev.Sender == b.bot.String() {
-		// The bot's own events have no effect that depends on order (see
-		// turns.firstUnfinished).
-		return b.HandleEvent(ctx, ev, worker.LastAttempt(ctx))
-	}
 	last := worker.LastAttempt(ctx)
+	if ev.Sender == b.bot.String() {
+		return b.HandleEvent(ctx, ev, last)
+	}
 	ours, err := b.isOurRoom(ctx, ev.RoomID)
 	if err != nil {
 		return err
@@ -270,28 +281,6 @@ func (b *Bot) HandleMsg(ctx context.Context, m jetstream.Msg) (err error) {
 	if ours {
 		return b.handleEvent(ctx, ev, last, roomOurs)
 	}
-	// After a while, or on its last attempt, an event goes ahead even out
-	// of order: an earlier event that never finishes must not hold its
-	// room for ever.
-	force := last || worker.Attempt(ctx) >= orderForceAttempt
-	tn, err := b.turns.wait(ctx, m.Subject(), ev.RoomID, md.Sequence.Stream, force)
-	if errors.Is(err, errTurn) {
-		return worker.RetryAfter(err, b.turns.maxWait/2)
-	}
-	if err != nil {
-		return err
-	}
-	defer func() {
-		p := recover()
-		if err == nil || last || worker.IsPermanent(err) || p != nil {
-			if ferr := b.turns.finish(ctx, tn); ferr != nil {
-				b.log.Warn("could not record the event as finished; later events of the room will wait", "event_id", ev.EventID, "room_id", ev.RoomID, "err", ferr)
-			}
-		}
-		if p != nil {
-			panic(p)
-		}
-	}()
 	// Invites and commands have effects a second run must not repeat
 	// once the homeserver has forgotten their transaction ids: an event
 	// stored again after the duplicate window is recognised here.
