@@ -254,7 +254,19 @@ func topologyCmd(e *env) *cobra.Command {
 		RunE: func(c *cobra.Command, _ []string) error { return topologyEnsure(c.Context(), e, &cf) },
 	}
 	cf.register(ensure.Flags())
-	return group("topology", "create or update the NATS streams, consumers and buckets", ensure)
+	var mcf cfgFlags
+	migrate := &cobra.Command{
+		Use:   "migrate [flags]",
+		Short: "move what an earlier version left behind onto this topology (after ensure)",
+		Long: "Moves the bot's events still waiting in the single consumer botworker of versions before\n" +
+			"the partitions to their partitions, in order, deletes that consumer and the old per-room order\n" +
+			"records. Run it after topology ensure, with no botworker of the earlier version running;\n" +
+			"running it again does nothing.",
+		Args: noArgs,
+		RunE: func(c *cobra.Command, _ []string) error { return topologyMigrate(c.Context(), e, &mcf) },
+	}
+	mcf.register(migrate.Flags())
+	return group("topology", "create or update the NATS streams, consumers and buckets", ensure, migrate)
 }
 
 func natsConfigCmd(e *env) *cobra.Command {

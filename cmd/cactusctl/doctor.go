@@ -213,6 +213,10 @@ func doctorNATS(ctx context.Context, cf *cfgFlags, r *report, cfg *config.Config
 	} else {
 		r.line(statusOK, "topology", "%d streams, %d consumers, %d buckets present", len(topo.Streams()), len(topo.Consumers()), len(topo.Buckets()))
 	}
+	if c, err := js.Consumer(nctx, bus.StreamEvents, bus.RetiredConsumerBot); err == nil {
+		r.line(statusWarn, "retired consumer", "%s of an earlier version still holds %d bot events (%d in flight): scale the botworkers of that version to 0, then cactusctl topology migrate",
+			bus.RetiredConsumerBot, c.CachedInfo().NumPending, c.CachedInfo().NumAckPending)
+	}
 	for _, cs := range topo.Consumers() {
 		name := "lag " + cs.Config.Durable
 		c, err := js.Consumer(nctx, cs.Stream, cs.Config.Durable)

@@ -384,3 +384,28 @@ func TestDLQReplayGatewayDeadLetters(t *testing.T) {
 		t.Fatalf("the refused dead letter must stay, alone:\n%s", r.stdout)
 	}
 }
+
+// topology migrate deletes the consumer earlier versions consumed the
+// bot's events through, once what waited there is in the partitions, and
+// has nothing to do after.
+func TestTopologyMigrate(t *testing.T) {
+	vars, js := natsEnv(t)
+	ctx := context.Background()
+	if _, err := js.CreateConsumer(ctx, bus.StreamEvents, jetstream.ConsumerConfig{
+		Durable: bus.RetiredConsumerBot, FilterSubject: bus.EventFilter(bus.ClassBot), AckPolicy: jetstream.AckExplicitPolicy,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if r := ctl(t, vars, "doctor"); !strings.Contains(r.stdout, "retired consumer") {
+		t.Errorf("doctor does not mention the retired consumer:\n%s", r.stdout)
+	}
+	if r := ctl(t, vars, "topology", "migrate"); r.code != exitOK || !strings.Contains(r.stdout, "moved 0 bot events") {
+		t.Fatalf("migrate: %d %s %s", r.code, r.stdout, r.stderr)
+	}
+	if _, err := js.Consumer(ctx, bus.StreamEvents, bus.RetiredConsumerBot); err == nil {
+		t.Fatal("the retired consumer is still there")
+	}
+	if r := ctl(t, vars, "topology", "migrate"); r.code != exitOK || !strings.Contains(r.stdout, "nothing to migrate") {
+		t.Fatalf("second migrate: %d %s %s", r.code, r.stdout, r.stderr)
+	}
+}
