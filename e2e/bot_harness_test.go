@@ -146,6 +146,18 @@ func (h *Harness) DirectChat(u *User) mxid.RoomID {
 	return room
 }
 
+// Owners makes n users, owner0 … owner<n-1>, each with a direct chat
+// with the bot.
+func (h *Harness) Owners(n int) ([]*User, []mxid.RoomID) {
+	h.t.Helper()
+	users, dms := make([]*User, n), make([]mxid.RoomID, n)
+	for i := range n {
+		users[i] = h.User(fmt.Sprintf("owner%d", i))
+		dms[i] = h.DirectChat(users[i])
+	}
+	return users, dms
+}
+
 var sayTxn atomic.Int64
 
 // Say sends a plain text message as u and returns its event id.

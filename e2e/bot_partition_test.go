@@ -44,12 +44,7 @@ func TestBotOrderAcrossReplicasWithRetry(t *testing.T) {
 		h.StartBot(nil)
 	}
 	const owners = 4
-	dms := make([]mxid.RoomID, owners)
-	users := make([]*User, owners)
-	for i := range owners {
-		users[i] = h.User(fmt.Sprintf("owner%d", i))
-		dms[i] = h.DirectChat(users[i])
-	}
+	users, dms := h.Owners(owners)
 	// createRoom fails as often as the clients of all the registers try
 	// by themselves: every call fails while failures remain, so at least
 	// one register exhausts its client's attempts and is retried by the
@@ -89,12 +84,7 @@ func TestBotReplicaKilledWhileCommandsFlow(t *testing.T) {
 		replicas[s.Name] = s
 	}
 	const owners = 6
-	dms := make([]mxid.RoomID, owners)
-	users := make([]*User, owners)
-	for i := range owners {
-		users[i] = h.User(fmt.Sprintf("owner%d", i))
-		dms[i] = h.DirectChat(users[i])
-	}
+	users, dms := h.Owners(owners)
 	// The homeserver answers slowly, so that commands are in flight when
 	// the replica dies.
 	h.HS.SetLatency(hssim.EPSend, 20*time.Millisecond)

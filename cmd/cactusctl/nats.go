@@ -36,16 +36,13 @@ func topologyEnsure(ctx context.Context, e *env, cf *cfgFlags) error {
 // topologyMigrate moves what an earlier version left behind (see
 // bus.Topology.MigrateRetired), saying how far it is on stderr.
 func topologyMigrate(ctx context.Context, e *env, cf *cfgFlags) error {
-	cfg, err := cf.natsOnly(e)
-	if err != nil {
-		return err
-	}
-	nc, js, err := cf.connect(ctx, cfg)
+	nc, js, err := cf.connectNATS(ctx, e)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	m, err := service.Topology(cfg).MigrateRetired(ctx, js, func(s string) { fmt.Fprintln(e.stderr, s) })
+	// The bot's partitions do not depend on the replica count.
+	m, err := (bus.Topology{}).MigrateRetired(ctx, js, func(s string) { fmt.Fprintln(e.stderr, s) })
 	if err != nil {
 		return err
 	}
