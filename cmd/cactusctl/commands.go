@@ -195,7 +195,7 @@ func dlqCmd(e *env) *cobra.Command {
 	}
 	listCF.register(list.Flags())
 	list.Flags().BoolVar(&listJSON, "json", false, "print JSON (with the payload) instead of a table")
-	list.Flags().StringVar(&listConsumer, "consumer", "", "only dead letters from this consumer (e.g. botworker)")
+	list.Flags().StringVar(&listConsumer, "consumer", "", "only dead letters from this consumer (e.g. provisioner-jobs; botworker: all its partitions)")
 
 	var replayCF cfgFlags
 	var all bool

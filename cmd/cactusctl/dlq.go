@@ -117,6 +117,21 @@ func readAll(ctx context.Context, s jetstream.Stream) ([]deadLetter, error) {
 	}
 }
 
+// fromConsumer reports whether a dead letter of consumer got matches the
+// --consumer filter want: empty (all), the consumer's name, or the name of
+// a partitioned group (botworker: every botworker-pNN).
+func fromConsumer(got, want string) bool {
+	if want == "" || got == want {
+		return true
+	}
+	p, ok := strings.CutPrefix(got, want+"-p")
+	if !ok || p == "" {
+		return false
+	}
+	_, err := strconv.Atoi(p)
+	return err == nil
+}
+
 // dlqList prints the dead letters, all or one consumer's.
 func dlqList(ctx context.Context, e *env, cf *cfgFlags, asJSON bool, consumer string) error {
 	nc, js, err := cf.connectNATS(ctx, e)
@@ -134,7 +149,7 @@ func dlqList(ctx context.Context, e *env, cf *cfgFlags, asJSON bool, consumer st
 	}
 	var dls []deadLetter
 	for _, d := range all {
-		if consumer == "" || d.Consumer == consumer {
+		if fromConsumer(d.Consumer, consumer) {
 			dls = append(dls, d)
 		}
 	}
@@ -196,7 +211,7 @@ func selectDeadLetters(ctx context.Context, s jetstream.Stream, all bool, consum
 		}
 		var out []deadLetter
 		for _, d := range dls {
-			if consumer == "" || d.Consumer == consumer {
+			if fromConsumer(d.Consumer, consumer) {
 				out = append(out, d)
 			}
 		}

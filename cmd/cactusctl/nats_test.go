@@ -73,6 +73,17 @@ func TestDLQListReplayDrop(t *testing.T) {
 			t.Fatalf("list lacks %q:\n%s", want, r.stdout)
 		}
 	}
+	// The group's name selects every partition's dead letters.
+	for filter, n := range map[string]int{"botworker": 3, botConsumer: 3, "botworker-p0": 0, "provisioner-jobs": 0} {
+		r := ctl(t, vars, "dlq", "list", "--json", "--consumer", filter)
+		var got []deadLetter
+		if err := json.Unmarshal([]byte(r.stdout), &got); err != nil && n > 0 {
+			t.Fatalf("--consumer %s: %v\n%s", filter, err, r.stdout)
+		}
+		if len(got) != n {
+			t.Errorf("--consumer %s: %d dead letters, want %d", filter, len(got), n)
+		}
+	}
 	r = ctl(t, vars, "dlq", "list", "-json")
 	var listed []deadLetter
 	if err := json.Unmarshal([]byte(r.stdout), &listed); err != nil {
