@@ -227,7 +227,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	s.calls[endpoint]++
 	delay := s.latency[endpoint]
-	fault := s.takeFaultLocked(endpoint)
+	fault := s.takeFaultLocked(endpoint, params["roomId"])
 	s.mu.Unlock()
 
 	// answer waits out the latency, unless the client is gone by then.
