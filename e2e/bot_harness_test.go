@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,9 +15,10 @@ import (
 
 	"github.com/cactus-comments/appservice/pkg/bus"
 	"github.com/cactus-comments/appservice/pkg/config"
-	"github.com/cactus-comments/appservice/pkg/hssim"
+	"github.com/cactus-comments/appservice/pkg/event"
 	"github.com/cactus-comments/appservice/pkg/matrix"
 	"github.com/cactus-comments/appservice/pkg/mxid"
+	"github.com/cactus-comments/appservice/pkg/service"
 	"github.com/cactus-comments/appservice/services/botworker/botworker"
 )
 
@@ -75,7 +77,7 @@ func (w *ReplyWatch) Wait(ctx context.Context, room mxid.RoomID, n int) error {
 // the homeserver.
 func (h *Harness) StartWatchedBot(mutate func(*config.Config)) (*botworker.Bot, *ReplyWatch) {
 	h.t.Helper()
-	c, err := matrix.NewClient(matrix.Config{HomeserverURL: h.HS.URL(), Token: testASToken})
+	c, err := matrix.NewClient(matrix.Config{HomeserverURL: h.cfg.HomeserverURL, Token: testASToken})
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -88,8 +90,22 @@ func (h *Harness) startBot(mutate func(*config.Config), hs botworker.Homeserver)
 	return h.startBotWith(mutate, botworker.Options{Homeserver: hs})
 }
 
+// StartBotService starts one more botworker replica and returns it as a
+// service, to stop or kill.
+func (h *Harness) StartBotService(mutate func(*config.Config)) *Service {
+	h.t.Helper()
+	_, s := h.startBotService(mutate, botworker.Options{})
+	return s
+}
+
 // startBotWith starts a botworker with options (its Homeserver, clock).
 func (h *Harness) startBotWith(mutate func(*config.Config), o botworker.Options) *botworker.Bot {
+	h.t.Helper()
+	b, _ := h.startBotService(mutate, o)
+	return b
+}
+
+func (h *Harness) startBotService(mutate func(*config.Config), o botworker.Options) (*botworker.Bot, *Service) {
 	h.t.Helper()
 	name := fmt.Sprintf("botworker-%d", botSeq.Add(1))
 	rt := h.Runtime(name)
@@ -100,6 +116,11 @@ func (h *Harness) startBotWith(mutate func(*config.Config), o botworker.Options)
 		}
 	}
 	o.MinBackoff = 20 * time.Millisecond
+	if o.Instance == "" {
+		// Its member name in the partitioned group: tests find the
+		// replica that owns a room by it (PartitionOwner).
+		o.Instance = name
+	}
 	b, err := botworker.New(h.Ctx, rt, o)
 	if err != nil {
 		h.t.Fatalf("%s: %v", name, err)
@@ -107,8 +128,7 @@ func (h *Harness) startBotWith(mutate func(*config.Config), o botworker.Options)
 	if err := b.Setup(h.Ctx); err != nil {
 		h.t.Fatalf("%s: set-up: %v", name, err)
 	}
-	h.Go(name, rt, b.Consume)
-	return b
+	return b, h.Go(name, rt, b.Consume)
 }
 
 // DirectChat opens a direct chat between u and the bot, as a client does
@@ -124,6 +144,18 @@ func (h *Harness) DirectChat(u *User) mxid.RoomID {
 	}
 	h.WaitSim(func() bool { return h.HS.Membership(room.String(), h.BotID.String()) == "join" }, 20*time.Second, "the bot to join the DM of "+u.ID.String())
 	return room
+}
+
+// Owners makes n users, owner0 … owner<n-1>, each with a direct chat
+// with the bot.
+func (h *Harness) Owners(n int) ([]*User, []mxid.RoomID) {
+	h.t.Helper()
+	users, dms := make([]*User, n), make([]mxid.RoomID, n)
+	for i := range n {
+		users[i] = h.User(fmt.Sprintf("owner%d", i))
+		dms[i] = h.DirectChat(users[i])
+	}
+	return users, dms
 }
 
 var sayTxn atomic.Int64
@@ -182,9 +214,32 @@ func (h *Harness) WaitBotMessages(room mxid.RoomID, n int) []string {
 	return h.BotMessages(room)
 }
 
-// BotDrained reports whether the botworker has handled every event.
+// PartitionOwner is the member name (the service name) of the botworker
+// replica that holds the claim on room's partition, "" if none does.
+func (h *Harness) PartitionOwner(room mxid.RoomID) string {
+	h.t.Helper()
+	g := service.Topology(h.cfg).BotGroup()
+	kv, err := h.JS.KeyValue(h.Ctx, g.Bucket)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	e, err := kv.Get(h.Ctx, g.Name+".claims."+strconv.Itoa(bus.PartitionOf(room.String(), g.Partitions)))
+	if err != nil {
+		return ""
+	}
+	return string(e.Value())
+}
+
+// BotDrained reports whether the botworker has handled every event, in
+// every partition.
 func (h *Harness) BotDrained() bool {
-	return h.consumerIdle(bus.StreamEvents, bus.ConsumerBot)
+	g := service.Topology(h.cfg).BotGroup()
+	for p := range g.Partitions {
+		if !h.consumerIdle(g.Stream, g.Consumer(p)) {
+			return false
+		}
+	}
+	return true
 }
 
 // QuiesceBot waits until the homeserver has pushed everything and the
@@ -248,8 +303,8 @@ func (h *Harness) ModerationRoomOf(site string) (mxid.RoomID, bool) {
 	return mxid.MustRoomID(id), true
 }
 
-func timelineOf(h *Harness, room mxid.RoomID, typ string) []hssim.Event {
-	var out []hssim.Event
+func timelineOf(h *Harness, room mxid.RoomID, typ string) []event.Event {
+	var out []event.Event
 	for _, ev := range h.HS.Timeline(room.String()) {
 		if ev.Type == typ {
 			out = append(out, ev)

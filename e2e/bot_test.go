@@ -11,7 +11,6 @@ import (
 	"github.com/cactus-comments/appservice/pkg/config"
 	"github.com/cactus-comments/appservice/pkg/hssim"
 	"github.com/cactus-comments/appservice/pkg/matrix"
-	"github.com/cactus-comments/appservice/pkg/mxid"
 	"github.com/cactus-comments/appservice/pkg/power"
 )
 
@@ -272,12 +271,7 @@ func TestBotReplicas(t *testing.T) {
 	h.StartBot(nil)
 	h.StartBot(nil)
 	const owners = 6
-	dms := make([]mxid.RoomID, owners)
-	users := make([]*User, owners)
-	for i := range owners {
-		users[i] = h.User(fmt.Sprintf("owner%d", i))
-		dms[i] = h.DirectChat(users[i])
-	}
+	users, dms := h.Owners(owners)
 	for i := range owners {
 		h.Say(users[i], dms[i], fmt.Sprintf("register site%d", i))
 		h.Say(users[i], dms[i], "help")
@@ -324,7 +318,7 @@ func TestBotHomeserverModes(t *testing.T) {
 // replica (where the retry queues behind the next command) or several.
 func TestBotOrderAfterRetry(t *testing.T) {
 	t.Parallel()
-	for _, replicas := range []int{1, 2} {
+	for _, replicas := range []int{1, 2, 3} {
 		t.Run(fmt.Sprintf("replicas=%d", replicas), func(t *testing.T) {
 			t.Parallel()
 			h := Start(t, Options{Concurrency: 2})

@@ -73,8 +73,25 @@ type Options struct {
 	V12CreateCollisions bool
 	// Provisioners started by Start (default 1; -1 for none).
 	Provisioners int
-	// MaxDeliver per message before dead-lettering (default 4).
-	MaxDeliver int
+	// RetryHorizon of the workers (default 1 h): how long a transient
+	// failure is retried before the message is dead-lettered.
+	RetryHorizon time.Duration
+	// RetryMaxBackoff caps the workers' wait between attempts (default
+	// 500 ms, so that retries in tests come quickly).
+	RetryMaxBackoff time.Duration
+	// AliasQueryTimeout is how long the gateway waits for a provisioner's
+	// answer (default 20 s).
+	AliasQueryTimeout time.Duration
+	// HomeserverTimeout bounds each homeserver request of the workers
+	// (default 10 s).
+	HomeserverTimeout time.Duration
+	// Duplicates overrides the streams' duplicate window, and the
+	// simulator's send transaction window with it, for tests of what
+	// happens after them.
+	Duplicates time.Duration
+	// NATSLatency, if set, puts this delay each way between the services
+	// and NATS, as a network between them would (benchmarks).
+	NATSLatency time.Duration
 	// Concurrency of each worker (default 8).
 	Concurrency int
 	// AckWait overrides the consumers' AckWait (default bus.AckWait), so
@@ -93,8 +110,11 @@ type Harness struct {
 	opts Options
 	Ctx  context.Context
 
-	NATS     *embednats.Server
-	HS       *hssim.Server
+	NATS *embednats.Server
+	HS   *hssim.Server
+	// HSProxy is the workers' way to the simulator: HSProxy.Down() is a
+	// homeserver that refuses connections.
+	HSProxy  *hsProxy
 	NC       *nats.Conn
 	JS       jetstream.JetStream
 	Registry *registry.Registry
@@ -105,6 +125,7 @@ type Harness struct {
 	GatewayURL string
 
 	cfg     *config.Config
+	natsURL string // what the services connect to
 	gateway atomic.Pointer[http.Handler]
 	// httpc is shared by the clients the harness makes, so that their
 	// idle connections can be closed before the simulator stops (a
@@ -129,8 +150,17 @@ func Start(t testing.TB, o Options) *Harness {
 	if o.Provisioners == 0 {
 		o.Provisioners = 1
 	}
-	if o.MaxDeliver <= 0 {
-		o.MaxDeliver = 4
+	if o.RetryHorizon <= 0 {
+		o.RetryHorizon = time.Hour
+	}
+	if o.RetryMaxBackoff <= 0 {
+		o.RetryMaxBackoff = 500 * time.Millisecond
+	}
+	if o.AliasQueryTimeout <= 0 {
+		o.AliasQueryTimeout = 20 * time.Second
+	}
+	if o.HomeserverTimeout <= 0 {
+		o.HomeserverTimeout = 10 * time.Second
 	}
 	if o.Concurrency <= 0 {
 		o.Concurrency = 8
@@ -148,6 +178,10 @@ func Start(t testing.TB, o Options) *Harness {
 	t.Cleanup(h.logw.close)
 
 	h.NATS = embednats.StartTest(t)
+	h.natsURL = h.NATS.ClientURL()
+	if o.NATSLatency > 0 {
+		h.natsURL = startProxy(t, strings.TrimPrefix(h.natsURL, "nats://"), o.NATSLatency).addr
+	}
 
 	// The gateway's address must be in the registration before the
 	// simulator starts, and the simulator's in the gateway's config: the
@@ -173,7 +207,7 @@ func Start(t testing.TB, o Options) *Harness {
 		},
 	}
 	hs, err := hssim.Start(ctx, hssim.Options{
-		ServerName: serverName, Mode: o.Mode, RoomVersion: o.RoomVersion, TimeUnit: 5 * time.Millisecond,
+		ServerName: serverName, Mode: o.Mode, RoomVersion: o.RoomVersion, TimeUnit: 5 * time.Millisecond, TxnWindow: o.Duplicates,
 		V12CreateCollisions: o.V12CreateCollisions,
 		Registrations:       []*registration.Registration{reg},
 		Logger:              slog.New(slog.NewTextHandler(h.logw, &slog.HandlerOptions{Level: o.LogLevel})),
@@ -186,6 +220,7 @@ func Start(t testing.TB, o Options) *Harness {
 		_ = hs.Close()
 	})
 	h.HS = hs
+	h.HSProxy = startHSProxy(t, strings.TrimPrefix(hs.URL(), "http://"))
 
 	h.cfg = h.newConfig()
 	h.BotID = h.cfg.Bot()
@@ -193,6 +228,7 @@ func Start(t testing.TB, o Options) *Harness {
 	h.NC, h.JS = h.connect("harness")
 	topo := service.Topology(h.cfg)
 	topo.Memory = o.Memory
+	topo.Duplicates = o.Duplicates
 	if err := topo.Ensure(ctx, h.JS); err != nil {
 		t.Fatalf("ensure topology: %v", err)
 	}
@@ -202,6 +238,14 @@ func Start(t testing.TB, o Options) *Harness {
 			if _, err := h.JS.CreateOrUpdateConsumer(ctx, cs.Stream, cs.Config); err != nil {
 				t.Fatalf("shorten AckWait of %s: %v", cs.Config.Durable, err)
 			}
+		}
+		// The partition lease follows AckWait, so a killed botworker's
+		// partitions move sooner too.
+		kc := topo.PartitionBucket()
+		kc.TTL = bus.LeaseTTL(o.AckWait)
+		kc.LimitMarkerTTL = kc.TTL
+		if _, err := h.JS.CreateOrUpdateKeyValue(ctx, kc); err != nil {
+			t.Fatalf("shorten the partition lease: %v", err)
 		}
 	}
 	if h.Registry, err = registry.Open(ctx, h.JS); err != nil {
@@ -226,15 +270,17 @@ func Start(t testing.TB, o Options) *Harness {
 func (h *Harness) newConfig() *config.Config {
 	c := &config.Config{
 		HSToken: testHSToken, ASToken: testASToken,
-		HomeserverURL: h.HS.URL(), UserID: "@" + botLocal + ":" + serverName,
+		// The workers reach the homeserver through the proxy; browsers
+		// would use its own address.
+		HomeserverURL: h.HSProxy.URL(), PublicHomeserverURL: h.HS.URL(), UserID: "@" + botLocal + ":" + serverName,
 		NamespaceRegex: "#comments_.*", NamespacePrefix: "comments_", RegistrationRegex: "@.*:.*",
 		AppserviceID: "cactus", BotDisplayName: "Cactus Comments",
-		NATSURL: h.NATS.ClientURL(), NATSReplicas: 1,
+		NATSURL: h.natsURL, NATSReplicas: 1,
 		ListenAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", LogFormat: "text", LogLevel: "warn",
-		PublishTimeout: 10 * time.Second, AliasQueryTimeout: 20 * time.Second, MaxBodyBytes: 32 << 20,
+		PublishTimeout: 10 * time.Second, AliasQueryTimeout: h.opts.AliasQueryTimeout, MaxBodyBytes: 32 << 20,
 		BodyBytesInFlight: 64 << 20, BodyReadTimeout: 30 * time.Second, MinBodyRate: 64 << 10,
-		ShutdownTimeout: 10 * time.Second, RegistrationLimit: 10, HomeserverTimeout: 10 * time.Second,
-		MaxDeliver: h.opts.MaxDeliver, Concurrency: h.opts.Concurrency,
+		ShutdownTimeout: 10 * time.Second, RegistrationLimit: 10, HomeserverTimeout: h.opts.HomeserverTimeout,
+		Concurrency: h.opts.Concurrency, RetryHorizon: h.opts.RetryHorizon, RetryMaxBackoff: h.opts.RetryMaxBackoff,
 	}
 	if err := c.Validate(); err != nil {
 		h.t.Fatalf("harness config: %v", err)
@@ -250,7 +296,11 @@ func (h *Harness) Config() *config.Config {
 
 func (h *Harness) connect(name string) (*nats.Conn, jetstream.JetStream) {
 	h.t.Helper()
-	nc, err := nats.Connect(h.NATS.ClientURL(), nats.Name(name), nats.MaxReconnects(-1))
+	url := h.natsURL
+	if name == "harness" {
+		url = h.NATS.ClientURL()
+	}
+	nc, err := nats.Connect(url, nats.Name(name), nats.MaxReconnects(-1))
 	if err != nil {
 		h.t.Fatalf("nats connect: %v", err)
 	}
@@ -321,9 +371,6 @@ func (h *Harness) StartProvisioner(o provisioner.Options) *Service {
 	rt := h.Runtime(name)
 	if o.MinBackoff == 0 {
 		o.MinBackoff = 20 * time.Millisecond
-	}
-	if o.MaxBackoff == 0 {
-		o.MaxBackoff = 500 * time.Millisecond
 	}
 	if o.Progress == 0 && h.opts.AckWait > 0 {
 		o.Progress = h.opts.AckWait / 4
@@ -497,9 +544,8 @@ func (h *Harness) WaitSim(cond func() bool, timeout time.Duration, what string) 
 // describe is the state of the pipeline, for failure messages.
 func (h *Harness) describe() string {
 	var b strings.Builder
-	for _, c := range []struct{ stream, consumer string }{
-		{bus.StreamEvents, bus.ConsumerModeration}, {bus.StreamJobs, bus.ConsumerJobs}, {bus.StreamEvents, bus.ConsumerBot},
-	} {
+	for _, cs := range service.Topology(h.cfg).Consumers() {
+		c := struct{ stream, consumer string }{cs.Stream, cs.Config.Durable}
 		cons, err := h.JS.Consumer(h.Ctx, c.stream, c.consumer)
 		if err != nil {
 			fmt.Fprintf(&b, "%s: %v; ", c.consumer, err)
@@ -508,6 +554,9 @@ func (h *Harness) describe() string {
 		info, err := cons.Info(h.Ctx)
 		if err != nil {
 			fmt.Fprintf(&b, "%s: %v; ", c.consumer, err)
+			continue
+		}
+		if info.NumPending == 0 && info.NumAckPending == 0 && info.NumRedelivered == 0 {
 			continue
 		}
 		fmt.Fprintf(&b, "%s: pending %d, ack pending %d, redelivered %d, delivered %d; ", c.consumer,

@@ -195,16 +195,17 @@ func dlqCmd(e *env) *cobra.Command {
 	}
 	listCF.register(list.Flags())
 	list.Flags().BoolVar(&listJSON, "json", false, "print JSON (with the payload) instead of a table")
-	list.Flags().StringVar(&listConsumer, "consumer", "", "only dead letters from this consumer (e.g. botworker)")
+	list.Flags().StringVar(&listConsumer, "consumer", "", "only dead letters from this consumer (e.g. provisioner-jobs; botworker: all its partitions)")
 
 	var replayCF cfgFlags
 	var all bool
 	var replayConsumer string
 	replay := &cobra.Command{
 		Use:   "replay (--all [--consumer NAME] | SEQ...)",
-		Short: "republish dead letters so the workers try them again",
-		Long: "Republishes dead letters to the subject they failed on, so the workers try them again,\n" +
-			"and deletes each one only after the republish is acknowledged.",
+		Short: "send dead letters back through the path that would have handled them",
+		Long: "Sends dead letters back through the path that would have handled them (a worker's: the subject\n" +
+			"they failed on, as a forced full re-run; the gateway's: through its checks again, stored if they\n" +
+			"pass now), and deletes each one only after that is acknowledged.",
 		RunE: func(c *cobra.Command, args []string) error {
 			if all == (len(args) > 0) {
 				return usagef("give either --all or sequence numbers (see cactusctl dlq list)")
@@ -253,7 +254,19 @@ func topologyCmd(e *env) *cobra.Command {
 		RunE: func(c *cobra.Command, _ []string) error { return topologyEnsure(c.Context(), e, &cf) },
 	}
 	cf.register(ensure.Flags())
-	return group("topology", "create or update the NATS streams, consumers and buckets", ensure)
+	var mcf cfgFlags
+	migrate := &cobra.Command{
+		Use:   "migrate [flags]",
+		Short: "move what an earlier version left behind onto this topology (after ensure)",
+		Long: "Moves the bot's events still waiting in the single consumer botworker of versions before\n" +
+			"the partitions to their partitions, in order, deletes that consumer and the old per-room order\n" +
+			"records. Run it after topology ensure, with no botworker of the earlier version running;\n" +
+			"running it again does nothing.",
+		Args: noArgs,
+		RunE: func(c *cobra.Command, _ []string) error { return topologyMigrate(c.Context(), e, &mcf) },
+	}
+	mcf.register(migrate.Flags())
+	return group("topology", "create or update the NATS streams, consumers and buckets", ensure, migrate)
 }
 
 func natsConfigCmd(e *env) *cobra.Command {

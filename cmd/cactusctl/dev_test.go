@@ -292,10 +292,8 @@ func settle(t *testing.T, sim *hssim.Server, js jetstream.JetStream) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	busy := func() bool {
-		for _, c := range []struct{ stream, name string }{
-			{bus.StreamEvents, bus.ConsumerBot}, {bus.StreamEvents, bus.ConsumerModeration}, {bus.StreamJobs, bus.ConsumerJobs},
-		} {
-			cons, err := js.Consumer(ctx, c.stream, c.name)
+		for _, cs := range (bus.Topology{}).Consumers() {
+			cons, err := js.Consumer(ctx, cs.Stream, cs.Config.Durable)
 			if err != nil {
 				t.Fatal(err)
 			}

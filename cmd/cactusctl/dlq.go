@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/pkg/dlq"
 	"github.com/cactus-comments/appservice/services/gateway/gateway"
 )
 
@@ -116,6 +117,21 @@ func readAll(ctx context.Context, s jetstream.Stream) ([]deadLetter, error) {
 	}
 }
 
+// fromConsumer reports whether a dead letter of consumer got matches the
+// --consumer filter want: empty (all), the consumer's name, or the name of
+// a partitioned group (botworker: every botworker-pNN).
+func fromConsumer(got, want string) bool {
+	if want == "" || got == want {
+		return true
+	}
+	p, ok := strings.CutPrefix(got, want+"-p")
+	if !ok || p == "" {
+		return false
+	}
+	_, err := strconv.Atoi(p)
+	return err == nil
+}
+
 // dlqList prints the dead letters, all or one consumer's.
 func dlqList(ctx context.Context, e *env, cf *cfgFlags, asJSON bool, consumer string) error {
 	nc, js, err := cf.connectNATS(ctx, e)
@@ -133,7 +149,7 @@ func dlqList(ctx context.Context, e *env, cf *cfgFlags, asJSON bool, consumer st
 	}
 	var dls []deadLetter
 	for _, d := range all {
-		if consumer == "" || d.Consumer == consumer {
+		if fromConsumer(d.Consumer, consumer) {
 			dls = append(dls, d)
 		}
 	}
@@ -165,81 +181,25 @@ func oneLine(s string, n int) string {
 	return s
 }
 
-// dlqHeaders are the headers PublishDeadLetter adds; a replay removes them.
-var dlqHeaders = []string{bus.HeaderReason, bus.HeaderSource, bus.HeaderStream, bus.HeaderConsumer, bus.HeaderDelivered, bus.HeaderFailedAt, bus.HeaderTruncated}
-
-// replayMsgID makes a replay idempotent: if the ack is lost and the replay
-// is retried, or the dead letter could not be deleted after the replay and
-// is replayed again, the stream's duplicate window drops the second copy.
-func replayMsgID(seq uint64) string { return "cactus-dlq-replay-" + strconv.FormatUint(seq, 10) }
-
-// replay republishes one dead letter to its original subject (a gateway
-// dead letter: to where the gateway's own checks route it now) and deletes
-// it only once the republish is acknowledged. It returns the subject.
-func replay(ctx context.Context, js jetstream.JetStream, s jetstream.Stream, d deadLetter, bot string) (string, error) {
-	if d.Consumer == "gateway" {
-		return replayGateway(ctx, js, s, d, bot)
-	}
-	return d.Subject, replayWorker(ctx, js, s, d)
-}
-
-// replayGateway sends an event the gateway dead-lettered back through the
-// gateway's checks: stored if it passes now, refused with the reason if not.
-func replayGateway(ctx context.Context, js jetstream.JetStream, s jetstream.Stream, d deadLetter, bot string) (string, error) {
-	if bot == "" {
-		return "", errors.New("CACTUS_USER_ID is needed to route the gateway's dead letters")
-	}
-	dl := bus.DeadLetter{Source: d.Consumer, Data: d.payload, Header: d.header}
-	dl.Truncated, _ = strconv.Atoi(d.header.Get(bus.HeaderTruncated))
-	route, err := gateway.ReplayDeadLetter(ctx, js, bot, dl)
-	if err != nil {
-		return "", err
-	}
-	return route.Subject, deleteReplayed(ctx, s, d.Seq, route.Subject)
-}
-
-func replayWorker(ctx context.Context, js jetstream.JetStream, s jetstream.Stream, d deadLetter) error {
-	if d.Subject == "" {
-		return errors.New("no original subject recorded; cannot replay")
-	}
-	if n := d.header.Get(bus.HeaderTruncated); n != "" {
-		return fmt.Errorf("only part of the original %s bytes was kept; cannot replay (drop it)", n)
-	}
-	if !strings.HasPrefix(d.Subject, "cactus.") || strings.HasPrefix(d.Subject, "cactus.dlq.") {
-		return fmt.Errorf("original subject %q is not a cactus work subject; refusing to replay", d.Subject)
-	}
-	m := nats.NewMsg(d.Subject)
-	for k, vs := range d.header {
-		if k == bus.HeaderMsgID || contains(dlqHeaders, k) {
-			continue
+// replayers are the ways back of the dead letters that do not go back to
+// a worker's subject: the gateway's go through its own checks again
+// (gateway.ReplayDeadLetter), which route by the bot's user id.
+func replayers(bot string) dlq.Replayers {
+	return dlq.Replayers{"gateway": func(ctx context.Context, js jetstream.JetStream, l dlq.Letter) (string, error) {
+		if bot == "" {
+			return "", fmt.Errorf("%w: CACTUS_USER_ID is needed to route the gateway's dead letters", dlq.ErrNotReplayable)
 		}
-		for _, v := range vs {
-			m.Header.Add(k, v)
-		}
-	}
-	m.Header.Set(bus.HeaderMsgID, replayMsgID(d.Seq))
-	m.Data = d.payload
-	if _, err := js.PublishMsg(ctx, m); err != nil {
-		return fmt.Errorf("republish to %s: %w (the dead letter is kept)", d.Subject, err)
-	}
-	return deleteReplayed(ctx, s, d.Seq, d.Subject)
+		d := bus.DeadLetter{Source: l.Source(), Data: l.Data, Header: l.Header}
+		d.Truncated, _ = strconv.Atoi(l.Header.Get(bus.HeaderTruncated))
+		route, err := gateway.ReplayDeadLetter(ctx, js, bot, d)
+		return route.Subject, err
+	}}
 }
 
-// deleteReplayed deletes a dead letter once its republish is acknowledged.
-func deleteReplayed(ctx context.Context, s jetstream.Stream, seq uint64, subject string) error {
-	if err := s.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
-		return fmt.Errorf("republished to %s, but deleting the dead letter failed: %w (replaying it again within %s is harmless)", subject, err, bus.DuplicateWindow)
-	}
-	return nil
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if strings.EqualFold(x, s) {
-			return true
-		}
-	}
-	return false
+// replay sends one dead letter back through the path for its source (see
+// package dlq) and deletes it only once that is acknowledged.
+func replay(ctx context.Context, js jetstream.JetStream, s jetstream.Stream, d deadLetter, rs dlq.Replayers) (string, error) {
+	return rs.Replay(ctx, js, s, dlq.Letter{Seq: d.Seq, Header: d.header, Data: d.payload})
 }
 
 // selectDeadLetters resolves the -all flag or the sequence arguments.
@@ -251,7 +211,7 @@ func selectDeadLetters(ctx context.Context, s jetstream.Stream, all bool, consum
 		}
 		var out []deadLetter
 		for _, d := range dls {
-			if consumer == "" || d.Consumer == consumer {
+			if fromConsumer(d.Consumer, consumer) {
 				out = append(out, d)
 			}
 		}
@@ -297,6 +257,7 @@ func dlqReplay(ctx context.Context, e *env, cf *cfgFlags, all bool, consumer str
 	if err != nil {
 		return err
 	}
+	rs := replayers(cfg.UserID)
 	failed, replayed := len(missing), 0
 	for _, m := range missing {
 		fmt.Fprintf(e.stderr, "%s\n", describe(m))
@@ -306,7 +267,7 @@ func dlqReplay(ctx context.Context, e *env, cf *cfgFlags, all bool, consumer str
 		fmt.Fprintf(e.stderr, "read %d dead letters; replaying %d\n", len(dls), len(dls))
 	}
 	for _, d := range dls {
-		subject, err := replay(ctx, js, s, d, cfg.UserID)
+		subject, err := replay(ctx, js, s, d, rs)
 		if err != nil {
 			failed++
 			fmt.Fprintf(e.stderr, "dead letter %d: %s\n", d.Seq, describe(err))

@@ -213,6 +213,10 @@ func doctorNATS(ctx context.Context, cf *cfgFlags, r *report, cfg *config.Config
 	} else {
 		r.line(statusOK, "topology", "%d streams, %d consumers, %d buckets present", len(topo.Streams()), len(topo.Consumers()), len(topo.Buckets()))
 	}
+	if c, err := js.Consumer(nctx, bus.StreamEvents, bus.RetiredConsumerBot); err == nil {
+		r.line(statusWarn, "retired consumer", "%s of an earlier version still holds %d bot events (%d in flight): scale the botworkers of that version to 0, then cactusctl topology migrate",
+			bus.RetiredConsumerBot, c.CachedInfo().NumPending, c.CachedInfo().NumAckPending)
+	}
 	for _, cs := range topo.Consumers() {
 		name := "lag " + cs.Config.Durable
 		c, err := js.Consumer(nctx, cs.Stream, cs.Config.Durable)
@@ -231,6 +235,7 @@ func doctorNATS(ctx context.Context, cf *cfgFlags, r *report, cfg *config.Config
 		}
 		r.line(st, name, "%d pending, %d in flight, %d redelivered, %d waiting pulls", info.NumPending, info.NumAckPending, info.NumRedelivered, info.NumWaiting)
 	}
+	doctorWorkers(nctx, js, r)
 	s, err := js.Stream(nctx, bus.StreamDLQ)
 	if err != nil {
 		if !errors.Is(err, jetstream.ErrStreamNotFound) {
@@ -244,6 +249,60 @@ func doctorNATS(ctx context.Context, cf *cfgFlags, r *report, cfg *config.Config
 	} else {
 		r.line(statusOK, "dead letters", "none")
 	}
+}
+
+// doctorWorkers shows what the worker replicas report about themselves:
+// above all a homeserver they cannot reach, while their work waits to be
+// retried (they stay ready: restarting them would not help).
+func doctorWorkers(ctx context.Context, js jetstream.JetStream, r *report) {
+	statuses, err := workerStatuses(ctx, js)
+	if err != nil {
+		r.line(statusFail, "workers", "reading their reports: %v", err)
+		return
+	}
+	if len(statuses) == 0 {
+		r.line(statusSkip, "workers", "no worker has reported (each does every %s while it runs)", bus.StatusEvery)
+		return
+	}
+	waiting, down := 0, 0
+	now := time.Now()
+	for _, s := range statuses {
+		waiting += s.WaitingRetry
+		if d := service.HomeserverDetail(s, now); d != "" {
+			down++
+			r.line(statusWarn, "homeserver from workers", "%s %s: %s", s.Service, s.Instance, d)
+		}
+	}
+	if down == 0 {
+		r.line(statusOK, "workers", "%d replicas report the homeserver answering; %d messages waiting to be retried", len(statuses), waiting)
+	}
+}
+
+// workerStatuses reads every replica's last report.
+func workerStatuses(ctx context.Context, js jetstream.JetStream) ([]bus.Status, error) {
+	kv, err := js.KeyValue(ctx, bus.BucketStatus)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = w.Stop() }()
+	var out []bus.Status
+	for e := range w.Updates() {
+		if e == nil {
+			break
+		}
+		var s bus.Status
+		if json.Unmarshal(e.Value(), &s) == nil {
+			out = append(out, s)
+		}
+	}
+	return out, ctx.Err()
 }
 
 func roundDuration(d time.Duration) string {

@@ -33,6 +33,27 @@ func topologyEnsure(ctx context.Context, e *env, cf *cfgFlags) error {
 	return nil
 }
 
+// topologyMigrate moves what an earlier version left behind (see
+// bus.Topology.MigrateRetired), saying how far it is on stderr.
+func topologyMigrate(ctx context.Context, e *env, cf *cfgFlags) error {
+	nc, js, err := cf.connectNATS(ctx, e)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	// The bot's partitions do not depend on the replica count.
+	m, err := (bus.Topology{}).MigrateRetired(ctx, js, func(s string) { fmt.Fprintln(e.stderr, s) })
+	if err != nil {
+		return err
+	}
+	if !m.ConsumerDeleted && m.TurnsPurged == 0 {
+		fmt.Fprintln(e.stdout, "nothing to migrate")
+		return nil
+	}
+	fmt.Fprintf(e.stdout, "moved %d bot events to their partitions; %d old order records deleted\n", m.Moved, m.TurnsPurged)
+	return nil
+}
+
 // natsConfig prints the NATS users and their permissions.
 func natsConfig(e *env, format string) error {
 	switch format {

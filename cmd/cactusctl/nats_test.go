@@ -27,11 +27,15 @@ func natsEnv(t *testing.T) (map[string]string, jetstream.JetStream) {
 	t.Helper()
 	srv, _, js := embednats.JetStreamTest(t)
 	ctx := context.Background()
-	if err := (bus.Topology{Replicas: 1, MaxDeliver: 3}).Ensure(ctx, js); err != nil {
+	if err := (bus.Topology{Replicas: 1}).Ensure(ctx, js); err != nil {
 		t.Fatal(err)
 	}
 	return map[string]string{"CACTUS_NATS_URL": srv.ClientURL()}, js
 }
+
+// botConsumer is a partition consumer of the bot's events, whose dead
+// letters the fixtures are.
+var botConsumer = (bus.Topology{}).BotGroup().Consumer(3)
 
 func deadLetterFixture(t *testing.T, js jetstream.JetStream, room, eventID string) {
 	t.Helper()
@@ -40,7 +44,7 @@ func deadLetterFixture(t *testing.T, js jetstream.JetStream, room, eventID strin
 	h.Set(bus.HeaderEventType, "m.room.message")
 	h.Set(bus.HeaderTxnID, "txn1")
 	err := bus.PublishDeadLetter(context.Background(), js, bus.DeadLetter{
-		Source: bus.ConsumerBot, Stream: bus.StreamEvents, Subject: bus.EventSubject(bus.ClassBot, room),
+		Source: botConsumer, Stream: bus.StreamEvents, Sequence: 42, Subject: bus.EventSubject(bus.ClassBot, room),
 		Reason: "homeserver said 403 M_FORBIDDEN", Delivered: 3,
 		Data: []byte(fmt.Sprintf(`{"event_id":%q,"room_id":%q}`, eventID, room)), Header: h,
 	})
@@ -69,12 +73,23 @@ func TestDLQListReplayDrop(t *testing.T) {
 			t.Fatalf("list lacks %q:\n%s", want, r.stdout)
 		}
 	}
+	// The group's name selects every partition's dead letters.
+	for filter, n := range map[string]int{"botworker": 3, botConsumer: 3, "botworker-p0": 0, "provisioner-jobs": 0} {
+		r := ctl(t, vars, "dlq", "list", "--json", "--consumer", filter)
+		var got []deadLetter
+		if err := json.Unmarshal([]byte(r.stdout), &got); err != nil && n > 0 {
+			t.Fatalf("--consumer %s: %v\n%s", filter, err, r.stdout)
+		}
+		if len(got) != n {
+			t.Errorf("--consumer %s: %d dead letters, want %d", filter, len(got), n)
+		}
+	}
 	r = ctl(t, vars, "dlq", "list", "-json")
 	var listed []deadLetter
 	if err := json.Unmarshal([]byte(r.stdout), &listed); err != nil {
 		t.Fatalf("%v\n%s", err, r.stdout)
 	}
-	if len(listed) != 3 || listed[0].Seq != 1 || listed[0].Delivered != 3 || listed[0].Consumer != bus.ConsumerBot ||
+	if len(listed) != 3 || listed[0].Seq != 1 || listed[0].Delivered != 3 || listed[0].Consumer != botConsumer ||
 		listed[0].Subject != bus.EventSubject(bus.ClassBot, "!a:x") || !strings.Contains(string(listed[0].Data), "$e1") || listed[0].Time.IsZero() {
 		t.Fatalf("unexpected JSON list %+v", listed)
 	}
@@ -105,10 +120,15 @@ func TestDLQListReplayDrop(t *testing.T) {
 	if !strings.Contains(string(last.Data), "$e1") || last.Header.Get(bus.HeaderEventType) != "m.room.message" || last.Header.Get(bus.HeaderTxnID) != "txn1" {
 		t.Fatalf("replayed message lost data or headers: %q %v", last.Data, last.Header)
 	}
-	for _, h := range dlqHeaders {
+	for _, h := range []string{bus.HeaderReason, bus.HeaderSource, bus.HeaderStream, bus.HeaderSequence, bus.HeaderConsumer, bus.HeaderDelivered, bus.HeaderFailedAt} {
 		if last.Header.Get(h) != "" {
 			t.Fatalf("replayed message still carries %s", h)
 		}
+	}
+	// It says it is a replay, and of which message, so the worker re-runs
+	// it in full and orders it by the original.
+	if o, ok := bus.ReplayOrigin(last.Header); !ok || o != (bus.Origin{Stream: bus.StreamEvents, Sequence: 42, Consumer: botConsumer}) {
+		t.Fatalf("replay origin %+v, %v", o, ok)
 	}
 	// Replaying the same sequence again: it is gone, exit 1.
 	if r = ctl(t, vars, "dlq", "replay", "1"); r.code != exitFailed || !strings.Contains(r.stderr, "not found") {
@@ -128,7 +148,7 @@ func TestDLQListReplayDrop(t *testing.T) {
 func TestDLQReplayKeepsDeadLetterWhenPublishFails(t *testing.T) {
 	vars, js := natsEnv(t)
 	// A subject no stream stores: the publish gets no ack.
-	err := bus.PublishDeadLetter(context.Background(), js, bus.DeadLetter{Source: bus.ConsumerBot, Subject: "cactus.nowhere.x", Reason: "r", Data: []byte("{}")})
+	err := bus.PublishDeadLetter(context.Background(), js, bus.DeadLetter{Source: bus.ConsumerJobs, Subject: "cactus.nowhere.x", Reason: "r", Data: []byte("{}")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,6 +158,27 @@ func TestDLQReplayKeepsDeadLetterWhenPublishFails(t *testing.T) {
 	}
 	if r = ctl(t, vars, "dlq", "list", "-json"); !strings.Contains(r.stdout, "cactus.nowhere.x") {
 		t.Fatalf("dead letter lost: %s", r.stdout)
+	}
+}
+
+// A gateway dead letter (a malformed event) has no consumer to go back
+// to: its replay goes through the gateway's checks, which still refuse it,
+// and keeps it, instead of sending it where nobody reads and deleting it.
+func TestDLQReplayRefusesGatewayDeadLetters(t *testing.T) {
+	vars, js := natsEnv(t)
+	vars["CACTUS_USER_ID"] = "@cactusbot:example.org"
+	err := bus.PublishDeadLetter(context.Background(), js, bus.DeadLetter{
+		Source: "gateway", Subject: bus.EventSubject(bus.ClassOther, "!r:x"), Reason: "no event_id", Data: []byte(`{"type":"m.room.message"}`),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := ctl(t, vars, "dlq", "replay", "1")
+	if r.code != exitFailed || !strings.Contains(r.stderr, "still refused") || !strings.Contains(r.stderr, "event_id") {
+		t.Fatalf("replay: %d %s %s", r.code, r.stdout, r.stderr)
+	}
+	if r = ctl(t, vars, "dlq", "list", "-json"); !strings.Contains(r.stdout, "no event_id") {
+		t.Fatalf("gateway dead letter deleted: %s", r.stdout)
 	}
 }
 
@@ -240,6 +281,31 @@ func TestDoctorDendrite(t *testing.T) {
 	if r = ctl(t, vars, "doctor", "-max-lag", "3"); r.code != exitOK {
 		t.Fatalf("lag at the limit: exit %d\n%s", r.code, r.stdout)
 	}
+	if !strings.Contains(r.stdout, "skip  workers") {
+		t.Fatalf("no worker reports, yet:\n%s", r.stdout)
+	}
+
+	// Worker replicas report what they see; one cannot reach the
+	// homeserver (doctor itself can: they may be on another network).
+	kv, err := js.KeyValue(context.Background(), bus.BucketStatus)
+	if err != nil {
+		t.Fatal(err)
+	}
+	since := time.Now().Add(-3 * time.Minute)
+	for _, s := range []bus.Status{
+		{Service: "provisioner", Instance: "p-1", At: time.Now(), WaitingRetry: 2},
+		{Service: "provisioner", Instance: "p-2", At: time.Now(), HomeserverUnreachableSince: &since, HomeserverLastStatus: 502, WaitingRetry: 1990},
+	} {
+		b, _ := json.Marshal(s)
+		if _, err := kv.Put(context.Background(), bus.StatusKey(s.Service, s.Instance), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r = ctl(t, vars, "doctor", "-max-lag", "3")
+	if r.code != exitOK || !strings.Contains(r.stdout, "WARN  homeserver from workers") || !strings.Contains(r.stdout, "provisioner p-2: homeserver unreachable since") ||
+		!strings.Contains(r.stdout, "HTTP 502") || !strings.Contains(r.stdout, "1990 messages waiting") {
+		t.Fatalf("doctor with an unreachable homeserver reported: exit %d\n%s", r.code, r.stdout)
+	}
 }
 
 // TestDLQListMany lists more dead letters than one batch holds, after
@@ -327,5 +393,30 @@ func TestDLQReplayGatewayDeadLetters(t *testing.T) {
 	}
 	if r := ctl(t, vars, "dlq", "list"); !strings.Contains(r.stdout, "gateway") || strings.Count(r.stdout, "\n") != 2 {
 		t.Fatalf("the refused dead letter must stay, alone:\n%s", r.stdout)
+	}
+}
+
+// topology migrate deletes the consumer earlier versions consumed the
+// bot's events through, once what waited there is in the partitions, and
+// has nothing to do after.
+func TestTopologyMigrate(t *testing.T) {
+	vars, js := natsEnv(t)
+	ctx := context.Background()
+	if _, err := js.CreateConsumer(ctx, bus.StreamEvents, jetstream.ConsumerConfig{
+		Durable: bus.RetiredConsumerBot, FilterSubject: bus.EventFilter(bus.ClassBot), AckPolicy: jetstream.AckExplicitPolicy,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if r := ctl(t, vars, "doctor"); !strings.Contains(r.stdout, "retired consumer") {
+		t.Errorf("doctor does not mention the retired consumer:\n%s", r.stdout)
+	}
+	if r := ctl(t, vars, "topology", "migrate"); r.code != exitOK || !strings.Contains(r.stdout, "moved 0 bot events") {
+		t.Fatalf("migrate: %d %s %s", r.code, r.stdout, r.stderr)
+	}
+	if _, err := js.Consumer(ctx, bus.StreamEvents, bus.RetiredConsumerBot); err == nil {
+		t.Fatal("the retired consumer is still there")
+	}
+	if r := ctl(t, vars, "topology", "migrate"); r.code != exitOK || !strings.Contains(r.stdout, "nothing to migrate") {
+		t.Fatalf("second migrate: %d %s %s", r.code, r.stdout, r.stderr)
 	}
 }

@@ -54,6 +54,19 @@ var producers = map[string][]Identity{
 	StreamJobs:   {Provisioner},
 }
 
+// bucketUsers read, write and watch a key-value bucket. A bucket added to
+// the topology needs its users here; a test says so.
+var bucketUsers = map[string][]Identity{
+	BucketSites:      {Provisioner, Botworker},
+	BucketRooms:      {Provisioner, Botworker},
+	BucketIndex:      {Provisioner, Botworker},
+	BucketLimit:      {Botworker},
+	BucketDone:       {Provisioner, Botworker},
+	BucketStatus:     {Provisioner, Botworker},
+	BucketPartitions: {Botworker},
+	BucketSplitter:   {Gateway},
+}
+
 // The alias query: who asks, who answers.
 var (
 	aliasRequester = Gateway
@@ -77,12 +90,12 @@ func ConsumerOwner(durable string) Identity {
 // consumer or bucket added to it is covered without a second edit:
 //
 //   - publishing into a stream: its subjects, and the stream's info;
-//   - a durable consumer it owns: its info, pulling (with priority groups
-//     and unpinning), acknowledging, and the info and messages of the
+//   - a durable consumer it owns: its info, pulling (with priority groups,
+//     and unpinning a pinned consumer's client), acknowledging, and the info and messages of the
 //     stream it reads;
-//   - every identity that consumes dead-letters what it cannot handle and
-//     keeps its state in the key-value buckets it uses (bucketsOf), which
-//     it may read, write and watch;
+//   - every identity that consumes dead-letters what it cannot handle;
+//   - a key-value bucket: its users (bucketUsers) may read it (from the
+//     leader too), write and watch it;
 //   - the alias query: the gateway asks, the provisioners answer;
 //   - replies: each identity its own inbox.
 //
@@ -118,7 +131,10 @@ func (t Topology) Permissions(id Identity) Permissions {
 		s, c := cs.Stream, cs.Config.Durable
 		api("CONSUMER", "INFO", s, c)
 		api("CONSUMER", "MSG", "NEXT", s, c)
-		api("CONSUMER", "UNPIN", s, c)
+		if cs.Config.PriorityPolicy == jetstream.PriorityPolicyPinned {
+			// Handing a partition over unpins its owner at once.
+			api("CONSUMER", "UNPIN", s, c)
+		}
 		pub = append(pub, "$JS.ACK."+s+"."+c+".>")
 		api("STREAM", "INFO", s)
 		api("STREAM", "MSG", "GET", s)
@@ -126,22 +142,23 @@ func (t Topology) Permissions(id Identity) Permissions {
 	if consumes || id == Gateway {
 		produces(StreamDLQ)
 	}
-	if consumes {
-		for _, kc := range t.bucketsOf(id) {
-			b, s := kc.Bucket, "KV_"+kc.Bucket
-			pub = append(pub, "$KV."+b+".>")
-			api("STREAM", "INFO", s)
-			api("STREAM", "MSG", "GET", s)
-			api("DIRECT", "GET", s)
-			api("DIRECT", "GET", s, ">")
-			// Watches and key listings: an ordered push consumer, created,
-			// flow-controlled and deleted by the client.
-			api("CONSUMER", "CREATE", s)
-			api("CONSUMER", "CREATE", s, ">")
-			api("CONSUMER", "INFO", s, ">")
-			api("CONSUMER", "DELETE", s, ">")
-			pub = append(pub, "$JS.FC."+s+".>")
+	for _, kc := range t.Buckets() {
+		if !slices.Contains(bucketUsers[kc.Bucket], id) {
+			continue
 		}
+		b, s := kc.Bucket, "KV_"+kc.Bucket
+		pub = append(pub, "$KV."+b+".>")
+		api("STREAM", "INFO", s)
+		api("STREAM", "MSG", "GET", s)
+		api("DIRECT", "GET", s)
+		api("DIRECT", "GET", s, ">")
+		// Watches and key listings: an ordered push consumer, created,
+		// flow-controlled and deleted by the client.
+		api("CONSUMER", "CREATE", s)
+		api("CONSUMER", "CREATE", s, ">")
+		api("CONSUMER", "INFO", s, ">")
+		api("CONSUMER", "DELETE", s, ">")
+		pub = append(pub, "$JS.FC."+s+".>")
 	}
 
 	p := Permissions{Subscribe: []string{id.InboxPrefix() + ".>"}}
@@ -159,7 +176,7 @@ func (t Topology) Permissions(id Identity) Permissions {
 
 // CheckFor reports what of the topology identity id uses is missing,
 // asking only what id may ask (see Permissions): the streams it publishes
-// into, its consumers, and the buckets if it consumes.
+// into, its consumers, and the buckets it uses.
 func (t Topology) CheckFor(ctx context.Context, js jetstream.JetStream, id Identity) error {
 	var errs []error
 	consumes := false
@@ -180,24 +197,13 @@ func (t Topology) CheckFor(ctx context.Context, js jetstream.JetStream, id Ident
 			errs = append(errs, fmt.Errorf("stream %s: %w", sc.Name, err))
 		}
 	}
-	if consumes {
-		for _, kc := range t.bucketsOf(id) {
-			if _, err := js.KeyValue(ctx, kc.Bucket); err != nil {
-				errs = append(errs, fmt.Errorf("bucket %s: %w", kc.Bucket, err))
-			}
+	for _, kc := range t.Buckets() {
+		if !slices.Contains(bucketUsers[kc.Bucket], id) {
+			continue
+		}
+		if _, err := js.KeyValue(ctx, kc.Bucket); err != nil {
+			errs = append(errs, fmt.Errorf("bucket %s: %w", kc.Bucket, err))
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// bucketsOf is the buckets a consuming identity uses: the gateway only its
-// splitter's lease; the workers the registry and their partitions.
-func (t Topology) bucketsOf(id Identity) []jetstream.KeyValueConfig {
-	var out []jetstream.KeyValueConfig
-	for _, kc := range t.Buckets() {
-		if (kc.Bucket == BucketSplitter) == (id == Gateway) {
-			out = append(out, kc)
-		}
-	}
-	return out
 }

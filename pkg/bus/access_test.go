@@ -39,6 +39,11 @@ func TestTopologyHasOwners(t *testing.T) {
 			t.Errorf("stream %s has no producers in access.go", sc.Name)
 		}
 	}
+	for _, kc := range topo.Buckets() {
+		if len(bucketUsers[kc.Bucket]) == 0 {
+			t.Errorf("bucket %s has no users in access.go", kc.Bucket)
+		}
+	}
 }
 
 func TestPermissions(t *testing.T) {
@@ -59,21 +64,28 @@ func TestPermissions(t *testing.T) {
 				SubjectTxns, "$JS.API.STREAM.INFO." + StreamTxns, "$JS.API.CONSUMER.MSG.NEXT." + StreamTxns + ".gateway-splitter-p00",
 				"$JS.ACK." + StreamTxns + ".gateway-splitter-p00.1.2.3.4.5", "$JS.API.CONSUMER.UNPIN." + StreamTxns + ".gateway-splitter-p00",
 				"$KV." + BucketSplitter + ".gateway-splitter.claims.0", "$JS.API.STREAM.INFO.KV_" + BucketSplitter},
-			noPub: []string{"$JS.API.STREAM.DELETE." + StreamEvents, "$KV." + BucketPartitions + ".k", "$KV." + BucketIndex + ".k", "$JS.API.STREAM.PURGE." + StreamTxns, "$JS.API.CONSUMER.CREATE." + StreamEvents + ".x", "$JS.API.CONSUMER.MSG.NEXT." + StreamEvents + "." + ConsumerBot, "$JS.API.STREAM.MSG.GET." + StreamEvents, "$KV." + BucketSites + ".k", JobSubject("ban", "s", "!r:x"), "$JS.API.STREAM.PURGE." + StreamDLQ},
+			noPub: []string{"$JS.API.STREAM.DELETE." + StreamEvents, "$KV." + BucketPartitions + ".k", "$KV." + BucketIndex + ".k", "$JS.API.STREAM.PURGE." + StreamTxns, "$JS.API.CONSUMER.CREATE." + StreamEvents + ".x", "$JS.API.CONSUMER.MSG.NEXT." + StreamEvents + ".botworker-p00", "$JS.API.STREAM.MSG.GET." + StreamEvents, "$KV." + BucketSites + ".k", JobSubject("ban", "s", "!r:x"), "$JS.API.STREAM.PURGE." + StreamDLQ},
 			sub:   []string{"_INBOX_gateway.abc.1"},
 			noSub: []string{SubjectEventsAll, "_INBOX.x", "_INBOX_botworker.x", SubjectAliasQuery, ">"},
 		},
 		{
-			id:      Provisioner,
-			pub:     []string{JobSubject("ban", "s", "!r:x"), DLQSubject(ConsumerJobs), "$JS.API.CONSUMER.MSG.NEXT." + StreamEvents + "." + ConsumerModeration, "$JS.ACK." + StreamJobs + "." + ConsumerJobs + ".1.2.3.4.5", "$KV." + BucketSites + ".k", "$JS.API.DIRECT.GET.KV_" + BucketRooms + ".$KV." + BucketRooms + ".k"},
-			noPub:   []string{EventSubject(ClassBot, "!r:x"), SubjectTxns, "$KV." + BucketSplitter + ".k", "$JS.API.CONSUMER.MSG.NEXT." + StreamTxns + ".gateway-splitter-p00", "$JS.API.CONSUMER.MSG.NEXT." + StreamEvents + "." + ConsumerBot, "$JS.API.STREAM.DELETE." + StreamJobs, "$JS.API.STREAM.UPDATE.KV_" + BucketSites, SubjectAliasQuery},
+			id:  Provisioner,
+			pub: []string{JobSubject("ban", "s", "!r:x"), DLQSubject(ConsumerJobs), "$JS.API.CONSUMER.MSG.NEXT." + StreamEvents + "." + ConsumerModeration, "$JS.ACK." + StreamJobs + "." + ConsumerJobs + ".1.2.3.4.5", "$KV." + BucketSites + ".k", "$JS.API.DIRECT.GET.KV_" + BucketRooms + ".$KV." + BucketRooms + ".k"},
+			noPub: []string{EventSubject(ClassBot, "!r:x"), "$JS.API.CONSUMER.MSG.NEXT." + StreamEvents + ".botworker-p00", "$JS.API.CONSUMER.MSG.NEXT." + StreamEvents + "." + RetiredConsumerBot, "$JS.API.STREAM.DELETE." + StreamJobs, "$JS.API.STREAM.UPDATE.KV_" + BucketSites, SubjectAliasQuery,
+				SubjectTxns, "$KV." + BucketSplitter + ".k", "$JS.API.CONSUMER.MSG.NEXT." + StreamTxns + ".gateway-splitter-p00",
+				// Buckets of the bot alone.
+				"$KV." + BucketPartitions + ".k", "$JS.API.DIRECT.GET.KV_" + BucketPartitions, "$KV." + BucketLimit + ".k",
+				// Nothing of its own is pinned.
+				"$JS.API.CONSUMER.UNPIN." + StreamJobs + "." + ConsumerJobs},
 			sub:     []string{SubjectAliasQuery, "_INBOX_provisioner.x"},
 			noSub:   []string{SubjectEventsAll, "_INBOX_gateway.x"},
 			respond: true,
 		},
 		{
-			id:    Botworker,
-			pub:   []string{DLQSubject(ConsumerBot), "$JS.API.CONSUMER.MSG.NEXT." + StreamEvents + "." + ConsumerBot, "$KV." + BucketLimit + ".k"},
+			id: Botworker,
+			pub: []string{DLQSubject("botworker-p00"), "$JS.API.CONSUMER.MSG.NEXT." + StreamEvents + ".botworker-p15", "$KV." + BucketLimit + ".k",
+				"$KV." + BucketPartitions + ".botworker.members.x", "$JS.API.CONSUMER.UNPIN." + StreamEvents + ".botworker-p03",
+				"$KV." + BucketDone + ".k", "$KV." + BucketStatus + ".k", "$JS.API.STREAM.MSG.GET.KV_" + BucketSites},
 			noPub: []string{EventSubject(ClassBot, "!r:x"), SubjectTxns, "$KV." + BucketSplitter + ".k", JobSubject("ban", "s", "!r:x"), "$JS.API.CONSUMER.MSG.NEXT." + StreamEvents + "." + ConsumerModeration},
 			sub:   []string{"_INBOX_botworker.x"},
 			noSub: []string{SubjectAliasQuery, SubjectEventsAll},

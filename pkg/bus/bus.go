@@ -9,11 +9,12 @@
 //	cactus.ev.<class>.<room>        events from the homeserver (stream EVENTS)
 //	cactus.ev.bot.<p>.<room>        how EVENTS stores the bot's events: p is the
 //	                                room's partition (partitions.go)
-//	cactus.job.<kind>.<site>.<room> fan-out jobs (stream JOBS, work queue)
+//	cactus.job.<kind>.<site>.<room> fan-out jobs (stream JOBS, work queue);
+//	                                a resolve job names an alias instead
 //	cactus.dlq.<source>             dead letters (stream DLQ)
 //	cactus.rpc.alias                alias queries, request/reply to provisioners
 //
-// <room> and <site> are Tokens: base64url encodings, because room ids and site
+// <room>, <alias> and <site> are Tokens: base64url encodings, because room ids and site
 // names hold '.', '*', '>', ':' and '!' (invariant 4).
 package bus
 
@@ -43,8 +44,8 @@ const (
 	QueueProvisioners = "provisioners"
 
 	// Durable consumers. Each service kind shares one, so replicas split
-	// the work and KEDA can scale on its lag.
-	ConsumerBot        = "botworker"
+	// the work and KEDA can scale on its lag; the botworker's are the
+	// partition consumers of its group (partitions.go).
 	ConsumerModeration = "provisioner-moderation"
 	ConsumerJobs       = "provisioner-jobs"
 
@@ -52,11 +53,34 @@ const (
 	BucketRooms = "cactus_rooms"
 	BucketIndex = "cactus_room_index"
 	BucketLimit = "cactus_bot_state"
+	// BucketDone holds a marker per event the bot and moderation
+	// consumers have finished (see DoneTTL).
+	BucketDone = "cactus_done"
+	// BucketStatus holds what each service replica last reported about
+	// itself (homeserver reachability, messages waiting to retry), for
+	// cactusctl doctor. Entries expire StatusTTL after their last report.
+	BucketStatus = "cactus_status"
 
-	// DuplicateWindow must outlast the homeserver's retry backoff (Synapse
-	// retries every 512 s), so that a retried transaction stores nothing
-	// twice.
+	// DuplicateWindow is how long the event stream remembers event ids:
+	// an event the homeserver sends again within it (a retried
+	// transaction) is not stored twice. Synapse retries a failed
+	// transaction with a backoff that grows to 512 s and never gives up,
+	// so an outage can outlast any window; correctness does not depend on
+	// it. Events stored again after it are recognised by their done
+	// markers (DoneTTL); the window only saves that work.
 	DuplicateWindow = 20 * time.Minute
+
+	// DoneTTL is how long a done marker is kept: far longer than any
+	// homeserver outage an operator would sit through (Synapse keeps
+	// retrying every 512 s for ever), so an event stored again after the
+	// duplicate window still has no second effect. Dead letters are kept
+	// as long, so a replay finds what it needs.
+	DoneTTL = 30 * 24 * time.Hour
+
+	// StatusTTL is how long a replica's status report outlives the
+	// replica; replicas report every StatusEvery.
+	StatusTTL   = 2 * time.Minute
+	StatusEvery = 15 * time.Second
 )
 
 // Class routes an event to the workers that care about it.
@@ -84,6 +108,15 @@ const (
 	HeaderDelivered = "Cactus-Dlq-Deliveries"
 	HeaderFailedAt  = "Cactus-Dlq-Time"
 	HeaderTruncated = "Cactus-Dlq-Truncated"
+	// HeaderSequence is the failed message's sequence in HeaderStream.
+	HeaderSequence = "Cactus-Dlq-Sequence"
+
+	// A replayed dead letter carries where the original came from, so the
+	// handler knows it is a replay (a forced full re-run, past any done
+	// marker) and can order it by the original's place in the stream.
+	HeaderReplayStream   = "Cactus-Replay-Stream"
+	HeaderReplaySequence = "Cactus-Replay-Sequence"
+	HeaderReplayConsumer = "Cactus-Replay-Consumer"
 )
 
 // emptyToken stands for the empty string: base64url never yields "=", so it

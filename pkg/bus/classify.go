@@ -5,12 +5,11 @@ import "github.com/cactus-comments/appservice/pkg/event"
 // Classify decides which workers see an event. bot is the bot's user id.
 //
 // Visitors joining and leaving comment rooms are by far the most common
-// member events; they go to ClassOther so that the strictly ordered
-// moderation consumer only sees what can change moderation state. For the
-// same reason the bot's own bans, unbans and power levels go there too: the
-// bot only ever sends them to propagate a change it already recorded, and a
-// fan-out over N rooms would otherwise queue N echoes behind the one
-// moderation event at a time.
+// member events; they go to ClassOther so that the moderation consumer only
+// sees what can change moderation state. For the same reason the bot's own
+// bans, unbans and power levels go there too: the bot only ever sends them
+// to propagate a change it already recorded, and a fan-out over N rooms
+// would otherwise send N echoes through the moderation consumer.
 //
 // A room's tombstone (it was upgraded) is a moderation event whoever sent
 // it, the bot included: the registry must follow the replacement room, and

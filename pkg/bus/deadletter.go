@@ -16,6 +16,7 @@ import (
 type DeadLetter struct {
 	Source    string // consumer name or "gateway"
 	Stream    string // stream the message came from, "" if never stored
+	Sequence  uint64 // its sequence in Stream, 0 if never stored
 	Subject   string // subject to replay to
 	Reason    string
 	Delivered int
@@ -67,6 +68,9 @@ func DeadLetterMsg(d DeadLetter) *nats.Msg {
 	m.Header.Set(HeaderReason, headerValue(d.Reason))
 	m.Header.Set(HeaderSource, headerValue(d.Subject))
 	m.Header.Set(HeaderStream, d.Stream)
+	if d.Sequence > 0 {
+		m.Header.Set(HeaderSequence, strconv.FormatUint(d.Sequence, 10))
+	}
 	m.Header.Set(HeaderConsumer, d.Source)
 	m.Header.Set(HeaderDelivered, strconv.Itoa(d.Delivered))
 	m.Header.Set(HeaderFailedAt, time.Now().UTC().Format(time.RFC3339Nano))
@@ -125,9 +129,11 @@ func ReadDeadLetter(m jetstream.Msg) DeadLetter {
 	h := m.Headers()
 	n, _ := strconv.Atoi(h.Get(HeaderDelivered))
 	truncated, _ := strconv.Atoi(h.Get(HeaderTruncated))
+	seq, _ := strconv.ParseUint(h.Get(HeaderSequence), 10, 64)
 	return DeadLetter{
 		Source:    h.Get(HeaderConsumer),
 		Stream:    h.Get(HeaderStream),
+		Sequence:  seq,
 		Subject:   h.Get(HeaderSource),
 		Reason:    h.Get(HeaderReason),
 		Delivered: n,
@@ -136,4 +142,29 @@ func ReadDeadLetter(m jetstream.Msg) DeadLetter {
 		ID:        strings.TrimPrefix(h.Get(HeaderMsgID), "dlq:"),
 		Truncated: truncated,
 	}
+}
+
+// Origin is where a replayed message was first stored and who failed it.
+type Origin struct {
+	Stream   string
+	Sequence uint64
+	Consumer string
+}
+
+// SetReplayOrigin marks h as the replay of a message first stored at o.
+func SetReplayOrigin(h nats.Header, o Origin) {
+	h.Set(HeaderReplayStream, o.Stream)
+	h.Set(HeaderReplaySequence, strconv.FormatUint(o.Sequence, 10))
+	h.Set(HeaderReplayConsumer, o.Consumer)
+}
+
+// ReplayOrigin reports whether h marks a replayed dead letter, and where
+// its original was stored. A replay of a message whose sequence was not
+// recorded still counts as a replay, with Sequence 0.
+func ReplayOrigin(h nats.Header) (Origin, bool) {
+	if h == nil || h.Get(HeaderReplayConsumer) == "" && h.Get(HeaderReplayStream) == "" {
+		return Origin{}, false
+	}
+	seq, _ := strconv.ParseUint(h.Get(HeaderReplaySequence), 10, 64)
+	return Origin{Stream: h.Get(HeaderReplayStream), Sequence: seq, Consumer: h.Get(HeaderReplayConsumer)}, true
 }

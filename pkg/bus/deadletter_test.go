@@ -25,7 +25,7 @@ func TestDeadLetterIDDeduplicatesAndLargeDataIsTruncated(t *testing.T) {
 		{Source: "gateway", Reason: "no event_id", Data: []byte(`{"type":"m.room.message"}`), ID: "gateway:abc"},
 		{Source: "gateway", Reason: "no event_id", Data: []byte(`{"type":"m.room.message"}`), ID: "gateway:abc"}, // the retried transaction
 		{Source: "gateway", Reason: "too large", Data: big, ID: "gateway:big"},
-		{Source: "botworker", Reason: "boom", Data: []byte("1")}, // no ID: never deduplicated
+		{Source: "botworker", Reason: "boom", Data: []byte("1"), Stream: StreamEvents, Sequence: 7}, // no ID: never deduplicated
 		{Source: "botworker", Reason: "boom", Data: []byte("1")},
 	} {
 		if err := PublishDeadLetter(ctx, js, d); err != nil {
@@ -111,5 +111,26 @@ func TestIsPermanentPublishError(t *testing.T) {
 	_, err := js.Publish(shortCtx, "nostream.a", []byte("x"))
 	if err == nil || IsPermanentPublishError(err) {
 		t.Errorf("no stream: %v counted permanent", err)
+	}
+}
+
+func TestReplayOrigin(t *testing.T) {
+	if _, ok := ReplayOrigin(nats.Header{HeaderTxnID: {"t"}}); ok {
+		t.Fatal("a message without replay headers read as a replay")
+	}
+	if _, ok := ReplayOrigin(nil); ok {
+		t.Fatal("no header read as a replay")
+	}
+	h := nats.Header{}
+	want := Origin{Stream: StreamEvents, Sequence: 42, Consumer: ConsumerModeration}
+	SetReplayOrigin(h, want)
+	if got, ok := ReplayOrigin(h); !ok || got != want {
+		t.Fatalf("ReplayOrigin = %+v, %v; want %+v", got, ok, want)
+	}
+	// The sequence is what orders a replayed decision; one that cannot be
+	// read is 0 (older than anything), never a guess.
+	h.Set(HeaderReplaySequence, "not a number")
+	if got, ok := ReplayOrigin(h); !ok || got.Sequence != 0 {
+		t.Fatalf("ReplayOrigin with a bad sequence = %+v, %v", got, ok)
 	}
 }

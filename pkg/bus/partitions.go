@@ -40,6 +40,11 @@ const (
 	PartitionGrace = 10 * time.Second
 	// partitionMaxAckPending bounds what the owner of one partition holds.
 	partitionMaxAckPending = 64
+	// RetiredConsumerBot is the single durable consumer of the bot's
+	// events that versions before the partitions declared. Nothing
+	// consumes it any more; `cactusctl topology migrate` moves what waits
+	// in it to the partitions and deletes it.
+	RetiredConsumerBot = "botworker"
 )
 
 // PinnedTTL is how long a partition consumer keeps its owner pinned after
@@ -83,9 +88,9 @@ func (t Topology) BotGroup() PartitionGroup {
 		Bucket: BucketPartitions, PriorityGroup: PartitionPriorityGroup,
 		AckWait: AckWait, PinnedTTL: PinnedTTL(AckWait),
 		MaxAckPending: partitionMaxAckPending,
-		// As for every consumer: JetStream's limit only catches a worker
-		// that died on its last delivery.
-		MaxDeliver: t.maxDeliver() + 1,
+		// As for every consumer: JetStream never gives up on a message by
+		// itself; the worker decides, by time, and dead-letters.
+		MaxDeliver: -1,
 	}
 }
 

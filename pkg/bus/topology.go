@@ -15,20 +15,23 @@ type Topology struct {
 	// Replicas of every stream and bucket: 1 for an embedded server, 3 for
 	// a JetStream cluster.
 	Replicas int
-	// MaxDeliver bounds deliveries of one message before workers dead-letter
-	// it. JetStream stops redelivering after one more, as a backstop.
-	MaxDeliver int
 	// Memory puts streams in memory (benchmarks of the pure code path);
 	// production and dev use file storage.
 	Memory bool
 	// BotPartitions splits the bot's events by room (0: the default, 16);
 	// see partitions.go.
 	BotPartitions int
+	// Duplicates overrides DuplicateWindow (tests of what happens after
+	// it).
+	Duplicates time.Duration
 }
 
 // AckWait is how long a worker may hold a message without signalling
-// progress before JetStream redelivers it. Long jobs call InProgress.
-const AckWait = 60 * time.Second
+// progress before JetStream redelivers it. Workers signal progress for
+// every message they hold (running, queued behind its key, or waiting to
+// be retried) every third of it, so it only decides how soon the messages
+// of a replica that died come back: within seconds.
+const AckWait = 15 * time.Second
 
 func (t Topology) storage() jetstream.StorageType {
 	if t.Memory {
@@ -39,7 +42,12 @@ func (t Topology) storage() jetstream.StorageType {
 
 func (t Topology) replicas() int { return max(t.Replicas, 1) }
 
-func (t Topology) maxDeliver() int { return max(t.MaxDeliver, 1) }
+func (t Topology) duplicates() time.Duration {
+	if t.Duplicates > 0 {
+		return t.Duplicates
+	}
+	return DuplicateWindow
+}
 
 // Streams returns the stream configurations.
 func (t Topology) Streams() []jetstream.StreamConfig {
@@ -52,7 +60,7 @@ func (t Topology) Streams() []jetstream.StreamConfig {
 			Replicas:    t.replicas(),
 			Retention:   jetstream.LimitsPolicy,
 			MaxAge:      7 * 24 * time.Hour,
-			Duplicates:  DuplicateWindow,
+			Duplicates:  t.duplicates(),
 			MaxMsgSize:  1 << 20,
 			Discard:     jetstream.DiscardOld,
 
@@ -67,7 +75,7 @@ func (t Topology) Streams() []jetstream.StreamConfig {
 			Replicas:    t.replicas(),
 			Retention:   jetstream.WorkQueuePolicy,
 			MaxAge:      7 * 24 * time.Hour,
-			Duplicates:  DuplicateWindow,
+			Duplicates:  t.duplicates(),
 			MaxMsgSize:  1 << 20,
 		},
 		{
@@ -77,8 +85,8 @@ func (t Topology) Streams() []jetstream.StreamConfig {
 			Storage:     t.storage(),
 			Replicas:    t.replicas(),
 			Retention:   jetstream.LimitsPolicy,
-			MaxAge:      30 * 24 * time.Hour,
-			Duplicates:  DuplicateWindow,
+			MaxAge:      DoneTTL,
+			Duplicates:  t.duplicates(),
 			MaxMsgSize:  1 << 20,
 		},
 		t.TxnStream(),
@@ -100,20 +108,24 @@ func (t Topology) Consumers() []ConsumerSpec {
 			FilterSubject: filter,
 			AckPolicy:     jetstream.AckExplicitPolicy,
 			AckWait:       AckWait,
-			// One more than the workers' own bound: workers dead-letter at
-			// MaxDeliver; JetStream's limit only catches a worker that died
-			// on the last delivery.
-			MaxDeliver:    t.maxDeliver() + 1,
+			// JetStream never gives up on a message by itself: it would
+			// stop redelivering without a dead letter. Workers decide,
+			// by time (CACTUS_RETRY_HORIZON), and dead-letter.
+			MaxDeliver:    -1,
 			MaxAckPending: maxAckPending,
 			DeliverPolicy: jetstream.DeliverAllPolicy,
 		}}
 	}
 	return append([]ConsumerSpec{
-		c(StreamEvents, ConsumerBot, "Bot invites and commands", EventFilter(ClassBot), 512),
-		// One at a time: moderation events are applied in the order the
-		// homeserver sent them (invariant 5). Their work fans out as jobs.
-		c(StreamEvents, ConsumerModeration, "Bans, unbans and power levels", EventFilter(ClassModeration), 1),
-		c(StreamJobs, ConsumerJobs, "Per-room fan-out jobs", SubjectJobsAll, 1024),
+		// Many at a time: a site's decisions are ordered by the data (each
+		// carries the stream sequence of the event that made it, and an
+		// older one never overwrites a newer one), not by serialising
+		// every site behind one message. Their work fans out as jobs.
+		c(StreamEvents, ConsumerModeration, "Bans, unbans and power levels", EventFilter(ClassModeration), 1024),
+		// Messages waiting for a delayed redelivery (a rate-limited or
+		// unreachable site) count as pending: the bound must leave room
+		// for a whole site's fan-out waiting while other sites' jobs run.
+		c(StreamJobs, ConsumerJobs, "Per-room fan-out jobs", SubjectJobsAll, 100_000),
 		t.SplitterConsumer(),
 	}, t.BotGroup().ConsumerSpecs()...)
 }
@@ -123,30 +135,37 @@ func (t Topology) Buckets() []jetstream.KeyValueConfig {
 	b := func(name, desc string) jetstream.KeyValueConfig {
 		return jetstream.KeyValueConfig{Bucket: name, Description: desc, History: 1, Storage: t.storage(), Replicas: t.replicas()}
 	}
+	ttl := func(c jetstream.KeyValueConfig, d time.Duration) jetstream.KeyValueConfig {
+		c.TTL = d
+		return c
+	}
 	return append([]jetstream.KeyValueConfig{
 		b(BucketSites, "Sites: owner, moderation room, power levels and bans"),
 		b(BucketRooms, "Comment rooms by site and section"),
 		b(BucketIndex, "Room id to site, for every room we manage"),
 		b(BucketLimit, "Bot bookkeeping: registrations per user"),
+		ttl(b(BucketDone, "Events the bot and moderation consumers finished, by consumer and event id"), DoneTTL),
+		ttl(b(BucketStatus, "Each service replica's last report: homeserver reachability, messages waiting to retry"), StatusTTL),
 	}, t.PartitionBucket(), t.SplitterBucket())
 }
 
-// Ensure creates or updates every stream, consumer and bucket. It is safe to
+// Ensure creates or updates every stream, consumer and bucket that is
+// missing or differs from the declaration (see ensure.go). It is safe to
 // run from every replica at once.
 func (t Topology) Ensure(ctx context.Context, js jetstream.JetStream) error {
 	for _, sc := range t.Streams() {
-		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
-			return fmt.Errorf("ensure stream %s: %w", sc.Name, err)
+		if err := ensureStream(ctx, js, sc); err != nil {
+			return err
 		}
 	}
 	for _, cs := range t.Consumers() {
-		if _, err := js.CreateOrUpdateConsumer(ctx, cs.Stream, cs.Config); err != nil {
-			return fmt.Errorf("ensure consumer %s: %w", cs.Config.Durable, err)
+		if err := ensureConsumer(ctx, js, cs); err != nil {
+			return err
 		}
 	}
 	for _, kc := range t.Buckets() {
-		if _, err := js.CreateOrUpdateKeyValue(ctx, kc); err != nil {
-			return fmt.Errorf("ensure bucket %s: %w", kc.Bucket, err)
+		if err := ensureBucket(ctx, js, kc); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -41,13 +41,13 @@ func TestEnsureIdempotentAndCheck(t *testing.T) {
 	srv := embednats.StartTest(t)
 	_, js := connect(t, srv)
 	ctx := testCtx(t)
-	topo := Topology{Replicas: 1, MaxDeliver: 4}
+	topo := Topology{Replicas: 1}
 
 	err := topo.Check(ctx, js)
 	if err == nil {
 		t.Fatal("Check passed on an empty server")
 	}
-	for _, name := range []string{StreamEvents, StreamJobs, StreamDLQ, ConsumerBot, ConsumerModeration, ConsumerJobs, BucketSites, BucketRooms, BucketIndex, BucketLimit, BucketPartitions, "botworker-p00", "botworker-p15", StreamTxns, "gateway-splitter-p00", BucketSplitter} {
+	for _, name := range []string{StreamEvents, StreamJobs, StreamDLQ, ConsumerModeration, ConsumerJobs, BucketSites, BucketRooms, BucketIndex, BucketLimit, BucketDone, BucketStatus, BucketPartitions, "botworker-p00", "botworker-p15", StreamTxns, "gateway-splitter-p00", BucketSplitter} {
 		if !strings.Contains(err.Error(), name) {
 			t.Errorf("Check error does not name %s: %v", name, err)
 		}
@@ -74,8 +74,18 @@ func TestEnsureIdempotentAndCheck(t *testing.T) {
 		t.Fatal(err)
 	}
 	ci := c.CachedInfo()
-	if ci.Config.MaxAckPending != 1 || ci.Config.MaxDeliver != 5 || ci.Config.FilterSubject != EventFilter(ClassModeration) {
+	// Not serialised; never given up on by JetStream; a dead replica's
+	// messages back within seconds.
+	if ci.Config.MaxAckPending <= 1 || ci.Config.MaxDeliver != -1 || ci.Config.AckWait > 30*time.Second ||
+		ci.Config.FilterSubject != EventFilter(ClassModeration) {
 		t.Errorf("moderation consumer config = %+v", ci.Config)
+	}
+	done, err := js.KeyValue(ctx, BucketDone)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := done.Status(ctx); err != nil || st.TTL() < 7*24*time.Hour {
+		t.Errorf("done markers kept %v (%v); want far longer than a homeserver outage", st.TTL(), err)
 	}
 	s, err := js.Stream(ctx, StreamEvents)
 	if err != nil {
@@ -103,11 +113,11 @@ func TestEnsureIdempotentAndCheck(t *testing.T) {
 	}
 
 	// A changed setting is applied by the next Ensure.
-	if err := (Topology{Replicas: 1, MaxDeliver: 9}).Ensure(ctx, js); err != nil {
+	if err := (Topology{Replicas: 1, Duplicates: time.Minute}).Ensure(ctx, js); err != nil {
 		t.Fatal(err)
 	}
-	if c, err = js.Consumer(ctx, StreamEvents, ConsumerBot); err != nil || c.CachedInfo().Config.MaxDeliver != 10 {
-		t.Fatalf("MaxDeliver not updated: %v", err)
+	if s, err = js.Stream(ctx, StreamEvents); err != nil || s.CachedInfo().Config.Duplicates != time.Minute {
+		t.Fatalf("duplicate window not updated: %v", err)
 	}
 
 	// Check names exactly what went missing.
@@ -119,7 +129,7 @@ func TestEnsureIdempotentAndCheck(t *testing.T) {
 	}
 	err = topo.Check(ctx, js)
 	if err == nil || !strings.Contains(err.Error(), ConsumerJobs) || !strings.Contains(err.Error(), BucketIndex) ||
-		strings.Contains(err.Error(), ConsumerBot) || strings.Contains(err.Error(), BucketSites) {
+		strings.Contains(err.Error(), ConsumerModeration) || strings.Contains(err.Error(), BucketSites) {
 		t.Fatalf("Check after deletions = %v", err)
 	}
 }
@@ -127,7 +137,7 @@ func TestEnsureIdempotentAndCheck(t *testing.T) {
 func TestEnsureConcurrent(t *testing.T) {
 	srv := embednats.StartTest(t)
 	ctx := testCtx(t)
-	topo := Topology{Replicas: 1, MaxDeliver: 3}
+	topo := Topology{Replicas: 1}
 	const n = 6
 	errs := make([]error, n)
 	var wg sync.WaitGroup
@@ -203,7 +213,7 @@ func TestDeadLetterRoundTrip(t *testing.T) {
 	h.Add("X-Multi", "b")
 	reason := "homeserver said 403 M_FORBIDDEN:\n{\"errcode\":\"M_FORBIDDEN\"}\r\n" + strings.Repeat("x", 5000)
 	in := DeadLetter{
-		Source: ConsumerBot, Stream: StreamEvents, Subject: EventSubject(ClassBot, "!r:x"),
+		Source: "botworker-p03", Stream: StreamEvents, Sequence: 17, Subject: EventSubject(ClassBot, "!r:x"),
 		Reason: reason, Delivered: 8, Data: []byte(`{"event_id":"$e1"}`), Header: h,
 	}
 	for range 2 {
@@ -225,11 +235,11 @@ func TestDeadLetterRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatalf("dead letter %d: %v", i, err)
 		}
-		if m.Subject() != DLQSubject(ConsumerBot) {
+		if m.Subject() != DLQSubject("botworker-p03") {
 			t.Errorf("subject %q", m.Subject())
 		}
 		out := ReadDeadLetter(m)
-		if out.Source != in.Source || out.Stream != in.Stream || out.Subject != in.Subject || out.Delivered != 8 || string(out.Data) != string(in.Data) {
+		if out.Source != in.Source || out.Stream != in.Stream || out.Sequence != 17 || out.Subject != in.Subject || out.Delivered != 8 || string(out.Data) != string(in.Data) {
 			t.Errorf("read back %+v", out)
 		}
 		if !strings.HasPrefix(out.Reason, "homeserver said 403 M_FORBIDDEN: {") || strings.ContainsAny(out.Reason, "\r\n") || len(out.Reason) > 2100 {

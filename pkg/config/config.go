@@ -90,8 +90,11 @@ type Config struct {
 	// Workers.
 	RegistrationLimit int           `envconfig:"REGISTRATION_LIMIT" default:"10" check:"positive" desc:"botworker: sites one user may register"`
 	HomeserverTimeout time.Duration `envconfig:"HOMESERVER_TIMEOUT" default:"20s" check:"positive" desc:"workers: per-request timeout of homeserver calls"`
-	MaxDeliver        int           `envconfig:"MAX_DELIVER" default:"8" check:"positive" desc:"workers: deliveries of one message before it is dead-lettered"`
 	Concurrency       int           `envconfig:"CONCURRENCY" default:"16" check:"positive" desc:"workers: messages processed at once per replica"`
+	RetryHorizon      time.Duration `envconfig:"RETRY_HORIZON" default:"24h" check:"positive" desc:"workers: how long a message is retried through transient failures (homeserver down, 5xx, 429), from when it was stored, before it is dead-lettered"`
+	RetryMaxBackoff   time.Duration `envconfig:"RETRY_MAX_BACKOFF" default:"5m" check:"positive" desc:"workers: longest wait between two retries of one message"`
+	// Deprecated: workers retry by time; read only to warn.
+	MaxDeliver int `envconfig:"MAX_DELIVER" desc:"deprecated and ignored: workers retry until CACTUS_RETRY_HORIZON"`
 
 	// Derived by Validate.
 	bot       mxid.UserID
@@ -336,6 +339,18 @@ func (c *Config) validate(col *collector) {
 	if c.NATSReplicas > 5 {
 		col.add("NATS_REPLICAS", "JetStream allows at most 5 replicas, got %d", c.NATSReplicas)
 	}
+	if !col.has("RETRY_HORIZON") && !col.has("RETRY_MAX_BACKOFF") && c.RetryMaxBackoff > c.RetryHorizon {
+		col.add("RETRY_MAX_BACKOFF", "%v is longer than CACTUS_RETRY_HORIZON %v", c.RetryMaxBackoff, c.RetryHorizon)
+	}
+}
+
+// Deprecations lists settings that are accepted but no longer used, one
+// line each, for the services to log at startup.
+func (c *Config) Deprecations() []string {
+	if c.MaxDeliver != 0 {
+		return []string{Prefix + "_MAX_DELIVER is ignored: workers retry transient failures until " + Prefix + "_RETRY_HORIZON and dead-letter permanent ones at once"}
+	}
+	return nil
 }
 
 func normalizeURL(raw string) (string, error) {

@@ -91,8 +91,10 @@ func TestLoadDefaults(t *testing.T) {
 		{"ShutdownTimeout", c.ShutdownTimeout, 25 * time.Second},
 		{"RegistrationLimit", c.RegistrationLimit, 10},
 		{"HomeserverTimeout", c.HomeserverTimeout, 20 * time.Second},
-		{"MaxDeliver", c.MaxDeliver, 8},
 		{"Concurrency", c.Concurrency, 16},
+		{"RetryHorizon", c.RetryHorizon, 24 * time.Hour},
+		{"RetryMaxBackoff", c.RetryMaxBackoff, 5 * time.Minute},
+		{"Deprecations", len(c.Deprecations()), 0},
 		{"Bot", c.Bot().String(), "@cactusbot:example.org"},
 		{"ServerName", c.ServerName(), "example.org"},
 		{"Namespace.Prefix", c.Namespace().Prefix, "comments_"},
@@ -122,10 +124,19 @@ func TestLoadValues(t *testing.T) {
 		"CACTUS_NATS_REPLICAS":         "5",
 		"CACTUS_PUBLISH_TIMEOUT":       "1500ms",
 		"CACTUS_CONCURRENCY":           "1",
+		"CACTUS_RETRY_HORIZON":         "1h",
+		"CACTUS_MAX_DELIVER":           "8",
 	}))
 	c, err := Load()
 	if err != nil {
 		t.Fatal(err)
+	}
+	if c.RetryHorizon != time.Hour {
+		t.Errorf("RetryHorizon = %v", c.RetryHorizon)
+	}
+	// The variable that went away is still accepted, with a warning.
+	if d := c.Deprecations(); len(d) != 1 || !strings.Contains(d[0], "CACTUS_MAX_DELIVER") {
+		t.Errorf("Deprecations() = %q", d)
 	}
 	if c.HomeserverURL != "http://synapse:8008" {
 		t.Errorf("HomeserverURL = %q, want the trailing slash stripped", c.HomeserverURL)
@@ -198,7 +209,8 @@ func TestLoadErrors(t *testing.T) {
 		{"shutdown timeout negative", with(map[string]string{"CACTUS_SHUTDOWN_TIMEOUT": "-5s"}), "CACTUS_SHUTDOWN_TIMEOUT", "positive"},
 		{"registration limit zero", with(map[string]string{"CACTUS_REGISTRATION_LIMIT": "0"}), "CACTUS_REGISTRATION_LIMIT", "positive"},
 		{"homeserver timeout zero", with(map[string]string{"CACTUS_HOMESERVER_TIMEOUT": "0s"}), "CACTUS_HOMESERVER_TIMEOUT", "positive"},
-		{"max deliver negative", with(map[string]string{"CACTUS_MAX_DELIVER": "-1"}), "CACTUS_MAX_DELIVER", "positive"},
+		{"retry horizon zero", with(map[string]string{"CACTUS_RETRY_HORIZON": "0s"}), "CACTUS_RETRY_HORIZON", "positive"},
+		{"retry backoff beyond the horizon", with(map[string]string{"CACTUS_RETRY_HORIZON": "1m", "CACTUS_RETRY_MAX_BACKOFF": "2m"}), "CACTUS_RETRY_MAX_BACKOFF", "longer than"},
 		{"concurrency zero", with(map[string]string{"CACTUS_CONCURRENCY": "0"}), "CACTUS_CONCURRENCY", "positive"},
 	}
 	for _, tt := range tests {

@@ -3,10 +3,14 @@
 package embednats
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -153,4 +157,93 @@ func JetStreamTest(tb testing.TB) (*Server, *nats.Conn, jetstream.JetStream) {
 		tb.Fatal(err)
 	}
 	return s, nc, js
+}
+
+// Cluster is a JetStream cluster of embedded servers, for tests of what
+// only replicated (R3) streams and buckets do: other error codes for a
+// failed compare-and-set, followers answering direct gets.
+type Cluster struct {
+	Servers []*Server
+}
+
+// StartCluster starts n clustered servers (each with its own store under
+// tb's temp dir), waits until JetStream has a meta leader, and stops them
+// at the end of the test.
+func StartCluster(tb testing.TB, n int) *Cluster {
+	tb.Helper()
+	ports := make([]int, n)
+	for i := range ports {
+		// The route ports must be known before any server starts, so that
+		// each can name the others.
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		ports[i] = ln.Addr().(*net.TCPAddr).Port
+		_ = ln.Close()
+	}
+	var routes []*url.URL
+	for _, p := range ports {
+		routes = append(routes, &url.URL{Scheme: "nats-route", Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(p))})
+	}
+	c := &Cluster{}
+	for i := range n {
+		opts := &server.Options{
+			ServerName: fmt.Sprintf("cactus-node-%d", i),
+			Host:       "127.0.0.1",
+			Port:       server.RANDOM_PORT,
+			JetStream:  true,
+			StoreDir:   tb.TempDir(),
+			NoSigs:     true,
+			NoLog:      true,
+			MaxPayload: 4 << 20,
+			Cluster:    server.ClusterOpts{Name: "cactus-test", Host: "127.0.0.1", Port: ports[i]},
+			Routes:     routes,
+		}
+		ns, err := server.NewServer(opts)
+		if err != nil {
+			tb.Fatalf("embedded nats cluster node %d: %v", i, err)
+		}
+		ns.Start()
+		s := &Server{Server: ns}
+		tb.Cleanup(s.Shutdown)
+		if !ns.ReadyForConnections(10 * time.Second) {
+			tb.Fatalf("embedded nats cluster node %d: not ready for connections after 10s", i)
+		}
+		c.Servers = append(c.Servers, s)
+	}
+	nc, err := nats.Connect(c.ClientURLs())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	// JetStream answers only once the servers have found each other and
+	// elected a meta leader.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := js.AccountInfo(ctx)
+		cancel()
+		if err == nil {
+			return c
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("embedded nats cluster: JetStream not ready after 30s: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// ClientURLs is every node's client URL, comma separated, as NATS clients
+// take a cluster.
+func (c *Cluster) ClientURLs() string {
+	urls := make([]string, len(c.Servers))
+	for i, s := range c.Servers {
+		urls[i] = s.ClientURL()
+	}
+	return strings.Join(urls, ",")
 }

@@ -101,3 +101,32 @@ func TestStartTestBindsLoopback(t *testing.T) {
 		t.Fatal("JetStream disabled")
 	}
 }
+
+func TestClusterReplicates(t *testing.T) {
+	c := StartCluster(t, 3)
+	nc, err := nats.Connect(c.ClientURLs())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "R3", Subjects: []string{"r3.>"}, Replicas: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(ctx, "r3.x", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Cluster == nil || len(info.Cluster.Replicas) != 2 || info.State.Msgs != 1 {
+		t.Fatalf("stream cluster info %+v, %d messages; want a leader and two replicas", info.Cluster, info.State.Msgs)
+	}
+}

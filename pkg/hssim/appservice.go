@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-json-experiment/json/jsontext"
+
 	"github.com/cactus-comments/appservice/pkg/registration"
 )
 
@@ -23,8 +25,9 @@ type appservice struct {
 	sender      string
 	rateLimited bool
 
-	queue    []*Event // interesting events not yet in a transaction
+	queue    []queued // interesting events not yet in a transaction
 	cur      *pendingTxn
+	down     bool          // a push failed and the transactions formed since have not all gone through
 	wake     chan struct{} // new events queued
 	retryNow chan struct{} // a successful ping: retry the failed txn at once
 }
@@ -122,9 +125,12 @@ func (s *Server) asRequest(ctx context.Context, as *appservice, method, path str
 	}
 	var rd io.Reader
 	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return nil, err
+		b, ok := body.(jsontext.Value) // already written
+		if !ok {
+			var err error
+			if b, err = json.Marshal(body); err != nil {
+				return nil, err
+			}
 		}
 		rd = bytes.NewReader(b)
 	}

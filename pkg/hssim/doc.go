@@ -71,10 +71,58 @@ package hssim
 // login, account/whoami, profile (get, displayname, avatar_url), createRoom,
 // join (by id or alias), rooms/{id}/{join,invite,leave,kick,ban,unban},
 // send, redact, state (get one, put, get all), joined_members, members,
-// upgrade,
-// messages, aliases, directory/room (get, put, delete), directory/list/room,
-// joined_rooms, capabilities, v1 appservice ping,
+// upgrade, messages, context (the event with unsigned.prev_content, as all
+// three serve it to clients), aliases, directory/room (get, put, delete),
+// directory/list/room, joined_rooms, capabilities, v1 appservice ping,
 // thirdparty/{location,user}.
+//
+// Events are pkg/event.Event everywhere: stored and returned by Timeline
+// and RoomState with unsigned holding prev_content, prev_sender and
+// replaces_state of a state event that replaced another, an invite's
+// invite_room_state, and a redacted event's redacted_because (the
+// redaction). Clients get that with unsigned.age added. Appservices get
+// each server's own rendering of it, byte for byte (see the differences
+// between modes below); numbers are written as stored in every mode.
+//
+// Events from remote servers: ReceiveFederated(pdu) makes an event arrive
+// over federation, the PDU written by the test as the remote server wrote
+// it. The simulator reads its real fields by their exact keys (room_id,
+// sender of another server, type, state_key, content, origin_server_ts),
+// checks what a receiving server checks (size limits, canonical JSON from
+// room version 6, the authorization rules against the room's state) and
+// applies the event to the room by those fields. Every other top-level key
+// is the remote server's to choose, variants of real fields such as
+// "Sender" or "ſender" and values of any JSON type included ("redacts":5
+// on a message), and so are the keys Synapse's client format writes
+// (user_id, age, prev_content, replaces_state, redacted_because,
+// invite_room_state, knock_room_state) and unsigned. Synapse keeps the
+// keys: it serialises the PDU's dict, dropping only auth_events,
+// prev_events, hashes, signatures, depth, origin and prev_state (the
+// simulator drops those too), then writes user_id over the remote's and
+// its copies of unsigned keys where unsigned has them: a remote
+// prev_content stands on an event that replaced no state, and on every
+// resent one. Before parsing, Synapse moves unsigned.age (else a top-level
+// age) to a top-level age_ts, receipt time less age (an age that is no
+// number fails the whole federation transaction: refused here); it keeps
+// of unsigned only age, and invite_room_state and knock_room_state of a
+// member event, and serves that age unchanged: a remote event without one
+// has no age. So in Synapse mode appservices get these keys in canonical
+// JSON, values re-encoded; clients get them after the event's own fields,
+// in the order given, byte for byte. A given event_id is ignored: the
+// receiving server names the event. Dendrite and continuwuity drop
+// unsigned and rebuild the client event from the fields they parsed: there
+// the keys are dropped, and a non-string redacts makes them refuse the
+// event. Only Synapse checks canonical JSON (rooms of version 6 and later)
+// after stripping unsigned; the others check the PDU as sent. Redaction
+// prunes the keys, age_ts and the kept unsigned, keeping the legacy
+// membership before version 11. What no homeserver emits, since it
+// re-serialises a parsed event, cannot be sent this way: duplicate keys at
+// any depth, invalid UTF-8 or lone surrogates. An invite from a remote
+// server gets no stripped state from the simulator. Create and redaction
+// events over federation are not simulated. Refusals wrap ErrFederation.
+// A homeserver's own malformations (duplicate keys, broken bodies, huge
+// transaction ids) are for raw requests to the appservice, not for the
+// simulator.
 //
 // Differences between modes, each taken from the real server:
 //
@@ -89,11 +137,40 @@ package hssim
 //     sequence shared by every appservice, plus random skips), Bearer header
 //     only, success = 2xx with a JSON body, retry of the same txn id and
 //     events after 2^n units up to 512, later events wait in later txns, a
-//     successful client-server ping retries at once. Dendrite ≤50 events,
+//     successful client-server ping retries at once; an appservice with
+//     receive_ephemeral gets empty "ephemeral" and
+//     "de.sorunome.msc2409.to_device" in every push. Dendrite ≤50 events,
 //     txn id = UnixNano, success = exactly 200, retry after 2^n up to 64
 //     units with events that arrived meanwhile merged into the same txn id,
 //     no keep-alive. continuwuity ≤100 events, txn id = hash of the events,
 //     header and ?access_token=, success = any 2xx, retry after 10·n units.
+//   - Pushed events. Synapse: serialize_event with
+//     format_event_for_client_v1, the whole body in canonical JSON (keys in
+//     code point order at every depth, no spaces, non-ASCII and <, >, &,
+//     U+2028 as they are). unsigned.age is now less the event's creation
+//     (a remote event's: as given); user_id (the sender) and copies of
+//     unsigned's age, redacted_because, replaces_state, prev_content,
+//     invite_room_state and knock_room_state are at the top level; a
+//     redaction carries its target at the top level and in content.
+//     unsigned.prev_content and prev_sender come only in the first push of
+//     an event queued while the appservice was up: a resent transaction,
+//     and those formed while the appservice is down, are read back from the
+//     database without them (and redacted by then, with the redaction
+//     serialised the same way in redacted_because). invite_room_state only
+//     on an invite or knock of a user the appservice is interested in.
+//     Dendrite: encoding/json's Marshal of its ClientEvent, keys content,
+//     event_id, origin_server_ts, room_id, sender, state_key, type,
+//     unsigned, redacts, content in canonical JSON, <, >, &, U+2028 and
+//     U+2029 escaped as \u003c ... everywhere; unsigned only holds an
+//     invite's invite_room_state (no age, no prev_content: the sync API
+//     adds those, not the appservice component); every attempt sends the
+//     events as they were queued. continuwuity: the PDU read from its
+//     database at each attempt, as serde_json's sorted maps write it;
+//     unsigned as stored: {} or prev_content, prev_sender and
+//     replaces_state for a state event, transaction_id for a /send,
+//     org.continuwuity.redacted_by alone once redacted; no age, no
+//     invite_room_state; a redaction's target at the top level and in
+//     content.
 //   - Synapse asks GET /users/{userId} of every appservice claiming an
 //     unknown local user exclusively (sender of an event, or target of a
 //     member event) before queueing the event, blocking all delivery

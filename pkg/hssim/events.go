@@ -4,36 +4,21 @@ import (
 	"encoding/json"
 	"maps"
 	"slices"
+	"strings"
 	"time"
+
+	"github.com/go-json-experiment/json/jsontext"
+
+	"github.com/cactus-comments/appservice/pkg/event"
 )
 
-// Event is a room event in the client format that homeservers push to
-// appservices and return from the client-server API.
-type Event struct {
-	EventID        string          `json:"event_id"`
-	RoomID         string          `json:"room_id"`
-	Sender         string          `json:"sender"`
-	Type           string          `json:"type"`
-	StateKey       *string         `json:"state_key,omitempty"`
-	Content        json.RawMessage `json:"content"`
-	OriginServerTS int64           `json:"origin_server_ts"`
-	// Redacts is the target of an m.room.redaction (room versions < 11).
-	Redacts string `json:"redacts,omitempty"`
-	// Unsigned holds prev_content, prev_sender and replaces_state for a
-	// state event that replaced another, invite_room_state for invites, and
-	// redacted_because for redactions. age is added when serialized.
-	Unsigned map[string]any `json:"unsigned,omitempty"`
-}
-
-// IsState reports whether the event is a state event.
-func (e Event) IsState() bool { return e.StateKey != nil }
-
-// ContentMap decodes the content into a map (nil on invalid content).
-func (e Event) ContentMap() map[string]any {
-	var m map[string]any
-	_ = json.Unmarshal(e.Content, &m)
-	return m
-}
+// The simulator stores, returns and serves pkg/event.Event, the one event
+// type of the project. Its unsigned data is kept as the JSON object the
+// simulator wrote: prev_content, prev_sender and replaces_state for a
+// state event that replaced another, invite_room_state for invites, and
+// redacted_because (the redaction event) for redacted events; age is added
+// when an event is served to clients. Appservices get each server's own
+// rendering of these (wire.go).
 
 // StateKey identifies one piece of room state.
 type StateKey struct {
@@ -41,25 +26,49 @@ type StateKey struct {
 	StateKey string
 }
 
+// contentMap decodes an event's content into a map (nil on invalid
+// content).
+func contentMap(e *event.Event) map[string]any {
+	var m map[string]any
+	_ = json.Unmarshal(e.Content, &m)
+	return m
+}
+
+// unsignedMap decodes an event's unsigned data, keeping each value as it
+// was written (an empty map when there is none).
+func unsignedMap(e *event.Event) map[string]jsontext.Value {
+	u := map[string]jsontext.Value{}
+	_ = json.Unmarshal(e.Unsigned, &u)
+	return u
+}
+
+// setUnsigned writes one key of an event's unsigned data.
+func setUnsigned(e *event.Event, key string, v any) {
+	u := unsignedMap(e)
+	u[key] = mustJSON(v)
+	e.Unsigned = mustJSON(u)
+}
+
 // clientFormat copies an event for the wire, adding unsigned.age.
-func (e *Event) clientFormat(now time.Time) Event {
+func clientFormat(e *event.Event, now time.Time) event.Event {
+	c := copyOut(e)
+	setUnsigned(&c, "age", max(0, now.UnixMilli()-e.OriginServerTS))
+	return c
+}
+
+// copyOut is a copy of a stored event that shares nothing with it.
+func copyOut(e *event.Event) event.Event {
 	c := *e
-	c.Unsigned = maps.Clone(e.Unsigned)
-	if c.Unsigned == nil {
-		c.Unsigned = map[string]any{}
+	if e.StateKey != nil {
+		k := *e.StateKey
+		c.StateKey = &k
 	}
-	c.Unsigned["age"] = max(0, now.UnixMilli()-e.OriginServerTS)
+	c.Content = e.Content.Clone()
+	c.Unsigned = e.Unsigned.Clone()
 	return c
 }
 
-func (e *Event) copyOut() Event {
-	c := *e
-	c.Unsigned = maps.Clone(e.Unsigned)
-	c.Content = append(json.RawMessage(nil), e.Content...)
-	return c
-}
-
-func mustJSON(v any) json.RawMessage {
+func mustJSON(v any) jsontext.Value {
 	b, err := json.Marshal(v)
 	if err != nil {
 		panic(err) // only called with maps of plain values
@@ -70,22 +79,22 @@ func mustJSON(v any) json.RawMessage {
 type room struct {
 	id        string
 	version   string
-	state     map[StateKey]*Event
-	timeline  []*Event
+	state     map[StateKey]*event.Event
+	timeline  []*event.Event
 	published bool              // in the public room directory
 	members   map[string]string // user id -> membership, mirrors member state
 	aliases   map[string]bool   // local aliases pointing here
 }
 
 func newRoom(id, version string) *room {
-	return &room{id: id, version: version, state: map[StateKey]*Event{}, members: map[string]string{}, aliases: map[string]bool{}}
+	return &room{id: id, version: version, state: map[StateKey]*event.Event{}, members: map[string]string{}, aliases: map[string]bool{}}
 }
 
-func (r *room) stateEvent(typ, key string) *Event { return r.state[StateKey{typ, key}] }
+func (r *room) stateEvent(typ, key string) *event.Event { return r.state[StateKey{typ, key}] }
 
 func (r *room) stateContent(typ, key string) map[string]any {
 	if e := r.stateEvent(typ, key); e != nil {
-		return e.ContentMap()
+		return contentMap(e)
 	}
 	return nil
 }
@@ -128,7 +137,7 @@ func (r *room) joinRule() string {
 
 func (r *room) creator() string {
 	if e := r.stateEvent("m.room.create", ""); e != nil {
-		if c, ok := e.ContentMap()["creator"].(string); ok && versionOf(r.version).creatorInContent() {
+		if c, ok := contentMap(e)["creator"].(string); ok && versionOf(r.version).creatorInContent() {
 			return c
 		}
 		return e.Sender
@@ -145,7 +154,7 @@ func (r *room) creators() []string {
 		return nil
 	}
 	out := []string{e.Sender}
-	if extra, ok := e.ContentMap()["additional_creators"].([]any); ok {
+	if extra, ok := contentMap(e)["additional_creators"].([]any); ok {
 		for _, x := range extra {
 			if u, ok := x.(string); ok && !slices.Contains(out, u) {
 				out = append(out, u)
@@ -172,7 +181,7 @@ func (r *room) scratch() *room {
 // setScratchState records an event in a scratch copy only.
 func (r *room) setScratchState(sender, typ, key string, content map[string]any) {
 	k := key
-	r.state[StateKey{typ, key}] = &Event{RoomID: r.id, Sender: sender, Type: typ, StateKey: &k, Content: mustJSON(content)}
+	r.state[StateKey{typ, key}] = &event.Event{RoomID: r.id, Sender: sender, Type: typ, StateKey: &k, Content: mustJSON(content)}
 	if typ == "m.room.member" {
 		m, _ := content["membership"].(string)
 		r.members[key] = m
@@ -181,15 +190,25 @@ func (r *room) setScratchState(sender, typ, key string, content map[string]any) 
 
 // appendEventLocked stores an already authorized event, updates state and
 // hands it to the notifier for appservice delivery.
-func (s *Server) appendEventLocked(r *room, sender, typ string, stateKey *string, content json.RawMessage) *Event {
-	return s.appendEventIDLocked(r, s.newEventID(), sender, typ, stateKey, content)
+func (s *Server) appendEventLocked(r *room, sender, typ string, stateKey *string, content jsontext.Value) *event.Event {
+	ev := s.newEventLocked(r, sender, typ, stateKey, content)
+	s.storeEventLocked(r, ev)
+	return ev
 }
 
 // appendEventIDLocked is appendEventLocked with a chosen event id: a room
 // of version 12 is named after its create event.
-func (s *Server) appendEventIDLocked(r *room, eventID, sender, typ string, stateKey *string, content json.RawMessage) *Event {
-	ev := &Event{
-		EventID:        eventID,
+func (s *Server) appendEventIDLocked(r *room, eventID, sender, typ string, stateKey *string, content jsontext.Value) *event.Event {
+	ev := s.newEventLocked(r, sender, typ, stateKey, content)
+	ev.EventID = eventID
+	s.storeEventLocked(r, ev)
+	return ev
+}
+
+// newEventLocked makes an event of r, stamped now, without storing it.
+func (s *Server) newEventLocked(r *room, sender, typ string, stateKey *string, content jsontext.Value) *event.Event {
+	ev := &event.Event{
+		EventID:        s.newEventID(),
 		RoomID:         r.id,
 		Sender:         sender,
 		Type:           typ,
@@ -199,28 +218,35 @@ func (s *Server) appendEventIDLocked(r *room, eventID, sender, typ string, state
 	if stateKey != nil {
 		k := *stateKey
 		ev.StateKey = &k
-		if prev := r.state[StateKey{typ, k}]; prev != nil {
-			ev.Unsigned = map[string]any{
+	}
+	return ev
+}
+
+// storeEventLocked adds an authorized event to r: its unsigned data, the
+// room's state, the timeline, and the notifier's queue.
+func (s *Server) storeEventLocked(r *room, ev *event.Event) {
+	if ev.StateKey != nil {
+		k := StateKey{ev.Type, *ev.StateKey}
+		if prev := r.state[k]; prev != nil {
+			ev.Unsigned = mustJSON(map[string]any{
 				"replaces_state": prev.EventID,
 				"prev_content":   json.RawMessage(prev.Content),
 				"prev_sender":    prev.Sender,
+			})
+		}
+		if ev.Type == "m.room.member" {
+			m, _ := contentMap(ev)["membership"].(string)
+			r.members[k.StateKey] = m
+			// The stripped state of a local invite; an invite from a
+			// remote server carries what that server gives.
+			if m == "invite" && strings.HasSuffix(ev.Sender, ":"+s.opts.ServerName) {
+				setUnsigned(ev, "invite_room_state", inviteRoomState(r, ev.Sender))
 			}
 		}
-		if typ == "m.room.member" {
-			m, _ := ev.ContentMap()["membership"].(string)
-			r.members[k] = m
-			if m == "invite" {
-				if ev.Unsigned == nil {
-					ev.Unsigned = map[string]any{}
-				}
-				ev.Unsigned["invite_room_state"] = inviteRoomState(r, sender)
-			}
-		}
-		r.state[StateKey{typ, k}] = ev
+		r.state[k] = ev
 	}
 	r.timeline = append(r.timeline, ev)
 	s.enqueueNotifyLocked(ev)
-	return ev
 }
 
 // inviteRoomState is the stripped state Synapse attaches to invites.

@@ -9,6 +9,10 @@ import (
 type Fault struct {
 	// Endpoint is an endpoint name (see the EP constants) or "*" for all.
 	Endpoint string
+	// Room, if set, limits the fault to requests about this room (its id
+	// in the path), e.g. one site's rooms rate-limited while others are
+	// not.
+	Room string
 	// Times is how many requests fail; 0 means every one until ClearFaults.
 	Times int
 	// Status is the HTTP status to answer (default 500). 429 answers
@@ -70,9 +74,12 @@ func (s *Server) ResetCalls() {
 	s.calls = map[string]int{}
 }
 
-func (s *Server) takeFaultLocked(endpoint string) *Fault {
+func (s *Server) takeFaultLocked(endpoint, room string) *Fault {
 	for i, fs := range s.faults {
 		if fs.f.Endpoint != endpoint && fs.f.Endpoint != "*" {
+			continue
+		}
+		if fs.f.Room != "" && fs.f.Room != room {
 			continue
 		}
 		if fs.f.Probability > 0 && s.rng.Float64() >= fs.f.Probability {

@@ -30,6 +30,15 @@ func TestFaultInjection(t *testing.T) {
 		t.Fatalf("429 details: %v %s", r.Header, r.Raw)
 	}
 
+	// A fault for one room leaves the others alone.
+	other := e.createRoom(atok, map[string]any{})
+	e.hs.InjectFault(Fault{Endpoint: EPSend, Room: id, Status: 429, RetryAfter: time.Second})
+	wantErr(t, send("f3"), 429, "M_LIMIT_EXCEEDED")
+	e.mustOK(e.do("PUT", "/_matrix/client/v3/rooms/"+esc(other)+"/send/m.room.message/f3", atok, map[string]any{"body": "x"}))
+	wantErr(t, send("f4"), 429, "M_LIMIT_EXCEEDED")
+	e.hs.ClearFaults()
+	e.mustOK(send("f4"))
+
 	e.hs.InjectFault(Fault{Endpoint: EPWhoami, Times: 1, Drop: true})
 	req, _ := http.NewRequest("GET", e.hs.URL()+"/_matrix/client/v3/account/whoami", nil)
 	req.Header.Set("Authorization", "Bearer "+atok)
@@ -65,8 +74,8 @@ func TestFaultInjection(t *testing.T) {
 	}
 	e.hs.SetLatency(EPWhoami, 0)
 
-	if got := e.hs.Calls(EPSend); got != 4 {
-		t.Fatalf("send calls %d, want 4 (faulted ones count)", got)
+	if got := e.hs.Calls(EPSend); got != 8 {
+		t.Fatalf("send calls %d, want 8 (faulted ones count)", got)
 	}
 	e.hs.ResetCalls()
 	if e.hs.Calls(EPSend) != 0 {
@@ -118,8 +127,8 @@ func TestProfileChangeUpdatesRooms(t *testing.T) {
 	}
 	tl := e.hs.Timeline(id)
 	last := tl[len(tl)-1]
-	if last.Unsigned["replaces_state"] == nil || last.Unsigned["prev_content"] == nil {
-		t.Fatalf("replacing state lacks prev_content/replaces_state: %v", last.Unsigned)
+	if u := unsignedOf(t, last); u["replaces_state"] == nil || u["prev_content"] == nil {
+		t.Fatalf("replacing state lacks prev_content/replaces_state: %s", last.Unsigned)
 	}
 }
 

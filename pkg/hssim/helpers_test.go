@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cactus-comments/appservice/pkg/event"
 	"github.com/cactus-comments/appservice/pkg/registration"
 )
 
@@ -65,7 +66,8 @@ func (f *fakeAS) waitFor(t *testing.T, cond func() bool) {
 
 type seenTxn struct {
 	ID        string
-	Events    []Event
+	Events    []event.Event
+	Raw       []byte // the body as received
 	Body      map[string]json.RawMessage
 	AuthHdr   string
 	AuthQuery string
@@ -132,12 +134,12 @@ func (f *fakeAS) serve(w http.ResponseWriter, r *http.Request) {
 		f.inflight--
 		id, _ := url.PathUnescape(strings.TrimPrefix(path, "/_matrix/app/v1/transactions/"))
 		var parsed struct {
-			Events []Event `json:"events"`
+			Events []event.Event `json:"events"`
 		}
 		_ = json.Unmarshal(body, &parsed)
 		var raw map[string]json.RawMessage
 		_ = json.Unmarshal(body, &raw)
-		st := seenTxn{ID: id, Events: parsed.Events, Body: raw, AuthHdr: r.Header.Get("Authorization"), AuthQuery: r.URL.Query().Get("access_token")}
+		st := seenTxn{ID: id, Events: parsed.Events, Raw: body, Body: raw, AuthHdr: r.Header.Get("Authorization"), AuthQuery: r.URL.Query().Get("access_token")}
 		switch {
 		case f.failN > 0:
 			f.failN--
@@ -209,6 +211,14 @@ func (f *fakeAS) requestsTo(prefix string) []seenRequest {
 		}
 	}
 	return out
+}
+
+// mu runs fn under the fake appservice's lock.
+func (e *env) mu(fn func()) {
+	e.as.mu.Lock()
+	defer e.as.mu.Unlock()
+	fn()
+	e.as.signalLocked()
 }
 
 func (f *fakeAS) setFail(n, status int) {
@@ -341,4 +351,16 @@ func t0(tb testing.TB) context.Context {
 	ctx, cancel := context.WithCancel(context.Background())
 	tb.Cleanup(cancel)
 	return ctx
+}
+
+// unsignedOf decodes an event's unsigned data.
+func unsignedOf(t *testing.T, ev event.Event) map[string]any {
+	t.Helper()
+	u := map[string]any{}
+	if len(ev.Unsigned) > 0 {
+		if err := json.Unmarshal(ev.Unsigned, &u); err != nil {
+			t.Fatalf("unsigned of %s: %v", ev.EventID, err)
+		}
+	}
+	return u
 }

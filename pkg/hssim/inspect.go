@@ -5,19 +5,21 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+
+	"github.com/cactus-comments/appservice/pkg/event"
 )
 
 // RoomState is a copy of a room's current state (nil for unknown rooms).
-func (s *Server) RoomState(roomID string) map[StateKey]Event {
+func (s *Server) RoomState(roomID string) map[StateKey]event.Event {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r, ok := s.rooms[roomID]
 	if !ok {
 		return nil
 	}
-	out := make(map[StateKey]Event, len(r.state))
+	out := make(map[StateKey]event.Event, len(r.state))
 	for k, ev := range r.state {
-		out[k] = ev.copyOut()
+		out[k] = copyOut(ev)
 	}
 	return out
 }
@@ -38,16 +40,16 @@ func (s *Server) StateEvent(roomID, evType, stateKey string) (json.RawMessage, b
 }
 
 // Timeline is a copy of every event of a room, oldest first.
-func (s *Server) Timeline(roomID string) []Event {
+func (s *Server) Timeline(roomID string) []event.Event {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r, ok := s.rooms[roomID]
 	if !ok {
 		return nil
 	}
-	out := make([]Event, len(r.timeline))
+	out := make([]event.Event, len(r.timeline))
 	for i, ev := range r.timeline {
-		out[i] = ev.copyOut()
+		out[i] = copyOut(ev)
 	}
 	return out
 }

@@ -53,7 +53,7 @@ func (s *Server) changeMembershipExtraLocked(r *room, who *requester, target, ac
 			}
 		}
 	}
-	if old != nil && old.Sender == sender && reflect.DeepEqual(old.ContentMap(), normalize(content)) {
+	if old != nil && old.Sender == sender && reflect.DeepEqual(contentMap(old), normalize(content)) {
 		return old.EventID, nil
 	}
 	if e := s.authMembershipLocked(r, who, target, membership, oldMembership); e != nil {

@@ -8,6 +8,10 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/go-json-experiment/json/jsontext"
+
+	"github.com/cactus-comments/appservice/pkg/event"
 )
 
 // TxnRecord is one push attempt of a transaction to an appservice.
@@ -26,12 +30,15 @@ type TxnRecord struct {
 
 type pendingTxn struct {
 	id      string
-	events  []*Event
+	events  []queued
 	attempt int
+	// fromDB: Synapse formed this transaction while the appservice was
+	// down, so its recoverer reads the events from the database.
+	fromDB bool
 }
 
 type notifyItem struct {
-	ev      *Event
+	ev      queued
 	targets []*appservice
 }
 
@@ -44,7 +51,7 @@ func (s *Server) maxEvents() int {
 
 // enqueueNotifyLocked decides, with the state right after ev, which
 // appservices are interested, and queues it for the notifier.
-func (s *Server) enqueueNotifyLocked(ev *Event) {
+func (s *Server) enqueueNotifyLocked(ev *event.Event) {
 	s.signalLocked()
 	var targets []*appservice
 	for _, as := range s.apps {
@@ -55,7 +62,7 @@ func (s *Server) enqueueNotifyLocked(ev *Event) {
 	if len(targets) == 0 {
 		return
 	}
-	s.notifyQ = append(s.notifyQ, notifyItem{ev: ev, targets: targets})
+	s.notifyQ = append(s.notifyQ, notifyItem{ev: queued{live: ev, snap: s.viewLocked(ev)}, targets: targets})
 	poke(s.notifyWake)
 }
 
@@ -63,7 +70,7 @@ func (s *Server) enqueueNotifyLocked(ev *Event) {
 // member event's target in the users namespace (or the appservice's own
 // sender), the room in the rooms namespace, a local alias of the room in
 // the aliases namespace, or a joined member in the users namespace.
-func (s *Server) interestedLocked(as *appservice, ev *Event) bool {
+func (s *Server) interestedLocked(as *appservice, ev *event.Event) bool {
 	isOurs := func(uid string) bool {
 		in, _ := as.match.User(uid)
 		return in || uid == as.sender
@@ -131,9 +138,10 @@ func (s *Server) notifier() {
 		}
 		var queries [][]query
 		if s.opts.Mode == Synapse {
-			uids := []string{item.ev.Sender}
-			if item.ev.Type == "m.room.member" && item.ev.StateKey != nil && *item.ev.StateKey != item.ev.Sender {
-				uids = append(uids, *item.ev.StateKey)
+			ev := item.ev.live
+			uids := []string{ev.Sender}
+			if ev.Type == "m.room.member" && ev.StateKey != nil && *ev.StateKey != ev.Sender {
+				uids = append(uids, *ev.StateKey)
 			}
 			for _, uid := range uids {
 				if !s.unknownUserLocked(uid) {
@@ -170,14 +178,14 @@ func (s *Server) notifier() {
 // newTxnIDLocked: Synapse draws from one increasing sequence shared by all
 // appservices (so each sees gaps; we add random ones too); Dendrite uses
 // the current time in nanoseconds; continuwuity a hash of the contents.
-func (s *Server) newTxnIDLocked(events []*Event) string {
+func (s *Server) newTxnIDLocked(events []queued) string {
 	switch s.opts.Mode {
 	case Dendrite:
 		return strconv.FormatInt(time.Now().UnixNano(), 10)
 	case Conduit:
 		h := sha256.New()
-		for _, ev := range events {
-			h.Write(mustJSON(ev))
+		for _, q := range events {
+			h.Write(mustJSON(q.live))
 			h.Write([]byte{0xff})
 		}
 		return base64.RawURLEncoding.EncodeToString(h.Sum(nil))
@@ -231,7 +239,7 @@ func (s *Server) pushLoop(as *appservice) {
 			n := min(len(as.queue), s.maxEvents())
 			evs := slices.Clone(as.queue[:n])
 			as.queue = slices.Clone(as.queue[n:])
-			as.cur = &pendingTxn{id: s.newTxnIDLocked(evs), events: evs}
+			as.cur = &pendingTxn{id: s.newTxnIDLocked(evs), events: evs, fromDB: as.down}
 		} else if s.opts.Mode == Dendrite && len(as.queue) > 0 {
 			// Dendrite merges events that arrived during the backoff into
 			// the transaction it retries, under the same txn id.
@@ -243,22 +251,25 @@ func (s *Server) pushLoop(as *appservice) {
 		cur.attempt++
 		attempt := cur.attempt
 		now := time.Now()
-		wire := make([]Event, len(cur.events))
+		// Synapse sends the events it held in memory only on the first
+		// attempt while the appservice is up; its recoverer reads them
+		// from the database. Dendrite resends what it took from its
+		// stream; continuwuity reads its database every time.
+		fromMemory := s.opts.Mode == Dendrite || s.opts.Mode == Synapse && attempt == 1 && !cur.fromDB
+		evs := make([]jsontext.Value, len(cur.events))
 		ids := make([]string, len(cur.events))
-		for i, ev := range cur.events {
-			wire[i] = ev.clientFormat(now)
-			ids[i] = ev.EventID
+		for i, q := range cur.events {
+			evs[i] = s.wireEventLocked(as, q, fromMemory, now)
+			ids[i] = q.live.EventID
 		}
 		txnID := cur.id
 		s.mu.Unlock()
 
-		body := map[string]any{"events": wire}
-		ephemeral := s.opts.Mode == Synapse && as.reg.ReceiveEphemeral && attempt == 1
-		if ephemeral {
-			body["ephemeral"] = []any{}
-			body["de.sorunome.msc2409.ephemeral"] = []any{}
-		}
-		res := s.callAS(s.ctx, as, s.opts.PushTimeout, http.MethodPut, "/_matrix/app/v1/transactions/"+s.escapeSegment(txnID), nil, body)
+		// Synapse adds the ephemeral keys to every push, retries included,
+		// when the appservice receives ephemeral events.
+		ephemeral := s.opts.Mode == Synapse && as.reg.ReceiveEphemeral
+		body := wireBody(evs, ephemeral)
+		res := s.callAS(s.ctx, as, s.opts.PushTimeout, http.MethodPut, "/_matrix/app/v1/transactions/"+s.escapeSegment(txnID), nil, jsontext.Value(body))
 		if s.ctx.Err() != nil {
 			return
 		}
@@ -279,8 +290,12 @@ func (s *Server) pushLoop(as *appservice) {
 			}
 			as.cur = nil
 			failures = 0
+			if len(as.queue) == 0 {
+				as.down = false
+			}
 		} else {
 			failures++
+			as.down = true
 		}
 		s.signalLocked()
 		s.mu.Unlock()

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cactus-comments/appservice/pkg/event"
 	"github.com/cactus-comments/appservice/pkg/registration"
 )
 
@@ -140,12 +141,12 @@ func TestRetryMergesOnlyOnDendrite(t *testing.T) {
 
 func TestConduitTxnIDIsContentHash(t *testing.T) {
 	s := &Server{opts: Options{Mode: Conduit}}
-	a := &Event{EventID: "$a", Content: []byte(`{}`)}
-	b := &Event{EventID: "$b", Content: []byte(`{}`)}
-	if s.newTxnIDLocked([]*Event{a}) != s.newTxnIDLocked([]*Event{a}) {
+	a := queued{live: &event.Event{EventID: "$a", Content: []byte(`{}`)}}
+	b := queued{live: &event.Event{EventID: "$b", Content: []byte(`{}`)}}
+	if s.newTxnIDLocked([]queued{a}) != s.newTxnIDLocked([]queued{a}) {
 		t.Fatal("same contents, different ids")
 	}
-	if s.newTxnIDLocked([]*Event{a}) == s.newTxnIDLocked([]*Event{a, b}) {
+	if s.newTxnIDLocked([]queued{a}) == s.newTxnIDLocked([]queued{a, b}) {
 		t.Fatal("different contents, same id")
 	}
 }

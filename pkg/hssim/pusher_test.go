@@ -7,9 +7,11 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/cactus-comments/appservice/pkg/event"
 )
 
-func eventIDs(evs []Event) []string {
+func eventIDs(evs []event.Event) []string {
 	out := make([]string, len(evs))
 	for i, e := range evs {
 		out[i] = e.EventID
@@ -73,7 +75,7 @@ func TestSynapsePushBasics(t *testing.T) {
 	// Events carry the client format.
 	for _, tx := range txns {
 		for _, ev := range tx.Events {
-			if ev.RoomID != id || ev.Sender == "" || ev.OriginServerTS == 0 || ev.Unsigned["age"] == nil {
+			if ev.RoomID != id || ev.Sender == "" || ev.OriginServerTS == 0 || unsignedOf(t, ev)["age"] == nil {
 				t.Fatalf("event shape %+v", ev)
 			}
 		}
@@ -95,16 +97,16 @@ func TestInviteCarriesRoomStateAndInterest(t *testing.T) {
 	if err := e.hs.WaitIdle(ctx); err != nil {
 		t.Fatal(err)
 	}
-	var seen []Event
+	var seen []event.Event
 	for _, tx := range e.as.transactions() {
 		seen = append(seen, tx.Events...)
 	}
 	if len(seen) != 1 || seen[0].Type != "m.room.member" || *seen[0].StateKey != "@cactusbot:example.org" {
 		t.Fatalf("appservice got %d events, want only the invite of its bot: %+v", len(seen), seen)
 	}
-	irs, ok := seen[0].Unsigned["invite_room_state"].([]any)
+	irs, ok := unsignedOf(t, seen[0])["invite_room_state"].([]any)
 	if !ok || len(irs) < 4 {
-		t.Fatalf("invite_room_state %v", seen[0].Unsigned)
+		t.Fatalf("invite_room_state %s", seen[0].Unsigned)
 	}
 	types := map[string]bool{}
 	for _, s := range irs {

@@ -9,6 +9,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-json-experiment/json/jsontext"
+
+	"github.com/cactus-comments/appservice/pkg/event"
 	"github.com/cactus-comments/appservice/pkg/mxid"
 )
 
@@ -272,7 +275,7 @@ func (s *Server) createRoomLocked(who *requester, rv roomVersion, version, creat
 	}
 	r := newRoom(roomID, version)
 	empty := ""
-	createEvent := &Event{EventID: createID, RoomID: roomID, Sender: creator, Type: "m.room.create", StateKey: &empty, Content: mustJSON(create)}
+	createEvent := &event.Event{EventID: createID, RoomID: roomID, Sender: creator, Type: "m.room.create", StateKey: &empty, Content: mustJSON(create)}
 	joinContent := map[string]any{"membership": "join"}
 	if u, ok := s.users[creator]; ok {
 		if u.displayName != "" {
@@ -500,7 +503,10 @@ func (s *Server) handleSend(q *request) (any, *matrixError) {
 	if e := s.authorizeEventLocked(r, q.who.userID, typ, nil, content); e != nil {
 		return nil, e
 	}
-	ev := s.appendEventLocked(r, q.who.userID, typ, nil, mustJSON(content))
+	ev := s.newEventLocked(r, q.who.userID, typ, nil, mustJSON(content))
+	// continuwuity keeps the transaction id in the event's unsigned data.
+	s.sendTxns[ev.EventID] = q.param("txnId")
+	s.storeEventLocked(r, ev)
 	s.txnStoreLocked(key, ev.EventID)
 	return map[string]any{"event_id": ev.EventID}, nil
 }
@@ -521,7 +527,7 @@ func (s *Server) handleRedact(q *request) (any, *matrixError) {
 	if e != nil {
 		return nil, e
 	}
-	var orig *Event
+	var orig *event.Event
 	for _, ev := range r.timeline {
 		if ev.EventID == target {
 			orig = ev
@@ -544,16 +550,15 @@ func (s *Server) handleRedact(q *request) (any, *matrixError) {
 	if rv.redactsInContent() {
 		content["redacts"] = target
 	}
-	ev := s.appendEventLocked(r, q.who.userID, "m.room.redaction", nil, mustJSON(content))
+	ev := s.newEventLocked(r, q.who.userID, "m.room.redaction", nil, mustJSON(content))
 	if !rv.redactsInContent() {
 		ev.Redacts = target
 	}
+	s.storeEventLocked(r, ev)
 	if orig != nil && orig.StateKey == nil {
-		orig.Content = json.RawMessage(`{}`)
-		if orig.Unsigned == nil {
-			orig.Unsigned = map[string]any{}
-		}
-		orig.Unsigned["redacted_because"] = map[string]any{"event_id": ev.EventID, "sender": ev.Sender, "type": ev.Type}
+		orig.Content = jsontext.Value(`{}`)
+		setUnsigned(orig, "redacted_because", copyOut(ev))
+		s.pruneRemoteKeysLocked(orig.EventID, rv)
 	}
 	s.txnStoreLocked(key, ev.EventID)
 	return map[string]any{"event_id": ev.EventID}, nil
@@ -594,7 +599,7 @@ func (s *Server) handleStateGet(q *request) (any, *matrixError) {
 		return nil, errNotFound("Event not found.")
 	}
 	if q.r.URL.Query().Get("format") == "event" {
-		return ev.clientFormat(time.Now()), nil
+		return s.servedLocked(ev, time.Now()), nil
 	}
 	return ev.Content, nil
 }
@@ -647,7 +652,7 @@ func (s *Server) handleStatePut(q *request) (any, *matrixError) {
 	return map[string]any{"event_id": ev.EventID}, nil
 }
 
-func jsonEqual(raw json.RawMessage, m map[string]any) bool {
+func jsonEqual(raw jsontext.Value, m map[string]any) bool {
 	var a any
 	if json.Unmarshal(raw, &a) != nil {
 		return false
@@ -690,12 +695,12 @@ func (s *Server) handleStateAll(q *request) (any, *matrixError) {
 	if e != nil {
 		return nil, e
 	}
-	return stateListOf(r, s.visibleState(r, q.who.userID)), nil
+	return s.servedListLocked(stateOf(r, s.visibleState(r, q.who.userID))), nil
 }
 
 // visibleState is the current state for members and world-readable rooms;
 // a former member sees the state as it was when they left, as on Synapse.
-func (s *Server) visibleState(r *room, userID string) map[StateKey]*Event {
+func (s *Server) visibleState(r *room, userID string) map[StateKey]*event.Event {
 	if r.membership(userID) == "join" {
 		return r.state
 	}
@@ -703,7 +708,7 @@ func (s *Server) visibleState(r *room, userID string) map[StateKey]*Event {
 		return r.state
 	}
 	last := r.stateEvent("m.room.member", userID)
-	st := map[StateKey]*Event{}
+	st := map[StateKey]*event.Event{}
 	for _, ev := range r.timeline {
 		if ev.StateKey != nil {
 			st[StateKey{ev.Type, *ev.StateKey}] = ev
@@ -715,18 +720,23 @@ func (s *Server) visibleState(r *room, userID string) map[StateKey]*Event {
 	return st
 }
 
-// stateList is the current state in timeline order.
-func stateList(r *room) []Event { return stateListOf(r, r.state) }
-
-// stateListOf lists the events of st (a view of r's state) in timeline
-// order.
-func stateListOf(r *room, st map[StateKey]*Event) []Event {
-	now := time.Now()
-	out := []Event{}
+// stateOf lists the events of st (a view of r's state) in timeline order.
+func stateOf(r *room, st map[StateKey]*event.Event) []*event.Event {
+	var out []*event.Event
 	for _, ev := range r.timeline {
 		if ev.StateKey != nil && st[StateKey{ev.Type, *ev.StateKey}] == ev {
-			out = append(out, ev.clientFormat(now))
+			out = append(out, ev)
 		}
+	}
+	return out
+}
+
+// servedListLocked serves events as a JSON array (never null).
+func (s *Server) servedListLocked(evs []*event.Event) []jsontext.Value {
+	now := time.Now()
+	out := make([]jsontext.Value, 0, len(evs))
+	for _, ev := range evs {
+		out = append(out, s.servedLocked(ev, now))
 	}
 	return out
 }
@@ -761,17 +771,17 @@ func (s *Server) handleMembers(q *request) (any, *matrixError) {
 		return nil, e
 	}
 	want := q.r.URL.Query().Get("membership")
-	chunk := []Event{}
-	for _, ev := range stateList(r) {
+	var chunk []*event.Event
+	for _, ev := range stateOf(r, r.state) {
 		if ev.Type != "m.room.member" {
 			continue
 		}
-		if m, _ := ev.ContentMap()["membership"].(string); want != "" && m != want {
+		if m, _ := contentMap(ev)["membership"].(string); want != "" && m != want {
 			continue
 		}
 		chunk = append(chunk, ev)
 	}
-	return map[string]any{"chunk": chunk}, nil
+	return map[string]any{"chunk": s.servedListLocked(chunk)}, nil
 }
 
 // handleMessages pages the timeline. Tokens are "t<index>" positions.
@@ -809,8 +819,7 @@ func (s *Server) handleMessages(q *request) (any, *matrixError) {
 		}
 		pos = n
 	}
-	now := time.Now()
-	chunk := []Event{}
+	var chunk []*event.Event
 	start := pos
 	for len(chunk) < limit {
 		if dir == "b" {
@@ -818,16 +827,16 @@ func (s *Server) handleMessages(q *request) (any, *matrixError) {
 				break
 			}
 			pos--
-			chunk = append(chunk, r.timeline[pos].clientFormat(now))
+			chunk = append(chunk, r.timeline[pos])
 		} else {
 			if pos >= len(r.timeline) {
 				break
 			}
-			chunk = append(chunk, r.timeline[pos].clientFormat(now))
+			chunk = append(chunk, r.timeline[pos])
 			pos++
 		}
 	}
-	resp := map[string]any{"chunk": chunk, "start": "t" + strconv.Itoa(start)}
+	resp := map[string]any{"chunk": s.servedListLocked(chunk), "start": "t" + strconv.Itoa(start)}
 	if (dir == "b" && pos > 0) || (dir == "f" && pos < len(r.timeline)) {
 		resp["end"] = "t" + strconv.Itoa(pos)
 	}

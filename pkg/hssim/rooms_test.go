@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/cactus-comments/appservice/pkg/event"
 )
 
 func registerBot(t *testing.T, e *env) {
@@ -260,7 +262,7 @@ func TestStateAndPowerLevels(t *testing.T) {
 		})
 	}
 	all := e.mustOK(e.do("GET", "/_matrix/client/v3/rooms/"+esc(id)+"/state", ctok, nil))
-	var list []Event
+	var list []event.Event
 	if err := json.Unmarshal(all.Raw, &list); err != nil || len(list) < 8 {
 		t.Fatalf("all state: %v %s", err, all.Raw)
 	}

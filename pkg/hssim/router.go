@@ -89,6 +89,7 @@ const (
 	EPJoinedMembers      = "joined_members"
 	EPMembers            = "members"
 	EPMessages           = "messages"
+	EPContext            = "context"
 	EPRoomAliases        = "aliases"
 	EPDirectoryGet       = "directory.get"
 	EPDirectoryPut       = "directory.put"
@@ -137,6 +138,7 @@ func (s *Server) buildRoutes() []route {
 		r("GET", c+"/rooms/{roomId}/joined_members", EPJoinedMembers, true, false, (*Server).handleJoinedMembers),
 		r("GET", c+"/rooms/{roomId}/members", EPMembers, true, false, (*Server).handleMembers),
 		r("GET", c+"/rooms/{roomId}/messages", EPMessages, true, false, (*Server).handleMessages),
+		r("GET", c+"/rooms/{roomId}/context/{eventId}", EPContext, true, false, (*Server).handleContext),
 		r("GET", c+"/rooms/{roomId}/aliases", EPRoomAliases, true, false, (*Server).handleRoomAliases),
 		r("POST", c+"/rooms/{roomId}/upgrade", EPUpgrade, true, true, (*Server).handleUpgrade),
 		r("GET", c+"/directory/room/{roomAlias}", EPDirectoryGet, false, false, (*Server).handleDirectoryGet),
@@ -225,7 +227,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	s.calls[endpoint]++
 	delay := s.latency[endpoint]
-	fault := s.takeFaultLocked(endpoint)
+	fault := s.takeFaultLocked(endpoint, params["roomId"])
 	s.mu.Unlock()
 
 	// answer waits out the latency, unless the client is gone by then.

@@ -24,6 +24,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-json-experiment/json/jsontext"
+
 	"github.com/cactus-comments/appservice/pkg/registration"
 )
 
@@ -118,12 +120,17 @@ type Server struct {
 	buckets    map[string]*bucket
 	rateLimit  RateLimit
 	txnLog     []TxnRecord
-	delivered  map[string]bool // event id -> acknowledged by some appservice
-	changed    chan struct{}   // closed and replaced whenever txnLog or delivered change
-	notifyQ    []notifyItem    // events awaiting the notifier (interest + user queries)
-	notifyWake chan struct{}
-	notifying  bool           // the notifier holds an item outside notifyQ
-	creating   map[string]int // user -> v12 createRooms committed, not yet answered
+	delivered  map[string]bool     // event id -> acknowledged by some appservice
+	remoteKeys map[string][]topKey // event id -> top-level keys of a remote event (Synapse mode)
+	sendTxns   map[string]string   // event id -> client transaction id of the /send that made it
+	// remoteUnsigned: event id -> the unsigned data of a remote event that
+	// Synapse keeps (Synapse mode).
+	remoteUnsigned map[string]jsontext.Value
+	changed        chan struct{} // closed and replaced whenever txnLog or delivered change
+	notifyQ        []notifyItem  // events awaiting the notifier (interest + user queries)
+	notifyWake     chan struct{}
+	notifying      bool           // the notifier holds an item outside notifyQ
+	creating       map[string]int // user -> v12 createRooms committed, not yet answered
 	// roomVersion is the default of new rooms (Options.RoomVersion until
 	// SetRoomVersion changes it).
 	roomVersion string
@@ -172,24 +179,27 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	s := &Server{
-		opts:        opts,
-		roomVersion: opts.RoomVersion,
-		log:         opts.Logger.With("component", "hssim", "mode", string(mode)),
-		users:       map[string]*user{},
-		sessions:    map[string]*session{},
-		rooms:       map[string]*room{},
-		aliases:     map[string]aliasEntry{},
-		txnCache:    map[txnKey]txnEntry{},
-		calls:       map[string]int{},
-		latency:     map[string]time.Duration{},
-		creating:    map[string]int{},
-		buckets:     map[string]*bucket{},
-		rateLimit:   opts.RateLimit,
-		delivered:   map[string]bool{},
-		changed:     make(chan struct{}),
-		notifyWake:  make(chan struct{}, 1),
-		rng:         mrand.New(mrand.NewPCG(uint64(time.Now().UnixNano()), 0x9e3779b97f4a7c15)),
-		nextTxn:     int64(1 + time.Now().Unix()%1000),
+		opts:           opts,
+		roomVersion:    opts.RoomVersion,
+		log:            opts.Logger.With("component", "hssim", "mode", string(mode)),
+		users:          map[string]*user{},
+		sessions:       map[string]*session{},
+		rooms:          map[string]*room{},
+		aliases:        map[string]aliasEntry{},
+		txnCache:       map[txnKey]txnEntry{},
+		calls:          map[string]int{},
+		latency:        map[string]time.Duration{},
+		creating:       map[string]int{},
+		buckets:        map[string]*bucket{},
+		rateLimit:      opts.RateLimit,
+		delivered:      map[string]bool{},
+		remoteKeys:     map[string][]topKey{},
+		sendTxns:       map[string]string{},
+		remoteUnsigned: map[string]jsontext.Value{},
+		changed:        make(chan struct{}),
+		notifyWake:     make(chan struct{}, 1),
+		rng:            mrand.New(mrand.NewPCG(uint64(time.Now().UnixNano()), 0x9e3779b97f4a7c15)),
+		nextTxn:        int64(1 + time.Now().Unix()%1000),
 	}
 	if err := s.addAppservices(opts.Registrations); err != nil {
 		return nil, err

@@ -196,7 +196,7 @@ func (s *Server) moveAliasesLocked(old, nr *room, user string) {
 		a, err := mxid.ParseRoomAlias(alias)
 		return err == nil && a.Server() == s.opts.ServerName
 	}
-	oldContent := ev.ContentMap()
+	oldContent := contentMap(ev)
 	newContent := map[string]any{}
 	if c, ok := oldContent["alias"].(string); ok && local(c) {
 		newContent["alias"] = c

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cactus-comments/appservice/pkg/event"
 )
 
 var allModes = []Mode{Synapse, Dendrite, Conduit}
@@ -91,7 +93,7 @@ func TestRoomIDAndCreateContentPerVersion(t *testing.T) {
 		t.Run(v, func(t *testing.T) {
 			id := e.createRoom(atok, map[string]any{"room_version": v})
 			create := e.hs.Timeline(id)[0]
-			c := create.ContentMap()
+			c := contentMap(&create)
 			_, hasCreator := c["creator"]
 			if hasCreator != (v == "10") {
 				t.Fatalf("creator in the create content of v%s: %v", v, c)
@@ -305,7 +307,7 @@ func TestInviteStateCarriesTheCreateEvent(t *testing.T) {
 		registerBot(t, e)
 		bob, _ := e.user("bob")
 		id := e.createRoom(testASToken, map[string]any{"name": "N", "invite": []string{bob}})
-		var invite *Event
+		var invite *event.Event
 		for _, ev := range e.hs.Timeline(id) {
 			if ev.Type == "m.room.member" && *ev.StateKey == bob {
 				invite = &ev
@@ -314,7 +316,7 @@ func TestInviteStateCarriesTheCreateEvent(t *testing.T) {
 		if invite == nil {
 			t.Fatal("no invite")
 		}
-		stripped, _ := invite.Unsigned["invite_room_state"].([]any)
+		stripped, _ := unsignedOf(t, *invite)["invite_room_state"].([]any)
 		types := map[string]bool{}
 		for _, x := range stripped {
 			st := x.(map[string]any)

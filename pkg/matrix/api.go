@@ -264,6 +264,29 @@ func (c *Client) Members(ctx context.Context, room mxid.RoomID, membership strin
 	return out.Chunk, nil
 }
 
+// EventContext returns an event of room as the homeserver serves it to
+// clients (GET /rooms/{roomId}/context/{eventId} with limit 0: the event
+// alone). There every homeserver puts unsigned.prev_content in a state
+// event that replaced another, which the events they push to appservices
+// may lack: Synapse leaves it out of those its recoverer resends, Dendrite
+// out of all. IsNotFound holds for an event the homeserver does not have.
+func (c *Client) EventContext(ctx context.Context, room mxid.RoomID, id mxid.EventID) (*event.Event, error) {
+	if room.IsZero() || id.IsZero() {
+		return nil, fmt.Errorf("matrix: context: room id and event id are required")
+	}
+	var out struct {
+		Event *event.Event `json:"event"`
+	}
+	if err := c.call(ctx, "context", http.MethodGet, url.Values{"limit": {"0"}}, nil, &out,
+		v3+"/rooms/{}/context/{}", room.String(), id.String()); err != nil {
+		return nil, err
+	}
+	if out.Event == nil || out.Event.EventID != id.String() {
+		return nil, fmt.Errorf("matrix: context: the homeserver answered another event than %s", id)
+	}
+	return out.Event, nil
+}
+
 // ResolveAlias returns the room an alias points to; IsNotFound holds for an
 // unknown alias.
 func (c *Client) ResolveAlias(ctx context.Context, alias mxid.RoomAlias) (mxid.RoomID, error) {

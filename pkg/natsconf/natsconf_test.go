@@ -73,7 +73,7 @@ func TestServerConfigEnforces(t *testing.T) {
 	srv, pw := server(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	topo := bus.Topology{Replicas: 1, MaxDeliver: 3}
+	topo := bus.Topology{Replicas: 1}
 
 	if nc, err := nats.Connect(srv.ClientURL(), nats.UserInfo("gateway", "wrong")); err == nil {
 		nc.Close()
@@ -144,11 +144,12 @@ func TestServerConfigEnforces(t *testing.T) {
 
 	// A worker reads its own consumer only.
 	_, bwJS, bwV := connect(t, srv, bus.Botworker, pw[bus.Botworker])
-	c, err := bwJS.Consumer(ctx, bus.StreamEvents, bus.ConsumerBot)
+	g := topo.BotGroup()
+	c, err := bwJS.Consumer(ctx, bus.StreamEvents, g.Consumer(bus.PartitionOf("!room:example.org", g.Partitions)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	batch, err := c.Fetch(1, jetstream.FetchMaxWait(10*time.Second))
+	batch, err := c.Fetch(1, jetstream.FetchMaxWait(10*time.Second), jetstream.FetchPriorityGroup(g.PriorityGroup))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/pkg/cas"
 	"github.com/cactus-comments/appservice/pkg/power"
 )
 
@@ -40,9 +41,58 @@ type Site struct {
 	// last seen. Comment rooms are created with it.
 	PowerLevels json.RawMessage `json:"power_levels,omitempty"`
 	// Bans are the users banned in the moderation room, sorted.
-	Bans      []string  `json:"bans,omitempty"`
-	CreatedAt time.Time `json:"created_at"`
-	UpdatedAt time.Time `json:"updated_at"`
+	Bans []string `json:"bans,omitempty"`
+	// BanDecisions holds, for every user whose ban or unban came from an
+	// event, that decision and the event-stream sequence of the event
+	// (see DecideBan). A ban without an entry (a site imported from the
+	// homeserver) counts as decided before any event.
+	BanDecisions map[string]Decision `json:"ban_decisions,omitempty"`
+	// PowerLevelsSeq is the event-stream sequence of the event that set
+	// PowerLevels, 0 if none did.
+	PowerLevelsSeq uint64    `json:"power_levels_seq,omitempty"`
+	CreatedAt      time.Time `json:"created_at"`
+	UpdatedAt      time.Time `json:"updated_at"`
+}
+
+// Decision is a user's ban state as of an event.
+type Decision struct {
+	Banned bool   `json:"banned"`
+	Seq    uint64 `json:"seq"`
+}
+
+// DecideBan records that user is banned (or not) as of the event with
+// stream sequence seq, unless the snapshot already holds a decision about
+// user from that event or a later one. taken reports whether it was
+// recorded, changed whether the ban list changed.
+//
+// This makes a site's ban list a set of last-writer-wins registers, one
+// per user, ordered by the event stream: the homeserver sends events one
+// transaction at a time, so the stream's order is its order. Applying a
+// site's events in any order, any number of times, on any number of
+// replicas ends in the list that applying them once in order gives.
+func (s *Site) DecideBan(user string, banned bool, seq uint64) (taken, changed bool) {
+	if d, ok := s.BanDecisions[user]; ok && d.Seq >= seq {
+		return false, false
+	}
+	if s.BanDecisions == nil {
+		s.BanDecisions = map[string]Decision{}
+	}
+	s.BanDecisions[user] = Decision{Banned: banned, Seq: seq}
+	return true, s.SetBanned(user, banned)
+}
+
+// DecidePowerLevels sets the site's power levels to content (canonical
+// JSON, so equal contents compare equal) as of the event with sequence
+// seq, unless they were set by that event or a later one. It is the
+// last-writer-wins register of the site's power levels.
+func (s *Site) DecidePowerLevels(content json.RawMessage, seq uint64) (taken, changed bool) {
+	if s.PowerLevelsSeq >= seq && (seq > 0 || len(s.PowerLevels) > 0) {
+		return false, false
+	}
+	s.PowerLevelsSeq = seq
+	changed = string(s.PowerLevels) != string(content)
+	s.PowerLevels = content
+	return true, changed
 }
 
 // Banned reports whether user is in the site's ban list.
@@ -80,30 +130,56 @@ type Room struct {
 	// that replaced it: the entry is kept so that the old room's late
 	// events are recognised, but the room is no longer the site's.
 	ReplacedBy string `json:"replaced_by,omitempty"`
+	// ReplacedSeq is the event-stream sequence of the tombstone that
+	// replaced the room, 0 if unknown.
+	ReplacedSeq uint64 `json:"replaced_seq,omitempty"`
+}
+
+// ReplacedAfter reports whether the event with stream sequence seq came
+// before the room's tombstone: the room was still the site's then. Events
+// are handled in any order, so the old room's events may be handled after
+// the tombstone; those it sent before still count. Without a recorded
+// sequence nothing counts.
+func (r Room) ReplacedAfter(seq uint64) bool {
+	return r.ReplacedSeq > 0 && seq > 0 && seq < r.ReplacedSeq
 }
 
 // IsModeration reports whether r is a site's moderation room.
 func (r Room) IsModeration() bool { return r.Section == "" }
 
 // Registry is the registry over JetStream KV. It is safe for concurrent use.
+//
+// Site snapshots are read from the stream leader (see package cas): a
+// fan-out job must see the change the moderation event that queued it has
+// just written. Rooms and the index are read with direct gets, which a
+// lagging follower may answer; a room missed that way is found on the
+// homeserver (see the provisioner's lookupRoom).
 type Registry struct {
-	sites, rooms, index jetstream.KeyValue
-	now                 func() time.Time
+	sites, rooms *cas.Bucket
+	index        jetstream.KeyValue
+	now          func() time.Time
 }
 
 // Open binds to the buckets, which bus.Topology.Ensure creates.
 func Open(ctx context.Context, js jetstream.JetStream) (*Registry, error) {
 	var r Registry
-	for _, b := range []struct {
-		name string
-		kv   *jetstream.KeyValue
-	}{{bus.BucketSites, &r.sites}, {bus.BucketRooms, &r.rooms}, {bus.BucketIndex, &r.index}} {
-		kv, err := js.KeyValue(ctx, b.name)
-		if err != nil {
-			return nil, fmt.Errorf("registry: open bucket %s: %w", b.name, err)
-		}
-		*b.kv = kv
+	sites, err := cas.Open(ctx, js, bus.BucketSites)
+	if err != nil {
+		return nil, fmt.Errorf("registry: %w", err)
 	}
+	r.sites = sites
+	// Rooms change after creation too (a room's create event recorded, an
+	// upgrade followed): their compare-and-set goes through cas as well.
+	rooms, err := cas.Open(ctx, js, bus.BucketRooms)
+	if err != nil {
+		return nil, fmt.Errorf("registry: %w", err)
+	}
+	r.rooms = rooms
+	index, err := js.KeyValue(ctx, bus.BucketIndex)
+	if err != nil {
+		return nil, fmt.Errorf("registry: open bucket %s: %w", bus.BucketIndex, err)
+	}
+	r.index = index
 	r.now = time.Now
 	return &r, nil
 }
@@ -112,29 +188,28 @@ func siteKey(name string) string            { return bus.Token(name) }
 func roomKey(site, section string) string   { return bus.Token(site) + "." + bus.Token(section) }
 func indexKey(roomID string) string         { return bus.Token(roomID) }
 func decode[T any](b []byte, v *T) error    { return json.Unmarshal(b, v) }
-func isNotFound(err error) bool             { return errors.Is(err, jetstream.ErrKeyNotFound) }
+func isNotFound(err error) bool             { return errors.Is(err, cas.ErrNotFound) }
 func notFound(what, name string) error      { return fmt.Errorf("%w: %s %q", ErrNotFound, what, name) }
 func wrap(op, name string, err error) error { return fmt.Errorf("registry: %s %q: %w", op, name, err) }
 
 // Site returns a site.
 func (r *Registry) Site(ctx context.Context, name string) (*Site, error) {
-	s, _, err := r.site(ctx, name)
-	return s, err
+	return r.site(ctx, name)
 }
 
-func (r *Registry) site(ctx context.Context, name string) (*Site, uint64, error) {
+func (r *Registry) site(ctx context.Context, name string) (*Site, error) {
 	e, err := r.sites.Get(ctx, siteKey(name))
 	if isNotFound(err) {
-		return nil, 0, notFound("site", name)
+		return nil, notFound("site", name)
 	}
 	if err != nil {
-		return nil, 0, wrap("get site", name, err)
+		return nil, wrap("get site", name, err)
 	}
 	var s Site
-	if err := decode(e.Value(), &s); err != nil {
-		return nil, 0, wrap("decode site", name, err)
+	if err := decode(e.Value, &s); err != nil {
+		return nil, wrap("decode site", name, err)
 	}
-	return &s, e.Revision(), nil
+	return &s, nil
 }
 
 // CreateSite records a new site and indexes its moderation room. It fails
@@ -150,20 +225,19 @@ func (r *Registry) CreateSite(ctx context.Context, s *Site) error {
 	if err != nil {
 		return wrap("encode site", s.Name, err)
 	}
-	if _, err := r.sites.Create(ctx, siteKey(s.Name), b); err != nil {
-		// Create re-creates a deleted key with a second compare-and-set;
-		// losing that race surfaces as a bare conflict, not ErrKeyExists.
-		if errors.Is(err, jetstream.ErrKeyExists) || isConflict(err) {
-			// A retry of a create whose index write failed: repair the
-			// index, which nothing else would ever write.
-			if cur, err := r.Site(ctx, s.Name); err == nil && s.ModerationRoom != "" && cur.ModerationRoom == s.ModerationRoom {
-				if err := r.putIndex(ctx, Room{Site: cur.Name, RoomID: cur.ModerationRoom, CreatedAt: cur.CreatedAt}); err != nil {
-					return err
-				}
-			}
-			return fmt.Errorf("%w: site %q", ErrExists, s.Name)
-		}
+	created, err := r.sites.Create(ctx, siteKey(s.Name), b)
+	if err != nil {
 		return wrap("create site", s.Name, err)
+	}
+	if !created {
+		// A retry of a create whose index write failed: repair the index,
+		// which nothing else would ever write.
+		if cur, err := r.Site(ctx, s.Name); err == nil && s.ModerationRoom != "" && cur.ModerationRoom == s.ModerationRoom {
+			if err := r.putIndex(ctx, Room{Site: cur.Name, RoomID: cur.ModerationRoom, CreatedAt: cur.CreatedAt}); err != nil {
+				return err
+			}
+		}
+		return fmt.Errorf("%w: site %q", ErrExists, s.Name)
 	}
 	if s.ModerationRoom != "" {
 		return r.putIndex(ctx, Room{Site: s.Name, RoomID: s.ModerationRoom, CreatedAt: s.CreatedAt})
@@ -179,7 +253,7 @@ func (r *Registry) PutSite(ctx context.Context, s *Site) error {
 	if err != nil {
 		return wrap("encode site", s.Name, err)
 	}
-	if _, err := r.sites.Put(ctx, siteKey(s.Name), b); err != nil {
+	if _, err := r.sites.KV().Put(ctx, siteKey(s.Name), b); err != nil {
 		return wrap("put site", s.Name, err)
 	}
 	if s.ModerationRoom != "" {
@@ -192,43 +266,34 @@ func (r *Registry) PutSite(ctx context.Context, s *Site) error {
 // compare-and-set, retrying on conflicting writes from other replicas. fn
 // returning false means no change is needed.
 func (r *Registry) UpdateSite(ctx context.Context, name string, fn func(*Site) (changed bool, err error)) (*Site, error) {
-	for attempt := 0; ; attempt++ {
-		s, rev, err := r.site(ctx, name)
-		if err != nil {
-			return nil, err
+	var out *Site
+	_, err := r.sites.Update(ctx, siteKey(name), func(cur []byte) ([]byte, bool, error) {
+		if cur == nil {
+			return nil, false, notFound("site", name)
 		}
-		changed, err := fn(s)
+		var s Site
+		if err := decode(cur, &s); err != nil {
+			return nil, false, wrap("decode site", name, err)
+		}
+		out = &s
+		changed, err := fn(&s)
 		if err != nil || !changed {
-			return s, err
+			return nil, false, err
 		}
 		s.UpdatedAt = r.now().UTC()
-		b, err := json.Marshal(s)
+		b, err := json.Marshal(&s)
 		if err != nil {
-			return nil, wrap("encode site", name, err)
+			return nil, false, wrap("encode site", name, err)
 		}
-		_, err = r.sites.Update(ctx, siteKey(name), b, rev)
-		if err == nil {
-			return s, nil
+		return b, true, nil
+	})
+	if err != nil {
+		if errors.Is(err, ErrNotFound) {
+			return nil, err
 		}
-		if attempt >= 50 || !isConflict(err) {
-			return nil, wrap("update site", name, err)
-		}
-		if err := ctx.Err(); err != nil {
-			return nil, wrap("update site", name, err)
-		}
+		return nil, wrap("update site", name, err)
 	}
-}
-
-// isConflict reports a failed compare-and-set. Replicated (R>1) buckets
-// report it with a different error code than single-replica ones.
-func isConflict(err error) bool {
-	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-		return true
-	}
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) &&
-		(apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+	return out, nil
 }
 
 // DeleteSite removes a site, its rooms and their index entries.
@@ -238,7 +303,7 @@ func (r *Registry) DeleteSite(ctx context.Context, name string) error {
 		return err
 	}
 	for _, room := range rooms {
-		if err := r.rooms.Purge(ctx, roomKey(room.Site, room.Section)); err != nil {
+		if err := r.rooms.KV().Purge(ctx, roomKey(room.Site, room.Section)); err != nil {
 			return wrap("delete room", room.RoomID, err)
 		}
 		if err := r.index.Purge(ctx, indexKey(room.RoomID)); err != nil && !isNotFound(err) {
@@ -254,7 +319,7 @@ func (r *Registry) DeleteSite(ctx context.Context, name string) error {
 			return wrap("delete index", s.ModerationRoom, err)
 		}
 	}
-	if err := r.sites.Purge(ctx, siteKey(name)); err != nil {
+	if err := r.sites.KV().Purge(ctx, siteKey(name)); err != nil {
 		return wrap("delete site", name, err)
 	}
 	return nil
@@ -263,7 +328,7 @@ func (r *Registry) DeleteSite(ctx context.Context, name string) error {
 // Sites lists every site.
 func (r *Registry) Sites(ctx context.Context) ([]*Site, error) {
 	var out []*Site
-	err := scan(ctx, r.sites, ">", func(b []byte) error {
+	err := scan(ctx, r.sites.KV(), ">", func(b []byte) error {
 		var s Site
 		if err := decode(b, &s); err != nil {
 			return err
@@ -298,7 +363,7 @@ func (r *Registry) PutRoom(ctx context.Context, room Room) error {
 		if err != nil {
 			return wrap("encode room", room.RoomID, err)
 		}
-		if _, err := r.rooms.Put(ctx, roomKey(room.Site, room.Section), b); err != nil {
+		if _, err := r.rooms.KV().Put(ctx, roomKey(room.Site, room.Section), b); err != nil {
 			return wrap("put room", room.RoomID, err)
 		}
 	}
@@ -318,7 +383,7 @@ func (r *Registry) putIndex(ctx context.Context, room Room) error {
 
 // Room returns one comment room of a site.
 func (r *Registry) Room(ctx context.Context, site, section string) (Room, error) {
-	e, err := r.rooms.Get(ctx, roomKey(site, section))
+	e, err := r.rooms.KV().Get(ctx, roomKey(site, section))
 	if isNotFound(err) {
 		return Room{}, notFound("room", site+"_"+section)
 	}
@@ -335,7 +400,7 @@ func (r *Registry) Room(ctx context.Context, site, section string) (Room, error)
 // Rooms lists every comment room of a site.
 func (r *Registry) Rooms(ctx context.Context, site string) ([]Room, error) {
 	var out []Room
-	err := scan(ctx, r.rooms, bus.Token(site)+".*", func(b []byte) error {
+	err := scan(ctx, r.rooms.KV(), bus.Token(site)+".*", func(b []byte) error {
 		var room Room
 		if err := decode(b, &room); err != nil {
 			return err
@@ -370,7 +435,7 @@ func (r *Registry) Lookup(ctx context.Context, roomID string) (Room, error) {
 // It lists all keys before purging any, and fails rather than report
 // success if the listing was cut short.
 func (r *Registry) Wipe(ctx context.Context) error {
-	for _, kv := range []jetstream.KeyValue{r.sites, r.rooms, r.index} {
+	for _, kv := range []jetstream.KeyValue{r.sites.KV(), r.rooms.KV(), r.index} {
 		var keys []string
 		err := watchKeys(ctx, kv, ">", func(e jetstream.KeyValueEntry) error {
 			keys = append(keys, e.Key())

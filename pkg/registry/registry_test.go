@@ -191,7 +191,7 @@ func TestUpdateSite(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return e.Revision()
+		return e.Revision
 	}
 	before := rev()
 	s, err := reg.UpdateSite(ctx, "s", func(s *Site) (bool, error) { return false, nil })
@@ -393,7 +393,7 @@ func TestWipe(t *testing.T) {
 	if err := reg.Wipe(ctx); err != nil {
 		t.Fatal(err)
 	}
-	for _, kv := range []jetstream.KeyValue{reg.sites, reg.rooms, reg.index} {
+	for _, kv := range []jetstream.KeyValue{reg.sites.KV(), reg.rooms.KV(), reg.index} {
 		l, err := kv.ListKeys(ctx)
 		if err != nil {
 			t.Fatal(err)

@@ -23,8 +23,10 @@ var ErrReplaced = errors.New("registry: room already replaced")
 // Repeating it changes nothing more. A room that is no longer the site's
 // current one (its section moved to another room meanwhile) is only
 // marked as replaced. ErrNotFound: old is not a room of ours;
-// ErrReplaced: old was replaced by another room.
-func (r *Registry) FollowUpgrade(ctx context.Context, old, next string, create *power.Room) (Room, error) {
+// ErrReplaced: old was replaced by another room. seq is the event-stream
+// sequence of old's tombstone (0 if unknown): old's events from before it
+// still count (Room.ReplacedAfter).
+func (r *Registry) FollowUpgrade(ctx context.Context, old, next string, create *power.Room, seq uint64) (Room, error) {
 	prev, err := r.Lookup(ctx, old)
 	if err != nil {
 		return Room{}, err
@@ -77,6 +79,9 @@ func (r *Registry) FollowUpgrade(ctx context.Context, old, next string, create *
 		}
 	}
 	prev.ReplacedBy = next
+	if prev.ReplacedSeq == 0 || (seq > 0 && seq < prev.ReplacedSeq) {
+		prev.ReplacedSeq = seq
+	}
 	if err := r.putIndex(ctx, prev); err != nil {
 		return Room{}, err
 	}
@@ -118,37 +123,39 @@ func (r *Registry) SetCreate(ctx context.Context, roomID string, create power.Ro
 // with a compare-and-set, retrying on conflicting writes, and re-indexes
 // it. fn returning false means no change is needed.
 func (r *Registry) UpdateRoom(ctx context.Context, site, section string, fn func(*Room) (changed bool, err error)) (Room, error) {
-	key := roomKey(site, section)
 	name := site + "_" + section
-	for attempt := 0; ; attempt++ {
-		e, err := r.rooms.Get(ctx, key)
-		if isNotFound(err) {
-			return Room{}, notFound("room", name)
+	var (
+		out     Room
+		changed bool
+		fnErr   error
+	)
+	_, err := r.rooms.Update(ctx, roomKey(site, section), func(cur []byte) ([]byte, bool, error) {
+		if cur == nil {
+			return nil, false, notFound("room", name)
 		}
+		out = Room{}
+		if err := decode(cur, &out); err != nil {
+			return nil, false, wrap("decode room", name, err)
+		}
+		changed, fnErr = fn(&out)
+		if fnErr != nil || !changed {
+			return nil, false, fnErr
+		}
+		b, err := json.Marshal(out)
 		if err != nil {
-			return Room{}, wrap("get room", name, err)
+			return nil, false, wrap("encode room", name, err)
 		}
-		var room Room
-		if err := decode(e.Value(), &room); err != nil {
-			return Room{}, wrap("decode room", name, err)
-		}
-		changed, err := fn(&room)
-		if err != nil || !changed {
-			return room, err
-		}
-		b, err := json.Marshal(room)
-		if err != nil {
-			return Room{}, wrap("encode room", name, err)
-		}
-		_, err = r.rooms.Update(ctx, key, b, e.Revision())
-		if err == nil {
-			return room, r.putIndex(ctx, room)
-		}
-		if attempt >= 50 || !isConflict(err) {
-			return Room{}, wrap("update room", name, err)
-		}
-		if err := ctx.Err(); err != nil {
-			return Room{}, wrap("update room", name, err)
-		}
+		return b, true, nil
+	})
+	switch {
+	case fnErr != nil:
+		return out, fnErr
+	case errors.Is(err, ErrNotFound):
+		return Room{}, err
+	case err != nil:
+		return Room{}, wrap("update room", name, err)
+	case !changed:
+		return out, nil
 	}
+	return out, r.putIndex(ctx, out)
 }

@@ -14,11 +14,11 @@ func TestFollowUpgradeOfModerationRoom(t *testing.T) {
 	if err := reg.CreateSite(ctx, &Site{Name: "blog", Owner: "@o:x", ModerationRoom: "!old:x", ModerationCreate: v10, Bans: []string{"@spam:x"}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := reg.FollowUpgrade(ctx, "!nope:x", "!new", nil); !errors.Is(err, ErrNotFound) {
+	if _, err := reg.FollowUpgrade(ctx, "!nope:x", "!new", nil, 0); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("a room not ours: %v", err)
 	}
 	// The bot could not read the replacement yet: its creators are unknown.
-	got, err := reg.FollowUpgrade(ctx, "!old:x", "!new", nil)
+	got, err := reg.FollowUpgrade(ctx, "!old:x", "!new", nil, 7)
 	if err != nil || got.RoomID != "!new" || got.Site != "blog" || !got.IsModeration() {
 		t.Fatalf("FollowUpgrade = %+v, %v", got, err)
 	}
@@ -29,8 +29,15 @@ func TestFollowUpgradeOfModerationRoom(t *testing.T) {
 	if r, err := reg.Lookup(ctx, "!new"); err != nil || r.Site != "blog" || !r.IsModeration() || r.ReplacedBy != "" {
 		t.Fatalf("new room indexed as %+v, %v", r, err)
 	}
-	if r, err := reg.Lookup(ctx, "!old:x"); err != nil || r.Site != "blog" || r.ReplacedBy != "!new" {
+	if r, err := reg.Lookup(ctx, "!old:x"); err != nil || r.Site != "blog" || r.ReplacedBy != "!new" || r.ReplacedSeq != 7 {
 		t.Fatalf("old room indexed as %+v, %v", r, err)
+	}
+	// The tombstone handled again (a retry) keeps its sequence.
+	if _, err := reg.FollowUpgrade(ctx, "!old:x", "!new", nil, 7); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := reg.Lookup(ctx, "!old:x"); r.ReplacedSeq != 7 {
+		t.Fatalf("tombstone sequence after a retry: %d", r.ReplacedSeq)
 	}
 	// Learnt later (the bot joined): recorded; again: nothing changes.
 	v12 := power.Room{Version: "12", Creator: "@o:x"}
@@ -49,18 +56,18 @@ func TestFollowUpgradeOfModerationRoom(t *testing.T) {
 	}
 	// A redelivered tombstone changes nothing; another replacement of the
 	// old room is refused.
-	if _, err := reg.FollowUpgrade(ctx, "!old:x", "!new", nil); err != nil {
+	if _, err := reg.FollowUpgrade(ctx, "!old:x", "!new", nil, 0); err != nil {
 		t.Fatal(err)
 	}
 	if s2, _ := reg.Site(ctx, "blog"); s2.ModerationCreate == nil || s2.ModerationRoom != "!new" {
 		t.Fatalf("redelivery changed the site: %+v", s2)
 	}
-	if _, err := reg.FollowUpgrade(ctx, "!old:x", "!other", nil); !errors.Is(err, ErrReplaced) {
+	if _, err := reg.FollowUpgrade(ctx, "!old:x", "!other", nil, 0); !errors.Is(err, ErrReplaced) {
 		t.Fatalf("second replacement of one room: %v", err)
 	}
 	// Upgraded again: the chain is followed.
 	v12b := &power.Room{Version: "12", Creator: "@o:x"}
-	if _, err := reg.FollowUpgrade(ctx, "!new", "!newer", v12b); err != nil {
+	if _, err := reg.FollowUpgrade(ctx, "!new", "!newer", v12b, 0); err != nil {
 		t.Fatal(err)
 	}
 	if s, _ = reg.Site(ctx, "blog"); s.ModerationRoom != "!newer" || !reflect.DeepEqual(s.ModerationCreate, v12b) {
@@ -87,7 +94,7 @@ func TestFollowUpgradeOfCommentRoom(t *testing.T) {
 		t.Fatalf("create not indexed: %+v", r)
 	}
 	v12 := &power.Room{Version: "12", Creator: "@o:x"}
-	got, err := reg.FollowUpgrade(ctx, "!a:x", "!a2", v12)
+	got, err := reg.FollowUpgrade(ctx, "!a:x", "!a2", v12, 0)
 	if err != nil || got.RoomID != "!a2" || got.Section != "a" || got.Alias != "#c_blog_a:x" || !reflect.DeepEqual(got.Create, v12) {
 		t.Fatalf("FollowUpgrade = %+v, %v", got, err)
 	}
@@ -101,7 +108,7 @@ func TestFollowUpgradeOfCommentRoom(t *testing.T) {
 	if r, _ := reg.Lookup(ctx, "!a:x"); r.Section != "a" || r.ReplacedBy != "!a2" {
 		t.Fatalf("old room indexed as %+v", r)
 	}
-	if again, err := reg.FollowUpgrade(ctx, "!a:x", "!a2", nil); err != nil || !reflect.DeepEqual(again, got) {
+	if again, err := reg.FollowUpgrade(ctx, "!a:x", "!a2", nil, 0); err != nil || !reflect.DeepEqual(again, got) {
 		t.Fatalf("redelivery = %+v, %v; want %+v", again, err, got)
 	}
 	// A section whose alias now names a third room: the old room is only
@@ -115,10 +122,32 @@ func TestFollowUpgradeOfCommentRoom(t *testing.T) {
 	if err := reg.PutRoom(ctx, Room{Site: "blog", Section: "b", RoomID: "!b3:x"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := reg.FollowUpgrade(ctx, "!b:x", "!b2", nil); err != nil {
+	if _, err := reg.FollowUpgrade(ctx, "!b:x", "!b2", nil, 0); err != nil {
 		t.Fatal(err)
 	}
 	if r, _ := reg.Room(ctx, "blog", "b"); r.RoomID != "!b3:x" {
 		t.Fatalf("section b = %+v, want !b3:x kept", r)
+	}
+}
+
+// The old room's events from before its tombstone still count, whenever
+// they are handled; those after it, or when the tombstone's place is not
+// known, do not.
+func TestReplacedAfter(t *testing.T) {
+	for _, tc := range []struct {
+		replaced, seq uint64
+		counts        bool
+	}{
+		{7, 6, true},
+		{7, 1, true},
+		{7, 7, false},
+		{7, 8, false},
+		{0, 6, false},
+		{7, 0, false},
+	} {
+		r := Room{ReplacedBy: "!new", ReplacedSeq: tc.replaced}
+		if got := r.ReplacedAfter(tc.seq); got != tc.counts {
+			t.Errorf("tombstone at %d, event at %d: counts %v, want %v", tc.replaced, tc.seq, got, tc.counts)
+		}
 	}
 }

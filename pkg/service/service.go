@@ -13,7 +13,9 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -95,6 +97,12 @@ type Runtime struct {
 	ready atomic.Bool
 	// checks are the service's own readiness conditions (AddReadyCheck).
 	checks atomic.Pointer[[]func() error]
+	// details are lines /readyz shows without changing readiness
+	// (AddReadyDetail).
+	mu           sync.Mutex
+	details      []func() string
+	instanceOnce sync.Once
+	instance     string
 }
 
 // Start connects to NATS and ensures the topology. The runtime is not ready
@@ -102,6 +110,9 @@ type Runtime struct {
 func Start(ctx context.Context, name string, cfg *config.Config, log *slog.Logger) (*Runtime, error) {
 	if log == nil {
 		log = NewLogger(cfg, name)
+	}
+	for _, d := range cfg.Deprecations() {
+		log.Warn("deprecated setting: " + d)
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildinfo.Get().Collector())
@@ -160,7 +171,7 @@ func prepareTopology(ctx context.Context, cfg *config.Config, js jetstream.JetSt
 
 // Topology is the bus topology for a configuration.
 func Topology(cfg *config.Config) bus.Topology {
-	return bus.Topology{Replicas: cfg.NATSReplicas, MaxDeliver: cfg.MaxDeliver}
+	return bus.Topology{Replicas: cfg.NATSReplicas}
 }
 
 // ConnOptions maps the configuration to NATS connection options.
@@ -193,6 +204,30 @@ func (r *Runtime) AddReadyCheck(check func() error) {
 	}
 }
 
+// AddReadyDetail adds a line that /readyz shows when fn returns one. It
+// does not change readiness: it says what a ready service is struggling
+// with (the homeserver unreachable, say), which restarting it or taking
+// it out of service would not fix.
+func (r *Runtime) AddReadyDetail(fn func() string) {
+	r.mu.Lock()
+	r.details = append(r.details, fn)
+	r.mu.Unlock()
+}
+
+// ReadyDetails returns the current detail lines of /readyz.
+func (r *Runtime) ReadyDetails() []string {
+	r.mu.Lock()
+	fns := slices.Clone(r.details)
+	r.mu.Unlock()
+	var out []string
+	for _, fn := range fns {
+		if d := fn(); d != "" {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
 // Ready reports readiness: the service said so, NATS is connected, and
 // every check added with AddReadyCheck passes.
 func (r *Runtime) Ready() error {
@@ -221,12 +256,12 @@ func (r *Runtime) AdminHandler() http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		status := "ok"
 		if err := r.Ready(); err != nil {
 			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = io.WriteString(w, err.Error()+"\n")
-			return
+			status = err.Error()
 		}
-		_, _ = io.WriteString(w, "ok\n")
+		_, _ = io.WriteString(w, strings.Join(append([]string{status}, r.ReadyDetails()...), "\n")+"\n")
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(r.Metrics, promhttp.HandlerOpts{Registry: r.Metrics}))
 	return mux

@@ -3,6 +3,7 @@ package service
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
@@ -14,11 +15,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/cactus-comments/appservice/pkg/buildinfo"
 	"github.com/cactus-comments/appservice/pkg/bus"
 	"github.com/cactus-comments/appservice/pkg/config"
 	"github.com/cactus-comments/appservice/pkg/embednats"
 	"github.com/cactus-comments/appservice/pkg/logging"
+	"github.com/cactus-comments/appservice/pkg/matrix"
+	"github.com/cactus-comments/appservice/pkg/worker"
 )
 
 const asToken = "as-token-for-service-tests-0123456789"
@@ -48,7 +54,7 @@ func baseEnv(natsURL string) map[string]string {
 		"CACTUS_USER_ID":          "@cactusbot:example.org",
 		"CACTUS_NATS_URL":         natsURL,
 		"CACTUS_SHUTDOWN_TIMEOUT": "2s",
-		"CACTUS_MAX_DELIVER":      "3",
+		"CACTUS_RETRY_HORIZON":    "1h",
 	}
 }
 
@@ -91,12 +97,12 @@ func TestStartEnsuresTopology(t *testing.T) {
 	if err := topo.Check(ctx, rt.JS); err != nil {
 		t.Fatalf("topology not ensured: %v", err)
 	}
-	c, err := rt.JS.Consumer(ctx, bus.StreamEvents, bus.ConsumerBot)
+	c, err := rt.JS.Consumer(ctx, bus.StreamEvents, bus.ConsumerModeration)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := c.CachedInfo().Config.MaxDeliver; got != 4 {
-		t.Errorf("consumer MaxDeliver = %d, want CACTUS_MAX_DELIVER+1 = 4", got)
+	if got := c.CachedInfo().Config.MaxDeliver; got != -1 {
+		t.Errorf("consumer MaxDeliver = %d, want -1: workers decide when to give up", got)
 	}
 	if rt.Name != "test" || rt.Metrics == nil || rt.Log == nil {
 		t.Errorf("runtime %+v", rt)
@@ -350,7 +356,7 @@ func TestConnOptionsRevealSecretsOnlyToNATS(t *testing.T) {
 		t.Fatalf("ConnOptions = %+v", o)
 	}
 	topo := Topology(cfg)
-	if topo.Replicas != 1 || topo.MaxDeliver != 8 {
+	if topo.Replicas != 1 {
 		t.Fatalf("Topology = %+v", topo)
 	}
 }
@@ -376,5 +382,61 @@ func TestReadyChecks(t *testing.T) {
 	failing.Store(false)
 	if code, _ := get(t, h, "/readyz"); code != http.StatusOK {
 		t.Fatalf("/readyz after the check recovered = %d", code)
+	}
+}
+
+// A worker whose homeserver does not answer says so on /readyz, staying
+// ready, and in its status report; both clear once the homeserver answers.
+func TestReportWorker(t *testing.T) {
+	rt, _ := startRuntime(t)
+	rt.SetReady(true)
+	reg := prometheus.NewRegistry()
+	hs := matrix.NewMetrics(reg)
+	ctx, cancel := context.WithCancel(context.Background())
+	rt.ReportWorker(ctx, WorkerHealth{Homeserver: hs, Worker: worker.NewMetrics(reg)})
+	h := rt.AdminHandler()
+	if code, body := get(t, h, "/readyz"); code != 200 || body != "ok\n" {
+		t.Fatalf("/readyz = %d %q", code, body)
+	}
+	hs.Observe("ban", 0, time.Millisecond)
+	code, body := get(t, h, "/readyz")
+	if code != 200 || !strings.HasPrefix(body, "ok\nhomeserver unreachable since ") || !strings.Contains(body, "no response") {
+		t.Fatalf("/readyz while the homeserver does not answer = %d %q", code, body)
+	}
+	kv, err := rt.JS.KeyValue(ctx, bus.BucketStatus)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := bus.StatusKey(rt.Name, rt.Instance())
+	deadline := time.Now().Add(2 * bus.StatusEvery)
+	for {
+		e, err := kv.Get(ctx, key)
+		if err == nil {
+			var s bus.Status
+			if err := json.Unmarshal(e.Value(), &s); err != nil {
+				t.Fatal(err)
+			}
+			if s.HomeserverUnreachableSince != nil && s.Service == rt.Name {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no status report saying the homeserver is unreachable: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	hs.Observe("ban", 200, time.Millisecond)
+	if _, body := get(t, h, "/readyz"); body != "ok\n" {
+		t.Fatalf("/readyz after the homeserver answered = %q", body)
+	}
+	cancel()
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if _, err := kv.Get(context.Background(), key); errors.Is(err, jetstream.ErrKeyNotFound) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("status report left behind after the worker stopped")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

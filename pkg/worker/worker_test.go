@@ -19,6 +19,9 @@ import (
 	"github.com/cactus-comments/appservice/pkg/embednats"
 )
 
+// testConsumer consumes every bot event in the tests.
+const testConsumer = "worker-test"
+
 // waitFor is the failure deadline of conditions that have no signal. It is
 // never a pass condition.
 const waitFor = 15 * time.Second
@@ -31,24 +34,39 @@ type env struct {
 	met *Metrics
 }
 
-func newEnv(t *testing.T, maxDeliver int) *env {
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	return newEnvWith(t, bus.Topology{Memory: true})
+}
+
+func newEnvWith(t *testing.T, topo bus.Topology) *env {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
 	_, _, js := embednats.JetStreamTest(t)
-	if err := (bus.Topology{Memory: true, MaxDeliver: maxDeliver}).Ensure(ctx, js); err != nil {
+	if err := topo.Ensure(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	// A consumer of the bot's events in every partition, as the workers'
+	// consumers are configured.
+	if _, err := js.CreateConsumer(ctx, bus.StreamEvents, jetstream.ConsumerConfig{
+		Durable: testConsumer, FilterSubject: bus.EventFilter(bus.ClassBot), AckPolicy: jetstream.AckExplicitPolicy,
+		AckWait: bus.AckWait, MaxDeliver: -1, MaxAckPending: 512,
+	}); err != nil {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
 	return &env{t: t, ctx: ctx, js: js, reg: reg, met: NewMetrics(reg)}
 }
 
-func (e *env) options(maxDeliver, concurrency int) Options {
+func (e *env) options(concurrency int) Options {
 	return Options{
-		Stream: bus.StreamEvents, Consumer: bus.ConsumerBot,
-		Concurrency: concurrency, MaxDeliver: maxDeliver,
-		MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond,
-		Metrics: e.met,
+		Stream: bus.StreamEvents, Consumer: testConsumer,
+		Concurrency: concurrency,
+		MinBackoff:  time.Millisecond, MaxBackoff: 5 * time.Millisecond,
+		// Short pulls: tests stop workers often.
+		PullWait: 200 * time.Millisecond,
+		Metrics:  e.met,
 	}
 }
 
@@ -98,9 +116,23 @@ func (e *env) poll(what string, cond func() bool) {
 	}
 }
 
+// setAckWait changes the bot consumer's AckWait.
+func (e *env) setAckWait(d time.Duration) {
+	e.t.Helper()
+	c, err := e.js.Consumer(e.ctx, bus.StreamEvents, testConsumer)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cfg := c.CachedInfo().Config
+	cfg.AckWait = d
+	if _, err := e.js.CreateOrUpdateConsumer(e.ctx, bus.StreamEvents, cfg); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
 func (e *env) consumerInfo() *jetstream.ConsumerInfo {
 	e.t.Helper()
-	c, err := e.js.Consumer(e.ctx, bus.StreamEvents, bus.ConsumerBot)
+	c, err := e.js.Consumer(e.ctx, bus.StreamEvents, testConsumer)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -228,12 +260,12 @@ func (r *recorder) total() int {
 }
 
 func TestSuccessAcks(t *testing.T) {
-	e := newEnv(t, 5)
+	e := newEnv(t)
 	var rec recorder
 	for i := range 10 {
 		e.publish(fmt.Sprintf("!r%d:x", i%3), fmt.Sprintf("$e%d", i))
 	}
-	e.run(e.options(5, 4), func(_ context.Context, m jetstream.Msg) error {
+	e.run(e.options(4), func(_ context.Context, m jetstream.Msg) error {
 		rec.record(m)
 		return nil
 	})
@@ -251,19 +283,34 @@ func TestSuccessAcks(t *testing.T) {
 	}
 }
 
-func TestFailuresAreRedelivered(t *testing.T) {
-	e := newEnv(t, 5)
+// An ordered message that fails is retried in place: the same delivery,
+// a new attempt.
+func TestFailuresAreRetriedInPlace(t *testing.T) {
+	e := newEnv(t)
 	var rec recorder
+	var mu sync.Mutex
+	var attempts []int
 	e.publish("!r:x", "$flaky")
-	e.run(e.options(5, 2), func(_ context.Context, m jetstream.Msg) error {
+	e.run(e.options(2), func(ctx context.Context, m jetstream.Msg) error {
+		mu.Lock()
+		attempts = append(attempts, Attempt(ctx))
+		mu.Unlock()
 		if _, n := rec.record(m); n <= 2 {
 			return errors.New("homeserver said 502")
 		}
 		return nil
 	})
 	e.settled()
-	if got := rec.get("$flaky"); fmt.Sprint(got) != "[1 2 3]" {
-		t.Fatalf("deliveries %v, want [1 2 3]", got)
+	if got := rec.get("$flaky"); fmt.Sprint(got) != "[1 1 1]" {
+		t.Fatalf("deliveries %v, want [1 1 1]", got)
+	}
+	mu.Lock()
+	if fmt.Sprint(attempts) != "[1 2 3]" {
+		t.Errorf("attempts %v, want [1 2 3]", attempts)
+	}
+	mu.Unlock()
+	if ci := e.consumerInfo(); ci.NumRedelivered != 0 {
+		t.Errorf("%d redelivered", ci.NumRedelivered)
 	}
 	if e.dlqCount() != 0 {
 		t.Fatal("a message that succeeded was dead-lettered")
@@ -274,10 +321,10 @@ func TestFailuresAreRedelivered(t *testing.T) {
 }
 
 func TestPermanentErrorDeadLetters(t *testing.T) {
-	e := newEnv(t, 5)
+	e := newEnv(t)
 	var rec recorder
 	e.publish("!r:x", "$bad")
-	e.run(e.options(5, 2), func(_ context.Context, m jetstream.Msg) error {
+	e.run(e.options(2), func(_ context.Context, m jetstream.Msg) error {
 		id, _ := rec.record(m)
 		if id == "$bad" {
 			return fmt.Errorf("create room: %w", Permanent(errors.New("403 M_FORBIDDEN")))
@@ -285,14 +332,14 @@ func TestPermanentErrorDeadLetters(t *testing.T) {
 		return nil
 	})
 	dl := e.deadLetters(1)[0]
-	if dl.Reason != "create room: 403 M_FORBIDDEN" || dl.Source != bus.ConsumerBot || dl.Stream != bus.StreamEvents ||
+	if dl.Reason != "create room: 403 M_FORBIDDEN" || dl.Source != testConsumer || dl.Stream != bus.StreamEvents ||
 		dl.Subject != (bus.Topology{}).StoredSubject(bus.ClassBot, "!r:x") || dl.Delivered != 1 || string(dl.Data) != "$bad" {
 		t.Fatalf("dead letter %+v", dl)
 	}
-	if dl.Header.Get(bus.HeaderConsumer) != bus.ConsumerBot || dl.Header.Get(bus.HeaderTxnID) != "txn-$bad" ||
+	if dl.Header.Get(bus.HeaderConsumer) != testConsumer || dl.Header.Get(bus.HeaderTxnID) != "txn-$bad" ||
 		// Its own id (stream and sequence), never the original's, which
 		// would make a replay a duplicate.
-		dl.Header.Get(bus.HeaderMsgID) != "dlq:"+bus.StreamEvents+":"+bus.ConsumerBot+":1" {
+		dl.Header.Get(bus.HeaderMsgID) != "dlq:"+bus.StreamEvents+":"+testConsumer+":1" {
 		t.Fatalf("dead letter headers %v", dl.Header)
 	}
 	// A later message of the same room is handled after it (same lane), and
@@ -310,35 +357,44 @@ func TestPermanentErrorDeadLetters(t *testing.T) {
 	}
 }
 
-func TestMaxDeliverDeadLetters(t *testing.T) {
-	e := newEnv(t, 3)
+// Transient failures are retried by time: past the horizon, counted from
+// when the message was stored, it is dead-lettered with the last error.
+func TestHorizonDeadLetters(t *testing.T) {
+	e := newEnv(t)
 	var rec recorder
 	e.publish("!r:x", "$doomed")
-	e.run(e.options(3, 1), func(_ context.Context, m jetstream.Msg) error {
+	o := e.options(1)
+	o.Horizon = 300 * time.Millisecond
+	o.MinBackoff, o.MaxBackoff = 20*time.Millisecond, 50*time.Millisecond
+	e.run(o, func(_ context.Context, m jetstream.Msg) error {
 		if id, _ := rec.record(m); id == "$doomed" {
 			return errors.New("still 500")
 		}
 		return nil
 	})
 	dl := e.deadLetters(1)[0]
-	if dl.Delivered != 3 || dl.Reason != "still 500" {
-		t.Fatalf("dead letter %+v", dl)
+	n := len(rec.get("$doomed"))
+	if !strings.Contains(dl.Reason, "retry horizon") || !strings.HasSuffix(dl.Reason, ": still 500") || dl.Delivered != n || n < 2 {
+		t.Fatalf("dead letter %+v after %d attempts", dl, n)
+	}
+	if dl.Sequence != 1 || dl.Stream != bus.StreamEvents {
+		t.Fatalf("dead letter does not record where the message was: %+v", dl)
 	}
 	e.publish("!r:x", "$next")
 	e.settled()
-	if got := rec.get("$doomed"); fmt.Sprint(got) != "[1 2 3]" {
-		t.Fatalf("deliveries %v, want [1 2 3]", got)
+	if got := rec.get("$next"); len(got) != 1 {
+		t.Fatalf("$next handled %v", got)
 	}
-	if e.counter("retry") != 2 || e.counter("dead_letter") != 1 {
-		t.Errorf("metrics retry=%v dead_letter=%v", e.counter("retry"), e.counter("dead_letter"))
+	if e.counter("retry") != float64(n-1) || e.counter("dead_letter") != 1 {
+		t.Errorf("metrics retry=%v dead_letter=%v after %d attempts", e.counter("retry"), e.counter("dead_letter"), n)
 	}
 }
 
 func TestPanicDeadLetters(t *testing.T) {
-	e := newEnv(t, 5)
+	e := newEnv(t)
 	var rec recorder
 	e.publish("!r:x", "$poison")
-	e.run(e.options(5, 2), func(_ context.Context, m jetstream.Msg) error {
+	e.run(e.options(2), func(_ context.Context, m jetstream.Msg) error {
 		if id, _ := rec.record(m); id == "$poison" {
 			var nilMap map[string]int
 			nilMap["boom"]++
@@ -357,12 +413,12 @@ func TestPanicDeadLetters(t *testing.T) {
 }
 
 func TestRetryAfterHonoured(t *testing.T) {
-	e := newEnv(t, 5)
+	e := newEnv(t)
 	const delay = 300 * time.Millisecond
 	var mu sync.Mutex
 	var times []time.Time
 	e.publish("!r:x", "$limited")
-	e.run(e.options(5, 1), func(_ context.Context, m jetstream.Msg) error {
+	e.run(e.options(1), func(_ context.Context, m jetstream.Msg) error {
 		mu.Lock()
 		times = append(times, time.Now())
 		n := len(times)
@@ -384,7 +440,7 @@ func TestRetryAfterHonoured(t *testing.T) {
 }
 
 func TestOrderingPerSubjectConcurrencyAcross(t *testing.T) {
-	e := newEnv(t, 5)
+	e := newEnv(t)
 	const rooms, perRoom = 6, 15
 	for i := range perRoom {
 		for r := range rooms {
@@ -400,7 +456,7 @@ func TestOrderingPerSubjectConcurrencyAcross(t *testing.T) {
 		overlap    = make(chan struct{})
 		overlapped sync.Once
 	)
-	e.run(e.options(5, 4), func(_ context.Context, m jetstream.Msg) error {
+	e.run(e.options(4), func(_ context.Context, m jetstream.Msg) error {
 		room, seq, _ := strings.Cut(string(m.Data()), "/")
 		n, _ := strconv.Atoi(seq)
 		mu.Lock()
@@ -454,7 +510,7 @@ func TestOrderingPerSubjectConcurrencyAcross(t *testing.T) {
 }
 
 func TestShutdownFinishesRunningAndReturnsTheRest(t *testing.T) {
-	e := newEnv(t, 5)
+	e := newEnv(t)
 	for i := range 6 {
 		e.publish("!r:x", fmt.Sprintf("$e%d", i))
 	}
@@ -462,7 +518,7 @@ func TestShutdownFinishesRunningAndReturnsTheRest(t *testing.T) {
 	release := make(chan struct{})
 	var finished atomic.Bool
 	var first recorder
-	cancel, wait := e.run(e.options(5, 1), func(_ context.Context, m jetstream.Msg) error {
+	cancel, wait := e.run(e.options(1), func(_ context.Context, m jetstream.Msg) error {
 		id, _ := first.record(m)
 		if id == "$e0" {
 			close(started)
@@ -488,7 +544,7 @@ func TestShutdownFinishesRunningAndReturnsTheRest(t *testing.T) {
 	// A second worker gets everything the first did not finish, and not
 	// the finished message again.
 	var second recorder
-	e.run(e.options(5, 1), func(_ context.Context, m jetstream.Msg) error {
+	e.run(e.options(1), func(_ context.Context, m jetstream.Msg) error {
 		second.record(m)
 		return nil
 	})
@@ -507,7 +563,7 @@ func TestShutdownFinishesRunningAndReturnsTheRest(t *testing.T) {
 }
 
 func TestRunStopsWhenConsumerDisappears(t *testing.T) {
-	e := newEnv(t, 5)
+	e := newEnv(t)
 	if err := Run(e.ctx, e.js, Options{Stream: bus.StreamEvents, Consumer: "no-such-consumer"}, nil); err == nil {
 		t.Fatal("Run on a missing consumer returned nil")
 	}
@@ -515,13 +571,13 @@ func TestRunStopsWhenConsumerDisappears(t *testing.T) {
 	e.publish("!r:x", "$e")
 	done := make(chan error, 1)
 	go func() {
-		done <- Run(e.ctx, e.js, e.options(5, 1), func(context.Context, jetstream.Msg) error {
+		done <- Run(e.ctx, e.js, e.options(1), func(context.Context, jetstream.Msg) error {
 			handled <- struct{}{}
 			return nil
 		})
 	}()
 	<-handled
-	if err := e.js.DeleteConsumer(e.ctx, bus.StreamEvents, bus.ConsumerBot); err != nil {
+	if err := e.js.DeleteConsumer(e.ctx, bus.StreamEvents, testConsumer); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -554,46 +610,46 @@ func TestErrorMarkers(t *testing.T) {
 
 func TestBackoffBounds(t *testing.T) {
 	o := Options{MinBackoff: 100 * time.Millisecond, MaxBackoff: time.Second}
-	for delivered := 1; delivered <= 40; delivered++ {
-		base := min(o.MinBackoff<<min(delivered-1, 20), o.MaxBackoff)
+	for attempt := 1; attempt <= 40; attempt++ {
+		base := min(o.MinBackoff<<min(attempt-1, 20), o.MaxBackoff)
 		for range 50 {
-			d := o.backoff(delivered)
-			if d < base/2 || d > base {
-				t.Fatalf("backoff(%d) = %v, want within [%v, %v]", delivered, d, base/2, base)
+			d := o.backoff(attempt)
+			if d < base/2 || d > base || d < o.backoffFloor(attempt) {
+				t.Fatalf("backoff(%d) = %v, want within [%v, %v]", attempt, d, base/2, base)
 			}
 		}
 	}
 	huge := Options{MinBackoff: time.Hour, MaxBackoff: 2 * time.Hour}
-	if d := huge.backoff(30); d <= 0 || d > 2*time.Hour {
+	if d := huge.backoff(80); d <= 0 || d > 2*time.Hour {
 		t.Fatalf("backoff overflowed: %v", d)
+	}
+	// The production defaults: a second, doubling, capped at five minutes.
+	var def Options
+	def.defaults()
+	if def.ceiling(1) != time.Second || def.ceiling(4) != 8*time.Second || def.ceiling(100) != 5*time.Minute || def.Horizon != 24*time.Hour {
+		t.Fatalf("defaults: ceilings %v %v %v, horizon %v", def.ceiling(1), def.ceiling(4), def.ceiling(100), def.Horizon)
 	}
 }
 
 // TestQueuedMessagesKeptInProgress: messages waiting in a lane behind a
 // slow one outlive the consumer's AckWait without being redelivered.
 func TestQueuedMessagesKeptInProgress(t *testing.T) {
-	e := newEnv(t, 5)
-	const ackWait = 300 * time.Millisecond
-	c, err := e.js.Consumer(e.ctx, bus.StreamEvents, bus.ConsumerBot)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := c.CachedInfo().Config
-	cfg.AckWait = ackWait
-	if _, err := e.js.CreateOrUpdateConsumer(e.ctx, bus.StreamEvents, cfg); err != nil {
-		t.Fatal(err)
-	}
+	e := newEnv(t)
+	// Long enough that a loaded machine still signals many times per
+	// AckWait: only a worker that does not signal at all fails.
+	const ackWait = time.Second
+	e.setAckWait(ackWait)
 	for i := range 4 {
 		e.publish("!r:x", fmt.Sprintf("$e%d", i))
 	}
 	var rec recorder
-	o := e.options(5, 1)
-	o.Progress = ackWait / 6
+	o := e.options(1)
+	o.Progress = ackWait / 10
 	e.run(o, func(_ context.Context, m jetstream.Msg) error {
 		if id, _ := rec.record(m); id == "$e0" {
 			// Elapsed time is the point here: there is no signal for
 			// "AckWait has passed".
-			time.Sleep(4 * ackWait)
+			time.Sleep(3 * ackWait)
 		}
 		return nil
 	})
@@ -612,7 +668,7 @@ func TestQueuedMessagesKeptInProgress(t *testing.T) {
 // fixed lanes, its queued messages filled the lane and then blocked the
 // fetch loop for every other room.
 func TestSlowKeyDelaysOnlyItself(t *testing.T) {
-	e := newEnv(t, 5)
+	e := newEnv(t)
 	const stuckMsgs, others = 10, 20
 	for i := range stuckMsgs {
 		e.publish("!stuck:x", fmt.Sprintf("stuck/%d", i))
@@ -623,7 +679,7 @@ func TestSlowKeyDelaysOnlyItself(t *testing.T) {
 	release := make(chan struct{})
 	var othersDone, stuckDone atomic.Int32
 	allOthers := make(chan struct{})
-	e.run(e.options(5, 2), func(_ context.Context, m jetstream.Msg) error {
+	e.run(e.options(2), func(_ context.Context, m jetstream.Msg) error {
 		if strings.HasPrefix(string(m.Data()), "stuck/") {
 			<-release
 			stuckDone.Add(1)
@@ -648,7 +704,7 @@ func TestSlowKeyDelaysOnlyItself(t *testing.T) {
 
 // Unordered messages of one subject run concurrently.
 func TestUnorderedRunsConcurrently(t *testing.T) {
-	e := newEnv(t, 5)
+	e := newEnv(t)
 	for i := range 8 {
 		e.publish("!one:x", fmt.Sprintf("m/%d", i))
 	}
@@ -656,7 +712,7 @@ func TestUnorderedRunsConcurrently(t *testing.T) {
 	overlap := make(chan struct{})
 	var once sync.Once
 	var handled atomic.Int32
-	o := e.options(5, 4)
+	o := e.options(4)
 	o.OrderKey = Unordered
 	e.run(o, func(_ context.Context, _ jetstream.Msg) error {
 		if inFlight.Add(1) > 1 {
@@ -681,10 +737,10 @@ func TestUnorderedRunsConcurrently(t *testing.T) {
 // A service stopped between becoming ready and starting to consume stops
 // cleanly: Run with an already cancelled context returns nil.
 func TestRunWithCancelledContextIsACleanStop(t *testing.T) {
-	e := newEnv(t, 5)
+	e := newEnv(t)
 	ctx, cancel := context.WithCancel(e.ctx)
 	cancel()
-	if err := Run(ctx, e.js, e.options(5, 2), func(context.Context, jetstream.Msg) error { return nil }); err != nil {
+	if err := Run(ctx, e.js, e.options(2), func(context.Context, jetstream.Msg) error { return nil }); err != nil {
 		t.Fatalf("Run after cancel: %v", err)
 	}
 }

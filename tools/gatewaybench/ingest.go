@@ -247,7 +247,7 @@ func ensureTopology(ctx context.Context, url string, replicas int, batches bool)
 	// A new cluster takes a moment to elect its meta leader.
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		err = (bus.Topology{Replicas: replicas, MaxDeliver: 8}).Ensure(ctx, js)
+		err = (bus.Topology{Replicas: replicas}).Ensure(ctx, js)
 		if err == nil || time.Now().After(deadline) {
 			break
 		}

@@ -19,7 +19,7 @@ var required = map[string]string{
 // TestLoadMatchesConfigLoad pins envconf to config.Load: the same variables
 // must give the same Config, so the CLI and the services never disagree.
 func TestLoadMatchesConfigLoad(t *testing.T) {
-	env := map[string]string{"CACTUS_MAX_DELIVER": "3", "CACTUS_PUBLISH_TIMEOUT": "2s", "CACTUS_LOG_LEVEL": "debug"}
+	env := map[string]string{"CACTUS_CONCURRENCY": "3", "CACTUS_PUBLISH_TIMEOUT": "2s", "CACTUS_LOG_LEVEL": "debug"}
 	for k, v := range required {
 		env[k] = v
 	}
@@ -37,7 +37,7 @@ func TestLoadMatchesConfigLoad(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("envconf.Load differs from config.Load:\n got %#v\nwant %#v", *got, *want)
 	}
-	if got.MaxDeliver != 3 || got.PublishTimeout != 2*time.Second || got.HomeserverURL != "http://127.0.0.1:8008" {
+	if got.Concurrency != 3 || got.PublishTimeout != 2*time.Second || got.HomeserverURL != "http://127.0.0.1:8008" {
 		t.Fatalf("values not applied: %+v", got)
 	}
 }
@@ -50,7 +50,7 @@ func TestLoadErrors(t *testing.T) {
 		wantSub string
 	}{
 		{"missing required", "CACTUS_AS_TOKEN", nil, "CACTUS_AS_TOKEN: required"},
-		{"bad int", "", map[string]string{"CACTUS_MAX_DELIVER": "many"}, "CACTUS_MAX_DELIVER"},
+		{"bad int", "", map[string]string{"CACTUS_CONCURRENCY": "many"}, "CACTUS_CONCURRENCY"},
 		{"bad duration", "", map[string]string{"CACTUS_PUBLISH_TIMEOUT": "10"}, "CACTUS_PUBLISH_TIMEOUT"},
 		{"invalid url", "", map[string]string{"CACTUS_HOMESERVER_URL": "ftp://x"}, "CACTUS_HOMESERVER_URL"},
 	}
@@ -81,7 +81,7 @@ func TestFillDefaultsWithoutRequired(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.NATSURL != "nats://10.0.0.1:4222" || c.NATSReplicas != 1 || c.MaxDeliver != 8 {
+	if c.NATSURL != "nats://10.0.0.1:4222" || c.NATSReplicas != 1 || c.Concurrency != 16 {
 		t.Fatalf("unexpected %+v", c)
 	}
 }

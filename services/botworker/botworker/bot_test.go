@@ -61,7 +61,8 @@ func testConfig(t *testing.T, natsURL string, mutate func(*config.Config)) *conf
 		BotDisplayName: "Cactus Comments", NATSURL: natsURL, NATSReplicas: 1,
 		ListenAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", LogFormat: "text", LogLevel: "error",
 		PublishTimeout: time.Second, AliasQueryTimeout: time.Second, MaxBodyBytes: 1 << 20, BodyBytesInFlight: 8 << 20, BodyReadTimeout: 20 * time.Second, MinBodyRate: 1024, ShutdownTimeout: 5 * time.Second,
-		RegistrationLimit: 10, HomeserverTimeout: 5 * time.Second, MaxDeliver: 4, Concurrency: 4,
+		RegistrationLimit: 10, HomeserverTimeout: 5 * time.Second, Concurrency: 4,
+		RetryHorizon: time.Hour, RetryMaxBackoff: time.Second,
 	}
 	if mutate != nil {
 		mutate(cfg)

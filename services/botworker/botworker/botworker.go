@@ -4,9 +4,12 @@
 // recording the site in the registry the provisioner shares) and lists a
 // user's sites.
 //
-// It consumes the bot's events (bus.ConsumerBot) through pkg/worker, so
-// replicas share the work, each room's commands are handled in order, and
-// failures are retried with backoff or dead-lettered. Every side effect is
+// It consumes the bot's events as a member of their partitioned consumer
+// group (bus.Topology.BotGroup, pkg/partition): the rooms are split into
+// partitions, each consumed by one replica at a time through pkg/worker, so
+// replicas share the work, each room's commands are handled in order
+// however many replicas run, and failures are retried in place with
+// backoff or dead-lettered. Every side effect is
 // idempotent and derived from the triggering event: replies carry a
 // transaction id made from the event id, and a registration is a
 // create-if-absent on both the homeserver (the alias) and the registry.
@@ -26,11 +29,13 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/pkg/cas"
 	"github.com/cactus-comments/appservice/pkg/config"
 	"github.com/cactus-comments/appservice/pkg/event"
 	"github.com/cactus-comments/appservice/pkg/matrix"
 	"github.com/cactus-comments/appservice/pkg/mxid"
 	"github.com/cactus-comments/appservice/pkg/namespace"
+	"github.com/cactus-comments/appservice/pkg/partition"
 	"github.com/cactus-comments/appservice/pkg/registry"
 	"github.com/cactus-comments/appservice/pkg/service"
 	"github.com/cactus-comments/appservice/pkg/worker"
@@ -69,13 +74,12 @@ type Options struct {
 	// DocsURL, ClientScript and ClientStyle override where the bot's
 	// messages point for documentation and the web client's files.
 	DocsURL, ClientScript, ClientStyle string
-	// MinBackoff bounds the first redelivery delay of a failed message
-	// (default 500ms).
+	// MinBackoff is the first wait before a failed message is tried
+	// again (default 1 s, as every worker).
 	MinBackoff time.Duration
-	// OrderWait bounds how long an event holds a worker lane waiting for
-	// an earlier event of its room before it is handed back to JetStream
-	// to wait longer (default 2s).
-	OrderWait time.Duration
+	// Instance names this replica in the bot's partitioned consumer group
+	// (default: the host name and a random suffix).
+	Instance string
 }
 
 // Bot handles the bot's events. It is safe for concurrent use.
@@ -89,13 +93,17 @@ type Bot struct {
 	texts    texts
 	m        *metrics
 	wm       *worker.Metrics
+	pm       *partition.Metrics
+	hsm      *matrix.Metrics
+	group    bus.PartitionGroup
+	instance string
 	bot      mxid.UserID
 	ns       namespace.Namespace
 	mentions []string
 	now      func() time.Time
 	backoff  time.Duration
+	done     *cas.Bucket // done markers
 
-	turns  *turns
 	ours   *ttlCache // rooms known to be comment or moderation rooms
 	direct *ttlCache // direct-chat verdicts of rooms without a DM mark
 }
@@ -104,6 +112,7 @@ type Bot struct {
 func New(ctx context.Context, rt *service.Runtime, o Options) (*Bot, error) {
 	cfg := rt.Config
 	m := newMetrics(rt.Metrics)
+	hsm := matrix.NewMetrics(rt.Metrics)
 	if o.Now == nil {
 		o.Now = time.Now
 	}
@@ -112,8 +121,11 @@ func New(ctx context.Context, rt *service.Runtime, o Options) (*Bot, error) {
 			HomeserverURL:  cfg.HomeserverURL,
 			Token:          cfg.ASToken.Reveal(),
 			RequestTimeout: cfg.HomeserverTimeout,
-			Observe:        matrix.NewMetrics(rt.Metrics).Observe,
-			Logger:         rt.Log,
+			// A long rate limit goes back to the worker, which waits
+			// without holding a lane.
+			MaxRetryAfter: time.Second,
+			Observe:       hsm.Observe,
+			Logger:        rt.Log,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("botworker: %w", err)
@@ -127,9 +139,13 @@ func New(ctx context.Context, rt *service.Runtime, o Options) (*Bot, error) {
 		}
 		o.Registry = reg
 	}
-	kv, err := rt.JS.KeyValue(ctx, bus.BucketLimit)
+	sb, err := cas.Open(ctx, rt.JS, bus.BucketLimit)
 	if err != nil {
-		return nil, fmt.Errorf("botworker: open bucket %s: %w", bus.BucketLimit, err)
+		return nil, fmt.Errorf("botworker: %w", err)
+	}
+	done, err := cas.Open(ctx, rt.JS, bus.BucketDone)
+	if err != nil {
+		return nil, fmt.Errorf("botworker: %w", err)
 	}
 	t := texts{
 		ServerName: cfg.ServerName(), PublicURL: cfg.PublicHomeserverURL, Namespace: cfg.Namespace(),
@@ -150,25 +166,15 @@ func New(ctx context.Context, rt *service.Runtime, o Options) (*Bot, error) {
 		mentions = append(mentions, cfg.BotDisplayName)
 	}
 	if o.MinBackoff <= 0 {
-		o.MinBackoff = 500 * time.Millisecond
-	}
-	if o.OrderWait <= 0 {
-		o.OrderWait = 2 * time.Second
-	}
-	stream, err := rt.JS.Stream(ctx, bus.StreamEvents)
-	if err != nil {
-		return nil, fmt.Errorf("botworker: stream %s: %w", bus.StreamEvents, err)
-	}
-	cons, err := rt.JS.Consumer(ctx, bus.StreamEvents, bus.ConsumerBot)
-	if err != nil {
-		return nil, fmt.Errorf("botworker: consumer %s: %w", bus.ConsumerBot, err)
+		o.MinBackoff = time.Second
 	}
 	return &Bot{
 		cfg: cfg, log: rt.Log, js: rt.JS, hs: o.Homeserver, reg: o.Registry,
-		state: &state{kv: kv, now: o.Now}, texts: t, m: m, wm: worker.NewMetrics(rt.Metrics),
-		bot: bot, ns: cfg.Namespace(), mentions: mentions, now: o.Now, backoff: o.MinBackoff,
-		turns: &turns{kv: kv, stream: stream, consumer: cons, maxWait: o.OrderWait, recheck: 250 * time.Millisecond,
-			bot: bot.String(), log: rt.Log, waits: m.orderWaits},
+		state: &state{b: sb, now: o.Now}, texts: t, m: m, wm: worker.NewMetrics(rt.Metrics), hsm: hsm,
+		// Once per service, however many partitions it consumes.
+		pm:    partition.NewMetrics(rt.Metrics),
+		group: service.Topology(cfg).BotGroup(), instance: o.Instance,
+		bot: bot, ns: cfg.Namespace(), mentions: mentions, now: o.Now, backoff: o.MinBackoff, done: done,
 		ours:   newTTLCache(o.Now, time.Minute, 50_000),
 		direct: newTTLCache(o.Now, time.Minute, 50_000),
 	}, nil
@@ -208,41 +214,66 @@ func Run(ctx context.Context, cfg *config.Config) error {
 		return err
 	}
 	rt.SetReady(true)
+	rt.ReportWorker(ctx, service.WorkerHealth{Homeserver: b.hsm, Worker: b.wm})
 	rt.Log.Info("botworker ready", "bot", b.bot.String(), "concurrency", cfg.Concurrency)
 	err = b.Consume(ctx)
 	rt.SetReady(false)
 	return err
 }
 
-// Consume handles the bot's events until ctx ends.
+// Consume handles the bot's events until ctx ends: the replica joins the
+// bot's partitioned consumer group and consumes the partitions it owns,
+// all of them sharing CACTUS_CONCURRENCY lanes.
 func (b *Bot) Consume(ctx context.Context) error {
-	return worker.Run(ctx, b.js, worker.Options{
-		Stream:      bus.StreamEvents,
-		Consumer:    bus.ConsumerBot,
-		Concurrency: b.cfg.Concurrency,
-		MaxDeliver:  b.cfg.MaxDeliver,
-		MinBackoff:  b.backoff,
-		Log:         b.log,
-		Metrics:     b.wm,
-	}, b.HandleMsg)
+	lanes := worker.NewLanes(b.cfg.Concurrency)
+	consume := func(ctx context.Context, consumer string) error {
+		return worker.Run(ctx, b.js, worker.Options{
+			Stream:     b.group.Stream,
+			Consumer:   consumer,
+			Lanes:      lanes,
+			Horizon:    b.cfg.RetryHorizon,
+			MinBackoff: b.backoff,
+			MaxBackoff: b.cfg.RetryMaxBackoff,
+			// A room's events in order: retried in place (the default
+			// order key is the subject, which names the room), pulled
+			// through the group's pinned priority group, in short pulls,
+			// and handed back in order within the partition's grace
+			// period: pkg/partition's contract.
+			PriorityGroup: b.group.PriorityGroup,
+			PullWait:      partitionPullWait,
+			Grace:         bus.PartitionGrace - partitionPullWait - time.Second,
+			Done:          b.done,
+			Log:           b.log,
+			Metrics:       b.wm,
+		}, b.HandleMsg)
+	}
+	m, err := partition.New(b.js, b.group, consume, partition.Options{
+		Instance: b.instance, Log: b.log, Metrics: b.pm,
+	})
+	if err != nil {
+		return fmt.Errorf("botworker: %w", err)
+	}
+	return m.Run(ctx)
 }
 
-// HandleMsg is the worker handler: one event from the bot's consumer.
-// Events of rooms that are not ours wait for the earlier events of their
-// room (see turns), and mark themselves finished once they will not be
-// delivered again: handled, refused for good, or on their last delivery.
-func (b *Bot) HandleMsg(ctx context.Context, m jetstream.Msg) (err error) {
+// partitionPullWait bounds one pull from a partition consumer: a pull the
+// server may still answer after this replica died is covered by the
+// partition lease only for a few seconds.
+const partitionPullWait = 2 * time.Second
+
+// HandleMsg is the worker handler: one event of the bot's partitions. The
+// worker hands a room's events over one at a time, in stream order, and
+// retries a failing one in place before the next; the partition group
+// makes this replica the only one consuming the room's partition.
+func (b *Bot) HandleMsg(ctx context.Context, m jetstream.Msg) error {
 	ev, err := event.Decode(m.Data())
 	if err != nil {
 		return worker.Permanent(fmt.Errorf("botworker: %w", err))
 	}
-	md, err := m.Metadata()
-	if err != nil || ev.Sender == b.bot.String() {
-		// The bot's own events have no effect that depends on order (see
-		// turns.firstUnfinished).
-		return b.HandleEvent(ctx, ev, err == nil && int(md.NumDelivered) >= b.cfg.MaxDeliver)
+	last := worker.LastAttempt(ctx)
+	if ev.Sender == b.bot.String() {
+		return b.HandleEvent(ctx, ev, last)
 	}
-	last := int(md.NumDelivered) >= b.cfg.MaxDeliver
 	ours, err := b.isOurRoom(ctx, ev.RoomID)
 	if err != nil {
 		return err
@@ -250,27 +281,12 @@ func (b *Bot) HandleMsg(ctx context.Context, m jetstream.Msg) (err error) {
 	if ours {
 		return b.handleEvent(ctx, ev, last, roomOurs)
 	}
-	// The last two deliveries go ahead even out of order: the last one
-	// must be a real attempt, and the one before it a chance to retry.
-	force := int(md.NumDelivered) >= b.cfg.MaxDeliver-1
-	tn, err := b.turns.wait(ctx, m.Subject(), ev.RoomID, md.Sequence.Stream, force)
-	if errors.Is(err, errTurn) {
-		return worker.RetryAfter(err, b.turns.maxWait/2)
-	}
-	if err != nil {
+	// Invites and commands have effects a second run must not repeat
+	// once the homeserver has forgotten their transaction ids: an event
+	// stored again after the duplicate window is recognised here.
+	if done, err := worker.CheckDone(ctx, ev.EventID); err != nil || done {
 		return err
 	}
-	defer func() {
-		p := recover()
-		if err == nil || last || worker.IsPermanent(err) || p != nil {
-			if ferr := b.turns.finish(ctx, tn); ferr != nil {
-				b.log.Warn("could not record the event as finished; later events of the room will wait", "event_id", ev.EventID, "room_id", ev.RoomID, "err", ferr)
-			}
-		}
-		if p != nil {
-			panic(p)
-		}
-	}()
 	return b.handleEvent(ctx, ev, last, roomNotOurs)
 }
 

@@ -67,7 +67,11 @@ func TestConsume(t *testing.T) {
 		t.Fatalf("no dead letter: %v", err)
 	}
 	dl := bus.ReadDeadLetter(m)
-	if dl.Source != bus.ConsumerBot || !strings.Contains(dl.Reason, "malformed") || string(dl.Data) != "{not json" {
+	g := (bus.Topology{}).BotGroup()
+	if want := g.Consumer(bus.PartitionOf(dmRoom, g.Partitions)); dl.Source != want {
+		t.Errorf("dead letter from %s, want the room's partition consumer %s", dl.Source, want)
+	}
+	if !strings.Contains(dl.Reason, "malformed") || string(dl.Data) != "{not json" {
 		t.Fatalf("dead letter %+v", dl)
 	}
 }

@@ -14,7 +14,6 @@ type metrics struct {
 	handleTime   *prometheus.HistogramVec
 	invites      *prometheus.CounterVec
 	ignored      *prometheus.CounterVec
-	orderWaits   *prometheus.CounterVec
 }
 
 // Command outcomes.
@@ -56,12 +55,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "cactus_bot_ignored_total",
 			Help: "Messages the bot did not treat as commands, by reason.",
 		}, []string{"reason"}),
-		orderWaits: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "cactus_bot_order_waits_total",
-			Help: "Events that waited for an earlier event of their room, by outcome (waited; redelivered: handed back to wait longer; out_of_order: went ahead on their last deliveries).",
-		}, []string{"outcome"}),
 	}
-	reg.MustRegister(m.commands, m.replyLatency, m.handleTime, m.invites, m.ignored, m.orderWaits)
+	reg.MustRegister(m.commands, m.replyLatency, m.handleTime, m.invites, m.ignored)
 	// Every label value an alert or dashboard uses exists at 0 from the
 	// start, so increase() sees the first event after a restart.
 	for _, o := range []string{"joined", "rejected", "failed"} {
@@ -73,9 +68,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		for _, o := range []string{outcomeOK, outcomeCreated, outcomeRedelivered, outcomeUsage, outcomeInvalid, outcomeTaken, outcomeOwned, outcomeLimit, outcomeHSError, outcomeSilent, outcomeError} {
 			m.commands.WithLabelValues(k.String(), o)
 		}
-	}
-	for _, o := range []string{"waited", "redelivered", "out_of_order"} {
-		m.orderWaits.WithLabelValues(o)
 	}
 	return m
 }

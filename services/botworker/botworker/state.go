@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/pkg/cas"
 )
 
 // state is the bot's own bookkeeping in the bus.BucketLimit bucket, shared
@@ -18,7 +19,7 @@ import (
 // direct chats. Losing it loses no site: the registry and the homeserver
 // hold those; only the limit counts restart from zero.
 type state struct {
-	kv  jetstream.KeyValue
+	b   *cas.Bucket
 	now func() time.Time
 }
 
@@ -135,20 +136,11 @@ func (s *state) release(ctx context.Context, user, site, eventID string) error {
 // update applies fn to the user's record with compare-and-set, retrying
 // when another replica wrote in between.
 func (s *state) update(ctx context.Context, key string, fn func(*userRecord) (bool, error)) error {
-	for attempt := 0; ; attempt++ {
-		var (
-			r   userRecord
-			rev uint64
-		)
-		e, err := s.kv.Get(ctx, key)
-		switch {
-		case errors.Is(err, jetstream.ErrKeyNotFound):
-		case err != nil:
-			return fmt.Errorf("bot state: get %s: %w", key, err)
-		default:
-			rev = e.Revision()
-			if err := json.Unmarshal(e.Value(), &r); err != nil {
-				return fmt.Errorf("bot state: decode %s: %w", key, err)
+	_, err := s.b.Update(ctx, key, func(cur []byte) ([]byte, bool, error) {
+		var r userRecord
+		if cur != nil {
+			if err := json.Unmarshal(cur, &r); err != nil {
+				return nil, false, fmt.Errorf("bot state: decode %s: %w", key, err)
 			}
 		}
 		if r.Sites == nil {
@@ -156,40 +148,23 @@ func (s *state) update(ctx context.Context, key string, fn func(*userRecord) (bo
 		}
 		changed, err := fn(&r)
 		if err != nil || !changed {
-			return err
+			return nil, false, err
 		}
 		b, err := json.Marshal(r)
 		if err != nil {
-			return fmt.Errorf("bot state: encode %s: %w", key, err)
+			return nil, false, fmt.Errorf("bot state: encode %s: %w", key, err)
 		}
-		if rev == 0 {
-			_, err = s.kv.Create(ctx, key, b)
-		} else {
-			_, err = s.kv.Update(ctx, key, b, rev)
-		}
-		if err == nil {
-			return nil
-		}
-		if !isConflict(err) || attempt >= 50 {
-			return fmt.Errorf("bot state: write %s: %w", key, err)
-		}
-		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("bot state: write %s: %w", key, err)
-		}
+		return b, true, nil
+	})
+	if err != nil {
+		return fmt.Errorf("bot state: %w", err)
 	}
-}
-
-func isConflict(err error) bool {
-	if errors.Is(err, jetstream.ErrKeyExists) {
-		return true
-	}
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+	return nil
 }
 
 // markDirect remembers that room is a direct chat with inviter.
 func (s *state) markDirect(ctx context.Context, room, inviter string) error {
-	if _, err := s.kv.Put(ctx, dmKey(room), []byte(inviter)); err != nil {
+	if _, err := s.b.KV().Put(ctx, dmKey(room), []byte(inviter)); err != nil {
 		return fmt.Errorf("bot state: mark direct %s: %w", room, err)
 	}
 	return nil
@@ -197,9 +172,11 @@ func (s *state) markDirect(ctx context.Context, room, inviter string) error {
 
 // isDirect reports whether room was marked as a direct chat.
 func (s *state) isDirect(ctx context.Context, room string) (bool, error) {
-	_, err := s.kv.Get(ctx, dmKey(room))
+	// From the leader: the invite that marked it may have been handled
+	// a moment ago on another replica.
+	_, err := s.b.Get(ctx, dmKey(room))
 	switch {
-	case errors.Is(err, jetstream.ErrKeyNotFound):
+	case errors.Is(err, cas.ErrNotFound):
 		return false, nil
 	case err != nil:
 		return false, fmt.Errorf("bot state: direct %s: %w", room, err)
@@ -209,7 +186,7 @@ func (s *state) isDirect(ctx context.Context, room string) (bool, error) {
 
 // forgetDirect drops the mark when the bot leaves a room.
 func (s *state) forgetDirect(ctx context.Context, room string) error {
-	if err := s.kv.Purge(ctx, dmKey(room)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+	if err := s.b.KV().Purge(ctx, dmKey(room)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 		return fmt.Errorf("bot state: forget direct %s: %w", room, err)
 	}
 	return nil

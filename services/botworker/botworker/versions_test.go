@@ -103,7 +103,7 @@ func TestInviteToUpgradedModerationRoom(t *testing.T) {
 		ModerationCreate: &power.Room{Version: "10", Creator: botID}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.reg.FollowUpgrade(e.ctx, "!old:example.org", next, nil); err != nil {
+	if _, err := e.reg.FollowUpgrade(e.ctx, "!old:example.org", next, nil, 0); err != nil {
 		t.Fatal(err)
 	}
 	e.hs.addRoom(next, map[string]string{alice: "join", botID: "invite"})

@@ -59,8 +59,9 @@ func testConfig(t testing.TB) *config.Config {
 		ShutdownTimeout:   10 * time.Second,
 		RegistrationLimit: 10,
 		HomeserverTimeout: 5 * time.Second,
-		MaxDeliver:        3,
 		Concurrency:       4,
+		RetryHorizon:      time.Hour,
+		RetryMaxBackoff:   time.Second,
 	}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)

@@ -83,7 +83,7 @@ func TestReplayDeadLetter(t *testing.T) {
 		t.Fatalf("replay of the spoofed event: %v", err)
 	}
 	worker := dls["big"]
-	worker.Source = bus.ConsumerBot
+	worker.Source = bus.ConsumerModeration
 	if _, err := ReplayDeadLetter(ctx, e.rt.JS, testBot, worker); err == nil {
 		t.Fatal("a worker's dead letter replayed as the gateway's")
 	}

@@ -52,9 +52,12 @@ func (p *Provisioner) serveAliasQuery(ctx context.Context, m *nats.Msg) {
 		p.reply(m, bus.AliasAnswer{Error: "malformed alias query"})
 		return
 	}
-	// Bound the work by what the gateway waits for: an answer after it
-	// gave up helps nobody.
-	ctx, cancel := context.WithTimeout(ctx, p.cfg.AliasQueryTimeout)
+	// The work is not bounded by what the gateway waits for: a createRoom
+	// the homeserver answers late has created the room all the same, and
+	// the homeserver will not ask about the alias again, so the registry
+	// write and the creation-time bans must happen anyway. The answer may
+	// then come too late for the gateway; nobody needs it.
+	ctx, cancel := context.WithTimeout(ctx, p.aliasWorkBound())
 	defer cancel()
 	ans, outcome, err := p.AliasQuery(ctx, q.Alias)
 	p.m.aliasLatency.Observe(time.Since(start).Seconds())
@@ -70,6 +73,12 @@ func (p *Provisioner) serveAliasQuery(ctx context.Context, m *nats.Msg) {
 		log.Debug("alias query answered")
 	}
 	p.reply(m, ans)
+}
+
+// aliasWorkBound bounds one alias query's work: every attempt of the
+// createRoom at the homeserver's request timeout, then the bookkeeping.
+func (p *Provisioner) aliasWorkBound() time.Duration {
+	return p.cfg.AliasQueryTimeout + 4*p.cfg.HomeserverTimeout
 }
 
 func (p *Provisioner) reply(m *nats.Msg, ans bus.AliasAnswer) {
@@ -148,6 +157,11 @@ func (p *Provisioner) provision(ctx context.Context, parsed namespace.Parsed) (b
 		if errors.As(err, &me) && me.Message != "" {
 			msg = me.Message
 		}
+		if !matrix.IsPermanent(err) {
+			// A timeout, a lost connection or a 5xx: the room may exist
+			// now. A job finds out later, and records it if it does.
+			p.queueResolve(ctx, parsed)
+		}
 		return bus.AliasAnswer{Error: msg}, "error", fmt.Errorf("create room %s: %w", parsed.Alias, err)
 	}
 	p.m.roomsCreated.Inc()
@@ -200,8 +214,31 @@ func (p *Provisioner) recordExisting(ctx context.Context, parsed namespace.Parse
 	}
 	if err := p.reg.PutRoom(ctx, room); err != nil {
 		p.log.Warn("existing comment room not recorded", "alias", parsed.Alias.String(), "err", err)
+		return ans, "exists", nil
 	}
+	// Created by an attempt whose answer we never saw: it never got the
+	// site's bans either.
+	if err := p.publishJob(ctx, Job{Kind: KindSync, Site: parsed.Site, Room: roomID.String(), Cause: "found:" + roomID.String()}); err != nil {
+		p.log.Error("existing comment room recorded, but its ban sync not queued", "room_id", roomID.String(), "err", err)
+	}
+	p.log.Info("existing comment room recorded; its bans follow", "alias", parsed.Alias.String(), "room_id", roomID.String())
 	return ans, "exists", nil
+}
+
+// queueResolve hands an alias whose createRoom had an unknown outcome to
+// a job that looks it up later (see resolveAlias).
+func (p *Provisioner) queueResolve(ctx context.Context, parsed namespace.Parsed) {
+	// The query's own time may be up: that is often why the outcome is
+	// unknown.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	j := Job{Kind: KindResolve, Site: parsed.Site, Section: parsed.Section, Alias: parsed.Alias.String(), Cause: "create:" + parsed.Alias.String()}
+	if err := p.publishJob(ctx, j); err != nil {
+		p.log.Error("createRoom outcome unknown and its resolve job not queued: if the room exists it lacks the registry entry and the site's bans until a registry rebuild",
+			"alias", parsed.Alias.String(), "err", err)
+		return
+	}
+	p.log.Warn("createRoom outcome unknown; a job will look the alias up", "alias", parsed.Alias.String())
 }
 
 // applyBans bans in a new room everyone the site's snapshot bans, several

@@ -31,21 +31,40 @@ const (
 	// KindSync: every user of the snapshot's ban list is banned in Room
 	// (a new room whose bans failed at creation).
 	KindSync = "sync"
+	// KindResolve: a comment room whose createRoom had an unknown outcome
+	// (timeout, lost connection, 5xx): Alias is looked up, and a room
+	// found is recorded and synced as KindSync does.
+	KindResolve = "resolve"
 )
 
 // Job is one unit of fan-out work: one room of one site.
 type Job struct {
-	Kind  string `json:"kind"`
-	Site  string `json:"site"`
-	Room  string `json:"room"`
-	User  string `json:"user,omitempty"`
-	Cause string `json:"cause"` // the event (or room creation) that caused it
+	Kind string `json:"kind"`
+	Site string `json:"site"`
+	Room string `json:"room"`
+	User string `json:"user,omitempty"`
+	// Alias and Section name the comment room of a KindResolve job.
+	Alias   string `json:"alias,omitempty"`
+	Section string `json:"section,omitempty"`
+	Cause   string `json:"cause"` // the event (or room creation) that caused it
+	// Recheck asks the job to read the room's state before acting: an
+	// earlier run of its cause (a retry, a replay) may have acted already.
+	Recheck bool `json:"recheck,omitempty"`
 }
 
 // msgID names a job for JetStream's deduplication: a moderation event
 // redelivered after its jobs were queued queues none twice.
 func (j Job) msgID() string {
-	return j.Cause + "|" + j.Kind + "|" + j.Room + "|" + j.User
+	return j.Cause + "|" + j.Kind + "|" + j.target() + "|" + j.User
+}
+
+// target is the room the job is about: its id, or for a KindResolve job
+// its alias.
+func (j Job) target() string {
+	if j.Kind == KindResolve {
+		return j.Alias
+	}
+	return j.Room
 }
 
 func (j Job) msg() (*nats.Msg, error) {
@@ -53,7 +72,7 @@ func (j Job) msg() (*nats.Msg, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode job: %w", err)
 	}
-	m := nats.NewMsg(bus.JobSubject(j.Kind, j.Site, j.Room))
+	m := nats.NewMsg(bus.JobSubject(j.Kind, j.Site, j.target()))
 	m.Header.Set(bus.HeaderMsgID, j.msgID())
 	m.Data = b
 	return m, nil
@@ -130,9 +149,10 @@ func (p *Provisioner) handleJob(ctx context.Context, m jetstream.Msg) error {
 		p.m.jobs.WithLabelValues("unknown", "failed").Inc()
 		return worker.Permanent(fmt.Errorf("undecodable job: %w", err))
 	}
-	delivered := 1
-	if md, err := m.Metadata(); err == nil {
-		delivered = int(md.NumDelivered)
+	attempt := worker.Attempt(ctx)
+	if j.Kind == KindResolve {
+		did, err := p.resolveAlias(ctx, j, m)
+		return p.jobDone(ctx, j, did, err, attempt)
 	}
 	room, err := mxid.ParseRoomID(j.Room)
 	if err != nil {
@@ -142,7 +162,7 @@ func (p *Provisioner) handleJob(ctx context.Context, m jetstream.Msg) error {
 	var did bool
 	switch j.Kind {
 	case KindMember:
-		did, err = p.convergeMember(ctx, j, room, delivered > 1)
+		did, err = p.convergeMember(ctx, j, room, j.Recheck || worker.Retried(ctx))
 	case KindPower:
 		did, err = p.convergePower(ctx, j, room)
 	case KindSync:
@@ -150,11 +170,16 @@ func (p *Provisioner) handleJob(ctx context.Context, m jetstream.Msg) error {
 	default:
 		err = worker.Permanent(fmt.Errorf("unknown job kind %q", j.Kind))
 	}
-	log := p.log.With("kind", j.Kind, "site", j.Site, "room_id", j.Room, "cause", j.Cause, "delivered", delivered)
+	return p.jobDone(ctx, j, did, err, attempt)
+}
+
+// jobDone counts a job's outcome and maps its error onto the retry rules.
+func (p *Provisioner) jobDone(ctx context.Context, j Job, did bool, err error, attempt int) error {
+	log := p.log.With("kind", j.Kind, "site", j.Site, "room_id", j.Room, "cause", j.Cause, "attempt", attempt)
 	if err != nil {
 		err = classify(err)
 		outcome := "retried"
-		if worker.IsPermanent(err) || delivered >= p.cfg.MaxDeliver {
+		if worker.IsPermanent(err) || worker.LastAttempt(ctx) {
 			outcome = "failed"
 		}
 		p.m.jobs.WithLabelValues(j.Kind, outcome).Inc()
@@ -171,6 +196,54 @@ func (p *Provisioner) handleJob(ctx context.Context, m jetstream.Msg) error {
 		p.log.Info("fan-out progress", "jobs_done_here", n, "jobs_pending_all", pending)
 	}
 	return nil
+}
+
+// resolveAlias looks up the alias of a comment room whose creation had an
+// unknown outcome. A room found is recorded, and gets the site's bans. A
+// room not found may still be on its way (the homeserver can take longer
+// than our request timeout), so the lookup is repeated for a while before
+// the job concludes that nothing was created; the next visitor's query
+// then creates it.
+func (p *Provisioner) resolveAlias(ctx context.Context, j Job, m jetstream.Msg) (bool, error) {
+	alias, err := mxid.ParseRoomAlias(j.Alias)
+	if err != nil {
+		return false, worker.Permanent(fmt.Errorf("resolve job with a bad alias: %w", err))
+	}
+	if r, err := p.reg.Room(ctx, j.Site, j.Section); err == nil {
+		// Recorded meanwhile (the query's own bookkeeping, or another
+		// visitor's query found it): that path synced the bans.
+		p.log.Info("resolve job: room already recorded", "alias", j.Alias, "room_id", r.RoomID)
+		return false, nil
+	}
+	roomID, err := p.hs.ResolveAlias(ctx, alias)
+	if matrix.IsNotFound(err) {
+		stored := time.Now()
+		if md, merr := m.Metadata(); merr == nil {
+			stored = md.Timestamp
+		}
+		if time.Since(stored) < p.resolveWindow() {
+			// Not the homeserver's 404 itself: that would read as a
+			// permanent refusal.
+			return false, worker.RetryAfter(fmt.Errorf("alias %s not there yet (%v)", j.Alias, err), p.resolveWindow()/8)
+		}
+		p.log.Info("resolve job: the room was never created", "alias", j.Alias)
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	room := registry.Room{Site: j.Site, Section: j.Section, RoomID: roomID.String(), Alias: j.Alias}
+	if err := p.reg.PutRoom(ctx, room); err != nil {
+		return false, err
+	}
+	p.log.Info("resolve job: room created by a createRoom whose answer was lost; recorded", "alias", j.Alias, "room_id", roomID.String())
+	return p.syncBans(ctx, Job{Kind: KindSync, Site: j.Site, Room: roomID.String(), Cause: j.Cause}, roomID)
+}
+
+// resolveWindow is how long a resolve job keeps looking for a room that
+// may still be on its way.
+func (p *Provisioner) resolveWindow() time.Duration {
+	return max(4*p.cfg.HomeserverTimeout, 30*time.Second)
 }
 
 // classify maps homeserver errors onto the worker's retry rules: a rate

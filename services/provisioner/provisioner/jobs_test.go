@@ -34,10 +34,25 @@ func TestJobMessage(t *testing.T) {
 		{Kind: KindMember, Site: j.Site, Room: j.Room, User: "@v:example.org", Cause: j.Cause},
 		{Kind: KindMember, Site: j.Site, Room: j.Room, User: j.User, Cause: "$ev2"},
 		{Kind: KindPower, Site: j.Site, Room: j.Room, Cause: j.Cause},
+		{Kind: KindMember, Site: j.Site, Room: j.Room, User: j.User, Cause: j.Cause + "/replay/7"},
 	} {
 		if other.msgID() == j.msgID() {
 			t.Errorf("%+v shares the message id of %+v", other, j)
 		}
+	}
+	// A resolve job has no room id yet: its alias names it.
+	r := Job{Kind: KindResolve, Site: j.Site, Alias: "#comments_blog.example.org_a:example.org", Section: "a", Cause: "create:x"}
+	rm, err := r.msg()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := bus.JobSubject(KindResolve, r.Site, r.Alias); rm.Subject != want {
+		t.Errorf("resolve subject = %q, want %q", rm.Subject, want)
+	}
+	r2 := r
+	r2.Alias = "#comments_blog.example.org_b:example.org"
+	if r.msgID() == r2.msgID() {
+		t.Error("resolve jobs of two aliases share a message id")
 	}
 }
 

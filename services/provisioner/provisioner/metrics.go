@@ -51,7 +51,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		moderation: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cactus_provisioner_moderation_events_total",
-			Help: "Moderation events by what was done (ban, unban, power_levels, upgrade, alias, echo, ignored; deferred: power levels set in a moderation room the bot cannot read yet, the last snapshot stays in force).",
+			Help: "Moderation events by what was done (ban, unban, power_levels, upgrade, alias, echo, ignored; deferred: an attempt at power levels set in a moderation room the bot cannot read yet, retried until it can while the last snapshot stays in force; duplicate: handled before, found by its done marker).",
 		}, []string{"action"}),
 		registryMisses: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cactus_provisioner_registry_fallbacks_total",
@@ -82,13 +82,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, o := range []string{"created", "exists", "unknown_site", "not_comment_room", "error", "bad_request"} {
 		m.aliasQueries.WithLabelValues(o)
 	}
-	for _, k := range []string{KindMember, KindPower, KindSync} {
+	for _, k := range []string{KindMember, KindPower, KindSync, KindResolve} {
 		m.jobsPublished.WithLabelValues(k)
 		for _, o := range []string{"done", "noop", "retried", "failed"} {
 			m.jobs.WithLabelValues(k, o)
 		}
 	}
-	for _, a := range []string{"ban", "unban", "power_levels", "alias", "echo", "ignored", "deferred"} {
+	for _, a := range []string{"ban", "unban", "power_levels", "upgrade", "alias", "echo", "ignored", "deferred", "duplicate"} {
 		m.moderation.WithLabelValues(a)
 	}
 	for _, r := range []string{"imported", "absent"} {

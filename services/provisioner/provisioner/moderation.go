@@ -1,11 +1,11 @@
 package provisioner
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -17,16 +17,23 @@ import (
 	"github.com/cactus-comments/appservice/pkg/worker"
 )
 
-// handleModeration applies one moderation event. The consumer hands them
-// over one at a time in stream order (invariant 5); the work itself is
-// queued as jobs, so this stays short even for a site with many rooms.
+// handleModeration applies one moderation event to its site's snapshot
+// and fans the change out as one job per room.
 //
-// The snapshot in the registry is updated first, then jobs are queued.
-// Jobs are queued only when the snapshot changed, or when this is a
-// redelivery (the previous attempt may have changed the snapshot and died
-// before queuing): an event that changes nothing, such as a moderator
-// banning a user the site already bans, costs no homeserver call. The job
-// ids derive from the event id, so a redelivery queues nothing twice.
+// Events are handled concurrently, in any order, on any replica: the
+// snapshot keeps, for each decision (a user's ban, the power levels), the
+// event-stream sequence of the event that made it, and an event only
+// changes a decision that an older event made (registry.Site.DecideBan).
+// So a slow or rate-limited site holds only its own events, and the
+// snapshot still ends as in-order application would leave it. The jobs
+// converge each room on the snapshot as it is when they run.
+//
+// Jobs are queued only when the snapshot changed, or when an earlier
+// attempt may have changed it and died before queuing (a retry), or for a
+// replay (a forced full re-run): an event that changes nothing, such as a
+// moderator banning a user the site already bans, costs no homeserver
+// call. The job ids derive from the event id, so a retry queues nothing
+// twice within the jobs stream's duplicate window.
 func (p *Provisioner) handleModeration(ctx context.Context, m jetstream.Msg) error {
 	e, err := event.Decode(m.Data())
 	if err != nil {
@@ -43,10 +50,6 @@ func (p *Provisioner) handleModeration(ctx context.Context, m jetstream.Msg) err
 		p.m.moderation.WithLabelValues("echo").Inc()
 		return nil
 	}
-	redelivered := false
-	if md, err := m.Metadata(); err == nil {
-		redelivered = md.NumDelivered > 1
-	}
 	log := p.log.With("event_id", e.EventID, "room_id", e.RoomID, "type", e.Type, "sender", e.Sender)
 
 	room, err := p.lookupRoom(ctx, e.RoomID)
@@ -59,124 +62,234 @@ func (p *Provisioner) handleModeration(ctx context.Context, m jetstream.Msg) err
 		return classify(err)
 	}
 	log = log.With("site", room.Site)
-	if room.ReplacedBy != "" {
+	seq := eventSequence(ctx, m)
+	if room.ReplacedBy != "" && !room.ReplacedAfter(seq) {
+		// The old room's events from after its tombstone: the replacement
+		// is the site's room now. Its events from before the tombstone
+		// (handled late: events are handled in any order) still count.
 		p.m.moderation.WithLabelValues("ignored").Inc()
 		log.Info("moderation event in an upgraded room ignored: its replacement is the site's room", "replaced_by", room.ReplacedBy)
 		return nil
 	}
-	progress := func() { _ = m.InProgress() }
-
-	switch {
-	case e.Type == "m.room.member" && e.StateKey != nil:
-		user := *e.StateKey
-		var ban bool
-		switch e.Membership() {
-		case matrix.MembershipBan:
-			ban = true
-		case matrix.MembershipLeave:
-			if e.Sender == user {
-				p.m.moderation.WithLabelValues("ignored").Inc()
-				return nil
-			}
-			// A leave caused by someone else is an unban if the user was
-			// banned, else a kick, which is not propagated.
-			prev := e.PrevMembership()
-			if prev != matrix.MembershipBan {
-				if prev != "" {
-					p.m.moderation.WithLabelValues("ignored").Inc()
-					return nil
-				}
-				site, err := p.reg.Site(ctx, room.Site)
-				if err != nil {
-					return classify(err)
-				}
-				if !site.Banned(user) {
-					p.m.moderation.WithLabelValues("ignored").Inc()
-					return nil
-				}
-			}
-		default:
-			p.m.moderation.WithLabelValues("ignored").Inc()
-			return nil
-		}
-		action := map[bool]string{true: "ban", false: "unban"}[ban]
-		p.m.moderation.WithLabelValues(action).Inc()
-		changed := false
-		if _, err := p.reg.UpdateSite(ctx, room.Site, func(s *registry.Site) (bool, error) {
-			changed = s.SetBanned(user, ban)
-			return changed, nil
-		}); err != nil {
+	prev := ""
+	if isLeaveBySomeoneElse(e) && e.PrevMembership() == "" {
+		if prev, err = p.prevMembership(ctx, e, log); err != nil {
 			return classify(err)
 		}
-		if !changed && !redelivered {
-			log.Info("moderation change already in the site's snapshot; nothing to propagate", "action", action, "user", user)
-			return nil
-		}
-		targets, err := p.siteRooms(ctx, room.Site, e.RoomID)
-		if err != nil {
-			return classify(err)
-		}
-		jobs := make([]Job, 0, len(targets))
-		for _, t := range targets {
-			jobs = append(jobs, Job{Kind: KindMember, Site: room.Site, Room: t, User: user, Cause: e.EventID})
-		}
-		log.Info("propagating", "action", action, "user", user, "rooms", len(jobs))
-		return p.fanOut(ctx, jobs, progress)
-
-	case e.Type == "m.room.power_levels" && e.StateKeyIs(""):
-		if !room.IsModeration() {
-			// Power levels set in one comment room stay there, as in the
-			// original: the moderation room is where a site's are set.
-			p.m.moderation.WithLabelValues("ignored").Inc()
-			return nil
-		}
-		var pl matrix.PowerLevels
-		if err := event.DecodeContent(e.Content, &pl); err != nil {
-			p.m.moderation.WithLabelValues("ignored").Inc()
-			return worker.Permanent(fmt.Errorf("unreadable power levels: %w", err))
-		}
-		if known, err := p.knowModerationRoom(ctx, room.Site, log); err != nil || !known {
-			return classify(err)
-		}
-		p.m.moderation.WithLabelValues("power_levels").Inc()
-		want, err := canonicalJSON(&pl)
-		if err != nil {
-			return worker.Permanent(err)
-		}
-		changed := false
-		if _, err := p.reg.UpdateSite(ctx, room.Site, func(s *registry.Site) (bool, error) {
-			var old matrix.PowerLevels
-			if len(s.PowerLevels) > 0 && json.Unmarshal(s.PowerLevels, &old) == nil {
-				if c, err := canonicalJSON(&old); err == nil && bytes.Equal(c, want) {
-					return false, nil
-				}
-			}
-			s.PowerLevels = want
-			changed = true
-			return true, nil
-		}); err != nil {
-			return classify(err)
-		}
-		if !changed && !redelivered {
-			return nil
-		}
-		targets, err := p.siteRooms(ctx, room.Site, e.RoomID)
-		if err != nil {
-			return classify(err)
-		}
-		jobs := make([]Job, 0, len(targets))
-		for _, t := range targets {
-			jobs = append(jobs, Job{Kind: KindPower, Site: room.Site, Room: t, Cause: e.EventID})
-		}
-		log.Info("propagating power levels", "rooms", len(jobs))
-		return p.fanOut(ctx, jobs, progress)
-
-	default:
+	}
+	d, err := decide(e, room.IsModeration(), prev)
+	if err != nil {
+		p.m.moderation.WithLabelValues("ignored").Inc()
+		return worker.Permanent(err)
+	}
+	if d.kind == decideNothing {
 		// Canonical alias changes only matter for rooms we did not know,
-		// which lookupRoom has just recorded.
+		// which lookupRoom has just recorded; kicks and self-leaves are
+		// not propagated; power levels of one comment room stay there.
 		p.m.moderation.WithLabelValues("ignored").Inc()
 		return nil
 	}
+	if done, err := worker.CheckDone(ctx, e.EventID); err != nil {
+		return classify(err)
+	} else if done {
+		p.m.moderation.WithLabelValues("duplicate").Inc()
+		log.Info("moderation event handled before (stored again after the duplicate window); nothing to do")
+		return nil
+	}
+	if d.kind == decidePowerLevels {
+		// Power levels can only be copied into comment rooms knowing who
+		// the moderation room's creators are. Until the bot can read the
+		// room, the decision waits here, retried, keeping its sequence:
+		// once applied it is ordered among the site's other power levels
+		// as the homeserver ordered them.
+		if known, err := p.knowModerationRoom(ctx, room.Site, log); err != nil {
+			return classify(err)
+		} else if !known {
+			return errDeferred
+		}
+	}
+	p.m.moderation.WithLabelValues(d.action()).Inc()
+
+	taken, changed := false, false
+	if _, err := p.reg.UpdateSite(ctx, room.Site, func(s *registry.Site) (bool, error) {
+		taken, changed = d.apply(s, seq)
+		return taken, nil
+	}); err != nil {
+		return classify(err)
+	}
+	replay := worker.Replay(ctx)
+	if !changed && replay == nil && !worker.Retried(ctx) {
+		log.Info("moderation change already in the site's snapshot, or a newer one is; nothing to propagate",
+			"action", d.action(), "user", d.user, "newest", taken)
+		return nil
+	}
+	except, cause, recheck := e.RoomID, e.EventID, worker.Retried(ctx)
+	if replay != nil {
+		// Every room again, with job ids of their own: jobs of the first
+		// run may have been dead-lettered themselves.
+		except, cause = "", fmt.Sprintf("%s/replay/%d", e.EventID, messageSequence(m))
+	}
+	targets, err := p.siteRooms(ctx, room.Site, except)
+	if err != nil {
+		return classify(err)
+	}
+	kind := KindMember
+	if d.kind == decidePowerLevels {
+		kind = KindPower
+	}
+	jobs := make([]Job, 0, len(targets))
+	for _, t := range targets {
+		jobs = append(jobs, Job{Kind: kind, Site: room.Site, Room: t, User: d.user, Cause: cause, Recheck: recheck})
+	}
+	log.Info("propagating", "action", d.action(), "user", d.user, "rooms", len(jobs), "replay", replay != nil)
+	return p.fanOut(ctx, jobs, func() { _ = m.InProgress() })
+}
+
+// isLeaveBySomeoneElse reports a leave caused by another user: a kick or
+// an unban, which only the previous membership tells apart.
+func isLeaveBySomeoneElse(e *event.Event) bool {
+	return e.Type == "m.room.member" && e.StateKey != nil &&
+		e.Membership() == matrix.MembershipLeave && e.Sender != *e.StateKey
+}
+
+// prevMembership is the membership a member event replaced when the event
+// as pushed does not say: Synapse leaves unsigned.prev_content out of the
+// events its recoverer resends after a failed push, Dendrite out of every
+// push. The homeserver serves the event with it to clients. "" when it
+// cannot tell either (a refusal, or no earlier membership): the event is
+// then taken as "not banned as of this event".
+func (p *Provisioner) prevMembership(ctx context.Context, e *event.Event, log *slog.Logger) (string, error) {
+	room, err := mxid.ParseRoomID(e.RoomID)
+	if err != nil {
+		return "", nil
+	}
+	id, err := mxid.ParseEventID(e.EventID)
+	if err != nil {
+		return "", nil
+	}
+	ev, err := p.hs.EventContext(ctx, room, id)
+	switch {
+	case err == nil:
+		return ev.PrevMembership(), nil
+	case matrix.IsPermanent(err):
+		log.Warn("previous membership unknown; taking the leave as not banned from now on", "err", err)
+		return "", nil
+	}
+	return "", err
+}
+
+// errDeferred is the transient failure of a power levels decision that
+// waits until the bot can read the site's moderation room.
+var errDeferred = errors.New("power levels deferred: the bot cannot read the site's moderation room yet")
+
+// eventSequence is the event-stream sequence that orders the decision of
+// the message's event: the original's for a replay, so that replaying an
+// old ban after a newer unban cannot ban again.
+func eventSequence(ctx context.Context, m jetstream.Msg) uint64 {
+	if o := worker.Replay(ctx); o != nil {
+		return o.Sequence
+	}
+	return messageSequence(m)
+}
+
+func messageSequence(m jetstream.Msg) uint64 {
+	if md, err := m.Metadata(); err == nil {
+		return md.Sequence.Stream
+	}
+	return 0
+}
+
+// What a moderation event decides for its site.
+const (
+	decideNothing = iota
+	decideBan
+	decidePowerLevels
+)
+
+type decision struct {
+	kind        int
+	user        string
+	banned      bool
+	powerLevels json.RawMessage // canonical JSON
+}
+
+func (d decision) action() string {
+	switch {
+	case d.kind == decidePowerLevels:
+		return "power_levels"
+	case d.kind == decideBan && d.banned:
+		return "ban"
+	case d.kind == decideBan:
+		return "unban"
+	}
+	return "ignored"
+}
+
+// decide reads what a moderation event means for its site, from the event
+// alone, so that it does not depend on the order events are handled in.
+//
+// A leave caused by someone else is an unban when the user was banned
+// before, and a kick otherwise, which is not propagated. Homeservers say
+// which in unsigned.prev_content; when it is missing, the event is taken
+// as "not banned as of this event": if the user was banned that is the
+// unban, and if not it changes nothing, which is what a kick changes in
+// the site's ban list either way.
+//
+// prev is the membership the homeserver says the event replaced when the
+// event as pushed does not carry it ("" when unknown).
+func decide(e *event.Event, inModerationRoom bool, prev string) (decision, error) {
+	switch {
+	case e.Type == "m.room.member" && e.StateKey != nil:
+		user := *e.StateKey
+		switch e.Membership() {
+		case matrix.MembershipBan:
+			return decision{kind: decideBan, user: user, banned: true}, nil
+		case matrix.MembershipLeave:
+			if e.Sender == user {
+				return decision{}, nil
+			}
+			if p := e.PrevMembership(); p != "" {
+				prev = p
+			}
+			if prev != "" && prev != matrix.MembershipBan {
+				return decision{}, nil
+			}
+			return decision{kind: decideBan, user: user, banned: false}, nil
+		}
+	case e.Type == "m.room.power_levels" && e.StateKeyIs("") && inModerationRoom:
+		// Power levels set in one comment room stay there, as in the
+		// original: the moderation room is where a site's are set.
+		var pl matrix.PowerLevels
+		if err := event.DecodeContent(e.Content, &pl); err != nil {
+			return decision{}, fmt.Errorf("unreadable power levels: %w", err)
+		}
+		c, err := canonicalJSON(&pl)
+		if err != nil {
+			return decision{}, err
+		}
+		return decision{kind: decidePowerLevels, powerLevels: c}, nil
+	}
+	return decision{}, nil
+}
+
+// apply records d in the site's snapshot as of the event with stream
+// sequence seq (see registry.Site.DecideBan).
+func (d decision) apply(s *registry.Site, seq uint64) (taken, changed bool) {
+	switch d.kind {
+	case decideBan:
+		return s.DecideBan(d.user, d.banned, seq)
+	case decidePowerLevels:
+		// Stored power levels may come from the homeserver verbatim: the
+		// same content must compare equal whatever its spelling.
+		var old matrix.PowerLevels
+		if len(s.PowerLevels) > 0 && json.Unmarshal(s.PowerLevels, &old) == nil {
+			if c, err := canonicalJSON(&old); err == nil {
+				s.PowerLevels = c
+			}
+		}
+		return s.DecidePowerLevels(d.powerLevels, seq)
+	}
+	return false, false
 }
 
 // siteRooms lists every room of a site (moderation room and comment rooms)

@@ -5,6 +5,17 @@
 // room that all replicas share. Rooms of versions 10, 11 and 12 coexist;
 // every power decision is pkg/power's, for the version and creators of the
 // rooms it is about.
+//
+// Moderation events are handled concurrently, on any replica, in any
+// order, yet every site ends as the homeserver ordered its events: the
+// site snapshot keeps each decision (a user's ban or unban, the power
+// levels) with the event-stream sequence of the event that made it, and
+// only a newer event changes it. The stream's order is the homeserver's
+// (it sends one transaction at a time and the gateway stores them in
+// order), so each decision is a last-writer-wins register, and applying a
+// site's events in any order, any number of times, gives the snapshot that
+// in-order application gives (TestModerationConvergesInAnyOrder). Jobs
+// converge each room on the snapshot as it is when they run.
 package provisioner
 
 import (
@@ -21,6 +32,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/pkg/cas"
 	"github.com/cactus-comments/appservice/pkg/config"
 	"github.com/cactus-comments/appservice/pkg/matrix"
 	"github.com/cactus-comments/appservice/pkg/mxid"
@@ -39,10 +51,10 @@ type Options struct {
 	// metrics do (benchmarks compare our latency with the homeserver's).
 	Observe func(endpoint string, status int, d time.Duration)
 	// Progress is how often running jobs tell JetStream they are alive;
-	// default a quarter of the consumers' AckWait.
+	// default a third of the consumers' AckWait.
 	Progress time.Duration
-	// MinBackoff and MaxBackoff bound the redelivery delay of failed
-	// messages (default 500 ms and 1 min).
+	// MinBackoff and MaxBackoff bound the wait between attempts at a
+	// failed message (default 1 s and CACTUS_RETRY_MAX_BACKOFF).
 	MinBackoff, MaxBackoff time.Duration
 	// PublishWindow bounds fan-out publishes awaiting their acks
 	// (default 512).
@@ -62,6 +74,7 @@ type Provisioner struct {
 	log     *slog.Logger
 	hs      *matrix.Client
 	reg     *registry.Registry
+	done    *cas.Bucket
 	ns      namespace.Namespace
 	bot     mxid.UserID
 	m       *metrics
@@ -107,11 +120,13 @@ func New(ctx context.Context, rt *service.Runtime, opts Options) (*Provisioner, 
 			HomeserverURL:  rt.Config.HomeserverURL,
 			Token:          rt.Config.ASToken.Reveal(),
 			RequestTimeout: rt.Config.HomeserverTimeout,
-			// A few quick attempts in the client; longer outages go back
-			// to the queue, where a redelivery does not hold a lane.
-			MaxAttempts: 3,
-			Observe:     p.observe,
-			Logger:      log,
+			// A few quick attempts in the client; longer outages and rate
+			// limits go back to the worker, which waits without holding
+			// a lane.
+			MaxAttempts:   3,
+			MaxRetryAfter: time.Second,
+			Observe:       p.observe,
+			Logger:        log,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("provisioner: homeserver client: %w", err)
@@ -132,6 +147,9 @@ func New(ctx context.Context, rt *service.Runtime, opts Options) (*Provisioner, 
 		return nil, fmt.Errorf("provisioner: %w", err)
 	}
 	p.reg = reg
+	if p.done, err = cas.Open(ctx, rt.JS, bus.BucketDone); err != nil {
+		return nil, fmt.Errorf("provisioner: %w", err)
+	}
 	return p, nil
 }
 
@@ -216,12 +234,22 @@ func (p *Provisioner) Serve(ctx context.Context) error {
 		errc <- err
 	}
 	base := worker.Options{
-		MaxDeliver: p.cfg.MaxDeliver, Progress: p.opts.Progress,
-		MinBackoff: p.opts.MinBackoff, MaxBackoff: p.opts.MaxBackoff,
-		Log: p.log, Metrics: p.wm,
+		Horizon: p.cfg.RetryHorizon, Progress: p.opts.Progress,
+		MinBackoff: p.opts.MinBackoff, MaxBackoff: p.cfg.RetryMaxBackoff,
+		Grace: p.cfg.ShutdownTimeout / 2,
+		Log:   p.log, Metrics: p.wm,
 	}
+	if p.opts.MaxBackoff > 0 {
+		base.MaxBackoff = p.opts.MaxBackoff
+	}
+	// Moderation events in any order, many at once: each site's decisions
+	// are ordered by their events' stream sequences (see
+	// handleModeration), so one site's slow or failing calls hold only
+	// that site's events, and they wait through JetStream, not here.
 	mod := base
-	mod.Stream, mod.Consumer, mod.Concurrency = bus.StreamEvents, bus.ConsumerModeration, 1
+	mod.Stream, mod.Consumer, mod.Concurrency = bus.StreamEvents, bus.ConsumerModeration, p.cfg.Concurrency
+	mod.OrderKey = worker.Unordered
+	mod.Done = p.done
 	jobs := base
 	jobs.Stream, jobs.Consumer, jobs.Concurrency = bus.StreamJobs, bus.ConsumerJobs, p.cfg.Concurrency
 	// Jobs need no order: each converges on the current snapshot.
@@ -230,6 +258,7 @@ func (p *Provisioner) Serve(ctx context.Context) error {
 	go run(jobs, p.handleJob)
 
 	p.rt.SetReady(true)
+	p.rt.ReportWorker(ctx, service.WorkerHealth{Homeserver: p.hsm, Worker: p.wm})
 	p.log.Info("provisioner serving", "bot", p.bot.String(), "concurrency", p.cfg.Concurrency)
 	<-ctx.Done()
 	p.rt.SetReady(false)

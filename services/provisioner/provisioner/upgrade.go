@@ -60,6 +60,14 @@ func (p *Provisioner) handleTombstone(ctx context.Context, m jetstream.Msg, e *e
 	if err != nil {
 		return classify(err)
 	}
+	// Following is idempotent, but the message asking for an invite is
+	// not once the homeserver has forgotten its transaction id.
+	if done, err := worker.CheckDone(ctx, e.EventID); err != nil {
+		return classify(err)
+	} else if done {
+		p.m.moderation.WithLabelValues("duplicate").Inc()
+		return nil
+	}
 	p.m.moderation.WithLabelValues("upgrade").Inc()
 	kind := "comment"
 	if old.IsModeration() {
@@ -83,7 +91,7 @@ func (p *Provisioner) handleTombstone(ctx context.Context, m jetstream.Msg, e *e
 		}
 		create = &r
 	}
-	now, err := p.reg.FollowUpgrade(ctx, e.RoomID, next.String(), create)
+	now, err := p.reg.FollowUpgrade(ctx, e.RoomID, next.String(), create, eventSequence(ctx, m))
 	if errors.Is(err, registry.ErrReplaced) {
 		p.m.moderation.WithLabelValues("ignored").Inc()
 		log.Warn("tombstone names another room than the one already followed; ignored", "err", err)
@@ -165,7 +173,9 @@ func (p *Provisioner) knowModerationRoom(ctx context.Context, siteName string, l
 	}
 	if r == nil {
 		p.m.moderation.WithLabelValues("deferred").Inc()
-		log.Warn("power levels of a moderation room the bot cannot read yet not applied: the comment sections keep the last ones until the bot is invited there")
+		if worker.Attempt(ctx) == 1 {
+			log.Warn("power levels of a moderation room the bot cannot read yet wait: the comment sections keep the last ones until the bot is invited there")
+		}
 		return false, nil
 	}
 	return true, nil

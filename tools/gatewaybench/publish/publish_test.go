@@ -19,7 +19,7 @@ func setUp(t *testing.T) (*embednats.Server, *nats.Conn, jetstream.JetStream) {
 	t.Helper()
 	s, nc, js := embednats.JetStreamTest(t)
 	ctx := context.Background()
-	if err := (bus.Topology{Replicas: 1, MaxDeliver: 3}).Ensure(ctx, js); err != nil {
+	if err := (bus.Topology{Replicas: 1}).Ensure(ctx, js); err != nil {
 		t.Fatal(err)
 	}
 	if err := AllowBatches(ctx, js, bus.StreamEvents); err != nil {

@@ -1,0 +1,147 @@
+package e2e
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/cactus-comments/appservice/pkg/hssim"
+	"github.com/cactus-comments/appservice/pkg/matrix"
+	"github.com/cactus-comments/appservice/pkg/mxid"
+	"github.com/cactus-comments/appservice/pkg/registry"
+)
+
+// banInSnapshot has the owner ban spammer in the site's moderation room
+// and waits until the snapshot has it, so that new rooms must start with
+// the ban.
+func banInSnapshot(t *testing.T, h *Harness, site *registry.Site, owner, spammer *User) {
+	t.Helper()
+	if err := owner.Client.Ban(h.Ctx, mxid.MustRoomID(site.ModerationRoom), spammer.ID, "spam"); err != nil {
+		t.Fatal(err)
+	}
+	h.Eventually(func() bool {
+		s, err := h.Registry.Site(h.Ctx, site.Name)
+		return err == nil && s.Banned(spammer.ID.String())
+	}, 20*time.Second, "the ban in the site's snapshot")
+	h.Quiesce(20 * time.Second)
+}
+
+// A createRoom that the homeserver answers after the gateway stopped
+// waiting for the alias query still ends with the room in the registry
+// and the site's bans in it: Synapse commits the room and never asks
+// about the alias again, so this is the only chance to record it.
+func TestSlowCreateRoomStillRecorded(t *testing.T) {
+	t.Parallel()
+	h := Start(t, Options{AliasQueryTimeout: time.Second})
+	owner := h.User("owner")
+	spammer := h.User("spammer")
+	site := h.RegisterSite("slow", owner)
+	banInSnapshot(t, h, site, owner, spammer)
+
+	h.HS.SetLatency(hssim.EPCreateRoom, 3*time.Second)
+	visitor := h.User("visitor")
+	alias := h.CommentAlias(site.Name, "page")
+	// The gateway gives up after a second: this first join fails.
+	if _, err := visitor.Client.JoinRoom(h.Ctx, alias.String()); err == nil {
+		t.Log("the first join succeeded (the query was answered in time after all)")
+	}
+	var room registry.Room
+	h.Eventually(func() bool {
+		var err error
+		room, err = h.Registry.Room(h.Ctx, site.Name, "page")
+		return err == nil
+	}, 30*time.Second, "the slowly created room in the registry")
+	h.WaitSim(func() bool { return h.HS.Membership(room.RoomID, spammer.ID.String()) == "ban" },
+		20*time.Second, "the site's ban in the slowly created room")
+	if r, ok := h.HS.ResolveAliasLocal(alias.String()); !ok || r != room.RoomID {
+		t.Fatalf("alias resolves to %q, registry says %s", r, room.RoomID)
+	}
+	h.HS.SetLatency(hssim.EPCreateRoom, 0)
+	if got := h.Join(visitor, alias); got.String() != room.RoomID {
+		t.Fatalf("second join went to %s, want %s", got, room.RoomID)
+	}
+}
+
+// simCommitsAbandonedCreateRoom reports whether the simulator, like
+// Synapse, creates a room whose createRoom request the client gave up on.
+func simCommitsAbandonedCreateRoom(t *testing.T, h *Harness) bool {
+	t.Helper()
+	h.HS.SetLatency(hssim.EPCreateRoom, 500*time.Millisecond)
+	defer h.HS.SetLatency(hssim.EPCreateRoom, 0)
+	ctx, cancel := context.WithTimeout(h.Ctx, 100*time.Millisecond)
+	defer cancel()
+	name := "comments_probe-abandoned-create"
+	_, _ = h.Bot.CreateRoom(ctx, &matrix.CreateRoomRequest{RoomAliasName: name})
+	alias := "#" + name + ":" + serverName
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, ok := h.HS.ResolveAliasLocal(alias); ok {
+			return true
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return false
+}
+
+// When the provisioner itself cannot tell whether createRoom happened (its
+// requests time out), a durable job looks the alias up later and, since
+// the room exists, records it and applies the site's bans.
+func TestCreateRoomOutcomeUnknownResolvedLater(t *testing.T) {
+	t.Parallel()
+	h := Start(t, Options{AliasQueryTimeout: time.Second, HomeserverTimeout: 300 * time.Millisecond})
+	if !simCommitsAbandonedCreateRoom(t, h) {
+		t.Skip("the simulator drops a createRoom whose client hung up; Synapse commits it. This test needs the simulator to do the same.")
+	}
+	owner := h.User("owner")
+	spammer := h.User("spammer")
+	site := h.RegisterSite("unknown", owner)
+	banInSnapshot(t, h, site, owner, spammer)
+
+	// Every createRoom outlives the provisioner's request timeout, so all
+	// its attempts time out while the first one creates the room.
+	h.HS.SetLatency(hssim.EPCreateRoom, time.Second)
+	visitor := h.User("visitor")
+	alias := h.CommentAlias(site.Name, "page")
+	_, _ = visitor.Client.JoinRoom(h.Ctx, alias.String())
+	var room registry.Room
+	h.Eventually(func() bool {
+		var err error
+		room, err = h.Registry.Room(h.Ctx, site.Name, "page")
+		return err == nil
+	}, 30*time.Second, "the room recorded by the resolve job")
+	h.WaitSim(func() bool { return h.HS.Membership(room.RoomID, spammer.ID.String()) == "ban" },
+		20*time.Second, "the site's ban in the room")
+	if dl := h.DeadLetters(); len(dl) != 0 {
+		t.Errorf("dead letters: %+v", dl)
+	}
+}
+
+// A room found existing (M_ROOM_IN_USE) but missing from the registry is
+// recorded and gets the site's bans too.
+func TestExistingRoomMissingFromRegistryGetsBans(t *testing.T) {
+	t.Parallel()
+	h := Start(t, Options{})
+	owner := h.User("owner")
+	spammer := h.User("spammer")
+	site := h.RegisterSite("orphan", owner)
+	banInSnapshot(t, h, site, owner, spammer)
+	// A comment room the registry never heard of, without the site's
+	// bans (created, say, by a provisioner that crashed right after).
+	orphan, err := h.Bot.CreateRoom(h.Ctx, &matrix.CreateRoomRequest{
+		RoomAliasName: h.NS.CommentsLocalpart(site.Name, "page"),
+		InitialState:  []matrix.StateEvent{{Type: "m.room.join_rules", Content: map[string]string{"join_rule": "public"}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A second provisioner's query for the alias meets M_ROOM_IN_USE.
+	p := h.services[0].Provisioner
+	if ans, outcome, err := p.AliasQuery(h.Ctx, h.CommentAlias(site.Name, "page").String()); err != nil || !ans.Exists || outcome != "exists" {
+		t.Fatalf("alias query: %+v %q %v", ans, outcome, err)
+	}
+	if r, err := h.Registry.Room(h.Ctx, site.Name, "page"); err != nil || r.RoomID != orphan.String() {
+		t.Fatalf("registry room = %+v, %v; want %s", r, err, orphan)
+	}
+	h.WaitSim(func() bool { return h.HS.Membership(orphan.String(), spammer.ID.String()) == "ban" },
+		20*time.Second, "the site's ban in the room found existing")
+}
