@@ -39,11 +39,11 @@ func TestKickOfABannedUserIsNotAnUnban(t *testing.T) {
 				if err := owner.Client.Ban(h.Ctx, rooms[0], spammer.ID, "spam"); err != nil {
 					t.Fatal(err)
 				}
-				ban := lastEventID(h, rooms[0].String())
+				ban := lastTimelineEvent(h, rooms[0].String())
 				if err := owner.Client.Kick(h.Ctx, rooms[1], spammer.ID, "out"); err != nil {
 					t.Fatal(err)
 				}
-				return []string{ban, lastEventID(h, rooms[1].String())}
+				return []string{ban, lastTimelineEvent(h, rooms[1].String())}
 			})
 			waitMembership(h, rooms, spammer.ID, "ban", "the spammer banned from every comment room")
 			h.Quiesce(20 * time.Second)
@@ -63,7 +63,7 @@ func TestKickOfABannedUserIsNotAnUnban(t *testing.T) {
 	}
 }
 
-func lastEventID(h *Harness, room string) string {
+func lastTimelineEvent(h *Harness, room string) string {
 	h.t.Helper()
 	tl := h.HS.Timeline(room)
 	return tl[len(tl)-1].EventID
