@@ -103,7 +103,18 @@ func (b *Bot) joinedModerationRoom(ctx context.Context, ev *event.Event, room mx
 	if err != nil {
 		return err
 	}
-	if site.ModerationRoom != room.String() || site.ModerationCreate != nil {
+	if site.ModerationRoom != room.String() {
+		return nil
+	}
+	// Said before it is recorded: a redelivery after a crash in between
+	// says it again with the same transaction id, which sends nothing.
+	// Said even when the creators are known already: the provisioner,
+	// retrying a power levels change that waited for the bot, may read
+	// them as soon as the bot has joined.
+	if err := b.reply(ctx, room, ev, "upgraded", b.texts.followingUpgrade(site.Name)); err != nil {
+		return err
+	}
+	if site.ModerationCreate != nil {
 		return nil
 	}
 	create, ok := inviteCreate(ev)
@@ -111,11 +122,6 @@ func (b *Bot) joinedModerationRoom(ctx context.Context, ev *event.Event, room mx
 		if create, err = registry.ReadRoom(ctx, b.hs, room); err != nil {
 			return hsError(fmt.Errorf("create event of %s: %w", room, err))
 		}
-	}
-	// Said before it is recorded: a redelivery after a crash in between
-	// says it again with the same transaction id, which sends nothing.
-	if err := b.reply(ctx, room, ev, "upgraded", b.texts.followingUpgrade(site.Name)); err != nil {
-		return err
 	}
 	if err := b.reg.SetCreate(ctx, room.String(), create); err != nil {
 		return err

@@ -134,6 +134,35 @@ func TestInviteToUpgradedModerationRoom(t *testing.T) {
 	}
 }
 
+// The provisioner may learn the replacement's creators first: it retries a
+// deferred power levels change, which succeeds as soon as the bot has
+// joined, possibly before the bot has handled its own invite to the end.
+// The bot still says, in the new room, that it moderates from there.
+func TestInviteToUpgradedModerationRoomCreatorsKnownFirst(t *testing.T) {
+	e := newEnv(t, nil)
+	const next = "!next"
+	if err := e.reg.CreateSite(e.ctx, &registry.Site{Name: "blog", Owner: alice, ModerationRoom: "!old:example.org",
+		ModerationCreate: &power.Room{Version: "10", Creator: botID}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.reg.FollowUpgrade(e.ctx, "!old:example.org", next, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.reg.SetCreate(e.ctx, next, power.Room{Version: "12", Creator: alice}); err != nil {
+		t.Fatal(err)
+	}
+	e.hs.addRoom(next, map[string]string{alice: "join", botID: "invite"})
+	key := botID
+	ev := &event.Event{EventID: e.eventID(), Type: "m.room.member", RoomID: next, Sender: alice, StateKey: &key,
+		Content: []byte(`{"membership":"invite"}`)}
+	if err := e.bot.HandleEvent(e.ctx, ev, false); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.last(next); !strings.Contains(got, "I moderate blog from this room") {
+		t.Fatalf("message in the new room %q", got)
+	}
+}
+
 func errString(err error) string {
 	if err == nil {
 		return ""
