@@ -135,7 +135,7 @@ func TestExistingRoomMissingFromRegistryGetsBans(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A second provisioner's query for the alias meets M_ROOM_IN_USE.
-	p := h.services[0].Provisioner
+	p := h.Provisioners()[0]
 	if ans, outcome, err := p.AliasQuery(h.Ctx, h.CommentAlias(site.Name, "page").String()); err != nil || !ans.Exists || outcome != "exists" {
 		t.Fatalf("alias query: %+v %q %v", ans, outcome, err)
 	}

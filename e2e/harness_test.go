@@ -388,6 +388,19 @@ func (h *Harness) StartProvisioner(o provisioner.Options) *Service {
 	return s
 }
 
+// Provisioners are the provisioner replicas started so far, oldest first.
+func (h *Harness) Provisioners() []*provisioner.Provisioner {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []*provisioner.Provisioner
+	for _, s := range h.services {
+		if s.Provisioner != nil {
+			out = append(out, s.Provisioner)
+		}
+	}
+	return out
+}
+
 // Stop ends the service gracefully and returns its error.
 func (s *Service) Stop() error {
 	s.once.Do(func() {

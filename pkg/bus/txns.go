@@ -54,7 +54,7 @@ func (t Topology) TxnStream() jetstream.StreamConfig {
 		Retention:   jetstream.WorkQueuePolicy,
 		MaxMsgs:     MaxTxnsUnsplit,
 		Discard:     jetstream.DiscardNew,
-		Duplicates:  DuplicateWindow,
+		Duplicates:  t.duplicates(),
 		MaxMsgSize:  1 << 20,
 	}
 }

@@ -31,6 +31,12 @@ import (
 // answered "no responders" on its reply subject.
 var ErrNoStream = errors.New("no stream took the message (no responders)")
 
+// ErrDisconnected is the outcome of the messages waiting when the
+// connection dropped: their acks, if any were sent, went with the old
+// connection, so whether they are stored is unknown. Publishing them
+// again is safe where they carry a Nats-Msg-Id.
+var ErrDisconnected = errors.New("jspub: connection to NATS lost while waiting for acks")
+
 // ErrClosed is the outcome of the messages still waiting when the
 // Publisher was closed.
 var ErrClosed = errors.New("jspub: publisher closed")
@@ -41,6 +47,7 @@ type Publisher struct {
 	nc     *nats.Conn
 	sub    *nats.Subscription
 	prefix string
+	status chan nats.Status
 
 	mu      sync.Mutex
 	next    uint64
@@ -62,20 +69,37 @@ func New(nc *nats.Conn) (*Publisher, error) {
 		return nil, fmt.Errorf("jspub: %w", err)
 	}
 	p.sub = sub
+	// Without this, messages sent just before the connection dropped
+	// would wait out their caller's whole deadline for acks that cannot
+	// come.
+	p.status = nc.StatusChanged(nats.RECONNECTING, nats.DISCONNECTED, nats.CLOSED)
+	go func() {
+		for range p.status {
+			p.failWaiting(ErrDisconnected)
+		}
+	}()
 	return p, nil
+}
+
+// failWaiting fails every message still waiting for its ack.
+func (p *Publisher) failWaiting(why error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for id, b := range p.batches {
+		b.finishLocked(why)
+		delete(p.batches, id)
+	}
 }
 
 // Close stops listening for acks; messages still waiting fail with
 // ErrClosed.
 func (p *Publisher) Close() {
 	_ = p.sub.Unsubscribe()
+	p.nc.RemoveStatusListener(p.status)
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	p.closed = true
-	for id, b := range p.batches {
-		b.finishLocked(ErrClosed)
-		delete(p.batches, id)
-	}
+	p.mu.Unlock()
+	p.failWaiting(ErrClosed)
 }
 
 // outcome of one message.
