@@ -1,6 +1,6 @@
-// Package bus declares the NATS topology of the service in one place
-// (invariant 3): subjects, streams, consumers and key-value buckets, and
-// ensures it idempotently at every service's startup.
+// Package bus declares the NATS topology of the service in one place:
+// subjects, streams, consumers and key-value buckets, and ensures it
+// idempotently at every service's startup.
 //
 // Subjects:
 //
@@ -14,8 +14,8 @@
 //	cactus.dlq.<source>             dead letters (stream DLQ)
 //	cactus.rpc.alias                alias queries, request/reply to provisioners
 //
-// <room>, <alias> and <site> are Tokens: base64url encodings, because room ids and site
-// names hold '.', '*', '>', ':' and '!' (invariant 4).
+// <room>, <alias> and <site> are Tokens: base64url encodings, because room
+// ids and site names hold '.', '*', '>', ':' and '!'.
 package bus
 
 import (

@@ -35,7 +35,7 @@ type RebuildReport struct {
 }
 
 // Rebuild reconstructs the registry from the homeserver, the original
-// appservice's only store (invariant 7): the rooms the bot is joined to,
+// appservice's only store: the rooms the bot is joined to,
 // their canonical aliases (which tell a site's moderation room from its
 // comment rooms), and each moderation room's power levels and bans.
 //

@@ -2,7 +2,7 @@
 // buckets: each site's owner, moderation room, power levels and bans, and
 // each site's comment rooms, with every room's version and creators. An
 // upgraded room is replaced by its successor (FollowUpgrade). The
-// homeserver remains the source of truth (invariant 7): everything here
+// homeserver remains the source of truth: everything here
 // can be rebuilt from it.
 package registry
 
