@@ -76,20 +76,10 @@ func (t Topology) SplitterGroup() PartitionGroup {
 
 // SplitterConsumer is the durable consumer of the splitter's partition.
 func (t Topology) SplitterConsumer() ConsumerSpec {
-	g := t.SplitterGroup()
-	return ConsumerSpec{Stream: g.Stream, Config: jetstream.ConsumerConfig{
-		Durable:        g.Consumer(0),
-		Description:    "The splitter: transactions to the event stream, one gateway at a time",
-		FilterSubject:  SubjectTxns,
-		AckPolicy:      jetstream.AckExplicitPolicy,
-		AckWait:        g.AckWait,
-		MaxDeliver:     g.MaxDeliver,
-		MaxAckPending:  g.MaxAckPending,
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
-		PriorityPolicy: jetstream.PriorityPolicyPinned,
-		PriorityGroups: []string{g.PriorityGroup},
-		PinnedTTL:      g.PinnedTTL,
-	}}
+	spec := t.SplitterGroup().ConsumerSpecs()[0]
+	spec.Config.Description = "The splitter: transactions to the event stream, one gateway at a time"
+	spec.Config.FilterSubject = SubjectTxns
+	return spec
 }
 
 // SplitterBucket is the bucket of the splitter group's members and claim,

@@ -97,15 +97,7 @@ func TestRegisterCompletesHalfMadeRoom(t *testing.T) {
 // room it could not join: the registry learns the replacement's version
 // and creators from the invite.
 func TestInviteToUpgradedModerationRoom(t *testing.T) {
-	e := newEnv(t, nil)
-	const next = "!next"
-	if err := e.reg.CreateSite(e.ctx, &registry.Site{Name: "blog", Owner: alice, ModerationRoom: "!old:example.org",
-		ModerationCreate: &power.Room{Version: "10", Creator: botID}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.reg.FollowUpgrade(e.ctx, "!old:example.org", next, nil, 0); err != nil {
-		t.Fatal(err)
-	}
+	e, next := upgradedSite(t)
 	e.hs.addRoom(next, map[string]string{alice: "join", botID: "invite"})
 	key := botID
 	ev := &event.Event{EventID: e.eventID(), Type: "m.room.member", RoomID: next, Sender: alice, StateKey: &key,
@@ -139,15 +131,7 @@ func TestInviteToUpgradedModerationRoom(t *testing.T) {
 // joined, possibly before the bot has handled its own invite to the end.
 // The bot still says, in the new room, that it moderates from there.
 func TestInviteToUpgradedModerationRoomCreatorsKnownFirst(t *testing.T) {
-	e := newEnv(t, nil)
-	const next = "!next"
-	if err := e.reg.CreateSite(e.ctx, &registry.Site{Name: "blog", Owner: alice, ModerationRoom: "!old:example.org",
-		ModerationCreate: &power.Room{Version: "10", Creator: botID}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.reg.FollowUpgrade(e.ctx, "!old:example.org", next, nil, 0); err != nil {
-		t.Fatal(err)
-	}
+	e, next := upgradedSite(t)
 	if err := e.reg.SetCreate(e.ctx, next, power.Room{Version: "12", Creator: alice}); err != nil {
 		t.Fatal(err)
 	}
@@ -161,6 +145,22 @@ func TestInviteToUpgradedModerationRoomCreatorsKnownFirst(t *testing.T) {
 	if got := e.last(next); !strings.Contains(got, "I moderate blog from this room") {
 		t.Fatalf("message in the new room %q", got)
 	}
+}
+
+// upgradedSite is a site "blog" whose v10 moderation room was upgraded to
+// next, which the bot has not joined.
+func upgradedSite(t *testing.T) (*env, string) {
+	t.Helper()
+	e := newEnv(t, nil)
+	const next = "!next"
+	if err := e.reg.CreateSite(e.ctx, &registry.Site{Name: "blog", Owner: alice, ModerationRoom: "!old:example.org",
+		ModerationCreate: &power.Room{Version: "10", Creator: botID}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.reg.FollowUpgrade(e.ctx, "!old:example.org", next, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	return e, next
 }
 
 func errString(err error) string {
