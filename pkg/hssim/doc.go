@@ -66,6 +66,14 @@ package hssim
 // replacement. Nobody else is joined or invited. The answer is
 // {"replacement_room": id}.
 //
+// Reading a room (state, members, joined_members, messages, context,
+// aliases) needs a current join or a world_readable history; an invitee, a
+// banned user or a stranger gets 403 M_FORBIDDEN in every mode, and an
+// appservice's token acts only as its user, the bot included. A former
+// member (leave) reads the room as it was at their leave on Synapse and
+// Dendrite, and is refused the state endpoints on continuwuity; history is
+// filtered by the history visibility. See visibility.go for each server.
+//
 // Client-server endpoints (r0 and v3 prefixes; endpoint names for Calls,
 // SetLatency and InjectFault are the EP constants): versions, register,
 // login, account/whoami, profile (get, displayname, avatar_url), createRoom,

@@ -482,22 +482,6 @@ func TestDirectoryAndPathEncoding(t *testing.T) {
 	_ = alice
 }
 
-func TestFormerMemberSeesStateAtLeave(t *testing.T) {
-	e := startEnv(t, Synapse)
-	_, atok := e.user("alice")
-	bob, btok := e.user("bob")
-	id := e.createRoom(atok, map[string]any{"visibility": "public", "topic": "before"})
-	e.mustOK(e.do("POST", "/_matrix/client/v3/rooms/"+esc(id)+"/join", btok, map[string]any{}))
-	e.mustOK(e.do("POST", "/_matrix/client/v3/rooms/"+esc(id)+"/ban", atok, map[string]any{"user_id": bob}))
-	e.mustOK(e.do("PUT", "/_matrix/client/v3/rooms/"+esc(id)+"/state/m.room.topic/", atok, map[string]any{"topic": "after"}))
-	r := e.mustOK(e.do("GET", "/_matrix/client/v3/rooms/"+esc(id)+"/state/m.room.topic/", btok, nil))
-	if r.str("topic") != "before" {
-		t.Fatalf("banned member sees %s", r.Raw)
-	}
-	_, ctok := e.user("carol")
-	wantErr(t, e.do("GET", "/_matrix/client/v3/rooms/"+esc(id)+"/state", ctok, nil), 403, "M_FORBIDDEN")
-}
-
 func TestSendTxnWindowExpires(t *testing.T) {
 	e := startEnv(t, Synapse, func(o *Options) { o.TxnWindow = time.Nanosecond })
 	_, atok := e.user("alice")
