@@ -34,7 +34,8 @@ package hssim
 // appear in content.users", continuwuity 400 M_INVALID_PARAM, Dendrite 403),
 // which is also how demoting a creator fails; kicking or banning a creator
 // fails the auth rules (403). Invites carry m.room.create in
-// unsigned.invite_room_state in every version.
+// unsigned.invite_room_state in every version; what else each server puts
+// there, and in which form, is told at inviteStateTypes.
 //
 // Options.V12CreateCollisions (Synapse mode) imitates Synapse up to
 // 1.157.1, where two v12 createRooms by one user at once compute the same

@@ -240,7 +240,7 @@ func (s *Server) storeEventLocked(r *room, ev *event.Event) {
 			// The stripped state of a local invite; an invite from a
 			// remote server carries what that server gives.
 			if m == "invite" && strings.HasSuffix(ev.Sender, ":"+s.opts.ServerName) {
-				setUnsigned(ev, "invite_room_state", inviteRoomState(r, ev.Sender))
+				setUnsigned(ev, "invite_room_state", s.inviteRoomState(r, ev))
 			}
 		}
 		r.state[k] = ev
@@ -249,17 +249,65 @@ func (s *Server) storeEventLocked(r *room, ev *event.Event) {
 	s.enqueueNotifyLocked(ev)
 }
 
-// inviteRoomState is the stripped state Synapse attaches to invites.
-func inviteRoomState(r *room, inviter string) []any {
+// Stripped state of an invite (unsigned.invite_room_state), as each server
+// builds it. The spec recommends m.room.create, join rules, canonical
+// alias, avatar, name and encryption, and requires m.room.create from room
+// version 12 (MSC4311).
+//
+//   - Synapse: its room_prejoin_state default list (join rules, canonical
+//     alias, avatar, encryption, name, create, topic) plus the inviter's
+//     own m.room.member; in a v12 room the create event comes as the full
+//     PDU (strip_event), here without hashes and signatures, which the
+//     simulator does not compute.
+//   - Dendrite: the invite itself, then name, canonical alias, join rules,
+//     avatar, encryption and create, then the invite again; no topic and no
+//     inviter member.
+//   - continuwuity: create, join rules, canonical alias, name, avatar, the
+//     inviter's member, encryption, topic, then the invite itself.
+//
+// Only the types set in the room are included.
+var inviteStateTypes = map[Mode][]string{
+	Synapse:  {"m.room.join_rules", "m.room.canonical_alias", "m.room.avatar", "m.room.encryption", "m.room.name", "m.room.create", "m.room.topic", inviterMember},
+	Dendrite: {inviteItself, "m.room.name", "m.room.canonical_alias", "m.room.join_rules", "m.room.avatar", "m.room.encryption", "m.room.create", inviteItself},
+	Conduit:  {"m.room.create", "m.room.join_rules", "m.room.canonical_alias", "m.room.name", "m.room.avatar", inviterMember, "m.room.encryption", "m.room.topic", inviteItself},
+}
+
+// Placeholders in inviteStateTypes for the member events.
+const (
+	inviterMember = "inviter's m.room.member"
+	inviteItself  = "the invite"
+)
+
+// inviteRoomState is the stripped state the simulated server attaches to
+// invite, a local invite about to be stored in r.
+func (s *Server) inviteRoomState(r *room, invite *event.Event) []any {
+	strip := func(e *event.Event) map[string]any {
+		return map[string]any{"type": e.Type, "state_key": *e.StateKey, "content": json.RawMessage(e.Content), "sender": e.Sender}
+	}
 	var out []any
-	for _, k := range []StateKey{
-		{"m.room.create", ""}, {"m.room.join_rules", ""}, {"m.room.canonical_alias", ""},
-		{"m.room.avatar", ""}, {"m.room.name", ""}, {"m.room.encryption", ""}, {"m.room.topic", ""},
-		{"m.room.member", inviter},
-	} {
-		if e := r.state[k]; e != nil {
-			out = append(out, map[string]any{"type": e.Type, "state_key": *e.StateKey, "content": json.RawMessage(e.Content), "sender": e.Sender})
+	for _, typ := range inviteStateTypes[s.opts.Mode] {
+		var e *event.Event
+		switch typ {
+		case inviteItself:
+			out = append(out, strip(invite))
+			continue
+		case inviterMember:
+			e = r.stateEvent("m.room.member", invite.Sender)
+		default:
+			e = r.stateEvent(typ, "")
 		}
+		if e == nil {
+			continue
+		}
+		st := strip(e)
+		if s.opts.Mode == Synapse && typ == "m.room.create" && versionOf(r.version).hashRoomIDs() {
+			st["origin_server_ts"] = e.OriginServerTS
+			st["depth"] = 1
+			st["auth_events"] = []string{}
+			st["prev_events"] = []string{}
+			st["unsigned"] = map[string]any{}
+		}
+		out = append(out, st)
 	}
 	return out
 }
