@@ -203,6 +203,9 @@ package hssim
 //   - The appservice sender exists at startup on Dendrite (registering it
 //     answers M_USER_IN_USE); on Synapse and continuwuity the first
 //     registration succeeds. Masquerading as it works either way.
+//   - 429 M_LIMIT_EXCEEDED carries retry_after_ms everywhere and the
+//     Retry-After header (whole seconds, rounded up) on Synapse and
+//     continuwuity, not on Dendrite.
 //   - Client-server ping and its errors exist only in Synapse mode
 //     (elsewhere 404 M_UNRECOGNIZED). Dendrite asks every appservice
 //     thirdparty/location?alias= and thirdparty/user?userid= when a client
