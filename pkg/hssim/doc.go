@@ -203,6 +203,9 @@ package hssim
 //   - The appservice sender exists at startup on Dendrite (registering it
 //     answers M_USER_IN_USE); on Synapse and continuwuity the first
 //     registration succeeds. Masquerading as it works either way.
+//   - Profiles: Synapse refuses a display name over 256 characters or an
+//     avatar URL over 1000 (400 M_UNKNOWN) and setting another user's
+//     profile with 400 M_FORBIDDEN; the others answer that 403.
 //   - 429 M_LIMIT_EXCEEDED carries retry_after_ms everywhere and the
 //     Retry-After header (whole seconds, rounded up) on Synapse and
 //     continuwuity, not on Dendrite.
