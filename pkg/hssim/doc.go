@@ -67,6 +67,11 @@ package hssim
 // replacement. Nobody else is joined or invited. The answer is
 // {"replacement_room": id}.
 //
+// A new event sent with /send or a state PUT over 65536 bytes as canonical
+// JSON (counting 512 bytes for the PDU fields the simulator does not
+// compute), or with a type or state key over 255 bytes, is refused with 413
+// M_TOO_LARGE, as every server refuses it.
+//
 // Reading a room (state, members, joined_members, messages, context,
 // aliases) needs a current join or a world_readable history; an invitee, a
 // banned user or a stranger gets 403 M_FORBIDDEN in every mode, and an

@@ -3,6 +3,7 @@ package hssim
 import (
 	"encoding/json"
 	"maps"
+	"net/http"
 	"slices"
 	"strings"
 	"time"
@@ -313,3 +314,32 @@ func (s *Server) inviteRoomState(r *room, invite *event.Event) []any {
 }
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+// pduOverhead stands for what a real PDU carries and the simulator does not
+// compute (auth_events, prev_events, depth, hashes, signatures): a few
+// hundred bytes on a real server, so events near the limit are refused
+// here no later than there.
+const pduOverhead = 512
+
+// checkEventSize is Synapse's EventValidator on a new local event: the
+// event over 65536 bytes as canonical JSON, or a type or state key over 255
+// bytes, is refused with 413 M_TOO_LARGE (Dendrite and continuwuity refuse
+// them too).
+func checkEventSize(ev *event.Event) *matrixError {
+	if len(ev.Type) > 255 {
+		return errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "'type' too large")
+	}
+	if ev.StateKey != nil && len(*ev.StateKey) > 255 {
+		return errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "'state_key' too large")
+	}
+	pdu := *ev
+	pdu.EventID = "" // no event_id in a PDU from room version 3
+	raw, err := json.Marshal(&pdu)
+	if err != nil {
+		return errBadJSON("event: %v", err)
+	}
+	if len(canonical(raw))+pduOverhead > maxPDUSize {
+		return errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "event too large")
+	}
+	return nil
+}

@@ -504,6 +504,9 @@ func (s *Server) handleSend(q *request) (any, *matrixError) {
 		return nil, e
 	}
 	ev := s.newEventLocked(r, q.who.userID, typ, nil, mustJSON(content))
+	if e := checkEventSize(ev); e != nil {
+		return nil, e
+	}
 	// continuwuity keeps the transaction id in the event's unsigned data.
 	s.sendTxns[ev.EventID] = q.param("txnId")
 	s.storeEventLocked(r, ev)
@@ -625,7 +628,11 @@ func (s *Server) handleStatePut(q *request) (any, *matrixError) {
 			return nil, e
 		}
 	}
-	ev := s.appendEventLocked(r, q.who.userID, typ, &key, mustJSON(content))
+	ev := s.newEventLocked(r, q.who.userID, typ, &key, mustJSON(content))
+	if e := checkEventSize(ev); e != nil {
+		return nil, e
+	}
+	s.storeEventLocked(r, ev)
 	return map[string]any{"event_id": ev.EventID}, nil
 }
 

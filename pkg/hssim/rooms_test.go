@@ -493,3 +493,22 @@ func TestSendTxnWindowExpires(t *testing.T) {
 		t.Fatal("txn id remembered past the window")
 	}
 }
+
+func TestEventSizeLimits(t *testing.T) {
+	for _, mode := range []Mode{Synapse, Dendrite, Conduit} {
+		t.Run(string(mode), func(t *testing.T) {
+			e := startEnv(t, mode)
+			_, atok := e.user("alice")
+			id := e.createRoom(atok, map[string]any{})
+			room := "/_matrix/client/v3/rooms/" + esc(id)
+			e.mustOK(e.do("PUT", room+"/send/m.room.message/fits", atok, map[string]any{"body": strings.Repeat("a", 60000)}))
+			wantErr(t, e.do("PUT", room+"/send/m.room.message/big", atok, map[string]any{"body": strings.Repeat("a", 65536)}), 413, "M_TOO_LARGE")
+			wantErr(t, e.do("PUT", room+"/state/m.room.topic/", atok, map[string]any{"topic": strings.Repeat("a", 65536)}), 413, "M_TOO_LARGE")
+			wantErr(t, e.do("PUT", room+"/state/x.custom/"+strings.Repeat("k", 256), atok, map[string]any{}), 413, "M_TOO_LARGE")
+			wantErr(t, e.do("PUT", room+"/send/"+strings.Repeat("t", 256)+"/longtype", atok, map[string]any{}), 413, "M_TOO_LARGE")
+			if n := len(e.hs.Timeline(id)); e.hs.Timeline(id)[n-1].Type != "m.room.message" {
+				t.Fatalf("a refused event was stored")
+			}
+		})
+	}
+}

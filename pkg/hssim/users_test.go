@@ -141,7 +141,7 @@ func TestUnknownEndpointsAndMethods(t *testing.T) {
 func TestProfileLimitsPerMode(t *testing.T) {
 	long := strings.Repeat("é", 257)
 	for _, tc := range []struct {
-		mode                Mode
+		mode               Mode
 		tooLong, otherUser int // statuses
 	}{
 		{Synapse, 400, 400}, {Dendrite, 200, 403}, {Conduit, 200, 403},
