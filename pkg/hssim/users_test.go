@@ -91,7 +91,7 @@ func TestLoginWhoamiProfile(t *testing.T) {
 	if p.str("displayname") != "Alice" || p.str("avatar_url") != "mxc://x/y" {
 		t.Fatalf("profile %s", p.Raw)
 	}
-	wantErr(t, e.do("PUT", "/_matrix/client/v3/profile/"+esc("@bob:example.org")+"/displayname", tok, map[string]any{"displayname": "B"}), 403, "M_FORBIDDEN")
+	wantErr(t, e.do("PUT", "/_matrix/client/v3/profile/"+esc("@bob:example.org")+"/displayname", tok, map[string]any{"displayname": "B"}), 400, "M_FORBIDDEN") // Synapse: AuthError(400)
 	wantErr(t, e.do("GET", "/_matrix/client/v3/profile/"+esc("@nobody:example.org"), "", nil), 404, "M_NOT_FOUND")
 }
 
