@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cactus-comments/appservice/pkg/bus"
 	"github.com/cactus-comments/appservice/pkg/hssim"
 	"github.com/cactus-comments/appservice/pkg/matrix"
 	"github.com/cactus-comments/appservice/pkg/mxid"
@@ -596,5 +597,44 @@ func TestHalfMadeRegistrationCompleted(t *testing.T) {
 	}
 	if room := h.Join(visitor, h.CommentAlias("blog", "post")); h.HS.PowerLevel(room.String(), owner.ID.String()) != 100 {
 		t.Error("the owner has no power in the site's first comment room")
+	}
+}
+
+// A power levels job for a site's moderation room that the bot is not in
+// yet (the replacement of an upgrade, before the owner invites the bot; a
+// fan-out that read the site just after the upgrade was followed queues
+// one) waits, as the site's power levels do: no homeserver read the bot
+// is refused, no dead letter.
+func TestPowerJobForUnreadableModerationRoomWaits(t *testing.T) {
+	t.Parallel()
+	h := Start(t, Options{RoomVersion: "10"})
+	h.StartBot(nil)
+	owner := h.User("owner")
+	mod := registerViaBot(t, h, owner, "blog")
+	h.Quiesce(30 * time.Second)
+	next, err := owner.Client.UpgradeRoom(h.Ctx, mod, "12")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Eventually(func() bool {
+		s, err := h.Registry.Site(h.Ctx, "blog")
+		return err == nil && s.ModerationRoom == next.String()
+	}, 30*time.Second, "the site following the replacement moderation room")
+	h.Quiesce(30 * time.Second)
+	if m := h.HS.Membership(next.String(), h.BotID.String()); m == "join" {
+		t.Fatalf("bot membership in the replacement: %q", m)
+	}
+
+	j := provisioner.Job{Kind: provisioner.KindPower, Site: "blog", Room: next.String(), Cause: "test:" + next.String()}
+	data, err := json.Marshal(j)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.JS.Publish(h.Ctx, bus.JobSubject(j.Kind, j.Site, j.Room), data); err != nil {
+		t.Fatal(err)
+	}
+	h.Quiesce(30 * time.Second)
+	if dl := h.DeadLetters(); len(dl) != 0 {
+		t.Fatalf("dead letters: %+v", dl)
 	}
 }

@@ -114,7 +114,7 @@ func (s *Server) checkRateLimit(who *requester, r *http.Request) *matrixError {
 		return nil
 	}
 	wait := time.Duration((1 - b.tokens) / rl.PerSecond * float64(time.Second))
-	return errLimit(wait)
+	return s.errLimit(wait)
 }
 
 // SetRateLimit changes the rate limit of users and rate-limited

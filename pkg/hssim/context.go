@@ -27,24 +27,42 @@ func (s *Server) handleContext(q *request) (any, *matrixError) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	r, e := s.readableRoomLocked(q)
+	v, e := s.readViewLocked(q, false)
 	if e != nil {
 		return nil, e
 	}
-	i := slices.IndexFunc(r.timeline, func(ev *event.Event) bool { return ev.EventID == q.param("eventId") })
-	if i < 0 {
+	// Synapse reads the event first, then filters it for the user: one
+	// outside what they may see is forbidden, not missing.
+	if !slices.ContainsFunc(v.r.timeline, func(ev *event.Event) bool { return ev.EventID == q.param("eventId") }) {
 		return nil, errNotFound("Event not found.")
 	}
+	// Synapse filters /context as a peek for anyone not joined now.
+	if v.r.membership(q.who.userID) != "join" {
+		v.peeking = true
+	}
+	visible := visibleEvents(v, q.who.userID)
+	var tl []*event.Event
+	var pos []int // each event's position in the room's timeline, for tokens
+	for i, ev := range v.r.timeline[:v.until] {
+		if visible[i] {
+			tl = append(tl, ev)
+			pos = append(pos, i)
+		}
+	}
+	i := slices.IndexFunc(tl, func(ev *event.Event) bool { return ev.EventID == q.param("eventId") })
+	if i < 0 {
+		return nil, errForbidden("You don't have permission to access that event.")
+	}
 	before := limit / 2
-	first, last := max(0, i-before), min(len(r.timeline), i+1+limit-before)
-	evsBefore := slices.Clone(r.timeline[first:i])
+	first, last := max(0, i-before), min(len(tl), i+1+limit-before)
+	evsBefore := slices.Clone(tl[first:i])
 	slices.Reverse(evsBefore)
 	return map[string]any{
-		"event":         s.servedLocked(r.timeline[i], time.Now()),
+		"event":         s.servedLocked(tl[i], time.Now()),
 		"events_before": s.servedListLocked(evsBefore),
-		"events_after":  s.servedListLocked(r.timeline[i+1 : last]),
-		"state":         s.servedListLocked(stateOf(r, s.visibleState(r, q.who.userID))),
-		"start":         "t" + strconv.Itoa(first),
-		"end":           "t" + strconv.Itoa(last),
+		"events_after":  s.servedListLocked(tl[i+1 : last]),
+		"state":         s.servedListLocked(stateOf(v.r, v.state())),
+		"start":         "t" + strconv.Itoa(pos[first]),
+		"end":           "t" + strconv.Itoa(pos[last-1]+1),
 	}, nil
 }

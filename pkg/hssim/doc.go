@@ -34,7 +34,8 @@ package hssim
 // appear in content.users", continuwuity 400 M_INVALID_PARAM, Dendrite 403),
 // which is also how demoting a creator fails; kicking or banning a creator
 // fails the auth rules (403). Invites carry m.room.create in
-// unsigned.invite_room_state in every version.
+// unsigned.invite_room_state in every version; what else each server puts
+// there, and in which form, is told at inviteStateTypes.
 //
 // Options.V12CreateCollisions (Synapse mode) imitates Synapse up to
 // 1.157.1, where two v12 createRooms by one user at once compute the same
@@ -65,6 +66,19 @@ package hssim
 // aliases, the canonical alias and the directory listing move to the
 // replacement. Nobody else is joined or invited. The answer is
 // {"replacement_room": id}.
+//
+// A new event sent with /send or a state PUT over 65536 bytes as canonical
+// JSON (counting 512 bytes for the PDU fields the simulator does not
+// compute), or with a type or state key over 255 bytes, is refused with 413
+// M_TOO_LARGE, as every server refuses it.
+//
+// Reading a room (state, members, joined_members, messages, context,
+// aliases) needs a current join or a world_readable history; an invitee, a
+// banned user or a stranger gets 403 M_FORBIDDEN in every mode, and an
+// appservice's token acts only as its user, the bot included. A former
+// member (leave) reads the room as it was at their leave on Synapse and
+// Dendrite, and is refused the state endpoints on continuwuity; history is
+// filtered by the history visibility. See visibility.go for each server.
 //
 // Client-server endpoints (r0 and v3 prefixes; endpoint names for Calls,
 // SetLatency and InjectFault are the EP constants): versions, register,
@@ -194,6 +208,12 @@ package hssim
 //   - The appservice sender exists at startup on Dendrite (registering it
 //     answers M_USER_IN_USE); on Synapse and continuwuity the first
 //     registration succeeds. Masquerading as it works either way.
+//   - Profiles: Synapse refuses a display name over 256 characters or an
+//     avatar URL over 1000 (400 M_UNKNOWN) and setting another user's
+//     profile with 400 M_FORBIDDEN; the others answer that 403.
+//   - 429 M_LIMIT_EXCEEDED carries retry_after_ms everywhere and the
+//     Retry-After header (whole seconds, rounded up) on Synapse and
+//     continuwuity, not on Dendrite.
 //   - Client-server ping and its errors exist only in Synapse mode
 //     (elsewhere 404 M_UNRECOGNIZED). Dendrite asks every appservice
 //     thirdparty/location?alias= and thirdparty/user?userid= when a client

@@ -16,6 +16,9 @@ type matrixError struct {
 	Message    string
 	Extra      map[string]any
 	RetryAfter time.Duration // for M_LIMIT_EXCEEDED: header and retry_after_ms
+	// NoRetryHeader leaves the Retry-After header out (Dendrite writes
+	// only retry_after_ms).
+	NoRetryHeader bool
 }
 
 func (e *matrixError) Error() string {
@@ -38,8 +41,12 @@ func errBadJSON(format string, args ...any) *matrixError {
 	return errf(http.StatusBadRequest, "M_BAD_JSON", format, args...)
 }
 
-func errLimit(d time.Duration) *matrixError {
-	return &matrixError{Status: http.StatusTooManyRequests, ErrCode: "M_LIMIT_EXCEEDED", Message: "Too Many Requests", RetryAfter: d}
+// errLimit is a 429 as the simulated server writes it: Synapse (since
+// 1.104, MSC4041) and continuwuity (ruma) send retry_after_ms and the
+// Retry-After header in whole seconds, Dendrite only retry_after_ms.
+func (s *Server) errLimit(d time.Duration) *matrixError {
+	return &matrixError{Status: http.StatusTooManyRequests, ErrCode: "M_LIMIT_EXCEEDED", Message: "Too Many Requests", RetryAfter: d,
+		NoRetryHeader: s.opts.Mode == Dendrite}
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -63,8 +70,10 @@ func writeError(w http.ResponseWriter, e *matrixError) {
 	if e.ErrCode == "M_LIMIT_EXCEEDED" {
 		ms := e.RetryAfter.Milliseconds()
 		body["retry_after_ms"] = ms
-		secs := (ms + 999) / 1000
-		w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
+		if !e.NoRetryHeader {
+			secs := (ms + 999) / 1000
+			w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
+		}
 	}
 	writeJSON(w, e.Status, body)
 }

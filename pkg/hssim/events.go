@@ -3,6 +3,7 @@ package hssim
 import (
 	"encoding/json"
 	"maps"
+	"net/http"
 	"slices"
 	"strings"
 	"time"
@@ -240,7 +241,7 @@ func (s *Server) storeEventLocked(r *room, ev *event.Event) {
 			// The stripped state of a local invite; an invite from a
 			// remote server carries what that server gives.
 			if m == "invite" && strings.HasSuffix(ev.Sender, ":"+s.opts.ServerName) {
-				setUnsigned(ev, "invite_room_state", inviteRoomState(r, ev.Sender))
+				setUnsigned(ev, "invite_room_state", s.inviteRoomState(r, ev))
 			}
 		}
 		r.state[k] = ev
@@ -249,19 +250,96 @@ func (s *Server) storeEventLocked(r *room, ev *event.Event) {
 	s.enqueueNotifyLocked(ev)
 }
 
-// inviteRoomState is the stripped state Synapse attaches to invites.
-func inviteRoomState(r *room, inviter string) []any {
+// Stripped state of an invite (unsigned.invite_room_state), as each server
+// builds it. The spec recommends m.room.create, join rules, canonical
+// alias, avatar, name and encryption, and requires m.room.create from room
+// version 12 (MSC4311).
+//
+//   - Synapse: its room_prejoin_state default list (join rules, canonical
+//     alias, avatar, encryption, name, create, topic) plus the inviter's
+//     own m.room.member; in a v12 room the create event comes as the full
+//     PDU (strip_event), here without hashes and signatures, which the
+//     simulator does not compute.
+//   - Dendrite: the invite itself, then name, canonical alias, join rules,
+//     avatar, encryption and create, then the invite again; no topic and no
+//     inviter member.
+//   - continuwuity: create, join rules, canonical alias, name, avatar, the
+//     inviter's member, encryption, topic, then the invite itself.
+//
+// Only the types set in the room are included.
+var inviteStateTypes = map[Mode][]string{
+	Synapse:  {"m.room.join_rules", "m.room.canonical_alias", "m.room.avatar", "m.room.encryption", "m.room.name", "m.room.create", "m.room.topic", inviterMember},
+	Dendrite: {inviteItself, "m.room.name", "m.room.canonical_alias", "m.room.join_rules", "m.room.avatar", "m.room.encryption", "m.room.create", inviteItself},
+	Conduit:  {"m.room.create", "m.room.join_rules", "m.room.canonical_alias", "m.room.name", "m.room.avatar", inviterMember, "m.room.encryption", "m.room.topic", inviteItself},
+}
+
+// Placeholders in inviteStateTypes for the member events.
+const (
+	inviterMember = "inviter's m.room.member"
+	inviteItself  = "the invite"
+)
+
+// inviteRoomState is the stripped state the simulated server attaches to
+// invite, a local invite about to be stored in r.
+func (s *Server) inviteRoomState(r *room, invite *event.Event) []any {
+	strip := func(e *event.Event) map[string]any {
+		return map[string]any{"type": e.Type, "state_key": *e.StateKey, "content": json.RawMessage(e.Content), "sender": e.Sender}
+	}
 	var out []any
-	for _, k := range []StateKey{
-		{"m.room.create", ""}, {"m.room.join_rules", ""}, {"m.room.canonical_alias", ""},
-		{"m.room.avatar", ""}, {"m.room.name", ""}, {"m.room.encryption", ""}, {"m.room.topic", ""},
-		{"m.room.member", inviter},
-	} {
-		if e := r.state[k]; e != nil {
-			out = append(out, map[string]any{"type": e.Type, "state_key": *e.StateKey, "content": json.RawMessage(e.Content), "sender": e.Sender})
+	for _, typ := range inviteStateTypes[s.opts.Mode] {
+		var e *event.Event
+		switch typ {
+		case inviteItself:
+			out = append(out, strip(invite))
+			continue
+		case inviterMember:
+			e = r.stateEvent("m.room.member", invite.Sender)
+		default:
+			e = r.stateEvent(typ, "")
 		}
+		if e == nil {
+			continue
+		}
+		st := strip(e)
+		if s.opts.Mode == Synapse && typ == "m.room.create" && versionOf(r.version).hashRoomIDs() {
+			st["origin_server_ts"] = e.OriginServerTS
+			st["depth"] = 1
+			st["auth_events"] = []string{}
+			st["prev_events"] = []string{}
+			st["unsigned"] = map[string]any{}
+		}
+		out = append(out, st)
 	}
 	return out
 }
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+// pduOverhead stands for what a real PDU carries and the simulator does not
+// compute (auth_events, prev_events, depth, hashes, signatures): a few
+// hundred bytes on a real server, so events near the limit are refused
+// here no later than there.
+const pduOverhead = 512
+
+// checkEventSize is Synapse's EventValidator on a new local event: the
+// event over 65536 bytes as canonical JSON, or a type or state key over 255
+// bytes, is refused with 413 M_TOO_LARGE (Dendrite and continuwuity refuse
+// them too).
+func checkEventSize(ev *event.Event) *matrixError {
+	if len(ev.Type) > 255 {
+		return errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "'type' too large")
+	}
+	if ev.StateKey != nil && len(*ev.StateKey) > 255 {
+		return errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "'state_key' too large")
+	}
+	pdu := *ev
+	pdu.EventID = "" // no event_id in a PDU from room version 3
+	raw, err := json.Marshal(&pdu)
+	if err != nil {
+		return errBadJSON("event: %v", err)
+	}
+	if len(canonical(raw))+pduOverhead > maxPDUSize {
+		return errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "event too large")
+	}
+	return nil
+}

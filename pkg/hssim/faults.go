@@ -16,7 +16,8 @@ type Fault struct {
 	// Times is how many requests fail; 0 means every one until ClearFaults.
 	Times int
 	// Status is the HTTP status to answer (default 500). 429 answers
-	// M_LIMIT_EXCEEDED with Retry-After and retry_after_ms from RetryAfter.
+	// M_LIMIT_EXCEEDED with retry_after_ms from RetryAfter, and the
+	// Retry-After header except in Dendrite mode.
 	Status     int
 	ErrCode    string // default M_UNKNOWN (M_LIMIT_EXCEEDED for 429)
 	RetryAfter time.Duration
@@ -110,7 +111,7 @@ func (s *Server) applyFault(w http.ResponseWriter, f *Fault) {
 		status = http.StatusInternalServerError
 	}
 	if status == http.StatusTooManyRequests {
-		writeError(w, errLimit(f.RetryAfter))
+		writeError(w, s.errLimit(f.RetryAfter))
 		return
 	}
 	code := f.ErrCode

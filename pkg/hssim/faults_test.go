@@ -240,3 +240,30 @@ func TestLatencyAppliesWritesTheClientGaveUpOn(t *testing.T) {
 		t.Fatal("room created without its creator")
 	}
 }
+
+func TestRateLimitAnswerPerMode(t *testing.T) {
+	for _, tc := range []struct {
+		mode   Mode
+		header string // Retry-After for a 1.5 s wait
+	}{
+		{Synapse, "2"}, {Dendrite, ""}, {Conduit, "2"},
+	} {
+		t.Run(string(tc.mode), func(t *testing.T) {
+			e := startEnv(t, tc.mode)
+			_, atok := e.user("alice")
+			e.hs.InjectFault(Fault{Endpoint: EPWhoami, Status: 429, RetryAfter: 1500 * time.Millisecond, Times: 1})
+			r := e.do("GET", "/_matrix/client/v3/account/whoami", atok, nil)
+			wantErr(t, r, 429, "M_LIMIT_EXCEEDED")
+			if got := r.Header.Get("Retry-After"); got != tc.header || r.Body["retry_after_ms"] != float64(1500) {
+				t.Fatalf("Retry-After %q retry_after_ms %v, want %q and 1500", got, r.Body["retry_after_ms"], tc.header)
+			}
+			e.hs.SetRateLimit(RateLimit{PerSecond: 0.01, Burst: 1})
+			e.mustOK(e.do("PUT", "/_matrix/client/v3/profile/"+esc("@alice:example.org")+"/displayname", atok, map[string]any{"displayname": "A"}))
+			r = e.do("PUT", "/_matrix/client/v3/profile/"+esc("@alice:example.org")+"/displayname", atok, map[string]any{"displayname": "B"})
+			wantErr(t, r, 429, "M_LIMIT_EXCEEDED")
+			if _, has := r.Header["Retry-After"]; has != (tc.header != "") {
+				t.Fatalf("rate limiter: Retry-After present %v in mode %s", has, tc.mode)
+			}
+		})
+	}
+}

@@ -504,6 +504,9 @@ func (s *Server) handleSend(q *request) (any, *matrixError) {
 		return nil, e
 	}
 	ev := s.newEventLocked(r, q.who.userID, typ, nil, mustJSON(content))
+	if e := checkEventSize(ev); e != nil {
+		return nil, e
+	}
 	// continuwuity keeps the transaction id in the event's unsigned data.
 	s.sendTxns[ev.EventID] = q.param("txnId")
 	s.storeEventLocked(r, ev)
@@ -564,37 +567,14 @@ func (s *Server) handleRedact(q *request) (any, *matrixError) {
 	return map[string]any{"event_id": ev.EventID}, nil
 }
 
-// canReadLocked: members (current or past) and anyone when the history is
-// world readable may read state.
-func (s *Server) canReadLocked(r *room, userID string) bool {
-	if r.membership(userID) == "join" {
-		return true
-	}
-	if hv, _ := r.stateContent("m.room.history_visibility", "")["history_visibility"].(string); hv == "world_readable" {
-		return true
-	}
-	return r.stateEvent("m.room.member", userID) != nil
-}
-
-func (s *Server) readableRoomLocked(q *request) (*room, *matrixError) {
-	r, e := s.lookupRoomLocked(q.param("roomId"), q.who.userID)
-	if e != nil {
-		return nil, e
-	}
-	if !s.canReadLocked(r, q.who.userID) {
-		return nil, errForbidden("User %s not in room %s, and room previews are disabled", q.who.userID, r.id)
-	}
-	return r, nil
-}
-
 func (s *Server) handleStateGet(q *request) (any, *matrixError) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	r, e := s.readableRoomLocked(q)
+	v, e := s.readViewLocked(q, true)
 	if e != nil {
 		return nil, e
 	}
-	ev := s.visibleState(r, q.who.userID)[StateKey{q.param("eventType"), q.param("stateKey")}]
+	ev := v.state()[StateKey{q.param("eventType"), q.param("stateKey")}]
 	if ev == nil {
 		return nil, errNotFound("Event not found.")
 	}
@@ -648,7 +628,11 @@ func (s *Server) handleStatePut(q *request) (any, *matrixError) {
 			return nil, e
 		}
 	}
-	ev := s.appendEventLocked(r, q.who.userID, typ, &key, mustJSON(content))
+	ev := s.newEventLocked(r, q.who.userID, typ, &key, mustJSON(content))
+	if e := checkEventSize(ev); e != nil {
+		return nil, e
+	}
+	s.storeEventLocked(r, ev)
 	return map[string]any{"event_id": ev.EventID}, nil
 }
 
@@ -691,33 +675,11 @@ func (s *Server) checkCanonicalAliasLocked(r *room, content map[string]any) *mat
 func (s *Server) handleStateAll(q *request) (any, *matrixError) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	r, e := s.readableRoomLocked(q)
+	v, e := s.readViewLocked(q, true)
 	if e != nil {
 		return nil, e
 	}
-	return s.servedListLocked(stateOf(r, s.visibleState(r, q.who.userID))), nil
-}
-
-// visibleState is the current state for members and world-readable rooms;
-// a former member sees the state as it was when they left, as on Synapse.
-func (s *Server) visibleState(r *room, userID string) map[StateKey]*event.Event {
-	if r.membership(userID) == "join" {
-		return r.state
-	}
-	if hv, _ := r.stateContent("m.room.history_visibility", "")["history_visibility"].(string); hv == "world_readable" {
-		return r.state
-	}
-	last := r.stateEvent("m.room.member", userID)
-	st := map[StateKey]*event.Event{}
-	for _, ev := range r.timeline {
-		if ev.StateKey != nil {
-			st[StateKey{ev.Type, *ev.StateKey}] = ev
-		}
-		if ev == last {
-			break
-		}
-	}
-	return st
+	return s.servedListLocked(stateOf(v.r, v.state())), nil
 }
 
 // stateOf lists the events of st (a view of r's state) in timeline order.
@@ -741,12 +703,18 @@ func (s *Server) servedListLocked(evs []*event.Event) []jsontext.Value {
 	return out
 }
 
+// handleJoinedMembers answers current members only: Synapse refuses a
+// former member, and lets an appservice in when one of the room's joined
+// members is in its namespace, whoever it acts as.
 func (s *Server) handleJoinedMembers(q *request) (any, *matrixError) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	r, e := s.readableRoomLocked(q)
+	r, e := s.lookupRoomLocked(q.param("roomId"), q.who.userID)
 	if e != nil {
 		return nil, e
+	}
+	if !s.mayListJoinedLocked(r, q.who) {
+		return nil, errForbidden("Getting joined members while not being a current member of the room is forbidden.")
 	}
 	joined := map[string]any{}
 	for _, m := range r.joinedMembers() {
@@ -766,13 +734,13 @@ func (s *Server) handleJoinedMembers(q *request) (any, *matrixError) {
 func (s *Server) handleMembers(q *request) (any, *matrixError) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	r, e := s.readableRoomLocked(q)
+	v, e := s.readViewLocked(q, true)
 	if e != nil {
 		return nil, e
 	}
 	want := q.r.URL.Query().Get("membership")
 	var chunk []*event.Event
-	for _, ev := range stateOf(r, r.state) {
+	for _, ev := range stateOf(v.r, v.state()) {
 		if ev.Type != "m.room.member" {
 			continue
 		}
@@ -784,11 +752,13 @@ func (s *Server) handleMembers(q *request) (any, *matrixError) {
 	return map[string]any{"chunk": s.servedListLocked(chunk)}, nil
 }
 
-// handleMessages pages the timeline. Tokens are "t<index>" positions.
+// handleMessages pages the timeline. Tokens are "t<index>" positions; a
+// former member pages only up to their leave, as Synapse clamps the token,
+// and events the history visibility hides are left out.
 func (s *Server) handleMessages(q *request) (any, *matrixError) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	r, e := s.readableRoomLocked(q)
+	v, e := s.readViewLocked(q, false)
 	if e != nil {
 		return nil, e
 	}
@@ -810,34 +780,39 @@ func (s *Server) handleMessages(q *request) (any, *matrixError) {
 	}
 	pos := 0
 	if dir == "b" {
-		pos = len(r.timeline)
+		pos = v.until
 	}
 	if from := qs.Get("from"); from != "" {
 		n, err := strconv.Atoi(strings.TrimPrefix(from, "t"))
-		if err != nil || n < 0 || n > len(r.timeline) {
+		if err != nil || n < 0 || n > len(v.r.timeline) {
 			return nil, errf(http.StatusBadRequest, "M_INVALID_PARAM", "Bad from token")
 		}
-		pos = n
+		pos = min(n, v.until)
 	}
+	visible := visibleEvents(v, q.who.userID)
 	var chunk []*event.Event
 	start := pos
 	for len(chunk) < limit {
+		var i int
 		if dir == "b" {
 			if pos == 0 {
 				break
 			}
 			pos--
-			chunk = append(chunk, r.timeline[pos])
+			i = pos
 		} else {
-			if pos >= len(r.timeline) {
+			if pos >= v.until {
 				break
 			}
-			chunk = append(chunk, r.timeline[pos])
+			i = pos
 			pos++
+		}
+		if visible[i] {
+			chunk = append(chunk, v.r.timeline[i])
 		}
 	}
 	resp := map[string]any{"chunk": s.servedListLocked(chunk), "start": "t" + strconv.Itoa(start)}
-	if (dir == "b" && pos > 0) || (dir == "f" && pos < len(r.timeline)) {
+	if (dir == "b" && pos > 0) || (dir == "f" && pos < v.until) {
 		resp["end"] = "t" + strconv.Itoa(pos)
 	}
 	return resp, nil
@@ -846,11 +821,11 @@ func (s *Server) handleMessages(q *request) (any, *matrixError) {
 func (s *Server) handleRoomAliases(q *request) (any, *matrixError) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	r, e := s.readableRoomLocked(q)
+	v, e := s.readViewLocked(q, true)
 	if e != nil {
 		return nil, e
 	}
-	return map[string]any{"aliases": s.localAliasesLocked(r.id)}, nil
+	return map[string]any{"aliases": s.localAliasesLocked(v.r.id)}, nil
 }
 
 func (s *Server) localAliasesLocked(roomID string) []string {

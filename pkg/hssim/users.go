@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 type user struct {
@@ -348,7 +349,14 @@ func (s *Server) handleProfilePut(q *request) (any, *matrixError) {
 	}
 	target := q.param("userId")
 	if target != q.who.userID {
-		return nil, errForbidden("Cannot set another user's %s", field)
+		e := errForbidden("Cannot set another user's %s", field)
+		if s.opts.Mode == Synapse {
+			e.Status = http.StatusBadRequest // Synapse's AuthError(400, ...)
+		}
+		return nil, e
+	}
+	if e := s.checkProfileValue(field, val); e != nil {
+		return nil, e
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -384,4 +392,26 @@ func (s *Server) handleProfilePut(q *request) (any, *matrixError) {
 		s.appendEventLocked(rm, target, "m.room.member", &key, mustJSON(content))
 	}
 	return map[string]any{}, nil
+}
+
+// Synapse's profile handler refuses a display name over 256 characters and
+// an avatar URL over 1000 (400 M_UNKNOWN); the others take any string that
+// fits in a member event.
+const (
+	maxDisplayNameLen = 256
+	maxAvatarURLLen   = 1000
+)
+
+func (s *Server) checkProfileValue(field, val string) *matrixError {
+	if s.opts.Mode != Synapse {
+		return nil
+	}
+	n := utf8.RuneCountInString(val)
+	switch {
+	case field == "displayname" && n > maxDisplayNameLen:
+		return errf(http.StatusBadRequest, "M_UNKNOWN", "Displayname is too long (max %d)", maxDisplayNameLen)
+	case field == "avatar_url" && n > maxAvatarURLLen:
+		return errf(http.StatusBadRequest, "M_UNKNOWN", "Avatar URL is too long (max %d)", maxAvatarURLLen)
+	}
+	return nil
 }

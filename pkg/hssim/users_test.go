@@ -2,6 +2,7 @@ package hssim
 
 import (
 	"net/http"
+	"strings"
 	"testing"
 )
 
@@ -90,7 +91,7 @@ func TestLoginWhoamiProfile(t *testing.T) {
 	if p.str("displayname") != "Alice" || p.str("avatar_url") != "mxc://x/y" {
 		t.Fatalf("profile %s", p.Raw)
 	}
-	wantErr(t, e.do("PUT", "/_matrix/client/v3/profile/"+esc("@bob:example.org")+"/displayname", tok, map[string]any{"displayname": "B"}), 403, "M_FORBIDDEN")
+	wantErr(t, e.do("PUT", "/_matrix/client/v3/profile/"+esc("@bob:example.org")+"/displayname", tok, map[string]any{"displayname": "B"}), 400, "M_FORBIDDEN") // Synapse: AuthError(400)
 	wantErr(t, e.do("GET", "/_matrix/client/v3/profile/"+esc("@nobody:example.org"), "", nil), 404, "M_NOT_FOUND")
 }
 
@@ -134,5 +135,33 @@ func TestUnknownEndpointsAndMethods(t *testing.T) {
 	wantErr(t, e.do("GET", "/_matrix/client/v3/createRoom", testASToken, nil), http.StatusMethodNotAllowed, "M_UNRECOGNIZED")
 	if e.hs.Calls(EPUnknown) != 1 || e.hs.Calls(EPCreateRoom) != 1 {
 		t.Fatalf("counters: unknown=%d createRoom=%d", e.hs.Calls(EPUnknown), e.hs.Calls(EPCreateRoom))
+	}
+}
+
+func TestProfileLimitsPerMode(t *testing.T) {
+	long := strings.Repeat("é", 257)
+	for _, tc := range []struct {
+		mode               Mode
+		tooLong, otherUser int // statuses
+	}{
+		{Synapse, 400, 400}, {Dendrite, 200, 403}, {Conduit, 200, 403},
+	} {
+		t.Run(string(tc.mode), func(t *testing.T) {
+			e := startEnv(t, tc.mode)
+			_, atok := e.user("alice")
+			e.user("bob")
+			p := "/_matrix/client/v3/profile/" + esc("@alice:example.org")
+			e.mustOK(e.do("PUT", p+"/displayname", atok, map[string]any{"displayname": strings.Repeat("é", 256)}))
+			if r := e.do("PUT", p+"/displayname", atok, map[string]any{"displayname": long}); r.Status != tc.tooLong {
+				t.Fatalf("257-character display name: %d %s", r.Status, r.Raw)
+			}
+			if r := e.do("PUT", p+"/avatar_url", atok, map[string]any{"avatar_url": "mxc://example.org/" + strings.Repeat("a", 1000)}); r.Status != tc.tooLong {
+				t.Fatalf("over-long avatar URL: %d %s", r.Status, r.Raw)
+			}
+			r := e.do("PUT", "/_matrix/client/v3/profile/"+esc("@bob:example.org")+"/displayname", atok, map[string]any{"displayname": "B"})
+			if r.Status != tc.otherUser || r.errcode() != "M_FORBIDDEN" {
+				t.Fatalf("setting another user's name: %d %s", r.Status, r.Raw)
+			}
+		})
 	}
 }

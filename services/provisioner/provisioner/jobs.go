@@ -366,6 +366,19 @@ func (p *Provisioner) convergePower(ctx context.Context, j Job, room mxid.RoomID
 		if err := json.Unmarshal(site.PowerLevels, &want); err != nil {
 			return did, worker.Permanent(fmt.Errorf("site %q: stored power levels unreadable: %w", j.Site, err))
 		}
+		// The moderation room first: while the bot cannot read it (the
+		// replacement of an upgrade, before the owner invites the bot) the
+		// snapshot cannot be read without its creators, and when it is
+		// this job's room, reading the room's levels would be refused.
+		src, err := p.moderationRoom(ctx, site)
+		if err != nil {
+			return did, err
+		}
+		if src == nil {
+			// It waits, as the site's power levels do.
+			p.log.Info("power levels job waits until the bot can read the moderation room", "site", j.Site, "room_id", j.Room)
+			return did, nil
+		}
 		cur, err := p.hs.GetPowerLevels(ctx, room)
 		if err != nil {
 			return did, err
@@ -373,16 +386,6 @@ func (p *Provisioner) convergePower(ctx context.Context, j Job, room mxid.RoomID
 		dst, err := p.roomOf(ctx, site, room)
 		if err != nil {
 			return did, err
-		}
-		src, err := p.moderationRoom(ctx, site)
-		if err != nil {
-			return did, err
-		}
-		if src == nil {
-			// The snapshot cannot be read without the moderation room's
-			// creators: it waits, as the site's power levels do.
-			p.log.Info("power levels job waits until the bot can read the moderation room", "site", j.Site, "room_id", j.Room)
-			return did, nil
 		}
 		target, skipped := power.Reconcile(dst, cur, siteLevels(src, &want, dst), p.bot.String())
 		for _, s := range skipped {
