@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/cactus-comments/appservice/pkg/event"
@@ -26,6 +27,36 @@ func ReadRoom(ctx context.Context, hs CreateReader, room mxid.RoomID) (power.Roo
 	r, err := power.FromCreateEvent(ev.Sender, ev.Content)
 	if err != nil {
 		return power.Room{}, fmt.Errorf("registry: room %s: %w", room, err)
+	}
+	return r, nil
+}
+
+// ErrNotSuccessor is the answer to a tombstone that names a room which is
+// not an upgrade of the tombstoned room: anyone allowed to send a
+// tombstone (a site's owner, in the site's rooms) may name any room in
+// it, another site's included.
+var ErrNotSuccessor = errors.New("registry: the named replacement is not an upgrade of the room")
+
+// ReadSuccessor reads the version and creators of next, the replacement
+// that a tombstone in old names, and checks that next is an upgrade of
+// old: its create event names old as its predecessor, as every upgrade
+// (POST /rooms/{id}/upgrade, on every homeserver) writes it.
+func ReadSuccessor(ctx context.Context, hs CreateReader, next, old mxid.RoomID) (power.Room, error) {
+	ev, err := hs.CreateEvent(ctx, next)
+	if err != nil {
+		return power.Room{}, err
+	}
+	var c struct {
+		Predecessor *struct {
+			RoomID string `json:"room_id"`
+		} `json:"predecessor"`
+	}
+	if err := event.DecodeContent(ev.Content, &c); err != nil || c.Predecessor == nil || c.Predecessor.RoomID != old.String() {
+		return power.Room{}, fmt.Errorf("%w: %s does not name %s as its predecessor", ErrNotSuccessor, next, old)
+	}
+	r, err := power.FromCreateEvent(ev.Sender, ev.Content)
+	if err != nil {
+		return power.Room{}, fmt.Errorf("registry: room %s: %w", next, err)
 	}
 	return r, nil
 }

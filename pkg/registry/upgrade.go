@@ -34,6 +34,9 @@ func (r *Registry) FollowUpgrade(ctx context.Context, old, next string, create *
 	if prev.ReplacedBy != "" && prev.ReplacedBy != next {
 		return Room{}, fmt.Errorf("%w: %s by %s", ErrReplaced, old, prev.ReplacedBy)
 	}
+	if err := r.CheckReplacement(ctx, prev, next); err != nil {
+		return Room{}, err
+	}
 	now := Room{Site: prev.Site, Section: prev.Section, RoomID: next, Alias: prev.Alias, Create: create}
 	if prev.IsModeration() {
 		now.Alias = ""
@@ -117,6 +120,22 @@ func (r *Registry) SetCreate(ctx context.Context, roomID string, create power.Ro
 		return true, nil
 	})
 	return err
+}
+
+// CheckReplacement returns ErrNotSuccessor when next is already a room of
+// ours other than prev's replacement (a redelivery, or a first attempt
+// that stopped half-way): whatever a tombstone in prev says, another
+// room's place is not prev's to take.
+func (r *Registry) CheckReplacement(ctx context.Context, prev Room, next string) error {
+	switch known, err := r.Lookup(ctx, next); {
+	case errors.Is(err, ErrNotFound):
+		return nil
+	case err != nil:
+		return err
+	case known.Site != prev.Site || known.Section != prev.Section:
+		return fmt.Errorf("%w: %s is already a room of site %q", ErrNotSuccessor, next, known.Site)
+	}
+	return nil
 }
 
 // UpdateRoom applies fn to a comment room's entry and stores the result

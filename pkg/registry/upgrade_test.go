@@ -1,10 +1,13 @@
 package registry
 
 import (
+	"context"
 	"errors"
 	"reflect"
 	"testing"
 
+	"github.com/cactus-comments/appservice/pkg/event"
+	"github.com/cactus-comments/appservice/pkg/mxid"
 	"github.com/cactus-comments/appservice/pkg/power"
 )
 
@@ -148,6 +151,43 @@ func TestReplacedAfter(t *testing.T) {
 		r := Room{ReplacedBy: "!new", ReplacedSeq: tc.replaced}
 		if got := r.ReplacedAfter(tc.seq); got != tc.counts {
 			t.Errorf("tombstone at %d, event at %d: counts %v, want %v", tc.replaced, tc.seq, got, tc.counts)
+		}
+	}
+}
+
+type createOf map[string]*event.Event
+
+func (c createOf) CreateEvent(_ context.Context, room mxid.RoomID) (*event.Event, error) {
+	if ev, ok := c[room.String()]; ok {
+		return ev, nil
+	}
+	return nil, errors.New("no such room")
+}
+
+func TestReadSuccessor(t *testing.T) {
+	old, next := mxid.MustRoomID("!old:x"), mxid.MustRoomID("!next:x")
+	create := func(content string) createOf {
+		return createOf{next.String(): {Type: "m.room.create", Sender: "@a:x", Content: []byte(content)}}
+	}
+	tests := []struct {
+		name    string
+		content string
+		ok      bool
+	}{
+		{"an upgrade of old", `{"room_version":"12","predecessor":{"room_id":"!old:x"}}`, true},
+		{"an upgrade of old, v10 with event id", `{"room_version":"10","predecessor":{"room_id":"!old:x","event_id":"$t"}}`, true},
+		{"no predecessor", `{"room_version":"10"}`, false},
+		{"another room's upgrade", `{"room_version":"10","predecessor":{"room_id":"!other:x"}}`, false},
+		{"predecessor of the wrong type", `{"room_version":"10","predecessor":"!old:x"}`, false},
+		{"case variant key", `{"room_version":"10","Predecessor":{"room_id":"!old:x"}}`, false},
+	}
+	for _, tt := range tests {
+		r, err := ReadSuccessor(context.Background(), create(tt.content), next, old)
+		if tt.ok && (err != nil || r.Creator != "@a:x") {
+			t.Errorf("%s: %+v, %v", tt.name, r, err)
+		}
+		if !tt.ok && !errors.Is(err, ErrNotSuccessor) {
+			t.Errorf("%s: err %v, want ErrNotSuccessor", tt.name, err)
 		}
 	}
 }

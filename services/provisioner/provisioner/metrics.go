@@ -64,13 +64,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}, []string{"action", "reason"})
 	m.upgrades = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "cactus_provisioner_room_upgrades_total",
-		Help: "Upgraded rooms of sites followed, by kind (moderation, comment) and outcome (joined: the bot is in the replacement; not_joined: it could not join, the site's owner was told).",
+		Help: "Upgraded rooms of sites followed, by kind (moderation, comment) and outcome (joined: the bot is in the replacement; not_joined: it could not join, the site's owner was told; refused: the tombstone named a room that is no upgrade of the room, not followed).",
 	}, []string{"kind", "outcome"})
 	for _, a := range []string{"ban", "unban"} {
 		m.refused.WithLabelValues(a, "creator")
 	}
 	for _, k := range []string{"moderation", "comment"} {
-		for _, o := range []string{"joined", "not_joined"} {
+		for _, o := range []string{"joined", "not_joined", "refused"} {
 			m.upgrades.WithLabelValues(k, o)
 		}
 	}

@@ -75,6 +75,18 @@ func (p *Provisioner) handleTombstone(ctx context.Context, m jetstream.Msg, e *e
 	}
 	log = log.With("site", old.Site, "kind", kind, "replacement", next.String())
 
+	refused := func(err error) error {
+		p.m.upgrades.WithLabelValues(kind, "refused").Inc()
+		log.Warn("tombstone names a room that is no upgrade of this one; not followed", "err", err)
+		return nil
+	}
+	// Checked before the bot joins anything: the tombstone's sender chose
+	// the room.
+	if err := p.reg.CheckReplacement(ctx, old, next.String()); errors.Is(err, registry.ErrNotSuccessor) {
+		return refused(err)
+	} else if err != nil {
+		return classify(err)
+	}
 	joined := true
 	if _, err := p.hs.JoinRoom(ctx, next.String()); err != nil {
 		if !matrix.IsForbidden(err) && !matrix.IsNotFound(err) {
@@ -85,13 +97,23 @@ func (p *Provisioner) handleTombstone(ctx context.Context, m jetstream.Msg, e *e
 	}
 	var create *power.Room
 	if joined {
-		r, err := registry.ReadRoom(ctx, p.hs, next)
+		oldID, err := mxid.ParseRoomID(e.RoomID)
+		if err != nil {
+			return worker.Permanent(err)
+		}
+		r, err := registry.ReadSuccessor(ctx, p.hs, next, oldID)
+		if errors.Is(err, registry.ErrNotSuccessor) {
+			return refused(err)
+		}
 		if err != nil {
 			return classify(err)
 		}
 		create = &r
 	}
 	now, err := p.reg.FollowUpgrade(ctx, e.RoomID, next.String(), create, eventSequence(ctx, m))
+	if errors.Is(err, registry.ErrNotSuccessor) {
+		return refused(err)
+	}
 	if errors.Is(err, registry.ErrReplaced) {
 		p.m.moderation.WithLabelValues("ignored").Inc()
 		log.Warn("tombstone names another room than the one already followed; ignored", "err", err)
