@@ -9,6 +9,7 @@ import (
 	"github.com/cactus-comments/appservice/pkg/matrix"
 	"github.com/cactus-comments/appservice/pkg/mxid"
 	"github.com/cactus-comments/appservice/pkg/registry"
+	"github.com/cactus-comments/appservice/services/provisioner/provisioner"
 )
 
 // banInSnapshot has the owner ban spammer in the site's moderation room
@@ -135,7 +136,7 @@ func TestExistingRoomMissingFromRegistryGetsBans(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A second provisioner's query for the alias meets M_ROOM_IN_USE.
-	p := h.services[0].Provisioner
+	p := h.StartProvisioner(provisioner.Options{}).Provisioner
 	if ans, outcome, err := p.AliasQuery(h.Ctx, h.CommentAlias(site.Name, "page").String()); err != nil || !ans.Exists || outcome != "exists" {
 		t.Fatalf("alias query: %+v %q %v", ans, outcome, err)
 	}
