@@ -146,3 +146,49 @@ func TestExistingRoomMissingFromRegistryGetsBans(t *testing.T) {
 	h.WaitSim(func() bool { return h.HS.Membership(orphan.String(), spammer.ID.String()) == "ban" },
 		20*time.Second, "the site's ban in the room found existing")
 }
+
+// The provisioner reads sites from a snapshot that a watch keeps, which
+// lags the bucket. A ban the snapshot has not seen yet is still in the
+// new room when the alias query is answered: the revision check after
+// recording the room sees that the site moved and applies the bans as
+// they are now. The snapshot here is stopped before the ban, so it lags
+// for certain.
+func TestBanNotYetInTheSnapshotAppliedAtCreation(t *testing.T) {
+	t.Parallel()
+	h := Start(t, Options{})
+	owner := h.User("owner")
+	spammer := h.User("spammer")
+	site := h.RegisterSite("lagging", owner)
+
+	wctx, stop := context.WithCancel(h.Ctx)
+	snap := h.Registry.WatchSites(wctx, nil)
+	var rev uint64
+	h.Eventually(func() bool {
+		var ok bool
+		rev, ok = snap.Cached(site.Name)
+		return ok
+	}, 20*time.Second, "the site in the snapshot")
+	stop()
+	p := h.StartProvisioner(provisioner.Options{Sites: snap}).Provisioner
+
+	banInSnapshot(t, h, site, owner, spammer)
+	if now, ok := snap.Cached(site.Name); !ok || now != rev {
+		t.Fatalf("the stopped snapshot moved from revision %d to %d", rev, now)
+	}
+	if s, _, err := snap.Site(h.Ctx, site.Name); err != nil || s.Banned(spammer.ID.String()) {
+		t.Fatalf("the snapshot should not know the ban yet: %+v, %v", s, err)
+	}
+
+	ans, outcome, err := p.AliasQuery(h.Ctx, h.CommentAlias(site.Name, "page").String())
+	if err != nil || !ans.Exists || outcome != "created" {
+		t.Fatalf("alias query: %+v %q %v", ans, outcome, err)
+	}
+	room, err := h.Registry.Room(h.Ctx, site.Name, "page")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No waiting: the ban must be there when the query is answered.
+	if got := h.HS.Membership(room.RoomID, spammer.ID.String()); got != "ban" {
+		t.Fatalf("spammer's membership in the new room when the query was answered: %q, want ban", got)
+	}
+}
