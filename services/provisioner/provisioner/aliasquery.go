@@ -110,7 +110,9 @@ func (p *Provisioner) AliasQuery(ctx context.Context, alias string) (ans bus.Ali
 }
 
 func (p *Provisioner) provision(ctx context.Context, parsed namespace.Parsed) (bus.AliasAnswer, string, error) {
-	site, rev, err := p.site(ctx, parsed.Site)
+	// The snapshot may be a little old: the revision check after
+	// recording the room catches up with whatever it missed.
+	site, rev, err := p.site(ctx, parsed.Site, p.sites.Load())
 	if errors.Is(err, registry.ErrNotFound) {
 		return bus.AliasAnswer{Error: fmt.Sprintf("no site %q is registered", parsed.Site)}, "unknown_site", nil
 	}
@@ -291,18 +293,18 @@ func (p *Provisioner) applyBans(ctx context.Context, site *registry.Site, room m
 	return nil
 }
 
-// site returns a registered site (shared: not to be modified) and its
-// revision in the registry, from the watched snapshot when it has the
-// site, falling back to the homeserver for a site created before the
-// registry existed (and recording it). The revision of an imported site
-// is 0: unknown.
-func (p *Provisioner) site(ctx context.Context, name string) (*registry.Site, uint64, error) {
+// site returns a registered site, falling back to the homeserver for a
+// site created before the registry existed (and recording it). With a
+// snapshot, the site comes from it (shared: not to be modified; possibly
+// a little old) with its revision in the registry; without, from the
+// bucket, with revision 0 (unknown), as does an imported site.
+func (p *Provisioner) site(ctx context.Context, name string, snap *registry.SiteSnapshot) (*registry.Site, uint64, error) {
 	var (
 		s   *registry.Site
 		rev uint64
 		err error
 	)
-	if snap := p.sites.Load(); snap != nil {
+	if snap != nil {
 		s, rev, err = snap.Site(ctx, name)
 	} else {
 		s, err = p.reg.Site(ctx, name)
