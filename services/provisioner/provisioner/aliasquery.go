@@ -236,7 +236,7 @@ func (p *Provisioner) queueResolve(ctx context.Context, parsed namespace.Parsed)
 	// unknown.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	j := Job{Kind: KindResolve, Site: parsed.Site, Section: parsed.Section, Alias: parsed.Alias.String(), Cause: "create:" + parsed.Alias.String()}
+	j := bus.ResolveJob(parsed.Site, parsed.Section, parsed.Alias.String())
 	if err := p.publishJob(ctx, j); err != nil {
 		p.log.Error("createRoom outcome unknown and its resolve job not queued: if the room exists it lacks the registry entry and the site's bans until a registry rebuild",
 			"alias", parsed.Alias.String(), "err", err)
