@@ -192,3 +192,50 @@ func TestBanNotYetInTheSnapshotAppliedAtCreation(t *testing.T) {
 		t.Fatalf("spammer's membership in the new room when the query was answered: %q, want ban", got)
 	}
 }
+
+// A provisioner that dies while its createRoom is under way leaves a room
+// the homeserver created and will never ask about again. The gateway,
+// which never got an answer, hands the alias to a durable resolve job
+// that another replica runs: the room ends in the registry with the
+// site's bans.
+func TestProvisionerKilledDuringCreateRoomLosesNoRoom(t *testing.T) {
+	t.Parallel()
+	h := Start(t, Options{AliasQueryTimeout: 2 * time.Second, Provisioners: -1})
+	if !simCommitsAbandonedCreateRoom(t, h) {
+		t.Skip("the simulator drops a createRoom whose client hung up; Synapse commits it. This test needs the simulator to do the same.")
+	}
+	first := h.StartProvisioner(provisioner.Options{})
+	owner := h.User("owner")
+	spammer := h.User("spammer")
+	site := h.RegisterSite("killed", owner)
+	banInSnapshot(t, h, site, owner, spammer)
+
+	h.HS.SetLatency(hssim.EPCreateRoom, time.Second)
+	creates := h.HS.Calls(hssim.EPCreateRoom)
+	visitor := h.User("visitor")
+	alias := h.CommentAlias(site.Name, "page")
+	joined := make(chan error, 1)
+	go func() {
+		_, err := visitor.Client.JoinRoom(h.Ctx, alias.String())
+		joined <- err
+	}()
+	h.Eventually(func() bool { return h.HS.Calls(hssim.EPCreateRoom) > creates }, 20*time.Second, "the createRoom under way")
+	first.Kill()
+	h.StartProvisioner(provisioner.Options{})
+	<-joined // the gateway gave up on the dead replica: this join fails
+
+	var room registry.Room
+	h.Eventually(func() bool {
+		var err error
+		room, err = h.Registry.Room(h.Ctx, site.Name, "page")
+		return err == nil
+	}, 60*time.Second, "the dead replica's room in the registry")
+	if r, ok := h.HS.ResolveAliasLocal(alias.String()); !ok || r != room.RoomID {
+		t.Fatalf("alias resolves to %q, registry says %s", r, room.RoomID)
+	}
+	h.WaitSim(func() bool { return h.HS.Membership(room.RoomID, spammer.ID.String()) == "ban" },
+		30*time.Second, "the site's ban in the dead replica's room")
+	if dl := h.DeadLetters(); len(dl) != 0 {
+		t.Errorf("dead letters: %+v", dl)
+	}
+}
