@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cactus-comments/appservice/pkg/bus"
 	"github.com/cactus-comments/appservice/pkg/hssim"
 	"github.com/cactus-comments/appservice/pkg/matrix"
 	"github.com/cactus-comments/appservice/pkg/mxid"
@@ -238,4 +239,40 @@ func TestProvisionerKilledDuringCreateRoomLosesNoRoom(t *testing.T) {
 	if dl := h.DeadLetters(); len(dl) != 0 {
 		t.Errorf("dead letters: %+v", dl)
 	}
+}
+
+// A room created while the registry refuses writes is still recorded once
+// it takes them again: the provisioner hands the alias to a resolve job.
+func TestCreatedRoomRecordedAfterRegistryRefusedIt(t *testing.T) {
+	t.Parallel()
+	h := Start(t, Options{})
+	owner := h.User("owner")
+	site := h.RegisterSite("refused", owner)
+
+	rooms, err := h.JS.Stream(h.Ctx, "KV_"+bus.BucketRooms)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := rooms.CachedInfo().Config
+	limit := cfg.MaxMsgSize
+	cfg.MaxMsgSize = 16 // smaller than any room record
+	if _, err := h.JS.UpdateStream(h.Ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	p := h.StartProvisioner(provisioner.Options{}).Provisioner
+	ans, _, err := p.AliasQuery(h.Ctx, h.CommentAlias(site.Name, "page").String())
+	if err != nil || !ans.Exists {
+		t.Fatalf("alias query: %+v, %v", ans, err)
+	}
+	if _, err := h.Registry.Room(h.Ctx, site.Name, "page"); err == nil {
+		t.Fatal("the room was recorded although the bucket refused it")
+	}
+	cfg.MaxMsgSize = limit
+	if _, err := h.JS.UpdateStream(h.Ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	h.Eventually(func() bool {
+		_, err := h.Registry.Room(h.Ctx, site.Name, "page")
+		return err == nil
+	}, 60*time.Second, "the room in the registry once it takes writes again")
 }

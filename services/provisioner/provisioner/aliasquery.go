@@ -172,7 +172,10 @@ func (p *Provisioner) provision(ctx context.Context, parsed namespace.Parsed) (b
 	// fans out to this room too; the bans then follow the snapshot as it
 	// is after recording, so no change falls between the two.
 	if err := p.reg.PutRoom(ctx, room); err != nil {
-		p.log.Error("created room not recorded; a rebuild will find it", "room_id", roomID.String(), "err", err)
+		// The homeserver will not ask about this alias again: a job
+		// records the room once the registry takes writes.
+		p.log.Error("created room not recorded; a resolve job will record it", "room_id", roomID.String(), "err", err)
+		p.queueResolve(ctx, parsed)
 	}
 	// The site as it is now, recorded room included: decoded only if it
 	// changed since the revision the room was created from.
