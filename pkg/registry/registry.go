@@ -479,6 +479,13 @@ func watchKeys(ctx context.Context, kv jetstream.KeyValue, filter string, fn fun
 	if err != nil {
 		return err
 	}
+	return consume(ctx, w, fn, true)
+}
+
+// consume calls fn with the watcher's entries until ctx ends, fn fails,
+// the watcher closes or, with untilCurrent, the initial values are done.
+// It stops the watcher.
+func consume(ctx context.Context, w jetstream.KeyWatcher, fn func(jetstream.KeyValueEntry) error, untilCurrent bool) error {
 	defer func() { _ = w.Stop() }()
 	for {
 		select {
@@ -489,7 +496,10 @@ func watchKeys(ctx context.Context, kv jetstream.KeyValue, filter string, fn fun
 				return errors.New("watcher closed")
 			}
 			if e == nil { // initial values done
-				return nil
+				if untilCurrent {
+					return nil
+				}
+				continue
 			}
 			if err := fn(e); err != nil {
 				return err

@@ -2,7 +2,6 @@ package registry
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"sync"
 	"time"
@@ -63,20 +62,7 @@ func (s *SiteSnapshot) watch(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer func() { _ = w.Stop() }()
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case e, ok := <-w.Updates():
-			if !ok {
-				return errors.New("watcher closed")
-			}
-			if e != nil {
-				s.apply(e)
-			}
-		}
-	}
+	return consume(ctx, w, func(e jetstream.KeyValueEntry) error { s.apply(e); return nil }, false)
 }
 
 func (s *SiteSnapshot) apply(e jetstream.KeyValueEntry) {
