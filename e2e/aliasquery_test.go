@@ -5,10 +5,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cactus-comments/appservice/pkg/bus"
 	"github.com/cactus-comments/appservice/pkg/hssim"
 	"github.com/cactus-comments/appservice/pkg/matrix"
 	"github.com/cactus-comments/appservice/pkg/mxid"
 	"github.com/cactus-comments/appservice/pkg/registry"
+	"github.com/cactus-comments/appservice/services/provisioner/provisioner"
 )
 
 // banInSnapshot has the owner ban spammer in the site's moderation room
@@ -144,4 +146,133 @@ func TestExistingRoomMissingFromRegistryGetsBans(t *testing.T) {
 	}
 	h.WaitSim(func() bool { return h.HS.Membership(orphan.String(), spammer.ID.String()) == "ban" },
 		20*time.Second, "the site's ban in the room found existing")
+}
+
+// The provisioner reads sites from a snapshot that a watch keeps, which
+// lags the bucket. A ban the snapshot has not seen yet is still in the
+// new room when the alias query is answered: the revision check after
+// recording the room sees that the site moved and applies the bans as
+// they are now. The snapshot here is stopped before the ban, so it lags
+// for certain.
+func TestBanNotYetInTheSnapshotAppliedAtCreation(t *testing.T) {
+	t.Parallel()
+	h := Start(t, Options{})
+	owner := h.User("owner")
+	spammer := h.User("spammer")
+	site := h.RegisterSite("lagging", owner)
+
+	wctx, stop := context.WithCancel(h.Ctx)
+	snap := h.Registry.WatchSites(wctx, nil)
+	var rev uint64
+	h.Eventually(func() bool {
+		var ok bool
+		rev, ok = snap.Cached(site.Name)
+		return ok
+	}, 20*time.Second, "the site in the snapshot")
+	stop()
+	p := h.StartProvisioner(provisioner.Options{Sites: snap}).Provisioner
+
+	banInSnapshot(t, h, site, owner, spammer)
+	if now, ok := snap.Cached(site.Name); !ok || now != rev {
+		t.Fatalf("the stopped snapshot moved from revision %d to %d", rev, now)
+	}
+	if s, _, err := snap.Site(h.Ctx, site.Name); err != nil || s.Banned(spammer.ID.String()) {
+		t.Fatalf("the snapshot should not know the ban yet: %+v, %v", s, err)
+	}
+
+	ans, outcome, err := p.AliasQuery(h.Ctx, h.CommentAlias(site.Name, "page").String())
+	if err != nil || !ans.Exists || outcome != "created" {
+		t.Fatalf("alias query: %+v %q %v", ans, outcome, err)
+	}
+	room, err := h.Registry.Room(h.Ctx, site.Name, "page")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No waiting: the ban must be there when the query is answered.
+	if got := h.HS.Membership(room.RoomID, spammer.ID.String()); got != "ban" {
+		t.Fatalf("spammer's membership in the new room when the query was answered: %q, want ban", got)
+	}
+}
+
+// A provisioner that dies while its createRoom is under way leaves a room
+// the homeserver created and will never ask about again. The gateway,
+// which never got an answer, hands the alias to a durable resolve job
+// that another replica runs: the room ends in the registry with the
+// site's bans.
+func TestProvisionerKilledDuringCreateRoomLosesNoRoom(t *testing.T) {
+	t.Parallel()
+	h := Start(t, Options{AliasQueryTimeout: 2 * time.Second, Provisioners: -1})
+	if !simCommitsAbandonedCreateRoom(t, h) {
+		t.Skip("the simulator drops a createRoom whose client hung up; Synapse commits it. This test needs the simulator to do the same.")
+	}
+	first := h.StartProvisioner(provisioner.Options{})
+	owner := h.User("owner")
+	spammer := h.User("spammer")
+	site := h.RegisterSite("killed", owner)
+	banInSnapshot(t, h, site, owner, spammer)
+
+	h.HS.SetLatency(hssim.EPCreateRoom, time.Second)
+	creates := h.HS.Calls(hssim.EPCreateRoom)
+	visitor := h.User("visitor")
+	alias := h.CommentAlias(site.Name, "page")
+	joined := make(chan error, 1)
+	go func() {
+		_, err := visitor.Client.JoinRoom(h.Ctx, alias.String())
+		joined <- err
+	}()
+	h.Eventually(func() bool { return h.HS.Calls(hssim.EPCreateRoom) > creates }, 20*time.Second, "the createRoom under way")
+	first.Kill()
+	h.StartProvisioner(provisioner.Options{})
+	<-joined // the gateway gave up on the dead replica: this join fails
+
+	var room registry.Room
+	h.Eventually(func() bool {
+		var err error
+		room, err = h.Registry.Room(h.Ctx, site.Name, "page")
+		return err == nil
+	}, 60*time.Second, "the dead replica's room in the registry")
+	if r, ok := h.HS.ResolveAliasLocal(alias.String()); !ok || r != room.RoomID {
+		t.Fatalf("alias resolves to %q, registry says %s", r, room.RoomID)
+	}
+	h.WaitSim(func() bool { return h.HS.Membership(room.RoomID, spammer.ID.String()) == "ban" },
+		30*time.Second, "the site's ban in the dead replica's room")
+	if dl := h.DeadLetters(); len(dl) != 0 {
+		t.Errorf("dead letters: %+v", dl)
+	}
+}
+
+// A room created while the registry refuses writes is still recorded once
+// it takes them again: the provisioner hands the alias to a resolve job.
+func TestCreatedRoomRecordedAfterRegistryRefusedIt(t *testing.T) {
+	t.Parallel()
+	h := Start(t, Options{})
+	owner := h.User("owner")
+	site := h.RegisterSite("refused", owner)
+
+	rooms, err := h.JS.Stream(h.Ctx, "KV_"+bus.BucketRooms)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := rooms.CachedInfo().Config
+	limit := cfg.MaxMsgSize
+	cfg.MaxMsgSize = 16 // smaller than any room record
+	if _, err := h.JS.UpdateStream(h.Ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	p := h.StartProvisioner(provisioner.Options{}).Provisioner
+	ans, _, err := p.AliasQuery(h.Ctx, h.CommentAlias(site.Name, "page").String())
+	if err != nil || !ans.Exists {
+		t.Fatalf("alias query: %+v, %v", ans, err)
+	}
+	if _, err := h.Registry.Room(h.Ctx, site.Name, "page"); err == nil {
+		t.Fatal("the room was recorded although the bucket refused it")
+	}
+	cfg.MaxMsgSize = limit
+	if _, err := h.JS.UpdateStream(h.Ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	h.Eventually(func() bool {
+		_, err := h.Registry.Room(h.Ctx, site.Name, "page")
+		return err == nil
+	}, 60*time.Second, "the room in the registry once it takes writes again")
 }

@@ -96,7 +96,9 @@ func ConsumerOwner(durable string) Identity {
 //   - every identity that consumes dead-letters what it cannot handle;
 //   - a key-value bucket: its users (bucketUsers) may read it (from the
 //     leader too), write and watch it;
-//   - the alias query: the gateway asks, the provisioners answer;
+//   - the alias query: the gateway asks, the provisioners answer; the
+//     gateway queues a resolve job (only that kind) for a query nobody
+//     answered;
 //   - replies: each identity its own inbox.
 //
 // The operator may do everything.
@@ -163,7 +165,7 @@ func (t Topology) Permissions(id Identity) Permissions {
 
 	p := Permissions{Subscribe: []string{id.InboxPrefix() + ".>"}}
 	if id == aliasRequester {
-		pub = append(pub, SubjectAliasQuery)
+		pub = append(pub, SubjectAliasQuery, JobsOfKind(JobResolve), "$JS.API.STREAM.INFO."+StreamJobs)
 	}
 	if id == aliasResponder {
 		p.Subscribe = append(p.Subscribe, SubjectAliasQuery)

@@ -63,7 +63,9 @@ func TestPermissions(t *testing.T) {
 				// The splitter: transactions in, its consumer, its lease.
 				SubjectTxns, "$JS.API.STREAM.INFO." + StreamTxns, "$JS.API.CONSUMER.MSG.NEXT." + StreamTxns + ".gateway-splitter-p00",
 				"$JS.ACK." + StreamTxns + ".gateway-splitter-p00.1.2.3.4.5", "$JS.API.CONSUMER.UNPIN." + StreamTxns + ".gateway-splitter-p00",
-				"$KV." + BucketSplitter + ".gateway-splitter.claims.0", "$JS.API.STREAM.INFO.KV_" + BucketSplitter},
+				"$KV." + BucketSplitter + ".gateway-splitter.claims.0", "$JS.API.STREAM.INFO.KV_" + BucketSplitter,
+				// A resolve job for an alias query nobody answered.
+				JobSubject(JobResolve, "s", "#comments_s_a:x")},
 			noPub: []string{"$JS.API.STREAM.DELETE." + StreamEvents, "$KV." + BucketPartitions + ".k", "$KV." + BucketIndex + ".k", "$JS.API.STREAM.PURGE." + StreamTxns, "$JS.API.CONSUMER.CREATE." + StreamEvents + ".x", "$JS.API.CONSUMER.MSG.NEXT." + StreamEvents + ".botworker-p00", "$JS.API.STREAM.MSG.GET." + StreamEvents, "$KV." + BucketSites + ".k", JobSubject("ban", "s", "!r:x"), "$JS.API.STREAM.PURGE." + StreamDLQ},
 			sub:   []string{"_INBOX_gateway.abc.1"},
 			noSub: []string{SubjectEventsAll, "_INBOX.x", "_INBOX_botworker.x", SubjectAliasQuery, ">"},

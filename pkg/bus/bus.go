@@ -61,14 +61,17 @@ const (
 	// cactusctl doctor. Entries expire StatusTTL after their last report.
 	BucketStatus = "cactus_status"
 
-	// DuplicateWindow is how long the event stream remembers event ids:
-	// an event the homeserver sends again within it (a retried
-	// transaction) is not stored twice. Synapse retries a failed
-	// transaction with a backoff that grows to 512 s and never gives up,
-	// so an outage can outlast any window; correctness does not depend on
-	// it. Events stored again after it are recognised by their done
-	// markers (DoneTTL); the window only saves that work.
-	DuplicateWindow = 20 * time.Minute
+	// DuplicateWindow is how long the event and transaction streams
+	// remember message ids: an event the homeserver sends again within it
+	// (a retried transaction) is not stored twice. Synapse retries a failed
+	// transaction after 2, 4, 8 ... 512 s and then every 512 s for ever, so
+	// an outage can outlast any window; correctness does not depend on it.
+	// Events stored again after it are recognised by their done markers
+	// (DoneTTL); the window only saves that work. Two minutes covers the
+	// quick retries of a brief hiccup, and bounds what nats-server keeps
+	// for it (an entry per message stored in the window, a few hundred
+	// bytes each) to two minutes of traffic.
+	DuplicateWindow = 2 * time.Minute
 
 	// DoneTTL is how long a done marker is kept: far longer than any
 	// homeserver outage an operator would sit through (Synapse keeps

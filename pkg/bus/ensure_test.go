@@ -87,3 +87,38 @@ func TestDeclared(t *testing.T) {
 		}
 	}
 }
+
+// A deployment whose streams were created with a longer duplicate window
+// (20 minutes, as earlier versions declared) gets today's window from
+// Ensure, on the event stream and the transaction stream alike, without
+// losing what they hold.
+func TestEnsureShortensAnExistingDuplicateWindow(t *testing.T) {
+	srv := embednats.StartTest(t)
+	_, js := connect(t, srv)
+	ctx := testCtx(t)
+	if err := (Topology{Replicas: 1, Duplicates: 20 * time.Minute}).Ensure(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(ctx, EventSubject(ClassOther, "!r:x"), []byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+	if err := (Topology{Replicas: 1}).Ensure(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{StreamEvents, StreamTxns} {
+		s, err := js.Stream(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := s.CachedInfo().Config.Duplicates; got != DuplicateWindow {
+			t.Errorf("%s: duplicate window %v after Ensure, want %v", name, got, DuplicateWindow)
+		}
+	}
+	s, err := js.Stream(ctx, StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := s.CachedInfo().State.Msgs; n != 1 {
+		t.Errorf("event stream holds %d messages after the update, want 1", n)
+	}
+}

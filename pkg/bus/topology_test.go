@@ -91,8 +91,8 @@ func TestEnsureIdempotentAndCheck(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := s.CachedInfo().Config.Duplicates; d < 15*time.Minute {
-		t.Errorf("duplicate window %v, want at least 15 min", d)
+	if d := s.CachedInfo().Config.Duplicates; d != DuplicateWindow {
+		t.Errorf("duplicate window %v, want %v", d, DuplicateWindow)
 	}
 
 	// The transaction stream keeps what is not split yet, whatever its age,
@@ -101,7 +101,7 @@ func TestEnsureIdempotentAndCheck(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if tc := ts.CachedInfo().Config; tc.Retention != jetstream.WorkQueuePolicy || tc.MaxAge != 0 || tc.Discard != jetstream.DiscardNew || tc.Duplicates < 15*time.Minute {
+	if tc := ts.CachedInfo().Config; tc.Retention != jetstream.WorkQueuePolicy || tc.MaxAge != 0 || tc.Discard != jetstream.DiscardNew || tc.Duplicates != DuplicateWindow {
 		t.Errorf("transaction stream config = %+v", tc)
 	}
 	sc, err := js.Consumer(ctx, StreamTxns, topo.SplitterGroup().Consumer(0))

@@ -54,8 +54,11 @@ func (t Topology) TxnStream() jetstream.StreamConfig {
 		Retention:   jetstream.WorkQueuePolicy,
 		MaxMsgs:     MaxTxnsUnsplit,
 		Discard:     jetstream.DiscardNew,
-		Duplicates:  t.duplicates(),
-		MaxMsgSize:  1 << 20,
+		// As long as the event stream's: a transaction retried after it
+		// is split again, and its events, forgotten by the event stream
+		// too, are stored again and recognised by their done markers.
+		Duplicates: t.duplicates(),
+		MaxMsgSize: 1 << 20,
 	}
 }
 

@@ -194,22 +194,24 @@ func wrap(op, name string, err error) error { return fmt.Errorf("registry: %s %q
 
 // Site returns a site.
 func (r *Registry) Site(ctx context.Context, name string) (*Site, error) {
-	return r.site(ctx, name)
+	s, _, err := r.siteRev(ctx, name)
+	return s, err
 }
 
-func (r *Registry) site(ctx context.Context, name string) (*Site, error) {
+// siteRev returns a site and its revision in the bucket.
+func (r *Registry) siteRev(ctx context.Context, name string) (*Site, uint64, error) {
 	e, err := r.sites.Get(ctx, siteKey(name))
 	if isNotFound(err) {
-		return nil, notFound("site", name)
+		return nil, 0, notFound("site", name)
 	}
 	if err != nil {
-		return nil, wrap("get site", name, err)
+		return nil, 0, wrap("get site", name, err)
 	}
 	var s Site
 	if err := decode(e.Value, &s); err != nil {
-		return nil, wrap("decode site", name, err)
+		return nil, 0, wrap("decode site", name, err)
 	}
-	return &s, nil
+	return &s, e.Revision, nil
 }
 
 // CreateSite records a new site and indexes its moderation room. It fails
@@ -358,16 +360,25 @@ func (r *Registry) PutRoom(ctx context.Context, room Room) error {
 	if room.CreatedAt.IsZero() {
 		room.CreatedAt = r.now().UTC()
 	}
-	if room.Section != "" {
-		b, err := json.Marshal(room)
-		if err != nil {
-			return wrap("encode room", room.RoomID, err)
-		}
-		if _, err := r.rooms.KV().Put(ctx, roomKey(room.Site, room.Section), b); err != nil {
-			return wrap("put room", room.RoomID, err)
-		}
+	if room.Section == "" {
+		return r.putIndex(ctx, room)
 	}
-	return r.putIndex(ctx, room)
+	b, err := json.Marshal(room)
+	if err != nil {
+		return wrap("encode room", room.RoomID, err)
+	}
+	// The two writes are independent (either alone is repaired by the
+	// other's retry or a rebuild), so they share one wait for their acks.
+	roomErr := make(chan error, 1)
+	go func() {
+		_, err := r.rooms.KV().Put(ctx, roomKey(room.Site, room.Section), b)
+		roomErr <- err
+	}()
+	indexErr := r.putIndexEncoded(ctx, room.RoomID, b)
+	if err := <-roomErr; err != nil {
+		return wrap("put room", room.RoomID, err)
+	}
+	return indexErr
 }
 
 func (r *Registry) putIndex(ctx context.Context, room Room) error {
@@ -375,8 +386,12 @@ func (r *Registry) putIndex(ctx context.Context, room Room) error {
 	if err != nil {
 		return wrap("encode index", room.RoomID, err)
 	}
-	if _, err := r.index.Put(ctx, indexKey(room.RoomID), b); err != nil {
-		return wrap("put index", room.RoomID, err)
+	return r.putIndexEncoded(ctx, room.RoomID, b)
+}
+
+func (r *Registry) putIndexEncoded(ctx context.Context, roomID string, b []byte) error {
+	if _, err := r.index.Put(ctx, indexKey(roomID), b); err != nil {
+		return wrap("put index", roomID, err)
 	}
 	return nil
 }
@@ -464,6 +479,13 @@ func watchKeys(ctx context.Context, kv jetstream.KeyValue, filter string, fn fun
 	if err != nil {
 		return err
 	}
+	return consume(ctx, w, fn, true)
+}
+
+// consume calls fn with the watcher's entries until ctx ends, fn fails,
+// the watcher closes or, with untilCurrent, the initial values are done.
+// It stops the watcher.
+func consume(ctx context.Context, w jetstream.KeyWatcher, fn func(jetstream.KeyValueEntry) error, untilCurrent bool) error {
 	defer func() { _ = w.Stop() }()
 	for {
 		select {
@@ -474,7 +496,10 @@ func watchKeys(ctx context.Context, kv jetstream.KeyValue, filter string, fn fun
 				return errors.New("watcher closed")
 			}
 			if e == nil { // initial values done
-				return nil
+				if untilCurrent {
+					return nil
+				}
+				continue
 			}
 			if err := fn(e); err != nil {
 				return err

@@ -40,8 +40,8 @@ type aliasSummary struct {
 	// Timeline is one query of median overhead as seen on the NATS server:
 	// each message with its offset from the query's start.
 	Timeline []step
-	// KV is the registry path today and as proposed, and a bare request
-	// (kvPaths): p50 and p99 in ms.
+	// KV is the registry part alone, four sequential round trips against the
+	// provisioner's two, and a bare request (kvPaths): p50 and p99 in ms.
 	KV map[string][2]float64
 }
 
@@ -328,7 +328,7 @@ func describe(m *nats.Msg) string {
 		return "consumer ack"
 	case strings.HasPrefix(s, "$JS.API."):
 		return "JetStream API " + strings.TrimPrefix(s, "$JS.API.")
-	case strings.HasPrefix(s, "_INBOX."):
+	case strings.HasPrefix(s, "_INBOX"): // _INBOX. or a service's own _INBOX_<user>. prefix
 		if len(m.Data) < 200 {
 			return "reply " + string(m.Data)
 		}
@@ -391,8 +391,8 @@ func (a *aliasSummary) table() string {
 	fmt.Fprintf(&b, "The registry's part, measured alone against the same nats-server (%d times each, interleaved):\n\n", a.Queries)
 	b.WriteString("| path | p50 | p99 |\n|---|---|---|\n")
 	for _, row := range []struct{ key, what string }{
-		{"today", "today: read site, write room, write index, re-read site (4 round trips)"},
-		{"proposed", "proposed: site from a watched snapshot, room and index written together, one re-read (2 round trips)"},
+		{"sequential", "sequential: read and decode the site, write the room, write the index, re-read and decode the site (4 round trips)"},
+		{"provisioner", "the provisioner's: site from its watched snapshot, room and index written together, a revision check of the site (2 round trips)"},
 		{"request", "a bare NATS request/reply (the gateway-to-provisioner hop)"},
 	} {
 		v := a.KV[row.key]

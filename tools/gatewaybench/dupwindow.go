@@ -43,8 +43,10 @@ func dupWindow(ctx context.Context, b *binaries, o options) ([]dupResult, error)
 		marks  []int
 		purge  bool
 	}{
-		{bus.DuplicateWindow, []int{1_000_000, 4_000_000}, true},
-		{2 * time.Minute, []int{4_000_000}, false},
+		// A window longer than the run: every event stays in it, and the
+		// purge shows what a purge frees.
+		{20 * time.Minute, []int{1_000_000, 4_000_000}, true},
+		{bus.DuplicateWindow, []int{1_000_000, 4_000_000}, false},
 		{30 * time.Second, []int{4_000_000}, false},
 	}
 	for _, r := range runs {

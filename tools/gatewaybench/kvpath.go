@@ -2,27 +2,27 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/pkg/registry"
 )
 
 // kvPaths measures, against the same nats-server, the registry round
-// trips of a first-visit alias query as the provisioner makes them today
-// and as a proposed design would, n times each, interleaved:
+// trips of a first-visit alias query, n times each, interleaved:
 //
-//   - today: read the site, write the room, write the index, re-read the
-//     site: four sequential round trips;
-//   - proposed: the site from an in-memory snapshot kept by a KV watch,
-//     the room and the index written at once (two async publishes, one
-//     wait), then one read of the site to catch a change that raced the
-//     creation: two round trips.
+//   - sequential: read the site, write the room, write the index, re-read
+//     the site: four round trips one after another, each read decoded;
+//   - the provisioner's: the site from the registry's watched snapshot
+//     (no round trip), the room and the index written together
+//     (Registry.PutRoom), then a revision check of the site that decodes
+//     nothing unless it moved (Registry.SiteIfMoved): two round trips.
 //
 // It also times a bare NATS request/reply (the gateway-to-provisioner
 // hop) with a responder that answers at once.
@@ -38,76 +38,57 @@ func kvPaths(ctx context.Context, natsURL string, n int) (map[string][]int64, er
 			return nil, err
 		}
 	}
-	siteKey := bus.Token("kvpath")
-	site := []byte(`{"name":"kvpath","owner":"@owner:example.org","moderation_room":"!mod:example.org","power_levels":{"users":{"@owner:example.org":100}}}`)
-	if _, err := kv[bus.BucketSites].Put(ctx, siteKey, site); err != nil {
-		return nil, err
-	}
-	// The snapshot: a watch applies every change of the sites bucket.
-	var (
-		mu   sync.Mutex
-		snap = map[string][]byte{}
-	)
-	w, err := kv[bus.BucketSites].WatchAll(ctx)
+	reg, err := registry.Open(ctx, js)
 	if err != nil {
 		return nil, err
 	}
-	defer w.Stop()
-	go func() {
-		for e := range w.Updates() {
-			if e == nil {
-				continue
-			}
-			mu.Lock()
-			snap[e.Key()] = e.Value()
-			mu.Unlock()
-		}
-	}()
+	const name = "kvpath"
+	siteKey := bus.Token(name)
+	site := &registry.Site{Name: name, Owner: "@owner:example.org", ModerationRoom: "!mod:example.org",
+		PowerLevels: json.RawMessage(`{"users":{"@owner:example.org":100}}`)}
+	if err := reg.PutSite(ctx, site); err != nil {
+		return nil, err
+	}
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
+	snap := reg.WatchSites(wctx, nil)
 	reply, err := nc.Subscribe("kvpath.rpc", func(m *nats.Msg) { _ = m.Respond([]byte(`{"exists":true}`)) })
 	if err != nil {
 		return nil, err
 	}
 	defer reply.Unsubscribe()
 	room := []byte(`{"site":"kvpath","section":"s","room_id":"!room:example.org","alias":"#comments_kvpath_s:example.org"}`)
+	roomID := func(i int) string { return "!r" + strconv.Itoa(i) + ":example.org" }
 
-	today := func(i int) error {
-		if _, err := kv[bus.BucketSites].Get(ctx, siteKey); err != nil {
+	sequential := func(i int) error {
+		var s registry.Site
+		e, err := kv[bus.BucketSites].Get(ctx, siteKey)
+		if err != nil {
 			return err
 		}
-		if _, err := kv[bus.BucketRooms].Put(ctx, siteKey+"."+strconv.Itoa(i), room); err != nil {
+		if err := json.Unmarshal(e.Value(), &s); err != nil {
 			return err
 		}
-		if _, err := kv[bus.BucketIndex].Put(ctx, bus.Token("!r"+strconv.Itoa(i)+":example.org"), room); err != nil {
+		if _, err := kv[bus.BucketRooms].Put(ctx, siteKey+"."+bus.Token("s"+strconv.Itoa(i)), room); err != nil {
 			return err
 		}
-		_, err := kv[bus.BucketSites].Get(ctx, siteKey)
-		return err
+		if _, err := kv[bus.BucketIndex].Put(ctx, bus.Token(roomID(i)), room); err != nil {
+			return err
+		}
+		if e, err = kv[bus.BucketSites].Get(ctx, siteKey); err != nil {
+			return err
+		}
+		return json.Unmarshal(e.Value(), &s)
 	}
-	proposed := func(i int) error {
-		mu.Lock()
-		_, ok := snap[siteKey]
-		mu.Unlock()
-		if !ok {
-			return fmt.Errorf("site not in the snapshot")
-		}
-		f1, err := js.PublishAsync("$KV."+bus.BucketRooms+"."+siteKey+"."+strconv.Itoa(i), room)
+	provisioner := func(i int) error {
+		_, rev, err := snap.Site(ctx, name)
 		if err != nil {
 			return err
 		}
-		f2, err := js.PublishAsync("$KV."+bus.BucketIndex+"."+bus.Token("!r"+strconv.Itoa(i)+":example.org"), room)
-		if err != nil {
+		if err := reg.PutRoom(ctx, registry.Room{Site: name, Section: "p" + strconv.Itoa(i), RoomID: roomID(-1 - i)}); err != nil {
 			return err
 		}
-		for _, f := range []jetstream.PubAckFuture{f1, f2} {
-			select {
-			case <-f.Ok():
-			case err := <-f.Err():
-				return err
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		}
-		_, err = kv[bus.BucketSites].Get(ctx, siteKey)
+		_, _, err = reg.SiteIfMoved(ctx, name, rev)
 		return err
 	}
 	rpc := func(int) error {
@@ -117,7 +98,7 @@ func kvPaths(ctx context.Context, natsURL string, n int) (map[string][]int64, er
 	paths := []struct {
 		name string
 		fn   func(int) error
-	}{{"today", today}, {"proposed", proposed}, {"request", rpc}}
+	}{{"sequential", sequential}, {"provisioner", provisioner}, {"request", rpc}}
 	out := map[string][]int64{}
 	for i := range n + 50 {
 		for _, p := range paths {

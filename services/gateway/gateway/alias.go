@@ -51,6 +51,9 @@ func (g *Gateway) answerAlias(w http.ResponseWriter, r *http.Request) string {
 	ans, err := g.ask(ctx, raw)
 	if err != nil {
 		g.log.Error("alias query: "+err.Error(), "alias", logID(raw))
+		if errors.Is(err, errUnanswered) {
+			g.queueResolve(r.Context(), parsed)
+		}
 		writeError(w, http.StatusServiceUnavailable, codeUnknown, "no answer from the comment service, try again")
 		return queryUnavailable
 	}
@@ -66,6 +69,39 @@ func (g *Gateway) answerAlias(w http.ResponseWriter, r *http.Request) string {
 	writeError(w, http.StatusNotFound, codeNotFound, reason)
 	return queryNotFound
 }
+
+// errUnanswered: the query reached NATS but no answer came back. A
+// provisioner may have taken it and died (or lost its connection) after
+// its createRoom went out: the room may exist, and the homeserver will
+// not ask about its alias again.
+var errUnanswered = errors.New("alias query unanswered")
+
+// queueResolve hands an alias whose query went unanswered to a durable
+// resolve job: a provisioner looks the alias up for a while and, if the
+// room exists, records it and applies the site's bans. Without it a
+// provisioner killed between its createRoom and its bookkeeping would
+// leave a room nobody knows about.
+func (g *Gateway) queueResolve(ctx context.Context, parsed namespace.Parsed) {
+	if g.js == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), resolveQueueTimeout)
+	defer cancel()
+	log := g.log.With("alias", logID(parsed.Alias.String()))
+	m, err := bus.ResolveJob(parsed.Site, parsed.Section, parsed.Alias.String()).Msg()
+	if err == nil {
+		_, err = g.js.PublishMsg(ctx, m)
+	}
+	if err != nil {
+		log.Error("alias query unanswered and its resolve job not queued: if a provisioner created the room before it failed, the room lacks its registry entry and the site's bans until a registry rebuild", "err", err)
+		return
+	}
+	log.Warn("alias query unanswered; a resolve job will look the alias up")
+}
+
+// resolveQueueTimeout bounds queueing a resolve job, which delays the
+// homeserver's 503.
+const resolveQueueTimeout = 2 * time.Second
 
 // askNATS sends an alias query to the provisioner queue group. Its errors
 // are written for the operator's log.
@@ -83,9 +119,9 @@ func (g *Gateway) askNATS(ctx context.Context, alias string) (bus.AliasAnswer, e
 	case errors.Is(err, nats.ErrNoResponders):
 		return ans, fmt.Errorf("no provisioner is running: nobody subscribes to %s", bus.SubjectAliasQuery)
 	case errors.Is(err, context.DeadlineExceeded):
-		return ans, fmt.Errorf("no provisioner answered within %v", g.aliasTimeout)
+		return ans, fmt.Errorf("%w: no provisioner answered within %v", errUnanswered, g.aliasTimeout)
 	case err != nil:
-		return ans, fmt.Errorf("request to the provisioners failed: %w", err)
+		return ans, fmt.Errorf("%w: request to the provisioners failed: %w", errUnanswered, err)
 	}
 	if err := json.Unmarshal(msg.Data, &ans); err != nil {
 		return ans, fmt.Errorf("a provisioner answered something that is not an AliasAnswer: %w", err)

@@ -125,6 +125,24 @@ func TestAliasQuerySilentProvisioner(t *testing.T) {
 	if logs := e.logs.String(); !strings.Contains(logs, "no provisioner answered within") {
 		t.Errorf("no log line says a provisioner did not answer:\n%s", logs)
 	}
+	// The provisioner that took the query may have created the room: a
+	// durable job looks the alias up.
+	const alias = "#comments_silent_x:example.org"
+	want := bus.ResolveJob("silent", "x", alias)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	jobs, err := e.rt.JS.Stream(ctx, bus.StreamJobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := jobs.GetLastMsgForSubject(ctx, bus.JobSubject(bus.JobResolve, "silent", alias))
+	if err != nil {
+		t.Fatalf("no resolve job queued for the unanswered query: %v", err)
+	}
+	var got bus.Job
+	if err := json.Unmarshal(m.Data, &got); err != nil || got != want || m.Header.Get(bus.HeaderMsgID) != want.MsgID() {
+		t.Fatalf("resolve job %+v (id %q), %v; want %+v", got, m.Header.Get(bus.HeaderMsgID), err, want)
+	}
 }
 
 func TestAliasQueryNoProvisioner(t *testing.T) {
@@ -139,6 +157,17 @@ func TestAliasQueryNoProvisioner(t *testing.T) {
 	}
 	if got := counter(e.gw.metrics.aliasQueries.WithLabelValues(queryUnavailable)); got != 1 {
 		t.Fatalf("unavailable alias queries = %v", got)
+	}
+	// Nobody took the query, so nobody created a room: no job.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	jobs, err := e.rt.JS.Stream(ctx, bus.StreamJobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := jobs.Info(ctx)
+	if err != nil || info.State.Msgs != 0 {
+		t.Fatalf("jobs queued without a provisioner: %+v, %v", info.State, err)
 	}
 }
 

@@ -69,11 +69,13 @@
 //
 // # Duplicates and order
 //
-// An identical retry (Synapse resends the same body) is a duplicate
-// transaction message: nothing is split twice. A retry with new events
-// merged in (Dendrite) is a new message; its old events are duplicates in
-// the event stream's window (bus.DuplicateWindow), and beyond it the
-// workers' effectively-once rules apply, as for any redelivery. The
+// An identical retry (Synapse resends the same body) within the duplicate
+// window (bus.DuplicateWindow, the same for the transaction and the event
+// stream) is a duplicate transaction message: nothing is split twice. A
+// retry with new events merged in (Dendrite) is a new message; its old
+// events are duplicates in the event stream's window. A retry after the
+// window is split again and its events are stored again; the workers'
+// effectively-once rules (done markers) apply, as for any redelivery. The
 // transaction id is never the deduplication key, for the same reason.
 //
 // One splitter at a time reads the transaction stream in order, and

@@ -110,7 +110,9 @@ func (p *Provisioner) AliasQuery(ctx context.Context, alias string) (ans bus.Ali
 }
 
 func (p *Provisioner) provision(ctx context.Context, parsed namespace.Parsed) (bus.AliasAnswer, string, error) {
-	site, err := p.site(ctx, parsed.Site)
+	// The snapshot may be a little old: the revision check after
+	// recording the room catches up with whatever it missed.
+	site, rev, err := p.site(ctx, parsed.Site, p.sites.Load())
 	if errors.Is(err, registry.ErrNotFound) {
 		return bus.AliasAnswer{Error: fmt.Sprintf("no site %q is registered", parsed.Site)}, "unknown_site", nil
 	}
@@ -170,11 +172,16 @@ func (p *Provisioner) provision(ctx context.Context, parsed namespace.Parsed) (b
 	// fans out to this room too; the bans then follow the snapshot as it
 	// is after recording, so no change falls between the two.
 	if err := p.reg.PutRoom(ctx, room); err != nil {
-		p.log.Error("created room not recorded; a rebuild will find it", "room_id", roomID.String(), "err", err)
+		// The homeserver will not ask about this alias again: a job
+		// records the room once the registry takes writes.
+		p.log.Error("created room not recorded; a resolve job will record it", "room_id", roomID.String(), "err", err)
+		p.queueResolve(ctx, parsed)
 	}
-	now, err := p.reg.Site(ctx, parsed.Site)
-	if err != nil {
-		now = site
+	// The site as it is now, recorded room included: decoded only if it
+	// changed since the revision the room was created from.
+	now := site
+	if moved, changed, err := p.reg.SiteIfMoved(ctx, parsed.Site, rev); err == nil && changed {
+		now = moved
 	}
 	if string(now.PowerLevels) != string(site.PowerLevels) {
 		// The site's power levels changed while the room was created
@@ -232,7 +239,7 @@ func (p *Provisioner) queueResolve(ctx context.Context, parsed namespace.Parsed)
 	// unknown.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	j := Job{Kind: KindResolve, Site: parsed.Site, Section: parsed.Section, Alias: parsed.Alias.String(), Cause: "create:" + parsed.Alias.String()}
+	j := bus.ResolveJob(parsed.Site, parsed.Section, parsed.Alias.String())
 	if err := p.publishJob(ctx, j); err != nil {
 		p.log.Error("createRoom outcome unknown and its resolve job not queued: if the room exists it lacks the registry entry and the site's bans until a registry rebuild",
 			"alias", parsed.Alias.String(), "err", err)
@@ -289,30 +296,43 @@ func (p *Provisioner) applyBans(ctx context.Context, site *registry.Site, room m
 	return nil
 }
 
-// site returns a registered site, falling back to the homeserver for a site
-// created before the registry existed (and recording it).
-func (p *Provisioner) site(ctx context.Context, name string) (*registry.Site, error) {
-	s, err := p.reg.Site(ctx, name)
+// site returns a registered site, falling back to the homeserver for a
+// site created before the registry existed (and recording it). With a
+// snapshot, the site comes from it (shared: not to be modified; possibly
+// a little old) with its revision in the registry; without, from the
+// bucket, with revision 0 (unknown), as does an imported site.
+func (p *Provisioner) site(ctx context.Context, name string, snap *registry.SiteSnapshot) (*registry.Site, uint64, error) {
+	var (
+		s   *registry.Site
+		rev uint64
+		err error
+	)
+	if snap != nil {
+		s, rev, err = snap.Site(ctx, name)
+	} else {
+		s, err = p.reg.Site(ctx, name)
+	}
 	if !errors.Is(err, registry.ErrNotFound) {
-		return s, err
+		return s, rev, err
 	}
 	s, err = registry.SiteFromHomeserver(ctx, p.hs, p.ns, p.bot, name)
 	if errors.Is(err, registry.ErrNotFound) {
 		p.m.registryMisses.WithLabelValues("absent").Inc()
-		return nil, err
+		return nil, 0, err
 	}
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	p.m.registryMisses.WithLabelValues("imported").Inc()
 	if err := p.reg.CreateSite(ctx, s); errors.Is(err, registry.ErrExists) {
 		// Someone recorded it meanwhile; theirs is as good or better.
-		return p.reg.Site(ctx, name)
+		s, err := p.reg.Site(ctx, name)
+		return s, 0, err
 	} else if err != nil {
 		p.log.Warn("site read from the homeserver not recorded", "site", name, "err", err)
 	}
 	p.log.Info("site imported from the homeserver", "site", name, "moderation_room", s.ModerationRoom)
-	return s, nil
+	return s, 0, nil
 }
 
 // sitePowerLevels is the content new comment rooms start with (copied

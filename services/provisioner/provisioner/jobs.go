@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cactus-comments/appservice/pkg/bus"
@@ -18,69 +17,21 @@ import (
 	"github.com/cactus-comments/appservice/pkg/worker"
 )
 
-// Job kinds. Every job makes one room match its site's snapshot as it is
-// when the job runs, not as it was when the job was queued: redelivered,
-// reordered or duplicated jobs therefore all converge on the same state.
+// Job is one unit of fan-out work (see bus.Job, its wire form shared with
+// the gateway, which queues resolve jobs for queries nobody answered).
+type Job = bus.Job
+
+// Job kinds (see bus.JobMember and the others).
 const (
-	// KindMember: the membership of User in Room follows the snapshot's
-	// ban list (banned, or unbanned).
-	KindMember = "member"
-	// KindPower: Room's power levels follow the snapshot's, as far as the
-	// bot may change them.
-	KindPower = "power"
-	// KindSync: every user of the snapshot's ban list is banned in Room
-	// (a new room whose bans failed at creation).
-	KindSync = "sync"
-	// KindResolve: a comment room whose createRoom had an unknown outcome
-	// (timeout, lost connection, 5xx): Alias is looked up, and a room
-	// found is recorded and synced as KindSync does.
-	KindResolve = "resolve"
+	KindMember  = bus.JobMember
+	KindPower   = bus.JobPower
+	KindSync    = bus.JobSync
+	KindResolve = bus.JobResolve
 )
-
-// Job is one unit of fan-out work: one room of one site.
-type Job struct {
-	Kind string `json:"kind"`
-	Site string `json:"site"`
-	Room string `json:"room"`
-	User string `json:"user,omitempty"`
-	// Alias and Section name the comment room of a KindResolve job.
-	Alias   string `json:"alias,omitempty"`
-	Section string `json:"section,omitempty"`
-	Cause   string `json:"cause"` // the event (or room creation) that caused it
-	// Recheck asks the job to read the room's state before acting: an
-	// earlier run of its cause (a retry, a replay) may have acted already.
-	Recheck bool `json:"recheck,omitempty"`
-}
-
-// msgID names a job for JetStream's deduplication: a moderation event
-// redelivered after its jobs were queued queues none twice.
-func (j Job) msgID() string {
-	return j.Cause + "|" + j.Kind + "|" + j.target() + "|" + j.User
-}
-
-// target is the room the job is about: its id, or for a KindResolve job
-// its alias.
-func (j Job) target() string {
-	if j.Kind == KindResolve {
-		return j.Alias
-	}
-	return j.Room
-}
-
-func (j Job) msg() (*nats.Msg, error) {
-	b, err := json.Marshal(j)
-	if err != nil {
-		return nil, fmt.Errorf("encode job: %w", err)
-	}
-	m := nats.NewMsg(bus.JobSubject(j.Kind, j.Site, j.target()))
-	m.Header.Set(bus.HeaderMsgID, j.msgID())
-	m.Data = b
-	return m, nil
-}
 
 // publishJob queues one job and waits for its ack.
 func (p *Provisioner) publishJob(ctx context.Context, j Job) error {
-	m, err := j.msg()
+	m, err := j.Msg()
 	if err != nil {
 		return err
 	}
@@ -118,7 +69,7 @@ func (p *Provisioner) fanOut(ctx context.Context, jobs []Job, progress func()) e
 				return fmt.Errorf("fan-out: job %d of %d: %w", i-w, len(jobs), err)
 			}
 		}
-		m, err := j.msg()
+		m, err := j.Msg()
 		if err != nil {
 			return err
 		}

@@ -16,7 +16,7 @@ import (
 
 func TestJobMessage(t *testing.T) {
 	j := Job{Kind: KindMember, Site: "blog.example.org", Room: "!abc:example.org", User: "@u:example.org", Cause: "$ev"}
-	m, err := j.msg()
+	m, err := j.Msg()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -25,7 +25,7 @@ func TestJobMessage(t *testing.T) {
 	}
 	// The same cause and room give the same id (deduplicated); any other
 	// field changes it.
-	same, _ := j.msg()
+	same, _ := j.Msg()
 	if m.Header.Get(bus.HeaderMsgID) != same.Header.Get(bus.HeaderMsgID) {
 		t.Error("the same job got two message ids")
 	}
@@ -36,13 +36,13 @@ func TestJobMessage(t *testing.T) {
 		{Kind: KindPower, Site: j.Site, Room: j.Room, Cause: j.Cause},
 		{Kind: KindMember, Site: j.Site, Room: j.Room, User: j.User, Cause: j.Cause + "/replay/7"},
 	} {
-		if other.msgID() == j.msgID() {
+		if other.MsgID() == j.MsgID() {
 			t.Errorf("%+v shares the message id of %+v", other, j)
 		}
 	}
 	// A resolve job has no room id yet: its alias names it.
 	r := Job{Kind: KindResolve, Site: j.Site, Alias: "#comments_blog.example.org_a:example.org", Section: "a", Cause: "create:x"}
-	rm, err := r.msg()
+	rm, err := r.Msg()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +51,7 @@ func TestJobMessage(t *testing.T) {
 	}
 	r2 := r
 	r2.Alias = "#comments_blog.example.org_b:example.org"
-	if r.msgID() == r2.msgID() {
+	if r.MsgID() == r2.MsgID() {
 		t.Error("resolve jobs of two aliases share a message id")
 	}
 }

@@ -341,7 +341,7 @@ func (p *Provisioner) lookupRoom(ctx context.Context, roomID string) (registry.R
 	if perr != nil || parsed.Kind == namespace.NotOurs {
 		return registry.Room{}, err
 	}
-	site, serr := p.site(ctx, parsed.Site)
+	site, _, serr := p.site(ctx, parsed.Site, nil)
 	if serr != nil {
 		return registry.Room{}, serr
 	}

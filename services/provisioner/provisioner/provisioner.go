@@ -61,6 +61,9 @@ type Options struct {
 	PublishWindow int
 	// AliasConcurrency bounds alias queries handled at once (default 256).
 	AliasConcurrency int
+	// Sites replaces the site snapshot the provisioner keeps while it
+	// serves (tests give it one that lags on purpose).
+	Sites *registry.SiteSnapshot
 	// RoomVersionTTL is how long the homeserver's default room version is
 	// remembered (default 1 min).
 	RoomVersionTTL time.Duration
@@ -69,11 +72,14 @@ type Options struct {
 // Provisioner is one replica. Its parts share nothing but NATS and the
 // homeserver, so any number of them can run side by side.
 type Provisioner struct {
-	rt      *service.Runtime
-	cfg     *config.Config
-	log     *slog.Logger
-	hs      *matrix.Client
-	reg     *registry.Registry
+	rt  *service.Runtime
+	cfg *config.Config
+	log *slog.Logger
+	hs  *matrix.Client
+	reg *registry.Registry
+	// sites is the registry's sites kept in memory by a watch while the
+	// provisioner serves; nil before (reads go to the bucket).
+	sites   atomic.Pointer[registry.SiteSnapshot]
 	done    *cas.Bucket
 	ns      namespace.Namespace
 	bot     mxid.UserID
@@ -220,6 +226,13 @@ func (p *Provisioner) Serve(ctx context.Context) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 
+	// Alias queries read sites from the snapshot: no round trip, no
+	// decode. Sites it has not caught up with yet are read from the bucket.
+	snap := p.opts.Sites
+	if snap == nil {
+		snap = p.reg.WatchSites(ctx, p.log)
+	}
+	p.sites.Store(snap)
 	var wg sync.WaitGroup
 	aliasSub, err := p.subscribeAliasQueries(ctx, &wg)
 	if err != nil {
