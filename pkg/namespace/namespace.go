@@ -10,6 +10,8 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"golang.org/x/text/unicode/norm"
+
 	"github.com/cactus-comments/appservice/pkg/mxid"
 )
 
@@ -101,8 +103,43 @@ func (n Namespace) ParseAlias(a mxid.RoomAlias) Parsed {
 			// homeserver call.
 			return Parsed{Alias: a, Refused: fmt.Sprintf("the site name or section id holds %U, an invisible or non-printing character", r)}
 		}
+		if why := composition(p.Site); why != "" {
+			return Parsed{Alias: a, Refused: "the site name " + why}
+		}
+		if why := composition(p.Section); p.Kind == Comments && why != "" {
+			return Parsed{Alias: a, Refused: "the section id " + why}
+		}
 	}
 	return p
+}
+
+// MaxCombiningMarks bounds a run of combining marks. Real words of any
+// script stack a few (Vietnamese two, Tibetan three or four); longer runs
+// only serve to draw over neighbouring text.
+const MaxCombiningMarks = 4
+
+// composition says why s could render like another name ("" if it
+// cannot): "café" typed with a composed é and with e + U+0301 shows the
+// same, so only the composed form, Unicode Normalization Form C, names a
+// site or a section. The text completes "the name ...".
+func composition(s string) string {
+	run := 0
+	for i, r := range s {
+		if !unicode.In(r, unicode.M) {
+			run = 0
+			continue
+		}
+		if i == 0 {
+			return fmt.Sprintf("begins with %U, a combining mark that belongs on a letter before it", r)
+		}
+		if run++; run > MaxCombiningMarks {
+			return fmt.Sprintf("has more than %d combining marks in a row", MaxCombiningMarks)
+		}
+	}
+	if !norm.NFC.IsNormalString(s) {
+		return "is not in Unicode Normalization Form C: type its accented letters as single characters (" + norm.NFC.String(s) + ")"
+	}
+	return ""
 }
 
 // Visible reports whether r may appear in a site name or a section id: a
@@ -176,6 +213,9 @@ func ValidateSiteName(site string) error {
 		case r == '/' || r == '\\' || r == '?' || r == '%':
 			return fmt.Errorf("%w: the name may not contain %q", ErrBadSiteName, r)
 		}
+	}
+	if why := composition(site); why != "" {
+		return fmt.Errorf("%w: the name %s", ErrBadSiteName, why)
 	}
 	return nil
 }

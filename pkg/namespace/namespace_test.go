@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/text/unicode/norm"
+
 	"github.com/cactus-comments/appservice/pkg/mxid"
 )
 
@@ -181,6 +183,7 @@ func FuzzParse(f *testing.F) {
 		"#comments_blog.example.org_/posts/hello:example.org", "#comments_a:example.org",
 		"#comments_a_b_c:example.org", "#comments__:example.org", "#comments_a_b:my_server.org",
 		"#x:y", "", "#comments_:example.org", "#comments_é_ü:[::1]:8448",
+		"#comments_cafe\u0301_x:example.org", "#comments_s_\u0301:example.org", "#comments_s_a\u0334\u0334\u0334\u0334\u0334:example.org",
 	} {
 		f.Add(s)
 	}
@@ -216,6 +219,20 @@ func FuzzParse(f *testing.F) {
 			if local != p.Alias.Localpart() {
 				t.Fatalf("%q: rebuilt localpart %q", alias, local)
 			}
+			// What is accepted is the one spelling of its name: composed,
+			// and the same after a trip through the alias and back.
+			if !norm.NFC.IsNormalString(p.Site) || !norm.NFC.IsNormalString(p.Section) {
+				t.Fatalf("%q: accepted site %q section %q not in NFC", alias, p.Site, p.Section)
+			}
+			if p.Kind == Comments && ns.Server != "" {
+				c, err := ns.CommentsAlias(p.Site, p.Section)
+				if err != nil {
+					t.Fatalf("%q: accepted section has no alias: %v", alias, err)
+				}
+				if q := ns.ParseAlias(c); q.Kind != Comments || q.Site != p.Site || q.Section != p.Section {
+					t.Fatalf("%q: rebuilt alias %q parses as %+v", alias, c, q)
+				}
+			}
 		}
 	})
 }
@@ -223,13 +240,16 @@ func FuzzParse(f *testing.F) {
 // FuzzValidateSiteName checks that every accepted site name yields valid
 // aliases that parse back to the same site.
 func FuzzValidateSiteName(f *testing.F) {
-	for _, s := range []string{"blog", "blog.example.org", "a_b", "", "é", "\x00", "a:b", strings.Repeat("x", 100)} {
+	for _, s := range []string{"blog", "blog.example.org", "a_b", "", "é", "e\u0301", "\u0301", "\x00", "a:b", strings.Repeat("x", 100)} {
 		f.Add(s)
 	}
 	ns := Namespace{Prefix: "comments_", Server: "example.org"}
 	f.Fuzz(func(t *testing.T, site string) {
 		if ValidateSiteName(site) != nil {
 			return
+		}
+		if !norm.NFC.IsNormalString(site) {
+			t.Fatalf("accepted site %q is not in NFC", site)
 		}
 		m, err := ns.ModerationAlias(site)
 		if err != nil {
@@ -246,4 +266,55 @@ func FuzzValidateSiteName(f *testing.F) {
 			t.Fatalf("site %q: comments alias parses as %+v", site, p)
 		}
 	})
+}
+
+// Names that render alike must not name two sites or two comment
+// sections: only the composed form (NFC) is accepted, and no name may
+// begin with a combining mark or stack more than a few.
+func TestComposition(t *testing.T) {
+	ns := Namespace{Prefix: "comments_", Server: "example.org"}
+	marks := func(n int) string { return strings.Repeat("\u0334", n) } // combining tilde overlay: composes with nothing
+	tests := []struct {
+		name  string
+		site  string
+		alias string
+		why   string // substring of the refusal, "" if accepted
+	}{
+		{"composed", "café", "#comments_café_crème:example.org", ""},
+		{"four marks", "a" + marks(4), "#comments_s_a" + marks(4) + ":example.org", ""},
+		{"Hindi", "हिन्दी", "#comments_s_हिन्दी:example.org", ""},
+		{"Vietnamese", "tiếng", "#comments_s_Việt:example.org", ""},
+		{"Cyrillic lookalike is another name", "cаfe", "#comments_s_cаfe:example.org", ""},
+
+		{"decomposed", "cafe\u0301", "#comments_s_cafe\u0301:example.org", "Normalization Form C"},
+		{"decomposed site in an alias", "cafe\u0301", "#comments_cafe\u0301_x:example.org", "Normalization Form C"},
+		{"leading mark", "\u0301a", "#comments_s_\u0301a:example.org", "combining mark"},
+		{"only marks", "\u0301\u0302", "#comments_s_\u0301\u0302:example.org", "combining mark"},
+		{"five marks", "a" + marks(5), "#comments_s_a" + marks(5) + ":example.org", "more than 4 combining marks"},
+		{"many marks", "a" + marks(30), "#comments_s_a" + marks(50) + ":example.org", "more than 4 combining marks"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := ValidateSiteName(tt.site)
+			p, perr := ns.Parse(tt.alias)
+			if perr != nil {
+				t.Fatalf("Parse(%q): %v", tt.alias, perr)
+			}
+			if tt.why == "" {
+				if err != nil {
+					t.Errorf("ValidateSiteName(%q) = %v, want nil", tt.site, err)
+				}
+				if p.Kind != Comments || p.Refused != "" {
+					t.Errorf("Parse(%q) = %+v, want a comment section", tt.alias, p)
+				}
+				return
+			}
+			if !errors.Is(err, ErrBadSiteName) || !strings.Contains(err.Error(), tt.why) {
+				t.Errorf("ValidateSiteName(%q) = %v, want a refusal mentioning %q", tt.site, err, tt.why)
+			}
+			if p.Kind != NotOurs || !strings.Contains(p.Refused, tt.why) {
+				t.Errorf("Parse(%q) = %v, refused %q; want a refusal mentioning %q", tt.alias, p.Kind, p.Refused, tt.why)
+			}
+		})
+	}
 }
