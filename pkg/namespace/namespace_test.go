@@ -318,3 +318,82 @@ func TestComposition(t *testing.T) {
 		})
 	}
 }
+
+// A section id with ':' has no alias: the alias's server part starts at
+// its first ':'.
+func TestValidateSectionID(t *testing.T) {
+	tests := []struct {
+		section string
+		why     string // substring of the refusal, "" if accepted
+	}{
+		{"/posts/hello", ""},
+		{"Post.HTML", ""},
+		{"été", ""},
+		{"50%off?x=1#top", ""},
+
+		{"", "empty"},
+		{"a:b", "server name"},
+		{"a_b", "separates the site"},
+		{"po\u200bst", "invisible"},
+		{"po st", "spaces"},
+		{"cafe\u0301", "Normalization Form C"},
+		{"bad\xff", "UTF-8"},
+	}
+	for _, tt := range tests {
+		err := ValidateSectionID(tt.section)
+		if tt.why == "" {
+			if err != nil {
+				t.Errorf("ValidateSectionID(%q) = %v, want nil", tt.section, err)
+			}
+			continue
+		}
+		if !errors.Is(err, ErrBadSectionID) || !strings.Contains(err.Error(), tt.why) {
+			t.Errorf("ValidateSectionID(%q) = %v, want a refusal mentioning %q", tt.section, err, tt.why)
+		}
+	}
+	ns := Namespace{Prefix: "comments_", Server: "example.org"}
+	if a, err := ns.CommentsAlias("blog", "a:b"); err == nil {
+		t.Errorf("CommentsAlias with ':' in the section = %q, want an error", a)
+	}
+}
+
+// Every character the rules refuse is one the descriptions list.
+func TestReservedCharacters(t *testing.T) {
+	for _, r := range SiteNameReserved {
+		if err := ValidateSiteName("a" + string(r) + "b"); !errors.Is(err, ErrBadSiteName) {
+			t.Errorf("site name with %q accepted", r)
+		}
+	}
+	for _, r := range SectionIDReserved {
+		if err := ValidateSectionID("a" + string(r) + "b"); !errors.Is(err, ErrBadSectionID) {
+			t.Errorf("section id with %q accepted", r)
+		}
+	}
+}
+
+// FuzzValidateSectionID checks that every accepted section id is composed
+// and yields an alias that parses back to the same section.
+func FuzzValidateSectionID(f *testing.F) {
+	for _, s := range []string{"/posts/hello", "a:b", "a_b", "", "e\u0301", "\u0301", "po\u200bst", "50%off?x=1#top"} {
+		f.Add(s)
+	}
+	ns := Namespace{Prefix: "comments_", Server: "example.org"}
+	f.Fuzz(func(t *testing.T, section string) {
+		if ValidateSectionID(section) != nil {
+			return
+		}
+		if !norm.NFC.IsNormalString(section) {
+			t.Fatalf("accepted section %q is not in NFC", section)
+		}
+		c, err := ns.CommentsAlias("blog", section)
+		if err != nil {
+			if len("#comments_blog_"+section+":example.org") > mxid.MaxLength {
+				return
+			}
+			t.Fatalf("accepted section %q has no alias: %v", section, err)
+		}
+		if p := ns.ParseAlias(c); p.Kind != Comments || p.Site != "blog" || p.Section != section || p.Refused != "" {
+			t.Fatalf("section %q: alias %q parses as %+v", section, c, p)
+		}
+	})
+}

@@ -21,6 +21,7 @@ import (
 	"github.com/cactus-comments/appservice/pkg/embednats"
 	"github.com/cactus-comments/appservice/pkg/event"
 	"github.com/cactus-comments/appservice/pkg/matrix"
+	"github.com/cactus-comments/appservice/pkg/namespace"
 	"github.com/cactus-comments/appservice/pkg/registry"
 	"github.com/cactus-comments/appservice/pkg/service"
 	"github.com/cactus-comments/appservice/pkg/worker"
@@ -696,5 +697,22 @@ func TestRegisterRedeliveredAfterRegistryWrite(t *testing.T) {
 	}
 	if e.hs.count("createRoom") != 1 {
 		t.Fatalf("createRoom called again")
+	}
+}
+
+// The help and the embed instructions list the characters the rules refuse.
+func TestTextsListReservedCharacters(t *testing.T) {
+	tx := texts{ServerName: server, Namespace: namespace.Namespace{Prefix: "comments_", Server: server}}
+	help := tx.help().Body
+	for _, r := range namespace.SiteNameReserved {
+		if !strings.Contains(help, "“"+string(r)+"”") {
+			t.Errorf("help does not list %q:\n%s", r, help)
+		}
+	}
+	created := tx.created("blog").Body
+	for _, r := range namespace.SectionIDReserved {
+		if !strings.Contains(created, "“"+string(r)+"”") {
+			t.Errorf("embed instructions do not list %q:\n%s", r, created)
+		}
 	}
 }
