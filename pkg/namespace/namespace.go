@@ -196,7 +196,7 @@ var ErrBadSectionID = errors.New("invalid section id")
 // SiteNameReserved are the characters, besides spaces and those that do
 // not show, that a site name may not hold. Texts that describe the rules
 // list them from here.
-const SiteNameReserved = "_:#@!$+/\\?%"
+const SiteNameReserved = "_:#@!$+/\\?%<>\"'“”‘’"
 
 // SectionIDReserved are the characters, besides spaces and those that do
 // not show, that a section id may not hold: a section id is the rest of
@@ -212,6 +212,9 @@ func reservedReason(r rune) string {
 		return ", which separates an alias from its server name"
 	case '#', '@', '!', '$', '+':
 		return ", which Matrix uses as an identifier sigil"
+	case '<', '>', '"', '\'', '“', '”', '‘', '’':
+		// "register <sitename>" from the help, typed literally.
+		return ": type the name without brackets or quotes"
 	}
 	return ""
 }
@@ -224,6 +227,10 @@ func ValidateSiteName(site string) error {
 	}
 	if why := nameProblem(site, SiteNameReserved); why != "" {
 		return fmt.Errorf("%w: the name %s", ErrBadSiteName, why)
+	}
+	if strings.IndexFunc(site, func(r rune) bool { return !unicode.IsPunct(r) }) < 0 {
+		// ".", ".." and "-" are what is left of a placeholder or a path.
+		return fmt.Errorf("%w: the name is only punctuation: type the name itself, without brackets or quotes, with at least one letter, digit or symbol", ErrBadSiteName)
 	}
 	return nil
 }

@@ -131,7 +131,10 @@ func TestValidateSiteName(t *testing.T) {
 		{"blog.example.org", ""},
 		{"My-Site.42", ""},
 		{"café", ""},
-		{"a*b>c", ""},
+		{"a*b.c", ""},
+		{"a-b", ""},
+		{"😀", ""},
+		{"-.-b", ""},
 		{strings.Repeat("a", MaxSiteNameLength), ""},
 
 		{"", "empty"},
@@ -159,6 +162,16 @@ func TestValidateSiteName(t *testing.T) {
 		{"a\\b", "'\\\\'"},
 		{"a?b", "'?'"},
 		{"100%", "'%'"},
+		{"<mysite>", "without brackets or quotes"},
+		{"a*b>c", "without brackets or quotes"},
+		{`"quoted"`, "without brackets or quotes"},
+		{"'q'", "without brackets or quotes"},
+		{"“q”", "without brackets or quotes"},
+		{"‘q’", "without brackets or quotes"},
+		{".", "only punctuation"},
+		{"..", "only punctuation"},
+		{"-", "only punctuation"},
+		{"-.*¿", "only punctuation"},
 	}
 	for _, tt := range tests {
 		err := ValidateSiteName(tt.site)

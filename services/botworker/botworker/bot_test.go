@@ -282,6 +282,14 @@ func TestRegisterRefusals(t *testing.T) {
 		{"register #x", "sigil", outcomeInvalid},
 		{"register " + strings.Repeat("x", 101), "longer than", outcomeInvalid},
 		{"register cafe\u0301", "Normalization Form C", outcomeInvalid},
+		// The placeholder and quotes of the help, typed literally.
+		{"register <mysite>", "without brackets or quotes", outcomeInvalid},
+		{"register \"quoted\"", "without brackets or quotes", outcomeInvalid},
+		{"register 'q'", "without brackets or quotes", outcomeInvalid},
+		{"register “smart”", "without brackets or quotes", outcomeInvalid},
+		{"register .", "only punctuation", outcomeInvalid},
+		{"register ..", "only punctuation", outcomeInvalid},
+		{"register -", "only punctuation", outcomeInvalid},
 		{"register \u0301cafe", "combining mark", outcomeInvalid},
 		{"register a\u0334\u0334\u0334\u0334\u0334", "more than 4 combining marks", outcomeInvalid},
 		{"register", "exactly two words", outcomeUsage},
@@ -705,13 +713,13 @@ func TestTextsListReservedCharacters(t *testing.T) {
 	tx := texts{ServerName: server, Namespace: namespace.Namespace{Prefix: "comments_", Server: server}}
 	help := tx.help().Body
 	for _, r := range namespace.SiteNameReserved {
-		if !strings.Contains(help, "“"+string(r)+"”") {
+		if !strings.Contains(help, " "+string(r)+" ") {
 			t.Errorf("help does not list %q:\n%s", r, help)
 		}
 	}
 	created := tx.created("blog").Body
 	for _, r := range namespace.SectionIDReserved {
-		if !strings.Contains(created, "“"+string(r)+"”") {
+		if !strings.Contains(created, " "+string(r)) {
 			t.Errorf("embed instructions do not list %q:\n%s", r, created)
 		}
 	}

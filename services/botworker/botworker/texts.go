@@ -44,7 +44,7 @@ func (t *texts) help() message {
 		"",
 		"To get started, choose a short name for your website and send:",
 		"    register <sitename>",
-		"The name may use letters, digits and punctuation such as “.” or “-”, but no " + charList(namespace.SiteNameReserved) + " or spaces. I will create a moderation room for the site, invite you to it as its administrator, and send you the snippet to paste into your web pages.",
+		"The name may use letters, digits and punctuation such as . or -, but no spaces and none of these characters: " + charList(namespace.SiteNameReserved) + " (type the name without brackets or quotes). I will create a moderation room for the site, invite you to it as its administrator, and send you the snippet to paste into your web pages.",
 		"",
 		"Other commands:",
 		"    sites    lists the sites you have registered",
@@ -96,13 +96,10 @@ func (t *texts) homeserverUnavailable(site string) message {
 	return message{Body: fmt.Sprintf("I could not reach the homeserver to register %q, even after several attempts. Please try again in a few minutes.", site)}
 }
 
-// charList lists characters for a reader: “_”, “:”, “#”.
+// charList lists characters for a reader, separated by spaces: quoting
+// them would be ambiguous, as quotes are among them.
 func charList(chars string) string {
-	var quoted []string
-	for _, r := range chars {
-		quoted = append(quoted, "“"+string(r)+"”")
-	}
-	return strings.Join(quoted, ", ")
+	return strings.Join(strings.Split(chars, ""), " ")
 }
 
 func (t *texts) moderationAlias(site string) string {
@@ -139,7 +136,7 @@ func (t *texts) created(site string) message {
 	snippet := t.snippet(site)
 	intro := fmt.Sprintf("Done: the site %q is registered. I have invited you to its moderation room %s, where you are administrator (power level 100).", site, alias)
 	howto := "To show comments on a web page, paste this where the comments should appear:"
-	section := "Give every page its own commentSectionId (for example the page's slug); it may not contain " + charList(namespace.SectionIDReserved) + " or spaces. " +
+	section := "Give every page its own commentSectionId (for example the page's slug), without spaces and without any of these characters: " + charList(namespace.SectionIDReserved) + "\n" +
 		"Each id gets its own comment room, " + "#" + t.Namespace.CommentsLocalpart(site, "<commentSectionId>") + ":" + t.ServerName +
 		", created the first time someone opens the page."
 	more := "More options of the web client are described at " + t.DocsURL
