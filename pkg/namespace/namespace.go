@@ -203,6 +203,11 @@ const SiteNameReserved = "_:#@!$+/\\?%<>\"'“”‘’"
 // the alias's localpart, which ends at the first ':'.
 const SectionIDReserved = "_:"
 
+// Quote quotes a name for people: as typed, between typographic quotes.
+// Go's %q would double every backslash and escape quotes, so the name
+// shown would not be the name typed.
+func Quote(name string) string { return "“" + name + "”" }
+
 // reservedReason says why r is reserved ("" if it is not said).
 func reservedReason(r rune) string {
 	switch r {
@@ -256,7 +261,7 @@ func nameProblem(s, reserved string) string {
 	// The separators first: they explain the most common mistakes.
 	for _, r := range "_:" {
 		if strings.ContainsRune(reserved, r) && strings.ContainsRune(s, r) {
-			return fmt.Sprintf("may not contain %q%s", r, reservedReason(r))
+			return "may not contain " + Quote(string(r)) + reservedReason(r)
 		}
 	}
 	for _, r := range s {
@@ -266,7 +271,7 @@ func nameProblem(s, reserved string) string {
 		case !Visible(r):
 			return fmt.Sprintf("may not contain %U, an invisible or non-printing character", r)
 		case strings.ContainsRune(reserved, r):
-			return fmt.Sprintf("may not contain %q%s", r, reservedReason(r))
+			return "may not contain " + Quote(string(r)) + reservedReason(r)
 		}
 	}
 	return composition(s)

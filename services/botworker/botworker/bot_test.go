@@ -277,11 +277,13 @@ func TestRegisterRefusals(t *testing.T) {
 	tests := []struct {
 		body, want, outcome string
 	}{
-		{"register a_b", "'_'", outcomeInvalid},
-		{"register a:b", "':'", outcomeInvalid},
+		{"register a_b", "“_”", outcomeInvalid},
+		{"register a:b", "“:”", outcomeInvalid},
 		{"register #x", "sigil", outcomeInvalid},
 		{"register " + strings.Repeat("x", 101), "longer than", outcomeInvalid},
 		{"register cafe\u0301", "Normalization Form C", outcomeInvalid},
+		{`register back\slash`, `I cannot register “back\slash”: the name may not contain “\”.`, outcomeInvalid},
+		{`register a"b`, `I cannot register “a"b”: the name may not contain “"”`, outcomeInvalid},
 		// The placeholder and quotes of the help, typed literally.
 		{"register <mysite>", "without brackets or quotes", outcomeInvalid},
 		{"register \"quoted\"", "without brackets or quotes", outcomeInvalid},
@@ -301,8 +303,13 @@ func TestRegisterRefusals(t *testing.T) {
 			kind := strings.Fields(tt.body)[0]
 			before := e.commands(kind, tt.outcome)
 			e.say(dmRoom, alice, tt.body)
-			if got := e.last(dmRoom); !strings.Contains(got, tt.want) {
+			got := e.last(dmRoom)
+			if !strings.Contains(got, tt.want) {
 				t.Fatalf("reply %q lacks %q", got, tt.want)
+			}
+			// Names are quoted for people, not Go-escaped.
+			if strings.Contains(got, `\\`) || strings.Contains(got, `\"`) || strings.Contains(got, `\u`) {
+				t.Fatalf("reply %q escapes the name", got)
 			}
 			if e.commands(kind, tt.outcome) != before+1 {
 				t.Fatalf("outcome %s not counted", tt.outcome)

@@ -112,7 +112,7 @@ func (p *Provisioner) AliasQuery(ctx context.Context, alias string) (ans bus.Ali
 func (p *Provisioner) provision(ctx context.Context, parsed namespace.Parsed) (bus.AliasAnswer, string, error) {
 	site, err := p.site(ctx, parsed.Site)
 	if errors.Is(err, registry.ErrNotFound) {
-		return bus.AliasAnswer{Error: fmt.Sprintf("no site %q is registered", parsed.Site)}, "unknown_site", nil
+		return bus.AliasAnswer{Error: fmt.Sprintf("no site %s is registered", namespace.Quote(parsed.Site))}, "unknown_site", nil
 	}
 	if err != nil {
 		return bus.AliasAnswer{}, "error", fmt.Errorf("%w: %w", errNoAnswer, err)
