@@ -312,6 +312,60 @@ func TestPing(t *testing.T) {
 	wantErr(t, d.do("POST", ping("cactus"), testASToken, map[string]any{}), 404, "M_UNRECOGNIZED")
 }
 
+// continuwuity has the client-server ping too, with its own errors: a
+// user's token is unauthorised, and whatever goes wrong calling the
+// appservice is a 500 M_UNKNOWN.
+func TestPingConduit(t *testing.T) {
+	dead := deadURL(t)
+	e := startEnv(t, Conduit, func(o *Options) {
+		o.QueryTimeout = 200 * time.Millisecond
+		o.Registrations = append(o.Registrations,
+			&registration.Registration{ID: "nourl", ASToken: "nourl-as", HSToken: "nourl-hs", SenderLocalpart: "nourl"},
+			&registration.Registration{ID: "dead", URL: &dead, ASToken: "dead-as", HSToken: "dead-hs", SenderLocalpart: "dead"},
+		)
+	})
+	_, atok := e.user("alice")
+	ping := func(id string) string { return "/_matrix/client/v1/appservice/" + id + "/ping" }
+	tests := []struct {
+		name   string
+		id     string
+		token  string
+		onPing func(w http.ResponseWriter)
+		status int
+		code   string
+	}{
+		{name: "ok", id: "cactus", token: testASToken, status: 200},
+		{name: "user token", id: "cactus", token: atok, status: 401, code: "M_UNAUTHORIZED"},
+		{name: "other appservice's id", id: "cactus", token: "dead-as", status: 403, code: "M_FORBIDDEN"},
+		{name: "url null", id: "nourl", token: "nourl-as", status: 400, code: "M_URL_NOT_SET"},
+		{name: "bad status", id: "cactus", token: testASToken, onPing: func(w http.ResponseWriter) { w.WriteHeader(500) }, status: 500, code: "M_UNKNOWN"},
+		{name: "connection failed", id: "dead", token: "dead-as", status: 500, code: "M_UNKNOWN"},
+		{name: "timeout", id: "cactus", token: testASToken, onPing: func(w http.ResponseWriter) { time.Sleep(time.Second) }, status: 500, code: "M_UNKNOWN"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e.as.mu.Lock()
+			e.as.onPing = tc.onPing
+			e.as.mu.Unlock()
+			r := e.do("POST", ping(tc.id), tc.token, map[string]any{"transaction_id": "p1"})
+			if tc.code != "" {
+				wantErr(t, r, tc.status, tc.code)
+				return
+			}
+			if r.Status != tc.status {
+				t.Fatalf("%d %s", r.Status, r.Raw)
+			}
+			if _, ok := r.Body["duration_ms"].(float64); !ok {
+				t.Fatalf("no duration_ms: %s", r.Raw)
+			}
+			pings := e.as.requestsTo("/_matrix/app/v1/ping")
+			if len(pings) == 0 || pings[len(pings)-1].Auth != "Bearer "+testHSToken {
+				t.Fatal("ping not sent with the hs_token")
+			}
+		})
+	}
+}
+
 func TestSuccessfulPingRetriesAtOnce(t *testing.T) {
 	// A time unit of an hour: without the ping, the retry would not come
 	// within the test's lifetime.
