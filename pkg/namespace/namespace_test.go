@@ -174,20 +174,19 @@ func TestValidateSiteName(t *testing.T) {
 		{"-.*¿", "only punctuation"},
 	}
 	for _, tt := range tests {
-		err := ValidateSiteName(tt.site)
-		if tt.why == "" {
-			if err != nil {
-				t.Errorf("ValidateSiteName(%q) = %v, want nil", tt.site, err)
-			}
-			continue
-		}
-		if !errors.Is(err, ErrBadSiteName) {
-			t.Errorf("ValidateSiteName(%q) = %v, want ErrBadSiteName", tt.site, err)
-			continue
-		}
-		if !strings.Contains(err.Error(), tt.why) {
-			t.Errorf("ValidateSiteName(%q) = %q, want the reason to mention %s", tt.site, err, tt.why)
-		}
+		checkVerdict(t, "ValidateSiteName", tt.site, ValidateSiteName(tt.site), ErrBadSiteName, tt.why)
+	}
+}
+
+// checkVerdict checks a validator's answer for s: nil when why is "",
+// else an error wrapping target whose text mentions why.
+func checkVerdict(t *testing.T, fn, s string, err, target error, why string) {
+	t.Helper()
+	switch {
+	case why == "" && err != nil:
+		t.Errorf("%s(%q) = %v, want nil", fn, s, err)
+	case why != "" && (!errors.Is(err, target) || !strings.Contains(err.Error(), why)):
+		t.Errorf("%s(%q) = %v, want a refusal (%v) mentioning %q", fn, s, err, target, why)
 	}
 }
 
@@ -308,22 +307,16 @@ func TestComposition(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := ValidateSiteName(tt.site)
-			p, perr := ns.Parse(tt.alias)
-			if perr != nil {
-				t.Fatalf("Parse(%q): %v", tt.alias, perr)
+			checkVerdict(t, "ValidateSiteName", tt.site, ValidateSiteName(tt.site), ErrBadSiteName, tt.why)
+			p, err := ns.Parse(tt.alias)
+			if err != nil {
+				t.Fatalf("Parse(%q): %v", tt.alias, err)
 			}
 			if tt.why == "" {
-				if err != nil {
-					t.Errorf("ValidateSiteName(%q) = %v, want nil", tt.site, err)
-				}
 				if p.Kind != Comments || p.Refused != "" {
 					t.Errorf("Parse(%q) = %+v, want a comment section", tt.alias, p)
 				}
 				return
-			}
-			if !errors.Is(err, ErrBadSiteName) || !strings.Contains(err.Error(), tt.why) {
-				t.Errorf("ValidateSiteName(%q) = %v, want a refusal mentioning %q", tt.site, err, tt.why)
 			}
 			if p.Kind != NotOurs || !strings.Contains(p.Refused, tt.why) {
 				t.Errorf("Parse(%q) = %v, refused %q; want a refusal mentioning %q", tt.alias, p.Kind, p.Refused, tt.why)
@@ -353,16 +346,7 @@ func TestValidateSectionID(t *testing.T) {
 		{"bad\xff", "UTF-8"},
 	}
 	for _, tt := range tests {
-		err := ValidateSectionID(tt.section)
-		if tt.why == "" {
-			if err != nil {
-				t.Errorf("ValidateSectionID(%q) = %v, want nil", tt.section, err)
-			}
-			continue
-		}
-		if !errors.Is(err, ErrBadSectionID) || !strings.Contains(err.Error(), tt.why) {
-			t.Errorf("ValidateSectionID(%q) = %v, want a refusal mentioning %q", tt.section, err, tt.why)
-		}
+		checkVerdict(t, "ValidateSectionID", tt.section, ValidateSectionID(tt.section), ErrBadSectionID, tt.why)
 	}
 	ns := Namespace{Prefix: "comments_", Server: "example.org"}
 	if a, err := ns.CommentsAlias("blog", "a:b"); err == nil {
