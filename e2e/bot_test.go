@@ -90,7 +90,7 @@ func TestBotDirectChatHelpRegister(t *testing.T) {
 	odm := h.DirectChat(other)
 	for i, c := range []struct{ body, want string }{
 		{"register blog", "already taken"},
-		{"register a_b", "'_'"},
+		{"register a_b", "“_”"},
 		{"register", "register <sitename>"},
 		{"REGISTER  my blog", "register <sitename>"},
 		{"what now?", `"help"`},
@@ -234,7 +234,7 @@ func TestBotUnicodeSiteName(t *testing.T) {
 	}
 	// A name the homeserver could not take is refused by the bot first.
 	h.Say(owner, dm, "register bü:cher")
-	if got := h.WaitBotMessages(dm, 2)[1]; !strings.Contains(got, "':'") {
+	if got := h.WaitBotMessages(dm, 2)[1]; !strings.Contains(got, "“:”") {
 		t.Errorf("reply %q", got)
 	}
 }

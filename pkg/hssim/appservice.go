@@ -249,9 +249,14 @@ func (s *Server) queryUser(ctx context.Context, as *appservice, userID string) b
 	return s.queryOK(res)
 }
 
-// handlePing is the client-server ping: Synapse only.
+// handlePing is the client-server ping of Synapse and continuwuity;
+// Dendrite has none. continuwuity refuses a user's token as unauthorised
+// and answers every failure to call the appservice with 500 M_UNKNOWN,
+// where Synapse says what failed; only Synapse retries the appservice's
+// failed transaction at once after a successful ping.
 func (s *Server) handlePing(q *request) (any, *matrixError) {
-	if s.opts.Mode != Synapse {
+	mode := s.opts.Mode
+	if mode == Dendrite {
 		return nil, errf(http.StatusNotFound, "M_UNRECOGNIZED", "Unrecognized request")
 	}
 	var b struct {
@@ -264,10 +269,18 @@ func (s *Server) handlePing(q *request) (any, *matrixError) {
 	s.mu.Lock()
 	as := s.appByID(id)
 	s.mu.Unlock()
-	if as == nil || q.who.as != as {
+	switch {
+	case mode == Conduit && q.who.as == nil:
+		return nil, errf(http.StatusUnauthorized, "M_UNAUTHORIZED", "Only appservice access tokens should be used on this endpoint.")
+	case mode == Conduit && (as == nil || q.who.as != as):
+		return nil, errForbidden("Appservices can only ping themselves (wrong appservice ID).")
+	case as == nil || q.who.as != as:
 		return nil, errForbidden("Provided access token is not the appservice's token")
 	}
 	if as.reg.URL == nil {
+		if mode == Conduit {
+			return nil, errf(http.StatusBadRequest, "M_URL_NOT_SET", "Appservice does not have a URL set, there is nothing to ping.")
+		}
 		return nil, errf(http.StatusBadRequest, "M_URL_NOT_SET", "Application service URL is not set")
 	}
 	body := map[string]any{}
@@ -276,17 +289,22 @@ func (s *Server) handlePing(q *request) (any, *matrixError) {
 	}
 	start := time.Now()
 	res := s.callAS(q.r.Context(), as, s.opts.QueryTimeout, http.MethodPost, "/_matrix/app/v1/ping", nil, body)
+	failed := res.timeout || res.err != nil || res.status < 200 || res.status > 299 || !isJSON(res.body)
 	switch {
+	case failed && mode == Conduit:
+		return nil, errf(http.StatusInternalServerError, "M_UNKNOWN", "Appservice %q could not be pinged", as.reg.ID)
 	case res.timeout:
 		return nil, errf(http.StatusGatewayTimeout, "M_CONNECTION_TIMEOUT", "Timeout while pinging the application service")
 	case res.err != nil && res.status == 0:
 		return nil, errf(http.StatusBadGateway, "M_CONNECTION_FAILED", "Connection to the application service failed")
-	case res.status < 200 || res.status > 299 || !isJSON(res.body):
+	case failed:
 		e := errf(http.StatusBadGateway, "M_BAD_STATUS", "Application service returned an error")
 		e.Extra = map[string]any{"status": res.status, "body": string(res.body)}
 		return nil, e
 	}
-	poke(as.retryNow)
+	if mode == Synapse {
+		poke(as.retryNow)
+	}
 	return map[string]any{"duration_ms": time.Since(start).Milliseconds()}, nil
 }
 

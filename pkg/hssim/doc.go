@@ -214,7 +214,11 @@ package hssim
 //   - 429 M_LIMIT_EXCEEDED carries retry_after_ms everywhere and the
 //     Retry-After header (whole seconds, rounded up) on Synapse and
 //     continuwuity, not on Dendrite.
-//   - Client-server ping and its errors exist only in Synapse mode
-//     (elsewhere 404 M_UNRECOGNIZED). Dendrite asks every appservice
+//   - Client-server ping: Synapse and continuwuity; Dendrite answers 404
+//     M_UNRECOGNIZED. Synapse names what failed (502 M_CONNECTION_FAILED
+//     or M_BAD_STATUS, 504 M_CONNECTION_TIMEOUT) and retries the
+//     appservice's failed transaction at once after a success;
+//     continuwuity answers a user's token 401 M_UNAUTHORIZED and every
+//     failure to call the appservice 500 M_UNKNOWN. Dendrite asks every appservice
 //     thirdparty/location?alias= and thirdparty/user?userid= when a client
 //     calls the matching client-server lookups.

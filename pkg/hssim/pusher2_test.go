@@ -251,62 +251,74 @@ func deadURL(t *testing.T) string {
 	return u
 }
 
+// TestPing: Synapse and continuwuity have the client-server ping, with
+// their own errors: continuwuity finds a user's token unauthorised and
+// answers whatever goes wrong calling the appservice 500 M_UNKNOWN.
 func TestPing(t *testing.T) {
-	dead := deadURL(t)
-	e := startEnv(t, Synapse, func(o *Options) {
-		o.QueryTimeout = 200 * time.Millisecond
-		o.Registrations = append(o.Registrations,
-			&registration.Registration{ID: "nourl", ASToken: "nourl-as", HSToken: "nourl-hs", SenderLocalpart: "nourl"},
-			&registration.Registration{ID: "dead", URL: &dead, ASToken: "dead-as", HSToken: "dead-hs", SenderLocalpart: "dead"},
-		)
-	})
-	_, atok := e.user("alice")
-	ping := func(id string) string { return "/_matrix/client/v1/appservice/" + id + "/ping" }
-	tests := []struct {
-		name   string
-		id     string
-		token  string
-		onPing func(w http.ResponseWriter)
+	type want struct {
 		status int
 		code   string
-		check  func(t *testing.T, r resp)
-	}{
-		{name: "ok", id: "cactus", token: testASToken, status: 200, check: func(t *testing.T, r resp) {
-			if _, ok := r.Body["duration_ms"].(float64); !ok {
-				t.Fatalf("no duration_ms: %s", r.Raw)
-			}
-			pings := e.as.requestsTo("/_matrix/app/v1/ping")
-			if len(pings) == 0 || pings[len(pings)-1].Auth != "Bearer "+testHSToken {
-				t.Fatal("ping not sent with the hs_token")
-			}
-		}},
-		{name: "user token", id: "cactus", token: atok, status: 403, code: "M_FORBIDDEN"},
-		{name: "other appservice's token", id: "cactus", token: "dead-as", status: 403, code: "M_FORBIDDEN"},
-		{name: "url null", id: "nourl", token: "nourl-as", status: 400, code: "M_URL_NOT_SET"},
-		{name: "bad status", id: "cactus", token: testASToken, onPing: func(w http.ResponseWriter) { w.WriteHeader(500); _, _ = w.Write([]byte("boom")) }, status: 502, code: "M_BAD_STATUS",
-			check: func(t *testing.T, r resp) {
-				if r.Body["status"] != float64(500) || r.Body["body"] != "boom" {
-					t.Fatalf("M_BAD_STATUS details: %s", r.Raw)
-				}
-			}},
-		{name: "connection failed", id: "dead", token: "dead-as", status: 502, code: "M_CONNECTION_FAILED"},
-		{name: "timeout", id: "cactus", token: testASToken, onPing: func(w http.ResponseWriter) { time.Sleep(time.Second) }, status: 504, code: "M_CONNECTION_TIMEOUT"},
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			e.as.mu.Lock()
-			e.as.onPing = tc.onPing
-			e.as.mu.Unlock()
-			r := e.do("POST", ping(tc.id), tc.token, map[string]any{"transaction_id": "p1"})
-			if tc.code != "" {
-				wantErr(t, r, tc.status, tc.code)
-			} else if r.Status != tc.status {
-				t.Fatalf("%d %s", r.Status, r.Raw)
-			}
-			if tc.check != nil {
-				tc.check(t, r)
-			}
+	tests := []struct {
+		name             string
+		id, token        string // token: "user" for a user's
+		onPing           func(w http.ResponseWriter)
+		synapse, conduit want
+	}{
+		{name: "ok", id: "cactus", token: testASToken, synapse: want{200, ""}, conduit: want{200, ""}},
+		{name: "user token", id: "cactus", token: "user", synapse: want{403, "M_FORBIDDEN"}, conduit: want{401, "M_UNAUTHORIZED"}},
+		{name: "other appservice's token", id: "cactus", token: "dead-as", synapse: want{403, "M_FORBIDDEN"}, conduit: want{403, "M_FORBIDDEN"}},
+		{name: "url null", id: "nourl", token: "nourl-as", synapse: want{400, "M_URL_NOT_SET"}, conduit: want{400, "M_URL_NOT_SET"}},
+		{name: "bad status", id: "cactus", token: testASToken, onPing: func(w http.ResponseWriter) { w.WriteHeader(500); _, _ = w.Write([]byte("boom")) },
+			synapse: want{502, "M_BAD_STATUS"}, conduit: want{500, "M_UNKNOWN"}},
+		{name: "connection failed", id: "dead", token: "dead-as", synapse: want{502, "M_CONNECTION_FAILED"}, conduit: want{500, "M_UNKNOWN"}},
+		{name: "timeout", id: "cactus", token: testASToken, onPing: func(w http.ResponseWriter) { time.Sleep(time.Second) },
+			synapse: want{504, "M_CONNECTION_TIMEOUT"}, conduit: want{500, "M_UNKNOWN"}},
+	}
+	ping := func(id string) string { return "/_matrix/client/v1/appservice/" + id + "/ping" }
+	for _, mode := range []Mode{Synapse, Conduit} {
+		dead := deadURL(t)
+		e := startEnv(t, mode, func(o *Options) {
+			o.QueryTimeout = 200 * time.Millisecond
+			o.Registrations = append(o.Registrations,
+				&registration.Registration{ID: "nourl", ASToken: "nourl-as", HSToken: "nourl-hs", SenderLocalpart: "nourl"},
+				&registration.Registration{ID: "dead", URL: &dead, ASToken: "dead-as", HSToken: "dead-hs", SenderLocalpart: "dead"},
+			)
 		})
+		_, atok := e.user("alice")
+		for _, tc := range tests {
+			t.Run(string(mode)+"/"+tc.name, func(t *testing.T) {
+				w := tc.synapse
+				if mode == Conduit {
+					w = tc.conduit
+				}
+				token := tc.token
+				if token == "user" {
+					token = atok
+				}
+				e.as.mu.Lock()
+				e.as.onPing = tc.onPing
+				e.as.mu.Unlock()
+				r := e.do("POST", ping(tc.id), token, map[string]any{"transaction_id": "p1"})
+				if w.code != "" {
+					wantErr(t, r, w.status, w.code)
+					if w.code == "M_BAD_STATUS" && (r.Body["status"] != float64(500) || r.Body["body"] != "boom") {
+						t.Fatalf("M_BAD_STATUS details: %s", r.Raw)
+					}
+					return
+				}
+				if r.Status != w.status {
+					t.Fatalf("%d %s", r.Status, r.Raw)
+				}
+				if _, ok := r.Body["duration_ms"].(float64); !ok {
+					t.Fatalf("no duration_ms: %s", r.Raw)
+				}
+				pings := e.as.requestsTo("/_matrix/app/v1/ping")
+				if len(pings) == 0 || pings[len(pings)-1].Auth != "Bearer "+testHSToken {
+					t.Fatal("ping not sent with the hs_token")
+				}
+			})
+		}
 	}
 	d := startEnv(t, Dendrite)
 	wantErr(t, d.do("POST", ping("cactus"), testASToken, map[string]any{}), 404, "M_UNRECOGNIZED")

@@ -28,6 +28,7 @@ const (
 	CodeConnectionFailed  = "M_CONNECTION_FAILED"
 	CodeConnectionTimeout = "M_CONNECTION_TIMEOUT"
 	CodeURLNotSet         = "M_URL_NOT_SET"
+	CodeUnknown           = "M_UNKNOWN"
 )
 
 // maxErrorBody bounds how much of a non-JSON error body is quoted in an

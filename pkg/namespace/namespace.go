@@ -10,6 +10,8 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"golang.org/x/text/unicode/norm"
+
 	"github.com/cactus-comments/appservice/pkg/mxid"
 )
 
@@ -101,8 +103,43 @@ func (n Namespace) ParseAlias(a mxid.RoomAlias) Parsed {
 			// homeserver call.
 			return Parsed{Alias: a, Refused: fmt.Sprintf("the site name or section id holds %U, an invisible or non-printing character", r)}
 		}
+		if why := composition(p.Site); why != "" {
+			return Parsed{Alias: a, Refused: "the site name " + why}
+		}
+		if why := composition(p.Section); p.Kind == Comments && why != "" {
+			return Parsed{Alias: a, Refused: "the section id " + why}
+		}
 	}
 	return p
+}
+
+// MaxCombiningMarks bounds a run of combining marks. Real words of any
+// script stack a few (Vietnamese two, Tibetan three or four); longer runs
+// only serve to draw over neighbouring text.
+const MaxCombiningMarks = 4
+
+// composition says why s could render like another name ("" if it
+// cannot): "café" typed with a composed é and with e + U+0301 shows the
+// same, so only the composed form, Unicode Normalization Form C, names a
+// site or a section. The text completes "the name ...".
+func composition(s string) string {
+	run := 0
+	for i, r := range s {
+		if !unicode.In(r, unicode.M) {
+			run = 0
+			continue
+		}
+		if i == 0 {
+			return fmt.Sprintf("begins with %U, a combining mark that belongs on a letter before it", r)
+		}
+		if run++; run > MaxCombiningMarks {
+			return fmt.Sprintf("has more than %d combining marks in a row", MaxCombiningMarks)
+		}
+	}
+	if !norm.NFC.IsNormalString(s) {
+		return "is not in Unicode Normalization Form C: type its accented letters as single characters (" + norm.NFC.String(s) + ")"
+	}
+	return ""
 }
 
 // Visible reports whether r may appear in a site name or a section id: a
@@ -144,38 +181,98 @@ func (n Namespace) ModerationAlias(site string) (mxid.RoomAlias, error) {
 
 // CommentsAlias is the full alias of a comment section room.
 func (n Namespace) CommentsAlias(site, section string) (mxid.RoomAlias, error) {
+	if err := ValidateSectionID(section); err != nil {
+		return mxid.RoomAlias{}, err
+	}
 	return mxid.NewRoomAlias(n.CommentsLocalpart(site, section), n.Server)
 }
 
 // ErrBadSiteName is wrapped by every ValidateSiteName refusal.
 var ErrBadSiteName = errors.New("invalid site name")
 
+// ErrBadSectionID is wrapped by every ValidateSectionID refusal.
+var ErrBadSectionID = errors.New("invalid section id")
+
+// SiteNameReserved are the characters, besides spaces and those that do
+// not show, that a site name may not hold. Texts that describe the rules
+// list them from here.
+const SiteNameReserved = "_:#@!$+/\\?%<>\"'“”‘’"
+
+// SectionIDReserved are the characters, besides spaces and those that do
+// not show, that a section id may not hold: a section id is the rest of
+// the alias's localpart, which ends at the first ':'.
+const SectionIDReserved = "_:"
+
+// Quote quotes a name for people: as typed, between typographic quotes.
+// Go's %q would double every backslash and escape quotes, so the name
+// shown would not be the name typed.
+func Quote(name string) string { return "“" + name + "”" }
+
+// reservedReason says why r is reserved ("" if it is not said).
+func reservedReason(r rune) string {
+	switch r {
+	case '_':
+		return ", which separates the site from the comment section in room aliases"
+	case ':':
+		return ", which separates an alias from its server name"
+	case '#', '@', '!', '$', '+':
+		return ", which Matrix uses as an identifier sigil"
+	case '<', '>', '"', '\'', '“', '”', '‘', '’':
+		// "register <sitename>" from the help, typed literally.
+		return ": type the name without brackets or quotes"
+	}
+	return ""
+}
+
 // ValidateSiteName checks a site name before any homeserver call. The
 // returned error's text is written for the person who typed the name.
 func ValidateSiteName(site string) error {
-	switch {
-	case site == "":
-		return fmt.Errorf("%w: the name is empty", ErrBadSiteName)
-	case !utf8.ValidString(site):
-		return fmt.Errorf("%w: the name is not valid UTF-8", ErrBadSiteName)
-	case len(site) > MaxSiteNameLength:
+	if len(site) > MaxSiteNameLength && utf8.ValidString(site) {
 		return fmt.Errorf("%w: the name is longer than %d bytes", ErrBadSiteName, MaxSiteNameLength)
-	case strings.Contains(site, "_"):
-		return fmt.Errorf("%w: the name may not contain '_', which separates the site from the comment section in room aliases", ErrBadSiteName)
-	case strings.Contains(site, ":"):
-		return fmt.Errorf("%w: the name may not contain ':', which separates an alias from its server name", ErrBadSiteName)
 	}
-	for _, r := range site {
-		switch {
-		case unicode.IsSpace(r):
-			return fmt.Errorf("%w: the name may not contain spaces", ErrBadSiteName)
-		case !Visible(r):
-			return fmt.Errorf("%w: the name may not contain %U, an invisible or non-printing character", ErrBadSiteName, r)
-		case r == '#' || r == '@' || r == '!' || r == '$' || r == '+':
-			return fmt.Errorf("%w: the name may not contain %q, which Matrix uses as an identifier sigil", ErrBadSiteName, r)
-		case r == '/' || r == '\\' || r == '?' || r == '%':
-			return fmt.Errorf("%w: the name may not contain %q", ErrBadSiteName, r)
-		}
+	if why := nameProblem(site, SiteNameReserved); why != "" {
+		return fmt.Errorf("%w: the name %s", ErrBadSiteName, why)
+	}
+	if strings.IndexFunc(site, func(r rune) bool { return !unicode.IsPunct(r) }) < 0 {
+		// ".", ".." and "-" are what is left of a placeholder or a path.
+		return fmt.Errorf("%w: the name is only punctuation: type the name itself, without brackets or quotes, with at least one letter, digit or symbol", ErrBadSiteName)
 	}
 	return nil
+}
+
+// ValidateSectionID checks a comment section id. The returned error's text
+// is written for the person who chose the id.
+func ValidateSectionID(section string) error {
+	if why := nameProblem(section, SectionIDReserved); why != "" {
+		return fmt.Errorf("%w: the id %s", ErrBadSectionID, why)
+	}
+	return nil
+}
+
+// nameProblem says what is wrong with a site name or section id ("" if
+// nothing), completing "the name ...".
+func nameProblem(s, reserved string) string {
+	switch {
+	case s == "":
+		return "is empty"
+	case !utf8.ValidString(s):
+		return "is not valid UTF-8"
+	}
+	// The separators first: they explain the most common mistakes.
+	for _, r := range "_:" {
+		if strings.ContainsRune(reserved, r) && strings.ContainsRune(s, r) {
+			return "may not contain " + Quote(string(r)) + reservedReason(r)
+		}
+	}
+	for _, r := range s {
+		switch {
+		case unicode.IsSpace(r):
+			return "may not contain spaces"
+		case !Visible(r):
+			return fmt.Sprintf("may not contain %U, an invisible or non-printing character", r)
+		case strings.ContainsRune(reserved, r):
+			return "may not contain " + Quote(string(r)) + reservedReason(r)
+		}
+	}
+	return composition(s)
 }

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/text/unicode/norm"
+
 	"github.com/cactus-comments/appservice/pkg/mxid"
 )
 
@@ -129,15 +131,18 @@ func TestValidateSiteName(t *testing.T) {
 		{"blog.example.org", ""},
 		{"My-Site.42", ""},
 		{"café", ""},
-		{"a*b>c", ""},
+		{"a*b.c", ""},
+		{"a-b", ""},
+		{"😀", ""},
+		{"-.-b", ""},
 		{strings.Repeat("a", MaxSiteNameLength), ""},
 
 		{"", "empty"},
 		{"bad\xffutf8", "UTF-8"},
 		{strings.Repeat("a", MaxSiteNameLength+1), "longer than 100 bytes"},
 		{strings.Repeat("é", MaxSiteNameLength/2+1), "longer than 100 bytes"},
-		{"my_site", "'_'"},
-		{"a:b", "':'"},
+		{"my_site", "“_”"},
+		{"a:b", "“:”"},
 		{"my site", "spaces"},
 		{"my\tsite", "spaces"},
 		{"my\u00a0site", "spaces"},
@@ -148,31 +153,40 @@ func TestValidateSiteName(t *testing.T) {
 		{"my\u202esite", "invisible"},
 		{"my\u200bsite", "invisible"},
 		{"my\ufe0fsite", "invisible"},
-		{"#site", "'#'"},
-		{"si@te", "'@'"},
-		{"!site", "'!'"},
-		{"$site", "'$'"},
-		{"+site", "'+'"},
-		{"a/b", "'/'"},
-		{"a\\b", "'\\\\'"},
-		{"a?b", "'?'"},
-		{"100%", "'%'"},
+		{"#site", "“#”"},
+		{"si@te", "“@”"},
+		{"!site", "“!”"},
+		{"$site", "“$”"},
+		{"+site", "“+”"},
+		{"a/b", "“/”"},
+		{"a\\b", "“\\”"},
+		{"a?b", "“?”"},
+		{"100%", "“%”"},
+		{"<mysite>", "without brackets or quotes"},
+		{"a*b>c", "without brackets or quotes"},
+		{`"quoted"`, "without brackets or quotes"},
+		{"'q'", "without brackets or quotes"},
+		{"“q”", "without brackets or quotes"},
+		{"‘q’", "without brackets or quotes"},
+		{".", "only punctuation"},
+		{"..", "only punctuation"},
+		{"-", "only punctuation"},
+		{"-.*¿", "only punctuation"},
 	}
 	for _, tt := range tests {
-		err := ValidateSiteName(tt.site)
-		if tt.why == "" {
-			if err != nil {
-				t.Errorf("ValidateSiteName(%q) = %v, want nil", tt.site, err)
-			}
-			continue
-		}
-		if !errors.Is(err, ErrBadSiteName) {
-			t.Errorf("ValidateSiteName(%q) = %v, want ErrBadSiteName", tt.site, err)
-			continue
-		}
-		if !strings.Contains(err.Error(), tt.why) {
-			t.Errorf("ValidateSiteName(%q) = %q, want the reason to mention %s", tt.site, err, tt.why)
-		}
+		checkVerdict(t, "ValidateSiteName", tt.site, ValidateSiteName(tt.site), ErrBadSiteName, tt.why)
+	}
+}
+
+// checkVerdict checks a validator's answer for s: nil when why is "",
+// else an error wrapping target whose text mentions why.
+func checkVerdict(t *testing.T, fn, s string, err, target error, why string) {
+	t.Helper()
+	switch {
+	case why == "" && err != nil:
+		t.Errorf("%s(%q) = %v, want nil", fn, s, err)
+	case why != "" && (!errors.Is(err, target) || !strings.Contains(err.Error(), why)):
+		t.Errorf("%s(%q) = %v, want a refusal (%v) mentioning %q", fn, s, err, target, why)
 	}
 }
 
@@ -181,6 +195,7 @@ func FuzzParse(f *testing.F) {
 		"#comments_blog.example.org_/posts/hello:example.org", "#comments_a:example.org",
 		"#comments_a_b_c:example.org", "#comments__:example.org", "#comments_a_b:my_server.org",
 		"#x:y", "", "#comments_:example.org", "#comments_é_ü:[::1]:8448",
+		"#comments_cafe\u0301_x:example.org", "#comments_s_\u0301:example.org", "#comments_s_a\u0334\u0334\u0334\u0334\u0334:example.org",
 	} {
 		f.Add(s)
 	}
@@ -216,6 +231,20 @@ func FuzzParse(f *testing.F) {
 			if local != p.Alias.Localpart() {
 				t.Fatalf("%q: rebuilt localpart %q", alias, local)
 			}
+			// What is accepted is the one spelling of its name: composed,
+			// and the same after a trip through the alias and back.
+			if !norm.NFC.IsNormalString(p.Site) || !norm.NFC.IsNormalString(p.Section) {
+				t.Fatalf("%q: accepted site %q section %q not in NFC", alias, p.Site, p.Section)
+			}
+			if p.Kind == Comments && ns.Server != "" {
+				c, err := ns.CommentsAlias(p.Site, p.Section)
+				if err != nil {
+					t.Fatalf("%q: accepted section has no alias: %v", alias, err)
+				}
+				if q := ns.ParseAlias(c); q.Kind != Comments || q.Site != p.Site || q.Section != p.Section {
+					t.Fatalf("%q: rebuilt alias %q parses as %+v", alias, c, q)
+				}
+			}
 		}
 	})
 }
@@ -223,13 +252,16 @@ func FuzzParse(f *testing.F) {
 // FuzzValidateSiteName checks that every accepted site name yields valid
 // aliases that parse back to the same site.
 func FuzzValidateSiteName(f *testing.F) {
-	for _, s := range []string{"blog", "blog.example.org", "a_b", "", "é", "\x00", "a:b", strings.Repeat("x", 100)} {
+	for _, s := range []string{"blog", "blog.example.org", "a_b", "", "é", "e\u0301", "\u0301", "\x00", "a:b", strings.Repeat("x", 100)} {
 		f.Add(s)
 	}
 	ns := Namespace{Prefix: "comments_", Server: "example.org"}
 	f.Fuzz(func(t *testing.T, site string) {
 		if ValidateSiteName(site) != nil {
 			return
+		}
+		if !norm.NFC.IsNormalString(site) {
+			t.Fatalf("accepted site %q is not in NFC", site)
 		}
 		m, err := ns.ModerationAlias(site)
 		if err != nil {
@@ -244,6 +276,121 @@ func FuzzValidateSiteName(f *testing.F) {
 		}
 		if p := ns.ParseAlias(c); p.Kind != Comments || p.Site != site || p.Section != "/posts/x" {
 			t.Fatalf("site %q: comments alias parses as %+v", site, p)
+		}
+	})
+}
+
+// Names that render alike must not name two sites or two comment
+// sections: only the composed form (NFC) is accepted, and no name may
+// begin with a combining mark or stack more than a few.
+func TestComposition(t *testing.T) {
+	ns := Namespace{Prefix: "comments_", Server: "example.org"}
+	marks := func(n int) string { return strings.Repeat("\u0334", n) } // combining tilde overlay: composes with nothing
+	tests := []struct {
+		name  string
+		site  string
+		alias string
+		why   string // substring of the refusal, "" if accepted
+	}{
+		{"composed", "café", "#comments_café_crème:example.org", ""},
+		{"four marks", "a" + marks(4), "#comments_s_a" + marks(4) + ":example.org", ""},
+		{"Hindi", "हिन्दी", "#comments_s_हिन्दी:example.org", ""},
+		{"Vietnamese", "tiếng", "#comments_s_Việt:example.org", ""},
+		{"Cyrillic lookalike is another name", "cаfe", "#comments_s_cаfe:example.org", ""},
+
+		{"decomposed", "cafe\u0301", "#comments_s_cafe\u0301:example.org", "Normalization Form C"},
+		{"decomposed site in an alias", "cafe\u0301", "#comments_cafe\u0301_x:example.org", "Normalization Form C"},
+		{"leading mark", "\u0301a", "#comments_s_\u0301a:example.org", "combining mark"},
+		{"only marks", "\u0301\u0302", "#comments_s_\u0301\u0302:example.org", "combining mark"},
+		{"five marks", "a" + marks(5), "#comments_s_a" + marks(5) + ":example.org", "more than 4 combining marks"},
+		{"many marks", "a" + marks(30), "#comments_s_a" + marks(50) + ":example.org", "more than 4 combining marks"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			checkVerdict(t, "ValidateSiteName", tt.site, ValidateSiteName(tt.site), ErrBadSiteName, tt.why)
+			p, err := ns.Parse(tt.alias)
+			if err != nil {
+				t.Fatalf("Parse(%q): %v", tt.alias, err)
+			}
+			if tt.why == "" {
+				if p.Kind != Comments || p.Refused != "" {
+					t.Errorf("Parse(%q) = %+v, want a comment section", tt.alias, p)
+				}
+				return
+			}
+			if p.Kind != NotOurs || !strings.Contains(p.Refused, tt.why) {
+				t.Errorf("Parse(%q) = %v, refused %q; want a refusal mentioning %q", tt.alias, p.Kind, p.Refused, tt.why)
+			}
+		})
+	}
+}
+
+// A section id with ':' has no alias: the alias's server part starts at
+// its first ':'.
+func TestValidateSectionID(t *testing.T) {
+	tests := []struct {
+		section string
+		why     string // substring of the refusal, "" if accepted
+	}{
+		{"/posts/hello", ""},
+		{"Post.HTML", ""},
+		{"été", ""},
+		{"50%off?x=1#top", ""},
+
+		{"", "empty"},
+		{"a:b", "server name"},
+		{"a_b", "separates the site"},
+		{"po\u200bst", "invisible"},
+		{"po st", "spaces"},
+		{"cafe\u0301", "Normalization Form C"},
+		{"bad\xff", "UTF-8"},
+	}
+	for _, tt := range tests {
+		checkVerdict(t, "ValidateSectionID", tt.section, ValidateSectionID(tt.section), ErrBadSectionID, tt.why)
+	}
+	ns := Namespace{Prefix: "comments_", Server: "example.org"}
+	if a, err := ns.CommentsAlias("blog", "a:b"); err == nil {
+		t.Errorf("CommentsAlias with ':' in the section = %q, want an error", a)
+	}
+}
+
+// Every character the rules refuse is one the descriptions list.
+func TestReservedCharacters(t *testing.T) {
+	for _, r := range SiteNameReserved {
+		if err := ValidateSiteName("a" + string(r) + "b"); !errors.Is(err, ErrBadSiteName) {
+			t.Errorf("site name with %q accepted", r)
+		}
+	}
+	for _, r := range SectionIDReserved {
+		if err := ValidateSectionID("a" + string(r) + "b"); !errors.Is(err, ErrBadSectionID) {
+			t.Errorf("section id with %q accepted", r)
+		}
+	}
+}
+
+// FuzzValidateSectionID checks that every accepted section id is composed
+// and yields an alias that parses back to the same section.
+func FuzzValidateSectionID(f *testing.F) {
+	for _, s := range []string{"/posts/hello", "a:b", "a_b", "", "e\u0301", "\u0301", "po\u200bst", "50%off?x=1#top"} {
+		f.Add(s)
+	}
+	ns := Namespace{Prefix: "comments_", Server: "example.org"}
+	f.Fuzz(func(t *testing.T, section string) {
+		if ValidateSectionID(section) != nil {
+			return
+		}
+		if !norm.NFC.IsNormalString(section) {
+			t.Fatalf("accepted section %q is not in NFC", section)
+		}
+		c, err := ns.CommentsAlias("blog", section)
+		if err != nil {
+			if len("#comments_blog_"+section+":example.org") > mxid.MaxLength {
+				return
+			}
+			t.Fatalf("accepted section %q has no alias: %v", section, err)
+		}
+		if p := ns.ParseAlias(c); p.Kind != Comments || p.Site != "blog" || p.Section != section || p.Refused != "" {
+			t.Fatalf("section %q: alias %q parses as %+v", section, c, p)
 		}
 	})
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/cactus-comments/appservice/pkg/embednats"
 	"github.com/cactus-comments/appservice/pkg/event"
 	"github.com/cactus-comments/appservice/pkg/matrix"
+	"github.com/cactus-comments/appservice/pkg/namespace"
 	"github.com/cactus-comments/appservice/pkg/registry"
 	"github.com/cactus-comments/appservice/pkg/service"
 	"github.com/cactus-comments/appservice/pkg/worker"
@@ -276,10 +277,23 @@ func TestRegisterRefusals(t *testing.T) {
 	tests := []struct {
 		body, want, outcome string
 	}{
-		{"register a_b", "'_'", outcomeInvalid},
-		{"register a:b", "':'", outcomeInvalid},
+		{"register a_b", "“_”", outcomeInvalid},
+		{"register a:b", "“:”", outcomeInvalid},
 		{"register #x", "sigil", outcomeInvalid},
 		{"register " + strings.Repeat("x", 101), "longer than", outcomeInvalid},
+		{"register cafe\u0301", "Normalization Form C", outcomeInvalid},
+		{`register back\slash`, `I cannot register “back\slash”: the name may not contain “\”.`, outcomeInvalid},
+		{`register a"b`, `I cannot register “a"b”: the name may not contain “"”`, outcomeInvalid},
+		// The placeholder and quotes of the help, typed literally.
+		{"register <mysite>", "without brackets or quotes", outcomeInvalid},
+		{"register \"quoted\"", "without brackets or quotes", outcomeInvalid},
+		{"register 'q'", "without brackets or quotes", outcomeInvalid},
+		{"register “smart”", "without brackets or quotes", outcomeInvalid},
+		{"register .", "only punctuation", outcomeInvalid},
+		{"register ..", "only punctuation", outcomeInvalid},
+		{"register -", "only punctuation", outcomeInvalid},
+		{"register \u0301cafe", "combining mark", outcomeInvalid},
+		{"register a\u0334\u0334\u0334\u0334\u0334", "more than 4 combining marks", outcomeInvalid},
 		{"register", "exactly two words", outcomeUsage},
 		{"register my blog", "exactly two words", outcomeUsage},
 		{"sites x", "no arguments", outcomeUsage},
@@ -289,8 +303,13 @@ func TestRegisterRefusals(t *testing.T) {
 			kind := strings.Fields(tt.body)[0]
 			before := e.commands(kind, tt.outcome)
 			e.say(dmRoom, alice, tt.body)
-			if got := e.last(dmRoom); !strings.Contains(got, tt.want) {
+			got := e.last(dmRoom)
+			if !strings.Contains(got, tt.want) {
 				t.Fatalf("reply %q lacks %q", got, tt.want)
+			}
+			// Names are quoted for people, not Go-escaped.
+			if strings.Contains(got, `\\`) || strings.Contains(got, `\"`) || strings.Contains(got, `\u`) {
+				t.Fatalf("reply %q escapes the name", got)
 			}
 			if e.commands(kind, tt.outcome) != before+1 {
 				t.Fatalf("outcome %s not counted", tt.outcome)
@@ -693,5 +712,22 @@ func TestRegisterRedeliveredAfterRegistryWrite(t *testing.T) {
 	}
 	if e.hs.count("createRoom") != 1 {
 		t.Fatalf("createRoom called again")
+	}
+}
+
+// The help and the embed instructions list the characters the rules refuse.
+func TestTextsListReservedCharacters(t *testing.T) {
+	tx := texts{ServerName: server, Namespace: namespace.Namespace{Prefix: "comments_", Server: server}}
+	help := tx.help().Body
+	for _, r := range namespace.SiteNameReserved {
+		if !strings.Contains(help, " "+string(r)+" ") {
+			t.Errorf("help does not list %q:\n%s", r, help)
+		}
+	}
+	created := tx.created("blog").Body
+	for _, r := range namespace.SectionIDReserved {
+		if !strings.Contains(created, " "+string(r)) {
+			t.Errorf("embed instructions do not list %q:\n%s", r, created)
+		}
 	}
 }

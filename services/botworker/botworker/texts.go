@@ -44,7 +44,7 @@ func (t *texts) help() message {
 		"",
 		"To get started, choose a short name for your website and send:",
 		"    register <sitename>",
-		"The name may use letters, digits and punctuation such as '.' or '-', but no '_', ':' or spaces. I will create a moderation room for the site, invite you to it as its administrator, and send you the snippet to paste into your web pages.",
+		"The name may use letters, digits and punctuation such as . or -, but no spaces and none of these characters: " + charList(namespace.SiteNameReserved) + " (type the name without brackets or quotes). I will create a moderation room for the site, invite you to it as its administrator, and send you the snippet to paste into your web pages.",
 		"",
 		"Other commands:",
 		"    sites    lists the sites you have registered",
@@ -71,29 +71,35 @@ func (t *texts) unknownHint() message {
 func (t *texts) invalidName(name string, err error) message {
 	why := err.Error()
 	why = strings.TrimPrefix(why, namespace.ErrBadSiteName.Error()+": ")
-	return message{Body: fmt.Sprintf("I cannot register %q: %s. Please choose another name.", name, why)}
+	return message{Body: fmt.Sprintf("I cannot register %s: %s. Please choose another name.", namespace.Quote(name), why)}
 }
 
 func (t *texts) taken(site string) message {
-	return message{Body: fmt.Sprintf("The site name %q is already taken on %s. Please choose another name.", site, t.ServerName)}
+	return message{Body: fmt.Sprintf("The site name %s is already taken on %s. Please choose another name.", namespace.Quote(site), t.ServerName)}
 }
 
 func (t *texts) alreadyYours(site string) message {
-	return message{Body: fmt.Sprintf("You have already registered %q; its moderation room is %s. Send \"sites\" to list your sites.", site, t.moderationAlias(site))}
+	return message{Body: fmt.Sprintf("You have already registered %s; its moderation room is %s. Send \"sites\" to list your sites.", namespace.Quote(site), t.moderationAlias(site))}
 }
 
 func (t *texts) limitReached(site string) message {
-	return message{Body: fmt.Sprintf("I cannot register %q: you already have %d sites, which is the most one person may register here. Ask the administrator of %s if you need more.", site, t.Limit, t.ServerName)}
+	return message{Body: fmt.Sprintf("I cannot register %s: you already have %d sites, which is the most one person may register here. Ask the administrator of %s if you need more.", namespace.Quote(site), t.Limit, t.ServerName)}
 }
 
 // homeserverRefused reports a createRoom error the homeserver gave, with
 // its message (never anything of ours, such as a token).
 func (t *texts) homeserverRefused(site string, err error) message {
-	return message{Body: fmt.Sprintf("The homeserver would not create the moderation room for %q: %s", site, homeserverMessage(err))}
+	return message{Body: fmt.Sprintf("The homeserver would not create the moderation room for %s: %s", namespace.Quote(site), homeserverMessage(err))}
 }
 
 func (t *texts) homeserverUnavailable(site string) message {
-	return message{Body: fmt.Sprintf("I could not reach the homeserver to register %q, even after several attempts. Please try again in a few minutes.", site)}
+	return message{Body: fmt.Sprintf("I could not reach the homeserver to register %s, even after several attempts. Please try again in a few minutes.", namespace.Quote(site))}
+}
+
+// charList lists characters for a reader, separated by spaces: quoting
+// them would be ambiguous, as quotes are among them.
+func charList(chars string) string {
+	return strings.Join(strings.Split(chars, ""), " ")
 }
 
 func (t *texts) moderationAlias(site string) string {
@@ -128,9 +134,9 @@ func (t *texts) snippet(site string) string {
 func (t *texts) created(site string) message {
 	alias := t.moderationAlias(site)
 	snippet := t.snippet(site)
-	intro := fmt.Sprintf("Done: the site %q is registered. I have invited you to its moderation room %s, where you are administrator (power level 100).", site, alias)
+	intro := fmt.Sprintf("Done: the site %s is registered. I have invited you to its moderation room %s, where you are administrator (power level 100).", namespace.Quote(site), alias)
 	howto := "To show comments on a web page, paste this where the comments should appear:"
-	section := "Give every page its own commentSectionId (for example the page's slug); it may not contain '_' or spaces. " +
+	section := "Give every page its own commentSectionId (for example the page's slug), without spaces and without any of these characters: " + charList(namespace.SectionIDReserved) + "\n" +
 		"Each id gets its own comment room, " + "#" + t.Namespace.CommentsLocalpart(site, "<commentSectionId>") + ":" + t.ServerName +
 		", created the first time someone opens the page."
 	more := "More options of the web client are described at " + t.DocsURL
@@ -144,7 +150,7 @@ func (t *texts) created(site string) message {
 // moderationIntro is posted in a new moderation room.
 func (t *texts) moderationIntro(site, owner string) message {
 	body := strings.Join([]string{
-		fmt.Sprintf("This is the moderation room of the site %q, registered by %s.", site, owner),
+		fmt.Sprintf("This is the moderation room of the site %s, registered by %s.", namespace.Quote(site), owner),
 		"",
 		"How moderation works:",
 		"- Every comment section of the site is a room of its own, with the alias #" + t.Namespace.CommentsLocalpart(site, "<section>") + ":" + t.ServerName + ".",

@@ -62,7 +62,7 @@ func (g *Gateway) ping(w http.ResponseWriter, r *http.Request) {
 const (
 	pingPending        = "pending"         // the first attempt has not finished
 	pingOK             = "ok"              // the homeserver reached us
-	pingUnsupported    = "unsupported"     // the homeserver has no ping endpoint (Dendrite)
+	pingUnsupported    = "unsupported"     // the homeserver has no ping endpoint (Dendrite, older servers)
 	pingUnreachable    = "unreachable"     // the homeserver cannot reach us (url, network, hs_token)
 	pingHomeserverDown = "homeserver_down" // we cannot reach the homeserver, or it failed
 	pingFailed         = "failed"          // the homeserver refused: configuration
@@ -160,13 +160,17 @@ func (g *Gateway) pingOnce(ctx context.Context, attempt int) (result string, fin
 	}
 	switch code, status := matrix.ErrCode(err), matrix.Status(err); {
 	case code == matrix.CodeUnrecognized || (code == "" && status == http.StatusNotFound):
-		log.Warn("startup ping: the homeserver has no appservice ping endpoint (Dendrite has none), so whether it reaches the gateway is unchecked", "err", err)
+		log.Warn("startup ping: the homeserver has no appservice ping endpoint (Dendrite and older servers), so whether it reaches the gateway is unchecked", "err", err)
 		return pingUnsupported, true
 	case code == matrix.CodeURLNotSet:
 		log.Warn("startup ping: the registration has no url, so the homeserver will never send us events", "err", err)
 		return pingUnreachable, false
 	case code == matrix.CodeBadStatus || code == matrix.CodeConnectionFailed || code == matrix.CodeConnectionTimeout:
 		log.Warn("startup ping: the homeserver CANNOT reach the gateway: check the registration url and the hs_token", "err", err)
+		return pingUnreachable, false
+	case code == matrix.CodeUnknown && status == http.StatusInternalServerError:
+		// continuwuity's answer to every failure calling us.
+		log.Warn("startup ping: the homeserver could not ping the gateway: check the registration url and the hs_token, and the homeserver's log", "err", err)
 		return pingUnreachable, false
 	case code == matrix.CodeForbidden:
 		log.Error("startup ping: refused; CACTUS_APPSERVICE_ID must be the id of the registration whose as_token we use", "err", err)

@@ -28,6 +28,10 @@ func TestStartupPing(t *testing.T) {
 	}{
 		{"synapse reaches us", hssim.Synapse, "cactus", "", pingOK, true, "the homeserver reaches the gateway"},
 		{"dendrite has no ping", hssim.Dendrite, "cactus", "", pingUnsupported, true, "no appservice ping endpoint"},
+		{"continuwuity reaches us", hssim.Conduit, "cactus", "", pingOK, true, "the homeserver reaches the gateway"},
+		{"continuwuity: wrong url", hssim.Conduit, "cactus", "http://127.0.0.1:9", pingUnreachable, false, "could not ping the gateway"},
+		{"continuwuity: no url", hssim.Conduit, "cactus", "null", pingUnreachable, false, "registration has no url"},
+		{"continuwuity: wrong appservice id", hssim.Conduit, "someone-else", "", pingFailed, true, "CACTUS_APPSERVICE_ID must be"},
 		{"wrong url", hssim.Synapse, "cactus", "http://127.0.0.1:9", pingUnreachable, false, "CANNOT reach"},
 		{"no url", hssim.Synapse, "cactus", "null", pingUnreachable, false, "registration has no url"},
 		{"wrong appservice id", hssim.Synapse, "someone-else", "", pingFailed, true, "CACTUS_APPSERVICE_ID must be"},

@@ -114,7 +114,7 @@ func (p *Provisioner) provision(ctx context.Context, parsed namespace.Parsed) (b
 	// recording the room catches up with whatever it missed.
 	site, rev, err := p.site(ctx, parsed.Site, p.sites.Load())
 	if errors.Is(err, registry.ErrNotFound) {
-		return bus.AliasAnswer{Error: fmt.Sprintf("no site %q is registered", parsed.Site)}, "unknown_site", nil
+		return bus.AliasAnswer{Error: fmt.Sprintf("no site %s is registered", namespace.Quote(parsed.Site))}, "unknown_site", nil
 	}
 	if err != nil {
 		return bus.AliasAnswer{}, "error", fmt.Errorf("%w: %w", errNoAnswer, err)
