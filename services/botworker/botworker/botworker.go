@@ -183,19 +183,10 @@ func New(ctx context.Context, rt *service.Runtime, o Options) (*Bot, error) {
 // Run is the whole botworker service: NATS and topology, the admin
 // listener, the bot user, then the consumer until ctx ends.
 func Run(ctx context.Context, cfg *config.Config) error {
-	rt, err := service.Start(ctx, Name, cfg, nil)
-	if err != nil {
-		if ctx.Err() != nil {
-			// Asked to stop while starting: not a failure.
-			return nil
-		}
-		return err
-	}
-	defer rt.Close()
-	b, err := New(ctx, rt, Options{})
-	if err != nil {
-		return err
-	}
+	// The admin listener comes first: while NATS or the topology is not
+	// there yet the pod is alive (liveness), says what it waits for
+	// (readiness) and can be scraped.
+	rt := service.New(Name, cfg, nil)
 	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
 	adminErr := make(chan error, 1)
 	go func() {
@@ -207,6 +198,20 @@ func Run(ctx context.Context, cfg *config.Config) error {
 		stopAdmin()
 		<-adminErr
 	}()
+	if err := rt.Connect(ctx); err != nil {
+		if ctx.Err() != nil {
+			// Asked to stop while starting: not a failure.
+			return nil
+		}
+		return err
+	}
+	// Deferred after the admin listener's stop, so it runs before it:
+	// NATS drains once the admin listener is down.
+	defer rt.Close()
+	b, err := New(ctx, rt, Options{})
+	if err != nil {
+		return err
+	}
 	if err := b.Setup(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil

@@ -198,8 +198,23 @@ func RunWith(ctx context.Context, cfg *config.Config, o RunOptions) error {
 	if log == nil {
 		log = service.NewLogger(cfg, Name)
 	}
-	rt, err := service.Start(ctx, Name, cfg, log)
-	if err != nil {
+	// The admin listener comes first: while NATS or the topology is not
+	// there yet the pod is alive (liveness), says what it waits for
+	// (readiness) and can be scraped.
+	rt := service.New(Name, cfg, log)
+	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopAdmin()
+	adminAddr := make(chan net.Addr, 1)
+	adminErr := make(chan error, 1)
+	go func() {
+		adminErr <- service.Serve(adminCtx, cfg.AdminAddr, rt.AdminHandler(), cfg.ShutdownTimeout, log, func(a net.Addr) {
+			log.Info("admin listening", "addr", a.String())
+			adminAddr <- a
+		})
+	}()
+	if err := rt.Connect(ctx); err != nil {
+		stopAdmin()
+		<-adminErr
 		return err
 	}
 	defer func() {
@@ -208,6 +223,8 @@ func RunWith(ctx context.Context, cfg *config.Config, o RunOptions) error {
 	}()
 	g, err := New(rt)
 	if err != nil {
+		stopAdmin()
+		<-adminErr
 		return err
 	}
 
@@ -218,8 +235,6 @@ func RunWith(ctx context.Context, cfg *config.Config, o RunOptions) error {
 	// holds whatever ctx does.
 	apiCtx, stopAPI := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopAPI()
-	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopAdmin()
 	splitCtx, stopSplit := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopSplit()
 	pingCtx, stopPing := context.WithCancel(ctx)
@@ -228,14 +243,6 @@ func RunWith(ctx context.Context, cfg *config.Config, o RunOptions) error {
 
 	splitErr := make(chan error, 1)
 	go func() { splitErr <- g.Split(splitCtx) }()
-	adminAddr := make(chan net.Addr, 1)
-	adminErr := make(chan error, 1)
-	go func() {
-		adminErr <- service.Serve(adminCtx, cfg.AdminAddr, rt.AdminHandler(), cfg.ShutdownTimeout, log, func(a net.Addr) {
-			log.Info("admin listening", "addr", a.String())
-			adminAddr <- a
-		})
-	}()
 	apiErr := make(chan error, 1)
 	go func() {
 		apiErr <- service.Serve(apiCtx, cfg.ListenAddr, g.Handler(), cfg.ShutdownTimeout, log, func(a net.Addr) {

@@ -179,17 +179,10 @@ func (p *Provisioner) Registry() *registry.Registry { return p.reg }
 // Run is the whole provisioner service: it connects, ensures the topology,
 // registers the bot, serves the admin endpoints and works until ctx ends.
 func Run(ctx context.Context, cfg *config.Config) error {
-	rt, err := service.Start(ctx, "provisioner", cfg, nil)
-	if err != nil {
-		return err
-	}
-	defer rt.Close()
-	p, err := New(ctx, rt, Options{})
-	if err != nil {
-		return err
-	}
-	// The admin listener comes first: while the homeserver is not up yet
-	// the pod is alive (liveness) and says it is not ready.
+	// The admin listener comes first: while NATS, the topology or the
+	// homeserver is not up yet the pod is alive (liveness), says what it
+	// waits for (readiness) and can be scraped.
+	rt := service.New("provisioner", cfg, nil)
 	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopAdmin()
 	adminErr := make(chan error, 1)
@@ -198,6 +191,21 @@ func Run(ctx context.Context, cfg *config.Config) error {
 			rt.Log.Info("admin listening", "addr", a.String())
 		})
 	}()
+	stop := func(err error) error {
+		stopAdmin()
+		if aerr := <-adminErr; aerr != nil && err == nil {
+			err = aerr
+		}
+		return err
+	}
+	if err := rt.Connect(ctx); err != nil {
+		return stop(err)
+	}
+	defer rt.Close()
+	p, err := New(ctx, rt, Options{})
+	if err != nil {
+		return stop(err)
+	}
 	var serveErr error
 	if err := p.Bootstrap(ctx); err != nil {
 		if ctx.Err() == nil {
@@ -206,11 +214,7 @@ func Run(ctx context.Context, cfg *config.Config) error {
 	} else {
 		serveErr = p.Serve(ctx)
 	}
-	stopAdmin()
-	if err := <-adminErr; err != nil && serveErr == nil {
-		serveErr = err
-	}
-	return serveErr
+	return stop(serveErr)
 }
 
 // Serve answers alias queries and runs the moderation and job consumers
