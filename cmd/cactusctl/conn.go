@@ -72,6 +72,9 @@ func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard
 // connect dials NATS once: an operator at a terminal wants to hear at once
 // that NATS is down, not after the timeout.
 func (c *cfgFlags) connect(ctx context.Context, cfg *config.Config) (*nats.Conn, jetstream.JetStream, error) {
+	if err := cfg.CheckFiles(); err != nil {
+		return nil, nil, err
+	}
 	cctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	o := service.ConnOptions(cfg, "cactusctl")

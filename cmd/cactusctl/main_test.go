@@ -154,3 +154,23 @@ func TestRegistrationStdout(t *testing.T) {
 		t.Fatal("env written although -env-out is empty")
 	}
 }
+
+// TestNATSFilesCheckedBeforeDialling: a credentials or TLS file that
+// cannot be read is a configuration error (exit 2, one line naming the
+// variable), not a connection failure to retry.
+func TestNATSFilesCheckedBeforeDialling(t *testing.T) {
+	tests := []struct{ variable, value string }{
+		{"CACTUS_NATS_CA", "/nonexistent/ca.pem"},
+		{"CACTUS_NATS_CREDS", "/nonexistent/operator.creds"},
+		{"CACTUS_NATS_NKEY", "/nonexistent/operator.nk"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.variable, func(t *testing.T) {
+			r := ctl(t, map[string]string{"CACTUS_NATS_URL": "nats://127.0.0.1:1", tt.variable: tt.value}, "dlq", "list")
+			want := "cactusctl dlq list: configuration: " + tt.variable + ": cannot read the file"
+			if r.code != exitUsage || !strings.HasPrefix(r.stderr, want) || strings.Count(r.stderr, "\n") != 1 {
+				t.Errorf("exit %d, stderr %q; want %d and one line starting %q", r.code, r.stderr, exitUsage, want)
+			}
+		})
+	}
+}

@@ -56,6 +56,9 @@ func Main(name string, args []string, stderr io.Writer, run func(context.Context
 		fmt.Fprintf(stderr, "%s: warning: %s\n", name, w)
 	}
 	cfg, err := config.Load()
+	if err == nil {
+		err = cfg.CheckFiles()
+	}
 	if err != nil {
 		PrintConfigError(stderr, name, err)
 		return 2

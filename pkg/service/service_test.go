@@ -266,6 +266,17 @@ func TestMainExitCodes(t *testing.T) {
 		{"unexpected argument", baseEnv("nats://127.0.0.1:1"), []string{"serve"}, nil, 2, "unexpected arguments", false, true},
 		{"missing variable", func() map[string]string { m := baseEnv("nats://127.0.0.1:1"); delete(m, "CACTUS_USER_ID"); return m }(), nil, nil, 2, "CACTUS_USER_ID", false, true},
 		{"invalid variable", func() map[string]string { m := baseEnv("nats://127.0.0.1:1"); m["CACTUS_LOG_LEVEL"] = "loud"; return m }(), nil, nil, 2, "CACTUS_LOG_LEVEL", false, true},
+		{"missing CA file", func() map[string]string {
+			m := baseEnv("tls://127.0.0.1:1")
+			m["CACTUS_NATS_CA"] = "/nonexistent/ca.pem"
+			return m
+		}(), nil, nil, 2, "svc: configuration: CACTUS_NATS_CA: cannot read the file", false, true},
+		{"missing credentials file", func() map[string]string {
+			m := baseEnv("nats://127.0.0.1:1")
+			m["CACTUS_NATS_CREDS"] = "/nonexistent/gateway.creds"
+			return m
+		}(), nil, nil, 2, "svc: configuration: CACTUS_NATS_CREDS: cannot read the file", false, true},
+		{"user without password", func() map[string]string { m := baseEnv("nats://127.0.0.1:1"); m["CACTUS_NATS_USER"] = "gateway"; return m }(), nil, nil, 2, "svc: configuration: CACTUS_NATS_PASSWORD: required", false, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
