@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -14,6 +16,7 @@ import (
 	"github.com/cactus-comments/appservice/cmd/internal/envconf"
 	"github.com/cactus-comments/appservice/pkg/bus"
 	"github.com/cactus-comments/appservice/pkg/config"
+	"github.com/cactus-comments/appservice/pkg/logging"
 	"github.com/cactus-comments/appservice/pkg/service"
 )
 
@@ -79,7 +82,7 @@ func (c *cfgFlags) connect(ctx context.Context, cfg *config.Config) (*nats.Conn,
 	defer cancel()
 	o := service.ConnOptions(cfg, "cactusctl")
 	o.Once = true
-	nc, err := bus.Connect(cctx, o, quietLogger())
+	nc, err := dialWithin(cctx, o, c.timeout, logging.NewRedactor(nil, cfg.Secrets()).Scrub(cfg.NATSURL))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -89,6 +92,43 @@ func (c *cfgFlags) connect(ctx context.Context, cfg *config.Config) (*nats.Conn,
 		return nil, nil, fmt.Errorf("jetstream: %w", err)
 	}
 	return nc, js, nil
+}
+
+// dialWithin is bus.Connect bounded by ctx: the NATS client's handshake
+// has a deadline of its own, longer than --timeout may be, and a server
+// that accepts the connection but never speaks (a wrong port, a stuck
+// proxy) would otherwise hold the operator until that one ends, with a raw
+// "i/o timeout". A dial given up on finishes in the background and its
+// connection, if any, is closed.
+func dialWithin(ctx context.Context, o bus.ConnOptions, timeout time.Duration, url string) (*nats.Conn, error) {
+	type dialed struct {
+		nc  *nats.Conn
+		err error
+	}
+	res := make(chan dialed, 1)
+	go func() {
+		nc, err := bus.Connect(ctx, o, quietLogger())
+		res <- dialed{nc, err}
+	}()
+	silent := fmt.Errorf("NATS at %s did not answer within %s (is it a NATS client port?)", url, timeout)
+	select {
+	case d := <-res:
+		var ne net.Error
+		if errors.As(d.err, &ne) && ne.Timeout() {
+			return nil, fmt.Errorf("NATS at %s did not answer the connection handshake in time (is it a NATS client port?)", url)
+		}
+		return d.nc, d.err
+	case <-ctx.Done():
+		go func() {
+			if d := <-res; d.nc != nil {
+				d.nc.Close()
+			}
+		}()
+		if errors.Is(context.Cause(ctx), context.Canceled) {
+			return nil, ctx.Err()
+		}
+		return nil, silent
+	}
 }
 
 // connectEnsured is connect, then creates or updates every stream,

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -172,5 +173,37 @@ func TestNATSFilesCheckedBeforeDialling(t *testing.T) {
 				t.Errorf("exit %d, stderr %q; want %d and one line starting %q", r.code, r.stderr, exitUsage, want)
 			}
 		})
+	}
+}
+
+// TestTimeoutBoundsTheHandshake: a NATS address that accepts connections
+// and never speaks (a wrong port, a stuck proxy) fails within --timeout,
+// in one line an operator can act on.
+func TestTimeoutBoundsTheHandshake(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		var held []net.Conn
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c) // accepted, never answered
+		}
+	}()
+	url := "nats://" + ln.Addr().String()
+	r := ctl(t, map[string]string{"CACTUS_NATS_URL": url}, "dlq", "list", "--timeout", "1s")
+	want := "cactusctl dlq list: NATS at " + url + " did not answer within 1s"
+	if r.code != exitFailed || !strings.HasPrefix(r.stderr, want) || strings.Count(r.stderr, "\n") != 1 {
+		t.Errorf("exit %d, stderr %q; want %d and one line starting %q", r.code, r.stderr, exitFailed, want)
 	}
 }
