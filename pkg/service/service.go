@@ -52,21 +52,27 @@ func Main(name string, args []string, stderr io.Writer, run func(context.Context
 		fmt.Fprintf(stderr, "%s: unexpected arguments %q (configuration is through CACTUS_* environment variables; -h lists them)\n", name, args)
 		return 2
 	}
-	for _, w := range config.Unknown(os.Environ()) {
-		fmt.Fprintf(stderr, "%s: warning: %s\n", name, w)
-	}
+	unknown := config.Unknown(os.Environ())
 	cfg, err := config.Load()
 	if err == nil {
 		err = cfg.CheckFiles()
 	}
 	if err != nil {
+		// No logger without a configuration: plain lines.
+		for _, w := range unknown {
+			fmt.Fprintf(stderr, "%s: warning: %s\n", name, w)
+		}
 		PrintConfigError(stderr, name, err)
 		return 2
+	}
+	log := newLogger(stderr, cfg, name)
+	for _, w := range unknown {
+		log.Warn(w)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, cfg); err != nil {
-		fmt.Fprintf(stderr, "%s: %v\n", name, err)
+		log.Error("stopped on an error", "err", err)
 		return 1
 	}
 	return 0
@@ -83,7 +89,11 @@ func PrintConfigError(w io.Writer, name string, err error) {
 // NewLogger builds the logger of a service from its configuration, with
 // every configured secret redacted.
 func NewLogger(cfg *config.Config, name string) *slog.Logger {
-	return logging.New(os.Stderr, logging.Options{
+	return newLogger(os.Stderr, cfg, name)
+}
+
+func newLogger(w io.Writer, cfg *config.Config, name string) *slog.Logger {
+	return logging.New(w, logging.Options{
 		Format: cfg.LogFormat, Level: cfg.LogLevel, Secrets: cfg.Secrets(), Service: name,
 	})
 }

@@ -128,24 +128,24 @@ func New(ctx context.Context, rt *service.Runtime, o Options) (*Bot, error) {
 			Logger:        rt.Log,
 		})
 		if err != nil {
-			return nil, fmt.Errorf("botworker: %w", err)
+			return nil, fmt.Errorf("homeserver client: %w", err)
 		}
 		o.Homeserver = c
 	}
 	if o.Registry == nil {
 		reg, err := registry.Open(ctx, rt.JS)
 		if err != nil {
-			return nil, fmt.Errorf("botworker: %w", err)
+			return nil, fmt.Errorf("open the registry: %w", err)
 		}
 		o.Registry = reg
 	}
 	sb, err := cas.Open(ctx, rt.JS, bus.BucketLimit)
 	if err != nil {
-		return nil, fmt.Errorf("botworker: %w", err)
+		return nil, fmt.Errorf("open bucket %s: %w", bus.BucketLimit, err)
 	}
 	done, err := cas.Open(ctx, rt.JS, bus.BucketDone)
 	if err != nil {
-		return nil, fmt.Errorf("botworker: %w", err)
+		return nil, fmt.Errorf("open bucket %s: %w", bus.BucketDone, err)
 	}
 	t := texts{
 		ServerName: cfg.ServerName(), PublicURL: cfg.PublicHomeserverURL, Namespace: cfg.Namespace(),
@@ -256,7 +256,7 @@ func (b *Bot) Consume(ctx context.Context) error {
 		Instance: b.instance, Log: b.log, Metrics: b.pm,
 	})
 	if err != nil {
-		return fmt.Errorf("botworker: %w", err)
+		return fmt.Errorf("partitioned consumer group: %w", err)
 	}
 	return m.Run(ctx)
 }

@@ -96,7 +96,7 @@ func New(rt *service.Runtime, opts ...Option) (*Gateway, error) {
 		return nil, err
 	}
 	if g.pub, err = jspub.New(rt.NC); err != nil {
-		return nil, fmt.Errorf("gateway: %w", err)
+		return nil, fmt.Errorf("publisher: %w", err)
 	}
 	rt.AddReadyCheck(g.health.ready)
 	rt.AddReadyCheck(g.split.ready)
@@ -274,9 +274,9 @@ func RunWith(ctx context.Context, cfg *config.Config, o RunOptions) error {
 	case err = <-splitErr:
 		splitDone = true
 		if err == nil {
-			err = errors.New("splitter stopped")
+			err = errors.New("stopped")
 		}
-		err = fmt.Errorf("gateway: %w", err)
+		err = fmt.Errorf("splitter: %w", err)
 	}
 	rt.SetReady(false)
 	stopAPI()
@@ -288,7 +288,7 @@ func RunWith(ctx context.Context, cfg *config.Config, o RunOptions) error {
 	stopSplit()
 	if !splitDone {
 		if serr := <-splitErr; err == nil && serr != nil {
-			err = fmt.Errorf("gateway: splitter: %w", serr)
+			err = fmt.Errorf("splitter: %w", serr)
 		}
 	}
 	stopAdmin()

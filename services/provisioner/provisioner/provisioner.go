@@ -129,7 +129,7 @@ func New(ctx context.Context, rt *service.Runtime, opts Options) (*Provisioner, 
 			Logger:        log,
 		})
 		if err != nil {
-			return nil, fmt.Errorf("provisioner: homeserver client: %w", err)
+			return nil, fmt.Errorf("homeserver client: %w", err)
 		}
 		p.hs = hs
 	}
@@ -139,16 +139,16 @@ func New(ctx context.Context, rt *service.Runtime, opts Options) (*Provisioner, 
 	p.versions = &versionCache{fetch: p.hs.DefaultRoomVersion, ttl: opts.RoomVersionTTL, now: time.Now}
 	pub, err := jetstream.New(rt.NC, jetstream.WithPublishAsyncMaxPending(opts.PublishWindow+1))
 	if err != nil {
-		return nil, fmt.Errorf("provisioner: %w", err)
+		return nil, fmt.Errorf("jetstream: %w", err)
 	}
 	p.pub = pub
 	reg, err := registry.Open(ctx, rt.JS)
 	if err != nil {
-		return nil, fmt.Errorf("provisioner: %w", err)
+		return nil, fmt.Errorf("open the registry: %w", err)
 	}
 	p.reg = reg
 	if p.done, err = cas.Open(ctx, rt.JS, bus.BucketDone); err != nil {
-		return nil, fmt.Errorf("provisioner: %w", err)
+		return nil, fmt.Errorf("open bucket %s: %w", bus.BucketDone, err)
 	}
 	return p, nil
 }
