@@ -86,6 +86,8 @@ func noArgs(_ *cobra.Command, args []string) error {
 type cfgFlags struct {
 	envFile string
 	timeout time.Duration
+	// warned is set once the misspelt-name warnings are printed.
+	warned bool
 }
 
 func (c *cfgFlags) register(fs *pflag.FlagSet) {

@@ -20,15 +20,37 @@ import (
 	"github.com/cactus-comments/appservice/pkg/service"
 )
 
+// lookup is the environment, then the --env file. The first call warns
+// about misspelt CACTUS_* names in either, as the services do.
 func (c *cfgFlags) lookup(e *env) (envconf.Lookup, error) {
-	if c.envFile == "" {
+	var file map[string]string
+	if c.envFile != "" {
+		var err error
+		if file, err = envconf.ReadFile(c.envFile); err != nil {
+			return nil, usageError{err}
+		}
+	}
+	if !c.warned {
+		c.warned = true
+		var environ []string
+		if e.environ != nil {
+			environ = e.environ()
+		}
+		for _, w := range config.Unknown(environ) {
+			fmt.Fprintf(e.stderr, "cactusctl: warning: %s\n", w)
+		}
+		var names []string
+		for k := range file {
+			names = append(names, k)
+		}
+		for _, w := range config.Unknown(names) {
+			fmt.Fprintf(e.stderr, "cactusctl: warning: %s: %s\n", c.envFile, w)
+		}
+	}
+	if file == nil {
 		return e.lookup, nil
 	}
-	file, err := envconf.File(c.envFile)
-	if err != nil {
-		return nil, usageError{err}
-	}
-	return envconf.Chain(e.lookup, file), nil
+	return envconf.Chain(e.lookup, envconf.Map(file)), nil
 }
 
 // full loads and validates the whole configuration; its error lists every

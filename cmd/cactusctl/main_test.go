@@ -23,7 +23,11 @@ type result struct {
 func ctl(t *testing.T, vars map[string]string, args ...string) result {
 	t.Helper()
 	var out, errb bytes.Buffer
-	code := run(context.Background(), args, &env{stdout: &out, stderr: &errb, lookup: envconf.Map(vars)})
+	var environ []string
+	for k, v := range vars {
+		environ = append(environ, k+"="+v)
+	}
+	code := run(context.Background(), args, &env{stdout: &out, stderr: &errb, lookup: envconf.Map(vars), environ: func() []string { return environ }})
 	return result{code, out.String(), errb.String()}
 }
 
@@ -205,5 +209,28 @@ func TestTimeoutBoundsTheHandshake(t *testing.T) {
 	want := "cactusctl dlq list: NATS at " + url + " did not answer within 1s"
 	if r.code != exitFailed || !strings.HasPrefix(r.stderr, want) || strings.Count(r.stderr, "\n") != 1 {
 		t.Errorf("exit %d, stderr %q; want %d and one line starting %q", r.code, r.stderr, exitFailed, want)
+	}
+}
+
+// TestWarnsAboutMisspeltVariables: a misspelt name in the environment or
+// the --env file is warned about once, as the services do, since it would
+// otherwise leave a default in force without a word.
+func TestWarnsAboutMisspeltVariables(t *testing.T) {
+	envFile := filepath.Join(t.TempDir(), "cactus.env")
+	if err := os.WriteFile(envFile, []byte("CACTUS_NATS_URL=nats://127.0.0.1:1\nCACTUS_NATS_TOPOLGY=check\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := ctl(t, map[string]string{"CACTUS_LOGLEVEL": "debug", "CACTUS_DEV_DATA": "/tmp"}, "doctor", "--env", envFile, "--timeout", "1s")
+	want := []string{
+		"cactusctl: warning: CACTUS_LOGLEVEL is not a variable the services read; did you mean CACTUS_LOG_LEVEL?\n",
+		"cactusctl: warning: " + envFile + ": CACTUS_NATS_TOPOLGY is not a variable the services read; did you mean CACTUS_NATS_TOPOLOGY?\n",
+	}
+	for _, w := range want {
+		if strings.Count(r.stderr, w) != 1 {
+			t.Errorf("stderr does not say once %q:\n%s", w, r.stderr)
+		}
+	}
+	if strings.Contains(r.stderr, "CACTUS_DEV_DATA") {
+		t.Errorf("warned about a dev runner variable:\n%s", r.stderr)
 	}
 }
