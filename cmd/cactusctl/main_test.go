@@ -234,3 +234,25 @@ func TestWarnsAboutMisspeltVariables(t *testing.T) {
 		t.Errorf("warned about a dev runner variable:\n%s", r.stderr)
 	}
 }
+
+// TestRegistrationEnvNextToIt: the environment file goes next to the
+// registration unless --env-out names another place.
+func TestRegistrationEnvNextToIt(t *testing.T) {
+	cwd, dir := t.TempDir(), t.TempDir()
+	t.Chdir(cwd)
+	r := ctl(t, nil, "registration", "--server-name", "example.org", "-o", filepath.Join(dir, "reg.yaml"))
+	if r.code != exitOK {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "cactus.env")); err != nil {
+		t.Errorf("no cactus.env next to the registration: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(cwd, "cactus.env")); err == nil {
+		t.Error("cactus.env written to the working directory")
+	}
+	other := filepath.Join(t.TempDir(), "services.env")
+	r = ctl(t, nil, "registration", "--server-name", "example.org", "-o", filepath.Join(dir, "reg2.yaml"), "--env-out", other)
+	if _, err := os.Stat(other); r.code != exitOK || err != nil {
+		t.Errorf("exit %d, %v: --env-out not honoured: %s", r.code, err, r.stderr)
+	}
+}
