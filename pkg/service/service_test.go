@@ -277,7 +277,11 @@ func TestMainExitCodes(t *testing.T) {
 			m["CACTUS_NATS_CREDS"] = "/nonexistent/gateway.creds"
 			return m
 		}(), nil, nil, 2, "svc: configuration: CACTUS_NATS_CREDS: cannot read the file", false, true},
-		{"user without password", func() map[string]string { m := baseEnv("nats://127.0.0.1:1"); m["CACTUS_NATS_USER"] = "gateway"; return m }(), nil, nil, 2, "svc: configuration: CACTUS_NATS_PASSWORD: required", false, true},
+		{"user without password", func() map[string]string {
+			m := baseEnv("nats://127.0.0.1:1")
+			m["CACTUS_NATS_USER"] = "gateway"
+			return m
+		}(), nil, nil, 2, "svc: configuration: CACTUS_NATS_PASSWORD: required", false, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
