@@ -1,66 +1,13 @@
 package botworker
 
 import (
-	"context"
-	"github.com/cactus-comments/appservice/pkg/embednats"
-	"io"
-	"net"
-	"net/http"
-	"strings"
 	"testing"
-	"time"
+
+	"github.com/cactus-comments/appservice/pkg/service/servicetest"
 )
 
-// TestAdminAnswersWhileWaitingForNATS: started before NATS (or with NATS
-// down), the service is alive, says it waits for NATS, and can be scraped,
-// instead of refusing the probes that would then restart it.
+// TestAdminAnswersWhileWaitingForNATS: started before NATS, the botworker is
+// alive, says it waits for NATS and can be scraped.
 func TestAdminAnswersWhileWaitingForNATS(t *testing.T) {
-	ns := embednats.StartTest(t)
-	url := ns.ClientURL()
-	ns.Stop()
-	cfg := testConfig(t, url, nil)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.AdminAddr = ln.Addr().String()
-	_ = ln.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- Run(ctx, cfg) }()
-
-	admin := "http://" + cfg.AdminAddr
-	get := func(path string) (int, string) {
-		resp, err := http.Get(admin + path)
-		if err != nil {
-			return 0, err.Error()
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		code, body := get("/readyz")
-		if code == http.StatusServiceUnavailable && strings.HasPrefix(body, "waiting for NATS at "+url) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("/readyz = %d %q, want 503 waiting for NATS", code, body)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if code, body := get("/livez"); code != http.StatusOK {
-		t.Errorf("/livez = %d %q while waiting for NATS", code, body)
-	}
-	if code, body := get("/metrics"); code != http.StatusOK || !strings.Contains(body, "\ncactus_service_ready 0\n") || !strings.Contains(body, "cactus_build_info{") {
-		t.Errorf("/metrics = %d while waiting for NATS:\n%.2000s", code, body)
-	}
-	cancel()
-	select {
-	case <-done:
-	case <-time.After(time.Minute):
-		t.Fatal("Run did not return after its context ended")
-	}
+	servicetest.AdminWhileWaitingForNATS(t, testConfig(t, "nats://127.0.0.1:1", nil), Run)
 }
