@@ -69,3 +69,31 @@ func AdminWhileWaitingForNATS(t *testing.T, cfg *config.Config, run func(context
 		t.Fatal("Run did not return after its context ended")
 	}
 }
+
+// AdminPortTaken runs run with its admin address taken and NATS down:
+// the service fails at once, naming the address, rather than waiting for
+// NATS without its probes.
+func AdminPortTaken(t *testing.T, cfg *config.Config, run func(context.Context, *config.Config) error) {
+	t.Helper()
+	ns := embednats.StartTest(t)
+	cfg.NATSURL = ns.ClientURL()
+	ns.Stop()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cfg.AdminAddr = ln.Addr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, cfg) }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), cfg.AdminAddr) {
+			t.Fatalf("Run = %v, want the taken admin address %s", err, cfg.AdminAddr)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("Run waited for NATS with its admin address taken")
+	}
+}

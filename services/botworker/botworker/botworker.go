@@ -189,11 +189,20 @@ func Run(ctx context.Context, cfg *config.Config) error {
 	rt := service.New(Name, cfg, nil)
 	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
 	adminErr := make(chan error, 1)
+	listening := make(chan struct{})
 	go func() {
 		adminErr <- service.Serve(adminCtx, cfg.AdminAddr, rt.AdminHandler(), cfg.ShutdownTimeout, rt.Log, func(a net.Addr) {
 			rt.Log.Info("admin listener up", "addr", a.String())
+			close(listening)
 		})
 	}()
+	// A taken admin port fails the start at once, not after NATS.
+	select {
+	case <-listening:
+	case err := <-adminErr:
+		stopAdmin()
+		return err
+	}
 	defer func() {
 		stopAdmin()
 		<-adminErr

@@ -11,3 +11,7 @@ import (
 func TestAdminAnswersWhileWaitingForNATS(t *testing.T) {
 	servicetest.AdminWhileWaitingForNATS(t, testConfig(t, "nats://127.0.0.1:1", nil), Run)
 }
+
+func TestAdminPortTakenFailsAtOnce(t *testing.T) {
+	servicetest.AdminPortTaken(t, testConfig(t, "nats://127.0.0.1:1", nil), Run)
+}

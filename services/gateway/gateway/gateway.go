@@ -206,12 +206,20 @@ func RunWith(ctx context.Context, cfg *config.Config, o RunOptions) error {
 	defer stopAdmin()
 	adminAddr := make(chan net.Addr, 1)
 	adminErr := make(chan error, 1)
+	listening := make(chan struct{})
 	go func() {
 		adminErr <- service.Serve(adminCtx, cfg.AdminAddr, rt.AdminHandler(), cfg.ShutdownTimeout, log, func(a net.Addr) {
 			log.Info("admin listening", "addr", a.String())
 			adminAddr <- a
+			close(listening)
 		})
 	}()
+	// A taken admin port fails the start at once, not after NATS.
+	select {
+	case <-listening:
+	case err := <-adminErr:
+		return err
+	}
 	if err := rt.Connect(ctx); err != nil {
 		stopAdmin()
 		<-adminErr

@@ -11,3 +11,7 @@ import (
 func TestAdminAnswersWhileWaitingForNATS(t *testing.T) {
 	servicetest.AdminWhileWaitingForNATS(t, testConfig(t), Run)
 }
+
+func TestAdminPortTakenFailsAtOnce(t *testing.T) {
+	servicetest.AdminPortTaken(t, testConfig(t), Run)
+}

@@ -186,11 +186,19 @@ func Run(ctx context.Context, cfg *config.Config) error {
 	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopAdmin()
 	adminErr := make(chan error, 1)
+	listening := make(chan struct{})
 	go func() {
 		adminErr <- service.Serve(adminCtx, cfg.AdminAddr, rt.AdminHandler(), cfg.ShutdownTimeout, rt.Log, func(a net.Addr) {
 			rt.Log.Info("admin listening", "addr", a.String())
+			close(listening)
 		})
 	}()
+	// A taken admin port fails the start at once, not after NATS.
+	select {
+	case <-listening:
+	case err := <-adminErr:
+		return err
+	}
 	stop := func(err error) error {
 		stopAdmin()
 		if aerr := <-adminErr; aerr != nil && err == nil {

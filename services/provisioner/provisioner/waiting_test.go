@@ -10,6 +10,15 @@ import (
 // TestAdminAnswersWhileWaitingForNATS: started before NATS, the
 // provisioner is alive, says it waits for NATS and can be scraped.
 func TestAdminAnswersWhileWaitingForNATS(t *testing.T) {
+	servicetest.AdminWhileWaitingForNATS(t, testRunConfig(t), Run)
+}
+
+func TestAdminPortTakenFailsAtOnce(t *testing.T) {
+	servicetest.AdminPortTaken(t, testRunConfig(t), Run)
+}
+
+func testRunConfig(t *testing.T) *config.Config {
+	t.Helper()
 	env := map[string]string{
 		"CACTUS_HS_TOKEN": "hs-token-for-provisioner-run-test-0123456789", "CACTUS_AS_TOKEN": "as-token-for-provisioner-run-test-0123456789",
 		"CACTUS_HOMESERVER_URL": "http://127.0.0.1:9", "CACTUS_USER_ID": "@cactusbot:example.org",
@@ -19,5 +28,5 @@ func TestAdminAnswersWhileWaitingForNATS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	servicetest.AdminWhileWaitingForNATS(t, cfg, Run)
+	return cfg
 }
