@@ -20,16 +20,18 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/cactus-comments/appservice/cmd/internal/devrun"
 	"github.com/cactus-comments/appservice/pkg/buildinfo"
+	"github.com/cactus-comments/appservice/pkg/config"
 	"github.com/cactus-comments/appservice/pkg/hssim"
 	"github.com/cactus-comments/appservice/pkg/logging"
 )
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr, os.LookupEnv))
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr, os.LookupEnv, os.Environ()))
 }
 
 // errUsage marks command-line and configuration mistakes (exit 2).
@@ -102,7 +104,24 @@ func parseOptions(args []string, stderr io.Writer, lookup func(string) (string, 
 	return o, nil
 }
 
-func run(args []string, stdout, stderr io.Writer, lookup func(string) (string, bool)) int {
+// warnings are the misspelt-name warnings for environ: CACTUS_DEV_* names
+// the dev runner does not read, and CACTUS_* names the services do not.
+func warnings(environ []string) []string {
+	// The dev runner's names are those its flags look up.
+	var dev []string
+	_, _ = parseOptions(nil, io.Discard, func(k string) (string, bool) {
+		if strings.HasPrefix(k, devPrefix) {
+			dev = append(dev, k)
+		}
+		return "", false
+	})
+	return append(config.Misspelt(environ, devPrefix, dev, "the dev runner reads"), config.Unknown(environ)...)
+}
+
+const devPrefix = config.Prefix + "_DEV_"
+
+func run(args []string, stdout, stderr io.Writer, lookup func(string) (string, bool), environ []string) int {
+	warned := warnings(environ)
 	o, err := parseOptions(args, stderr, lookup)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
@@ -112,11 +131,17 @@ func run(args []string, stdout, stderr io.Writer, lookup func(string) (string, b
 		return 0
 	}
 	if err != nil {
+		for _, w := range warned {
+			fmt.Fprintf(stderr, "cactus-dev: warning: %s\n", w)
+		}
 		fmt.Fprintf(stderr, "cactus-dev: %v\n", err)
 		return 2
 	}
 	get := func(k string) string { v, _ := lookup(k); return v }
 	o.Log = logging.New(stderr, logging.Options{Format: get("CACTUS_LOG_FORMAT"), Level: get("CACTUS_LOG_LEVEL"), Service: "cactus-dev"})
+	for _, w := range warned {
+		o.Log.Warn(w)
+	}
 	o.Out = stdout
 
 	ctx, cancel := context.WithCancel(context.Background())

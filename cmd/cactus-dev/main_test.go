@@ -70,7 +70,7 @@ func TestRunUsageErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			var out, errb bytes.Buffer
-			code := run(tt.args, &out, &errb, envconf.Map(tt.env))
+			code := run(tt.args, &out, &errb, envconf.Map(tt.env), nil)
 			if code != tt.code || !strings.Contains(errb.String(), tt.want) {
 				t.Fatalf("exit %d (want %d): %s", code, tt.code, errb.String())
 			}
@@ -80,7 +80,28 @@ func TestRunUsageErrors(t *testing.T) {
 
 func TestVersion(t *testing.T) {
 	var out, errb bytes.Buffer
-	if code := run([]string{"-version"}, &out, &errb, envconf.Map(nil)); code != 0 || !strings.HasPrefix(out.String(), "cactus-dev ") || !strings.Contains(out.String(), "revision") {
+	if code := run([]string{"-version"}, &out, &errb, envconf.Map(nil), nil); code != 0 || !strings.HasPrefix(out.String(), "cactus-dev ") || !strings.Contains(out.String(), "revision") {
 		t.Fatalf("run(-version) = %d, printed %q %q", code, out.String(), errb.String())
+	}
+}
+
+// TestWarnsAboutMisspeltDevVariables: a misspelt CACTUS_DEV_* name would
+// leave its default in force without a word; the dev runner says so, with
+// the name it probably meant, as the services do for theirs.
+func TestWarnsAboutMisspeltDevVariables(t *testing.T) {
+	environ := []string{"CACTUS_DEV_NATS_PROT=4223", "CACTUS_DEV_HS_MODE=dendrite", "CACTUS_LOGLEVEL=debug", "CACTUS_HOMESERVER_URL=http://x"}
+	got := warnings(environ)
+	want := []string{
+		"CACTUS_DEV_NATS_PROT is not a variable the dev runner reads; did you mean CACTUS_DEV_NATS_PORT?",
+		"CACTUS_LOGLEVEL is not a variable the services read; did you mean CACTUS_LOG_LEVEL?",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("warnings:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	// A usage error comes first, but the warning is given with it.
+	var out, errb bytes.Buffer
+	code := run([]string{"extra"}, &out, &errb, envconf.Map(nil), environ)
+	if code != 2 || !strings.Contains(errb.String(), "did you mean CACTUS_DEV_NATS_PORT?") {
+		t.Errorf("exit %d, stderr %q", code, errb.String())
 	}
 }

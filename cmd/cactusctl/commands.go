@@ -1,6 +1,7 @@
 package main
 
 import (
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -86,6 +87,8 @@ func noArgs(_ *cobra.Command, args []string) error {
 type cfgFlags struct {
 	envFile string
 	timeout time.Duration
+	// warned is set once the misspelt-name warnings are printed.
+	warned bool
 }
 
 func (c *cfgFlags) register(fs *pflag.FlagSet) {
@@ -104,7 +107,12 @@ func registrationCmd(e *env) *cobra.Command {
 			"for the server name, and the .env file our services need to match it. Existing files\n" +
 			"are never overwritten without --force, so tokens in use are not lost by accident.",
 		Args: noArgs,
-		RunE: func(*cobra.Command, []string) error { return writeRegistration(e, p, out, envOut, secretsOut, force) },
+		RunE: func(c *cobra.Command, _ []string) error {
+			if !c.Flags().Changed("env-out") && out != "-" {
+				envOut = filepath.Join(filepath.Dir(out), envOut)
+			}
+			return writeRegistration(e, p, out, envOut, secretsOut, force)
+		},
 	}
 	f := c.Flags()
 	f.StringVar(&p.ServerName, "server-name", "", "the homeserver's server name, as in user ids (required)")
@@ -114,7 +122,7 @@ func registrationCmd(e *env) *cobra.Command {
 	f.StringVar(&p.BotLocalpart, "bot-localpart", appreg.DefaultBotLocalpart, "localpart of the bot user (sender_localpart)")
 	f.StringVar(&p.Prefix, "prefix", appreg.DefaultPrefix, "alias namespace prefix")
 	f.StringVarP(&out, "output", "o", "-", "registration file to write; - for stdout")
-	f.StringVar(&envOut, "env-out", "cactus.env", "environment file to write; empty to skip")
+	f.StringVar(&envOut, "env-out", "cactus.env", "environment file to write (by default next to --output); empty to skip")
 	f.StringVar(&secretsOut, "secrets-out", "", "also write the two tokens alone to this file (for a Kubernetes Secret)")
 	f.BoolVar(&force, "force", false, "overwrite existing files")
 	return c

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -14,18 +16,41 @@ import (
 	"github.com/cactus-comments/appservice/cmd/internal/envconf"
 	"github.com/cactus-comments/appservice/pkg/bus"
 	"github.com/cactus-comments/appservice/pkg/config"
+	"github.com/cactus-comments/appservice/pkg/logging"
 	"github.com/cactus-comments/appservice/pkg/service"
 )
 
+// lookup is the environment, then the --env file. The first call warns
+// about misspelt CACTUS_* names in either, as the services do.
 func (c *cfgFlags) lookup(e *env) (envconf.Lookup, error) {
-	if c.envFile == "" {
+	var file map[string]string
+	if c.envFile != "" {
+		var err error
+		if file, err = envconf.ReadFile(c.envFile); err != nil {
+			return nil, usageError{err}
+		}
+	}
+	if !c.warned {
+		c.warned = true
+		var environ []string
+		if e.environ != nil {
+			environ = e.environ()
+		}
+		for _, w := range config.Unknown(environ) {
+			fmt.Fprintf(e.stderr, "cactusctl: warning: %s\n", w)
+		}
+		var names []string
+		for k := range file {
+			names = append(names, k)
+		}
+		for _, w := range config.Unknown(names) {
+			fmt.Fprintf(e.stderr, "cactusctl: warning: %s: %s\n", c.envFile, w)
+		}
+	}
+	if file == nil {
 		return e.lookup, nil
 	}
-	file, err := envconf.File(c.envFile)
-	if err != nil {
-		return nil, usageError{err}
-	}
-	return envconf.Chain(e.lookup, file), nil
+	return envconf.Chain(e.lookup, envconf.Map(file)), nil
 }
 
 // full loads and validates the whole configuration; its error lists every
@@ -72,11 +97,14 @@ func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard
 // connect dials NATS once: an operator at a terminal wants to hear at once
 // that NATS is down, not after the timeout.
 func (c *cfgFlags) connect(ctx context.Context, cfg *config.Config) (*nats.Conn, jetstream.JetStream, error) {
+	if err := cfg.CheckFiles(); err != nil {
+		return nil, nil, err
+	}
 	cctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	o := service.ConnOptions(cfg, "cactusctl")
 	o.Once = true
-	nc, err := bus.Connect(cctx, o, quietLogger())
+	nc, err := dialWithin(cctx, o, c.timeout, logging.NewRedactor(nil, cfg.Secrets()).Scrub(cfg.NATSURL))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -86,6 +114,43 @@ func (c *cfgFlags) connect(ctx context.Context, cfg *config.Config) (*nats.Conn,
 		return nil, nil, fmt.Errorf("jetstream: %w", err)
 	}
 	return nc, js, nil
+}
+
+// dialWithin is bus.Connect bounded by ctx: the NATS client's handshake
+// has a deadline of its own, longer than --timeout may be, and a server
+// that accepts the connection but never speaks (a wrong port, a stuck
+// proxy) would otherwise hold the operator until that one ends, with a raw
+// "i/o timeout". A dial given up on finishes in the background and its
+// connection, if any, is closed.
+func dialWithin(ctx context.Context, o bus.ConnOptions, timeout time.Duration, url string) (*nats.Conn, error) {
+	type dialed struct {
+		nc  *nats.Conn
+		err error
+	}
+	res := make(chan dialed, 1)
+	go func() {
+		nc, err := bus.Connect(ctx, o, quietLogger())
+		res <- dialed{nc, err}
+	}()
+	silent := fmt.Errorf("NATS at %s did not answer within %s (is it a NATS client port?)", url, timeout)
+	select {
+	case d := <-res:
+		var ne net.Error
+		if errors.As(d.err, &ne) && ne.Timeout() {
+			return nil, fmt.Errorf("NATS at %s did not answer the connection handshake in time (is it a NATS client port?)", url)
+		}
+		return d.nc, d.err
+	case <-ctx.Done():
+		go func() {
+			if d := <-res; d.nc != nil {
+				d.nc.Close()
+			}
+		}()
+		if errors.Is(context.Cause(ctx), context.Canceled) {
+			return nil, ctx.Err()
+		}
+		return nil, silent
+	}
 }
 
 // connectEnsured is connect, then creates or updates every stream,

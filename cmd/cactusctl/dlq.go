@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -132,6 +133,33 @@ func fromConsumer(got, want string) bool {
 	return err == nil
 }
 
+// knownConsumer refuses a --consumer filter that names no consumer of the
+// topology, no partitioned group and no consumer of a dead letter (an
+// earlier version's): a typo would otherwise read as "no dead letters".
+func knownConsumer(want string, dls []deadLetter) error {
+	if want == "" {
+		return nil
+	}
+	group := bus.Topology{}.BotGroup().Name
+	known := []string{group}
+	for _, cs := range (bus.Topology{}).Consumers() {
+		if !fromConsumer(cs.Config.Durable, group) {
+			known = append(known, cs.Config.Durable)
+		}
+	}
+	for _, d := range dls {
+		if d.Consumer != "" && !fromConsumer(d.Consumer, group) {
+			known = append(known, d.Consumer)
+		}
+	}
+	slices.Sort(known)
+	known = slices.Compact(known)
+	if slices.Contains(known, want) || fromConsumer(want, group) {
+		return nil
+	}
+	return usagef("unknown consumer %q (known: %s; %s is every %s-pNN)", want, strings.Join(known, ", "), group, group)
+}
+
 // dlqList prints the dead letters, all or one consumer's.
 func dlqList(ctx context.Context, e *env, cf *cfgFlags, asJSON bool, consumer string) error {
 	nc, js, err := cf.connectNATS(ctx, e)
@@ -145,6 +173,9 @@ func dlqList(ctx context.Context, e *env, cf *cfgFlags, asJSON bool, consumer st
 	}
 	all, err := readAll(ctx, s)
 	if err != nil {
+		return err
+	}
+	if err := knownConsumer(consumer, all); err != nil {
 		return err
 	}
 	var dls []deadLetter
@@ -264,7 +295,7 @@ func dlqReplay(ctx context.Context, e *env, cf *cfgFlags, all bool, consumer str
 	}
 	progress := newProgress(e.stderr, "replayed", len(dls))
 	if all {
-		fmt.Fprintf(e.stderr, "read %d dead letters; replaying %d\n", len(dls), len(dls))
+		fmt.Fprintf(e.stderr, "read %s; replaying %d\n", count(len(dls), "dead letter"), len(dls))
 	}
 	for _, d := range dls {
 		subject, err := replay(ctx, js, s, d, rs)

@@ -274,7 +274,7 @@ func doctorWorkers(ctx context.Context, js jetstream.JetStream, r *report) {
 		}
 	}
 	if down == 0 {
-		r.line(statusOK, "workers", "%d replicas report the homeserver answering; %d messages waiting to be retried", len(statuses), waiting)
+		r.line(statusOK, "workers", "the homeserver answers, say %s; %s waiting to be retried", count(len(statuses), "replica"), count(waiting, "message"))
 	}
 }
 

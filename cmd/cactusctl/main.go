@@ -46,11 +46,14 @@ var errSilent = errors.New("failed")
 type env struct {
 	stdout, stderr io.Writer
 	lookup         func(string) (string, bool)
+	// environ lists the variables as NAME=value, for the misspelt-name
+	// warning.
+	environ func() []string
 }
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], &env{stdout: os.Stdout, stderr: os.Stderr, lookup: os.LookupEnv})
+	code := run(ctx, os.Args[1:], &env{stdout: os.Stdout, stderr: os.Stderr, lookup: os.LookupEnv, environ: os.Environ})
 	stop()
 	os.Exit(code)
 }

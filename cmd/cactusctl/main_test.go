@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -22,7 +23,11 @@ type result struct {
 func ctl(t *testing.T, vars map[string]string, args ...string) result {
 	t.Helper()
 	var out, errb bytes.Buffer
-	code := run(context.Background(), args, &env{stdout: &out, stderr: &errb, lookup: envconf.Map(vars)})
+	var environ []string
+	for k, v := range vars {
+		environ = append(environ, k+"="+v)
+	}
+	code := run(context.Background(), args, &env{stdout: &out, stderr: &errb, lookup: envconf.Map(vars), environ: func() []string { return environ }})
 	return result{code, out.String(), errb.String()}
 }
 
@@ -152,5 +157,102 @@ func TestRegistrationStdout(t *testing.T) {
 	}
 	if strings.Contains(r.stderr, "wrote") && strings.Contains(r.stderr, "env") {
 		t.Fatal("env written although -env-out is empty")
+	}
+}
+
+// TestNATSFilesCheckedBeforeDialling: a credentials or TLS file that
+// cannot be read is a configuration error (exit 2, one line naming the
+// variable), not a connection failure to retry.
+func TestNATSFilesCheckedBeforeDialling(t *testing.T) {
+	tests := []struct{ variable, value string }{
+		{"CACTUS_NATS_CA", "/nonexistent/ca.pem"},
+		{"CACTUS_NATS_CREDS", "/nonexistent/operator.creds"},
+		{"CACTUS_NATS_NKEY", "/nonexistent/operator.nk"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.variable, func(t *testing.T) {
+			r := ctl(t, map[string]string{"CACTUS_NATS_URL": "nats://127.0.0.1:1", tt.variable: tt.value}, "dlq", "list")
+			want := "cactusctl dlq list: configuration: " + tt.variable + ": cannot read the file"
+			if r.code != exitUsage || !strings.HasPrefix(r.stderr, want) || strings.Count(r.stderr, "\n") != 1 {
+				t.Errorf("exit %d, stderr %q; want %d and one line starting %q", r.code, r.stderr, exitUsage, want)
+			}
+		})
+	}
+}
+
+// TestTimeoutBoundsTheHandshake: a NATS address that accepts connections
+// and never speaks (a wrong port, a stuck proxy) fails within --timeout,
+// in one line an operator can act on.
+func TestTimeoutBoundsTheHandshake(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		var held []net.Conn
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c) // accepted, never answered
+		}
+	}()
+	url := "nats://" + ln.Addr().String()
+	r := ctl(t, map[string]string{"CACTUS_NATS_URL": url}, "dlq", "list", "--timeout", "1s")
+	want := "cactusctl dlq list: NATS at " + url + " did not answer within 1s"
+	if r.code != exitFailed || !strings.HasPrefix(r.stderr, want) || strings.Count(r.stderr, "\n") != 1 {
+		t.Errorf("exit %d, stderr %q; want %d and one line starting %q", r.code, r.stderr, exitFailed, want)
+	}
+}
+
+// TestWarnsAboutMisspeltVariables: a misspelt name in the environment or
+// the --env file is warned about once, as the services do, since it would
+// otherwise leave a default in force without a word.
+func TestWarnsAboutMisspeltVariables(t *testing.T) {
+	envFile := filepath.Join(t.TempDir(), "cactus.env")
+	if err := os.WriteFile(envFile, []byte("CACTUS_NATS_URL=nats://127.0.0.1:1\nCACTUS_NATS_TOPOLGY=check\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := ctl(t, map[string]string{"CACTUS_LOGLEVEL": "debug", "CACTUS_DEV_DATA": "/tmp"}, "doctor", "--env", envFile, "--timeout", "1s")
+	want := []string{
+		"cactusctl: warning: CACTUS_LOGLEVEL is not a variable the services read; did you mean CACTUS_LOG_LEVEL?\n",
+		"cactusctl: warning: " + envFile + ": CACTUS_NATS_TOPOLGY is not a variable the services read; did you mean CACTUS_NATS_TOPOLOGY?\n",
+	}
+	for _, w := range want {
+		if strings.Count(r.stderr, w) != 1 {
+			t.Errorf("stderr does not say once %q:\n%s", w, r.stderr)
+		}
+	}
+	if strings.Contains(r.stderr, "CACTUS_DEV_DATA") {
+		t.Errorf("warned about a dev runner variable:\n%s", r.stderr)
+	}
+}
+
+// TestRegistrationEnvNextToIt: the environment file goes next to the
+// registration unless --env-out names another place.
+func TestRegistrationEnvNextToIt(t *testing.T) {
+	cwd, dir := t.TempDir(), t.TempDir()
+	t.Chdir(cwd)
+	r := ctl(t, nil, "registration", "--server-name", "example.org", "-o", filepath.Join(dir, "reg.yaml"))
+	if r.code != exitOK {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "cactus.env")); err != nil {
+		t.Errorf("no cactus.env next to the registration: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(cwd, "cactus.env")); err == nil {
+		t.Error("cactus.env written to the working directory")
+	}
+	other := filepath.Join(t.TempDir(), "services.env")
+	r = ctl(t, nil, "registration", "--server-name", "example.org", "-o", filepath.Join(dir, "reg2.yaml"), "--env-out", other)
+	if _, err := os.Stat(other); r.code != exitOK || err != nil {
+		t.Errorf("exit %d, %v: --env-out not honoured: %s", r.code, err, r.stderr)
 	}
 }

@@ -28,8 +28,8 @@ func topologyEnsure(ctx context.Context, e *env, cf *cfgFlags) error {
 	}
 	defer nc.Close()
 	topo := service.Topology(cfg)
-	fmt.Fprintf(e.stdout, "ensured %d streams, %d consumers and %d buckets (%d replicas)\n",
-		len(topo.Streams()), len(topo.Consumers()), len(topo.Buckets()), max(cfg.NATSReplicas, 1))
+	fmt.Fprintf(e.stdout, "ensured %s, %s and %s (%s)\n",
+		count(len(topo.Streams()), "stream"), count(len(topo.Consumers()), "consumer"), count(len(topo.Buckets()), "bucket"), count(max(cfg.NATSReplicas, 1), "replica"))
 	return nil
 }
 

@@ -420,3 +420,34 @@ func TestTopologyMigrate(t *testing.T) {
 		t.Fatalf("second migrate: %d %s %s", r.code, r.stdout, r.stderr)
 	}
 }
+
+// TestDLQListUnknownConsumer: a --consumer no installation has is a
+// mistake (a typo, an old name), not "no dead letters"; the known names
+// are listed.
+func TestDLQListUnknownConsumer(t *testing.T) {
+	vars, _ := natsEnv(t)
+	r := ctl(t, vars, "dlq", "list", "--consumer", "nonexist")
+	if r.code != exitUsage || !strings.Contains(r.stderr, `unknown consumer "nonexist"`) ||
+		!strings.Contains(r.stderr, bus.ConsumerJobs) || !strings.Contains(r.stderr, "botworker") || strings.Contains(r.stdout, "no dead letters") {
+		t.Errorf("exit %d, stdout %q, stderr %q; want a usage error listing the consumers", r.code, r.stdout, r.stderr)
+	}
+	if r := ctl(t, vars, "dlq", "list", "--consumer", bus.ConsumerJobs); r.code != exitOK || !strings.Contains(r.stdout, "no dead letters") {
+		t.Errorf("known consumer: exit %d, %q %q", r.code, r.stdout, r.stderr)
+	}
+}
+
+func TestCountsSayOneInTheSingular(t *testing.T) {
+	vars, _ := natsEnv(t)
+	r := ctl(t, vars, "topology", "ensure")
+	if r.code != exitOK || !strings.Contains(r.stdout, "(1 replica)") {
+		t.Errorf("exit %d, stdout %q; want (1 replica)", r.code, r.stdout)
+	}
+	for _, tt := range []struct {
+		n    int
+		want string
+	}{{0, "0 rooms"}, {1, "1 room"}, {2, "2 rooms"}} {
+		if got := count(tt.n, "room"); got != tt.want {
+			t.Errorf("count(%d, room) = %q, want %q", tt.n, got, tt.want)
+		}
+	}
+}

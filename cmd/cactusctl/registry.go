@@ -84,7 +84,7 @@ func registryRebuild(ctx context.Context, e *env, cf *cfgFlags, prune bool) erro
 		return err
 	}
 	w := e.stdout
-	fmt.Fprintf(w, "bot is in %d rooms\n", res.JoinedRooms)
+	fmt.Fprintf(w, "bot is in %s\n", count(res.JoinedRooms, "room"))
 	fmt.Fprintf(w, "sites written: %d %s\n", len(res.Sites), list(res.Sites))
 	fmt.Fprintf(w, "comment rooms written: %d\n", res.CommentRooms)
 	if len(res.Orphans) > 0 {

@@ -229,21 +229,35 @@ func checkOneOf(f reflect.Value, arg string) string {
 // in force without a word. CACTUS_DEV_* belong to the dev runner.
 func Unknown(environ []string) []string {
 	vars, _ := Variables()
-	known := map[string]bool{}
+	known := make([]string, 0, len(vars))
 	for _, v := range vars {
-		known[v.Name] = true
+		known = append(known, v.Name)
 	}
+	var ours []string
+	for _, kv := range environ {
+		if !strings.HasPrefix(kv, Prefix+"_DEV_") {
+			ours = append(ours, kv)
+		}
+	}
+	return Misspelt(ours, Prefix+"_", known, "the services read")
+}
+
+// Misspelt is Unknown for any family of variables: the names in environ
+// that start with prefix and are not known, each as a warning ("NAME is
+// not a variable " + readers, e.g. "the services read"), with the nearest
+// known name when one is close.
+func Misspelt(environ []string, prefix string, known []string, readers string) []string {
 	var out []string
 	for _, kv := range environ {
 		name, _, _ := strings.Cut(kv, "=")
-		if !strings.HasPrefix(name, Prefix+"_") || strings.HasPrefix(name, Prefix+"_DEV_") || known[name] {
+		if !strings.HasPrefix(name, prefix) || slices.Contains(known, name) {
 			continue
 		}
-		w := name + " is not a variable the services read"
+		w := name + " is not a variable " + readers
 		best, bestD := "", 3
-		for _, v := range vars {
-			if d := distance(name, v.Name); d < bestD {
-				best, bestD = v.Name, d
+		for _, k := range known {
+			if d := distance(name, k); d < bestD {
+				best, bestD = k, d
 			}
 		}
 		if best != "" {

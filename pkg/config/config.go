@@ -320,6 +320,9 @@ func (c *Config) validate(col *collector) {
 	if c.NATSUser == "" && c.NATSPassword != "" {
 		col.add("NATS_USER", "required when CACTUS_NATS_PASSWORD is set")
 	}
+	if c.NATSUser != "" && c.NATSPassword == "" {
+		col.add("NATS_PASSWORD", "required when CACTUS_NATS_USER is set")
+	}
 	if c.BodyBytesInFlight < c.MaxBodyBytes {
 		col.add("BODY_BYTES_IN_FLIGHT", "must be at least CACTUS_MAX_BODY_BYTES (%d), got %d", c.MaxBodyBytes, c.BodyBytesInFlight)
 	}

@@ -194,6 +194,7 @@ func TestLoadErrors(t *testing.T) {
 		{"cert without key", with(map[string]string{"CACTUS_NATS_CERT": "/c.pem"}), "CACTUS_NATS_CERT", "together"},
 		{"key without cert", with(map[string]string{"CACTUS_NATS_KEY": "/k.pem"}), "CACTUS_NATS_CERT", "together"},
 		{"password without user", with(map[string]string{"CACTUS_NATS_PASSWORD": "pw-value"}), "CACTUS_NATS_USER", "NATS_PASSWORD"},
+		{"user without password", with(map[string]string{"CACTUS_NATS_USER": "gateway"}), "CACTUS_NATS_PASSWORD", "CACTUS_NATS_USER"},
 		{"replicas zero", with(map[string]string{"CACTUS_NATS_REPLICAS": "0"}), "CACTUS_NATS_REPLICAS", "positive"},
 		{"replicas above 5", with(map[string]string{"CACTUS_NATS_REPLICAS": "6"}), "CACTUS_NATS_REPLICAS", "at most 5"},
 		{"replicas not a number", with(map[string]string{"CACTUS_NATS_REPLICAS": "three"}), "CACTUS_NATS_REPLICAS", `"three"`},

@@ -52,18 +52,27 @@ func Main(name string, args []string, stderr io.Writer, run func(context.Context
 		fmt.Fprintf(stderr, "%s: unexpected arguments %q (configuration is through CACTUS_* environment variables; -h lists them)\n", name, args)
 		return 2
 	}
-	for _, w := range config.Unknown(os.Environ()) {
-		fmt.Fprintf(stderr, "%s: warning: %s\n", name, w)
-	}
+	unknown := config.Unknown(os.Environ())
 	cfg, err := config.Load()
+	if err == nil {
+		err = cfg.CheckFiles()
+	}
 	if err != nil {
+		// No logger without a configuration: plain lines.
+		for _, w := range unknown {
+			fmt.Fprintf(stderr, "%s: warning: %s\n", name, w)
+		}
 		PrintConfigError(stderr, name, err)
 		return 2
+	}
+	log := newLogger(stderr, cfg, name)
+	for _, w := range unknown {
+		log.Warn(w)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, cfg); err != nil {
-		fmt.Fprintf(stderr, "%s: %v\n", name, err)
+		log.Error("stopped on an error", "err", err)
 		return 1
 	}
 	return 0
@@ -80,7 +89,11 @@ func PrintConfigError(w io.Writer, name string, err error) {
 // NewLogger builds the logger of a service from its configuration, with
 // every configured secret redacted.
 func NewLogger(cfg *config.Config, name string) *slog.Logger {
-	return logging.New(os.Stderr, logging.Options{
+	return newLogger(os.Stderr, cfg, name)
+}
+
+func newLogger(w io.Writer, cfg *config.Config, name string) *slog.Logger {
+	return logging.New(w, logging.Options{
 		Format: cfg.LogFormat, Level: cfg.LogLevel, Secrets: cfg.Secrets(), Service: name,
 	})
 }
@@ -95,6 +108,9 @@ type Runtime struct {
 	JS      jetstream.JetStream
 
 	ready atomic.Bool
+	// waiting says what a runtime not ready yet waits for ("" once
+	// connected).
+	waiting atomic.Pointer[string]
 	// checks are the service's own readiness conditions (AddReadyCheck).
 	checks atomic.Pointer[[]func() error]
 	// details are lines /readyz shows without changing readiness
@@ -105,9 +121,20 @@ type Runtime struct {
 	instance     string
 }
 
-// Start connects to NATS and ensures the topology. The runtime is not ready
-// until the service calls SetReady(true).
+// Start is New then Connect, for programs without an admin listener.
 func Start(ctx context.Context, name string, cfg *config.Config, log *slog.Logger) (*Runtime, error) {
+	rt := New(name, cfg, log)
+	if err := rt.Connect(ctx); err != nil {
+		return nil, err
+	}
+	return rt, nil
+}
+
+// New builds a runtime not yet connected: its admin handler already
+// answers (/livez 200, /readyz 503 saying what it waits for, /metrics with
+// cactus_service_ready 0), so that a service serves it before it connects
+// and probes and scrapes see a starting service rather than a dead one.
+func New(name string, cfg *config.Config, log *slog.Logger) *Runtime {
 	if log == nil {
 		log = NewLogger(cfg, name)
 	}
@@ -116,22 +143,8 @@ func Start(ctx context.Context, name string, cfg *config.Config, log *slog.Logge
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildinfo.Get().Collector())
-	connectCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	nc, err := bus.Connect(connectCtx, ConnOptions(cfg, name), log)
-	if err != nil {
-		return nil, err
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		nc.Close()
-		return nil, fmt.Errorf("jetstream: %w", err)
-	}
-	if err := prepareTopology(connectCtx, cfg, js, bus.Identity(name), log); err != nil {
-		nc.Close()
-		return nil, err
-	}
-	rt := &Runtime{Name: name, Config: cfg, Log: log, Metrics: reg, NC: nc, JS: js}
+	rt := &Runtime{Name: name, Config: cfg, Log: log, Metrics: reg}
+	rt.setWaiting("starting")
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "cactus_service_ready",
 		Help: "1 while /readyz answers 200 (NATS connected, the service started), else 0.",
@@ -141,14 +154,51 @@ func Start(ctx context.Context, name string, cfg *config.Config, log *slog.Logge
 		}
 		return 1
 	}))
-	return rt, nil
+	return rt
 }
+
+// Connect connects to NATS and ensures the topology, retrying for up to
+// two minutes or until ctx ends; meanwhile /readyz says what it waits for.
+// It sets NC and JS; the runtime is not ready until the service calls
+// SetReady(true).
+func (r *Runtime) Connect(ctx context.Context) error {
+	connectCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	scrub := logging.NewRedactor(nil, r.Config.Secrets())
+	r.setWaiting("waiting for NATS at " + scrub.Scrub(r.Config.NATSURL))
+	nc, err := bus.Connect(connectCtx, ConnOptions(r.Config, r.Name), r.Log)
+	if err != nil {
+		return err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	waiting := func(err error) {
+		// errors.Join lists one missing part a line; /readyz says it in one.
+		missing := strings.ReplaceAll(err.Error(), "\n", "; ")
+		r.setWaiting("waiting for the NATS topology (cactusctl topology ensure creates it): " + scrub.Scrub(missing))
+	}
+	if err := prepareTopology(connectCtx, r.Config, js, bus.Identity(r.Name), r.Log, waiting); err != nil {
+		nc.Close()
+		return err
+	}
+	// NC and JS are written before the service's SetReady(true), which
+	// Ready loads before it reads them.
+	r.NC, r.JS = nc, js
+	r.setWaiting("")
+	return nil
+}
+
+// setWaiting sets what /readyz says while the service is not ready yet.
+func (r *Runtime) setWaiting(reason string) { r.waiting.Store(&reason) }
 
 // prepareTopology ensures the whole topology (CACTUS_NATS_TOPOLOGY=ensure),
 // or, for an identity that may not change it (check), waits until what
 // this service uses exists: the operator creates it with `cactusctl
 // topology ensure`, maybe while the services start.
-func prepareTopology(ctx context.Context, cfg *config.Config, js jetstream.JetStream, id bus.Identity, log *slog.Logger) error {
+func prepareTopology(ctx context.Context, cfg *config.Config, js jetstream.JetStream, id bus.Identity, log *slog.Logger, waiting func(error)) error {
 	topo := Topology(cfg)
 	if cfg.NATSTopology != "check" {
 		return topo.Ensure(ctx, js)
@@ -159,6 +209,7 @@ func prepareTopology(ctx context.Context, cfg *config.Config, js jetstream.JetSt
 		if err == nil {
 			return nil
 		}
+		waiting(err)
 		log.Warn("waiting for the NATS topology (cactusctl topology ensure creates it)", "missing", err, "in", delay)
 		select {
 		case <-ctx.Done():
@@ -232,6 +283,9 @@ func (r *Runtime) ReadyDetails() []string {
 // every check added with AddReadyCheck passes.
 func (r *Runtime) Ready() error {
 	if !r.ready.Load() {
+		if w := r.waiting.Load(); w != nil && *w != "" {
+			return errors.New(*w)
+		}
 		return errors.New("not ready")
 	}
 	if !r.NC.IsConnected() {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -262,10 +263,25 @@ func TestMainExitCodes(t *testing.T) {
 		oneLine bool
 	}{
 		{"ok", baseEnv("nats://127.0.0.1:1"), nil, nil, 0, "", true, false},
-		{"run fails", baseEnv("nats://127.0.0.1:1"), nil, errors.New("boom"), 1, "svc: boom", true, true},
+		{"run fails", baseEnv("nats://127.0.0.1:1"), nil, errors.New("boom"), 1, `"err":"boom"`, true, true},
 		{"unexpected argument", baseEnv("nats://127.0.0.1:1"), []string{"serve"}, nil, 2, "unexpected arguments", false, true},
 		{"missing variable", func() map[string]string { m := baseEnv("nats://127.0.0.1:1"); delete(m, "CACTUS_USER_ID"); return m }(), nil, nil, 2, "CACTUS_USER_ID", false, true},
 		{"invalid variable", func() map[string]string { m := baseEnv("nats://127.0.0.1:1"); m["CACTUS_LOG_LEVEL"] = "loud"; return m }(), nil, nil, 2, "CACTUS_LOG_LEVEL", false, true},
+		{"missing CA file", func() map[string]string {
+			m := baseEnv("tls://127.0.0.1:1")
+			m["CACTUS_NATS_CA"] = "/nonexistent/ca.pem"
+			return m
+		}(), nil, nil, 2, "svc: configuration: CACTUS_NATS_CA: cannot read the file", false, true},
+		{"missing credentials file", func() map[string]string {
+			m := baseEnv("nats://127.0.0.1:1")
+			m["CACTUS_NATS_CREDS"] = "/nonexistent/gateway.creds"
+			return m
+		}(), nil, nil, 2, "svc: configuration: CACTUS_NATS_CREDS: cannot read the file", false, true},
+		{"user without password", func() map[string]string {
+			m := baseEnv("nats://127.0.0.1:1")
+			m["CACTUS_NATS_USER"] = "gateway"
+			return m
+		}(), nil, nil, 2, "svc: configuration: CACTUS_NATS_PASSWORD: required", false, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -438,5 +454,41 @@ func TestReportWorker(t *testing.T) {
 			t.Fatal("status report left behind after the worker stopped")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestMainLogsThroughTheLogger: with JSON logs, the misspelt-variable
+// warning and the error the service stopped with are JSON lines a log
+// pipeline can read, the error once and named once.
+func TestMainLogsThroughTheLogger(t *testing.T) {
+	env := baseEnv("nats://127.0.0.1:1")
+	env["CACTUS_LOG_FORMAT"] = "json"
+	env["CACTUS_LOGLEVEL"] = "debug"
+	setEnv(t, env)
+	var out bytes.Buffer
+	code := Main("svc", nil, &out, func(context.Context, *config.Config) error {
+		return errors.New("set up bot user: homeserver said no")
+	})
+	if code != 1 {
+		t.Fatalf("Main = %d, want 1", code)
+	}
+	lines := strings.Split(strings.TrimRight(out.String(), "\n"), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("stderr has %d lines, want the warning and the error:\n%s", len(lines), out.String())
+	}
+	var warn, fatal map[string]any
+	for i, into := range []*map[string]any{&warn, &fatal} {
+		if err := json.Unmarshal([]byte(lines[i]), into); err != nil {
+			t.Fatalf("line %d is not JSON: %q", i+1, lines[i])
+		}
+		if (*into)["service"] != "svc" {
+			t.Errorf("line %d has no service: %q", i+1, lines[i])
+		}
+	}
+	if warn["level"] != "WARN" || !strings.Contains(fmt.Sprint(warn["msg"]), "did you mean CACTUS_LOG_LEVEL?") {
+		t.Errorf("warning = %q", lines[0])
+	}
+	if fatal["level"] != "ERROR" || fatal["err"] != "set up bot user: homeserver said no" || strings.Contains(lines[1], "svc:") {
+		t.Errorf("fatal error = %q", lines[1])
 	}
 }

@@ -99,6 +99,15 @@ func ParseFile(data []byte) (map[string]string, error) {
 
 // File reads a .env file into a Lookup.
 func File(path string) (Lookup, error) {
+	m, err := ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return Map(m), nil
+}
+
+// ReadFile reads a .env file into a map (ParseFile).
+func ReadFile(path string) (map[string]string, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("env file: %w", err)
@@ -107,5 +116,5 @@ func File(path string) (Lookup, error) {
 	if err != nil {
 		return nil, fmt.Errorf("env file %s: %w", path, err)
 	}
-	return Map(m), nil
+	return m, nil
 }

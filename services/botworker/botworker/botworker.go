@@ -128,24 +128,24 @@ func New(ctx context.Context, rt *service.Runtime, o Options) (*Bot, error) {
 			Logger:        rt.Log,
 		})
 		if err != nil {
-			return nil, fmt.Errorf("botworker: %w", err)
+			return nil, fmt.Errorf("homeserver client: %w", err)
 		}
 		o.Homeserver = c
 	}
 	if o.Registry == nil {
 		reg, err := registry.Open(ctx, rt.JS)
 		if err != nil {
-			return nil, fmt.Errorf("botworker: %w", err)
+			return nil, fmt.Errorf("open the registry: %w", err)
 		}
 		o.Registry = reg
 	}
 	sb, err := cas.Open(ctx, rt.JS, bus.BucketLimit)
 	if err != nil {
-		return nil, fmt.Errorf("botworker: %w", err)
+		return nil, fmt.Errorf("open bucket %s: %w", bus.BucketLimit, err)
 	}
 	done, err := cas.Open(ctx, rt.JS, bus.BucketDone)
 	if err != nil {
-		return nil, fmt.Errorf("botworker: %w", err)
+		return nil, fmt.Errorf("open bucket %s: %w", bus.BucketDone, err)
 	}
 	t := texts{
 		ServerName: cfg.ServerName(), PublicURL: cfg.PublicHomeserverURL, Namespace: cfg.Namespace(),
@@ -183,30 +183,44 @@ func New(ctx context.Context, rt *service.Runtime, o Options) (*Bot, error) {
 // Run is the whole botworker service: NATS and topology, the admin
 // listener, the bot user, then the consumer until ctx ends.
 func Run(ctx context.Context, cfg *config.Config) error {
-	rt, err := service.Start(ctx, Name, cfg, nil)
-	if err != nil {
+	// The admin listener comes first: while NATS or the topology is not
+	// there yet the pod is alive (liveness), says what it waits for
+	// (readiness) and can be scraped.
+	rt := service.New(Name, cfg, nil)
+	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
+	adminErr := make(chan error, 1)
+	listening := make(chan struct{})
+	go func() {
+		adminErr <- service.Serve(adminCtx, cfg.AdminAddr, rt.AdminHandler(), cfg.ShutdownTimeout, rt.Log, func(a net.Addr) {
+			rt.Log.Info("admin listener up", "addr", a.String())
+			close(listening)
+		})
+	}()
+	// A taken admin port fails the start at once, not after NATS.
+	select {
+	case <-listening:
+	case err := <-adminErr:
+		stopAdmin()
+		return err
+	}
+	defer func() {
+		stopAdmin()
+		<-adminErr
+	}()
+	if err := rt.Connect(ctx); err != nil {
 		if ctx.Err() != nil {
 			// Asked to stop while starting: not a failure.
 			return nil
 		}
 		return err
 	}
+	// Deferred after the admin listener's stop, so it runs before it:
+	// NATS drains once the admin listener is down.
 	defer rt.Close()
 	b, err := New(ctx, rt, Options{})
 	if err != nil {
 		return err
 	}
-	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
-	adminErr := make(chan error, 1)
-	go func() {
-		adminErr <- service.Serve(adminCtx, cfg.AdminAddr, rt.AdminHandler(), cfg.ShutdownTimeout, rt.Log, func(a net.Addr) {
-			rt.Log.Info("admin listener up", "addr", a.String())
-		})
-	}()
-	defer func() {
-		stopAdmin()
-		<-adminErr
-	}()
 	if err := b.Setup(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -251,7 +265,7 @@ func (b *Bot) Consume(ctx context.Context) error {
 		Instance: b.instance, Log: b.log, Metrics: b.pm,
 	})
 	if err != nil {
-		return fmt.Errorf("botworker: %w", err)
+		return fmt.Errorf("partitioned consumer group: %w", err)
 	}
 	return m.Run(ctx)
 }

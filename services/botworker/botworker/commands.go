@@ -26,6 +26,9 @@ const (
 	ignoreBadEvent = "malformed"
 )
 
+// ignoreReasons are every reason, for the metric's series at 0.
+var ignoreReasons = []string{ignoreOwn, ignoreNotText, ignoreNotice, ignoreEdit, ignoreSender, ignoreOurRoom, ignoreBadEvent}
+
 func (b *Bot) ignore(reason string) error {
 	b.m.ignored.WithLabelValues(reason).Inc()
 	return nil

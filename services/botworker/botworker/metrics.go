@@ -62,6 +62,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, o := range []string{"joined", "rejected", "failed"} {
 		m.invites.WithLabelValues(o)
 	}
+	for _, r := range ignoreReasons {
+		m.ignored.WithLabelValues(r)
+	}
 	for _, k := range []command.Kind{command.Help, command.Register, command.Sites, command.Unknown} {
 		m.replyLatency.WithLabelValues(k.String())
 		m.handleTime.WithLabelValues(k.String())

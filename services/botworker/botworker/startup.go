@@ -18,7 +18,7 @@ func (b *Bot) Setup(ctx context.Context) error {
 		b.log.Warn("bot user set-up failed, retrying", "err", err, "in", in)
 	})
 	if err != nil {
-		return fmt.Errorf("botworker: set up bot user %s: %w", b.bot, err)
+		return fmt.Errorf("set up bot user %s: %w", b.bot, err)
 	}
 	return nil
 }

@@ -96,7 +96,7 @@ func New(rt *service.Runtime, opts ...Option) (*Gateway, error) {
 		return nil, err
 	}
 	if g.pub, err = jspub.New(rt.NC); err != nil {
-		return nil, fmt.Errorf("gateway: %w", err)
+		return nil, fmt.Errorf("publisher: %w", err)
 	}
 	rt.AddReadyCheck(g.health.ready)
 	rt.AddReadyCheck(g.split.ready)
@@ -198,8 +198,31 @@ func RunWith(ctx context.Context, cfg *config.Config, o RunOptions) error {
 	if log == nil {
 		log = service.NewLogger(cfg, Name)
 	}
-	rt, err := service.Start(ctx, Name, cfg, log)
-	if err != nil {
+	// The admin listener comes first: while NATS or the topology is not
+	// there yet the pod is alive (liveness), says what it waits for
+	// (readiness) and can be scraped.
+	rt := service.New(Name, cfg, log)
+	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopAdmin()
+	adminAddr := make(chan net.Addr, 1)
+	adminErr := make(chan error, 1)
+	listening := make(chan struct{})
+	go func() {
+		adminErr <- service.Serve(adminCtx, cfg.AdminAddr, rt.AdminHandler(), cfg.ShutdownTimeout, log, func(a net.Addr) {
+			log.Info("admin listening", "addr", a.String())
+			adminAddr <- a
+			close(listening)
+		})
+	}()
+	// A taken admin port fails the start at once, not after NATS.
+	select {
+	case <-listening:
+	case err := <-adminErr:
+		return err
+	}
+	if err := rt.Connect(ctx); err != nil {
+		stopAdmin()
+		<-adminErr
 		return err
 	}
 	defer func() {
@@ -208,6 +231,8 @@ func RunWith(ctx context.Context, cfg *config.Config, o RunOptions) error {
 	}()
 	g, err := New(rt)
 	if err != nil {
+		stopAdmin()
+		<-adminErr
 		return err
 	}
 
@@ -218,8 +243,6 @@ func RunWith(ctx context.Context, cfg *config.Config, o RunOptions) error {
 	// holds whatever ctx does.
 	apiCtx, stopAPI := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopAPI()
-	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopAdmin()
 	splitCtx, stopSplit := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopSplit()
 	pingCtx, stopPing := context.WithCancel(ctx)
@@ -228,14 +251,6 @@ func RunWith(ctx context.Context, cfg *config.Config, o RunOptions) error {
 
 	splitErr := make(chan error, 1)
 	go func() { splitErr <- g.Split(splitCtx) }()
-	adminAddr := make(chan net.Addr, 1)
-	adminErr := make(chan error, 1)
-	go func() {
-		adminErr <- service.Serve(adminCtx, cfg.AdminAddr, rt.AdminHandler(), cfg.ShutdownTimeout, log, func(a net.Addr) {
-			log.Info("admin listening", "addr", a.String())
-			adminAddr <- a
-		})
-	}()
 	apiErr := make(chan error, 1)
 	go func() {
 		apiErr <- service.Serve(apiCtx, cfg.ListenAddr, g.Handler(), cfg.ShutdownTimeout, log, func(a net.Addr) {
@@ -267,9 +282,9 @@ func RunWith(ctx context.Context, cfg *config.Config, o RunOptions) error {
 	case err = <-splitErr:
 		splitDone = true
 		if err == nil {
-			err = errors.New("splitter stopped")
+			err = errors.New("stopped")
 		}
-		err = fmt.Errorf("gateway: %w", err)
+		err = fmt.Errorf("splitter: %w", err)
 	}
 	rt.SetReady(false)
 	stopAPI()
@@ -281,7 +296,7 @@ func RunWith(ctx context.Context, cfg *config.Config, o RunOptions) error {
 	stopSplit()
 	if !splitDone {
 		if serr := <-splitErr; err == nil && serr != nil {
-			err = fmt.Errorf("gateway: splitter: %w", serr)
+			err = fmt.Errorf("splitter: %w", serr)
 		}
 	}
 	stopAdmin()

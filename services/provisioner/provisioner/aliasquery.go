@@ -36,7 +36,7 @@ func (p *Provisioner) subscribeAliasQueries(ctx context.Context, wg *sync.WaitGr
 		})
 	})
 	if err != nil {
-		return nil, fmt.Errorf("provisioner: subscribe %s: %w", bus.SubjectAliasQuery, err)
+		return nil, fmt.Errorf("subscribe %s: %w", bus.SubjectAliasQuery, err)
 	}
 	// A queue subscription with a small pending limit would drop queries
 	// under a burst; a query is tiny, so allow many.

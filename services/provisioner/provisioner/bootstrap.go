@@ -24,7 +24,7 @@ func (p *Provisioner) Bootstrap(ctx context.Context) error {
 		p.log.Warn("bot user set-up failed, retrying", "err", err, "in", in)
 	})
 	if err != nil {
-		return fmt.Errorf("provisioner: bot user: %w", err)
+		return fmt.Errorf("bot user: %w", err)
 	}
 	return nil
 }

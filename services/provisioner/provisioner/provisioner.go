@@ -135,7 +135,7 @@ func New(ctx context.Context, rt *service.Runtime, opts Options) (*Provisioner, 
 			Logger:        log,
 		})
 		if err != nil {
-			return nil, fmt.Errorf("provisioner: homeserver client: %w", err)
+			return nil, fmt.Errorf("homeserver client: %w", err)
 		}
 		p.hs = hs
 	}
@@ -145,16 +145,16 @@ func New(ctx context.Context, rt *service.Runtime, opts Options) (*Provisioner, 
 	p.versions = &versionCache{fetch: p.hs.DefaultRoomVersion, ttl: opts.RoomVersionTTL, now: time.Now}
 	pub, err := jetstream.New(rt.NC, jetstream.WithPublishAsyncMaxPending(opts.PublishWindow+1))
 	if err != nil {
-		return nil, fmt.Errorf("provisioner: %w", err)
+		return nil, fmt.Errorf("jetstream: %w", err)
 	}
 	p.pub = pub
 	reg, err := registry.Open(ctx, rt.JS)
 	if err != nil {
-		return nil, fmt.Errorf("provisioner: %w", err)
+		return nil, fmt.Errorf("open the registry: %w", err)
 	}
 	p.reg = reg
 	if p.done, err = cas.Open(ctx, rt.JS, bus.BucketDone); err != nil {
-		return nil, fmt.Errorf("provisioner: %w", err)
+		return nil, fmt.Errorf("open bucket %s: %w", bus.BucketDone, err)
 	}
 	return p, nil
 }
@@ -185,25 +185,41 @@ func (p *Provisioner) Registry() *registry.Registry { return p.reg }
 // Run is the whole provisioner service: it connects, ensures the topology,
 // registers the bot, serves the admin endpoints and works until ctx ends.
 func Run(ctx context.Context, cfg *config.Config) error {
-	rt, err := service.Start(ctx, "provisioner", cfg, nil)
-	if err != nil {
+	// The admin listener comes first: while NATS, the topology or the
+	// homeserver is not up yet the pod is alive (liveness), says what it
+	// waits for (readiness) and can be scraped.
+	rt := service.New("provisioner", cfg, nil)
+	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopAdmin()
+	adminErr := make(chan error, 1)
+	listening := make(chan struct{})
+	go func() {
+		adminErr <- service.Serve(adminCtx, cfg.AdminAddr, rt.AdminHandler(), cfg.ShutdownTimeout, rt.Log, func(a net.Addr) {
+			rt.Log.Info("admin listening", "addr", a.String())
+			close(listening)
+		})
+	}()
+	// A taken admin port fails the start at once, not after NATS.
+	select {
+	case <-listening:
+	case err := <-adminErr:
 		return err
+	}
+	stop := func(err error) error {
+		stopAdmin()
+		if aerr := <-adminErr; aerr != nil && err == nil {
+			err = aerr
+		}
+		return err
+	}
+	if err := rt.Connect(ctx); err != nil {
+		return stop(err)
 	}
 	defer rt.Close()
 	p, err := New(ctx, rt, Options{})
 	if err != nil {
-		return err
+		return stop(err)
 	}
-	// The admin listener comes first: while the homeserver is not up yet
-	// the pod is alive (liveness) and says it is not ready.
-	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopAdmin()
-	adminErr := make(chan error, 1)
-	go func() {
-		adminErr <- service.Serve(adminCtx, cfg.AdminAddr, rt.AdminHandler(), cfg.ShutdownTimeout, rt.Log, func(a net.Addr) {
-			rt.Log.Info("admin listening", "addr", a.String())
-		})
-	}()
 	var serveErr error
 	if err := p.Bootstrap(ctx); err != nil {
 		if ctx.Err() == nil {
@@ -212,11 +228,7 @@ func Run(ctx context.Context, cfg *config.Config) error {
 	} else {
 		serveErr = p.Serve(ctx)
 	}
-	stopAdmin()
-	if err := <-adminErr; err != nil && serveErr == nil {
-		serveErr = err
-	}
-	return serveErr
+	return stop(serveErr)
 }
 
 // Serve answers alias queries and runs the moderation and job consumers
