@@ -69,6 +69,9 @@ type rawEvent struct {
 
 	// class is set by checkEvent.
 	class bus.Class
+	// whole marks the whole body of a transaction that could not be read
+	// as one (Raw is the body, Problem why).
+	whole bool
 }
 
 // event returns e as the consumers read it, with roomID for its room id.
