@@ -327,3 +327,34 @@ func TestUnreadableBodyDeadLettered(t *testing.T) {
 		t.Errorf("dead_lettered = %v", got)
 	}
 }
+
+// TestEventsKeyVariants: a top-level key that differs from "events" only
+// by case, escapes or Unicode folding makes the transaction as ambiguous
+// as a second "events" key: another reader may take its array. Every event
+// of every such array is dead-lettered; the transaction is acknowledged.
+func TestEventsKeyVariants(t *testing.T) {
+	e := newEnv(t)
+	var want []string
+	for i, variant := range []string{`EVENTS`, `Events`, `\u0045vents`, "event\u017f"} {
+		a, b := message(fmt.Sprintf("$a%d", i), "!r:example.org"), message(fmt.Sprintf("$b%d", i), "!r:example.org")
+		body := []byte(`{"events":[` + a + `],"` + variant + `":[` + b + `]}`)
+		status, out := e.do(http.MethodPut, fmt.Sprintf("/_matrix/app/v1/transactions/variant%d", i), body)
+		if status != 200 {
+			t.Fatalf("%s: status %d body %s", variant, status, out)
+		}
+		want = append(want, a, b)
+	}
+	if got := e.eventIDs(); len(got) != 0 {
+		t.Errorf("event stream holds %q from ambiguous transactions", got)
+	}
+	var got []string
+	for _, m := range e.stored(bus.StreamDLQ) {
+		got = append(got, string(m.Data))
+		if r := m.Header.Get(bus.HeaderReason); !strings.Contains(r, `"events"`) {
+			t.Errorf("reason %q does not name the key", r)
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("dead letters %q, want every event of both arrays", got)
+	}
+}
