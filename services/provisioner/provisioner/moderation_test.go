@@ -211,6 +211,19 @@ func TestDecide(t *testing.T) {
 	if _, err := decide(levels(`{"ban":"fifty"}`), true, ""); err == nil {
 		t.Error("unreadable power levels accepted")
 	}
+	// Content that does not decode as its type requires is refused (and
+	// dead-lettered by the caller), not taken as "nothing to do".
+	for _, content := range []string{`{"membership":1}`, `{"membership":{"ban":true}}`, `"ban"`, `{"membership":"ban","reason":7}`} {
+		ev := ban(alice)
+		ev.Content = jsontext.Value(content)
+		if _, err := decide(ev, true, ""); err == nil {
+			t.Errorf("unreadable membership %s accepted", content)
+		}
+	}
+	// A membership that decodes but means nothing to us is ignored.
+	if d, err := decide(modEvent("m.room.member", owner, alice, "BAN", "", ""), true, ""); err != nil || d.action() != "ignored" {
+		t.Errorf("membership BAN: %s, %v; want ignored", d.action(), err)
+	}
 	// Equal contents however spelled decide the same bytes.
 	a, _ := decide(levels(`{"users":{"@b:x":50,"@a:x":100},"ban":50}`), true, "")
 	b, _ := decide(levels(`{"ban":50, "users":{"@a:x":100,"@b:x":50}}`), true, "")
