@@ -423,3 +423,56 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestChunkedBodyAtTheLimit: without a Content-Length, a body of exactly
+// the size limit is stored and one byte more is too large (413), as with a
+// Content-Length; neither is mistaken for a busy gateway (503) when the
+// budget holds twice the limit, as the default configuration does.
+func TestChunkedBodyAtTheLimit(t *testing.T) {
+	const limit = 32 << 10
+	e := newEnv(t, withConfig(func(c *config.Config) { c.MaxBodyBytes, c.BodyBytesInFlight = limit, 2*limit }))
+	ev := message("$full", "!r:example.org")
+	pad := limit - len(txnBody(ev)) - len(`,{"pad":""}`)
+	full := txnBody(ev, `{"pad":"`+strings.Repeat("x", pad)+`"}`)
+	if len(full) != limit {
+		t.Fatalf("body of %d bytes", len(full))
+	}
+	over := append(bytes.Clone(full[:len(full)-1]), ' ', '}')
+	for _, c := range []struct {
+		name    string
+		body    []byte
+		chunked bool
+		status  int
+	}{
+		{"full, chunked", full, true, 200},
+		{"full", full, false, 200},
+		{"one byte over, chunked", over, true, 413},
+		{"one byte over", over, false, 413},
+		{"far over, chunked", append(bytes.Clone(full), bytes.Repeat([]byte(" "), limit)...), true, 413},
+	} {
+		var rd io.Reader = bytes.NewReader(c.body)
+		if c.chunked {
+			rd = io.MultiReader(rd) // hides the length: sent chunked
+		}
+		req, err := http.NewRequest(http.MethodPut, e.srv.URL+"/_matrix/app/v1/transactions/"+strings.ReplaceAll(c.name, " ", "-"), rd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+testHSToken)
+		resp, err := e.srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != c.status {
+			t.Errorf("%s: status %d, want %d (%s)", c.name, resp.StatusCode, c.status, out)
+		}
+	}
+	if got := counter(e.gw.metrics.transactions.WithLabelValues(outcomeBusy)); got != 0 {
+		t.Errorf("busy = %v", got)
+	}
+	if got := counter(e.gw.metrics.transactions.WithLabelValues(outcomeTooLarge)); got != 3 {
+		t.Errorf("too_large = %v, want 3", got)
+	}
+}
