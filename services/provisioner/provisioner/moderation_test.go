@@ -231,3 +231,28 @@ func TestDecide(t *testing.T) {
 		t.Errorf("%s != %s", a.powerLevels, b.powerLevels)
 	}
 }
+
+// TestReplacementRoom: a tombstone whose content does not decode is
+// refused (dead-lettered); one whose replacement decodes but is no room id
+// is ignored.
+func TestReplacementRoom(t *testing.T) {
+	tests := []struct {
+		content    string
+		unreadable bool
+		room       string // "" if ignored
+	}{
+		{`{"replacement_room":"!new:x.org","body":"moved"}`, false, "!new:x.org"},
+		{`{"replacement_room":"not a room"}`, false, ""},
+		{`{"body":"no replacement"}`, false, ""},
+		{`{"replacement_room":7}`, true, ""},
+		{`{"replacement_room":{"room_id":"!new:x.org"}}`, true, ""},
+		{`{"replacement_room":"!a:x.org","replacement_room":"!b:x.org"}`, true, ""},
+		{`"!new:x.org"`, true, ""},
+	}
+	for _, tt := range tests {
+		room, ok, err := replacementRoom(jsontext.Value(tt.content))
+		if (err != nil) != tt.unreadable || ok != (tt.room != "") || ok && room.String() != tt.room {
+			t.Errorf("%s: %v, %v, %v", tt.content, room, ok, err)
+		}
+	}
+}
