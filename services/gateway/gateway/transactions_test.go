@@ -219,23 +219,9 @@ func TestTransactionBadBodies(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var rd io.Reader = bytes.NewReader(tt.body)
-			if tt.chunked {
-				rd = io.MultiReader(rd) // hides the length: sent chunked
-			}
-			req, err := http.NewRequest(http.MethodPut, e.srv.URL+"/_matrix/app/v1/transactions/"+strings.ReplaceAll(tt.name, " ", "-"), rd)
-			if err != nil {
-				t.Fatal(err)
-			}
-			req.Header.Set("Authorization", "Bearer "+testHSToken)
-			resp, err := e.srv.Client().Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			out, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != tt.status {
-				t.Fatalf("status %d, want %d (%s)", resp.StatusCode, tt.status, out)
+			status, out := e.putTxn(strings.ReplaceAll(tt.name, " ", "-"), tt.body, tt.chunked)
+			if status != tt.status {
+				t.Fatalf("status %d, want %d (%s)", status, tt.status, out)
 			}
 			if tt.status != 200 {
 				if code := errcode(t, out); code != tt.code {
@@ -450,23 +436,8 @@ func TestChunkedBodyAtTheLimit(t *testing.T) {
 		{"one byte over", over, false, 413},
 		{"far over, chunked", append(bytes.Clone(full), bytes.Repeat([]byte(" "), limit)...), true, 413},
 	} {
-		var rd io.Reader = bytes.NewReader(c.body)
-		if c.chunked {
-			rd = io.MultiReader(rd) // hides the length: sent chunked
-		}
-		req, err := http.NewRequest(http.MethodPut, e.srv.URL+"/_matrix/app/v1/transactions/"+strings.ReplaceAll(c.name, " ", "-"), rd)
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Authorization", "Bearer "+testHSToken)
-		resp, err := e.srv.Client().Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != c.status {
-			t.Errorf("%s: status %d, want %d (%s)", c.name, resp.StatusCode, c.status, out)
+		if status, out := e.putTxn(strings.ReplaceAll(c.name, " ", "-"), c.body, c.chunked); status != c.status {
+			t.Errorf("%s: status %d, want %d (%s)", c.name, status, c.status, out)
 		}
 	}
 	if got := counter(e.gw.metrics.transactions.WithLabelValues(outcomeBusy)); got != 0 {
