@@ -10,7 +10,9 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
+	"github.com/go-json-experiment/json/jsontext"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -21,18 +23,23 @@ import (
 
 // deadLetter is one stored dead letter as the CLI shows it.
 type deadLetter struct {
-	Seq       uint64          `json:"seq"`
-	Time      time.Time       `json:"time"`
-	Subject   string          `json:"subject"` // to replay to
-	Consumer  string          `json:"consumer"`
-	Stream    string          `json:"stream,omitempty"`
-	Reason    string          `json:"reason"`
-	Delivered int             `json:"deliveries"`
-	EventType string          `json:"event_type,omitempty"`
-	Data      json.RawMessage `json:"data,omitempty"`
-	Raw       string          `json:"data_text,omitempty"` // when the payload is not JSON
-	header    nats.Header
-	payload   []byte
+	Seq       uint64    `json:"seq"`
+	Time      time.Time `json:"time"`
+	Subject   string    `json:"subject"` // to replay to
+	Consumer  string    `json:"consumer"`
+	Stream    string    `json:"stream,omitempty"`
+	Reason    string    `json:"reason"`
+	Delivered int       `json:"deliveries"`
+	EventType string    `json:"event_type,omitempty"`
+	// The payload is in exactly one of: Data when it is JSON (valid UTF-8,
+	// no lone surrogate escapes), Raw when it is other valid UTF-8 text,
+	// Bytes (base64 in JSON) otherwise, so the listing is always valid
+	// JSON and loses nothing.
+	Data    json.RawMessage `json:"data,omitempty"`
+	Raw     string          `json:"data_text,omitempty"`
+	Bytes   []byte          `json:"data_base64,omitempty"`
+	header  nats.Header
+	payload []byte
 }
 
 func toDeadLetter(m *jetstream.RawStreamMsg) deadLetter {
@@ -46,10 +53,14 @@ func toDeadLetter(m *jetstream.RawStreamMsg) deadLetter {
 	if t, err := time.Parse(time.RFC3339Nano, h.Get(bus.HeaderFailedAt)); err == nil {
 		d.Time = t.UTC()
 	}
-	if json.Valid(m.Data) {
+	switch {
+	// Duplicate names are still JSON, and show what the sender sent.
+	case jsontext.Value(m.Data).IsValid(jsontext.AllowDuplicateNames(true)):
 		d.Data = m.Data
-	} else {
+	case utf8.Valid(m.Data):
 		d.Raw = string(m.Data)
+	default:
+		d.Bytes = m.Data
 	}
 	return d
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-json-experiment/json/jsontext"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -448,6 +450,69 @@ func TestCountsSayOneInTheSingular(t *testing.T) {
 	}{{0, "0 rooms"}, {1, "1 room"}, {2, "2 rooms"}} {
 		if got := count(tt.n, "room"); got != tt.want {
 			t.Errorf("count(%d, room) = %q, want %q", tt.n, got, tt.want)
+		}
+	}
+}
+
+// TestDLQListJSONAlwaysValid: whatever bytes a dead letter holds, `dlq
+// list --json` prints JSON a strict decoder reads; a payload that is not
+// valid UTF-8 JSON goes out as text when it is valid UTF-8, base64-encoded
+// otherwise, losslessly.
+func TestDLQListJSONAlwaysValid(t *testing.T) {
+	vars, js := natsEnv(t)
+	payloads := []struct {
+		data  string
+		field string // where the list puts it
+	}{
+		{`{"body":"` + "\xff" + `"}`, "data_base64"},
+		// Text, but not JSON a strict reader takes: shown as the text.
+		{`{"body":"\ud800"}`, "data_text"},
+		{`{"body":"\udfff\ud800"}`, "data_text"},
+		{"\xff\xfe not JSON", "data_base64"},
+		{"plain text", "data_text"},
+		{`{"a":1,"a":2}`, "data"},
+		{`{"body":"h\u00e9 \ud83d\ude00"}`, "data"},
+	}
+	for i, p := range payloads {
+		err := bus.PublishDeadLetter(context.Background(), js, bus.DeadLetter{
+			Source: "gateway", Subject: bus.EventSubject(bus.ClassOther, "!r:x"), Reason: fmt.Sprint("case ", i), Data: []byte(p.data),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := ctl(t, vars, "dlq", "list", "--json")
+	if r.code != exitOK {
+		t.Fatalf("list: %d %s", r.code, r.stderr)
+	}
+	// Strict: valid UTF-8, no lone surrogate escapes.
+	if err := jsontext.NewDecoder(strings.NewReader(r.stdout), jsontext.AllowDuplicateNames(true)).SkipValue(); err != nil {
+		t.Fatalf("output is not valid JSON: %v\n%s", err, r.stdout)
+	}
+	var listed []map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &listed); err != nil {
+		t.Fatal(err)
+	}
+	if len(listed) != len(payloads) {
+		t.Fatalf("%d dead letters listed, want %d", len(listed), len(payloads))
+	}
+	for i, p := range payloads {
+		got := listed[i]
+		for _, f := range []string{"data", "data_text", "data_base64"} {
+			if _, ok := got[f]; ok != (f == p.field) {
+				t.Errorf("case %d: field %s present %v, want only %s", i, f, ok, p.field)
+			}
+		}
+		switch p.field {
+		case "data_base64":
+			b, err := base64.StdEncoding.DecodeString(got["data_base64"].(string))
+			if err != nil || string(b) != p.data {
+				t.Errorf("case %d: data_base64 decodes to %q (%v), want %q", i, b, err, p.data)
+			}
+		case "data_text":
+			if got["data_text"] != p.data {
+				t.Errorf("case %d: data_text %q, want %q", i, got["data_text"], p.data)
+			}
 		}
 	}
 }

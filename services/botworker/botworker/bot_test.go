@@ -484,7 +484,6 @@ func TestIgnored(t *testing.T) {
 		{"sender not allowed, by start anchor", e.text(dmRoom, "@Bad:example.org", "register x"), ignoreSender},
 		{"comment room", e.text(comments, alice, "help"), ignoreOurRoom},
 		{"moderation room", e.text(mod.id, alice, "register other"), ignoreOurRoom},
-		{"content not an object", &event.Event{EventID: "$bad", Type: "m.room.message", RoomID: dmRoom, Sender: alice, Content: []byte(`"x"`)}, ignoreBadEvent},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -728,6 +727,40 @@ func TestTextsListReservedCharacters(t *testing.T) {
 	for _, r := range namespace.SectionIDReserved {
 		if !strings.Contains(created, " "+string(r)) {
 			t.Errorf("embed instructions do not list %q:\n%s", r, created)
+		}
+	}
+}
+
+// TestUndecodableContentDeadLettered: content that does not decode as its
+// event type requires is a permanent failure (dead-lettered with the
+// reason), not a silent drop; values that decode but mean nothing to the
+// bot stay ignored.
+func TestUndecodableContentDeadLettered(t *testing.T) {
+	e := newEnv(t, nil)
+	member := func(content string) *event.Event {
+		bot := botID
+		return &event.Event{EventID: e.eventID(), Type: "m.room.member", RoomID: dmRoom, Sender: alice, StateKey: &bot, Content: []byte(content)}
+	}
+	bad := map[string]*event.Event{
+		"content not an object": {EventID: "$bad", Type: "m.room.message", RoomID: dmRoom, Sender: alice, Content: []byte(`"x"`)},
+		"body a number":         e.message(dmRoom, alice, map[string]any{"msgtype": "m.text", "body": 5}),
+		"body an object":        e.message(dmRoom, alice, map[string]any{"msgtype": "m.text", "body": map[string]any{"x": "help"}}),
+		"msgtype a number":      e.message(dmRoom, alice, map[string]any{"msgtype": 1, "body": "help"}),
+		"membership a number":   member(`{"membership":1}`),
+		"membership an object":  member(`{"membership":{"invite":true}}`),
+	}
+	for name, ev := range bad {
+		if err := e.bot.HandleEvent(e.ctx, ev, false); !worker.IsPermanent(err) {
+			t.Errorf("%s: %v, want a permanent failure", name, err)
+		}
+	}
+	ignored := map[string]*event.Event{
+		"unknown msgtype":    e.message(dmRoom, alice, map[string]any{"msgtype": "m.weird", "body": "help"}),
+		"unknown membership": member(`{"membership":"INVITE"}`),
+	}
+	for name, ev := range ignored {
+		if err := e.bot.HandleEvent(e.ctx, ev, false); err != nil {
+			t.Errorf("%s: %v, want ignored", name, err)
 		}
 	}
 }

@@ -41,7 +41,9 @@ func (b *Bot) onMessage(ctx context.Context, ev *event.Event, last bool, kind ro
 	}
 	var c event.Message
 	if err := event.DecodeContent(ev.Content, &c); err != nil {
-		return b.ignore(ignoreBadEvent)
+		// Not a message as the spec shapes one: dead-lettered with the
+		// reason rather than dropped unseen.
+		return worker.Permanent(fmt.Errorf("unreadable m.room.message content: %w", err))
 	}
 	switch {
 	case c.MsgType == "m.notice":

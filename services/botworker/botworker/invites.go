@@ -13,6 +13,7 @@ import (
 	"github.com/cactus-comments/appservice/pkg/mxid"
 	"github.com/cactus-comments/appservice/pkg/power"
 	"github.com/cactus-comments/appservice/pkg/registry"
+	"github.com/cactus-comments/appservice/pkg/worker"
 )
 
 // onMembership handles a change of the bot's own membership: invites are
@@ -21,8 +22,7 @@ import (
 func (b *Bot) onMembership(ctx context.Context, ev *event.Event, log *slog.Logger) error {
 	var content event.Member
 	if err := event.DecodeContent(ev.Content, &content); err != nil {
-		log.Warn("unreadable membership of the bot; ignored", "err", err)
-		return nil
+		return worker.Permanent(fmt.Errorf("unreadable m.room.member content: %w", err))
 	}
 	room, err := mxid.ParseRoomID(ev.RoomID)
 	if err != nil {

@@ -101,8 +101,7 @@ func (g *Gateway) readBody(r *http.Request, buf []byte) (body []byte, held int64
 		return buf, 0, errBusy
 	}
 	held = int64(cap(buf))
-	// One byte more than allowed tells a body that is too large.
-	limit := g.maxBody + 1
+	limit := g.maxBody
 	if r.ContentLength >= 0 {
 		// The declared length caps the growth; it never sizes a buffer
 		// before the bytes arrive.
@@ -111,6 +110,15 @@ func (g *Gateway) readBody(r *http.Request, buf []byte) (body []byte, held int64
 	for {
 		if int64(len(buf)) == r.ContentLength {
 			return buf, held, nil // the server's reader ends a body here
+		}
+		if len(buf) == cap(buf) && int64(len(buf)) >= limit {
+			// A body without a length that fills the limit: whether it
+			// is too large is one more byte, not a buffer grown for it
+			// (which the budget may not hold: that would be "busy").
+			if err := endOfBody(r.Body); err != nil {
+				return buf[:0], held, err
+			}
+			return buf, held, nil
 		}
 		if len(buf) == cap(buf) {
 			// The old buffer stays reserved until its bytes are copied:
@@ -134,6 +142,23 @@ func (g *Gateway) readBody(r *http.Request, buf []byte) (body []byte, held int64
 		}
 		if err != nil {
 			return buf[:0], held, fmt.Errorf("read body: %w", err)
+		}
+	}
+}
+
+// endOfBody reports whether body has ended: nil at its end, errTooLarge
+// if a byte more arrives.
+func endOfBody(body io.Reader) error {
+	var one [1]byte
+	for {
+		n, err := body.Read(one[:])
+		switch {
+		case n > 0:
+			return errTooLarge
+		case err == io.EOF:
+			return nil
+		case err != nil:
+			return fmt.Errorf("read body: %w", err)
 		}
 	}
 }

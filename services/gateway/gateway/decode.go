@@ -69,6 +69,9 @@ type rawEvent struct {
 
 	// class is set by checkEvent.
 	class bus.Class
+	// whole marks the whole body of a transaction that could not be read
+	// as one (Raw is the body, Problem why).
+	whole bool
 }
 
 // event returns e as the consumers read it, with roomID for its room id.
@@ -165,7 +168,8 @@ func (e *syntaxError) Error() string { return fmt.Sprintf("offset %d: %s", e.off
 // returned with Problem set, not as an error: they must not fail the
 // transaction.
 //
-// A body with more than one "events" key is ambiguous: which array it
+// A body with more than one "events" key, or one and a key that differs
+// from it only by case, escapes or Unicode folding, is ambiguous: which array it
 // carries depends on the reader. Refusing it (400) would block delivery,
 // as the homeserver resends the same body for ever; taking one array
 // would drop the other's events after acknowledging them. So every event
@@ -184,12 +188,18 @@ func decodeTransaction(body []byte, events []rawEvent) ([]rawEvent, error) {
 			return f.out[:0], fmt.Errorf("%w: %w", errNotJSON, &syntaxError{i, "data after the top-level value"})
 		}
 		switch {
-		case f.eventsArrays > 0 && f.eventsKeys > 1:
+		case f.eventsArrays > 0 && f.eventsKeys+f.variants > 1:
 			why := fmt.Sprintf(`ambiguous transaction: %d "events" keys`, f.eventsKeys)
+			if f.variants > 0 {
+				why = fmt.Sprintf(`ambiguous transaction: %d "events" keys and %d variants of it (%q)`,
+					f.eventsKeys, f.variants, event.Truncate(f.variant, 64))
+			}
 			for j := range f.out {
 				f.out[j].Problem = why
 			}
 			return f.out, nil
+		case f.eventsKeys == 0 && f.variants > 0:
+			return f.out[:0], fmt.Errorf(`%w: no "events" key, only a variant of it (%q)`, errBadJSON, event.Truncate(f.variant, 64))
 		case f.eventsArrays > 0:
 			return f.out, nil
 		case f.eventsKeys == 0:
@@ -225,7 +235,13 @@ type members struct {
 	// modeTransaction
 	events                   kind // of the last "events" value
 	eventsKeys, eventsArrays int
-	out                      []rawEvent
+	// variants counts the keys that differ from "events" only by case,
+	// escapes or Unicode folding, as encoding/json would still take them;
+	// variant is the first. Their arrays are decoded into out as well
+	// (counted in eventsArrays), so that their events are dead-lettered.
+	variants int
+	variant  string
+	out      []rawEvent
 	// modeEvent
 	eventID, typ, roomID, sender, stateKey, content, ts, redacts, unsigned span
 }
@@ -709,9 +725,21 @@ func (d *decoder) object(i int, mode objectMode, f *members) (int, error) {
 		}
 		i = d.ws(i + 1)
 		var v span
-		isEvents := mode == modeTransaction && d.keyIs(key, "events")
+		isEvents, isVariant := false, false
+		if mode == modeTransaction {
+			isEvents = d.keyIs(key, "events")
+			if !isEvents {
+				if name := d.key(key); bytes.EqualFold(name, []byte("events")) {
+					isVariant = true
+					f.variants++
+					if f.variant == "" {
+						f.variant = string(name)
+					}
+				}
+			}
+		}
 		switch {
-		case isEvents && i < len(b) && b[i] == '[':
+		case (isEvents || isVariant) && i < len(b) && b[i] == '[':
 			var end int
 			if end, f.out, err = d.eventArray(i, f.out); err != nil {
 				return 0, err

@@ -146,10 +146,15 @@ func split(body []byte) ([][]byte, error) {
 	d = jsontext.NewDecoder(bytes.NewReader(top), jsontext.AllowDuplicateNames(true), jsontext.AllowInvalidUTF8(true))
 	_, _ = d.ReadToken()
 	var elems [][]byte
-	arrays := 0
+	arrays, keys := 0, 0
 	for d.PeekKind() != '}' {
 		name, _ := d.ReadToken()
-		if name.String() != "events" || d.PeekKind() != '[' {
+		if name.String() == "events" {
+			keys++
+		}
+		// A variant of "events" (case, folding) holds events too: the
+		// gateway returns them all, to be dead-lettered.
+		if !strings.EqualFold(name.String(), "events") || d.PeekKind() != '[' {
 			_ = d.SkipValue()
 			continue
 		}
@@ -161,7 +166,7 @@ func split(body []byte) ([][]byte, error) {
 		}
 		_, _ = d.ReadToken()
 	}
-	if arrays == 0 {
+	if arrays == 0 || keys == 0 {
 		return nil, errBadJSON
 	}
 	return elems, nil
@@ -186,6 +191,9 @@ var fuzzBodies = []string{
 	`{"events":[{"event_id":"$x_\ud800","type":"m.room.message","room_id":"!r:x.org","sender":"@u:x.org","content":{}},{"event_id":"$x_\udfff","type":"m.room.message","room_id":"!r:x.org","sender":"@u:x.org","content":{}}]}`,
 	`{"events":[{"event_id":"$a","type":"m.room.message","room_id":"!r:x.org","sender":"@u:x.org","content":{}}],"events":[{"event_id":"$b","type":"m.room.message","room_id":"!r:x.org","sender":"@u:x.org","content":{}}]}`,
 	`{"events":[{"event_id":"$t","type":"m.room.message","room_id":"!r:x.org","sender":"@u:x.org","content":{},"origin_server_ts":"yesterday"}]}`,
+	`{"events":[{"event_id":"$a","type":"m.room.message","room_id":"!r:x.org","sender":"@u:x.org","content":{}}],"EVENTS":[{"event_id":"$b","type":"m.room.message","room_id":"!r:x.org","sender":"@u:x.org","content":{}}]}`,
+	`{"Events":[{"event_id":"$a","type":"m.room.message","room_id":"!r:x.org","sender":"@u:x.org","content":{}}]}`,
+	`{"events":{},"event\u017f":[{"event_id":"$a","type":"m.room.message","room_id":"!r:x.org","sender":"@u:x.org","content":{}}]}`,
 	`{"events":[{"event_id":"$t","type":"` + strings.Repeat("t", 300) + `","room_id":"!r:x.org","sender":"@u:x.org","content":{}}]}`,
 	`{"events":[{"event_id":"$p","type":"m.room.power_levels","room_id":"!r:x.org","sender":"@u:x.org","state_key":"","content":{"users":{"@u:x.org":100,"@u:x.org":0}}}]}`,
 	`{"events":[{"event_id":"$k","type":"m.room.member","room_id":"!r:x.org","sender":"@u:x.org","state_\u212aey":"@b:x.org","state_key":"@u:x.org","content":{"Membership":"ban","membership":"join"}}]}`,

@@ -8,10 +8,13 @@
 // # How a transaction travels
 //
 //  1. The handler (transactions.go) reads the body and decodes it in one
-//     pass (decode.go). A body that is not JSON, or not an object with an
-//     "events" array, is answered 400 and nothing is stored.
+//     pass (decode.go). A complete body that is not JSON, or not an
+//     object with an "events" array, is stored whole as one dead letter
+//     and acknowledged: a 400 would have the homeserver resend it for
+//     ever, delivering nothing behind it.
 //  2. Events the decoder flags (malformed, or every event of an ambiguous
-//     transaction with two "events" arrays), events too large for any
+//     transaction with two "events" keys, or one and a case or folding
+//     variant of it such as "EVENTS"), events too large for any
 //     message, and an event id repeated with other content become dead
 //     letters. The other events, bytes unchanged and in order, are cut
 //     into transaction messages {"events":[...]} of at most one message

@@ -195,6 +195,28 @@ func (e *env) do(method, path string, body []byte) (int, []byte) {
 	return e.doAuth(method, path, body, authHeader)
 }
 
+// putTxn sends a transaction body, without a Content-Length (chunked) if
+// chunked.
+func (e *env) putTxn(txnID string, body []byte, chunked bool) (int, []byte) {
+	e.t.Helper()
+	var rd io.Reader = bytes.NewReader(body)
+	if chunked {
+		rd = io.MultiReader(rd) // hides the length: sent chunked
+	}
+	req, err := http.NewRequest(http.MethodPut, e.srv.URL+"/_matrix/app/v1/transactions/"+txnID, rd)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+testHSToken)
+	resp, err := e.srv.Client().Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, out
+}
+
 type authForm int
 
 const (

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -251,5 +252,109 @@ func TestRepeatedEventID(t *testing.T) {
 	}
 	if !strings.Contains(e.logs.String(), "event repeated within a transaction") {
 		t.Error("the repeated event is not logged")
+	}
+}
+
+// TestUnreadableBodyDeadLettered: a complete, authenticated body that
+// cannot be read as a transaction is stored whole as one dead letter and
+// acknowledged: answering 400 would make the homeserver resend it for ever
+// and deliver nothing behind it. Replaying it refuses it again.
+func TestUnreadableBodyDeadLettered(t *testing.T) {
+	e := newEnv(t)
+	deep := `{"events":[{"content":` + strings.Repeat("[", maxDepth) + strings.Repeat("]", maxDepth) + `}]}`
+	garbage := strings.Repeat("\x00", bus.MaxDeadLetterData+1000)
+	cases := []struct{ name, body, reason string }{
+		{"too deep", deep, "nesting"},
+		{"BOM", "\ufeff" + string(txnBody(message("$bom", "!r:example.org"))), "not valid JSON"},
+		{"data after the value", string(txnBody(message("$after", "!r:example.org"))) + "{}", "after the top-level value"},
+		{"Events", `{"Events":[` + message("$Events", "!r:example.org") + `]}`, `"events"`},
+		{"not JSON", `{"events":[`, "not valid JSON"},
+		{"empty", "", "not valid JSON"},
+		{"no events", `{"ephemeral":[]}`, `"events"`},
+		{"events not an array", `{"events":{"event_id":"$x"}}`, "not an array"},
+		{"an array", `[]`, "not an object"},
+		{"large garbage", garbage, "not valid JSON"},
+	}
+	for i, c := range cases {
+		status, body := e.do(http.MethodPut, fmt.Sprintf("/_matrix/app/v1/transactions/bad%d", i), []byte(c.body))
+		if status != 200 {
+			t.Fatalf("%s: status %d body %.200s", c.name, status, body)
+		}
+	}
+	if status, body := e.do(http.MethodPut, "/_matrix/app/v1/transactions/good", txnBody(message("$good", "!r:example.org"))); status != 200 {
+		t.Fatalf("good transaction: status %d body %s", status, body)
+	}
+	if got := e.eventIDs(); !slices.Equal(got, []string{"$good"}) {
+		t.Errorf("event stream holds %q, want only the good transaction", got)
+	}
+	dl := e.stored(bus.StreamDLQ)
+	if len(dl) != len(cases) {
+		t.Fatalf("%d dead letters, want %d", len(dl), len(cases))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for i, c := range cases {
+		m := dl[i]
+		if r := m.Header.Get(bus.HeaderReason); !strings.Contains(r, c.reason) {
+			t.Errorf("%s: reason %q does not say %q", c.name, r, c.reason)
+		}
+		if got := m.Header.Get(bus.HeaderTxnID); got != fmt.Sprintf("bad%d", i) {
+			t.Errorf("%s: txn id header %q", c.name, got)
+		}
+		want := c.body
+		if len(want) > bus.MaxDeadLetterData {
+			if got := m.Header.Get(bus.HeaderTruncated); got != fmt.Sprint(len(c.body)) {
+				t.Errorf("%s: truncated header %q, want the real size %d", c.name, got, len(c.body))
+			}
+			want = want[:bus.MaxDeadLetterData]
+		}
+		if string(m.Data) != want {
+			t.Errorf("%s: dead letter holds %.100q, want the whole body", c.name, m.Data)
+		}
+		d := bus.DeadLetter{Source: "gateway", Data: m.Data, Header: m.Header}
+		d.Truncated, _ = strconv.Atoi(m.Header.Get(bus.HeaderTruncated))
+		if d.Truncated > 0 {
+			continue // refused for being cut, as every truncated letter
+		}
+		if _, err := ReplayDeadLetter(ctx, e.rt.JS, testBot, d); err == nil || !strings.Contains(err.Error(), c.reason) {
+			t.Errorf("%s: replay: %v, want a refusal saying %q", c.name, err, c.reason)
+		}
+	}
+	if got := e.eventIDs(); !slices.Equal(got, []string{"$good"}) {
+		t.Errorf("replays stored %q", got)
+	}
+	if got := counter(e.gw.metrics.deadLettered); got != float64(len(cases)) {
+		t.Errorf("dead_lettered = %v", got)
+	}
+}
+
+// TestEventsKeyVariants: a top-level key that differs from "events" only
+// by case, escapes or Unicode folding makes the transaction as ambiguous
+// as a second "events" key: another reader may take its array. Every event
+// of every such array is dead-lettered; the transaction is acknowledged.
+func TestEventsKeyVariants(t *testing.T) {
+	e := newEnv(t)
+	var want []string
+	for i, variant := range []string{`EVENTS`, `Events`, `\u0045vents`, "event\u017f"} {
+		a, b := message(fmt.Sprintf("$a%d", i), "!r:example.org"), message(fmt.Sprintf("$b%d", i), "!r:example.org")
+		body := []byte(`{"events":[` + a + `],"` + variant + `":[` + b + `]}`)
+		status, out := e.do(http.MethodPut, fmt.Sprintf("/_matrix/app/v1/transactions/variant%d", i), body)
+		if status != 200 {
+			t.Fatalf("%s: status %d body %s", variant, status, out)
+		}
+		want = append(want, a, b)
+	}
+	if got := e.eventIDs(); len(got) != 0 {
+		t.Errorf("event stream holds %q from ambiguous transactions", got)
+	}
+	var got []string
+	for _, m := range e.stored(bus.StreamDLQ) {
+		got = append(got, string(m.Data))
+		if r := m.Header.Get(bus.HeaderReason); !strings.Contains(r, `"events"`) {
+			t.Errorf("reason %q does not name the key", r)
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("dead letters %q, want every event of both arrays", got)
 	}
 }

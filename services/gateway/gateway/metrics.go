@@ -65,7 +65,7 @@ func newMetrics(reg prometheus.Registerer, bodies *bodyBudget) (*metrics, error)
 	m := &metrics{
 		transactions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "transactions_total",
-			Help: "Transactions from the homeserver by outcome (ok: every event stored in a transaction message or dead-lettered; busy: refused, too many bodies in flight).",
+			Help: "Transactions from the homeserver by outcome (ok: every event stored in a transaction message or dead-lettered; not_json, bad_json: the body is no transaction and was stored whole as one dead letter, acknowledged; busy: refused, too many bodies in flight).",
 		}, []string{"outcome"}),
 		txnDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: ns, Subsystem: sub, Name: "transaction_duration_seconds",

@@ -71,14 +71,53 @@ func ReplayDeadLetter(ctx context.Context, js jetstream.JetStream, bot string, d
 	if d.Truncated > 0 {
 		return Route{}, fmt.Errorf("only part of the original %d bytes was kept; cannot replay (drop it)", d.Truncated)
 	}
+	if d.Header.Get(headerWholeBody) != "" {
+		return replayBody(ctx, js, bot, d)
+	}
 	route, raw, err := RouteEvent(d.Data, bot)
 	if err != nil {
 		return Route{}, fmt.Errorf("still refused by the gateway's checks: %w", err)
 	}
+	return route, publishRoute(ctx, js, route, raw, d.Header.Get(bus.HeaderTxnID))
+}
+
+func publishRoute(ctx context.Context, js jetstream.JetStream, route Route, raw []byte, txnID string) error {
 	m := &nats.Msg{Subject: route.Subject, Data: raw}
-	setHeaders(m, route.EventID, headerValue(d.Header.Get(bus.HeaderTxnID)), route.Type)
+	setHeaders(m, route.EventID, headerValue(txnID), route.Type)
 	if _, err := js.PublishMsg(ctx, m); err != nil {
-		return Route{}, fmt.Errorf("publish to %s: %w", route.Subject, err)
+		return fmt.Errorf("publish to %s: %w", route.Subject, err)
 	}
-	return route, nil
+	return nil
+}
+
+// replayBody replays the dead letter of a whole transaction body: read as
+// a transaction again, it is refused with the reason unless it now reads
+// and every event of it passes the gateway's checks; then every event is
+// stored (each deduplicated by its event id, so a replay repeated after a
+// failure stores nothing twice). It returns the last event's route.
+func replayBody(ctx context.Context, js jetstream.JetStream, bot string, d bus.DeadLetter) (Route, error) {
+	events, err := decodeTransaction(d.Data, nil)
+	if err != nil {
+		return Route{}, fmt.Errorf("still refused by the gateway's checks: %w", err)
+	}
+	routes := make([]Route, len(events))
+	raws := make([][]byte, len(events))
+	for i, e := range events {
+		if e.Problem == "" {
+			routes[i], raws[i], err = RouteEvent(e.Raw, bot)
+		} else {
+			err = errors.New(e.Problem)
+		}
+		if err != nil {
+			return Route{}, fmt.Errorf("still refused by the gateway's checks: event %d of %d: %w", i+1, len(events), err)
+		}
+	}
+	var last Route
+	for i, route := range routes {
+		if err := publishRoute(ctx, js, route, raws[i], d.Header.Get(bus.HeaderTxnID)); err != nil {
+			return Route{}, err
+		}
+		last = route
+	}
+	return last, nil
 }

@@ -99,16 +99,18 @@ func (g *Gateway) transaction(w http.ResponseWriter, r *http.Request) {
 		g.finishTxn(w, start, outcomeBadRequest, http.StatusBadRequest, codeNotJSON, "could not read the body")
 		return
 	}
+	outcome := outcomeOK
 	st.events, err = decodeTransaction(st.body, st.events)
 	if err != nil {
-		g.recycle(st)
-		outcome, code := outcomeBadJSON, codeBadJSON
+		// The body is complete and authenticated but no transaction: a
+		// 400 would have the homeserver resend it for ever, delivering
+		// nothing behind it. It is kept whole as one dead letter instead,
+		// and acknowledged once stored.
+		outcome = outcomeBadJSON
 		if errors.Is(err, errNotJSON) {
-			outcome, code = outcomeNotJSON, codeNotJSON
+			outcome = outcomeNotJSON
 		}
-		g.log.Warn("transaction refused", "txn_id", logID(txnID), "err", err)
-		g.finishTxn(w, start, outcome, http.StatusBadRequest, code, err.Error())
-		return
+		st.events = append(st.events[:0], rawEvent{Raw: st.body, Problem: err.Error(), whole: true})
 	}
 	n := len(st.events)
 	g.metrics.txnEvents.Observe(float64(n))
@@ -125,7 +127,11 @@ func (g *Gateway) transaction(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, emptyObject)
-	g.metrics.txnOK.Inc()
+	if outcome == outcomeOK {
+		g.metrics.txnOK.Inc()
+	} else {
+		g.metrics.transactions.WithLabelValues(outcome).Inc()
+	}
 	d := time.Since(start)
 	g.metrics.txnDuration.Observe(d.Seconds())
 	if g.log.Enabled(r.Context(), slog.LevelDebug) {
@@ -356,6 +362,12 @@ func (g *Gateway) deadLetterMsg(txnID string, e *rawEvent) *nats.Msg {
 		subject = bus.EventSubject(bus.ClassOther, string(e.RoomID))
 	}
 	h := nats.Header{bus.HeaderTxnID: {txnID}}
+	if e.whole {
+		h.Set(headerWholeBody, "true")
+		g.log.Warn("transaction body that is no transaction sent to the dead-letter stream", "txn_id", logID(txnID),
+			"bytes", len(e.Raw), "reason", e.Problem)
+		return gatewayDeadLetter(subject, e.Problem, e.Raw, h)
+	}
 	if e.Type != "" {
 		h.Set(bus.HeaderEventType, headerValue(e.Type))
 	}
@@ -363,6 +375,10 @@ func (g *Gateway) deadLetterMsg(txnID string, e *rawEvent) *nats.Msg {
 		"event_id", logID(e.EventID), "room_id", logID(string(e.RoomID)), "reason", e.Problem)
 	return gatewayDeadLetter(subject, e.Problem, e.Raw, h)
 }
+
+// headerWholeBody marks the dead letter of a whole transaction body the
+// gateway could not read as a transaction (not one event of it).
+const headerWholeBody = "Cactus-Dlq-Whole-Body"
 
 // gatewayDeadLetter is the gateway's dead letter of an event's bytes.
 func gatewayDeadLetter(subject, reason string, data []byte, h nats.Header) *nats.Msg {

@@ -241,7 +241,13 @@ func decide(e *event.Event, inModerationRoom bool, prev string) (decision, error
 	switch {
 	case e.Type == "m.room.member" && e.StateKey != nil:
 		user := *e.StateKey
-		switch e.Membership() {
+		// Content that is no membership is refused, to be dead-lettered:
+		// taken as "nothing to do" it would vanish unseen.
+		var m event.Member
+		if err := event.DecodeContent(e.Content, &m); err != nil {
+			return decision{}, fmt.Errorf("unreadable membership: %w", err)
+		}
+		switch m.Membership {
 		case matrix.MembershipBan:
 			return decision{kind: decideBan, user: user, banned: true}, nil
 		case matrix.MembershipLeave:

@@ -211,10 +211,48 @@ func TestDecide(t *testing.T) {
 	if _, err := decide(levels(`{"ban":"fifty"}`), true, ""); err == nil {
 		t.Error("unreadable power levels accepted")
 	}
+	// Content that does not decode as its type requires is refused (and
+	// dead-lettered by the caller), not taken as "nothing to do".
+	for _, content := range []string{`{"membership":1}`, `{"membership":{"ban":true}}`, `"ban"`, `{"membership":"ban","reason":7}`} {
+		ev := ban(alice)
+		ev.Content = jsontext.Value(content)
+		if _, err := decide(ev, true, ""); err == nil {
+			t.Errorf("unreadable membership %s accepted", content)
+		}
+	}
+	// A membership that decodes but means nothing to us is ignored.
+	if d, err := decide(modEvent("m.room.member", owner, alice, "BAN", "", ""), true, ""); err != nil || d.action() != "ignored" {
+		t.Errorf("membership BAN: %s, %v; want ignored", d.action(), err)
+	}
 	// Equal contents however spelled decide the same bytes.
 	a, _ := decide(levels(`{"users":{"@b:x":50,"@a:x":100},"ban":50}`), true, "")
 	b, _ := decide(levels(`{"ban":50, "users":{"@a:x":100,"@b:x":50}}`), true, "")
 	if string(a.powerLevels) != string(b.powerLevels) {
 		t.Errorf("%s != %s", a.powerLevels, b.powerLevels)
+	}
+}
+
+// TestReplacementRoom: a tombstone whose content does not decode is
+// refused (dead-lettered); one whose replacement decodes but is no room id
+// is ignored.
+func TestReplacementRoom(t *testing.T) {
+	tests := []struct {
+		content    string
+		unreadable bool
+		room       string // "" if ignored
+	}{
+		{`{"replacement_room":"!new:x.org","body":"moved"}`, false, "!new:x.org"},
+		{`{"replacement_room":"not a room"}`, false, ""},
+		{`{"body":"no replacement"}`, false, ""},
+		{`{"replacement_room":7}`, true, ""},
+		{`{"replacement_room":{"room_id":"!new:x.org"}}`, true, ""},
+		{`{"replacement_room":"!a:x.org","replacement_room":"!b:x.org"}`, true, ""},
+		{`"!new:x.org"`, true, ""},
+	}
+	for _, tt := range tests {
+		room, ok, err := replacementRoom(jsontext.Value(tt.content))
+		if (err != nil) != tt.unreadable || ok != (tt.room != "") || ok && room.String() != tt.room {
+			t.Errorf("%s: %v, %v, %v", tt.content, room, ok, err)
+		}
 	}
 }

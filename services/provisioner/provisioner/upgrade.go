@@ -39,16 +39,14 @@ func (p *Provisioner) handleTombstone(ctx context.Context, m jetstream.Msg, e *e
 		p.m.moderation.WithLabelValues("ignored").Inc()
 		return nil
 	}
-	var c struct {
-		Replacement string `json:"replacement_room"`
-	}
-	next, err := mxid.RoomID{}, event.DecodeContent(e.Content, &c)
-	if err == nil {
-		next, err = mxid.ParseRoomID(c.Replacement)
-	}
+	next, ok, err := replacementRoom(e.Content)
 	if err != nil {
 		p.m.moderation.WithLabelValues("ignored").Inc()
-		log.Warn("tombstone without a usable replacement room ignored", "err", err)
+		return worker.Permanent(err)
+	}
+	if !ok {
+		p.m.moderation.WithLabelValues("ignored").Inc()
+		log.Warn("tombstone without a usable replacement room ignored")
 		return nil
 	}
 	old, err := p.reg.Lookup(ctx, e.RoomID)
@@ -201,4 +199,21 @@ func (p *Provisioner) knowModerationRoom(ctx context.Context, siteName string, l
 		return false, nil
 	}
 	return true, nil
+}
+
+// replacementRoom reads a tombstone's replacement room. Content that does
+// not decode as a tombstone's is an error (to be dead-lettered, not
+// dropped unseen); a replacement that is no room id is not ok (ignored).
+func replacementRoom(content []byte) (mxid.RoomID, bool, error) {
+	var c struct {
+		Replacement string `json:"replacement_room"`
+	}
+	if err := event.DecodeContent(content, &c); err != nil {
+		return mxid.RoomID{}, false, fmt.Errorf("unreadable m.room.tombstone content: %w", err)
+	}
+	next, err := mxid.ParseRoomID(c.Replacement)
+	if err != nil {
+		return mxid.RoomID{}, false, nil
+	}
+	return next, true, nil
 }
