@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -55,7 +56,7 @@ func toDeadLetter(m *jetstream.RawStreamMsg) deadLetter {
 	}
 	switch {
 	// Duplicate names are still JSON, and show what the sender sent.
-	case jsontext.Value(m.Data).IsValid(jsontext.AllowDuplicateNames(true)):
+	case jsontext.Value(m.Data).IsValid(jsontext.AllowDuplicateNames(true)) && !deeperThan(m.Data, maxListedDepth):
 		d.Data = m.Data
 	case utf8.Valid(m.Data):
 		d.Raw = string(m.Data)
@@ -63,6 +64,24 @@ func toDeadLetter(m *jetstream.RawStreamMsg) deadLetter {
 		d.Bytes = m.Data
 	}
 	return d
+}
+
+// maxListedDepth is the deepest nesting dlq list --json embeds as JSON:
+// common readers give up far below the gateway's own limit (jq 1.6 at 256,
+// Python's json module near 1000), so a deeper letter is listed as text.
+const maxListedDepth = 64
+
+// deeperThan reports whether the valid JSON v nests deeper than n.
+func deeperThan(v []byte, n int) bool {
+	dec := jsontext.NewDecoder(bytes.NewReader(v), jsontext.AllowDuplicateNames(true))
+	for {
+		if _, err := dec.ReadToken(); err != nil {
+			return false
+		}
+		if dec.StackDepth() > n {
+			return true
+		}
+	}
 }
 
 // dlqStream binds to the dead-letter stream.

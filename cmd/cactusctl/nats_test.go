@@ -471,6 +471,9 @@ func TestDLQListJSONAlwaysValid(t *testing.T) {
 		{"\xff\xfe not JSON", "data_base64"},
 		{"plain text", "data_text"},
 		{`{"a":1,"a":2}`, "data"},
+		// Deeper than common JSON readers go (jq stops at 256).
+		{`{"content":` + strings.Repeat("[", 300) + strings.Repeat("]", 300) + `}`, "data_text"},
+		{`{"content":` + strings.Repeat("[", 60) + strings.Repeat("]", 60) + `}`, "data"},
 		{`{"body":"h\u00e9 \ud83d\ude00"}`, "data"},
 	}
 	for i, p := range payloads {
