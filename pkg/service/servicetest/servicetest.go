@@ -21,14 +21,7 @@ import (
 // the probes that would then restart it. It stops run before returning.
 func AdminWhileWaitingForNATS(t *testing.T, cfg *config.Config, run func(context.Context, *config.Config) error) {
 	t.Helper()
-	ns := embednats.StartTest(t)
-	cfg.NATSURL = ns.ClientURL()
-	ns.Stop()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.AdminAddr = ln.Addr().String()
+	ln := stoppedNATS(t, cfg)
 	_ = ln.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -75,15 +68,8 @@ func AdminWhileWaitingForNATS(t *testing.T, cfg *config.Config, run func(context
 // NATS without its probes.
 func AdminPortTaken(t *testing.T, cfg *config.Config, run func(context.Context, *config.Config) error) {
 	t.Helper()
-	ns := embednats.StartTest(t)
-	cfg.NATSURL = ns.ClientURL()
-	ns.Stop()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := stoppedNATS(t, cfg)
 	defer ln.Close()
-	cfg.AdminAddr = ln.Addr().String()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
@@ -96,4 +82,19 @@ func AdminPortTaken(t *testing.T, cfg *config.Config, run func(context.Context, 
 	case <-time.After(time.Minute):
 		t.Fatal("Run waited for NATS with its admin address taken")
 	}
+}
+
+// stoppedNATS points cfg at a NATS server that has stopped, and its admin
+// address at a port of its own, listened on until the caller closes it.
+func stoppedNATS(t *testing.T, cfg *config.Config) net.Listener {
+	t.Helper()
+	ns := embednats.StartTest(t)
+	cfg.NATSURL = ns.ClientURL()
+	ns.Stop()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.AdminAddr = ln.Addr().String()
+	return ln
 }
