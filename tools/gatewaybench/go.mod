@@ -10,8 +10,16 @@ require (
 )
 
 require (
+	github.com/go-chi/chi/v5 v5.5.0 // indirect
+	github.com/go-json-experiment/json v1.27.2 // indirect
+	github.com/kelseyhightower/envconfig v1.4.0 // indirect
+	github.com/lmittmann/tint v1.2.1 // indirect
+)
+
+require (
 	github.com/antithesishq/antithesis-sdk-go v0.8.0-default-no-op // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
+	github.com/cactus-comments/appservice/services/provisioner v0.0.0
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	github.com/google/go-tpm v0.9.8 // indirect
 	github.com/klauspost/compress v1.20.3 // indirect
@@ -38,3 +46,5 @@ replace (
 	github.com/cactus-comments/appservice/pkg => ../../pkg
 	github.com/cactus-comments/appservice/services/gateway => ../../services/gateway
 )
+
+replace github.com/cactus-comments/appservice/services/provisioner => ../../services/provisioner
