@@ -27,6 +27,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
+// Init makes a group's series exist, at 0, before its member first runs:
+// an alert on too few owned partitions sees the replica from its first
+// scrape.
+func (m *Metrics) Init(group string) { m.group(group) }
+
 func newMetrics() *Metrics {
 	return &Metrics{
 		owned: prometheus.NewGaugeVec(prometheus.GaugeOpts{

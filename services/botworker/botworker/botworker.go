@@ -168,12 +168,15 @@ func New(ctx context.Context, rt *service.Runtime, o Options) (*Bot, error) {
 	if o.MinBackoff <= 0 {
 		o.MinBackoff = time.Second
 	}
+	group := service.Topology(cfg).BotGroup()
+	pm := partition.NewMetrics(rt.Metrics)
+	pm.Init(group.Name)
 	return &Bot{
 		cfg: cfg, log: rt.Log, js: rt.JS, hs: o.Homeserver, reg: o.Registry,
 		state: &state{b: sb, now: o.Now}, texts: t, m: m, wm: worker.NewMetrics(rt.Metrics), hsm: hsm,
 		// Once per service, however many partitions it consumes.
-		pm:    partition.NewMetrics(rt.Metrics),
-		group: service.Topology(cfg).BotGroup(), instance: o.Instance,
+		pm:    pm,
+		group: group, instance: o.Instance,
 		bot: bot, ns: cfg.Namespace(), mentions: mentions, now: o.Now, backoff: o.MinBackoff, done: done,
 		ours:   newTTLCache(o.Now, time.Minute, 50_000),
 		direct: newTTLCache(o.Now, time.Minute, 50_000),

@@ -200,5 +200,6 @@ func newMetrics(reg prometheus.Registerer, bodies *bodyBudget) (*metrics, error)
 		}
 	}
 	m.partitions = partition.NewMetrics(reg)
+	m.partitions.Init(bus.GroupSplitter)
 	return m, nil
 }
