@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	mathrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -499,17 +498,6 @@ func resolvePort(addr string) (string, error) {
 	}
 	if port != "0" {
 		return addr, nil
-	}
-	// The port stays free only until the service listens on it, seconds
-	// later. Below the kernel's ephemeral range (32768 and up on Linux)
-	// nothing else is handed it meanwhile: not another program's
-	// connection, nor another listener asking for port 0.
-	for range 64 {
-		p := 20000 + mathrand.IntN(12000)
-		a := net.JoinHostPort(host, strconv.Itoa(p))
-		if checkFree(a) == nil {
-			return a, nil
-		}
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
