@@ -509,7 +509,7 @@ func TestCommentRoomUpgraded(t *testing.T) {
 	h.Eventually(func() bool {
 		r, err := h.Registry.Room(h.Ctx, "blog", "a")
 		return err == nil && r.RoomID == next.String() && r.Create != nil
-	}, 30*time.Second, "the registry following the new comment room")
+	}, 90*time.Second, "the registry following the new comment room")
 	if r, _ := h.Registry.Room(h.Ctx, "blog", "a"); !slices.Equal(r.Create.Creators(), []string{owner.ID.String()}) {
 		t.Errorf("new comment room create %+v", r.Create)
 	}
