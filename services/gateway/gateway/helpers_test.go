@@ -173,12 +173,10 @@ func (e *env) splitDone() {
 	}
 }
 
-// streamLen is the number of messages in a stream.
-func (e *env) streamLen(stream string) uint64 {
+// stream binds to a stream and reads its state.
+func (e *env) stream(ctx context.Context, name string) (jetstream.Stream, *jetstream.StreamInfo) {
 	e.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	s, err := e.rt.JS.Stream(ctx, stream)
+	s, err := e.rt.JS.Stream(ctx, name)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -186,6 +184,15 @@ func (e *env) streamLen(stream string) uint64 {
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	return s, info
+}
+
+// streamLen is the number of messages in a stream.
+func (e *env) streamLen(stream string) uint64 {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, info := e.stream(ctx, stream)
 	return info.State.Msgs
 }
 
@@ -337,14 +344,7 @@ func (e *env) streamMsgs(stream string) []jetstream.RawStreamMsg {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	s, err := e.rt.JS.Stream(ctx, stream)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	info, err := s.Info(ctx)
-	if err != nil {
-		e.t.Fatal(err)
-	}
+	s, info := e.stream(ctx, stream)
 	var out []jetstream.RawStreamMsg
 	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
 		gctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
