@@ -110,7 +110,13 @@ const (
 	stored
 	duplicate
 	failed
+	// unconfirmed: sent without a reply subject (PublishPartly).
+	unconfirmed
 )
+
+// ErrUnconfirmed is the outcome of a message sent without a reply: JetStream
+// says nothing about it.
+var ErrUnconfirmed = errors.New("jspub: sent without an ack; stored or not, JetStream did not say")
 
 // Batch is the messages of one Publish and their outcomes.
 type Batch struct {
@@ -121,6 +127,7 @@ type Batch struct {
 	// Guarded by p.mu.
 	left     int
 	outcomes []outcome
+	seqs     []uint64
 	errs     map[int]error
 	dups     int
 }
@@ -130,8 +137,24 @@ type Batch struct {
 // message the connection refuses (too large, not connected) fails in the
 // batch like one JetStream refuses. msgs and their data must not change
 // until the batch is done or abandoned.
-func (p *Publisher) Publish(msgs []*nats.Msg) *Batch {
-	b := &Batch{p: p, done: make(chan struct{}), left: len(msgs), outcomes: make([]outcome, len(msgs))}
+func (p *Publisher) Publish(msgs []*nats.Msg) *Batch { return p.PublishPartly(msgs, nil) }
+
+// PublishPartly is Publish, except that the messages whose confirm[i] is
+// false are sent without a reply subject (confirm nil: every message is
+// confirmed). JetStream stores such a message without acknowledging it,
+// or drops it without a word if it refuses it: its outcome is
+// ErrUnconfirmed and the batch does not wait for it. An ack costs the
+// server and the client about as much as storing the message; a caller
+// that can tell from its confirmed neighbours' sequences (Seq) that the
+// unconfirmed ones were stored saves both.
+func (p *Publisher) PublishPartly(msgs []*nats.Msg, confirm []bool) *Batch {
+	b := &Batch{p: p, done: make(chan struct{}), left: len(msgs), outcomes: make([]outcome, len(msgs)), seqs: make([]uint64, len(msgs))}
+	for i := range confirm {
+		if i < len(msgs) && !confirm[i] {
+			b.outcomes[i] = unconfirmed
+			b.left--
+		}
+	}
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -140,7 +163,7 @@ func (p *Publisher) Publish(msgs []*nats.Msg) *Batch {
 	}
 	p.next++
 	b.id = p.next
-	if len(msgs) == 0 {
+	if b.left == 0 {
 		close(b.done)
 	} else {
 		p.batches[b.id] = b
@@ -153,9 +176,19 @@ func (p *Publisher) Publish(msgs []*nats.Msg) *Batch {
 	reply = append(reply, '.')
 	base := len(reply)
 	for i, m := range msgs {
+		if b.outcomes[i] == unconfirmed {
+			m.Reply = ""
+			if err := p.nc.PublishMsg(m); err != nil {
+				p.mu.Lock()
+				b.fail(i, fmt.Errorf("publish: %w", err))
+				b.left++ // fail counts a waiting message; this one was not
+				p.mu.Unlock()
+			}
+			continue
+		}
 		m.Reply = string(appendUint(reply[:base], uint64(i)))
 		if err := p.nc.PublishMsg(m); err != nil {
-			p.settle(b.id, i, failed, fmt.Errorf("publish: %w", err))
+			p.settle(b.id, i, failed, 0, fmt.Errorf("publish: %w", err))
 		}
 	}
 	return b
@@ -214,8 +247,18 @@ func (b *Batch) MessageErr(i int) error {
 		return nil
 	case failed:
 		return b.errs[i]
+	case unconfirmed:
+		return ErrUnconfirmed
 	}
 	return errors.New("jspub: no outcome yet")
+}
+
+// Seq is the stream sequence JetStream gave message i (of the message it
+// already had, for a duplicate); 0 without an ack.
+func (b *Batch) Seq(i int) uint64 {
+	b.p.mu.Lock()
+	defer b.p.mu.Unlock()
+	return b.seqs[i]
 }
 
 // Duplicate reports whether JetStream already had message i (its
@@ -256,13 +299,14 @@ func (b *Batch) fail(i int, err error) {
 }
 
 // settle records message i's outcome in batch id, if still waiting.
-func (p *Publisher) settle(id uint64, i int, o outcome, err error) {
+func (p *Publisher) settle(id uint64, i int, o outcome, seq uint64, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	b := p.batches[id]
 	if b == nil || i < 0 || i >= len(b.outcomes) || b.outcomes[i] != waiting {
 		return // abandoned, or an ack we did not ask for
 	}
+	b.seqs[i] = seq
 	switch o {
 	case failed:
 		b.fail(i, err)
@@ -285,14 +329,14 @@ func (p *Publisher) onAck(m *nats.Msg) {
 	if !ok {
 		return
 	}
-	dup, err := scanAck(m)
+	seq, dup, err := scanAck(m)
 	switch {
 	case err != nil:
-		p.settle(id, i, failed, err)
+		p.settle(id, i, failed, 0, err)
 	case dup:
-		p.settle(id, i, duplicate, nil)
+		p.settle(id, i, duplicate, seq, nil)
 	default:
-		p.settle(id, i, stored, nil)
+		p.settle(id, i, stored, seq, nil)
 	}
 }
 
@@ -353,38 +397,57 @@ var (
 	ackPrefix    = []byte(`{"stream":"`)
 	keyError     = []byte(`"error"`)
 	keyDuplicate = []byte(`"duplicate"`)
+	keySeq       = []byte(`"seq":`)
 )
 
 // scanAck reads a PubAck without decoding it in the common case:
 // {"stream":"NAME","seq":N}, with "duplicate":true when the stream had the
 // message already (the key is left out when false). Anything else is
 // decoded, and is an error unless it is a plain PubAck.
-func scanAck(m *nats.Msg) (duplicate bool, err error) {
+func scanAck(m *nats.Msg) (seq uint64, duplicate bool, err error) {
 	if len(m.Data) == 0 {
 		if s := m.Header.Get("Status"); s != "" {
-			return false, fmt.Errorf("%w: status %s", ErrNoStream, s)
+			return 0, false, fmt.Errorf("%w: status %s", ErrNoStream, s)
 		}
-		return false, ErrNoStream
+		return 0, false, ErrNoStream
 	}
 	if rest, ok := bytes.CutPrefix(m.Data, ackPrefix); ok {
 		// Past the stream's name, which holds no quote.
 		if q := bytes.IndexByte(rest, '"'); q >= 0 && !bytes.Contains(rest[q:], keyError) {
-			return bytes.Contains(rest[q:], keyDuplicate), nil
+			if seq, ok := scanSeq(rest[q:]); ok {
+				return seq, bytes.Contains(rest[q:], keyDuplicate), nil
+			}
 		}
 	}
 	var ack struct {
 		Error     *jetstream.APIError `json:"error"`
 		Stream    string              `json:"stream"`
+		Seq       uint64              `json:"seq"`
 		Duplicate bool                `json:"duplicate"`
 	}
 	if err := json.Unmarshal(m.Data, &ack); err != nil {
-		return false, fmt.Errorf("unreadable PubAck %q: %w", m.Data, err)
+		return 0, false, fmt.Errorf("unreadable PubAck %q: %w", m.Data, err)
 	}
 	switch {
 	case ack.Error != nil:
-		return false, ack.Error
+		return 0, false, ack.Error
 	case ack.Stream == "":
-		return false, fmt.Errorf("PubAck without a stream: %q", m.Data)
+		return 0, false, fmt.Errorf("PubAck without a stream: %q", m.Data)
 	}
-	return ack.Duplicate, nil
+	return ack.Seq, ack.Duplicate, nil
+}
+
+// scanSeq reads the number after "seq": in b; false unless it is plain
+// digits ending in ',' or '}'.
+func scanSeq(b []byte) (uint64, bool) {
+	k := bytes.Index(b, keySeq)
+	if k < 0 {
+		return 0, false
+	}
+	b = b[k+len(keySeq):]
+	end := bytes.IndexAny(b, ",}")
+	if end <= 0 {
+		return 0, false
+	}
+	return parseUint(string(b[:end]))
 }

@@ -281,26 +281,72 @@ func TestConcurrentBatches(t *testing.T) {
 func TestScanAck(t *testing.T) {
 	tests := []struct {
 		data string
+		seq  uint64
 		dup  bool
 		err  bool
 	}{
-		{`{"stream":"CACTUS_EVENTS","seq":12}`, false, false},
-		{`{"stream":"CACTUS_EVENTS","seq":12,"duplicate":true}`, true, false},
-		{`{"stream":"CACTUS_EVENTS","domain":"hub","seq":12}`, false, false},
-		{`{"stream":"error","seq":3}`, false, false},
-		{`{"stream":"duplicate","seq":3}`, false, false},
-		{`{"seq":3,"stream":"S","duplicate":true}`, true, false},
-		{`{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"},"stream":"CACTUS_EVENTS","seq":0}`, false, true},
-		{`{"stream":"S","error":{"code":400,"err_code":10054,"description":"message size exceeds maximum allowed"}}`, false, true},
-		{``, false, true},
-		{`not json`, false, true},
-		{`{"seq":1}`, false, true},
+		{`{"stream":"CACTUS_EVENTS","seq":12}`, 12, false, false},
+		{`{"stream":"CACTUS_EVENTS","seq":12,"duplicate":true}`, 12, true, false},
+		{`{"stream":"CACTUS_EVENTS","domain":"hub","seq":12}`, 12, false, false},
+		{`{"stream":"error","seq":3}`, 3, false, false},
+		{`{"stream":"duplicate","seq":3}`, 3, false, false},
+		{`{"stream":"seq","seq":18446744073709551615}`, 18446744073709551615, false, false},
+		{`{"seq":3,"stream":"S","duplicate":true}`, 3, true, false},
+		{`{"stream":"S","seq":1e3}`, 0, false, true}, // not digits: decoded, refused
+		{`{"stream":"S","seq":-1}`, 0, false, true},
+		{`{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"},"stream":"CACTUS_EVENTS","seq":0}`, 0, false, true},
+		{`{"stream":"S","error":{"code":400,"err_code":10054,"description":"message size exceeds maximum allowed"}}`, 0, false, true},
+		{``, 0, false, true},
+		{`not json`, 0, false, true},
+		{`{"seq":1}`, 0, false, true},
 	}
 	for _, tt := range tests {
-		dup, err := scanAck(&nats.Msg{Data: []byte(tt.data)})
-		if dup != tt.dup || (err != nil) != tt.err {
-			t.Errorf("%q: duplicate %v, err %v; want %v, error %v", tt.data, dup, err, tt.dup, tt.err)
+		seq, dup, err := scanAck(&nats.Msg{Data: []byte(tt.data)})
+		if seq != tt.seq || dup != tt.dup || (err != nil) != tt.err {
+			t.Errorf("%q: seq %d, duplicate %v, err %v; want %d, %v, error %v", tt.data, seq, dup, err, tt.seq, tt.dup, tt.err)
 		}
+	}
+}
+
+// TestPublishPartly: messages sent without a reply are stored in order
+// between their confirmed neighbours, whose sequences tell how many were
+// stored; one JetStream refuses is dropped without a word, and the gap
+// shows.
+func TestPublishPartly(t *testing.T) {
+	_, _, js, p := setUp(t)
+	confirm := make([]bool, 10)
+	confirm[0], confirm[9] = true, true
+	b := p.PublishPartly(msgs("t.a", "r", 0, 9), confirm)
+	if err := wait(t, b); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.Seq(9) - b.Seq(0); got != 9 {
+		t.Fatalf("sequences %d and %d: want 9 apart", b.Seq(0), b.Seq(9))
+	}
+	if !errors.Is(b.MessageErr(5), ErrUnconfirmed) || b.Seq(5) != 0 || b.MessageErr(9) != nil {
+		t.Fatalf("unconfirmed message: err %v, seq %d; confirmed: %v", b.MessageErr(5), b.Seq(5), b.MessageErr(9))
+	}
+	if n := len(storedIDs(t, js)); n != 10 {
+		t.Fatalf("%d stored, want 10", n)
+	}
+
+	// The stream takes at most 1 KiB: the third message is refused.
+	ms := msgs("t.a", "s", 0, 4)
+	ms[2].Data = make([]byte, 2048)
+	b = p.PublishPartly(ms, []bool{true, false, false, false, true})
+	if err := wait(t, b); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.Seq(4) - b.Seq(0); got != 3 {
+		t.Fatalf("sequences %d apart around a refused unconfirmed message, want 3", got)
+	}
+
+	// Every message unconfirmed: the batch is done at once.
+	b = p.PublishPartly(msgs("t.a", "u", 0, 2), make([]bool, 3))
+	select {
+	case <-b.Done():
+	default:
+		t.Fatal("a batch without confirmed messages is not done")
 	}
 }
 
