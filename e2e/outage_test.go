@@ -281,7 +281,7 @@ func storedAgain(t *testing.T, h *Harness, eventID string, class bus.Class, room
 	h.Eventually(func() bool {
 		repush(t, h, eventID)
 		last, err := s.GetLastMsgForSubject(h.Ctx, subject)
-		return err == nil && last.Sequence > first.Sequence && last.Header.Get(bus.HeaderMsgID) == eventID
+		return err == nil && last.Sequence > first.Sequence && last.Header.Get(bus.HeaderEventID) == eventID
 	}, 30*time.Second, fmt.Sprintf("event %s stored again after the duplicate window", eventID))
 }
 

@@ -390,7 +390,7 @@ func TestDLQReplayGatewayDeadLetters(t *testing.T) {
 		t.Fatal(err)
 	}
 	m, err := events.GetLastMsgForSubject(ctx, (bus.Topology{}).StoredSubject(bus.ClassBot, room))
-	if err != nil || string(m.Data) != good || m.Header.Get(bus.HeaderMsgID) != "$fixed" {
+	if err != nil || string(m.Data) != good || m.Header.Get(bus.HeaderEventID) != "$fixed" {
 		t.Fatalf("replayed event: %v %v", m, err)
 	}
 	if r := ctl(t, vars, "dlq", "list"); !strings.Contains(r.stdout, "gateway") || strings.Count(r.stdout, "\n") != 2 {

@@ -101,7 +101,11 @@ const (
 
 // Headers set on messages.
 const (
-	HeaderMsgID     = "Nats-Msg-Id"
+	HeaderMsgID = "Nats-Msg-Id"
+	// HeaderEventID is an event message's event id. It is not its
+	// Nats-Msg-Id: the event stream keeps no duplicate window of event
+	// ids (see txns.go).
+	HeaderEventID   = "Cactus-Event-Id"
 	HeaderTxnID     = "Cactus-Txn-Id"
 	HeaderEventType = "Cactus-Event-Type"
 	HeaderReason    = "Cactus-Dlq-Reason"

@@ -11,7 +11,7 @@ import (
 // most one message each, {"events":[...]}, on SubjectTxns in StreamTxns,
 // deduplicated by a hash of the chunk's bytes. One gateway replica at a
 // time, the splitter, reads them in order and publishes every event to its
-// event subject (EventSubject, deduplicated by event id) before
+// event subject (EventSubject, one message per event) before
 // acknowledging the transaction message, which the work queue then
 // deletes. The splitter is a partitioned consumer group of one partition
 // (pkg/partition): its replicas are hot standbys, and its lease lives in a

@@ -27,9 +27,9 @@
 //  4. The splitter (split.go), running in every replica and active in one
 //     at a time, reads the transaction messages in stream order, judges
 //     each event as RouteEvent does, and publishes it to its event subject
-//     in CACTUS_EVENTS with Nats-Msg-Id = event id (or dead-letters it). It
-//     acknowledges a transaction message, which leaves the work queue,
-//     only once every event of it is stored.
+//     in CACTUS_EVENTS with its event id in Cactus-Event-Id (or
+//     dead-letters it). It acknowledges a transaction message, which
+//     leaves the work queue, only once every event of it is stored.
 //
 // Workers read CACTUS_EVENTS as before; cactus_gateway_split_duration_seconds
 // is what they wait beyond the homeserver's 200.
@@ -42,8 +42,12 @@
 // cluster), in a stream that never ages a message out and refuses new ones
 // when full rather than dropping old ones. A transaction message leaves
 // the stream only when the splitter acknowledges it, after every one of
-// its events has its own PubAck in the event stream or the dead-letter
-// stream. So from the 200 on, each event is in the transaction stream, the
+// its events is known to be stored in the event stream or the dead-letter
+// stream: by its own PubAck, or, for the events a transaction's first and
+// last enclose (sent without a reply, which halves what JetStream spends
+// per event), by those two being exactly as many sequences apart as there
+// are events between them; any gap is read back and what is missing is
+// sent again with acks (unconfirmedStored). So from the 200 on, each event is in the transaction stream, the
 // event stream or the dead-letter stream, whatever fails:
 //
 //   - NATS unreachable or disconnected: 503 at once; nothing acknowledged.
@@ -60,9 +64,9 @@
 //   - The active splitter killed mid-transaction: its unacknowledged
 //     transaction messages are redelivered (bus.SplitterAckWait after its
 //     last sign of life) to the next active replica, which takes over once
-//     the dead one's lease expires (bus.LeaseTTL of it). Republishing the
-//     events stored before the kill costs nothing: the event stream
-//     deduplicates them by event id.
+//     the dead one's lease expires (bus.LeaseTTL of it) and splits them
+//     again: the events stored before the kill are stored a second time,
+//     and the workers' done markers recognise them.
 //   - The event stream refusing events (missing, full, NATS refusing): the
 //     splitter holds the transaction, retries with backoff, and /readyz
 //     says "splitter cannot store events"; transactions queue in their
@@ -72,14 +76,17 @@
 //
 // # Duplicates and order
 //
-// An identical retry (Synapse resends the same body) within the duplicate
-// window (bus.DuplicateWindow, the same for the transaction and the event
-// stream) is a duplicate transaction message: nothing is split twice. A
-// retry with new events merged in (Dendrite) is a new message; its old
-// events are duplicates in the event stream's window. A retry after the
-// window is split again and its events are stored again; the workers'
-// effectively-once rules (done markers) apply, as for any redelivery. The
-// transaction id is never the deduplication key, for the same reason.
+// An identical retry (Synapse resends the same body) within the
+// transaction stream's duplicate window (bus.DuplicateWindow) is a
+// duplicate transaction message: nothing is split twice. A retry with new
+// events merged in (Dendrite) is a new message, and so is a retry after
+// the window: it is split again and its events are stored again. The
+// event stream keeps no window of event ids: that would cost nats-server
+// a map entry (about 350 B) and its upkeep for every event, to save what
+// only failures and retries cause. The workers' effectively-once rules
+// (done markers) apply to an event stored twice as to any redelivery. The
+// transaction id is never the deduplication key: Dendrite reuses it with
+// other events.
 //
 // One splitter at a time reads the transaction stream in order, and
 // publishes on one connection, which JetStream stores in arrival order:

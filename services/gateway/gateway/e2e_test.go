@@ -223,7 +223,7 @@ func inviteOf(t *testing.T, hs *hssim.Server, room string) string {
 func subjectOf(t *testing.T, e *env, eventID string) string {
 	t.Helper()
 	for _, m := range e.stored(bus.StreamEvents) {
-		if m.Header.Get(bus.HeaderMsgID) == eventID {
+		if m.Header.Get(bus.HeaderEventID) == eventID {
 			return m.Subject
 		}
 	}

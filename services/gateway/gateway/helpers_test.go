@@ -361,12 +361,12 @@ func (e *env) streamMsgs(stream string) []jetstream.RawStreamMsg {
 	return out
 }
 
-// eventIDs lists the Nats-Msg-Id of the event stream's messages in order.
+// eventIDs lists the event ids (Cactus-Event-Id) of the event stream's messages in order.
 func (e *env) eventIDs() []string {
 	e.t.Helper()
 	var ids []string
 	for _, m := range e.stored(bus.StreamEvents) {
-		ids = append(ids, m.Header.Get(bus.HeaderMsgID))
+		ids = append(ids, m.Header.Get(bus.HeaderEventID))
 	}
 	return ids
 }

@@ -37,7 +37,7 @@ type metrics struct {
 	txnDuration      prometheus.Histogram
 	txnEvents        prometheus.Histogram
 	eventsPublished  map[bus.Class]prometheus.Counter
-	eventsDuplicate  prometheus.Counter
+	splitUnconfirmed prometheus.Counter
 	eventsRepeated   prometheus.Counter
 	deadLettered     prometheus.Counter
 	publishFailures  *prometheus.CounterVec
@@ -81,9 +81,9 @@ func newMetrics(reg prometheus.Registerer, bodies *bodyBudget) (*metrics, error)
 			Help:    "Events per transaction.",
 			Buckets: []float64{0, 1, 2, 5, 10, 25, 50, 100, 250, 1000},
 		}),
-		eventsDuplicate: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: ns, Subsystem: sub, Name: "events_duplicate_total",
-			Help: "Events the event stream already had (a retried transaction, or a transaction split again after a splitter stopped); counted as stored.",
+		splitUnconfirmed: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "split_unconfirmed_total",
+			Help: "Events the splitter sent without an ack and did not find stored (JetStream refused them, or the connection failed); sent again with acks.",
 		}),
 		splitState: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: ns, Subsystem: sub, Name: "splitter_state",
@@ -190,7 +190,7 @@ func newMetrics(reg prometheus.Registerer, bodies *bodyBudget) (*metrics, error)
 		m.userQueries.WithLabelValues(o)
 	}
 	for _, c := range []prometheus.Collector{
-		inFlight, m.transactions, m.txnInFlight, m.txnDuration, m.txnEvents, published, m.eventsDuplicate, m.eventsRepeated, m.deadLettered,
+		inFlight, m.transactions, m.txnInFlight, m.txnDuration, m.txnEvents, published, m.splitUnconfirmed, m.eventsRepeated, m.deadLettered,
 		m.publishFailures, m.aliasQueries, m.aliasDuration, m.userQueries, m.userDuration,
 		m.authFailures, m.pings, m.homeserverPinged, txnMessages,
 		m.splitState, m.splitBacklog, m.splitDelay, m.txnsSplit, m.splitFailures,

@@ -45,7 +45,7 @@ func TestMetrics(t *testing.T) {
 		"cactus_gateway_transactions_total{outcome=not_json}":           1,
 		"cactus_gateway_transaction_duration_seconds":                   3,
 		"cactus_gateway_events_published_total{class=bot}":              2,
-		"cactus_gateway_events_duplicate_total":                         1,
+		"cactus_gateway_split_unconfirmed_total":                        0,
 		"cactus_gateway_events_dead_lettered_total":                     2, // {"type":"x"} and the body "{"
 		"cactus_gateway_user_queries_total{outcome=exists}":             1,
 		"cactus_gateway_user_queries_total{outcome=not_found}":          1,

@@ -59,8 +59,8 @@ func decodeEvent(raw []byte) rawEvent {
 
 // ReplayDeadLetter sends a gateway dead letter back through the gateway's
 // own checks (RouteEvent): if the event now passes (a stream limit was
-// raised, a bug fixed), it is stored on its event subject, deduplicated by
-// its event id as the gateway stores it; if not, the error says why and
+// raised, a bug fixed), it is stored on its event subject as the splitter
+// stores it, and deduplicated by its event id; if not, the error says why and
 // nothing is published. bot is the bot's user id (CACTUS_USER_ID), which
 // routing depends on. The caller deletes the dead letter once this
 // succeeds.
@@ -84,6 +84,9 @@ func ReplayDeadLetter(ctx context.Context, js jetstream.JetStream, bot string, d
 func publishRoute(ctx context.Context, js jetstream.JetStream, route Route, raw []byte, txnID string) error {
 	m := &nats.Msg{Subject: route.Subject, Data: raw}
 	setHeaders(m, route.EventID, headerValue(txnID), route.Type)
+	// Replays are few: deduplicated by event id within the stream's
+	// window, a replay repeated after a failure stores nothing twice.
+	m.Header.Set(bus.HeaderMsgID, route.EventID)
 	if _, err := js.PublishMsg(ctx, m); err != nil {
 		return fmt.Errorf("publish to %s: %w", route.Subject, err)
 	}

@@ -67,7 +67,7 @@ func TestReplayDeadLetter(t *testing.T) {
 		t.Fatalf("route %+v, want subject %s", route, want)
 	}
 	msgs := e.stored(bus.StreamEvents)
-	if len(msgs) != 1 || string(msgs[0].Data) != big || msgs[0].Header.Get(bus.HeaderMsgID) != "$replayed" ||
+	if len(msgs) != 1 || string(msgs[0].Data) != big || msgs[0].Header.Get(bus.HeaderEventID) != "$replayed" ||
 		msgs[0].Header.Get(bus.HeaderTxnID) != "r1" || msgs[0].Subject != (bus.Topology{}).StoredSubject(bus.ClassBot, "!r:example.org") {
 		t.Fatalf("event stream after the replay: %d messages", len(msgs))
 	}

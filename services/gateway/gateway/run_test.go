@@ -161,7 +161,7 @@ func TestRunGracefulShutdown(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ids = append(ids, m.Header.Get(bus.HeaderMsgID))
+		ids = append(ids, m.Header.Get(bus.HeaderEventID))
 	}
 	if !slices.Equal(ids, []string{"$inflight1", "$inflight2"}) {
 		t.Fatalf("stored %v", ids)

@@ -25,8 +25,8 @@ import (
 //
 // It reads transaction messages in stream order and, for each, judges
 // every event as RouteEvent does (checkEvent: the consumers' validation
-// and classification) and publishes it to its event subject with
-// Nats-Msg-Id = event id, or dead-letters it. It does not wait for one
+// and classification) and publishes it to its event subject, or
+// dead-letters it. It does not wait for one
 // transaction's acks before publishing the next: up to splitWindow
 // transactions are in flight on one connection, and since one connection
 // publishes in order and JetStream stores in arrival order, the event
@@ -35,7 +35,8 @@ import (
 // of its events is stored (or was already, or is dead-lettered); a
 // failure holds it and retries its unstored events in place. What the
 // splitter had not acknowledged when it died is redelivered to the next
-// one, whose republishing JetStream deduplicates by event id.
+// one, which stores them again (the workers' done markers recognise
+// events stored twice).
 
 const (
 	// splitWindow bounds the transaction messages being split at once
@@ -48,6 +49,9 @@ const (
 	splitMaxBackoff = 5 * time.Second
 	// maxCachedRooms bounds the splitter's cache of room subjects.
 	maxCachedRooms = 4096
+	// maxReadBack bounds the messages the splitter reads back to find
+	// which events sent without an ack were stored.
+	maxReadBack = 4096
 )
 
 // Splitter states, the label values of cactus_gateway_splitter_state.
@@ -230,8 +234,9 @@ type splitItem struct {
 	kinds []int8
 	batch *jspub.Batch
 	// What was stored, for the metrics.
-	published    [3]int
-	dups, deadLt int
+	published   [3]int
+	deadLt      int
+	unconfirmed int
 }
 
 const kindDeadLetter int8 = -1
@@ -239,6 +244,36 @@ const kindDeadLetter int8 = -1
 func (it *splitItem) add(m *nats.Msg, kind int8) {
 	it.msgs = append(it.msgs, m)
 	it.kinds = append(it.kinds, kind)
+}
+
+// publish publishes what is left of it. A transaction's first attempt
+// asks JetStream to acknowledge only its first and last event (and every
+// dead letter): the events between are sent without a reply. One
+// connection's messages are stored in the order sent, so when the first
+// and last are stored exactly as many sequences apart as there are
+// events between them, every one of those is stored (settle). An ack
+// costs JetStream about as much as storing the event; this halves what a
+// transaction costs it. Retries ask for every ack.
+func (s *splitter) publish(it *splitItem) {
+	first, last, events := -1, -1, 0
+	for i, k := range it.kinds {
+		if k != kindDeadLetter {
+			if first < 0 {
+				first = i
+			}
+			last = i
+			events++
+		}
+	}
+	if it.batch != nil || events < 3 {
+		it.batch = s.pub.Publish(it.msgs)
+		return
+	}
+	confirm := make([]bool, len(it.msgs))
+	for i, k := range it.kinds {
+		confirm[i] = k == kindDeadLetter || i == first || i == last
+	}
+	it.batch = s.pub.PublishPartly(it.msgs, confirm)
 }
 
 // splitRun is one run of consume: a reading goroutine that fetches,
@@ -263,6 +298,9 @@ type splitRun struct {
 	held []jetstream.Msg // in stream order
 	// pending is how many transactions the last fetched one had behind it.
 	pending uint64
+	// recovered are the transaction messages recoverLost split whose
+	// delivery has not come yet (reading goroutine only).
+	recovered map[uint64]bool
 	// paused is open while the oldest transaction fails: the reader then
 	// publishes no later one, so that as few as possible overtake it.
 	paused chan struct{}
@@ -380,9 +418,14 @@ func (r *splitRun) read(fetchWait time.Duration) error {
 			r.held, r.pending = append(r.held, m), pending
 			r.s.g.metrics.splitBacklog.Set(float64(r.pending) + float64(len(r.held)))
 			r.mu.Unlock()
-			if r.waitUnpaused() {
+			switch {
+			case r.recovered[it.seq]:
+				// Split from the stream before: acknowledged as it is.
+				delete(r.recovered, it.seq)
+				it.batch = r.s.pub.Publish(nil)
+			case r.waitUnpaused():
 				r.s.route(it, m.Data(), headerValue(m.Headers().Get(bus.HeaderTxnID)))
-				it.batch = r.s.pub.Publish(it.msgs)
+				r.s.publish(it)
 			}
 			r.queue <- it // never blocks: a slot is held for it
 		}
@@ -401,8 +444,8 @@ const maxLost = 4 * splitWindow
 // a pull request, and it was lost on the way (the server restarted, the
 // connection dropped). It would come back only after AckWait, behind
 // newer transactions: out of the homeserver's order. Read directly from
-// the stream, it is split in its place, and its redelivery, when it comes,
-// stores nothing new (every event is a duplicate).
+// the stream, it is split in its place, and its redelivery, when it comes
+// in this run, is acknowledged without splitting it again.
 func (r *splitRun) recoverLost(seq uint64) {
 	if seq == 0 {
 		return
@@ -429,7 +472,11 @@ func (r *splitRun) recoverLost(seq uint64) {
 		it := &splitItem{seq: q, stored: raw.Time}
 		if r.waitUnpaused() {
 			r.s.route(it, raw.Data, headerValue(raw.Header.Get(bus.HeaderTxnID)))
-			it.batch = r.s.pub.Publish(it.msgs)
+			r.s.publish(it)
+			if r.recovered == nil {
+				r.recovered = map[uint64]bool{}
+			}
+			r.recovered[q] = true
 			r.queue <- it
 		}
 	}
@@ -518,7 +565,7 @@ func (r *splitRun) finish(it *splitItem) bool {
 			}
 		}
 		deadline.Stop()
-		failure := r.s.settle(it)
+		failure := r.s.settle(r.ctx, it)
 		if len(it.msgs) == 0 {
 			r.unpause()
 			return true
@@ -545,7 +592,7 @@ func (r *splitRun) finish(it *splitItem) bool {
 			}
 			backoff = min(2*backoff, splitMaxBackoff)
 		}
-		it.batch = r.s.pub.Publish(it.msgs)
+		r.s.publish(it)
 	}
 }
 
@@ -600,22 +647,31 @@ func (s *splitter) route(it *splitItem, data []byte, txnID string) {
 // becomes a dead letter (resending cannot change its mind, and holding it
 // would hold every transaction behind it); any other failure is returned,
 // to be retried.
-func (s *splitter) settle(it *splitItem) error {
+func (s *splitter) settle(ctx context.Context, it *splitItem) error {
 	var failure error
+	present := s.unconfirmedStored(ctx, it)
+	reconfirm := 0
 	left, kinds := it.msgs[:0:0], it.kinds[:0:0]
 	for i, m := range it.msgs {
 		err := it.batch.MessageErr(i)
+		if errors.Is(err, jspub.ErrUnconfirmed) {
+			if present(m) {
+				err = nil
+			} else {
+				reconfirm++
+			}
+		}
 		switch {
 		case err == nil && it.kinds[i] == kindDeadLetter:
 			it.deadLt++
 		case err == nil:
 			it.published[it.kinds[i]]++
-			if it.batch.Duplicate(i) {
-				it.dups++
-			}
+		case errors.Is(err, jspub.ErrUnconfirmed):
+			left = append(left, m)
+			kinds = append(kinds, it.kinds[i])
 		case it.kinds[i] != kindDeadLetter && bus.IsPermanentPublishError(err):
 			reason := "refused for good by JetStream: " + err.Error()
-			s.g.log.Warn("splitter: event refused for good, sent to the dead-letter stream", "event_id", logID(m.Header.Get(bus.HeaderMsgID)), "reason", reason)
+			s.g.log.Warn("splitter: event refused for good, sent to the dead-letter stream", "event_id", logID(m.Header.Get(bus.HeaderEventID)), "reason", reason)
 			left = append(left, gatewayDeadLetter(m.Subject, reason, m.Data, m.Header))
 			kinds = append(kinds, kindDeadLetter)
 		default:
@@ -626,8 +682,71 @@ func (s *splitter) settle(it *splitItem) error {
 			kinds = append(kinds, it.kinds[i])
 		}
 	}
+	if reconfirm > 0 {
+		// Not stored, or not known to be: sent again with acks. One
+		// stored after all is stored twice, which the workers' done
+		// markers recognise.
+		it.unconfirmed += reconfirm
+		s.g.metrics.splitUnconfirmed.Add(float64(reconfirm))
+		s.g.log.Warn("splitter: events sent without an ack are not known to be stored; sending them again with acks",
+			"seq", it.seq, "events", reconfirm)
+	}
 	it.msgs, it.kinds = left, kinds
 	return failure
+}
+
+// unconfirmed reports, for the events it's batch sent without an ack,
+// whether each is stored. The first and last events were sent with acks,
+// and one connection's messages are stored in the order sent: when those
+// two are stored exactly as many sequences apart as there are events from
+// one to the other, so is every event between them (only another writer
+// filling a refused event's place with exactly as many messages in that
+// instant could hide a gap). Otherwise the messages between the two are
+// read back and matched by event id, and those not there are sent again.
+// Without both acks, every unconfirmed event is sent again.
+func (s *splitter) unconfirmedStored(ctx context.Context, it *splitItem) func(*nats.Msg) bool {
+	none := func(*nats.Msg) bool { return false }
+	first, last, events := -1, -1, 0
+	for i, k := range it.kinds {
+		if k == kindDeadLetter {
+			continue
+		}
+		if first < 0 {
+			first = i
+		}
+		last = i
+		events++
+	}
+	if first < 0 || it.batch.MessageErr(first) != nil || it.batch.MessageErr(last) != nil {
+		return none
+	}
+	a, b := it.batch.Seq(first), it.batch.Seq(last)
+	switch {
+	case a == 0 || b <= a:
+		return none
+	case b-a == uint64(events-1):
+		return func(*nats.Msg) bool { return true }
+	case b-a > uint64(maxReadBack):
+		s.g.log.Warn("splitter: too many messages between a transaction's first and last events to read back; sending the unconfirmed ones again", "seq", it.seq, "from", a, "to", b)
+		return none
+	}
+	stream, err := s.js.Stream(ctx, bus.StreamEvents)
+	if err != nil {
+		return none
+	}
+	ids := make(map[string]bool, b-a)
+	for q := a + 1; q < b; q++ {
+		m, err := stream.GetMsg(ctx, q)
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+		case err != nil:
+			s.g.log.Warn("splitter: cannot read back events sent without an ack; sending them again", "seq", it.seq, "err", err)
+			return none
+		default:
+			ids[m.Header.Get(bus.HeaderEventID)] = true
+		}
+	}
+	return func(m *nats.Msg) bool { return ids[m.Header.Get(bus.HeaderEventID)] }
 }
 
 // split counts a transaction message whose events are all stored.
@@ -637,9 +756,6 @@ func (s *splitter) split(it *splitItem) {
 		if it.published[i] > 0 {
 			mt.eventsPublished[c].Add(float64(it.published[i]))
 		}
-	}
-	if it.dups > 0 {
-		mt.eventsDuplicate.Add(float64(it.dups))
 	}
 	if it.deadLt > 0 {
 		mt.deadLettered.Add(float64(it.deadLt))
@@ -653,6 +769,6 @@ func (s *splitter) split(it *splitItem) {
 	s.setState(splitActive, nil)
 	if s.g.log.Enabled(context.Background(), slog.LevelDebug) {
 		s.g.log.Debug("transaction split", "seq", it.seq,
-			"events", it.published[0]+it.published[1]+it.published[2], "duplicates", it.dups, "dead_lettered", it.deadLt)
+			"events", it.published[0]+it.published[1]+it.published[2], "stored_again", it.unconfirmed, "dead_lettered", it.deadLt)
 	}
 }

@@ -119,7 +119,7 @@ func checkRouted(t *testing.T, raw []byte, m *nats.Msg, kind int8) {
 		t.Fatalf("%q: RouteEvent routes it to %s, the splitter dead-letters it (%s)", raw, route.Subject, m.Header.Get(bus.HeaderReason))
 	case m.Subject != route.Subject || !bytes.Equal(m.Data, routed) || int(kind) != classIndex(route.Class):
 		t.Fatalf("%q: splitter %s class %d, RouteEvent %s class %s", raw, m.Subject, kind, route.Subject, route.Class)
-	case m.Header.Get(bus.HeaderMsgID) != route.EventID || m.Header.Get(bus.HeaderEventType) != route.Type:
-		t.Fatalf("%q: splitter id %q type %q, RouteEvent %q %q", raw, m.Header.Get(bus.HeaderMsgID), m.Header.Get(bus.HeaderEventType), route.EventID, route.Type)
+	case m.Header.Get(bus.HeaderEventID) != route.EventID || m.Header.Get(bus.HeaderEventType) != route.Type:
+		t.Fatalf("%q: splitter id %q type %q, RouteEvent %q %q", raw, m.Header.Get(bus.HeaderEventID), m.Header.Get(bus.HeaderEventType), route.EventID, route.Type)
 	}
 }

@@ -323,12 +323,12 @@ func checkEvent(e *rawEvent, roomID, bot string, maxEvent int) (bus.Class, strin
 func setHeaders(m *nats.Msg, eventID, txnID, eventType string) {
 	if m.Header == nil {
 		m.Header = nats.Header{
-			bus.HeaderMsgID:     make([]string, 1),
+			bus.HeaderEventID:   make([]string, 1),
 			bus.HeaderTxnID:     make([]string, 1),
 			bus.HeaderEventType: make([]string, 1),
 		}
 	}
-	m.Header[bus.HeaderMsgID][0] = eventID
+	m.Header[bus.HeaderEventID][0] = eventID
 	m.Header[bus.HeaderTxnID][0] = txnID
 	m.Header[bus.HeaderEventType][0] = eventType
 }
