@@ -46,8 +46,8 @@
 // stream: by its own PubAck, or, for the events a transaction's first and
 // last enclose (sent without a reply, which halves what JetStream spends
 // per event), by those two being exactly as many sequences apart as there
-// are events between them; any gap is read back and what is missing is
-// sent again with acks (unconfirmedStored). So from the 200 on, each event is in the transaction stream, the
+// are events between them; after a gap they are all sent again with acks
+// (unconfirmedStored). So from the 200 on, each event is in the transaction stream, the
 // event stream or the dead-letter stream, whatever fails:
 //
 //   - NATS unreachable or disconnected: 503 at once; nothing acknowledged.

@@ -83,7 +83,7 @@ func newMetrics(reg prometheus.Registerer, bodies *bodyBudget) (*metrics, error)
 		}),
 		splitUnconfirmed: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "split_unconfirmed_total",
-			Help: "Events the splitter sent without an ack and did not find stored (JetStream refused them, or the connection failed); sent again with acks.",
+			Help: "Events the splitter sent without an ack and could not confirm as stored (JetStream refused one of a transaction's, or NATS failed mid-transaction); sent again with acks, so some may be stored twice.",
 		}),
 		splitState: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: ns, Subsystem: sub, Name: "splitter_state",

@@ -49,9 +49,6 @@ const (
 	splitMaxBackoff = 5 * time.Second
 	// maxCachedRooms bounds the splitter's cache of room subjects.
 	maxCachedRooms = 4096
-	// maxReadBack bounds the messages the splitter reads back to find
-	// which events sent without an ack were stored.
-	maxReadBack = 4096
 )
 
 // Splitter states, the label values of cactus_gateway_splitter_state.
@@ -565,7 +562,7 @@ func (r *splitRun) finish(it *splitItem) bool {
 			}
 		}
 		deadline.Stop()
-		failure := r.s.settle(r.ctx, it)
+		failure := r.s.settle(it)
 		if len(it.msgs) == 0 {
 			r.unpause()
 			return true
@@ -647,15 +644,15 @@ func (s *splitter) route(it *splitItem, data []byte, txnID string) {
 // becomes a dead letter (resending cannot change its mind, and holding it
 // would hold every transaction behind it); any other failure is returned,
 // to be retried.
-func (s *splitter) settle(ctx context.Context, it *splitItem) error {
+func (s *splitter) settle(it *splitItem) error {
 	var failure error
-	present := s.unconfirmedStored(ctx, it)
+	stored := s.unconfirmedStored(it)
 	reconfirm := 0
 	left, kinds := it.msgs[:0:0], it.kinds[:0:0]
 	for i, m := range it.msgs {
 		err := it.batch.MessageErr(i)
 		if errors.Is(err, jspub.ErrUnconfirmed) {
-			if present(m) {
+			if stored {
 				err = nil
 			} else {
 				reconfirm++
@@ -683,9 +680,8 @@ func (s *splitter) settle(ctx context.Context, it *splitItem) error {
 		}
 	}
 	if reconfirm > 0 {
-		// Not stored, or not known to be: sent again with acks. One
-		// stored after all is stored twice, which the workers' done
-		// markers recognise.
+		// Not known to be stored: sent again with acks. One stored after
+		// all is stored twice, which the workers' done markers recognise.
 		it.unconfirmed += reconfirm
 		s.g.metrics.splitUnconfirmed.Add(float64(reconfirm))
 		s.g.log.Warn("splitter: events sent without an ack are not known to be stored; sending them again with acks",
@@ -695,17 +691,17 @@ func (s *splitter) settle(ctx context.Context, it *splitItem) error {
 	return failure
 }
 
-// unconfirmed reports, for the events it's batch sent without an ack,
-// whether each is stored. The first and last events were sent with acks,
-// and one connection's messages are stored in the order sent: when those
-// two are stored exactly as many sequences apart as there are events from
-// one to the other, so is every event between them (only another writer
-// filling a refused event's place with exactly as many messages in that
-// instant could hide a gap). Otherwise the messages between the two are
-// read back and matched by event id, and those not there are sent again.
-// Without both acks, every unconfirmed event is sent again.
-func (s *splitter) unconfirmedStored(ctx context.Context, it *splitItem) func(*nats.Msg) bool {
-	none := func(*nats.Msg) bool { return false }
+// unconfirmedStored reports whether the events it's batch sent without an
+// ack are stored. The first and last events were sent with acks, and one
+// connection's messages are stored in the order sent: when those two are
+// stored exactly as many sequences apart as there are events from one to
+// the other, so is every event between them. A gap (JetStream refused one,
+// silently without a reply subject) or no ack for either end, and every
+// unconfirmed event is sent again with acks: the gateway may not read the
+// event stream back, and an event stored twice is recognised by the
+// workers' done markers. (Another writer filling a refused event's place
+// with exactly as many messages in that instant could hide a gap.)
+func (s *splitter) unconfirmedStored(it *splitItem) bool {
 	first, last, events := -1, -1, 0
 	for i, k := range it.kinds {
 		if k == kindDeadLetter {
@@ -718,35 +714,10 @@ func (s *splitter) unconfirmedStored(ctx context.Context, it *splitItem) func(*n
 		events++
 	}
 	if first < 0 || it.batch.MessageErr(first) != nil || it.batch.MessageErr(last) != nil {
-		return none
+		return false
 	}
 	a, b := it.batch.Seq(first), it.batch.Seq(last)
-	switch {
-	case a == 0 || b <= a:
-		return none
-	case b-a == uint64(events-1):
-		return func(*nats.Msg) bool { return true }
-	case b-a > uint64(maxReadBack):
-		s.g.log.Warn("splitter: too many messages between a transaction's first and last events to read back; sending the unconfirmed ones again", "seq", it.seq, "from", a, "to", b)
-		return none
-	}
-	stream, err := s.js.Stream(ctx, bus.StreamEvents)
-	if err != nil {
-		return none
-	}
-	ids := make(map[string]bool, b-a)
-	for q := a + 1; q < b; q++ {
-		m, err := stream.GetMsg(ctx, q)
-		switch {
-		case errors.Is(err, jetstream.ErrMsgNotFound):
-		case err != nil:
-			s.g.log.Warn("splitter: cannot read back events sent without an ack; sending them again", "seq", it.seq, "err", err)
-			return none
-		default:
-			ids[m.Header.Get(bus.HeaderEventID)] = true
-		}
-	}
-	return func(m *nats.Msg) bool { return ids[m.Header.Get(bus.HeaderEventID)] }
+	return a > 0 && b > a && b-a == uint64(events-1)
 }
 
 // split counts a transaction message whose events are all stored.
