@@ -539,7 +539,9 @@ func (r *runner) attempt(it *item) (retry time.Duration) {
 		o.Metrics.duration.WithLabelValues(o.Consumer).Observe(time.Since(start).Seconds())
 	}
 	log := o.Log.With("consumer", o.Consumer, "subject", it.m.Subject(), "seq", it.seq, "attempt", n)
-	if id := it.m.Headers().Get(bus.HeaderMsgID); id != "" {
+	if id := it.m.Headers().Get(bus.HeaderEventID); id != "" {
+		log = log.With("event_id", id)
+	} else if id := it.m.Headers().Get(bus.HeaderMsgID); id != "" {
 		log = log.With("msg_id", id)
 	}
 
