@@ -82,6 +82,9 @@ func (t Topology) SplitterConsumer() ConsumerSpec {
 	spec := t.SplitterGroup().ConsumerSpecs()[0]
 	spec.Config.Description = "The splitter: transactions to the event stream, one gateway at a time"
 	spec.Config.FilterSubject = SubjectTxns
+	// The replica that stored a transaction message usually splits it
+	// too, from its own copy: JetStream need not send the bytes back.
+	spec.Config.HeadersOnly = true
 	return spec
 }
 

@@ -129,7 +129,7 @@ func newGateway(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer,
 		pingRetry:      defaultPingRetry,
 	}
 	g.maxEvent, g.maxChunk = maxEventSize(nc), maxChunkSize(nc)
-	g.split = &splitter{g: g, group: service.Topology(cfg).SplitterGroup(), popts: o.split, nc: o.splitConn}
+	g.split = &splitter{g: g, group: service.Topology(cfg).SplitterGroup(), popts: o.split, nc: o.splitConn, handoff: newHandoff()}
 	g.split.setState(splitStandby, nil)
 	g.ask = g.askNATS
 	g.handler = g.routes()

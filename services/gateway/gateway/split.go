@@ -71,6 +71,8 @@ type splitter struct {
 	nc  *nats.Conn
 	js  jetstream.JetStream
 	pub *jspub.Publisher
+	// handoff holds what this replica's handler stored, while it splits.
+	handoff *handoff
 
 	mu sync.Mutex
 	// state is one of splitStates; err why it fails.
@@ -130,6 +132,13 @@ func (s *splitter) setState(state string, err error) {
 		}
 		s.g.metrics.splitState.WithLabelValues(st).Set(v)
 	}
+}
+
+// active reports whether this replica splits.
+func (s *splitter) active() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.state != splitStandby
 }
 
 // ready is the splitter's part of readiness: a splitter that cannot store
@@ -367,6 +376,7 @@ func (s *splitter) consume(ctx context.Context, consumer string) error {
 	stop := context.AfterFunc(ctx, func() { time.AfterFunc(grace, func() { close(r.graceOver) }) })
 	defer stop()
 	s.setState(splitActive, nil)
+	defer s.handoff.drop()
 	defer s.setState(splitStandby, nil)
 	defer s.g.metrics.splitBacklog.Set(0)
 	s.g.log.Info("splitter active: splitting transactions into the event stream")
@@ -421,8 +431,15 @@ func (r *splitRun) read(fetchWait time.Duration) error {
 				delete(r.recovered, it.seq)
 				it.batch = r.s.pub.Publish(nil)
 			case r.waitUnpaused():
-				r.s.route(it, m.Data(), headerValue(m.Headers().Get(bus.HeaderTxnID)))
-				r.s.publish(it)
+				data, ok := r.body(it.seq, m)
+				switch {
+				case !ok: // stopping: given back unpublished
+				case data == nil:
+					it.batch = r.s.pub.Publish(nil)
+				default:
+					r.s.route(it, data, headerValue(m.Headers().Get(bus.HeaderTxnID)))
+					r.s.publish(it)
+				}
 			}
 			r.queue <- it // never blocks: a slot is held for it
 		}
@@ -430,6 +447,46 @@ func (r *splitRun) read(fetchWait time.Duration) error {
 		if err := b.Error(); err != nil && r.ctx.Err() == nil {
 			return fmt.Errorf("splitter: fetch: %w", err)
 		}
+	}
+}
+
+// headerMsgSize marks a delivery of headers only, with the size of the
+// bytes left out.
+const headerMsgSize = "Nats-Msg-Size"
+
+// body returns the bytes of the transaction message m, stream sequence
+// seq. The splitter's consumer delivers headers only: the bytes come from
+// the handoff when this replica stored the message, else from the stream,
+// read until it answers; nil if the stream no longer has it (split
+// already), false once ctx ends first.
+func (r *splitRun) body(seq uint64, m jetstream.Msg) ([]byte, bool) {
+	h := m.Headers()
+	if h.Get(headerMsgSize) == "" {
+		return m.Data(), true // a consumer that delivers bytes
+	}
+	if d, ok := r.s.handoff.take(h.Get(bus.HeaderMsgID)); ok {
+		return d, true
+	}
+	backoff := splitMinBackoff
+	for {
+		raw, err := r.stream.GetMsg(r.ctx, seq)
+		switch {
+		case err == nil:
+			return raw.Data, true
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+			// Split and acknowledged by another splitter meanwhile.
+			return nil, true
+		}
+		if r.ctx.Err() != nil {
+			return nil, false
+		}
+		r.s.g.log.Warn("splitter: cannot read a transaction message; retrying", "seq", seq, "err", err, "in", backoff)
+		select {
+		case <-time.After(backoff):
+		case <-r.ctx.Done():
+			return nil, false
+		}
+		backoff = min(2*backoff, splitMaxBackoff)
 	}
 }
 

@@ -177,6 +177,11 @@ func (g *Gateway) store(ctx context.Context, txnID string, st *txnState) error {
 	ctx, cancel := context.WithTimeout(ctx, g.publishTimeout)
 	defer cancel()
 	n, repeated := g.prepare(txnID, st)
+	if g.split.active() {
+		for k := range n {
+			g.split.handoff.offer(st.msgs[k].Header[bus.HeaderMsgID][0], st.msgs[k].Data)
+		}
+	}
 	b := g.pub.Publish(st.ptrs)
 	if err := b.Wait(ctx); err != nil {
 		g.metrics.publishFailures.WithLabelValues(g.failureReason(ctx, b, n)).Inc()
