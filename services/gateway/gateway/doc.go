@@ -29,7 +29,10 @@
 //     each event as RouteEvent does, and publishes it to its event subject
 //     in CACTUS_EVENTS with its event id in Cactus-Event-Id (or
 //     dead-letters it). It acknowledges a transaction message, which
-//     leaves the work queue, only once every event of it is stored.
+//     leaves the work queue, only once every event of it is stored. Its
+//     consumer delivers headers only: the bytes of what this replica's
+//     handler stored come from the handler's copy (handoff.go), the rest
+//     are read from the stream.
 //
 // Workers read CACTUS_EVENTS as before; cactus_gateway_split_duration_seconds
 // is what they wait beyond the homeserver's 200.

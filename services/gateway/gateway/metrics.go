@@ -57,6 +57,7 @@ type metrics struct {
 	splitDelay    prometheus.Histogram
 	txnsSplit     prometheus.Counter
 	splitFailures prometheus.Counter
+	splitReads    *prometheus.CounterVec
 	partitions    *partition.Metrics
 }
 
@@ -102,6 +103,10 @@ func newMetrics(reg prometheus.Registerer, bodies *bodyBudget) (*metrics, error)
 			Namespace: ns, Subsystem: sub, Name: "transactions_split_total",
 			Help: "Transaction messages whose every event is stored in the event stream (or dead-lettered).",
 		}),
+		splitReads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "split_reads_total",
+			Help: "Transaction messages the splitter took the bytes of: from this replica's own copy (handoff) or, stored by another replica, from the stream (one NATS round trip each).",
+		}, []string{"from"}),
 		splitFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "split_failures_total",
 			Help: "Attempts of the splitter that left events unstored (NATS down or slow, the event stream refusing); the transaction is held and retried.",
@@ -184,6 +189,8 @@ func newMetrics(reg prometheus.Registerer, bodies *bodyBudget) (*metrics, error)
 	for _, r := range []string{"missing", "wrong"} {
 		m.authFailures.WithLabelValues(r)
 	}
+	m.splitReads.WithLabelValues("handoff")
+	m.splitReads.WithLabelValues("stream")
 	for _, o := range []string{queryExists, queryNotFound, queryNotOurs, queryInvalid, queryUnavailable} {
 		m.aliasQueries.WithLabelValues(o)
 		m.aliasDuration.WithLabelValues(o)
@@ -193,7 +200,7 @@ func newMetrics(reg prometheus.Registerer, bodies *bodyBudget) (*metrics, error)
 		inFlight, m.transactions, m.txnInFlight, m.txnDuration, m.txnEvents, published, m.splitUnconfirmed, m.eventsRepeated, m.deadLettered,
 		m.publishFailures, m.aliasQueries, m.aliasDuration, m.userQueries, m.userDuration,
 		m.authFailures, m.pings, m.homeserverPinged, txnMessages,
-		m.splitState, m.splitBacklog, m.splitDelay, m.txnsSplit, m.splitFailures,
+		m.splitState, m.splitBacklog, m.splitDelay, m.txnsSplit, m.splitFailures, m.splitReads,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("gateway metrics: %w", err)

@@ -66,6 +66,9 @@ func TestMetrics(t *testing.T) {
 		"cactus_gateway_splitter_state{state=standby}":                  0,
 		"cactus_gateway_splitter_state{state=failing}":                  0,
 		"cactus_partition_owned{group=gateway-splitter}":                1,
+		// One replica: it splits what it stored from its own copy.
+		"cactus_gateway_split_reads_total{from=handoff}": 2,
+		"cactus_gateway_split_reads_total{from=stream}":  0,
 	}
 	for k, v := range want {
 		if g, ok := got[k]; !ok || g != v {

@@ -465,8 +465,10 @@ func (r *splitRun) body(seq uint64, m jetstream.Msg) ([]byte, bool) {
 		return m.Data(), true // a consumer that delivers bytes
 	}
 	if d, ok := r.s.handoff.take(h.Get(bus.HeaderMsgID)); ok {
+		r.s.g.metrics.splitReads.WithLabelValues("handoff").Inc()
 		return d, true
 	}
+	r.s.g.metrics.splitReads.WithLabelValues("stream").Inc()
 	backoff := splitMinBackoff
 	for {
 		raw, err := r.stream.GetMsg(r.ctx, seq)
