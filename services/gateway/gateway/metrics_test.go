@@ -8,6 +8,7 @@ import (
 // TestMetrics: each kind of request moves the metrics an operator watches.
 func TestMetrics(t *testing.T) {
 	e := newEnv(t)
+	waitFor(t, "the splitter", e.gw.split.active)
 	e.do(http.MethodPut, "/_matrix/app/v1/transactions/1", txnBody(message("$m1", "!r:example.org"), `{"type":"x"}`))
 	e.do(http.MethodPut, "/_matrix/app/v1/transactions/1", txnBody(message("$m1", "!r:example.org")))
 	e.do(http.MethodPut, "/_matrix/app/v1/transactions/2", []byte("{"))
