@@ -54,7 +54,7 @@ func (t Topology) Streams() []jetstream.StreamConfig {
 	return []jetstream.StreamConfig{
 		{
 			Name:        StreamEvents,
-			Description: "Events pushed by the homeserver, deduplicated by event id",
+			Description: "Events pushed by the homeserver, one message per event, on a subject per room",
 			Subjects:    []string{SubjectEventsAll},
 			Storage:     t.storage(),
 			Replicas:    t.replicas(),
