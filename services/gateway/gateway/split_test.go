@@ -411,7 +411,8 @@ func TestSplitterKilledMidTransaction(t *testing.T) {
 	got := e.eventIDs()
 	if len(got) != before+n || !slices.Equal(got[:before], want[:before]) || !slices.Equal(got[before:], want) {
 		t.Fatalf("event stream holds %d events, want the dead splitter's %d and then all %d in order", len(got), before, n)
-	}	// Another replica stored the transaction: read from the stream.
+	}
+	// Another replica stored the transaction: read from the stream.
 	if got := counter(b.gw.metrics.splitReads.WithLabelValues("stream")); got != 1 {
 		t.Errorf("the standby read %v transaction messages from the stream, want 1", got)
 	}
