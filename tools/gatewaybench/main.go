@@ -173,7 +173,10 @@ func Run(ctx context.Context, o options) error {
 		res.DupWindow = d
 		fmt.Println(dupTable(d))
 	}
-	fmt.Fprintf(os.Stderr, "gatewaybench: %s at the end\n", loadavg())
+	end := loadavg()
+	fmt.Fprintf(os.Stderr, "gatewaybench: %s at the end\n", end)
+	// Whatever else ran meanwhile shows in both.
+	res.Config += ", " + end + " at the end"
 	if o.write {
 		return writeDocs(res, o)
 	}
