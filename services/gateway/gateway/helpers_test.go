@@ -423,3 +423,26 @@ func withConfig(f func(*config.Config)) envOption {
 func withGatewayOption(o Option) envOption {
 	return func(_ *env, opts *[]Option) { *opts = append(*opts, o) }
 }
+
+// limitEvents lowers the event stream's message size limit to max under
+// the running gateway, which read the limit at startup and so lets larger
+// events through for JetStream to refuse. restore puts the limit back.
+func (e *env) limitEvents(ctx context.Context, max int32) (restore func()) {
+	e.t.Helper()
+	s, err := e.rt.JS.Stream(ctx, bus.StreamEvents)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cfg := s.CachedInfo().Config
+	small := cfg
+	small.MaxMsgSize = max
+	if _, err := e.rt.JS.UpdateStream(ctx, small); err != nil {
+		e.t.Fatal(err)
+	}
+	return func() {
+		e.t.Helper()
+		if _, err := e.rt.JS.UpdateStream(ctx, cfg); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+}

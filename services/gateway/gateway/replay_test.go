@@ -21,25 +21,14 @@ func TestReplayDeadLetter(t *testing.T) {
 	e := newEnv(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	s, err := e.rt.JS.Stream(ctx, bus.StreamEvents)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := s.CachedInfo().Config
-	small := cfg
-	small.MaxMsgSize = 2048
-	if _, err := e.rt.JS.UpdateStream(ctx, small); err != nil {
-		t.Fatal(err)
-	}
+	restore := e.limitEvents(ctx, 2048)
 	big := hostileEvent("$replayed", `content={"msgtype":"m.text","body":"`+strings.Repeat("b", 3000)+`"}`)
 	spoof := hostileEvent("$spoofed", `Sender="@alice:example.org"`)
 	if status, body := e.do(http.MethodPut, "/_matrix/app/v1/transactions/r1", txnBody(big, spoof)); status != 200 {
 		t.Fatalf("status %d body %s", status, body)
 	}
 	e.splitDone() // refused by the small stream, then dead-lettered
-	if _, err := e.rt.JS.UpdateStream(ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
+	restore()
 	dls := map[string]bus.DeadLetter{}
 	c, err := e.rt.JS.OrderedConsumer(ctx, bus.StreamDLQ, jetstream.OrderedConsumerConfig{})
 	if err != nil {

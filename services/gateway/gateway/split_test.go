@@ -558,17 +558,7 @@ func TestSplitterRefusedWithoutAck(t *testing.T) {
 	e := newEnv(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	s, err := e.rt.JS.Stream(ctx, bus.StreamEvents)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The gateway read the limit at startup: it lets the big event through
-	// and JetStream refuses it.
-	small := s.CachedInfo().Config
-	small.MaxMsgSize = 2048
-	if _, err := e.rt.JS.UpdateStream(ctx, small); err != nil {
-		t.Fatal(err)
-	}
+	e.limitEvents(ctx, 2048)
 	room := "!r:example.org"
 	big := hostileEvent("$big", `content={"msgtype":"m.text","body":"`+strings.Repeat("b", 3000)+`"}`)
 	body := txnBody(message("$1", room), message("$2", room), big, message("$3", room), message("$4", room))
