@@ -84,9 +84,15 @@
 // duplicate transaction message: nothing is split twice. A retry with new
 // events merged in (Dendrite) is a new message, and so is a retry after
 // the window: it is split again and its events are stored again. The
-// event stream keeps no window of event ids: that would cost nats-server
-// a map entry (about 350 B) and its upkeep for every event, to save what
-// only failures and retries cause. The workers' effectively-once rules
+// event stream keeps no window of event ids for most events: that would
+// cost nats-server a map entry (about 350 B) and its upkeep for every
+// event, to save what only failures and retries cause. Moderation events
+// are the exception: few, and the moderation consumer, which handles a
+// site's events concurrently and keeps the decision of the highest stream
+// sequence, must not see a second copy of an old ban stored after the
+// unban that followed it. They keep their event id as Nats-Msg-Id (and
+// always ask for an ack), so JetStream drops such a copy within the
+// window. The workers' effectively-once rules
 // (done markers) apply to an event stored twice as to any redelivery. The
 // transaction id is never the deduplication key: Dendrite reuses it with
 // other events.

@@ -276,8 +276,11 @@ func (s *splitter) publish(it *splitItem) {
 		return
 	}
 	confirm := make([]bool, len(it.msgs))
+	mod := int8(classIndex(bus.ClassModeration))
 	for i, k := range it.kinds {
-		confirm[i] = k == kindDeadLetter || i == first || i == last
+		// A moderation event may be a duplicate JetStream drops (it has
+		// a Nats-Msg-Id): its ack says so, and it takes no sequence.
+		confirm[i] = k == kindDeadLetter || k == mod || i == first || i == last
 	}
 	it.batch = s.pub.PublishPartly(it.msgs, confirm)
 }
@@ -693,6 +696,14 @@ func (s *splitter) route(it *splitItem, data []byte, txnID string) {
 		m := &msgs[i]
 		m.Subject, m.Data = rm.subject(e.class), e.Raw
 		setHeaders(m, e.EventID, txnID, e.Type)
+		if e.class == bus.ClassModeration {
+			// The moderation consumer handles a site's events at once and
+			// keeps the one of the highest stream sequence: a second copy
+			// of an old ban, stored after the unban that followed it,
+			// would win. Moderation events are few; JetStream drops their
+			// copies within the duplicate window.
+			m.Header[bus.HeaderMsgID] = []string{e.EventID}
+		}
 		it.add(m, int8(classIndex(e.class)))
 	}
 	clear(s.events)
@@ -772,8 +783,14 @@ func (s *splitter) unconfirmedStored(it *splitItem) bool {
 		last = i
 		events++
 	}
-	if first < 0 || it.batch.MessageErr(first) != nil || it.batch.MessageErr(last) != nil {
+	if first < 0 || it.batch.MessageErr(first) != nil || it.batch.MessageErr(last) != nil ||
+		it.batch.Duplicate(first) || it.batch.Duplicate(last) {
 		return false
+	}
+	for i := first + 1; i < last; i++ {
+		if it.kinds[i] != kindDeadLetter && it.batch.Duplicate(i) {
+			events-- // dropped: no sequence between first and last
+		}
 	}
 	a, b := it.batch.Seq(first), it.batch.Seq(last)
 	return a > 0 && b > a && b-a == uint64(events-1)

@@ -580,3 +580,29 @@ func TestSplitterRefusedWithoutAck(t *testing.T) {
 		t.Errorf("dead letter %q: %s", r, letters[0].Data)
 	}
 }
+
+// TestModerationEventStoredOnce: a second copy of a ban (a retried
+// transaction, its bytes changed by the homeserver) stored after the
+// unban that followed it would look newer to the moderation consumer,
+// which keeps the decision of the highest stream sequence. Moderation
+// events keep their event id as Nats-Msg-Id and always ask for an ack:
+// the copy is dropped and takes no sequence, so the events around it
+// still check out. Other events are stored again.
+func TestModerationEventStoredOnce(t *testing.T) {
+	e := newEnv(t)
+	room := "!mod:example.org"
+	ban := member("$ban", room, "@owner:example.org", "@spam:example.org", "ban")
+	unban := member("$unban", room, "@owner:example.org", "@spam:example.org", "leave")
+	for i, body := range [][]byte{
+		txnBody(ban, message("$m1", room)),
+		txnBody(unban),
+		txnBody(message("$m2", room), ban, message("$m3", room), message("$m1", room)),
+	} {
+		if status, b := e.do(http.MethodPut, "/_matrix/app/v1/transactions/"+strconv.Itoa(i), body); status != 200 {
+			t.Fatalf("transaction %d: status %d body %s", i, status, b)
+		}
+	}
+	if got, want := e.eventIDs(), []string{"$ban", "$m1", "$unban", "$m2", "$m3", "$m1"}; !slices.Equal(got, want) {
+		t.Fatalf("event stream holds %q, want %q", got, want)
+	}
+}
