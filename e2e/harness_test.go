@@ -655,25 +655,10 @@ func (h *Harness) consumerIdle(stream, consumer string) bool {
 // something did NOT happen.
 func (h *Harness) Quiesce(timeout time.Duration) {
 	h.t.Helper()
-	ctx, cancel := context.WithTimeout(h.Ctx, timeout)
-	defer cancel()
-	for {
-		if err := h.HS.WaitIdle(ctx); err != nil {
-			h.t.Fatalf("quiesce: %v", err)
-		}
-		if h.ModerationDrained() && h.JobsDrained() {
-			// A job can have produced an event the homeserver is about to
-			// push: idle twice in a row means settled.
-			if err := h.HS.WaitIdle(ctx); err == nil && h.ModerationDrained() && h.JobsDrained() {
-				return
-			}
-		}
-		select {
-		case <-ctx.Done():
-			h.t.Fatalf("quiesce: moderation drained %v, jobs drained %v", h.ModerationDrained(), h.JobsDrained())
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
+	h.quiesce(timeout, func() (bool, string) {
+		m, j := h.ModerationDrained(), h.JobsDrained()
+		return m && j, fmt.Sprintf("moderation drained %v, jobs drained %v", m, j)
+	})
 }
 
 // QuiesceJobs is Quiesce without waiting for the moderation consumer: for
@@ -681,20 +666,34 @@ func (h *Harness) Quiesce(timeout time.Duration) {
 // moderation room the bot cannot read yet are retried until it can).
 func (h *Harness) QuiesceJobs(timeout time.Duration) {
 	h.t.Helper()
+	h.quiesce(timeout, func() (bool, string) {
+		j := h.JobsDrained()
+		return j, fmt.Sprintf("jobs drained %v", j)
+	})
+}
+
+// quiesce waits until the homeserver is idle and drained says so, twice
+// in a row: a job can have produced an event the homeserver is about to
+// push.
+func (h *Harness) quiesce(timeout time.Duration, drained func() (bool, string)) {
+	h.t.Helper()
 	ctx, cancel := context.WithTimeout(h.Ctx, timeout)
 	defer cancel()
 	for {
 		if err := h.HS.WaitIdle(ctx); err != nil {
 			h.t.Fatalf("quiesce: %v", err)
 		}
-		if h.JobsDrained() {
-			if err := h.HS.WaitIdle(ctx); err == nil && h.JobsDrained() {
-				return
+		if ok, _ := drained(); ok {
+			if err := h.HS.WaitIdle(ctx); err == nil {
+				if ok, _ := drained(); ok {
+					return
+				}
 			}
 		}
 		select {
 		case <-ctx.Done():
-			h.t.Fatalf("quiesce: jobs drained %v", h.JobsDrained())
+			_, why := drained()
+			h.t.Fatalf("quiesce: %s", why)
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
