@@ -15,6 +15,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cactus-comments/appservice/pkg/bus"
@@ -379,6 +380,29 @@ func (r *Registry) PutRoom(ctx context.Context, room Room) error {
 		return wrap("put room", room.RoomID, err)
 	}
 	return indexErr
+}
+
+// RoomMsgs is PutRoom as two messages, the room and its room-id index
+// entry, for a caller that pipelines them: it publishes both, does
+// something else (messages of one connection reach the server in
+// order), and then waits for both acks. Both stored is PutRoom done.
+func (r *Registry) RoomMsgs(room Room) ([]*nats.Msg, error) {
+	if room.Section == "" {
+		return nil, fmt.Errorf("registry: room %q is a moderation room, not a comment room", room.RoomID)
+	}
+	if room.CreatedAt.IsZero() {
+		room.CreatedAt = r.now().UTC()
+	}
+	b, err := json.Marshal(room)
+	if err != nil {
+		return nil, wrap("encode room", room.RoomID, err)
+	}
+	// The subjects the buckets' Put uses (the buckets are neither mirrors
+	// nor behind a JetStream domain).
+	return []*nats.Msg{
+		{Subject: "$KV." + r.rooms.Name() + "." + roomKey(room.Site, room.Section), Data: b},
+		{Subject: "$KV." + r.index.Bucket() + "." + indexKey(room.RoomID), Data: b},
+	}, nil
 }
 
 func (r *Registry) putIndex(ctx context.Context, room Room) error {

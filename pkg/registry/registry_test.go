@@ -285,6 +285,35 @@ func TestPutRoomModerationOnlyIndexes(t *testing.T) {
 	}
 }
 
+// RoomMsgs published as they are must leave the registry exactly as
+// PutRoom does, with names that need encoding (dots, a v12 room id).
+func TestRoomMsgsArePutRoom(t *testing.T) {
+	ctx, reg, js := openTestRegistry(t)
+	want := Room{Site: "my.site", Section: "a b.c", RoomID: "!AbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcdefg", Alias: "#comments_my.site_a b.c:x"}
+	msgs, err := reg.RoomMsgs(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range msgs {
+		if _, err := js.PublishMsg(ctx, m); err != nil {
+			t.Fatalf("publish %s: %v", m.Subject, err)
+		}
+	}
+	got, err := reg.Room(ctx, want.Site, want.Section)
+	if err != nil || got.RoomID != want.RoomID || got.Alias != want.Alias || got.CreatedAt.IsZero() {
+		t.Fatalf("Room = %+v, %v", got, err)
+	}
+	if r, err := reg.Lookup(ctx, want.RoomID); err != nil || r.Site != want.Site || r.Section != want.Section {
+		t.Fatalf("Lookup = %+v, %v", r, err)
+	}
+	if rooms, err := reg.Rooms(ctx, want.Site); err != nil || len(rooms) != 1 || rooms[0].RoomID != want.RoomID {
+		t.Fatalf("Rooms = %+v, %v", rooms, err)
+	}
+	if _, err := reg.RoomMsgs(Room{Site: "s", RoomID: "!mod:x"}); err == nil {
+		t.Fatal("RoomMsgs took a moderation room, which has no room entry")
+	}
+}
+
 func TestSitesAndOwners(t *testing.T) {
 	ctx, reg, _ := openTestRegistry(t)
 	if sites, err := reg.Sites(ctx); err != nil || len(sites) != 0 {

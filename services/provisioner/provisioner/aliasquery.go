@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cactus-comments/appservice/pkg/bus"
 	"github.com/cactus-comments/appservice/pkg/matrix"
@@ -59,7 +61,10 @@ func (p *Provisioner) serveAliasQuery(ctx context.Context, m *nats.Msg) {
 	// then come too late for the gateway; nobody needs it.
 	ctx, cancel := context.WithTimeout(ctx, p.aliasWorkBound())
 	defer cancel()
-	ans, outcome, err := p.AliasQuery(ctx, q.Alias)
+	ans, outcome, finish, err := p.answer(ctx, q.Alias)
+	// The gateway waits for the answer only: the bookkeeping of a new
+	// room (finish) follows it.
+	defer finish()
 	p.m.aliasLatency.Observe(time.Since(start).Seconds())
 	p.m.aliasQueries.WithLabelValues(outcome).Inc()
 	log := p.log.With("alias", q.Alias, "outcome", outcome, "took", time.Since(start))
@@ -89,47 +94,64 @@ func (p *Provisioner) reply(m *nats.Msg, ans bus.AliasAnswer) {
 }
 
 // AliasQuery decides whether alias exists, creating its comment room if
-// the alias names a section of a registered site. outcome is the metric
-// label; an error wrapping errNoAnswer means no answer should be sent.
+// the alias names a section of a registered site, and returns once the new
+// room's bookkeeping is done too. outcome is the metric label; an error
+// wrapping errNoAnswer means no answer should be sent.
 func (p *Provisioner) AliasQuery(ctx context.Context, alias string) (ans bus.AliasAnswer, outcome string, err error) {
+	ans, outcome, finish, err := p.answer(ctx, alias)
+	finish()
+	return ans, outcome, err
+}
+
+// answer is AliasQuery returning as soon as the answer is known. The
+// caller answers, then calls finish, which does what a new room still
+// needs (see provision) and never returns before it is done.
+func (p *Provisioner) answer(ctx context.Context, alias string) (ans bus.AliasAnswer, outcome string, finish func(), err error) {
 	parsed, err := p.ns.Parse(alias)
 	if err != nil {
-		return bus.AliasAnswer{Error: "not a valid room alias"}, "not_comment_room", nil
+		return bus.AliasAnswer{Error: "not a valid room alias"}, "not_comment_room", func() {}, nil
 	}
 	if parsed.Kind != namespace.Comments || !p.cfg.InNamespace(alias) {
-		return bus.AliasAnswer{Error: "not a comment section alias of this service"}, "not_comment_room", nil
+		return bus.AliasAnswer{Error: "not a comment section alias of this service"}, "not_comment_room", func() {}, nil
 	}
 	// One createRoom per alias per replica however many visitors ask at
 	// once; other replicas meet M_ROOM_IN_USE.
-	key := parsed.Alias.String()
-	res := p.flights.do(key, func() flightResult {
-		a, o, e := p.provision(ctx, parsed)
-		return flightResult{a, o, e}
+	res, finish := p.flights.do(parsed.Alias.String(), func() flightResult {
+		return p.provision(ctx, parsed)
 	})
-	return res.ans, res.outcome, res.err
+	return res.ans, res.outcome, finish, res.err
 }
 
-func (p *Provisioner) provision(ctx context.Context, parsed namespace.Parsed) (bus.AliasAnswer, string, error) {
+// provision creates the comment room of parsed if its site is registered.
+// A created room's registry entries are sent before the answer and
+// confirmed after it, with the rest of its bookkeeping (the result's
+// then).
+func (p *Provisioner) provision(ctx context.Context, parsed namespace.Parsed) flightResult {
+	ans, outcome, then, err := p.provisionRoom(ctx, parsed)
+	return flightResult{ans: ans, outcome: outcome, err: err, then: then}
+}
+
+func (p *Provisioner) provisionRoom(ctx context.Context, parsed namespace.Parsed) (bus.AliasAnswer, string, func(), error) {
 	// The snapshot may be a little old: the revision check after
 	// recording the room catches up with whatever it missed.
 	site, rev, err := p.site(ctx, parsed.Site, p.sites.Load())
 	if errors.Is(err, registry.ErrNotFound) {
-		return bus.AliasAnswer{Error: fmt.Sprintf("no site %s is registered", namespace.Quote(parsed.Site))}, "unknown_site", nil
+		return bus.AliasAnswer{Error: fmt.Sprintf("no site %s is registered", namespace.Quote(parsed.Site))}, "unknown_site", nil, nil
 	}
 	if err != nil {
-		return bus.AliasAnswer{}, "error", fmt.Errorf("%w: %w", errNoAnswer, err)
+		return bus.AliasAnswer{}, "error", nil, fmt.Errorf("%w: %w", errNoAnswer, err)
 	}
 	pl, err := p.sitePowerLevels(ctx, site)
 	if err != nil {
-		return bus.AliasAnswer{Error: err.Error()}, "error", err
+		return bus.AliasAnswer{Error: err.Error()}, "error", nil, err
 	}
 	src, err := p.moderationRoom(ctx, site)
 	if err != nil {
-		return bus.AliasAnswer{Error: err.Error()}, "error", err
+		return bus.AliasAnswer{Error: err.Error()}, "error", nil, err
 	}
 	dst, err := p.newRoom(ctx)
 	if err != nil {
-		return bus.AliasAnswer{Error: "could not create the room"}, "error", err
+		return bus.AliasAnswer{Error: "could not create the room"}, "error", nil, err
 	}
 	req := &matrix.CreateRoomRequest{
 		Visibility:      matrix.VisibilityPrivate,
@@ -151,7 +173,8 @@ func (p *Provisioner) provision(ctx context.Context, parsed namespace.Parsed) (b
 	if matrix.IsRoomInUse(err) {
 		// Created by another replica, by an earlier attempt of ours, or
 		// by hand: it exists, which is all the homeserver asked.
-		return p.recordExisting(ctx, parsed)
+		ans, outcome, err := p.recordExisting(ctx, parsed)
+		return ans, outcome, nil, err
 	}
 	if err != nil {
 		msg := "could not create the room"
@@ -164,39 +187,116 @@ func (p *Provisioner) provision(ctx context.Context, parsed namespace.Parsed) (b
 			// now. A job finds out later, and records it if it does.
 			p.queueResolve(ctx, parsed)
 		}
-		return bus.AliasAnswer{Error: msg}, "error", fmt.Errorf("create room %s: %w", parsed.Alias, err)
+		return bus.AliasAnswer{Error: msg}, "error", nil, fmt.Errorf("create room %s: %w", parsed.Alias, err)
 	}
 	p.m.roomsCreated.Inc()
 	room := registry.Room{Site: parsed.Site, Section: parsed.Section, RoomID: roomID.String(), Alias: parsed.Alias.String(), Create: &dst}
-	// Recorded before the bans so that a moderation change from now on
-	// fans out to this room too; the bans then follow the snapshot as it
-	// is after recording, so no change falls between the two.
-	if err := p.reg.PutRoom(ctx, room); err != nil {
-		// The homeserver will not ask about this alias again: a job
-		// records the room once the registry takes writes.
+	// The room's registry entries go out now and are confirmed after the
+	// answer: they share the connection the answer leaves on, so the
+	// server has them before the gateway has the answer. Should one not be
+	// stored (the server refused it, or lost it before storing), a
+	// resolve job records the room; the registry can also be rebuilt
+	// from the homeserver.
+	acks, err := p.sendRoom(room)
+	if err != nil {
 		p.log.Error("created room not recorded; a resolve job will record it", "room_id", roomID.String(), "err", err)
 		p.queueResolve(ctx, parsed)
 	}
-	// The site as it is now, recorded room included: decoded only if it
-	// changed since the revision the room was created from.
-	now := site
-	if moved, changed, err := p.reg.SiteIfMoved(ctx, parsed.Site, rev); err == nil && changed {
-		now = moved
+	// The bans the snapshot knows, before the answer: the visitor whose
+	// join asked for the room gets in only after them.
+	bansErr := p.banAll(ctx, roomID, site.Bans)
+	then := func() {
+		if acks != nil {
+			p.settleRoom(ctx, parsed, site, rev, roomID, acks, bansErr)
+		}
 	}
+	return bus.AliasAnswer{Exists: true}, "created", then, nil
+}
+
+// sendRoom publishes a new room's registry entries without waiting for
+// their acks.
+func (p *Provisioner) sendRoom(room registry.Room) ([]jetstream.PubAckFuture, error) {
+	msgs, err := p.reg.RoomMsgs(room)
+	if err != nil {
+		return nil, err
+	}
+	acks := make([]jetstream.PubAckFuture, len(msgs))
+	for i, m := range msgs {
+		if acks[i], err = p.roomPub.PublishMsgAsync(m); err != nil {
+			return nil, fmt.Errorf("record room %s: %w", room.RoomID, err)
+		}
+	}
+	return acks, nil
+}
+
+// settleRoom finishes a new room after the answer: it confirms the
+// registry entries, then brings the room up to the site as it is now.
+//
+// A moderation change updates the site first and then lists its rooms;
+// this records the room first and then reads the site; so either the
+// change's fan-out reaches the new room or this read sees the change.
+// The site is decoded only if it changed since the revision the room was
+// created from. What changed since is applied here, like a fan-out
+// reaching an existing room: bans the snapshot missed, unbans of users
+// banned from it (a job, which unbans only if they are still unbanned),
+// new power levels (a job).
+func (p *Provisioner) settleRoom(ctx context.Context, parsed namespace.Parsed, site *registry.Site, rev uint64, room mxid.RoomID, acks []jetstream.PubAckFuture, bansErr error) {
+	log := p.log.With("room_id", room.String(), "alias", parsed.Alias.String())
+	for _, f := range acks {
+		if err := awaitAck(ctx, f); err != nil {
+			log.Error("created room not recorded; a resolve job will record it", "err", err)
+			// The resolve job records the room and applies the site's bans.
+			p.queueResolve(ctx, parsed)
+			return
+		}
+	}
+	now, moved, err := p.reg.SiteIfMoved(ctx, parsed.Site, rev)
+	if errors.Is(err, registry.ErrNotFound) {
+		log.Warn("the room's site is no longer registered")
+		return
+	}
+	if err != nil {
+		// Unknown whether the site moved: converge the room with jobs.
+		log.Warn("site not re-read after creating a room; queued jobs to bring the room up to it", "err", err)
+		p.queueJobs(ctx, log, Job{Kind: KindSync, Site: parsed.Site, Room: room.String(), Cause: "create:" + room.String()},
+			Job{Kind: KindPower, Site: parsed.Site, Room: room.String(), Cause: "create:" + room.String()})
+		return
+	}
+	if !moved {
+		now = site
+	}
+	var jobs []Job
 	if string(now.PowerLevels) != string(site.PowerLevels) {
-		// The site's power levels changed while the room was created
-		// with the old ones, and the change's fan-out may have missed it.
-		if err := p.publishJob(ctx, Job{Kind: KindPower, Site: parsed.Site, Room: roomID.String(), Cause: "create:" + roomID.String()}); err != nil {
-			p.log.Error("power levels job not queued", "room_id", roomID.String(), "err", err)
+		// The room was created with the old power levels, and the
+		// change's fan-out may have missed it.
+		jobs = append(jobs, Job{Kind: KindPower, Site: parsed.Site, Room: room.String(), Cause: "create:" + room.String()})
+	}
+	for _, u := range site.Bans {
+		if !now.Banned(u) {
+			jobs = append(jobs, Job{Kind: KindMember, Site: parsed.Site, Room: room.String(), User: u, Cause: "create:" + room.String()})
 		}
 	}
-	if err := p.applyBans(ctx, now, roomID); err != nil {
-		p.log.Warn("bans of a new room incomplete; queued a sync job", "room_id", roomID.String(), "err", err)
-		if err := p.publishJob(ctx, Job{Kind: KindSync, Site: parsed.Site, Room: roomID.String(), Cause: "create:" + roomID.String()}); err != nil {
-			p.log.Error("sync job not queued: the room may lack some bans until the next ban", "room_id", roomID.String(), "err", err)
+	var missed []string
+	for _, u := range now.Bans {
+		if !site.Banned(u) {
+			missed = append(missed, u)
 		}
 	}
-	return bus.AliasAnswer{Exists: true}, "created", nil
+	if err := errors.Join(bansErr, p.banAll(ctx, room, missed)); err != nil {
+		log.Warn("bans of a new room incomplete; queued a sync job", "err", err)
+		jobs = append(jobs, Job{Kind: KindSync, Site: parsed.Site, Room: room.String(), Cause: "create:" + room.String()})
+	}
+	p.queueJobs(ctx, log, jobs...)
+}
+
+// queueJobs queues a new room's follow-up jobs, logging what it could not
+// queue.
+func (p *Provisioner) queueJobs(ctx context.Context, log *slog.Logger, jobs ...Job) {
+	for _, j := range jobs {
+		if err := p.publishJob(ctx, j); err != nil {
+			log.Error("job for a new room not queued: the room may lag behind the site until its next change", "kind", j.Kind, "user", j.User, "err", err)
+		}
+	}
 }
 
 // recordExisting makes sure an alias that already exists is in the
@@ -248,20 +348,15 @@ func (p *Provisioner) queueResolve(ctx context.Context, parsed namespace.Parsed)
 	p.log.Warn("createRoom outcome unknown; a job will look the alias up", "alias", parsed.Alias.String())
 }
 
-// applyBans bans in a new room everyone the site's snapshot bans, several
-// at a time.
-func (p *Provisioner) applyBans(ctx context.Context, site *registry.Site, room mxid.RoomID) error {
-	siteName := site.Name
-	if len(site.Bans) == 0 {
-		return nil
-	}
+// banAll bans users in a new room, several at a time.
+func (p *Provisioner) banAll(ctx context.Context, room mxid.RoomID, users []string) error {
 	var (
 		wg   sync.WaitGroup
 		mu   sync.Mutex
 		errs []error
 		sem  = make(chan struct{}, 8)
 	)
-	for _, u := range site.Bans {
+	for _, u := range users {
 		user, err := mxid.ParseUserID(u)
 		if err != nil {
 			continue // not a user id; nothing a homeserver would ban
@@ -277,23 +372,7 @@ func (p *Provisioner) applyBans(ctx context.Context, site *registry.Site, room m
 		})
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return err
-	}
-	// An unban that fanned out while we banned may have reached this room
-	// before our ban did: hand those users to a job that converges.
-	now, err := p.reg.Site(ctx, siteName)
-	if err != nil {
-		return err
-	}
-	for _, u := range site.Bans {
-		if !now.Banned(u) {
-			if err := p.publishJob(ctx, Job{Kind: KindMember, Site: siteName, Room: room.String(), User: u, Cause: "create:" + room.String()}); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // site returns a registered site, falling back to the homeserver for a
@@ -372,6 +451,8 @@ type flightResult struct {
 	ans     bus.AliasAnswer
 	outcome string
 	err     error
+	// then is the leader's work after the answer, nil if none.
+	then func()
 }
 
 // flightGroup runs one call per key at a time and gives its result to every
@@ -382,32 +463,50 @@ type flightGroup struct {
 }
 
 type flight struct {
-	done    chan struct{}
-	res     flightResult
-	waiters int // callers sharing the result, for tests and logs
+	answered chan struct{}
+	res      flightResult
+	waiters  int // callers sharing the result, for tests and logs
 }
 
-func (g *flightGroup) do(key string, fn func() flightResult) flightResult {
+// do returns fn's result, and finish, which the caller must call once it
+// has answered. The caller whose fn ran (the leader) runs the result's
+// then in finish, and only then frees the key: a query for the same alias
+// meanwhile waits instead of creating the room again. Callers that joined
+// the flight return as soon as fn has, with the same result and a finish
+// that does nothing.
+func (g *flightGroup) do(key string, fn func() flightResult) (res flightResult, finish func()) {
 	g.mu.Lock()
 	if f, ok := g.m[key]; ok {
 		f.waiters++
 		g.mu.Unlock()
-		<-f.done
-		return f.res
+		<-f.answered
+		return f.res, func() {}
 	}
 	if g.m == nil {
 		g.m = map[string]*flight{}
 	}
-	// The leader answers; callers that joined it reuse its answer.
-	f := &flight{done: make(chan struct{})}
+	f := &flight{answered: make(chan struct{})}
 	g.m[key] = f
 	g.mu.Unlock()
-	defer func() {
+	release := func() {
 		g.mu.Lock()
 		delete(g.m, key)
 		g.mu.Unlock()
-		close(f.done)
+	}
+	ok := false
+	defer func() {
+		if !ok { // fn panicked: free the waiters and the key
+			close(f.answered)
+			release()
+		}
 	}()
 	f.res = fn()
-	return f.res
+	ok = true
+	close(f.answered)
+	return f.res, sync.OnceFunc(func() {
+		defer release()
+		if f.res.then != nil {
+			f.res.then()
+		}
+	})
 }

@@ -42,6 +42,18 @@ func (p *Provisioner) publishJob(ctx context.Context, j Job) error {
 	return nil
 }
 
+// awaitAck waits for an asynchronous publish's ack.
+func awaitAck(ctx context.Context, f jetstream.PubAckFuture) error {
+	select {
+	case <-f.Ok():
+		return nil
+	case err := <-f.Err():
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // fanOut queues jobs with at most PublishWindow awaiting their acks, and
 // returns once every one is stored. progress is called now and then, so a
 // handler can keep its message while publishing thousands.
@@ -50,16 +62,7 @@ func (p *Provisioner) fanOut(ctx context.Context, jobs []Job, progress func()) e
 		return nil
 	}
 	start := time.Now()
-	wait := func(f jetstream.PubAckFuture) error {
-		select {
-		case <-f.Ok():
-			return nil
-		case err := <-f.Err():
-			return err
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
+	wait := func(f jetstream.PubAckFuture) error { return awaitAck(ctx, f) }
 	w := p.opts.PublishWindow
 	kind, site := jobs[0].Kind, jobs[0].Site
 	futures := make([]jetstream.PubAckFuture, len(jobs))

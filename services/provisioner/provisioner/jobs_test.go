@@ -94,20 +94,24 @@ func TestFlightGroupSharesOneCall(t *testing.T) {
 	var wg sync.WaitGroup
 	results := make([]flightResult, 20)
 	wg.Go(func() {
-		results[0] = g.do("k", func() flightResult {
+		var finish func()
+		results[0], finish = g.do("k", func() flightResult {
 			calls.Add(1)
 			close(entered)
 			<-release
 			return flightResult{outcome: "created"}
 		})
+		finish()
 	})
 	<-entered
 	for i := 1; i < len(results); i++ {
 		wg.Go(func() {
-			results[i] = g.do("k", func() flightResult {
+			var finish func()
+			results[i], finish = g.do("k", func() flightResult {
 				calls.Add(1)
 				return flightResult{outcome: "second call"}
 			})
+			finish()
 		})
 	}
 	waiting := func() int {
@@ -129,10 +133,56 @@ func TestFlightGroupSharesOneCall(t *testing.T) {
 		}
 	}
 	// After the flight, a new call runs again.
-	if r := g.do("k", func() flightResult { return flightResult{outcome: "fresh"} }); r.outcome != "fresh" {
+	r, finish := g.do("k", func() flightResult { return flightResult{outcome: "fresh"} })
+	finish()
+	if r.outcome != "fresh" {
 		t.Errorf("after the flight: %q", r.outcome)
 	}
 	if g.m["k"] != nil {
 		t.Error("finished flight still registered")
+	}
+}
+
+// The leader answers before its follow-up work (then) runs; a query for
+// the same key meanwhile gets the answer without a second call, and the
+// key is free once the leader's finish returns.
+func TestFlightGroupAnswersBeforeFollowUp(t *testing.T) {
+	var g flightGroup
+	inThen, endThen := make(chan struct{}), make(chan struct{})
+	thenRan := false
+	res, finish := g.do("k", func() flightResult {
+		return flightResult{outcome: "created", then: func() {
+			close(inThen)
+			<-endThen
+			thenRan = true
+		}}
+	})
+	if res.outcome != "created" {
+		t.Fatalf("leader got %q", res.outcome)
+	}
+	done := make(chan struct{})
+	go func() { finish(); close(done) }()
+	<-inThen
+	second, secondFinish := g.do("k", func() flightResult {
+		t.Error("a second call ran while the first one's follow-up was running")
+		return flightResult{}
+	})
+	secondFinish()
+	if second.outcome != "created" || second.then == nil {
+		t.Errorf("query during the follow-up got %+v, want the leader's answer", second)
+	}
+	close(endThen)
+	<-done
+	if !thenRan {
+		t.Error("finish returned before the follow-up ran")
+	}
+	finish() // a second call does nothing
+	if g.m["k"] != nil {
+		t.Error("finished flight still registered")
+	}
+	third, thirdFinish := g.do("k", func() flightResult { return flightResult{outcome: "fresh"} })
+	thirdFinish()
+	if third.outcome != "fresh" {
+		t.Errorf("after the follow-up: %q", third.outcome)
 	}
 }

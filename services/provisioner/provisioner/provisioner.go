@@ -94,6 +94,11 @@ type Provisioner struct {
 	// pub publishes fan-out jobs asynchronously, with its own window of
 	// acks awaited.
 	pub jetstream.JetStream
+	// roomPub publishes a new comment room's registry entries, on the
+	// connection that answers the alias query (so they reach the server
+	// before the answer) and apart from pub, whose window a fan-out may
+	// fill.
+	roomPub jetstream.JetStream
 	// jobsDone counts jobs this replica finished, for progress logs.
 	jobsDone atomic.Int64
 }
@@ -148,6 +153,9 @@ func New(ctx context.Context, rt *service.Runtime, opts Options) (*Provisioner, 
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
 	p.pub = pub
+	if p.roomPub, err = jetstream.New(rt.NC); err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
 	reg, err := registry.Open(ctx, rt.JS)
 	if err != nil {
 		return nil, fmt.Errorf("open the registry: %w", err)
