@@ -35,6 +35,9 @@ type aliasSummary struct {
 	// createRoom call inside it, as the homeserver served it; Over: the
 	// difference, query by query. Milliseconds.
 	QueryP50, QueryP99, CreateP50, CreateP99, OverP50, OverP99 float64
+	// Before and After split the overhead: from the query's start to
+	// createRoom's, and from createRoom's answer to the query's. ms.
+	BeforeP50, BeforeP99, AfterP50, AfterP99 float64
 	// CPU per query by process (µs) and RSS at the end (MiB).
 	CPU, RSS map[string]float64
 	// Timeline is one query of median overhead as seen on the NATS server:
@@ -122,8 +125,16 @@ func aliasBench(ctx context.Context, b *binaries, o options) (*aliasSummary, err
 	}
 	gwURL := "http://127.0.0.1:" + strconv.Itoa(apiPort)
 	rateLimited := false
+	pushTo := gwURL
+	if o.quietRooms {
+		// A port nothing listens on: the simulator's transactions fail and
+		// it retries them with backoff, as a homeserver does.
+		if pushTo, err = closedURL(); err != nil {
+			return nil, err
+		}
+	}
 	reg := &registration.Registration{
-		ID: "cactus", URL: &gwURL, ASToken: asToken, HSToken: hsToken,
+		ID: "cactus", URL: &pushTo, ASToken: asToken, HSToken: hsToken,
 		SenderLocalpart: "cactusbot", RateLimited: &rateLimited,
 		Namespaces: registration.Namespaces{
 			Users:   []registration.Namespace{{Exclusive: true, Regex: `@cactusbot:example\.org`}},
@@ -207,14 +218,16 @@ func aliasBench(ctx context.Context, b *binaries, o options) (*aliasSummary, err
 		}()
 	}
 	totals := make([]time.Duration, 0, n)
+	starts := make([]time.Time, 0, n)
 	for i := range n {
-		_, d, err := query(i)
+		t0, d, err := query(i)
 		if err != nil {
 			return nil, err
 		}
 		totals = append(totals, d)
+		starts = append(starts, t0)
 	}
-	creates, _ := timer.take()
+	creates, marks := timer.take()
 	if len(creates) != n {
 		return nil, fmt.Errorf("%d createRoom calls for %d queries", len(creates), n)
 	}
@@ -224,12 +237,18 @@ func aliasBench(ctx context.Context, b *binaries, o options) (*aliasSummary, err
 		s.CPU[p.name] = (float64(smp.CPU.Microseconds()) - before[p.name]) / float64(n)
 		s.RSS[p.name] = float64(smp.RSS) / (1 << 20)
 	}
-	var tot, cre, over []int64
+	var tot, cre, over, pre, post []int64
 	for i := range totals {
 		tot = append(tot, int64(totals[i]))
 		cre = append(cre, int64(creates[i]))
 		over = append(over, int64(totals[i]-creates[i]))
+		// Queries run one after another, so the i-th createRoom is the
+		// i-th query's.
+		pre = append(pre, int64(marks[2*i].Sub(starts[i])))
+		post = append(post, int64(starts[i].Add(totals[i]).Sub(marks[2*i+1])))
 	}
+	s.BeforeP50, s.BeforeP99 = ms(pct(pre, .5)), ms(pct(pre, .99))
+	s.AfterP50, s.AfterP99 = ms(pct(post, .5)), ms(pct(post, .99))
 	s.QueryP50, s.QueryP99 = ms(pct(tot, .5)), ms(pct(tot, .99))
 	s.CreateP50, s.CreateP99 = ms(pct(cre, .5)), ms(pct(cre, .99))
 	s.OverP50, s.OverP99 = ms(pct(over, .5)), ms(pct(over, .99))
@@ -385,7 +404,9 @@ func (a *aliasSummary) table() string {
 	b.WriteString("| | p50 | p99 |\n|---|---|---|\n")
 	fmt.Fprintf(&b, "| alias query, as the homeserver sees it | %.2f ms | %.2f ms |\n", a.QueryP50, a.QueryP99)
 	fmt.Fprintf(&b, "| createRoom inside it (the homeserver's work) | %.2f ms | %.2f ms |\n", a.CreateP50, a.CreateP99)
-	fmt.Fprintf(&b, "| **overhead** (query minus createRoom, query by query) | **%.2f ms** | %.2f ms |\n\n", a.OverP50, a.OverP99)
+	fmt.Fprintf(&b, "| **overhead** (query minus createRoom, query by query) | **%.2f ms** | %.2f ms |\n", a.OverP50, a.OverP99)
+	fmt.Fprintf(&b, "| of which before createRoom (homeserver → gateway → NATS → provisioner) | %.2f ms | %.2f ms |\n", a.BeforeP50, a.BeforeP99)
+	fmt.Fprintf(&b, "| of which after createRoom (provisioner → NATS → gateway → homeserver) | %.2f ms | %.2f ms |\n\n", a.AfterP50, a.AfterP99)
 	fmt.Fprintf(&b, "CPU per query: nats-server %.0f µs, gateway %.0f µs, provisioner %.0f µs. RSS at the end: nats-server %.0f MiB, gateway %.0f MiB, provisioner %.0f MiB.\n\n",
 		a.CPU["nats-server"], a.CPU["gateway"], a.CPU["provisioner"], a.RSS["nats-server"], a.RSS["gateway"], a.RSS["provisioner"])
 	fmt.Fprintf(&b, "The registry's part, measured alone against the same nats-server (%d times each, interleaved):\n\n", a.Queries)
@@ -421,4 +442,13 @@ func serviceArgs(b *binaries, o options, name string) []string {
 		return nil
 	}
 	return []string{b.self, "-child", "serve", "-service", name, "-cpuprofile", o.profile + "/" + name + ".prof"}
+}
+
+// closedURL is an http URL on a local port nothing listens on.
+func closedURL() (string, error) {
+	port, err := freePort()
+	if err != nil {
+		return "", err
+	}
+	return "http://127.0.0.1:" + strconv.Itoa(port), nil
 }

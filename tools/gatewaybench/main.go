@@ -27,6 +27,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -43,11 +44,14 @@ type options struct {
 	replicas int
 	only     []string // scenario names; empty: all
 	profile  string   // directory for the alias run's CPU profiles
-	long     bool
-	designs  []string
-	parts    []string
-	write    bool
-	root     string
+	// quietRooms: the simulator does not push the new rooms' events to the
+	// gateway (alias), to show what ingesting them costs the queries.
+	quietRooms bool
+	long       bool
+	designs    []string
+	parts      []string
+	write      bool
+	root       string
 }
 
 func main() {
@@ -65,6 +69,7 @@ func main() {
 	replicas := flag.Int("replicas", 1, "ingest: nats-servers in the JetStream cluster and replicas of the streams (1 or 3)")
 	only := flag.String("scenarios", "", "ingest scenarios to run (100x1, 100x4, 1x1, ban; default all)")
 	profile := flag.String("profile", "", "alias: run the gateway and provisioner with CPU profiles, and profile nats-server, into this directory")
+	quietRooms := flag.Bool("quiet-rooms", false, "alias: the homeserver does not push the new rooms' events to the gateway (shows what ingesting them costs the queries; not written to the docs)")
 	write := flag.Bool("write", false, "write the results into docs/benchmarks.md and README.md")
 	flag.Parse()
 
@@ -92,7 +97,7 @@ func main() {
 		}
 		return
 	}
-	o := options{profile: *profile, rounds: *rounds, replicas: *replicas, only: split(*only), long: *long, designs: split(*designs), parts: split(*parts), write: *write}
+	o := options{quietRooms: *quietRooms, profile: *profile, rounds: *rounds, replicas: *replicas, only: split(*only), long: *long, designs: split(*designs), parts: split(*parts), write: *write}
 	if o.rounds == 0 {
 		o.rounds = 3
 		if o.long {
@@ -177,6 +182,9 @@ func Run(ctx context.Context, o options) error {
 	fmt.Fprintf(os.Stderr, "gatewaybench: %s at the end\n", end)
 	// Whatever else ran meanwhile shows in both.
 	res.Config += ", " + end + " at the end"
+	if o.write && o.quietRooms {
+		return errors.New("-quiet-rooms measures an experiment; its results are not written to the docs")
+	}
 	if o.write {
 		return writeDocs(res, o)
 	}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"sync"
 	"time"
 
@@ -67,15 +66,17 @@ func (p *Provisioner) serveAliasQuery(ctx context.Context, m *nats.Msg) {
 	defer finish()
 	p.m.aliasLatency.Observe(time.Since(start).Seconds())
 	p.m.aliasQueries.WithLabelValues(outcome).Inc()
-	log := p.log.With("alias", q.Alias, "outcome", outcome, "took", time.Since(start))
+	// Attributes rather than a derived logger: deriving one scrubs them
+	// even when nothing is logged, on every query.
+	attrs := []any{"alias", q.Alias, "outcome", outcome, "took", time.Since(start)}
 	if errors.Is(err, errNoAnswer) {
-		log.Error("alias query left unanswered", "err", err)
+		p.log.Error("alias query left unanswered", append(attrs, "err", err)...)
 		return
 	}
 	if err != nil {
-		log.Warn("alias query failed", "err", err)
+		p.log.Warn("alias query failed", append(attrs, "err", err)...)
 	} else {
-		log.Debug("alias query answered")
+		p.log.Debug("alias query answered", attrs...)
 	}
 	p.reply(m, ans)
 }
@@ -241,10 +242,10 @@ func (p *Provisioner) sendRoom(room registry.Room) ([]jetstream.PubAckFuture, er
 // banned from it (a job, which unbans only if they are still unbanned),
 // new power levels (a job).
 func (p *Provisioner) settleRoom(ctx context.Context, parsed namespace.Parsed, site *registry.Site, rev uint64, room mxid.RoomID, acks []jetstream.PubAckFuture, bansErr error) {
-	log := p.log.With("room_id", room.String(), "alias", parsed.Alias.String())
+	attrs := []any{"room_id", room.String(), "alias", parsed.Alias.String()}
 	for _, f := range acks {
 		if err := awaitAck(ctx, f); err != nil {
-			log.Error("created room not recorded; a resolve job will record it", "err", err)
+			p.log.Error("created room not recorded; a resolve job will record it", append(attrs, "err", err)...)
 			// The resolve job records the room and applies the site's bans.
 			p.queueResolve(ctx, parsed)
 			return
@@ -252,13 +253,13 @@ func (p *Provisioner) settleRoom(ctx context.Context, parsed namespace.Parsed, s
 	}
 	now, moved, err := p.reg.SiteIfMoved(ctx, parsed.Site, rev)
 	if errors.Is(err, registry.ErrNotFound) {
-		log.Warn("the room's site is no longer registered")
+		p.log.Warn("the room's site is no longer registered", attrs...)
 		return
 	}
 	if err != nil {
 		// Unknown whether the site moved: converge the room with jobs.
-		log.Warn("site not re-read after creating a room; queued jobs to bring the room up to it", "err", err)
-		p.queueJobs(ctx, log, Job{Kind: KindSync, Site: parsed.Site, Room: room.String(), Cause: "create:" + room.String()},
+		p.log.Warn("site not re-read after creating a room; queued jobs to bring the room up to it", append(attrs, "err", err)...)
+		p.queueJobs(ctx, attrs, Job{Kind: KindSync, Site: parsed.Site, Room: room.String(), Cause: "create:" + room.String()},
 			Job{Kind: KindPower, Site: parsed.Site, Room: room.String(), Cause: "create:" + room.String()})
 		return
 	}
@@ -283,18 +284,18 @@ func (p *Provisioner) settleRoom(ctx context.Context, parsed namespace.Parsed, s
 		}
 	}
 	if err := errors.Join(bansErr, p.banAll(ctx, room, missed)); err != nil {
-		log.Warn("bans of a new room incomplete; queued a sync job", "err", err)
+		p.log.Warn("bans of a new room incomplete; queued a sync job", append(attrs, "err", err)...)
 		jobs = append(jobs, Job{Kind: KindSync, Site: parsed.Site, Room: room.String(), Cause: "create:" + room.String()})
 	}
-	p.queueJobs(ctx, log, jobs...)
+	p.queueJobs(ctx, attrs, jobs...)
 }
 
 // queueJobs queues a new room's follow-up jobs, logging what it could not
 // queue.
-func (p *Provisioner) queueJobs(ctx context.Context, log *slog.Logger, jobs ...Job) {
+func (p *Provisioner) queueJobs(ctx context.Context, attrs []any, jobs ...Job) {
 	for _, j := range jobs {
 		if err := p.publishJob(ctx, j); err != nil {
-			log.Error("job for a new room not queued: the room may lag behind the site until its next change", "kind", j.Kind, "user", j.User, "err", err)
+			p.log.Error("job for a new room not queued: the room may lag behind the site until its next change", append(attrs, "kind", j.Kind, "user", j.User, "err", err)...)
 		}
 	}
 }
