@@ -413,7 +413,7 @@ func (a *aliasSummary) table() string {
 	b.WriteString("| path | p50 | p99 |\n|---|---|---|\n")
 	for _, row := range []struct{ key, what string }{
 		{"sequential", "sequential: read and decode the site, write the room, write the index, re-read and decode the site (4 round trips)"},
-		{"provisioner", "the provisioner's: site from its watched snapshot, room and index written together, a revision check of the site (2 round trips)"},
+		{"provisioner", "the provisioner's: site from its watched snapshot, room and index written together, a revision check of the site (2 round trips, both after the answer)"},
 		{"request", "a bare NATS request/reply (the gateway-to-provisioner hop)"},
 	} {
 		v := a.KV[row.key]
