@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"fmt"
+	"net/http"
 	"testing"
 	"time"
 
@@ -237,6 +239,70 @@ func TestProvisionerKilledDuringCreateRoomLosesNoRoom(t *testing.T) {
 	}
 	h.WaitSim(func() bool { return h.HS.Membership(room.RoomID, spammer.ID.String()) == "ban" },
 		30*time.Second, "the site's ban in the dead replica's room")
+	if dl := h.DeadLetters(); len(dl) != 0 {
+		t.Errorf("dead letters: %+v", dl)
+	}
+}
+
+// A provisioner that dies while it applies a new room's bans (after the
+// room was recorded, before its answer) leaves a room with only some of
+// the site's bans. The gateway, which got no answer, queues a resolve
+// job; finding the room recorded must not stop it from bringing the
+// room's bans up to the site's.
+func TestProvisionerKilledDuringBansLeavesNoBanOut(t *testing.T) {
+	t.Parallel()
+	h := Start(t, Options{AliasQueryTimeout: 2 * time.Second, Provisioners: -1})
+	first := h.StartProvisioner(provisioner.Options{})
+	owner := h.User("owner")
+	site := h.RegisterSite("halfbanned", owner)
+	var spammers []*User
+	for i := range 12 {
+		sp := h.User(fmt.Sprintf("spammer%d", i))
+		banInSnapshot(t, h, site, owner, sp)
+		spammers = append(spammers, sp)
+	}
+
+	h.HS.SetLatency(hssim.EPBan, 400*time.Millisecond)
+	bans := h.HS.Calls(hssim.EPBan)
+	visitor := h.User("visitor")
+	alias := h.CommentAlias(site.Name, "page")
+	joined := make(chan error, 1)
+	go func() {
+		_, err := visitor.Client.JoinRoom(h.Ctx, alias.String())
+		joined <- err
+	}()
+	h.Eventually(func() bool { return h.HS.Calls(hssim.EPBan) > bans }, 20*time.Second, "the new room's bans under way")
+	// A killed process sends nothing more, but the harness's Kill lets the
+	// replica's goroutines run to their end: the homeserver refuses what
+	// they would still send. The bans already under way land.
+	h.HS.InjectFault(hssim.Fault{Endpoint: hssim.EPBan, Status: http.StatusForbidden, ErrCode: "M_FORBIDDEN"})
+	first.Kill()
+	<-joined // the gateway gave up on the dead replica
+	h.HS.ClearFaults()
+	h.HS.SetLatency(hssim.EPBan, 0)
+	if r, err := h.Registry.Room(h.Ctx, site.Name, "page"); err == nil {
+		n := 0
+		for _, sp := range spammers {
+			if h.HS.Membership(r.RoomID, sp.ID.String()) == "ban" {
+				n++
+			}
+		}
+		if n == len(spammers) {
+			t.Fatal("every ban landed before the replica died: the test proves nothing")
+		}
+	}
+	h.StartProvisioner(provisioner.Options{})
+
+	var room registry.Room
+	h.Eventually(func() bool {
+		var err error
+		room, err = h.Registry.Room(h.Ctx, site.Name, "page")
+		return err == nil
+	}, 60*time.Second, "the room in the registry")
+	for _, sp := range spammers {
+		h.WaitSim(func() bool { return h.HS.Membership(room.RoomID, sp.ID.String()) == "ban" },
+			60*time.Second, "every site ban in the room whose bans the dead replica left half done")
+	}
 	if dl := h.DeadLetters(); len(dl) != 0 {
 		t.Errorf("dead letters: %+v", dl)
 	}

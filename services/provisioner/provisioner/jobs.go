@@ -153,7 +153,8 @@ func (p *Provisioner) jobDone(ctx context.Context, j Job, did bool, err error, a
 }
 
 // resolveAlias looks up the alias of a comment room whose creation had an
-// unknown outcome. A room found is recorded, and gets the site's bans. A
+// unknown outcome. A room found is recorded, and gets the site's bans (a
+// room found recorded gets them too). A
 // room not found may still be on its way (the homeserver can take longer
 // than our request timeout), so the lookup is repeated for a while before
 // the job concludes that nothing was created; the next visitor's query
@@ -164,10 +165,15 @@ func (p *Provisioner) resolveAlias(ctx context.Context, j Job, m jetstream.Msg) 
 		return false, worker.Permanent(fmt.Errorf("resolve job with a bad alias: %w", err))
 	}
 	if r, err := p.reg.Room(ctx, j.Site, j.Section); err == nil {
-		// Recorded meanwhile (the query's own bookkeeping, or another
-		// visitor's query found it): that path synced the bans.
-		p.log.Info("resolve job: room already recorded", "alias", j.Alias, "room_id", r.RoomID)
-		return false, nil
+		// Recorded (by the query itself, or by another visitor's query).
+		// The query went unanswered, so whoever recorded it may have died
+		// halfway through the room's bans: bring them up to the site's.
+		id, err := mxid.ParseRoomID(r.RoomID)
+		if err != nil {
+			return false, worker.Permanent(fmt.Errorf("resolve job: recorded room of %s has a bad id: %w", j.Alias, err))
+		}
+		p.log.Info("resolve job: room already recorded; checking its bans", "alias", j.Alias, "room_id", r.RoomID)
+		return p.syncBans(ctx, Job{Kind: KindSync, Site: j.Site, Room: r.RoomID, Cause: j.Cause}, id)
 	}
 	roomID, err := p.hs.ResolveAlias(ctx, alias)
 	if matrix.IsNotFound(err) {
