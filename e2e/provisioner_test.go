@@ -166,6 +166,11 @@ func TestConcurrentFirstJoins(t *testing.T) {
 	if err != nil || rec.RoomID != withAlias[0] {
 		t.Errorf("registry room = %+v, %v", rec, err)
 	}
+	// One room, so one query counts as having created it, whichever
+	// replicas the others reached and whether they shared its answer.
+	if n := metricValue(t, h, "cactus_provisioner_alias_queries_total", "outcome", "created"); n != 1 {
+		t.Errorf("alias queries counted as created: %v, want 1 (rooms created: %v)", n, metricValue(t, h, "cactus_provisioner_rooms_created_total"))
+	}
 }
 
 func TestUnregisteredSite(t *testing.T) {

@@ -117,9 +117,15 @@ func (p *Provisioner) answer(ctx context.Context, alias string) (ans bus.AliasAn
 	}
 	// One createRoom per alias per replica however many visitors ask at
 	// once; other replicas meet M_ROOM_IN_USE.
+	leader := false
 	res, finish := p.flights.do(parsed.Alias.String(), func() flightResult {
+		leader = true
 		return p.provision(ctx, parsed)
 	})
+	if !leader && res.outcome == "created" {
+		// Another query for the alias created it: for this one it existed.
+		res.outcome = "exists"
+	}
 	return res.ans, res.outcome, finish, res.err
 }
 

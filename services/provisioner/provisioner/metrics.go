@@ -31,7 +31,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		aliasLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "cactus_provisioner_alias_query_duration_seconds",
 			Help:    "Time to answer one alias query, homeserver calls included.",
-			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+			// Up to 33 s: past the gateway's default 20 s wait.
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 17),
 		}),
 		roomsCreated: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "cactus_provisioner_rooms_created_total",
