@@ -157,7 +157,24 @@ func sitesCmd(e *env) *cobra.Command {
 	}
 	cf.register(list.Flags())
 	list.Flags().BoolVar(&asJSON, "json", false, "print JSON instead of a table")
-	return group("sites", "list registered sites", list)
+	var roomsCF cfgFlags
+	var roomsJSON bool
+	rooms := &cobra.Command{
+		Use:   "rooms SITE [flags]",
+		Short: "list a site's comment rooms from the registry in NATS",
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return usagef("want one site name (cactusctl sites list shows them)")
+			}
+			return nil
+		},
+		RunE: func(c *cobra.Command, args []string) error {
+			return siteRooms(c.Context(), e, &roomsCF, args[0], roomsJSON)
+		},
+	}
+	roomsCF.register(rooms.Flags())
+	rooms.Flags().BoolVar(&roomsJSON, "json", false, "print JSON instead of a table")
+	return group("sites", "list registered sites and their comment rooms", list, rooms)
 }
 
 func registryCmd(e *env) *cobra.Command {

@@ -19,6 +19,7 @@ import (
 	"github.com/cactus-comments/appservice/pkg/bus"
 	"github.com/cactus-comments/appservice/pkg/embednats"
 	"github.com/cactus-comments/appservice/pkg/hssim"
+	"github.com/cactus-comments/appservice/pkg/power"
 	"github.com/cactus-comments/appservice/pkg/registration"
 	"github.com/cactus-comments/appservice/pkg/registry"
 )
@@ -233,6 +234,45 @@ func TestSitesList(t *testing.T) {
 	}
 	if len(rows) != 2 || rows[1].Name != "shop" || rows[1].CommentRooms != 2 || rows[0].CommentRooms != 0 || len(rows[0].Bans) != 1 {
 		t.Fatalf("json rows %+v", rows)
+	}
+}
+
+func TestSiteRooms(t *testing.T) {
+	vars, js := natsEnv(t)
+	ctx := context.Background()
+	reg, err := registry.Open(ctx, js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.CreateSite(ctx, &registry.Site{Name: "shop", Owner: "@o:x", ModerationRoom: "!mshop:x"}); err != nil {
+		t.Fatal(err)
+	}
+	if r := ctl(t, vars, "sites", "rooms", "shop"); r.code != exitOK || !strings.Contains(r.stdout, "no comment rooms") {
+		t.Fatalf("%d %s %s", r.code, r.stdout, r.stderr)
+	}
+	for _, room := range []registry.Room{
+		{Site: "shop", Section: "b/c", RoomID: "!rb:x", Alias: "#comments_shop_b/c:x"},
+		{Site: "shop", Section: "a", RoomID: "!ra:x", Create: &power.Room{Version: "12"}},
+	} {
+		if err := reg.PutRoom(ctx, room); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := ctl(t, vars, "sites", "rooms", "shop")
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if r.code != exitOK || len(lines) != 3 || !strings.HasPrefix(lines[1], "a ") || !strings.Contains(lines[1], "12") || !strings.Contains(lines[2], "#comments_shop_b/c:x") {
+		t.Fatalf("%d table:\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	r = ctl(t, vars, "sites", "rooms", "shop", "-json")
+	var rooms []registry.Room
+	if err := json.Unmarshal([]byte(r.stdout), &rooms); err != nil || len(rooms) != 2 || rooms[1].RoomID != "!rb:x" {
+		t.Fatalf("json %v: %+v\n%s", err, rooms, r.stdout)
+	}
+	if r := ctl(t, vars, "sites", "rooms", "nosuch"); r.code != exitFailed || !strings.Contains(r.stderr, `no site "nosuch"`) {
+		t.Fatalf("unknown site: %d %s %s", r.code, r.stdout, r.stderr)
+	}
+	if r := ctl(t, vars, "sites", "rooms"); r.code != exitUsage {
+		t.Fatalf("no site: %d %s", r.code, r.stderr)
 	}
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"text/tabwriter"
@@ -51,6 +52,51 @@ func sitesList(ctx context.Context, e *env, cf *cfgFlags, asJSON bool) error {
 	fmt.Fprintln(tw, "SITE\tOWNER\tMODERATION ROOM\tCOMMENT ROOMS\tBANS\tCREATED")
 	for _, r := range rows {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\n", r.Name, orDash(r.Owner), orDash(r.ModerationRoom), r.CommentRooms, len(r.Bans), r.CreatedAt.Format("2006-01-02 15:04"))
+	}
+	return tw.Flush()
+}
+
+// siteRooms prints one site's comment rooms as a table or JSON.
+func siteRooms(ctx context.Context, e *env, cf *cfgFlags, site string, asJSON bool) error {
+	nc, js, err := cf.connectNATS(ctx, e)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	reg, err := registry.Open(ctx, js)
+	if err != nil {
+		return fmt.Errorf("%w (has a service created the topology yet?)", err)
+	}
+	if _, err := reg.Site(ctx, site); err != nil {
+		if errors.Is(err, registry.ErrNotFound) {
+			return fmt.Errorf("no site %q in the registry (cactusctl sites list shows them)", site)
+		}
+		return err
+	}
+	rooms, err := reg.Rooms(ctx, site)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		if rooms == nil {
+			rooms = []registry.Room{}
+		}
+		return enc.Encode(rooms)
+	}
+	if len(rooms) == 0 {
+		fmt.Fprintf(e.stdout, "site %s has no comment rooms yet\n", site)
+		return nil
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SECTION\tROOM\tALIAS\tVERSION\tCREATED")
+	for _, r := range rooms {
+		version := "-"
+		if r.Create != nil && r.Create.Version != "" {
+			version = r.Create.Version
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Section, r.RoomID, orDash(r.Alias), version, r.CreatedAt.Format("2006-01-02 15:04"))
 	}
 	return tw.Flush()
 }
