@@ -252,6 +252,24 @@ func (it *splitItem) add(m *nats.Msg, kind int8) {
 	it.kinds = append(it.kinds, kind)
 }
 
+// eventSpan returns the indexes of it's first and last event (-1 if it
+// has none) and how many events it has: what is left to store, dead
+// letters aside.
+func (it *splitItem) eventSpan() (first, last, events int) {
+	first, last = -1, -1
+	for i, k := range it.kinds {
+		if k == kindDeadLetter {
+			continue
+		}
+		if first < 0 {
+			first = i
+		}
+		last = i
+		events++
+	}
+	return first, last, events
+}
+
 // publish publishes what is left of it. A transaction's first attempt
 // asks JetStream to acknowledge only its first and last event (and every
 // dead letter): the events between are sent without a reply. One
@@ -261,16 +279,7 @@ func (it *splitItem) add(m *nats.Msg, kind int8) {
 // costs JetStream about as much as storing the event; this halves what a
 // transaction costs it. Retries ask for every ack.
 func (s *splitter) publish(it *splitItem) {
-	first, last, events := -1, -1, 0
-	for i, k := range it.kinds {
-		if k != kindDeadLetter {
-			if first < 0 {
-				first = i
-			}
-			last = i
-			events++
-		}
-	}
+	first, last, events := it.eventSpan()
 	if it.batch != nil || events < 3 {
 		it.batch = s.pub.Publish(it.msgs)
 		return
@@ -772,17 +781,7 @@ func (s *splitter) settle(it *splitItem) error {
 // workers' done markers. (Another writer filling a refused event's place
 // with exactly as many messages in that instant could hide a gap.)
 func (s *splitter) unconfirmedStored(it *splitItem) bool {
-	first, last, events := -1, -1, 0
-	for i, k := range it.kinds {
-		if k == kindDeadLetter {
-			continue
-		}
-		if first < 0 {
-			first = i
-		}
-		last = i
-		events++
-	}
+	first, last, events := it.eventSpan()
 	if first < 0 || it.batch.MessageErr(first) != nil || it.batch.MessageErr(last) != nil ||
 		it.batch.Duplicate(first) || it.batch.Duplicate(last) {
 		return false
