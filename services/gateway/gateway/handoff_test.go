@@ -11,8 +11,8 @@ func TestHandoffBounds(t *testing.T) {
 	h.maxMsgs, h.maxSize = 3, 10
 	h.offer("a", []byte("1234"))
 	h.offer("b", []byte("1234"))
-	if d, ok := h.take("a"); !ok || string(d) != "1234" {
-		t.Fatalf("take a = %q %v", d, ok)
+	if d, ok := h.take("a"); !ok || string(d.data) != "1234" {
+		t.Fatalf("take a = %+v %v", d, ok)
 	}
 	if _, ok := h.take("a"); ok {
 		t.Fatal("taken twice")
@@ -33,8 +33,8 @@ func TestHandoffBounds(t *testing.T) {
 	src := []byte("abcd")
 	h.offer("e", src)
 	src[0] = 'X'
-	if d, _ := h.take("e"); string(d) != "abcd" {
-		t.Fatalf("took %q: the handler's buffer was not copied", d)
+	if d, _ := h.take("e"); string(d.data) != "abcd" {
+		t.Fatalf("took %q: the handler's buffer was not copied", d.data)
 	}
 	for i := range 1000 {
 		k := strconv.Itoa(i)

@@ -82,6 +82,7 @@ type splitter struct {
 	// Only the reading goroutine of the running consume uses these.
 	rooms  map[string]*room
 	events []rawEvent
+	routed []route
 }
 
 // room is a validated room id and its event subjects.
@@ -104,10 +105,22 @@ func (s *splitter) room(id []byte) *room {
 	if r, ok := s.rooms[string(id)]; ok {
 		return r
 	}
+	return s.cacheRoom(string(id))
+}
+
+// roomOf is room for an id held as a string.
+func (s *splitter) roomOf(id string) *room {
+	if r, ok := s.rooms[id]; ok {
+		return r
+	}
+	return s.cacheRoom(id)
+}
+
+func (s *splitter) cacheRoom(id string) *room {
 	if s.rooms == nil || len(s.rooms) >= maxCachedRooms {
 		s.rooms = make(map[string]*room)
 	}
-	r := &room{id: string(id)}
+	r := &room{id: id}
 	s.rooms[r.id] = r
 	return r
 }
@@ -443,13 +456,13 @@ func (r *splitRun) read(fetchWait time.Duration) error {
 				delete(r.recovered, it.seq)
 				it.batch = r.s.pub.Publish(nil)
 			case r.waitUnpaused():
-				data, ok := r.body(it.seq, m)
+				data, routes, ok := r.body(it.seq, m)
 				switch {
 				case !ok: // stopping: given back unpublished
 				case data == nil:
 					it.batch = r.s.pub.Publish(nil)
 				default:
-					r.s.route(it, data, headerValue(m.Headers().Get(bus.HeaderTxnID)))
+					r.s.route(it, data, routes, headerValue(m.Headers().Get(bus.HeaderTxnID)))
 					r.s.publish(it)
 				}
 			}
@@ -467,18 +480,24 @@ func (r *splitRun) read(fetchWait time.Duration) error {
 const headerMsgSize = "Nats-Msg-Size"
 
 // body returns the bytes of the transaction message m, stream sequence
-// seq. The splitter's consumer delivers headers only: the bytes come from
-// the handoff when this replica stored the message, else from the stream,
+// seq, and the routes of its events if the handler worked them out. The
+// splitter's consumer delivers headers only: the bytes come from the
+// handoff when this replica stored the message, else from the stream,
 // read until it answers; nil if the stream no longer has it (split
 // already), false once ctx ends first.
-func (r *splitRun) body(seq uint64, m jetstream.Msg) ([]byte, bool) {
+func (r *splitRun) body(seq uint64, m jetstream.Msg) ([]byte, []route, bool) {
 	h := m.Headers()
 	if h.Get(headerMsgSize) == "" {
-		return m.Data(), true // a consumer that delivers bytes
+		return m.Data(), nil, true // a consumer that delivers bytes
 	}
 	if d, ok := r.s.handoff.take(h.Get(bus.HeaderMsgID)); ok {
 		r.s.g.metrics.splitReads.WithLabelValues("handoff").Inc()
-		return d, true
+		select {
+		case <-d.ready: // the handler is working them out now, without waiting on anything
+		case <-r.ctx.Done():
+			return nil, nil, false
+		}
+		return d.data, d.routes, true
 	}
 	r.s.g.metrics.splitReads.WithLabelValues("stream").Inc()
 	backoff := splitMinBackoff
@@ -486,19 +505,19 @@ func (r *splitRun) body(seq uint64, m jetstream.Msg) ([]byte, bool) {
 		raw, err := r.stream.GetMsg(r.ctx, seq)
 		switch {
 		case err == nil:
-			return raw.Data, true
+			return raw.Data, nil, true
 		case errors.Is(err, jetstream.ErrMsgNotFound):
 			// Split and acknowledged by another splitter meanwhile.
-			return nil, true
+			return nil, nil, true
 		}
 		if r.ctx.Err() != nil {
-			return nil, false
+			return nil, nil, false
 		}
 		r.s.g.log.Warn("splitter: cannot read a transaction message; retrying", "seq", seq, "err", err, "in", backoff)
 		select {
 		case <-time.After(backoff):
 		case <-r.ctx.Done():
-			return nil, false
+			return nil, nil, false
 		}
 		backoff = min(2*backoff, splitMaxBackoff)
 	}
@@ -539,7 +558,7 @@ func (r *splitRun) recoverLost(seq uint64) {
 		r.s.g.log.Warn("splitter: a transaction message delivered but lost on the way; split from the stream", "seq", q)
 		it := &splitItem{seq: q, stored: raw.Time}
 		if r.waitUnpaused() {
-			r.s.route(it, raw.Data, headerValue(raw.Header.Get(bus.HeaderTxnID)))
+			r.s.route(it, raw.Data, nil, headerValue(raw.Header.Get(bus.HeaderTxnID)))
 			r.s.publish(it)
 			if r.recovered == nil {
 				r.recovered = map[uint64]bool{}
@@ -675,47 +694,89 @@ func (r *splitRun) inProgress() {
 	}
 }
 
-// route routes every event of a transaction message (data, of
-// transaction txnID) into it: a message to its event subject, or a dead
-// letter.
-func (s *splitter) route(it *splitItem, data []byte, txnID string) {
+// route is where one event of a transaction message goes: its class's
+// subject in its room, or, with a problem, the dead-letter stream.
+type route struct {
+	raw     []byte // the event, within the transaction message
+	class   bus.Class
+	problem string
+	eventID string
+	typ     string
+	roomID  string
+}
+
+// judge is the splitter's judgement of the decoded event e, whose room id
+// is roomID and bytes raw: checkEvent's, unless the decoder flagged it.
+func (g *Gateway) judge(e *rawEvent, roomID string, raw []byte) route {
+	r := route{raw: raw, problem: e.Problem, eventID: e.EventID, typ: e.Type, roomID: roomID}
+	if r.problem == "" {
+		r.class, r.problem = checkEvent(e, roomID, g.bot, g.maxEvent)
+	}
+	return r
+}
+
+// routes decodes a transaction message and judges each of its events, in
+// order, into s.routed.
+func (s *splitter) routes(data []byte) ([]route, error) {
 	var err error
 	s.events, err = decodeTransaction(data, s.events[:0])
+	defer clear(s.events)
 	if err != nil {
-		// Not a transaction message of ours: kept for an operator to read.
-		s.g.log.Error("splitter: unreadable transaction message sent to the dead-letter stream", "txn_id", logID(txnID), "err", err)
-		it.add(gatewayDeadLetter("", "transaction message unreadable: "+err.Error(), data,
-			nats.Header{bus.HeaderTxnID: {txnID}}), kindDeadLetter)
-		return
+		return nil, err
 	}
-	it.msgs = make([]*nats.Msg, 0, len(s.events))
-	it.kinds = make([]int8, 0, len(s.events))
-	msgs := make([]nats.Msg, len(s.events))
+	s.routed = s.routed[:0]
 	for i := range s.events {
 		e := &s.events[i]
-		var rm *room
+		roomID := ""
 		if e.Problem == "" {
-			rm = s.room(e.RoomID)
-			e.class, e.Problem = checkEvent(e, rm.id, s.g.bot, s.g.maxEvent)
+			roomID = s.room(e.RoomID).id
+		} else {
+			roomID = string(e.RoomID) // for the dead letter's subject
 		}
-		if e.Problem != "" {
-			it.add(s.g.deadLetterMsg(txnID, e), kindDeadLetter)
+		s.routed = append(s.routed, s.g.judge(e, roomID, e.Raw))
+	}
+	return s.routed, nil
+}
+
+// route routes every event of a transaction message (data, of
+// transaction txnID) into it: a message to its event subject, or a dead
+// letter. routes are its events' routes if the handler handed them over,
+// nil to work them out here.
+func (s *splitter) route(it *splitItem, data []byte, routes []route, txnID string) {
+	if routes == nil {
+		var err error
+		if routes, err = s.routes(data); err != nil {
+			// Not a transaction message of ours: kept for an operator to read.
+			s.g.log.Error("splitter: unreadable transaction message sent to the dead-letter stream", "txn_id", logID(txnID), "err", err)
+			it.add(gatewayDeadLetter("", "transaction message unreadable: "+err.Error(), data,
+				nats.Header{bus.HeaderTxnID: {txnID}}), kindDeadLetter)
+			return
+		}
+		defer clear(s.routed)
+	}
+	it.msgs = make([]*nats.Msg, 0, len(routes))
+	it.kinds = make([]int8, 0, len(routes))
+	msgs := make([]nats.Msg, len(routes))
+	for i := range routes {
+		rt := &routes[i]
+		if rt.problem != "" {
+			e := rawEvent{Raw: rt.raw, Problem: rt.problem, EventID: rt.eventID, Type: rt.typ, RoomID: []byte(rt.roomID)}
+			it.add(s.g.deadLetterMsg(txnID, &e), kindDeadLetter)
 			continue
 		}
 		m := &msgs[i]
-		m.Subject, m.Data = rm.subject(e.class), e.Raw
-		setHeaders(m, e.EventID, txnID, e.Type)
-		if e.class == bus.ClassModeration {
+		m.Subject, m.Data = s.roomOf(rt.roomID).subject(rt.class), rt.raw
+		setHeaders(m, rt.eventID, txnID, rt.typ)
+		if rt.class == bus.ClassModeration {
 			// The moderation consumer handles a site's events at once and
 			// keeps the one of the highest stream sequence: a second copy
 			// of an old ban, stored after the unban that followed it,
 			// would win. Moderation events are few; JetStream drops their
 			// copies within the duplicate window.
-			m.Header[bus.HeaderMsgID] = []string{e.EventID}
+			m.Header[bus.HeaderMsgID] = []string{rt.eventID}
 		}
-		it.add(m, int8(classIndex(e.class)))
+		it.add(m, int8(classIndex(rt.class)))
 	}
-	clear(s.events)
 }
 
 // settle reads the outcome of it's batch: what is stored is counted, and
