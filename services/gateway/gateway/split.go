@@ -83,7 +83,47 @@ type splitter struct {
 	rooms  map[string]*room
 	events []rawEvent
 	routed []route
+
+	// blocks recycles the event messages of split transactions.
+	blocks msgBlocks
 }
+
+// msgBlock is the event messages of one transaction message. Their header
+// maps are reused: setHeaders overwrites every value.
+type msgBlock struct{ msgs []nats.Msg }
+
+// msgBlocks recycles msgBlocks between the splitter's reading goroutine,
+// which fills them, and its completing one, which is done with them once
+// their transaction is split (jspub keeps no message once sent).
+type msgBlocks struct{ pool sync.Pool }
+
+// get returns a block of n messages.
+func (p *msgBlocks) get(n int) *msgBlock {
+	b, _ := p.pool.Get().(*msgBlock)
+	if b == nil {
+		b = &msgBlock{}
+	}
+	if cap(b.msgs) < n {
+		b.msgs = append(b.msgs[:cap(b.msgs)], make([]nats.Msg, n-cap(b.msgs))...)
+	}
+	b.msgs = b.msgs[:n]
+	return b
+}
+
+// put recycles b (nil: nothing); nothing may use its messages any more.
+func (p *msgBlocks) put(b *msgBlock) {
+	if b == nil || cap(b.msgs) > maxRecycledBlock {
+		return
+	}
+	for i := range b.msgs {
+		b.msgs[i].Data, b.msgs[i].Reply = nil, "" // keep the header map
+	}
+	p.pool.Put(b)
+}
+
+// maxRecycledBlock bounds the blocks kept for reuse, in messages: the
+// block of a huge transaction is not kept.
+const maxRecycledBlock = 1024
 
 // room is a validated room id and its event subjects.
 type room struct {
@@ -252,6 +292,8 @@ type splitItem struct {
 	msgs  []*nats.Msg
 	kinds []int8
 	batch *jspub.Batch
+	// block holds its event messages, recycled once it is done.
+	block *msgBlock
 	// What was stored, for the metrics.
 	published   [3]int
 	deadLt      int
@@ -606,6 +648,7 @@ func (r *splitRun) complete() {
 			if r.finish(it) {
 				r.s.split(it)
 			}
+			r.s.blocks.put(it.block)
 			continue
 		}
 		if it.batch != nil && r.finish(it) {
@@ -614,6 +657,7 @@ func (r *splitRun) complete() {
 		} else {
 			_ = it.msg.Nak()
 		}
+		r.s.blocks.put(it.block)
 		r.mu.Lock()
 		r.held = r.held[1:]
 		r.s.g.metrics.splitBacklog.Set(float64(r.pending) + float64(len(r.held)))
@@ -756,7 +800,8 @@ func (s *splitter) route(it *splitItem, data []byte, routes []route, txnID strin
 	}
 	it.msgs = make([]*nats.Msg, 0, len(routes))
 	it.kinds = make([]int8, 0, len(routes))
-	msgs := make([]nats.Msg, len(routes))
+	it.block = s.blocks.get(len(routes))
+	msgs := it.block.msgs
 	for i := range routes {
 		rt := &routes[i]
 		if rt.problem != "" {
@@ -765,17 +810,25 @@ func (s *splitter) route(it *splitItem, data []byte, routes []route, txnID strin
 			continue
 		}
 		m := &msgs[i]
-		m.Subject, m.Data = s.roomOf(rt.roomID).subject(rt.class), rt.raw
-		setHeaders(m, rt.eventID, txnID, rt.typ)
-		if rt.class == bus.ClassModeration {
-			// The moderation consumer handles a site's events at once and
-			// keeps the one of the highest stream sequence: a second copy
-			// of an old ban, stored after the unban that followed it,
-			// would win. Moderation events are few; JetStream drops their
-			// copies within the duplicate window.
-			m.Header[bus.HeaderMsgID] = []string{rt.eventID}
-		}
+		eventMsg(m, s.roomOf(rt.roomID).subject(rt.class), rt, txnID)
 		it.add(m, int8(classIndex(rt.class)))
+	}
+}
+
+// eventMsg makes m, maybe recycled, the message of the event rt routes to
+// subject.
+func eventMsg(m *nats.Msg, subject string, rt *route, txnID string) {
+	m.Subject, m.Data, m.Reply = subject, rt.raw, ""
+	setHeaders(m, rt.eventID, txnID, rt.typ)
+	if rt.class == bus.ClassModeration {
+		// The moderation consumer handles a site's events at once and
+		// keeps the one of the highest stream sequence: a second copy
+		// of an old ban, stored after the unban that followed it,
+		// would win. Moderation events are few; JetStream drops their
+		// copies within the duplicate window.
+		m.Header[bus.HeaderMsgID] = []string{rt.eventID}
+	} else {
+		delete(m.Header, bus.HeaderMsgID) // a recycled moderation event's
 	}
 }
 
