@@ -642,6 +642,8 @@ func (r *splitRun) release(n int) {
 // acknowledged once all of its events are stored, or given back (Nak) if
 // the splitter stops first.
 func (r *splitRun) complete() {
+	var acks ackBatch
+	defer acks.flush()
 	for it := range r.queue {
 		if it.msg == nil {
 			// Read directly: its delivery, when it comes, is acknowledged.
@@ -652,7 +654,7 @@ func (r *splitRun) complete() {
 			continue
 		}
 		if it.batch != nil && r.finish(it) {
-			_ = it.msg.Ack()
+			acks.add(it.msg)
 			r.s.split(it)
 		} else {
 			_ = it.msg.Nak()
@@ -663,6 +665,58 @@ func (r *splitRun) complete() {
 		r.s.g.metrics.splitBacklog.Set(float64(r.pending) + float64(len(r.held)))
 		r.mu.Unlock()
 		<-r.slots
+	}
+}
+
+// splitAckDelay is how long the splitter may hold the acknowledgement of
+// a split transaction message so that it goes out in one write with the
+// next ones: one transaction at a time, a write of its own is a system
+// call and a wake-up on either side for every transaction. Delaying it
+// changes nothing but how long the message stays in the work queue: its
+// events are stored, and a splitter that dies first leaves it to the next,
+// which stores them again as after any death.
+const splitAckDelay = 5 * time.Millisecond
+
+// ackBatch holds acknowledgements for up to splitAckDelay, and at most
+// splitWindow of them (the consumer's MaxAckPending is far above the
+// pipeline and this together).
+type ackBatch struct {
+	mu      sync.Mutex
+	pending []jetstream.Msg
+	timer   *time.Timer
+}
+
+// add acknowledges m within splitAckDelay.
+func (a *ackBatch) add(m jetstream.Msg) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.pending = append(a.pending, m)
+	switch {
+	case len(a.pending) >= splitWindow:
+		a.flushLocked()
+	case len(a.pending) > 1:
+	case a.timer == nil:
+		a.timer = time.AfterFunc(splitAckDelay, a.flush)
+	default:
+		a.timer.Reset(splitAckDelay)
+	}
+}
+
+// flush acknowledges what is held now.
+func (a *ackBatch) flush() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.flushLocked()
+}
+
+func (a *ackBatch) flushLocked() {
+	for _, m := range a.pending {
+		_ = m.Ack()
+	}
+	clear(a.pending)
+	a.pending = a.pending[:0]
+	if a.timer != nil {
+		a.timer.Stop()
 	}
 }
 
