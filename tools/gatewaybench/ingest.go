@@ -112,7 +112,8 @@ func measure(ctx context.Context, b *binaries, o options, sc scenario, design st
 	if design == gatewayDesign {
 		var instead []string
 		if o.profile != "" {
-			// One profile per measurement, named for it.
+			// -profile: the gateway runs with a CPU profile of its own per
+			// measurement, gateway-<scenario>-r<round>.prof.
 			instead = []string{b.self, "-child", "serve", "-service", "gateway",
 				"-cpuprofile", fmt.Sprintf("%s/gateway-%s-r%d.prof", o.profile, sc.Name, round)}
 		}

@@ -42,7 +42,7 @@ type options struct {
 	rounds   int
 	replicas int
 	only     []string // scenario names; empty: all
-	profile  string   // directory for the gateway's (and alias: the provisioner's, nats-server's) CPU profiles
+	profile  string   // directory for the alias run's CPU profiles
 	long     bool
 	designs  []string
 	parts    []string
@@ -64,7 +64,7 @@ func main() {
 	parts := flag.String("parts", "", "what to run: ingest, alias, dupwindow (default ingest,alias; with -long all)")
 	replicas := flag.Int("replicas", 1, "ingest: nats-servers in the JetStream cluster and replicas of the streams (1 or 3)")
 	only := flag.String("scenarios", "", "ingest scenarios to run (100x1, 100x4, 1x1, ban; default all)")
-	profile := flag.String("profile", "", "run the gateway with CPU profiles (ingest: one per scenario and round; alias: with the provisioner and nats-server) into this directory")
+	profile := flag.String("profile", "", "alias: run the gateway and provisioner with CPU profiles, and profile nats-server, into this directory")
 	write := flag.Bool("write", false, "write the results into docs/benchmarks.md and README.md")
 	flag.Parse()
 
