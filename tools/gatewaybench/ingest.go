@@ -92,7 +92,8 @@ func storesEvents(design string) bool { return design != "whole" }
 // measure runs one design on one scenario with fresh processes: a new
 // nats-server (so that every measurement starts from the same empty
 // duplicate window), the gateway if measured, and the client.
-func measure(ctx context.Context, b *binaries, sc scenario, design string, replicas, round, run int) (measurement, error) {
+func measure(ctx context.Context, b *binaries, o options, sc scenario, design string, round, run int) (measurement, error) {
+	replicas := o.replicas
 	m := measurement{Scenario: sc.Name, Design: design, Round: round, Use: map[string]procUse{}}
 	ns, err := startCluster(b, replicas)
 	if err != nil {
@@ -109,7 +110,14 @@ func measure(ctx context.Context, b *binaries, sc scenario, design string, repli
 	spJSON, _ := json.Marshal(sp)
 	var client *proc
 	if design == gatewayDesign {
-		gw, api, err := startGateway(ctx, b, ns.url, replicas)
+		var instead []string
+		if o.profile != "" {
+			// -profile: the gateway runs with a CPU profile of its own per
+			// measurement, gateway-<scenario>-r<round>.prof.
+			instead = []string{b.self, "-child", "serve", "-service", "gateway",
+				"-cpuprofile", fmt.Sprintf("%s/gateway-%s-r%d.prof", o.profile, sc.Name, round)}
+		}
+		gw, api, err := startGateway(ctx, b, ns.url, replicas, instead)
 		if err != nil {
 			return m, err
 		}
@@ -308,7 +316,9 @@ func startService(ctx context.Context, name, bin string, env []string, admin int
 	}
 }
 
-func startGateway(ctx context.Context, b *binaries, natsURL string, replicas int) (*proc, string, error) {
+// startGateway starts the gateway binary, or instead (a binary and its
+// arguments) if given, and waits until it is ready.
+func startGateway(ctx context.Context, b *binaries, natsURL string, replicas int, instead []string) (*proc, string, error) {
 	api, err := freePort()
 	if err != nil {
 		return nil, "", err
@@ -319,7 +329,7 @@ func startGateway(ctx context.Context, b *binaries, natsURL string, replicas int
 	}
 	// No homeserver: without CACTUS_APPSERVICE_ID the gateway does not
 	// ping it, and transactions never call it.
-	p, err := startService(ctx, "gateway", b.gateway, gatewayEnv(natsURL, "http://127.0.0.1:9", replicas, api, admin), admin, nil)
+	p, err := startService(ctx, "gateway", b.gateway, gatewayEnv(natsURL, "http://127.0.0.1:9", replicas, api, admin), admin, instead)
 	if err != nil {
 		return nil, "", err
 	}
@@ -338,7 +348,7 @@ func ingest(ctx context.Context, b *binaries, o options) ([]measurement, error) 
 		for round := 1; round <= o.rounds; round++ {
 			for _, design := range o.designs {
 				run++
-				m, err := measure(ctx, b, sc, design, o.replicas, round, run)
+				m, err := measure(ctx, b, o, sc, design, round, run)
 				if err != nil {
 					return all, fmt.Errorf("%s, %s, round %d: %w", sc.Name, design, round, err)
 				}

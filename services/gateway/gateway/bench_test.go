@@ -7,7 +7,10 @@ import (
 	"net/http"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/cactus-comments/appservice/pkg/config"
+	"github.com/cactus-comments/appservice/pkg/logging"
 	"github.com/cactus-comments/appservice/services/gateway/loadgen"
 )
 
@@ -53,4 +56,51 @@ func benchmarkTransaction(b *testing.B, opts ...envOption) {
 		}
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*events)/1000, "µs/event")
+}
+
+// BenchmarkSplitterRoute is the gateway's CPU for a 100-event transaction
+// between the handler's decoding and the splitter's publishing: the
+// splitter decoding and judging a transaction message itself (one read
+// from the stream), or taking the routes the handler handed over (one
+// this replica stored), and the handler working those out.
+func BenchmarkSplitterRoute(b *testing.B) {
+	g, err := newGateway(testConfig(b), logging.Discard(), prometheus.NewRegistry(), nil, nil, options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	const events = 100
+	st := &txnState{}
+	st.events, err = decodeTransaction(loadgen.Transaction("bench", 0, events, 1024), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if n, _ := g.prepare("t1", st); n != 1 {
+		b.Fatalf("%d transaction messages, want 1", n)
+	}
+	h := newHandoff().offer("id", st.msgs[0].Data)
+	st.handed = append(st.handed[:0], h)
+	g.handRoutes(st)
+	s := &splitter{g: g}
+	split := func(b *testing.B, routes []route) {
+		b.ReportAllocs()
+		for b.Loop() {
+			it := &splitItem{}
+			s.route(it, h.data, routes, "t1")
+			if len(it.msgs) != events {
+				b.Fatalf("%d messages", len(it.msgs))
+			}
+			s.blocks.put(it.block)
+		}
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*events), "ns/event")
+	}
+	b.Run("stream", func(b *testing.B) { split(b, nil) })
+	b.Run("handoff", func(b *testing.B) { split(b, h.routes) })
+	b.Run("handRoutes", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			h.ready = make(chan struct{})
+			g.handRoutes(st)
+		}
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*events), "ns/event")
+	})
 }

@@ -31,8 +31,10 @@
 //     dead-letters it). It acknowledges a transaction message, which
 //     leaves the work queue, only once every event of it is stored. Its
 //     consumer delivers headers only: the bytes of what this replica's
-//     handler stored come from the handler's copy (handoff.go), the rest
-//     are read from the stream.
+//     handler stored come from the handler's copy (handoff.go), with the
+//     routes of their events, which the handler works out while JetStream
+//     stores the message; the rest are read from the stream, decoded and
+//     judged by the splitter itself, to the same routes.
 //
 // Workers read CACTUS_EVENTS as before; cactus_gateway_split_duration_seconds
 // is what they wait beyond the homeserver's 200.

@@ -12,9 +12,15 @@ import (
 // the message), or, when another replica stored it or it was evicted,
 // reads it from the stream. The handler offers only while this replica
 // splits; entries leave when taken or, oldest first, beyond the bounds.
+//
+// With the bytes the handler hands over the routes of their events
+// (route), which it works out while JetStream stores the message: the
+// splitter then neither decodes nor judges them again. The routes are
+// exactly what the splitter would work out from the bytes
+// (FuzzHandlerAndSplitter).
 type handoff struct {
 	mu      sync.Mutex
-	byID    map[string][]byte
+	byID    map[string]*handed
 	order   []string // insertion order, for eviction
 	bytes   int
 	maxMsgs int
@@ -29,24 +35,42 @@ const (
 )
 
 func newHandoff() *handoff {
-	return &handoff{byID: map[string][]byte{}, maxMsgs: handoffMaxMsgs, maxSize: handoffMaxBytes}
+	return &handoff{byID: map[string]*handed{}, maxMsgs: handoffMaxMsgs, maxSize: handoffMaxBytes}
 }
 
-// offer keeps a copy of data under id.
-func (h *handoff) offer(id string, data []byte) {
-	if len(data) > h.maxSize {
-		return
+// handed is one transaction message handed over: its bytes and, once
+// ready is closed, the routes of its events (nil: the splitter works them
+// out).
+type handed struct {
+	data   []byte
+	routes []route
+	ready  chan struct{}
+}
+
+// setRoutes hands over the routes of h's events; nil on a nil h.
+func (h *handed) setRoutes(routes []route) {
+	if h != nil {
+		h.routes = routes
+		close(h.ready)
 	}
-	c := append([]byte(nil), data...)
+}
+
+// offer keeps a copy of data under id, and returns it; the caller must
+// then call its setRoutes. Nil if data is larger than the handoff holds.
+func (h *handoff) offer(id string, data []byte) *handed {
+	if len(data) > h.maxSize {
+		return nil
+	}
+	c := &handed{data: append([]byte(nil), data...), ready: make(chan struct{})}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if old, ok := h.byID[id]; ok {
-		h.bytes -= len(old)
+		h.bytes -= len(old.data)
 	} else {
 		h.order = append(h.order, id)
 	}
 	h.byID[id] = c
-	h.bytes += len(c)
+	h.bytes += len(c.data)
 	for len(h.byID) > h.maxMsgs || h.bytes > h.maxSize {
 		h.evictOldest()
 	}
@@ -61,6 +85,7 @@ func (h *handoff) offer(id string, data []byte) {
 		clear(h.order[len(live):])
 		h.order = live
 	}
+	return c
 }
 
 func (h *handoff) evictOldest() {
@@ -70,20 +95,20 @@ func (h *handoff) evictOldest() {
 		h.order = h.order[1:]
 		if d, ok := h.byID[k]; ok {
 			delete(h.byID, k)
-			h.bytes -= len(d)
+			h.bytes -= len(d.data)
 			return
 		}
 	}
 }
 
-// take removes and returns the bytes offered under id.
-func (h *handoff) take(id string) ([]byte, bool) {
+// take removes and returns what was offered under id.
+func (h *handoff) take(id string) (*handed, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	d, ok := h.byID[id]
 	if ok {
 		delete(h.byID, id)
-		h.bytes -= len(d)
+		h.bytes -= len(d.data)
 	}
 	return d, ok
 }

@@ -2,8 +2,13 @@ package gateway
 
 import (
 	"bytes"
+	"reflect"
 	"strconv"
 	"testing"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/cactus-comments/appservice/pkg/bus"
 )
 
 func TestHandoffBounds(t *testing.T) {
@@ -11,8 +16,8 @@ func TestHandoffBounds(t *testing.T) {
 	h.maxMsgs, h.maxSize = 3, 10
 	h.offer("a", []byte("1234"))
 	h.offer("b", []byte("1234"))
-	if d, ok := h.take("a"); !ok || string(d) != "1234" {
-		t.Fatalf("take a = %q %v", d, ok)
+	if d, ok := h.take("a"); !ok || string(d.data) != "1234" {
+		t.Fatalf("take a = %+v %v", d, ok)
 	}
 	if _, ok := h.take("a"); ok {
 		t.Fatal("taken twice")
@@ -33,8 +38,8 @@ func TestHandoffBounds(t *testing.T) {
 	src := []byte("abcd")
 	h.offer("e", src)
 	src[0] = 'X'
-	if d, _ := h.take("e"); string(d) != "abcd" {
-		t.Fatalf("took %q: the handler's buffer was not copied", d)
+	if d, _ := h.take("e"); string(d.data) != "abcd" {
+		t.Fatalf("took %q: the handler's buffer was not copied", d.data)
 	}
 	for i := range 1000 {
 		k := strconv.Itoa(i)
@@ -47,5 +52,22 @@ func TestHandoffBounds(t *testing.T) {
 	h.drop()
 	if h.bytes != 0 || len(h.byID) != 0 {
 		t.Fatal("drop kept entries")
+	}
+}
+
+// A recycled message keeps nothing of the event it carried before: the
+// Nats-Msg-Id of a moderation event would make JetStream drop a later
+// event as its duplicate.
+func TestEventMsgRecycled(t *testing.T) {
+	var m nats.Msg
+	eventMsg(&m, "ban.subject", &route{raw: []byte("ban"), class: bus.ClassModeration, eventID: "$ban", typ: "m.room.member"}, "t1")
+	if m.Header.Get(bus.HeaderMsgID) != "$ban" {
+		t.Fatalf("moderation event without its Nats-Msg-Id: %v", m.Header)
+	}
+	m.Reply = "_INBOX.x.1.0"
+	eventMsg(&m, "msg.subject", &route{raw: []byte("msg"), class: bus.ClassOther, eventID: "$msg", typ: "m.room.message"}, "t2")
+	want := nats.Header{bus.HeaderEventID: {"$msg"}, bus.HeaderTxnID: {"t2"}, bus.HeaderEventType: {"m.room.message"}}
+	if !reflect.DeepEqual(m.Header, want) || m.Subject != "msg.subject" || string(m.Data) != "msg" || m.Reply != "" {
+		t.Fatalf("recycled message %+v, want headers %v", m, want)
 	}
 }

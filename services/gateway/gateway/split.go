@@ -82,7 +82,48 @@ type splitter struct {
 	// Only the reading goroutine of the running consume uses these.
 	rooms  map[string]*room
 	events []rawEvent
+	routed []route
+
+	// blocks recycles the event messages of split transactions.
+	blocks msgBlocks
 }
+
+// msgBlock is the event messages of one transaction message. Their header
+// maps are reused: setHeaders overwrites every value.
+type msgBlock struct{ msgs []nats.Msg }
+
+// msgBlocks recycles msgBlocks between the splitter's reading goroutine,
+// which fills them, and its completing one, which is done with them once
+// their transaction is split (jspub keeps no message once sent).
+type msgBlocks struct{ pool sync.Pool }
+
+// get returns a block of n messages.
+func (p *msgBlocks) get(n int) *msgBlock {
+	b, _ := p.pool.Get().(*msgBlock)
+	if b == nil {
+		b = &msgBlock{}
+	}
+	if cap(b.msgs) < n {
+		b.msgs = append(b.msgs[:cap(b.msgs)], make([]nats.Msg, n-cap(b.msgs))...)
+	}
+	b.msgs = b.msgs[:n]
+	return b
+}
+
+// put recycles b (nil: nothing); nothing may use its messages any more.
+func (p *msgBlocks) put(b *msgBlock) {
+	if b == nil || cap(b.msgs) > maxRecycledBlock {
+		return
+	}
+	for i := range b.msgs {
+		b.msgs[i].Data, b.msgs[i].Reply = nil, "" // keep the header map
+	}
+	p.pool.Put(b)
+}
+
+// maxRecycledBlock bounds the blocks kept for reuse, in messages: the
+// block of a huge transaction is not kept.
+const maxRecycledBlock = 1024
 
 // room is a validated room id and its event subjects.
 type room struct {
@@ -104,10 +145,22 @@ func (s *splitter) room(id []byte) *room {
 	if r, ok := s.rooms[string(id)]; ok {
 		return r
 	}
+	return s.cacheRoom(string(id))
+}
+
+// roomOf is room for an id held as a string.
+func (s *splitter) roomOf(id string) *room {
+	if r, ok := s.rooms[id]; ok {
+		return r
+	}
+	return s.cacheRoom(id)
+}
+
+func (s *splitter) cacheRoom(id string) *room {
 	if s.rooms == nil || len(s.rooms) >= maxCachedRooms {
 		s.rooms = make(map[string]*room)
 	}
-	r := &room{id: string(id)}
+	r := &room{id: id}
 	s.rooms[r.id] = r
 	return r
 }
@@ -239,6 +292,8 @@ type splitItem struct {
 	msgs  []*nats.Msg
 	kinds []int8
 	batch *jspub.Batch
+	// block holds its event messages, recycled once it is done.
+	block *msgBlock
 	// What was stored, for the metrics.
 	published   [3]int
 	deadLt      int
@@ -252,6 +307,24 @@ func (it *splitItem) add(m *nats.Msg, kind int8) {
 	it.kinds = append(it.kinds, kind)
 }
 
+// eventSpan returns the indexes of it's first and last event (-1 if it
+// has none) and how many events it has: what is left to store, dead
+// letters aside.
+func (it *splitItem) eventSpan() (first, last, events int) {
+	first, last = -1, -1
+	for i, k := range it.kinds {
+		if k == kindDeadLetter {
+			continue
+		}
+		if first < 0 {
+			first = i
+		}
+		last = i
+		events++
+	}
+	return first, last, events
+}
+
 // publish publishes what is left of it. A transaction's first attempt
 // asks JetStream to acknowledge only its first and last event (and every
 // dead letter): the events between are sent without a reply. One
@@ -261,16 +334,7 @@ func (it *splitItem) add(m *nats.Msg, kind int8) {
 // costs JetStream about as much as storing the event; this halves what a
 // transaction costs it. Retries ask for every ack.
 func (s *splitter) publish(it *splitItem) {
-	first, last, events := -1, -1, 0
-	for i, k := range it.kinds {
-		if k != kindDeadLetter {
-			if first < 0 {
-				first = i
-			}
-			last = i
-			events++
-		}
-	}
+	first, last, events := it.eventSpan()
 	if it.batch != nil || events < 3 {
 		it.batch = s.pub.Publish(it.msgs)
 		return
@@ -434,13 +498,13 @@ func (r *splitRun) read(fetchWait time.Duration) error {
 				delete(r.recovered, it.seq)
 				it.batch = r.s.pub.Publish(nil)
 			case r.waitUnpaused():
-				data, ok := r.body(it.seq, m)
+				data, routes, ok := r.body(it.seq, m)
 				switch {
 				case !ok: // stopping: given back unpublished
 				case data == nil:
 					it.batch = r.s.pub.Publish(nil)
 				default:
-					r.s.route(it, data, headerValue(m.Headers().Get(bus.HeaderTxnID)))
+					r.s.route(it, data, routes, headerValue(m.Headers().Get(bus.HeaderTxnID)))
 					r.s.publish(it)
 				}
 			}
@@ -458,18 +522,24 @@ func (r *splitRun) read(fetchWait time.Duration) error {
 const headerMsgSize = "Nats-Msg-Size"
 
 // body returns the bytes of the transaction message m, stream sequence
-// seq. The splitter's consumer delivers headers only: the bytes come from
-// the handoff when this replica stored the message, else from the stream,
+// seq, and the routes of its events if the handler worked them out. The
+// splitter's consumer delivers headers only: the bytes come from the
+// handoff when this replica stored the message, else from the stream,
 // read until it answers; nil if the stream no longer has it (split
 // already), false once ctx ends first.
-func (r *splitRun) body(seq uint64, m jetstream.Msg) ([]byte, bool) {
+func (r *splitRun) body(seq uint64, m jetstream.Msg) ([]byte, []route, bool) {
 	h := m.Headers()
 	if h.Get(headerMsgSize) == "" {
-		return m.Data(), true // a consumer that delivers bytes
+		return m.Data(), nil, true // a consumer that delivers bytes
 	}
 	if d, ok := r.s.handoff.take(h.Get(bus.HeaderMsgID)); ok {
 		r.s.g.metrics.splitReads.WithLabelValues("handoff").Inc()
-		return d, true
+		select {
+		case <-d.ready: // the handler is working them out now, without waiting on anything
+		case <-r.ctx.Done():
+			return nil, nil, false
+		}
+		return d.data, d.routes, true
 	}
 	r.s.g.metrics.splitReads.WithLabelValues("stream").Inc()
 	backoff := splitMinBackoff
@@ -477,19 +547,19 @@ func (r *splitRun) body(seq uint64, m jetstream.Msg) ([]byte, bool) {
 		raw, err := r.stream.GetMsg(r.ctx, seq)
 		switch {
 		case err == nil:
-			return raw.Data, true
+			return raw.Data, nil, true
 		case errors.Is(err, jetstream.ErrMsgNotFound):
 			// Split and acknowledged by another splitter meanwhile.
-			return nil, true
+			return nil, nil, true
 		}
 		if r.ctx.Err() != nil {
-			return nil, false
+			return nil, nil, false
 		}
 		r.s.g.log.Warn("splitter: cannot read a transaction message; retrying", "seq", seq, "err", err, "in", backoff)
 		select {
 		case <-time.After(backoff):
 		case <-r.ctx.Done():
-			return nil, false
+			return nil, nil, false
 		}
 		backoff = min(2*backoff, splitMaxBackoff)
 	}
@@ -530,7 +600,7 @@ func (r *splitRun) recoverLost(seq uint64) {
 		r.s.g.log.Warn("splitter: a transaction message delivered but lost on the way; split from the stream", "seq", q)
 		it := &splitItem{seq: q, stored: raw.Time}
 		if r.waitUnpaused() {
-			r.s.route(it, raw.Data, headerValue(raw.Header.Get(bus.HeaderTxnID)))
+			r.s.route(it, raw.Data, nil, headerValue(raw.Header.Get(bus.HeaderTxnID)))
 			r.s.publish(it)
 			if r.recovered == nil {
 				r.recovered = map[uint64]bool{}
@@ -572,25 +642,81 @@ func (r *splitRun) release(n int) {
 // acknowledged once all of its events are stored, or given back (Nak) if
 // the splitter stops first.
 func (r *splitRun) complete() {
+	var acks ackBatch
+	defer acks.flush()
 	for it := range r.queue {
 		if it.msg == nil {
 			// Read directly: its delivery, when it comes, is acknowledged.
 			if r.finish(it) {
 				r.s.split(it)
 			}
+			r.s.blocks.put(it.block)
 			continue
 		}
 		if it.batch != nil && r.finish(it) {
-			_ = it.msg.Ack()
+			acks.add(it.msg)
 			r.s.split(it)
 		} else {
 			_ = it.msg.Nak()
 		}
+		r.s.blocks.put(it.block)
 		r.mu.Lock()
 		r.held = r.held[1:]
 		r.s.g.metrics.splitBacklog.Set(float64(r.pending) + float64(len(r.held)))
 		r.mu.Unlock()
 		<-r.slots
+	}
+}
+
+// splitAckDelay is how long the splitter may hold the acknowledgement of
+// a split transaction message so that it goes out in one write with the
+// next ones: one transaction at a time, a write of its own is a system
+// call and a wake-up on either side for every transaction. Delaying it
+// changes nothing but how long the message stays in the work queue: its
+// events are stored, and a splitter that dies first leaves it to the next,
+// which stores them again as after any death.
+const splitAckDelay = 5 * time.Millisecond
+
+// ackBatch holds acknowledgements for up to splitAckDelay, and at most
+// splitWindow of them (the consumer's MaxAckPending is far above the
+// pipeline and this together).
+type ackBatch struct {
+	mu      sync.Mutex
+	pending []jetstream.Msg
+	timer   *time.Timer
+}
+
+// add acknowledges m within splitAckDelay.
+func (a *ackBatch) add(m jetstream.Msg) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.pending = append(a.pending, m)
+	switch {
+	case len(a.pending) >= splitWindow:
+		a.flushLocked()
+	case len(a.pending) > 1:
+	case a.timer == nil:
+		a.timer = time.AfterFunc(splitAckDelay, a.flush)
+	default:
+		a.timer.Reset(splitAckDelay)
+	}
+}
+
+// flush acknowledges what is held now.
+func (a *ackBatch) flush() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.flushLocked()
+}
+
+func (a *ackBatch) flushLocked() {
+	for _, m := range a.pending {
+		_ = m.Ack()
+	}
+	clear(a.pending)
+	a.pending = a.pending[:0]
+	if a.timer != nil {
+		a.timer.Stop()
 	}
 }
 
@@ -666,47 +792,98 @@ func (r *splitRun) inProgress() {
 	}
 }
 
-// route routes every event of a transaction message (data, of
-// transaction txnID) into it: a message to its event subject, or a dead
-// letter.
-func (s *splitter) route(it *splitItem, data []byte, txnID string) {
+// route is where one event of a transaction message goes: its class's
+// subject in its room, or, with a problem, the dead-letter stream.
+type route struct {
+	raw     []byte // the event, within the transaction message
+	class   bus.Class
+	problem string
+	eventID string
+	typ     string
+	roomID  string
+}
+
+// judge is the splitter's judgement of the decoded event e, whose room id
+// is roomID and bytes raw: checkEvent's, unless the decoder flagged it.
+func (g *Gateway) judge(e *rawEvent, roomID string, raw []byte) route {
+	r := route{raw: raw, problem: e.Problem, eventID: e.EventID, typ: e.Type, roomID: roomID}
+	if r.problem == "" {
+		r.class, r.problem = checkEvent(e, roomID, g.bot, g.maxEvent)
+	}
+	return r
+}
+
+// routes decodes a transaction message and judges each of its events, in
+// order, into s.routed.
+func (s *splitter) routes(data []byte) ([]route, error) {
 	var err error
 	s.events, err = decodeTransaction(data, s.events[:0])
+	defer clear(s.events)
 	if err != nil {
-		// Not a transaction message of ours: kept for an operator to read.
-		s.g.log.Error("splitter: unreadable transaction message sent to the dead-letter stream", "txn_id", logID(txnID), "err", err)
-		it.add(gatewayDeadLetter("", "transaction message unreadable: "+err.Error(), data,
-			nats.Header{bus.HeaderTxnID: {txnID}}), kindDeadLetter)
-		return
+		return nil, err
 	}
-	it.msgs = make([]*nats.Msg, 0, len(s.events))
-	it.kinds = make([]int8, 0, len(s.events))
-	msgs := make([]nats.Msg, len(s.events))
+	s.routed = s.routed[:0]
 	for i := range s.events {
 		e := &s.events[i]
-		var rm *room
+		roomID := ""
 		if e.Problem == "" {
-			rm = s.room(e.RoomID)
-			e.class, e.Problem = checkEvent(e, rm.id, s.g.bot, s.g.maxEvent)
+			roomID = s.room(e.RoomID).id
+		} else {
+			roomID = string(e.RoomID) // for the dead letter's subject
 		}
-		if e.Problem != "" {
-			it.add(s.g.deadLetterMsg(txnID, e), kindDeadLetter)
+		s.routed = append(s.routed, s.g.judge(e, roomID, e.Raw))
+	}
+	return s.routed, nil
+}
+
+// route routes every event of a transaction message (data, of
+// transaction txnID) into it: a message to its event subject, or a dead
+// letter. routes are its events' routes if the handler handed them over,
+// nil to work them out here.
+func (s *splitter) route(it *splitItem, data []byte, routes []route, txnID string) {
+	if routes == nil {
+		var err error
+		if routes, err = s.routes(data); err != nil {
+			// Not a transaction message of ours: kept for an operator to read.
+			s.g.log.Error("splitter: unreadable transaction message sent to the dead-letter stream", "txn_id", logID(txnID), "err", err)
+			it.add(gatewayDeadLetter("", "transaction message unreadable: "+err.Error(), data,
+				nats.Header{bus.HeaderTxnID: {txnID}}), kindDeadLetter)
+			return
+		}
+		defer clear(s.routed)
+	}
+	it.msgs = make([]*nats.Msg, 0, len(routes))
+	it.kinds = make([]int8, 0, len(routes))
+	it.block = s.blocks.get(len(routes))
+	msgs := it.block.msgs
+	for i := range routes {
+		rt := &routes[i]
+		if rt.problem != "" {
+			e := rawEvent{Raw: rt.raw, Problem: rt.problem, EventID: rt.eventID, Type: rt.typ, RoomID: []byte(rt.roomID)}
+			it.add(s.g.deadLetterMsg(txnID, &e), kindDeadLetter)
 			continue
 		}
 		m := &msgs[i]
-		m.Subject, m.Data = rm.subject(e.class), e.Raw
-		setHeaders(m, e.EventID, txnID, e.Type)
-		if e.class == bus.ClassModeration {
-			// The moderation consumer handles a site's events at once and
-			// keeps the one of the highest stream sequence: a second copy
-			// of an old ban, stored after the unban that followed it,
-			// would win. Moderation events are few; JetStream drops their
-			// copies within the duplicate window.
-			m.Header[bus.HeaderMsgID] = []string{e.EventID}
-		}
-		it.add(m, int8(classIndex(e.class)))
+		eventMsg(m, s.roomOf(rt.roomID).subject(rt.class), rt, txnID)
+		it.add(m, int8(classIndex(rt.class)))
 	}
-	clear(s.events)
+}
+
+// eventMsg makes m, maybe recycled, the message of the event rt routes to
+// subject.
+func eventMsg(m *nats.Msg, subject string, rt *route, txnID string) {
+	m.Subject, m.Data, m.Reply = subject, rt.raw, ""
+	setHeaders(m, rt.eventID, txnID, rt.typ)
+	if rt.class == bus.ClassModeration {
+		// The moderation consumer handles a site's events at once and
+		// keeps the one of the highest stream sequence: a second copy
+		// of an old ban, stored after the unban that followed it,
+		// would win. Moderation events are few; JetStream drops their
+		// copies within the duplicate window.
+		m.Header[bus.HeaderMsgID] = []string{rt.eventID}
+	} else {
+		delete(m.Header, bus.HeaderMsgID) // a recycled moderation event's
+	}
 }
 
 // settle reads the outcome of it's batch: what is stored is counted, and
@@ -772,17 +949,7 @@ func (s *splitter) settle(it *splitItem) error {
 // workers' done markers. (Another writer filling a refused event's place
 // with exactly as many messages in that instant could hide a gap.)
 func (s *splitter) unconfirmedStored(it *splitItem) bool {
-	first, last, events := -1, -1, 0
-	for i, k := range it.kinds {
-		if k == kindDeadLetter {
-			continue
-		}
-		if first < 0 {
-			first = i
-		}
-		last = i
-		events++
-	}
+	first, last, events := it.eventSpan()
 	if first < 0 || it.batch.MessageErr(first) != nil || it.batch.MessageErr(last) != nil ||
 		it.batch.Duplicate(first) || it.batch.Duplicate(last) {
 		return false

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bytes"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -16,8 +17,10 @@ import (
 // event reaches the splitter (in a transaction message, in order) or a
 // dead letter, and the splitter routes each event of the transaction
 // messages exactly as RouteEvent judges it alone: same subject, bytes, id,
-// type and class, or a dead letter with RouteEvent's reason. Transaction
-// messages are kept small here, so that transactions are cut into many.
+// type and class, or a dead letter with RouteEvent's reason. The routes
+// the handler hands over with a message are exactly those the splitter
+// works out from its bytes. Transaction messages are kept small here, so
+// that transactions are cut into many.
 func FuzzHandlerAndSplitter(f *testing.F) {
 	for i, s := range fuzzBodies {
 		f.Add([]byte(s), uint16(i*97))
@@ -65,11 +68,18 @@ func FuzzHandlerAndSplitter(f *testing.F) {
 			t.Fatalf("%d dead letters published, %d made", got, len(st.dead))
 		}
 
+		// What the handler hands over.
+		ho := newHandoff()
+		for _, m := range st.ptrs[:n] {
+			st.handed = append(st.handed, ho.offer(m.Header.Get(bus.HeaderMsgID), m.Data))
+		}
+		g.handRoutes(st)
+
 		// The transaction messages hold exactly the accepted events, in
 		// order, each message within its size.
 		s := &splitter{g: g}
 		var inChunks [][]byte
-		for _, m := range st.ptrs[:n] {
+		for k, m := range st.ptrs[:n] {
 			if len(m.Data) > g.maxChunk || m.Subject != bus.SubjectTxns || m.Header.Get(bus.HeaderMsgID) != chunkID(m.Data) {
 				t.Fatalf("transaction message of %d bytes (max %d) on %s, id %s", len(m.Data), g.maxChunk, m.Subject, m.Header.Get(bus.HeaderMsgID))
 			}
@@ -77,14 +87,29 @@ func FuzzHandlerAndSplitter(f *testing.F) {
 			if err != nil {
 				t.Fatalf("transaction message %q unreadable: %v", m.Data, err)
 			}
-			it := &splitItem{}
-			s.route(it, m.Data, m.Header.Get(bus.HeaderTxnID))
-			if len(it.msgs) != len(cevs) {
-				t.Fatalf("%d events in a transaction message, the splitter made %d messages", len(cevs), len(it.msgs))
+			own, err := s.routes(m.Data)
+			if err != nil {
+				t.Fatalf("transaction message %q: %v", m.Data, err)
+			}
+			if handed := st.handed[k]; handed == nil || !reflect.DeepEqual(handed.routes, own) {
+				t.Fatalf("transaction message %q: the handler's routes\n%+v\nthe splitter's own\n%+v", m.Data, handed, own)
+			}
+			for _, handed := range []bool{false, true} {
+				it := &splitItem{}
+				if handed {
+					s.route(it, st.handed[k].data, st.handed[k].routes, m.Header.Get(bus.HeaderTxnID))
+				} else {
+					s.route(it, m.Data, nil, m.Header.Get(bus.HeaderTxnID))
+				}
+				if len(it.msgs) != len(cevs) {
+					t.Fatalf("%d events in a transaction message, the splitter made %d messages", len(cevs), len(it.msgs))
+				}
+				for i := range cevs {
+					checkRouted(t, cevs[i].Raw, it.msgs[i], it.kinds[i])
+				}
 			}
 			for i := range cevs {
 				inChunks = append(inChunks, cevs[i].Raw)
-				checkRouted(t, cevs[i].Raw, it.msgs[i], it.kinds[i])
 			}
 		}
 		if len(inChunks) != len(accepted) {

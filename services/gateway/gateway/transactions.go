@@ -33,11 +33,16 @@ type txnState struct {
 	events []rawEvent
 	// seen maps the event ids of this transaction to their first index.
 	seen map[string]int
-	// raws are the events that go into transaction messages, chunks the
-	// messages' bytes back to back, ends where each ends.
+	// raws are the events that go into transaction messages, kept their
+	// indexes in events, chunks the messages' bytes back to back, ends
+	// where each ends and starts where each raw starts.
 	raws   [][]byte
+	kept   []int
 	chunks []byte
 	ends   []int
+	starts []int
+	// handed are the transaction messages offered to the splitter.
+	handed []*handed
 	// msgs keep their header maps from one transaction to the next.
 	msgs []nats.Msg
 	ptrs []*nats.Msg
@@ -158,6 +163,7 @@ func (g *Gateway) recycle(st *txnState) {
 	}
 	clear(st.ptrs)
 	clear(st.dead)
+	clear(st.handed)
 	clear(st.seen)
 	g.txns.Put(st)
 }
@@ -177,12 +183,15 @@ func (g *Gateway) store(ctx context.Context, txnID string, st *txnState) error {
 	ctx, cancel := context.WithTimeout(ctx, g.publishTimeout)
 	defer cancel()
 	n, repeated := g.prepare(txnID, st)
+	st.handed = st.handed[:0]
 	if g.split.active() {
 		for k := range n {
-			g.split.handoff.offer(st.msgs[k].Header[bus.HeaderMsgID][0], st.msgs[k].Data)
+			st.handed = append(st.handed, g.split.handoff.offer(st.msgs[k].Header[bus.HeaderMsgID][0], st.msgs[k].Data))
 		}
 	}
 	b := g.pub.Publish(st.ptrs)
+	// While JetStream stores them, the routes of their events.
+	g.handRoutes(st)
 	if err := b.Wait(ctx); err != nil {
 		g.metrics.publishFailures.WithLabelValues(g.failureReason(ctx, b, n)).Inc()
 		return err
@@ -216,7 +225,7 @@ func (g *Gateway) prepare(txnID string, st *txnState) (n, repeated int) {
 	if st.seen == nil {
 		st.seen = make(map[string]int)
 	}
-	st.raws, st.dead = st.raws[:0], st.dead[:0]
+	st.raws, st.kept, st.dead = st.raws[:0], st.kept[:0], st.dead[:0]
 	for i := range st.events {
 		e := &st.events[i]
 		if e.Problem == "" && len(e.Raw) > g.maxEvent {
@@ -239,9 +248,9 @@ func (g *Gateway) prepare(txnID string, st *txnState) (n, repeated int) {
 			st.dead = append(st.dead, g.deadLetterMsg(txnHeader, e))
 			continue
 		}
-		st.raws = append(st.raws, e.Raw)
+		st.raws, st.kept = append(st.raws, e.Raw), append(st.kept, i)
 	}
-	st.chunks, st.ends = appendChunks(st.chunks[:0], st.ends[:0], st.raws, g.maxChunk)
+	st.chunks, st.ends, st.starts = appendChunks(st.chunks[:0], st.ends[:0], st.starts[:0], st.raws, g.maxChunk)
 	n = len(st.ends)
 	if cap(st.msgs) < n {
 		st.msgs = append(st.msgs[:cap(st.msgs)], make([]nats.Msg, n-cap(st.msgs))...)
@@ -257,6 +266,30 @@ func (g *Gateway) prepare(txnID string, st *txnState) (n, repeated int) {
 	}
 	st.ptrs = append(st.ptrs, st.dead...)
 	return n, repeated
+}
+
+// handRoutes hands the splitter the routes of the events in the
+// transaction messages st.handed holds (st.handed[k] of message k, nil if
+// not offered), as it would work them out from the bytes.
+func (g *Gateway) handRoutes(st *txnState) {
+	j, start := 0, 0
+	for k, h := range st.handed {
+		end := st.ends[k]
+		var routes []route
+		for ; j < len(st.raws) && st.starts[j] < end; j++ {
+			if h == nil {
+				continue
+			}
+			if routes == nil {
+				routes = make([]route, 0, len(st.raws)-j)
+			}
+			at := st.starts[j] - start
+			e := &st.events[st.kept[j]]
+			routes = append(routes, g.judge(e, string(e.RoomID), h.data[at:at+len(e.Raw):at+len(e.Raw)]))
+		}
+		h.setRoutes(routes)
+		start = end
+	}
 }
 
 // failureReason labels a failed store for publish_failures_total: the

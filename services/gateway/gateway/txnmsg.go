@@ -20,10 +20,10 @@ var (
 var chunkFraming = len(chunkOpen) + len(chunkClose)
 
 // appendChunks appends the transaction messages holding raws, in order,
-// each of at most max bytes, to buf, and the end offset in buf of each to
-// ends. Every raw must fit alone (len(raw) <= max - chunkFraming). No raw
-// gives no message.
-func appendChunks(buf []byte, ends []int, raws [][]byte, max int) ([]byte, []int) {
+// each of at most max bytes, to buf, the end offset in buf of each to
+// ends, and the offset in buf of each raw to starts. Every raw must fit
+// alone (len(raw) <= max - chunkFraming). No raw gives no message.
+func appendChunks(buf []byte, ends, starts []int, raws [][]byte, max int) ([]byte, []int, []int) {
 	start := -1 // of the open message, -1 if none
 	for _, raw := range raws {
 		if start >= 0 && len(buf)-start+1+len(raw)+len(chunkClose) > max {
@@ -37,13 +37,14 @@ func appendChunks(buf []byte, ends []int, raws [][]byte, max int) ([]byte, []int
 		} else {
 			buf = append(buf, ',')
 		}
+		starts = append(starts, len(buf))
 		buf = append(buf, raw...)
 	}
 	if start >= 0 {
 		buf = append(buf, chunkClose...)
 		ends = append(ends, len(buf))
 	}
-	return buf, ends
+	return buf, ends, starts
 }
 
 // chunkID is a transaction message's Nats-Msg-Id: a hash of its bytes, so
