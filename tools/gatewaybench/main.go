@@ -68,7 +68,7 @@ func main() {
 	parts := flag.String("parts", "", "what to run: ingest, alias, dupwindow (default ingest,alias; with -long all)")
 	replicas := flag.Int("replicas", 1, "ingest: nats-servers in the JetStream cluster and replicas of the streams (1 or 3)")
 	only := flag.String("scenarios", "", "ingest scenarios to run (100x1, 100x4, 1x1, ban; default all)")
-	profile := flag.String("profile", "", "alias: run the gateway and provisioner with CPU profiles, and profile nats-server, into this directory")
+	profile := flag.String("profile", "", "write CPU profiles into this directory: alias runs profile the gateway, the provisioner and nats-server; ingest runs the gateway, one profile per scenario and round")
 	quietRooms := flag.Bool("quiet-rooms", false, "alias: the homeserver does not push the new rooms' events to the gateway (shows what ingesting them costs the queries; not written to the docs)")
 	write := flag.Bool("write", false, "write the results into docs/benchmarks.md and README.md")
 	flag.Parse()
