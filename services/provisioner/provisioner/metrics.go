@@ -29,8 +29,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Alias queries answered, by outcome (created, exists, unknown_site, not_comment_room, error).",
 		}, []string{"outcome"}),
 		aliasLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "cactus_provisioner_alias_query_duration_seconds",
-			Help:    "Time to answer one alias query, homeserver calls included.",
+			Name: "cactus_provisioner_alias_query_duration_seconds",
+			Help: "Time to answer one alias query, homeserver calls included.",
 			// Up to 33 s: past the gateway's default 20 s wait.
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 17),
 		}),
