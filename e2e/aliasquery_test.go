@@ -30,6 +30,29 @@ func banInSnapshot(t *testing.T, h *Harness, site *registry.Site, owner, spammer
 	h.Quiesce(20 * time.Second)
 }
 
+// joinLater makes visitor join alias in the background; the channel gets
+// the join's error.
+func joinLater(h *Harness, visitor *User, alias string) <-chan error {
+	joined := make(chan error, 1)
+	go func() {
+		_, err := visitor.Client.JoinRoom(h.Ctx, alias)
+		joined <- err
+	}()
+	return joined
+}
+
+// recordedRoom waits for a comment room to be in the registry.
+func recordedRoom(h *Harness, site, section string) registry.Room {
+	h.t.Helper()
+	var room registry.Room
+	h.Eventually(func() bool {
+		var err error
+		room, err = h.Registry.Room(h.Ctx, site, section)
+		return err == nil
+	}, 60*time.Second, "the room of "+site+"_"+section+" in the registry")
+	return room
+}
+
 // A createRoom that the homeserver answers after the gateway stopped
 // waiting for the alias query still ends with the room in the registry
 // and the site's bans in it: Synapse commits the room and never asks
@@ -218,22 +241,13 @@ func TestProvisionerKilledDuringCreateRoomLosesNoRoom(t *testing.T) {
 	creates := h.HS.Calls(hssim.EPCreateRoom)
 	visitor := h.User("visitor")
 	alias := h.CommentAlias(site.Name, "page")
-	joined := make(chan error, 1)
-	go func() {
-		_, err := visitor.Client.JoinRoom(h.Ctx, alias.String())
-		joined <- err
-	}()
+	joined := joinLater(h, visitor, alias.String())
 	h.Eventually(func() bool { return h.HS.Calls(hssim.EPCreateRoom) > creates }, 20*time.Second, "the createRoom under way")
 	first.Kill()
 	h.StartProvisioner(provisioner.Options{})
 	<-joined // the gateway gave up on the dead replica: this join fails
 
-	var room registry.Room
-	h.Eventually(func() bool {
-		var err error
-		room, err = h.Registry.Room(h.Ctx, site.Name, "page")
-		return err == nil
-	}, 60*time.Second, "the dead replica's room in the registry")
+	room := recordedRoom(h, site.Name, "page")
 	if r, ok := h.HS.ResolveAliasLocal(alias.String()); !ok || r != room.RoomID {
 		t.Fatalf("alias resolves to %q, registry says %s", r, room.RoomID)
 	}
@@ -266,11 +280,7 @@ func TestProvisionerKilledDuringBansLeavesNoBanOut(t *testing.T) {
 	bans := h.HS.Calls(hssim.EPBan)
 	visitor := h.User("visitor")
 	alias := h.CommentAlias(site.Name, "page")
-	joined := make(chan error, 1)
-	go func() {
-		_, err := visitor.Client.JoinRoom(h.Ctx, alias.String())
-		joined <- err
-	}()
+	joined := joinLater(h, visitor, alias.String())
 	h.Eventually(func() bool { return h.HS.Calls(hssim.EPBan) > bans }, 20*time.Second, "the new room's bans under way")
 	// A killed process sends nothing more, but the harness's Kill lets the
 	// replica's goroutines run to their end: the homeserver refuses what
@@ -293,12 +303,7 @@ func TestProvisionerKilledDuringBansLeavesNoBanOut(t *testing.T) {
 	}
 	h.StartProvisioner(provisioner.Options{})
 
-	var room registry.Room
-	h.Eventually(func() bool {
-		var err error
-		room, err = h.Registry.Room(h.Ctx, site.Name, "page")
-		return err == nil
-	}, 60*time.Second, "the room in the registry")
+	room := recordedRoom(h, site.Name, "page")
 	for _, sp := range spammers {
 		h.WaitSim(func() bool { return h.HS.Membership(room.RoomID, sp.ID.String()) == "ban" },
 			60*time.Second, "every site ban in the room whose bans the dead replica left half done")

@@ -12,17 +12,27 @@ import (
 	"github.com/cactus-comments/appservice/pkg/registry"
 )
 
+// openRegistry connects to NATS and opens the registry; closeNATS ends
+// the connection.
+func openRegistry(ctx context.Context, e *env, cf *cfgFlags) (reg *registry.Registry, closeNATS func(), err error) {
+	nc, js, err := cf.connectNATS(ctx, e)
+	if err != nil {
+		return nil, nil, err
+	}
+	if reg, err = registry.Open(ctx, js); err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("%w (has a service created the topology yet?)", err)
+	}
+	return reg, nc.Close, nil
+}
+
 // sitesList prints the registry's sites as a table or JSON.
 func sitesList(ctx context.Context, e *env, cf *cfgFlags, asJSON bool) error {
-	nc, js, err := cf.connectNATS(ctx, e)
+	reg, closeNATS, err := openRegistry(ctx, e, cf)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	reg, err := registry.Open(ctx, js)
-	if err != nil {
-		return fmt.Errorf("%w (has a service created the topology yet?)", err)
-	}
+	defer closeNATS()
 	sites, err := reg.Sites(ctx)
 	if err != nil {
 		return err
@@ -58,15 +68,11 @@ func sitesList(ctx context.Context, e *env, cf *cfgFlags, asJSON bool) error {
 
 // siteRooms prints one site's comment rooms as a table or JSON.
 func siteRooms(ctx context.Context, e *env, cf *cfgFlags, site string, asJSON bool) error {
-	nc, js, err := cf.connectNATS(ctx, e)
+	reg, closeNATS, err := openRegistry(ctx, e, cf)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	reg, err := registry.Open(ctx, js)
-	if err != nil {
-		return fmt.Errorf("%w (has a service created the topology yet?)", err)
-	}
+	defer closeNATS()
 	if _, err := reg.Site(ctx, site); err != nil {
 		if errors.Is(err, registry.ErrNotFound) {
 			return fmt.Errorf("no site %q in the registry (cactusctl sites list shows them)", site)

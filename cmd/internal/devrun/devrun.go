@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -490,7 +491,11 @@ func writeEnv(dir string, cfg *config.Config, reg *registration.Registration) er
 	return nil
 }
 
-// resolvePort replaces port 0 by a port that is free now.
+// resolvePort replaces port 0 by a port that is free now. The service
+// binds it a moment later, so the port comes from below the kernel's
+// ephemeral range (32768 and up on Linux): a port the kernel hands out
+// for :0 may meanwhile become the local port of any outgoing connection
+// on the machine, and the service's bind would fail.
 func resolvePort(addr string) (string, error) {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
@@ -499,13 +504,19 @@ func resolvePort(addr string) (string, error) {
 	if port != "0" {
 		return addr, nil
 	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return "", err
+	var lastErr error
+	for range 100 {
+		candidate := net.JoinHostPort(host, strconv.Itoa(stablePortLow+mrand.IntN(stablePortHigh-stablePortLow)))
+		if lastErr = checkFree(candidate); lastErr == nil {
+			return candidate, nil
+		}
 	}
-	defer ln.Close()
-	return net.JoinHostPort(host, strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)), nil
+	return "", fmt.Errorf("no free port on %s between %d and %d: %w", host, stablePortLow, stablePortHigh, lastErr)
 }
+
+// The range resolvePort picks from: above the well-known services that
+// development machines run, below the ephemeral range.
+const stablePortLow, stablePortHigh = 20000, 32000
 
 func checkFree(addr string) error {
 	ln, err := net.Listen("tcp", addr)

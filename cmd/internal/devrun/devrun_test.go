@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -433,4 +434,26 @@ func TestLeastPrivilegeFlow(t *testing.T) {
 		t.Fatal("the gateway's identity deleted the event stream")
 	}
 	denied("$JS.API.STREAM.DELETE." + bus.StreamEvents)
+}
+
+func TestResolvePortAvoidsEphemeralRange(t *testing.T) {
+	if got, err := resolvePort("127.0.0.1:8080"); err != nil || got != "127.0.0.1:8080" {
+		t.Fatalf("a port given stays: %q, %v", got, err)
+	}
+	for range 20 {
+		got, err := resolvePort("127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, port, _ := net.SplitHostPort(got)
+		n, _ := strconv.Atoi(port)
+		if n < stablePortLow || n >= stablePortHigh {
+			t.Fatalf("resolvePort gave %s, outside [%d, %d)", got, stablePortLow, stablePortHigh)
+		}
+		ln, err := net.Listen("tcp", got)
+		if err != nil {
+			t.Fatalf("the port it gave cannot be bound: %v", err)
+		}
+		ln.Close()
+	}
 }
