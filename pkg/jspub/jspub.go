@@ -176,7 +176,9 @@ func (p *Publisher) PublishPartly(msgs []*nats.Msg, confirm []bool) *Batch {
 	reply = append(reply, '.')
 	base := len(reply)
 	for i, m := range msgs {
-		if b.outcomes[i] == unconfirmed {
+		// From confirm, not b.outcomes: once the batch is registered,
+		// a disconnect may fail its waiting messages meanwhile.
+		if i < len(confirm) && !confirm[i] {
 			m.Reply = ""
 			if err := p.nc.PublishMsg(m); err != nil {
 				p.mu.Lock()
