@@ -240,13 +240,15 @@ func (g *Gateway) Split(ctx context.Context) error {
 	if o.Metrics == nil {
 		o.Metrics = g.metrics.partitions
 	}
-	backoff := time.Second
+	var backoff time.Duration
 	for {
 		m, err := partition.New(s.js, s.group, s.consume, o)
 		if err != nil {
 			return fmt.Errorf("splitter: %w", err)
 		}
+		started := time.Now()
 		err = m.Run(ctx)
+		backoff = splitRejoinBackoff(backoff, time.Since(started))
 		if ctx.Err() != nil || err == nil {
 			s.setState(splitStandby, nil)
 			return nil
@@ -259,8 +261,21 @@ func (g *Gateway) Split(ctx context.Context) error {
 			return nil
 		case <-time.After(backoff):
 		}
-		backoff = min(2*backoff, 30*time.Second)
 	}
+}
+
+// splitRejoinBackoff is how long the splitter waits before it tries to
+// join its group again, after a try that failed after ran. While NATS is
+// away every try fails, and the wait doubles; it stays short (at most
+// 5 s) because transactions the homeserver was told are stored wait for
+// the splitter, and a try costs NATS next to nothing. A splitter that had
+// been running for a while starts again from the shortest wait.
+func splitRejoinBackoff(prev, ran time.Duration) time.Duration {
+	const shortest, longest = time.Second, 5 * time.Second
+	if prev == 0 || ran > time.Minute {
+		return shortest
+	}
+	return min(2*prev, longest)
 }
 
 // drain drains nc, closing it if that takes longer than timeout.

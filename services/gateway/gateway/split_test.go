@@ -606,3 +606,21 @@ func TestModerationEventStoredOnce(t *testing.T) {
 		t.Fatalf("event stream holds %q, want %q", got, want)
 	}
 }
+
+func TestSplitRejoinBackoff(t *testing.T) {
+	steps := []struct {
+		prev, ran, want time.Duration
+	}{
+		{0, 0, time.Second},
+		{time.Second, time.Second, 2 * time.Second},
+		{2 * time.Second, 5 * time.Second, 4 * time.Second},
+		{4 * time.Second, 5 * time.Second, 5 * time.Second},
+		{5 * time.Second, 5 * time.Second, 5 * time.Second}, // NATS away for long: still every 5 s
+		{5 * time.Second, time.Hour, time.Second},           // it ran for an hour, then failed
+	}
+	for _, s := range steps {
+		if got := splitRejoinBackoff(s.prev, s.ran); got != s.want {
+			t.Errorf("splitRejoinBackoff(%v, %v) = %v, want %v", s.prev, s.ran, got, s.want)
+		}
+	}
+}
