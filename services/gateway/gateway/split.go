@@ -322,27 +322,36 @@ func (it *splitItem) add(m *nats.Msg, kind int8) {
 	it.kinds = append(it.kinds, kind)
 }
 
-// eventSpan returns the indexes of it's first and last event (-1 if it
-// has none) and how many events it has: what is left to store, dead
-// letters aside.
+// eventSpan returns the indexes of it's first and last event that can be
+// no duplicate (-1 if it has none) and how many events lie from one to
+// the other, both included: the stretch whose events can be sent without
+// an ack. A moderation event carries a Nats-Msg-Id, so JetStream may drop
+// it as a duplicate, and its ack then gives the original's sequence:
+// useless as an end. Dead letters are not events.
 func (it *splitItem) eventSpan() (first, last, events int) {
+	mod := int8(classIndex(bus.ClassModeration))
 	first, last = -1, -1
 	for i, k := range it.kinds {
-		if k == kindDeadLetter {
+		if k == kindDeadLetter || k == mod {
 			continue
 		}
 		if first < 0 {
 			first = i
 		}
 		last = i
-		events++
+	}
+	for i := first; first >= 0 && i <= last; i++ {
+		if it.kinds[i] != kindDeadLetter {
+			events++
+		}
 	}
 	return first, last, events
 }
 
 // publish publishes what is left of it. A transaction's first attempt
-// asks JetStream to acknowledge only its first and last event (and every
-// dead letter): the events between are sent without a reply. One
+// asks JetStream to acknowledge only the ends of its eventSpan, every
+// moderation event and every dead letter: the events between are sent
+// without a reply. One
 // connection's messages are stored in the order sent, so when the first
 // and last are stored exactly as many sequences apart as there are
 // events between them, every one of those is stored (settle). An ack

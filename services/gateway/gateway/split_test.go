@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/cactus-comments/appservice/pkg/bus"
 	"github.com/cactus-comments/appservice/pkg/config"
@@ -604,6 +605,31 @@ func TestModerationEventStoredOnce(t *testing.T) {
 	}
 	if got, want := e.eventIDs(), []string{"$ban", "$m1", "$unban", "$m2", "$m3", "$m1"}; !slices.Equal(got, want) {
 		t.Fatalf("event stream holds %q, want %q", got, want)
+	}
+}
+
+// A moderation event JetStream already has (a retry within its
+// duplicate window) at either end of a transaction takes no sequence; the
+// check that the events sent without an ack are stored must not take it
+// for a gap and send them all again.
+func TestDuplicateModerationEventAtTheEndsIsNoGap(t *testing.T) {
+	e := newEnv(t)
+	room := "!mod:example.org"
+	ban := member("$ban", room, "@owner:example.org", "@spam:example.org", "ban")
+	for i, body := range [][]byte{
+		txnBody(ban, message("$m1", room)),
+		txnBody(ban, message("$m2", room), message("$m3", room), message("$m4", room)),
+		txnBody(message("$m5", room), message("$m6", room), message("$m7", room), ban),
+	} {
+		if status, b := e.do(http.MethodPut, "/_matrix/app/v1/transactions/"+strconv.Itoa(i), body); status != 200 {
+			t.Fatalf("transaction %d: status %d body %s", i, status, b)
+		}
+	}
+	if got, want := e.eventIDs(), []string{"$ban", "$m1", "$m2", "$m3", "$m4", "$m5", "$m6", "$m7"}; !slices.Equal(got, want) {
+		t.Fatalf("event stream holds %q, want %q", got, want)
+	}
+	if n := testutil.ToFloat64(e.gw.metrics.splitUnconfirmed); n != 0 {
+		t.Errorf("split_unconfirmed_total = %v: events were sent again although none was lost", n)
 	}
 }
 
