@@ -932,6 +932,8 @@ func (s *splitter) settle(it *splitItem) error {
 		switch {
 		case err == nil && it.kinds[i] == kindDeadLetter:
 			it.deadLt++
+		case err == nil && it.batch.Duplicate(i):
+			// JetStream had it already (a moderation event's retry).
 		case err == nil:
 			it.published[it.kinds[i]]++
 		case errors.Is(err, jspub.ErrUnconfirmed):

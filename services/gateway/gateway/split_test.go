@@ -631,6 +631,9 @@ func TestDuplicateModerationEventAtTheEndsIsNoGap(t *testing.T) {
 	if n := testutil.ToFloat64(e.gw.metrics.splitUnconfirmed); n != 0 {
 		t.Errorf("split_unconfirmed_total = %v: events were sent again although none was lost", n)
 	}
+	if n := testutil.ToFloat64(e.gw.metrics.eventsPublished[bus.ClassModeration]); n != 1 {
+		t.Errorf("events_published_total{class=mod} = %v, want 1: the copies JetStream dropped were not stored", n)
+	}
 }
 
 func TestSplitRejoinBackoff(t *testing.T) {
