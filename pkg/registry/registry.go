@@ -158,7 +158,9 @@ func (r Room) IsModeration() bool { return r.Section == "" }
 type Registry struct {
 	sites, rooms *cas.Bucket
 	index        jetstream.KeyValue
-	now          func() time.Time
+	// js writes a comment room's two entries at once (RoomMsgs).
+	js  jetstream.JetStream
+	now func() time.Time
 }
 
 // Open binds to the buckets, which bus.Topology.Ensure creates.
@@ -181,6 +183,7 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Registry, error) {
 		return nil, fmt.Errorf("registry: open bucket %s: %w", bus.BucketIndex, err)
 	}
 	r.index = index
+	r.js = js
 	r.now = time.Now
 	return &r, nil
 }
@@ -364,28 +367,31 @@ func (r *Registry) PutRoom(ctx context.Context, room Room) error {
 	if room.Section == "" {
 		return r.putIndex(ctx, room)
 	}
-	b, err := json.Marshal(room)
+	msgs, err := r.RoomMsgs(room)
 	if err != nil {
-		return wrap("encode room", room.RoomID, err)
+		return err
 	}
 	// The two writes are independent (either alone is repaired by the
 	// other's retry or a rebuild), so they share one wait for their acks.
 	roomErr := make(chan error, 1)
 	go func() {
-		_, err := r.rooms.KV().Put(ctx, roomKey(room.Site, room.Section), b)
+		_, err := r.js.PublishMsg(ctx, msgs[0])
 		roomErr <- err
 	}()
-	indexErr := r.putIndexEncoded(ctx, room.RoomID, b)
+	_, indexErr := r.js.PublishMsg(ctx, msgs[1])
 	if err := <-roomErr; err != nil {
 		return wrap("put room", room.RoomID, err)
 	}
-	return indexErr
+	if indexErr != nil {
+		return wrap("put index", room.RoomID, indexErr)
+	}
+	return nil
 }
 
 // RoomMsgs is PutRoom as two messages, the room and its room-id index
-// entry, for a caller that pipelines them: it publishes both, does
-// something else (messages of one connection reach the server in
-// order), and then waits for both acks. Both stored is PutRoom done.
+// entry in that order, for a caller that pipelines them: it publishes
+// both, does something else (messages of one connection reach the server
+// in order), and then waits for both acks. Both stored is PutRoom done.
 func (r *Registry) RoomMsgs(room Room) ([]*nats.Msg, error) {
 	if room.Section == "" {
 		return nil, fmt.Errorf("registry: room %q is a moderation room, not a comment room", room.RoomID)
@@ -410,12 +416,8 @@ func (r *Registry) putIndex(ctx context.Context, room Room) error {
 	if err != nil {
 		return wrap("encode index", room.RoomID, err)
 	}
-	return r.putIndexEncoded(ctx, room.RoomID, b)
-}
-
-func (r *Registry) putIndexEncoded(ctx context.Context, roomID string, b []byte) error {
-	if _, err := r.index.Put(ctx, indexKey(roomID), b); err != nil {
-		return wrap("put index", roomID, err)
+	if _, err := r.index.Put(ctx, indexKey(room.RoomID), b); err != nil {
+		return wrap("put index", room.RoomID, err)
 	}
 	return nil
 }

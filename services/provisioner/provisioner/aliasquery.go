@@ -134,31 +134,26 @@ func (p *Provisioner) answer(ctx context.Context, alias string) (ans bus.AliasAn
 // confirmed after it, with the rest of its bookkeeping (the result's
 // then).
 func (p *Provisioner) provision(ctx context.Context, parsed namespace.Parsed) flightResult {
-	ans, outcome, then, err := p.provisionRoom(ctx, parsed)
-	return flightResult{ans: ans, outcome: outcome, err: err, then: then}
-}
-
-func (p *Provisioner) provisionRoom(ctx context.Context, parsed namespace.Parsed) (bus.AliasAnswer, string, func(), error) {
 	// The snapshot may be a little old: the revision check after
 	// recording the room catches up with whatever it missed.
 	site, rev, err := p.site(ctx, parsed.Site, p.sites.Load())
 	if errors.Is(err, registry.ErrNotFound) {
-		return bus.AliasAnswer{Error: fmt.Sprintf("no site %s is registered", namespace.Quote(parsed.Site))}, "unknown_site", nil, nil
+		return flightResult{ans: bus.AliasAnswer{Error: fmt.Sprintf("no site %s is registered", namespace.Quote(parsed.Site))}, outcome: "unknown_site"}
 	}
 	if err != nil {
-		return bus.AliasAnswer{}, "error", nil, fmt.Errorf("%w: %w", errNoAnswer, err)
+		return flightResult{outcome: "error", err: fmt.Errorf("%w: %w", errNoAnswer, err)}
 	}
 	pl, err := p.sitePowerLevels(ctx, site)
 	if err != nil {
-		return bus.AliasAnswer{Error: err.Error()}, "error", nil, err
+		return flightResult{ans: bus.AliasAnswer{Error: err.Error()}, outcome: "error", err: err}
 	}
 	src, err := p.moderationRoom(ctx, site)
 	if err != nil {
-		return bus.AliasAnswer{Error: err.Error()}, "error", nil, err
+		return flightResult{ans: bus.AliasAnswer{Error: err.Error()}, outcome: "error", err: err}
 	}
 	dst, err := p.newRoom(ctx)
 	if err != nil {
-		return bus.AliasAnswer{Error: "could not create the room"}, "error", nil, err
+		return flightResult{ans: bus.AliasAnswer{Error: "could not create the room"}, outcome: "error", err: err}
 	}
 	req := &matrix.CreateRoomRequest{
 		Visibility:      matrix.VisibilityPrivate,
@@ -181,7 +176,7 @@ func (p *Provisioner) provisionRoom(ctx context.Context, parsed namespace.Parsed
 		// Created by another replica, by an earlier attempt of ours, or
 		// by hand: it exists, which is all the homeserver asked.
 		ans, outcome, err := p.recordExisting(ctx, parsed)
-		return ans, outcome, nil, err
+		return flightResult{ans: ans, outcome: outcome, err: err}
 	}
 	if err != nil {
 		msg := "could not create the room"
@@ -194,7 +189,7 @@ func (p *Provisioner) provisionRoom(ctx context.Context, parsed namespace.Parsed
 			// now. A job finds out later, and records it if it does.
 			p.queueResolve(ctx, parsed)
 		}
-		return bus.AliasAnswer{Error: msg}, "error", nil, fmt.Errorf("create room %s: %w", parsed.Alias, err)
+		return flightResult{ans: bus.AliasAnswer{Error: msg}, outcome: "error", err: fmt.Errorf("create room %s: %w", parsed.Alias, err)}
 	}
 	p.m.roomsCreated.Inc()
 	room := registry.Room{Site: parsed.Site, Section: parsed.Section, RoomID: roomID.String(), Alias: parsed.Alias.String(), Create: &dst}
@@ -217,7 +212,7 @@ func (p *Provisioner) provisionRoom(ctx context.Context, parsed namespace.Parsed
 			p.settleRoom(ctx, parsed, site, rev, roomID, acks, bansErr)
 		}
 	}
-	return bus.AliasAnswer{Exists: true}, "created", then, nil
+	return flightResult{ans: bus.AliasAnswer{Exists: true}, outcome: "created", then: then}
 }
 
 // sendRoom publishes a new room's registry entries without waiting for
