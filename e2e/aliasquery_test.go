@@ -313,6 +313,96 @@ func TestProvisionerKilledDuringBansLeavesNoBanOut(t *testing.T) {
 	}
 }
 
+// As above, but the gateway that asked died with the provisioner (a node
+// lost, say): no unanswered query queues a resolve job. The room is
+// recorded with part of the site's bans; a provisioner started later
+// completes them.
+func TestEverythingKilledDuringNewRoomBansLeavesNoBanOut(t *testing.T) {
+	t.Parallel()
+	h := Start(t, Options{AliasQueryTimeout: 2 * time.Second, HomeserverTimeout: time.Second, Provisioners: -1})
+	first := h.StartProvisioner(provisioner.Options{})
+	owner := h.User("owner")
+	site := h.RegisterSite("allgone", owner)
+	var spammers []*User
+	for i := range 12 {
+		sp := h.User(fmt.Sprintf("spammer%d", i))
+		banInSnapshot(t, h, site, owner, sp)
+		spammers = append(spammers, sp)
+	}
+
+	h.HS.SetLatency(hssim.EPBan, 400*time.Millisecond)
+	bans := h.HS.Calls(hssim.EPBan)
+	// The query goes to the provisioner directly: its gateway is gone.
+	answered := make(chan struct{})
+	go func() {
+		defer close(answered)
+		_, _, _ = first.Provisioner.AliasQuery(h.Ctx, h.CommentAlias(site.Name, "page").String())
+	}()
+	h.Eventually(func() bool { return h.HS.Calls(hssim.EPBan) > bans }, 20*time.Second, "the new room's bans under way")
+	h.HS.InjectFault(hssim.Fault{Endpoint: hssim.EPBan, Status: http.StatusForbidden, ErrCode: "M_FORBIDDEN"})
+	first.Kill()
+	<-answered
+	h.HS.ClearFaults()
+	h.HS.SetLatency(hssim.EPBan, 0)
+	room := recordedRoom(h, site.Name, "page")
+	n := 0
+	for _, sp := range spammers {
+		if h.HS.Membership(room.RoomID, sp.ID.String()) == "ban" {
+			n++
+		}
+	}
+	if n == len(spammers) {
+		t.Fatal("every ban landed before the replica died: the test proves nothing")
+	}
+	h.StartProvisioner(provisioner.Options{})
+	for _, sp := range spammers {
+		h.WaitSim(func() bool { return h.HS.Membership(room.RoomID, sp.ID.String()) == "ban" },
+			60*time.Second, "every site ban in the room whose bans the dead replica left half done")
+	}
+	if dl := h.DeadLetters(); len(dl) != 0 {
+		t.Errorf("dead letters: %+v", dl)
+	}
+}
+
+// The safety net of a new room's bans (a ban sync due long after the
+// query) is deleted once the room is settled: rooms created normally cost
+// the homeserver no later check.
+func TestSettledRoomLeavesNoSafetyNet(t *testing.T) {
+	t.Parallel()
+	h := Start(t, Options{})
+	owner := h.User("owner")
+	site := h.RegisterSite("netted", owner)
+	spammer := h.User("spammer")
+	banInSnapshot(t, h, site, owner, spammer)
+	jobs, err := h.JS.Stream(h.Ctx, bus.StreamJobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := jobs.Info(h.Ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := h.StartProvisioner(provisioner.Options{}).Provisioner
+	ans, _, err := p.AliasQuery(h.Ctx, h.CommentAlias(site.Name, "page").String())
+	if err != nil || !ans.Exists {
+		t.Fatalf("alias query: %+v, %v", ans, err)
+	}
+	room := recordedRoom(h, site.Name, "page")
+	if h.HS.Membership(room.RoomID, spammer.ID.String()) != "ban" {
+		t.Fatal("the site's ban is not in the new room")
+	}
+	after, err := jobs.Info(h.Ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.State.LastSeq == before.State.LastSeq {
+		t.Fatal("no safety net was queued for a site with bans: the test proves nothing")
+	}
+	if after.State.Msgs != 0 {
+		t.Fatalf("%d jobs left in the stream after the room was settled", after.State.Msgs)
+	}
+}
+
 // A room created while the registry refuses writes is still recorded once
 // it takes them again: the provisioner hands the alias to a resolve job.
 func TestCreatedRoomRecordedAfterRegistryRefusedIt(t *testing.T) {

@@ -98,7 +98,8 @@ func ConsumerOwner(durable string) Identity {
 //     leader too), write and watch it;
 //   - the alias query: the gateway asks, the provisioners answer; the
 //     gateway queues a resolve job (only that kind) for a query nobody
-//     answered;
+//     answered; a provisioner deletes the job it queued as a new room's
+//     safety net once the room is settled;
 //   - replies: each identity its own inbox.
 //
 // The operator may do everything.
@@ -170,6 +171,9 @@ func (t Topology) Permissions(id Identity) Permissions {
 	if id == aliasResponder {
 		p.Subscribe = append(p.Subscribe, SubjectAliasQuery)
 		p.Responses = true
+		// A new room's safety net (a job due later) is deleted once the
+		// room is settled.
+		api("STREAM", "MSG", "DELETE", StreamJobs)
 	}
 	slices.Sort(pub)
 	p.Publish = slices.Compact(pub)

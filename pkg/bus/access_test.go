@@ -71,9 +71,11 @@ func TestPermissions(t *testing.T) {
 			noSub: []string{SubjectEventsAll, "_INBOX.x", "_INBOX_botworker.x", SubjectAliasQuery, ">"},
 		},
 		{
-			id:  Provisioner,
-			pub: []string{JobSubject("ban", "s", "!r:x"), DLQSubject(ConsumerJobs), "$JS.API.CONSUMER.MSG.NEXT." + StreamEvents + "." + ConsumerModeration, "$JS.ACK." + StreamJobs + "." + ConsumerJobs + ".1.2.3.4.5", "$KV." + BucketSites + ".k", "$JS.API.DIRECT.GET.KV_" + BucketRooms + ".$KV." + BucketRooms + ".k"},
-			noPub: []string{EventSubject(ClassBot, "!r:x"), "$JS.API.CONSUMER.MSG.NEXT." + StreamEvents + ".botworker-p00", "$JS.API.CONSUMER.MSG.NEXT." + StreamEvents + "." + RetiredConsumerBot, "$JS.API.STREAM.DELETE." + StreamJobs, "$JS.API.STREAM.UPDATE.KV_" + BucketSites, SubjectAliasQuery,
+			id: Provisioner,
+			pub: []string{JobSubject("ban", "s", "!r:x"), DLQSubject(ConsumerJobs), "$JS.API.CONSUMER.MSG.NEXT." + StreamEvents + "." + ConsumerModeration, "$JS.ACK." + StreamJobs + "." + ConsumerJobs + ".1.2.3.4.5", "$KV." + BucketSites + ".k", "$JS.API.DIRECT.GET.KV_" + BucketRooms + ".$KV." + BucketRooms + ".k",
+				// The safety net of a new room it settled.
+				"$JS.API.STREAM.MSG.DELETE." + StreamJobs},
+			noPub: []string{EventSubject(ClassBot, "!r:x"), "$JS.API.STREAM.MSG.DELETE." + StreamEvents, "$JS.API.STREAM.MSG.DELETE.KV_" + BucketSites, "$JS.API.CONSUMER.MSG.NEXT." + StreamEvents + ".botworker-p00", "$JS.API.CONSUMER.MSG.NEXT." + StreamEvents + "." + RetiredConsumerBot, "$JS.API.STREAM.DELETE." + StreamJobs, "$JS.API.STREAM.UPDATE.KV_" + BucketSites, SubjectAliasQuery,
 				SubjectTxns, "$KV." + BucketSplitter + ".k", "$JS.API.CONSUMER.MSG.NEXT." + StreamTxns + ".gateway-splitter-p00",
 				// Buckets of the bot alone.
 				"$KV." + BucketPartitions + ".k", "$JS.API.DIRECT.GET.KV_" + BucketPartitions, "$KV." + BucketLimit + ".k",

@@ -3,6 +3,7 @@ package bus
 import (
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go"
 )
@@ -43,6 +44,9 @@ type Job struct {
 	// Recheck asks the job to read the room's state before acting: an
 	// earlier run of its cause (a retry, a replay) may have acted already.
 	Recheck bool `json:"recheck,omitempty"`
+	// NotBefore, if set, is when the job is due: a safety net queued
+	// ahead of work that, once done, deletes it.
+	NotBefore time.Time `json:"not_before,omitzero"`
 }
 
 // MsgID names a job for JetStream's deduplication: a moderation event

@@ -98,6 +98,35 @@ func TestUnorderedRetryGoesBackToJetStream(t *testing.T) {
 	}
 }
 
+// A message that is not due yet comes back when it is, and that is no
+// failure: nothing counted as a retry, nothing dead-lettered.
+func TestNotDueComesBackWithoutAFailure(t *testing.T) {
+	e := newEnv(t)
+	var rec recorder
+	e.publish("!r:x", "$later")
+	o := e.options(1)
+	o.OrderKey = Unordered
+	e.run(o, func(_ context.Context, m jetstream.Msg) error {
+		if _, n := rec.record(m); n == 1 {
+			return NotDue(50 * time.Millisecond)
+		}
+		return nil
+	})
+	e.settled()
+	if got := rec.get("$later"); fmt.Sprint(got) != "[1 2]" {
+		t.Fatalf("deliveries %v, want [1 2]", got)
+	}
+	if n := e.counter(outcomeRetry); n != 0 {
+		t.Fatalf("%v retries counted for a message that was only not due", n)
+	}
+	if n := e.counter(outcomeOK); n != 1 {
+		t.Fatalf("%v successes counted, want 1", n)
+	}
+	if e.dlqCount() != 0 {
+		t.Fatal("dead-lettered")
+	}
+}
+
 // No more messages are pulled than there are free lanes: with both lanes
 // busy, nothing else of the backlog is taken by this replica (another one
 // could run it).

@@ -96,6 +96,17 @@ func RetryAfter(err error, d time.Duration) error {
 	return delayError{err, d}
 }
 
+// notDue: the message is for later (see NotDue).
+type notDue struct{ wait time.Duration }
+
+func (e notDue) Error() string { return fmt.Sprintf("not due for another %s", e.wait) }
+
+// NotDue tells the worker that the message is not to be handled before
+// wait has passed: it is handed back for then, without counting or
+// logging a failure. For work queued ahead as a safety net, such as a
+// check that runs only if whoever queued it did not finish.
+func NotDue(wait time.Duration) error { return notDue{wait} }
+
 // Handler processes one message. Its ctx carries the attempt (Attempt,
 // LastAttempt, CheckDone); it is not cancelled when the worker is asked to
 // stop, only when the shutdown grace period is over.
@@ -557,6 +568,11 @@ func (r *runner) attempt(it *item) (retry time.Duration) {
 		return 0
 	}
 
+	var nd notDue
+	if errors.As(herr, &nd) {
+		log.Debug("worker: not due yet", "in", nd.wait)
+		return r.retryLater(it, max(nd.wait, time.Millisecond), log)
+	}
 	var reason string
 	if IsPermanent(herr) {
 		reason = herr.Error()

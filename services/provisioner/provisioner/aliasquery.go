@@ -205,11 +205,19 @@ func (p *Provisioner) provision(ctx context.Context, parsed namespace.Parsed) fl
 		p.queueResolve(ctx, parsed)
 	}
 	// The bans the snapshot knows, before the answer: the visitor whose
-	// join asked for the room gets in only after them.
+	// join asked for the room gets in only after them. Should this
+	// replica die while they go out, and the gateway that asked with it
+	// (so that no unanswered query queues a resolve job), the room would
+	// keep part of them: a ban sync queued first, due only after this
+	// query's work could last, completes them; settleRoom deletes it.
+	var net *safetyNet
+	if len(site.Bans) > 0 {
+		net = p.queueSafetyNet(parsed, roomID)
+	}
 	bansErr := p.banAll(ctx, roomID, site.Bans)
 	then := func() {
 		if acks != nil {
-			p.settleRoom(ctx, parsed, site, rev, roomID, acks, bansErr)
+			p.settleRoom(ctx, parsed, site, rev, roomID, acks, net, bansErr)
 		}
 	}
 	return flightResult{ans: bus.AliasAnswer{Exists: true}, outcome: "created", then: then}
@@ -231,6 +239,49 @@ func (p *Provisioner) sendRoom(room registry.Room) ([]jetstream.PubAckFuture, er
 	return acks, nil
 }
 
+// safetyNet is a ban sync job queued ahead of a new room's bans.
+type safetyNet struct {
+	job Job
+	ack jetstream.PubAckFuture
+}
+
+// queueSafetyNet sends the ban sync job that completes a new room's bans
+// if nobody else does (see provision), without waiting for its ack. It
+// shares the connection of the room's registry entries, so the server
+// has it before any ban goes out.
+func (p *Provisioner) queueSafetyNet(parsed namespace.Parsed, room mxid.RoomID) *safetyNet {
+	j := Job{Kind: KindSync, Site: parsed.Site, Room: room.String(), Cause: "settle:" + room.String(),
+		NotBefore: time.Now().Add(p.aliasWorkBound())}
+	m, err := j.Msg()
+	var f jetstream.PubAckFuture
+	if err == nil {
+		f, err = p.roomPub.PublishMsgAsync(m)
+	}
+	if err != nil {
+		p.log.Warn("new room's ban sync not queued ahead of its bans", "room_id", room.String(), "err", err)
+		return nil
+	}
+	p.m.jobsPublished.WithLabelValues(j.Kind).Inc()
+	return &safetyNet{job: j, ack: f}
+}
+
+// remove deletes the safety net once the room is settled; a net that
+// stays (not stored, not deleted) only costs a check of the room's bans
+// when it comes due.
+func (n *safetyNet) remove(ctx context.Context, p *Provisioner) {
+	if n == nil {
+		return
+	}
+	a, err := awaitAck(ctx, n.ack)
+	if err != nil {
+		p.log.Warn("new room's ban sync was not stored ahead of its bans", "room_id", n.job.Room, "err", err)
+		return
+	}
+	if err := p.jobStream.DeleteMsg(ctx, a.Sequence); err != nil {
+		p.log.Debug("new room settled; its ban sync stays and will find nothing to do", "room_id", n.job.Room, "err", err)
+	}
+}
+
 // settleRoom finishes a new room after the answer: it confirms the
 // registry entries, then brings the room up to the site as it is now.
 //
@@ -242,10 +293,10 @@ func (p *Provisioner) sendRoom(room registry.Room) ([]jetstream.PubAckFuture, er
 // reaching an existing room: bans the snapshot missed, unbans of users
 // banned from it (a job, which unbans only if they are still unbanned),
 // new power levels (a job).
-func (p *Provisioner) settleRoom(ctx context.Context, parsed namespace.Parsed, site *registry.Site, rev uint64, room mxid.RoomID, acks []jetstream.PubAckFuture, bansErr error) {
+func (p *Provisioner) settleRoom(ctx context.Context, parsed namespace.Parsed, site *registry.Site, rev uint64, room mxid.RoomID, acks []jetstream.PubAckFuture, net *safetyNet, bansErr error) {
 	attrs := []any{"room_id", room.String(), "alias", parsed.Alias.String()}
 	for _, f := range acks {
-		if err := awaitAck(ctx, f); err != nil {
+		if _, err := awaitAck(ctx, f); err != nil {
 			p.log.Error("created room not recorded; a resolve job will record it", append(attrs, "err", err)...)
 			// The resolve job records the room and applies the site's bans.
 			p.queueResolve(ctx, parsed)
@@ -255,6 +306,7 @@ func (p *Provisioner) settleRoom(ctx context.Context, parsed namespace.Parsed, s
 	now, moved, err := p.reg.SiteIfMoved(ctx, parsed.Site, rev)
 	if errors.Is(err, registry.ErrNotFound) {
 		p.log.Warn("the room's site is no longer registered", attrs...)
+		net.remove(ctx, p)
 		return
 	}
 	if err != nil {
@@ -287,6 +339,8 @@ func (p *Provisioner) settleRoom(ctx context.Context, parsed namespace.Parsed, s
 	if err := errors.Join(bansErr, p.banAll(ctx, room, missed)); err != nil {
 		p.log.Warn("bans of a new room incomplete; queued a sync job", append(attrs, "err", err)...)
 		jobs = append(jobs, Job{Kind: KindSync, Site: parsed.Site, Room: room.String(), Cause: "create:" + room.String()})
+	} else {
+		net.remove(ctx, p)
 	}
 	p.queueJobs(ctx, attrs, jobs...)
 }

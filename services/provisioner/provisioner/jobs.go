@@ -43,14 +43,14 @@ func (p *Provisioner) publishJob(ctx context.Context, j Job) error {
 }
 
 // awaitAck waits for an asynchronous publish's ack.
-func awaitAck(ctx context.Context, f jetstream.PubAckFuture) error {
+func awaitAck(ctx context.Context, f jetstream.PubAckFuture) (*jetstream.PubAck, error) {
 	select {
-	case <-f.Ok():
-		return nil
+	case a := <-f.Ok():
+		return a, nil
 	case err := <-f.Err():
-		return err
+		return nil, err
 	case <-ctx.Done():
-		return ctx.Err()
+		return nil, ctx.Err()
 	}
 }
 
@@ -62,7 +62,7 @@ func (p *Provisioner) fanOut(ctx context.Context, jobs []Job, progress func()) e
 		return nil
 	}
 	start := time.Now()
-	wait := func(f jetstream.PubAckFuture) error { return awaitAck(ctx, f) }
+	wait := func(f jetstream.PubAckFuture) error { _, err := awaitAck(ctx, f); return err }
 	w := p.opts.PublishWindow
 	kind, site := jobs[0].Kind, jobs[0].Site
 	futures := make([]jetstream.PubAckFuture, len(jobs))
@@ -102,6 +102,9 @@ func (p *Provisioner) handleJob(ctx context.Context, m jetstream.Msg) error {
 	if err := json.Unmarshal(m.Data(), &j); err != nil {
 		p.m.jobs.WithLabelValues("unknown", "failed").Inc()
 		return worker.Permanent(fmt.Errorf("undecodable job: %w", err))
+	}
+	if wait := time.Until(j.NotBefore); wait > 0 {
+		return worker.NotDue(wait)
 	}
 	attempt := worker.Attempt(ctx)
 	if j.Kind == KindResolve {

@@ -99,6 +99,9 @@ type Provisioner struct {
 	// before the answer) and apart from pub, whose window a fan-out may
 	// fill.
 	roomPub jetstream.JetStream
+	// jobStream is the jobs stream, where a new room's safety net is
+	// deleted once the room is settled.
+	jobStream jetstream.Stream
 	// jobsDone counts jobs this replica finished, for progress logs.
 	jobsDone atomic.Int64
 }
@@ -161,6 +164,9 @@ func New(ctx context.Context, rt *service.Runtime, opts Options) (*Provisioner, 
 		return nil, fmt.Errorf("open the registry: %w", err)
 	}
 	p.reg = reg
+	if p.jobStream, err = rt.JS.Stream(ctx, bus.StreamJobs); err != nil {
+		return nil, fmt.Errorf("open stream %s: %w", bus.StreamJobs, err)
+	}
 	if p.done, err = cas.Open(ctx, rt.JS, bus.BucketDone); err != nil {
 		return nil, fmt.Errorf("open bucket %s: %w", bus.BucketDone, err)
 	}
