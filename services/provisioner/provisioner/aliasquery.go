@@ -53,13 +53,6 @@ func (p *Provisioner) serveAliasQuery(ctx context.Context, m *nats.Msg) {
 		p.reply(m, bus.AliasAnswer{Error: "malformed alias query"})
 		return
 	}
-	// The work is not bounded by what the gateway waits for: a createRoom
-	// the homeserver answers late has created the room all the same, and
-	// the homeserver will not ask about the alias again, so the registry
-	// write and the creation-time bans must happen anyway. The answer may
-	// then come too late for the gateway; nobody needs it.
-	ctx, cancel := context.WithTimeout(ctx, p.aliasWorkBound())
-	defer cancel()
 	ans, outcome, finish, err := p.answer(ctx, q.Alias)
 	// The gateway waits for the answer only: the bookkeeping of a new
 	// room (finish) follows it.
@@ -115,10 +108,18 @@ func (p *Provisioner) answer(ctx context.Context, alias string) (ans bus.AliasAn
 	if parsed.Kind != namespace.Comments || !p.cfg.InNamespace(alias) {
 		return bus.AliasAnswer{Error: "not a comment section alias of this service"}, "not_comment_room", func() {}, nil
 	}
+	// The work is not bounded by what the gateway waits for: a createRoom
+	// the homeserver answers late has created the room all the same, and
+	// the homeserver will not ask about the alias again, so the registry
+	// write and the creation-time bans must happen anyway. The answer may
+	// then come too late for the gateway; nobody needs it. But it is
+	// bounded: acks that a lost connection never delivers are not waited
+	// for beyond it.
+	ctx, cancel := context.WithTimeout(ctx, p.aliasWorkBound())
 	// One createRoom per alias per replica however many visitors ask at
 	// once; other replicas meet M_ROOM_IN_USE.
 	leader := false
-	res, finish := p.flights.do(parsed.Alias.String(), func() flightResult {
+	res, done := p.flights.do(parsed.Alias.String(), func() flightResult {
 		leader = true
 		return p.provision(ctx, parsed)
 	})
@@ -126,7 +127,7 @@ func (p *Provisioner) answer(ctx context.Context, alias string) (ans bus.AliasAn
 		// Another query for the alias created it: for this one it existed.
 		res.outcome = "exists"
 	}
-	return res.ans, res.outcome, finish, res.err
+	return res.ans, res.outcome, func() { done(); cancel() }, res.err
 }
 
 // provision creates the comment room of parsed if its site is registered.
