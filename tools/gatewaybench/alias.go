@@ -103,6 +103,18 @@ func (c *createTimer) take() [][2]time.Time {
 	return m
 }
 
+// serveTimed serves h on a local port with its createRoom calls timed.
+func serveTimed(h http.Handler) (timer *createTimer, base string, stop func(), err error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, "", nil, err
+	}
+	timer = &createTimer{h: h}
+	srv := &http.Server{Handler: timer}
+	go func() { _ = srv.Serve(ln) }()
+	return timer, "http://" + ln.Addr().String(), func() { _ = srv.Close() }, nil
+}
+
 // instantCreateRoom is the floor's homeserver: a room id at once.
 func instantCreateRoom(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.Copy(io.Discard, r.Body)
@@ -176,15 +188,11 @@ func aliasBench(ctx context.Context, b *binaries, o options) (*aliasSummary, err
 		return nil, err
 	}
 	defer hs.Close()
-	timer := &createTimer{h: hs}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	timer, hsURL, stopHS, err := serveTimed(hs)
 	if err != nil {
 		return nil, err
 	}
-	srv := &http.Server{Handler: timer}
-	go func() { _ = srv.Serve(ln) }()
-	defer srv.Close()
-	hsURL := "http://" + ln.Addr().String()
+	defer stopHS()
 
 	env := gatewayEnv(ns.url, hsURL, 1, apiPort, gwAdmin)
 	gw, err := startService(ctx, "gateway", b.gateway, env, gwAdmin, serviceArgs(b, o, "gateway"))
@@ -204,14 +212,11 @@ func aliasBench(ctx context.Context, b *binaries, o options) (*aliasSummary, err
 
 	// The floor: its homeserver endpoint here, its relays in processes of
 	// their own.
-	floorTimer := &createTimer{h: http.HandlerFunc(instantCreateRoom)}
-	fln, err := net.Listen("tcp", "127.0.0.1:0")
+	floorTimer, floorHS, stopFloorHS, err := serveTimed(http.HandlerFunc(instantCreateRoom))
 	if err != nil {
 		return nil, err
 	}
-	fsrv := &http.Server{Handler: floorTimer}
-	go func() { _ = fsrv.Serve(fln) }()
-	defer fsrv.Close()
+	defer stopFloorHS()
 
 	nsp := namespace.Namespace{Prefix: "comments_", Server: serverName}
 	client := &http.Client{}
@@ -251,7 +256,7 @@ func aliasBench(ctx context.Context, b *binaries, o options) (*aliasSummary, err
 	if len(body) == 0 {
 		return nil, errors.New("no createRoom body seen in the warm-up")
 	}
-	floorURL, rg, rp, err := startRelays(b, ns.url, "http://"+fln.Addr().String()+"/_matrix/client/v3/createRoom", body)
+	floorURL, rg, rp, err := startRelays(b, ns.url, floorHS+"/_matrix/client/v3/createRoom", body)
 	defer rg.stop()
 	defer rp.stop()
 	if err != nil {
