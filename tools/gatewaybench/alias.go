@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -30,15 +33,16 @@ const serverName = "example.org"
 
 // aliasSummary is the alias benchmark's result.
 type aliasSummary struct {
-	Queries int
-	// Query: the whole alias query as the homeserver saw it; Create: the
-	// createRoom call inside it, as the homeserver served it; Over: the
-	// difference, query by query. Milliseconds.
-	QueryP50, QueryP99, CreateP50, CreateP99, OverP50, OverP99 float64
-	// Before and After split the overhead: from the query's start to
-	// createRoom's, and from createRoom's answer to the query's. ms.
-	BeforeP50, BeforeP99, AfterP50, AfterP99 float64
-	// CPU per query by process (µs) and RSS at the end (MiB).
+	// Queries through each path, in Rounds rounds of Block queries each.
+	Queries, Rounds, Block int
+	pathStats              // through our services
+	// Floor: through the relays (aliasrelay.go), the same hops doing
+	// nothing; Ratios: every round's p50 overheads, in round order.
+	Floor  pathStats
+	Ratios []roundRatio
+	// CPU per query by process (µs) and RSS at the end (MiB): our services
+	// and the relays, and nats-server's during our blocks ("nats-server")
+	// and the floor's ("nats-server floor").
 	CPU, RSS map[string]float64
 	// Timeline is one query of median overhead as seen on the NATS server:
 	// each message with its offset from the query's start.
@@ -54,13 +58,17 @@ type step struct {
 	What    string
 }
 
-// createTimer serves the simulator and records how long each createRoom
-// took inside it, which is the homeserver's share of an alias query.
+// createTimer serves the simulator (or the floor's endpoint) and records
+// when each createRoom started and ended inside it: the homeserver's share
+// of an alias query.
 type createTimer struct {
 	h     http.Handler
 	mu    sync.Mutex
-	times []time.Duration
-	marks []time.Time // when each createRoom started and ended
+	marks [][2]time.Time
+	// capture: keep the next createRoom's body (read before its clock
+	// starts), for the floor to send one of the same size.
+	capture atomic.Bool
+	body    []byte
 }
 
 func (c *createTimer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -68,27 +76,58 @@ func (c *createTimer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.h.ServeHTTP(w, r)
 		return
 	}
+	if c.capture.CompareAndSwap(true, false) {
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(b))
+		c.mu.Lock()
+		c.body = b
+		c.mu.Unlock()
+	}
 	t0 := time.Now()
 	c.h.ServeHTTP(w, r)
 	t1 := time.Now()
 	c.mu.Lock()
-	c.times = append(c.times, t1.Sub(t0))
-	c.marks = append(c.marks, t0, t1)
+	c.marks = append(c.marks, [2]time.Time{t0, t1})
 	c.mu.Unlock()
 }
 
-func (c *createTimer) take() ([]time.Duration, []time.Time) {
+func (c *createTimer) take() [][2]time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	t, m := c.times, c.marks
-	c.times, c.marks = nil, nil
-	return t, m
+	m := c.marks
+	c.marks = nil
+	return m
+}
+
+// serveTimed serves h on a local port with its createRoom calls timed.
+func serveTimed(h http.Handler) (timer *createTimer, base string, stop func(), err error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, "", nil, err
+	}
+	timer = &createTimer{h: h}
+	srv := &http.Server{Handler: timer}
+	go func() { _ = srv.Serve(ln) }()
+	return timer, "http://" + ln.Addr().String(), func() { _ = srv.Close() }, nil
+}
+
+// instantCreateRoom is the floor's homeserver: a room id at once.
+func instantCreateRoom(w http.ResponseWriter, r *http.Request) {
+	_, _ = io.Copy(io.Discard, r.Body)
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = io.WriteString(w, `{"room_id":"!floor:example.org"}`)
 }
 
 // aliasBench measures first-visit alias queries: the homeserver (the
 // simulator, in this process) asks the gateway, which asks a provisioner
 // over NATS, which creates the room on the simulator and records it.
 // nats-server, the gateway and the provisioner run as separate processes.
+// In rounds, a block of queries through the floor's relays comes before
+// each block through our services, on the same nats-server.
 func aliasBench(ctx context.Context, b *binaries, o options) (*aliasSummary, error) {
 	var err error
 	n := 500
@@ -149,15 +188,11 @@ func aliasBench(ctx context.Context, b *binaries, o options) (*aliasSummary, err
 		return nil, err
 	}
 	defer hs.Close()
-	timer := &createTimer{h: hs}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	timer, hsURL, stopHS, err := serveTimed(hs)
 	if err != nil {
 		return nil, err
 	}
-	srv := &http.Server{Handler: timer}
-	go func() { _ = srv.Serve(ln) }()
-	defer srv.Close()
-	hsURL := "http://" + ln.Addr().String()
+	defer stopHS()
 
 	env := gatewayEnv(ns.url, hsURL, 1, apiPort, gwAdmin)
 	gw, err := startService(ctx, "gateway", b.gateway, env, gwAdmin, serviceArgs(b, o, "gateway"))
@@ -175,14 +210,22 @@ func aliasBench(ctx context.Context, b *binaries, o options) (*aliasSummary, err
 		return nil, err
 	}
 
+	// The floor: its homeserver endpoint here, its relays in processes of
+	// their own.
+	floorTimer, floorHS, stopFloorHS, err := serveTimed(http.HandlerFunc(instantCreateRoom))
+	if err != nil {
+		return nil, err
+	}
+	defer stopFloorHS()
+
 	nsp := namespace.Namespace{Prefix: "comments_", Server: serverName}
 	client := &http.Client{}
-	query := func(i int) (time.Time, time.Duration, error) {
-		alias, err := nsp.CommentsAlias("bench", "s"+strconv.Itoa(i))
+	ask := func(base, section string) (time.Time, time.Duration, error) {
+		alias, err := nsp.CommentsAlias("bench", section)
 		if err != nil {
 			return time.Time{}, 0, err
 		}
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, gwURL+"/_matrix/app/v1/rooms/"+url.PathEscape(alias.String()), nil)
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/_matrix/app/v1/rooms/"+url.PathEscape(alias.String()), nil)
 		if err != nil {
 			return time.Time{}, 0, err
 		}
@@ -196,17 +239,37 @@ func aliasBench(ctx context.Context, b *binaries, o options) (*aliasSummary, err
 		_, _ = io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusOK {
-			return t0, d, fmt.Errorf("alias query %s: HTTP %d", alias, resp.StatusCode)
+			return t0, d, fmt.Errorf("alias query %s to %s: HTTP %d", alias, base, resp.StatusCode)
 		}
 		return t0, d, nil
 	}
+	query := func(i int) (time.Time, time.Duration, error) { return ask(gwURL, "s"+strconv.Itoa(i)) }
+	timer.capture.Store(true)
 	for i := range 50 {
 		if _, _, err := query(-1 - i); err != nil {
 			return nil, fmt.Errorf("warm-up: %w", err)
 		}
 	}
+	timer.mu.Lock()
+	body := timer.body
+	timer.mu.Unlock()
+	if len(body) == 0 {
+		return nil, errors.New("no createRoom body seen in the warm-up")
+	}
+	floorURL, rg, rp, err := startRelays(b, ns.url, floorHS+"/_matrix/client/v3/createRoom", body)
+	defer rg.stop()
+	defer rp.stop()
+	if err != nil {
+		return nil, err
+	}
+	for i := range 50 {
+		if _, _, err := ask(floorURL, "f"+strconv.Itoa(-1-i)); err != nil {
+			return nil, fmt.Errorf("floor warm-up: %w", err)
+		}
+	}
 	timer.take()
-	procs := []*proc{ns.proc, gw, pr}
+	floorTimer.take()
+	procs := []*proc{gw, pr, rg, rp}
 	before := map[string]float64{}
 	for _, p := range procs {
 		before[p.name] = float64(p.sample().CPU.Microseconds())
@@ -217,46 +280,63 @@ func aliasBench(ctx context.Context, b *binaries, o options) (*aliasSummary, err
 			_ = saveProfile(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/profile?seconds=3", natsProf), o.profile+"/nats-server.prof")
 		}()
 	}
-	totals := make([]time.Duration, 0, n)
-	starts := make([]time.Time, 0, n)
-	for i := range n {
-		t0, d, err := query(i)
-		if err != nil {
-			return nil, err
+	// Rounds of a floor block then a block of ours: whatever else the
+	// machine does meanwhile weighs on both alike.
+	const block = 50
+	rounds := max(1, n/block)
+	paths := [2]struct {
+		name, url, section string
+		timer              *createTimer
+	}{{"floor", floorURL, "f", floorTimer}, {"ours", gwURL, "s", timer}}
+	var (
+		blocks  [2][][]aliasSample
+		natsCPU [2]time.Duration // nats-server's during each path's blocks
+	)
+	for r := range rounds {
+		for k, pth := range paths {
+			cpu0 := ns.sample().CPU
+			qs := make([]aliasSample, 0, block)
+			for j := range block {
+				t0, d, err := ask(pth.url, pth.section+strconv.Itoa(r*block+j))
+				if err != nil {
+					return nil, err
+				}
+				qs = append(qs, aliasSample{Start: t0, Total: d})
+			}
+			marks := pth.timer.take()
+			if len(marks) != block {
+				return nil, fmt.Errorf("%s: %d createRoom calls for %d queries", pth.name, len(marks), block)
+			}
+			// Queries run one after another, so the i-th createRoom is the
+			// i-th query's.
+			for j := range qs {
+				qs[j].Create = marks[j]
+			}
+			natsCPU[k] += ns.sample().CPU - cpu0
+			blocks[k] = append(blocks[k], qs)
 		}
-		totals = append(totals, d)
-		starts = append(starts, t0)
+		fmt.Fprintf(os.Stderr, "  alias round %2d  overhead p50: floor %5.2f ms  ours %5.2f ms\n",
+			r+1, statsOf(blocks[0][r]).OverP50, statsOf(blocks[1][r]).OverP50)
 	}
-	creates, marks := timer.take()
-	if len(creates) != n {
-		return nil, fmt.Errorf("%d createRoom calls for %d queries", len(creates), n)
+	total := rounds * block
+	s := &aliasSummary{Queries: total, Rounds: rounds, Block: block, CPU: map[string]float64{}, RSS: map[string]float64{},
+		pathStats: statsOf(slices.Concat(blocks[1]...)), Floor: statsOf(slices.Concat(blocks[0]...))}
+	if s.Ratios, err = roundRatios(blocks[0], blocks[1]); err != nil {
+		return nil, err
 	}
-	s := &aliasSummary{Queries: n, CPU: map[string]float64{}, RSS: map[string]float64{}}
 	for _, p := range procs {
 		smp := p.sample()
-		s.CPU[p.name] = (float64(smp.CPU.Microseconds()) - before[p.name]) / float64(n)
+		s.CPU[p.name] = (float64(smp.CPU.Microseconds()) - before[p.name]) / float64(total)
 		s.RSS[p.name] = float64(smp.RSS) / (1 << 20)
 	}
-	var tot, cre, over, pre, post []int64
-	for i := range totals {
-		tot = append(tot, int64(totals[i]))
-		cre = append(cre, int64(creates[i]))
-		over = append(over, int64(totals[i]-creates[i]))
-		// Queries run one after another, so the i-th createRoom is the
-		// i-th query's.
-		pre = append(pre, int64(marks[2*i].Sub(starts[i])))
-		post = append(post, int64(starts[i].Add(totals[i]).Sub(marks[2*i+1])))
-	}
-	s.BeforeP50, s.BeforeP99 = ms(pct(pre, .5)), ms(pct(pre, .99))
-	s.AfterP50, s.AfterP99 = ms(pct(post, .5)), ms(pct(post, .99))
-	s.QueryP50, s.QueryP99 = ms(pct(tot, .5)), ms(pct(tot, .99))
-	s.CreateP50, s.CreateP99 = ms(pct(cre, .5)), ms(pct(cre, .99))
-	s.OverP50, s.OverP99 = ms(pct(over, .5)), ms(pct(over, .99))
-	s.Timeline, err = timeline(ctx, ns.url, timer, query, n)
+	s.CPU["nats-server"] = float64(natsCPU[1].Microseconds()) / float64(total)
+	s.CPU["nats-server floor"] = float64(natsCPU[0].Microseconds()) / float64(total)
+	s.RSS["nats-server"] = float64(ns.sample().RSS) / (1 << 20)
+	s.Timeline, err = timeline(ctx, ns.url, timer, query, total)
 	if err != nil {
 		return nil, err
 	}
-	kv, err := kvPaths(ctx, ns.url, n)
+	kv, err := kvPaths(ctx, ns.url, total)
 	if err != nil {
 		return nil, fmt.Errorf("registry paths: %w", err)
 	}
@@ -305,11 +385,11 @@ func timeline(ctx context.Context, natsURL string, timer *createTimer, query fun
 		if err != nil {
 			return nil, err
 		}
-		ct, marks := timer.take()
-		if len(ct) != 1 {
-			return nil, fmt.Errorf("%d createRoom calls in one query", len(ct))
+		marks := timer.take()
+		if len(marks) != 1 {
+			return nil, fmt.Errorf("%d createRoom calls in one query", len(marks))
 		}
-		qs = append(qs, q{start: t0, total: d, over: d - ct[0], cs: [2]time.Time{marks[0], marks[1]}})
+		qs = append(qs, q{start: t0, total: d, over: overhead(aliasSample{Start: t0, Total: d, Create: marks[0]}), cs: marks[0]})
 	}
 	_ = nc.Flush()
 	slices.SortFunc(qs, func(a, b q) int { return int(a.over - b.over) })
@@ -400,15 +480,33 @@ func registerSite(ctx context.Context, hs *hssim.Server, hsURL, natsURL, name st
 // table renders the alias results.
 func (a *aliasSummary) table() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%d sequential first-visit queries after 50 warm-up ones; the simulator in Synapse mode is the homeserver.\n\n", a.Queries)
-	b.WriteString("| | p50 | p99 |\n|---|---|---|\n")
-	fmt.Fprintf(&b, "| alias query, as the homeserver sees it | %.2f ms | %.2f ms |\n", a.QueryP50, a.QueryP99)
-	fmt.Fprintf(&b, "| createRoom inside it (the homeserver's work) | %.2f ms | %.2f ms |\n", a.CreateP50, a.CreateP99)
-	fmt.Fprintf(&b, "| **overhead** (query minus createRoom, query by query) | **%.2f ms** | %.2f ms |\n", a.OverP50, a.OverP99)
-	fmt.Fprintf(&b, "| of which before createRoom (homeserver → gateway → NATS → provisioner) | %.2f ms | %.2f ms |\n", a.BeforeP50, a.BeforeP99)
-	fmt.Fprintf(&b, "| of which after createRoom (provisioner → NATS → gateway → homeserver) | %.2f ms | %.2f ms |\n\n", a.AfterP50, a.AfterP99)
-	fmt.Fprintf(&b, "CPU per query: nats-server %.0f µs, gateway %.0f µs, provisioner %.0f µs. RSS at the end: nats-server %.0f MiB, gateway %.0f MiB, provisioner %.0f MiB.\n\n",
-		a.CPU["nats-server"], a.CPU["gateway"], a.CPU["provisioner"], a.RSS["nats-server"], a.RSS["gateway"], a.RSS["provisioner"])
+	fmt.Fprintf(&b, "%d sequential first-visit queries through our services and %d through the floor (the same hops doing nothing), after 50 warm-up ones each, in %d rounds of %d floor queries then %d of ours; the simulator in Synapse mode is the homeserver, the floor's endpoint answers createRoom at once.\n\n",
+		a.Queries, a.Queries, a.Rounds, a.Block, a.Block)
+	b.WriteString("| | ours p50 | ours p99 | floor p50 | floor p99 |\n|---|---|---|---|---|\n")
+	for _, row := range []struct {
+		what     string
+		ours, fl [2]float64
+	}{
+		{"alias query, as the homeserver sees it", [2]float64{a.QueryP50, a.QueryP99}, [2]float64{a.Floor.QueryP50, a.Floor.QueryP99}},
+		{"createRoom inside it (the homeserver's work)", [2]float64{a.CreateP50, a.CreateP99}, [2]float64{a.Floor.CreateP50, a.Floor.CreateP99}},
+		{"**overhead** (query minus createRoom, query by query)", [2]float64{a.OverP50, a.OverP99}, [2]float64{a.Floor.OverP50, a.Floor.OverP99}},
+		{"of which before createRoom (homeserver → gateway → NATS → provisioner)", [2]float64{a.BeforeP50, a.BeforeP99}, [2]float64{a.Floor.BeforeP50, a.Floor.BeforeP99}},
+		{"of which after createRoom (provisioner → NATS → gateway → homeserver)", [2]float64{a.AfterP50, a.AfterP99}, [2]float64{a.Floor.AfterP50, a.Floor.AfterP99}},
+	} {
+		p50 := "%.2f ms"
+		if strings.HasPrefix(row.what, "**") {
+			p50 = "**%.2f ms**"
+		}
+		fmt.Fprintf(&b, "| %s | "+p50+" | %.2f ms | "+p50+" | %.2f ms |\n", row.what, row.ours[0], row.ours[1], row.fl[0], row.fl[1])
+	}
+	fmt.Fprintf(&b, "\nOverhead p50 of ours over the floor's, round by round: median **%.2f×**; in round order:", medianRatio(a.Ratios))
+	for _, r := range a.Ratios {
+		fmt.Fprintf(&b, " %.2f×", r.ratio())
+	}
+	b.WriteString(".\n\n")
+	fmt.Fprintf(&b, "CPU per query, ours: nats-server %.0f µs, gateway %.0f µs, provisioner %.0f µs; the floor: nats-server %.0f µs, relay gateway %.0f µs, relay provisioner %.0f µs. RSS at the end: nats-server %.0f MiB, gateway %.0f MiB, provisioner %.0f MiB, relays %.0f and %.0f MiB.\n\n",
+		a.CPU["nats-server"], a.CPU["gateway"], a.CPU["provisioner"], a.CPU["nats-server floor"], a.CPU["relay-gateway"], a.CPU["relay-provisioner"],
+		a.RSS["nats-server"], a.RSS["gateway"], a.RSS["provisioner"], a.RSS["relay-gateway"], a.RSS["relay-provisioner"])
 	fmt.Fprintf(&b, "The registry's part, measured alone against the same nats-server (%d times each, interleaved):\n\n", a.Queries)
 	b.WriteString("| path | p50 | p99 |\n|---|---|---|\n")
 	for _, row := range []struct{ key, what string }{

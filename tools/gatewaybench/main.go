@@ -11,7 +11,8 @@
 //     every process are read from /proc.
 //   - alias: alias queries through the gateway and a provisioner, with the
 //     homeserver simulator as the homeserver, and what they cost over
-//     createRoom.
+//     createRoom, against a floor in the same run: the same hops through
+//     relays of this binary doing nothing, in rounds interleaved with them.
 //   - dupwindow: nats-server's memory after millions of events for several
 //     duplicate windows.
 //
@@ -55,9 +56,11 @@ type options struct {
 }
 
 func main() {
-	child := flag.String("child", "", "internal: run as a client process (loadgen or publish) or a profiled service (serve)")
-	url := flag.String("url", "", "internal: gateway URL for -child loadgen")
-	natsURL := flag.String("nats", "", "internal: NATS URL for -child publish")
+	child := flag.String("child", "", "internal: run as a client process (loadgen or publish), a profiled service (serve) or a relay of the alias floor (relay-gateway, relay-provisioner)")
+	url := flag.String("url", "", "internal: gateway URL for -child loadgen, createRoom URL for -child relay-provisioner")
+	listen := flag.String("listen", "", "internal: address -child relay-gateway listens on")
+	bodyFile := flag.String("body", "", "internal: file holding the createRoom body -child relay-provisioner sends")
+	natsURL := flag.String("nats", "", "internal: NATS URL for -child publish and the relays")
 	design := flag.String("design", "", "internal: publish design for -child publish")
 	specJSON := flag.String("spec", "", "internal: workload of a client process")
 	serviceName := flag.String("service", "", "internal: service for -child serve (gateway or provisioner)")
@@ -77,6 +80,15 @@ func main() {
 	defer stop()
 	if *child == "serve" {
 		os.Exit(serveProfiled(*serviceName, *cpuProfile))
+	}
+	if relay := map[string]func() error{
+		"relay-gateway":     func() error { return relayGateway(ctx, *listen, *natsURL) },
+		"relay-provisioner": func() error { return relayProvisioner(ctx, *natsURL, *url, *bodyFile) },
+	}[*child]; relay != nil {
+		if err := relay(); err != nil {
+			fail(err)
+		}
+		return
 	}
 	if *child != "" {
 		var sp spec
