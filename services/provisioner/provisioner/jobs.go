@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -375,6 +377,9 @@ func (p *Provisioner) convergePower(ctx context.Context, j Job, room mxid.RoomID
 // syncBans bans in room every user the snapshot bans and the room does not.
 func (p *Provisioner) syncBans(ctx context.Context, j Job, room mxid.RoomID) (bool, error) {
 	site, err := p.reg.Site(ctx, j.Site)
+	if errors.Is(err, registry.ErrNotFound) {
+		return false, nil // a site no longer registered has no bans to bring
+	}
 	if err != nil {
 		return false, err
 	}
@@ -388,19 +393,27 @@ func (p *Provisioner) syncBans(ctx context.Context, j Job, room mxid.RoomID) (bo
 			banned[*e.StateKey] = true
 		}
 	}
-	did := false
+	var missing []string
 	for _, u := range site.Bans {
-		if banned[u] {
-			continue
+		if !banned[u] {
+			missing = append(missing, u)
 		}
-		user, err := mxid.ParseUserID(u)
-		if err != nil {
-			continue
-		}
-		if err := p.setBan(ctx, site, room, user, true); err != nil {
-			return did, err
-		}
-		did = true
 	}
-	return did, nil
+	var n atomic.Int64
+	err = forUsers(missing, func(user mxid.UserID) error {
+		if err := p.setBan(ctx, site, room, user, true); err != nil {
+			return fmt.Errorf("ban %s: %w", user, err)
+		}
+		n.Add(1)
+		return nil
+	})
+	if n.Load() > 0 {
+		attrs := []any{"site", j.Site, "room_id", j.Room, "banned", n.Load(), "cause", j.Cause}
+		if strings.HasPrefix(j.Cause, settleCause) {
+			p.log.Warn("a new room was left without some of its site's bans (whoever created it stopped while applying them); banned them now", attrs...)
+		} else {
+			p.log.Info("ban sync: banned users the room was missing", attrs...)
+		}
+	}
+	return n.Load() > 0, err
 }
