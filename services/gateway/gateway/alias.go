@@ -50,7 +50,7 @@ func (g *Gateway) answerAlias(w http.ResponseWriter, r *http.Request) string {
 	defer cancel()
 	ans, err := g.ask(ctx, raw)
 	if err != nil {
-		g.log.Error("alias query: "+err.Error(), "alias", logID(raw))
+		g.log.Error("alias query failed; answered 503", "alias", logID(raw), "err", err)
 		if errors.Is(err, errUnanswered) {
 			g.queueResolve(r.Context(), parsed)
 		}

@@ -229,7 +229,10 @@ func Run(ctx context.Context, cfg *config.Config) error {
 	if err := rt.Connect(ctx); err != nil {
 		return stop(err)
 	}
-	defer rt.Close()
+	defer func() {
+		rt.Close()
+		rt.Log.Info("nats drained; provisioner stopped")
+	}()
 	p, err := New(ctx, rt, Options{})
 	if err != nil {
 		return stop(err)
