@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cactus-comments/appservice/pkg/bus"
@@ -215,6 +217,12 @@ func (m *measurement) readStored(ctx context.Context, url string, sc scenario) e
 	last := map[int]int64{} // transaction (sender*1e6 + number) → its last event stored
 	for range m.Result.Sent {
 		msg, err := c.Next(jetstream.FetchMaxWait(30 * time.Second))
+		// In a cluster the consumer's leader may not listen yet right
+		// after it was created: its pulls have no responders for a moment.
+		for try := 0; errors.Is(err, nats.ErrNoResponders) && try < 100; try++ {
+			time.Sleep(100 * time.Millisecond)
+			msg, err = c.Next(jetstream.FetchMaxWait(30 * time.Second))
+		}
 		if err != nil {
 			return fmt.Errorf("reading the event stream back: %w", err)
 		}
