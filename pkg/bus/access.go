@@ -67,6 +67,12 @@ var bucketUsers = map[string][]Identity{
 	BucketSplitter:   {Gateway},
 }
 
+// bucketReaders only read a key-value bucket: the gateway's splitter looks
+// rooms up in the index to tell comments from commands.
+var bucketReaders = map[string][]Identity{
+	BucketIndex: {Gateway},
+}
+
 // The alias query: who asks, who answers.
 var (
 	aliasRequester = Gateway
@@ -95,7 +101,8 @@ func ConsumerOwner(durable string) Identity {
 //     stream it reads;
 //   - every identity that consumes dead-letters what it cannot handle;
 //   - a key-value bucket: its users (bucketUsers) may read it (from the
-//     leader too), write and watch it;
+//     leader too), write and watch it; its readers (bucketReaders) may
+//     read keys with direct gets;
 //   - the alias query: the gateway asks, the provisioners answer; the
 //     gateway queues a resolve job (only that kind) for a query nobody
 //     answered; a provisioner deletes the job it queued as a new room's
@@ -144,6 +151,14 @@ func (t Topology) Permissions(id Identity) Permissions {
 	}
 	if consumes || id == Gateway {
 		produces(StreamDLQ)
+	}
+	for _, kc := range t.Buckets() {
+		if !slices.Contains(bucketReaders[kc.Bucket], id) {
+			continue
+		}
+		s := "KV_" + kc.Bucket
+		api("STREAM", "INFO", s)
+		api("DIRECT", "GET", s, ">")
 	}
 	for _, kc := range t.Buckets() {
 		if !slices.Contains(bucketUsers[kc.Bucket], id) {

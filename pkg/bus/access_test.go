@@ -65,7 +65,9 @@ func TestPermissions(t *testing.T) {
 				"$JS.ACK." + StreamTxns + ".gateway-splitter-p00.1.2.3.4.5", "$JS.API.CONSUMER.UNPIN." + StreamTxns + ".gateway-splitter-p00",
 				"$KV." + BucketSplitter + ".gateway-splitter.claims.0", "$JS.API.STREAM.INFO.KV_" + BucketSplitter,
 				// A resolve job for an alias query nobody answered.
-				JobSubject(JobResolve, "s", "#comments_s_a:x")},
+				JobSubject(JobResolve, "s", "#comments_s_a:x"),
+				// The splitter reads the room index (and cannot write it).
+				"$JS.API.STREAM.INFO.KV_" + BucketIndex, "$JS.API.DIRECT.GET.KV_" + BucketIndex + ".$KV." + BucketIndex + ".k"},
 			noPub: []string{"$JS.API.STREAM.DELETE." + StreamEvents, "$KV." + BucketPartitions + ".k", "$KV." + BucketIndex + ".k", "$JS.API.STREAM.PURGE." + StreamTxns, "$JS.API.CONSUMER.CREATE." + StreamEvents + ".x", "$JS.API.CONSUMER.MSG.NEXT." + StreamEvents + ".botworker-p00", "$JS.API.STREAM.MSG.GET." + StreamEvents, "$KV." + BucketSites + ".k", JobSubject("ban", "s", "!r:x"), "$JS.API.STREAM.PURGE." + StreamDLQ},
 			sub:   []string{"_INBOX_gateway.abc.1"},
 			noSub: []string{SubjectEventsAll, "_INBOX.x", "_INBOX_botworker.x", SubjectAliasQuery, ">"},

@@ -173,40 +173,56 @@ func TestClassify(t *testing.T) {
 		name string
 		ev   *event.Event
 		want Class
+		// ours is the class in one of our comment or moderation rooms;
+		// "" for want.
+		ours Class
 	}{
-		{"invite to the bot", member("@owner:x", bot, "invite"), ClassBot},
-		{"bot joins", member(bot, bot, "join"), ClassBot},
-		{"bot leaves", member(bot, bot, "leave"), ClassBot},
-		{"bot kicked", member("@owner:x", bot, "leave"), ClassBot},
-		{"bot banned", member("@owner:x", bot, "ban"), ClassBot},
-		{"ban", member("@mod:x", "@troll:x", "ban"), ClassModeration},
-		{"self-ban is still a ban", member("@troll:x", "@troll:x", "ban"), ClassModeration},
-		{"unban (leave by other)", member("@mod:x", "@troll:x", "leave"), ClassModeration},
-		{"self-leave", member("@visitor:x", "@visitor:x", "leave"), ClassOther},
-		{"join", member("@visitor:x", "@visitor:x", "join"), ClassOther},
-		{"invite to someone else", member("@owner:x", "@friend:x", "invite"), ClassOther},
-		{"knock", member("@visitor:x", "@visitor:x", "knock"), ClassOther},
-		{"member without state_key", plain("m.room.member", "-"), ClassOther},
-		{"member with bad content", &event.Event{Type: "m.room.member", Sender: "@mod:x", StateKey: ptr("@t:x"), Content: []byte(`"ban"`)}, ClassOther},
-		{"power levels", plain("m.room.power_levels", ""), ClassModeration},
-		{"canonical alias", plain("m.room.canonical_alias", ""), ClassModeration},
-		{"message", plain("m.room.message", "-"), ClassBot},
-		{"topic", plain("m.room.topic", ""), ClassOther},
-		{"create", plain("m.room.create", ""), ClassOther},
-		{"reaction", plain("m.reaction", "-"), ClassOther},
-		{"redaction", plain("m.room.redaction", "-"), ClassOther},
-		{"empty type", plain("", "-"), ClassOther},
-		{"bot's own ban (propagation echo)", member(bot, "@troll:x", "ban"), ClassOther},
-		{"bot's own unban (propagation echo)", member(bot, "@troll:x", "leave"), ClassOther},
-		{"bot's own power levels", func() *event.Event { e := plain("m.room.power_levels", ""); e.Sender = bot; return e }(), ClassOther},
-		{"tombstone (room upgraded)", plain("m.room.tombstone", ""), ClassModeration},
-		{"tombstone with a state key is not the room's", plain("m.room.tombstone", "x"), ClassOther},
-		{"tombstone the bot sent (an upgrade made with the as_token)", func() *event.Event { e := plain("m.room.tombstone", ""); e.Sender = bot; return e }(), ClassModeration},
-		{"bot's own message still reaches the bot worker", func() *event.Event { e := plain("m.room.message", "-"); e.Sender = bot; return e }(), ClassBot},
+		{"invite to the bot", member("@owner:x", bot, "invite"), ClassBot, ""},
+		{"bot joins", member(bot, bot, "join"), ClassBot, ""},
+		{"bot leaves", member(bot, bot, "leave"), ClassBot, ""},
+		{"bot kicked", member("@owner:x", bot, "leave"), ClassBot, ""},
+		{"bot banned", member("@owner:x", bot, "ban"), ClassBot, ""},
+		{"ban", member("@mod:x", "@troll:x", "ban"), ClassModeration, ""},
+		{"self-ban is still a ban", member("@troll:x", "@troll:x", "ban"), ClassModeration, ""},
+		{"unban (leave by other)", member("@mod:x", "@troll:x", "leave"), ClassModeration, ""},
+		{"self-leave", member("@visitor:x", "@visitor:x", "leave"), ClassOther, ""},
+		{"join", member("@visitor:x", "@visitor:x", "join"), ClassOther, ""},
+		{"invite to someone else", member("@owner:x", "@friend:x", "invite"), ClassOther, ""},
+		{"knock", member("@visitor:x", "@visitor:x", "knock"), ClassOther, ""},
+		{"member without state_key", plain("m.room.member", "-"), ClassOther, ""},
+		{"member with bad content", &event.Event{Type: "m.room.member", Sender: "@mod:x", StateKey: ptr("@t:x"), Content: []byte(`"ban"`)}, ClassOther, ""},
+		{"power levels", plain("m.room.power_levels", ""), ClassModeration, ""},
+		{"canonical alias", plain("m.room.canonical_alias", ""), ClassModeration, ""},
+		{"message (a command in a direct chat; a comment in our rooms)", plain("m.room.message", "-"), ClassBot, ClassOther},
+		{"topic", plain("m.room.topic", ""), ClassOther, ""},
+		{"create", plain("m.room.create", ""), ClassOther, ""},
+		{"reaction", plain("m.reaction", "-"), ClassOther, ""},
+		{"redaction", plain("m.room.redaction", "-"), ClassOther, ""},
+		{"empty type", plain("", "-"), ClassOther, ""},
+		{"bot's own ban (propagation echo)", member(bot, "@troll:x", "ban"), ClassOther, ""},
+		{"bot's own unban (propagation echo)", member(bot, "@troll:x", "leave"), ClassOther, ""},
+		{"bot's own power levels", func() *event.Event { e := plain("m.room.power_levels", ""); e.Sender = bot; return e }(), ClassOther, ""},
+		{"tombstone (room upgraded)", plain("m.room.tombstone", ""), ClassModeration, ""},
+		{"tombstone with a state key is not the room's", plain("m.room.tombstone", "x"), ClassOther, ""},
+		{"tombstone the bot sent (an upgrade made with the as_token)", func() *event.Event { e := plain("m.room.tombstone", ""); e.Sender = bot; return e }(), ClassModeration, ""},
+		{"bot's own message still reaches the bot worker", func() *event.Event { e := plain("m.room.message", "-"); e.Sender = bot; return e }(), ClassBot, ClassOther},
 	}
 	for _, tt := range tests {
-		if got := Classify(tt.ev, bot); got != tt.want {
+		got := Classify(tt.ev, bot)
+		if got != tt.want {
 			t.Errorf("%s: Classify = %s, want %s", tt.name, got, tt.want)
+		}
+		want := tt.ours
+		if want == "" {
+			want = tt.want
+		}
+		if in := InOurRoom(got, tt.ev.Type); in != want {
+			t.Errorf("%s: in our room = %s, want %s", tt.name, in, want)
+		}
+	}
+	for c, stored := range map[Class]bool{ClassBot: true, ClassModeration: true, ClassOther: false} {
+		if c.Stored() != stored {
+			t.Errorf("%s.Stored() = %v, want %v", c, c.Stored(), stored)
 		}
 	}
 }

@@ -51,3 +51,19 @@ func classify(e *event.Event, bot string) Class {
 	}
 	return ClassOther
 }
+
+// Stored reports whether events of class c go to the event stream, one
+// message each. ClassOther has no reader: the homeserver keeps every
+// room's history, and storing each of those events a second time would
+// cost more than the rest of the work on them (they are most events).
+func (c Class) Stored() bool { return c != ClassOther }
+
+// InOurRoom is the class of an event of class c and type typ sent in one
+// of our comment or moderation rooms. The bot reads no command there (see
+// the botworker), so a message there, a comment, has no reader.
+func InOurRoom(c Class, typ string) Class {
+	if c == ClassBot && typ == "m.room.message" {
+		return ClassOther
+	}
+	return c
+}

@@ -458,7 +458,30 @@ func (r *Registry) Rooms(ctx context.Context, site string) ([]Room, error) {
 
 // Lookup finds which site a room belongs to.
 func (r *Registry) Lookup(ctx context.Context, roomID string) (Room, error) {
-	e, err := r.index.Get(ctx, indexKey(roomID))
+	return lookup(ctx, r.index, roomID)
+}
+
+// Index is the registry's room-id index alone, read-only: which rooms
+// are comment or moderation rooms of ours. It is what a reader that needs
+// no more (the gateway) opens, with no write permission on any bucket.
+type Index struct{ kv jetstream.KeyValue }
+
+// OpenIndex binds to the index bucket, which bus.Topology.Ensure creates.
+func OpenIndex(ctx context.Context, js jetstream.JetStream) (*Index, error) {
+	kv, err := js.KeyValue(ctx, bus.BucketIndex)
+	if err != nil {
+		return nil, fmt.Errorf("registry: open bucket %s: %w", bus.BucketIndex, err)
+	}
+	return &Index{kv: kv}, nil
+}
+
+// Lookup finds which site a room belongs to, as Registry.Lookup does.
+func (x *Index) Lookup(ctx context.Context, roomID string) (Room, error) {
+	return lookup(ctx, x.kv, roomID)
+}
+
+func lookup(ctx context.Context, index jetstream.KeyValue, roomID string) (Room, error) {
+	e, err := index.Get(ctx, indexKey(roomID))
 	if isNotFound(err) {
 		return Room{}, notFound("room id", roomID)
 	}

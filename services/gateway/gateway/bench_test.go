@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -85,7 +86,7 @@ func BenchmarkSplitterRoute(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			it := &splitItem{}
-			s.route(it, h.data, routes, "t1")
+			s.route(context.Background(), it, h.data, routes, "t1")
 			if len(it.msgs) != events {
 				b.Fatalf("%d messages", len(it.msgs))
 			}

@@ -165,16 +165,34 @@ func endToEnd(t *testing.T, mode hssim.Mode) {
 }
 
 // checkStored: the stream holds exactly the events the homeserver saw
-// acknowledged, each once.
+// acknowledged that a worker reads, each once.
 func checkStored(t *testing.T, e *env, hs *hssim.Server) {
 	t.Helper()
+	read := map[string]bool{} // event id -> a worker reads it
+	for _, room := range hs.Rooms() {
+		for _, ev := range hs.Timeline(room) {
+			read[ev.EventID] = bus.Classify(&ev, testBot).Stored()
+		}
+	}
 	want := map[string]bool{}
+	ignored := 0
 	for _, rec := range hs.Transactions() {
 		if rec.OK {
 			for _, id := range rec.EventIDs {
-				want[id] = true
+				r, ok := read[id]
+				if !ok {
+					t.Fatalf("%s pushed but in no room's timeline", id)
+				}
+				if r {
+					want[id] = true
+				} else if !want[id] {
+					ignored++
+				}
 			}
 		}
+	}
+	if ignored == 0 {
+		t.Error("no event pushed that no worker reads: the test shows nothing about them")
 	}
 	got := map[string]int{}
 	for _, id := range e.eventIDs() {
@@ -184,7 +202,10 @@ func checkStored(t *testing.T, e *env, hs *hssim.Server) {
 		if n != 1 {
 			t.Errorf("%s stored %d times", id, n)
 		}
-		if !want[id] {
+		switch r, ok := read[id]; {
+		case ok && !r:
+			t.Errorf("%s stored though no worker reads it", id)
+		case !want[id]:
 			t.Errorf("%s stored but never acknowledged to the homeserver", id)
 		}
 	}

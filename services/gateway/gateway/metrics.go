@@ -37,6 +37,7 @@ type metrics struct {
 	txnDuration      prometheus.Histogram
 	txnEvents        prometheus.Histogram
 	eventsPublished  map[bus.Class]prometheus.Counter
+	eventsIgnored    prometheus.Counter
 	splitUnconfirmed prometheus.Counter
 	eventsRepeated   prometheus.Counter
 	deadLettered     prometheus.Counter
@@ -167,9 +168,13 @@ func newMetrics(reg prometheus.Registerer, bodies *bodyBudget) (*metrics, error)
 		m.splitState.WithLabelValues(st)
 	}
 	m.eventsPublished = map[bus.Class]prometheus.Counter{}
-	for _, c := range []bus.Class{bus.ClassBot, bus.ClassModeration, bus.ClassOther} {
+	for _, c := range []bus.Class{bus.ClassBot, bus.ClassModeration} {
 		m.eventsPublished[c] = published.WithLabelValues(string(c))
 	}
+	m.eventsIgnored = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: ns, Subsystem: sub, Name: "events_ignored_total",
+		Help: "Events no worker reads (comments, visitors joining and leaving, the bot's own changes): acknowledged to the homeserver, which keeps them, and not stored in the event stream.",
+	})
 	for _, o := range []string{outcomeOK, outcomeNotJSON, outcomeBadJSON, outcomeTooLarge, outcomeUnavailable, outcomeBadRequest, outcomeBusy} {
 		m.transactions.WithLabelValues(o)
 	}
@@ -197,7 +202,7 @@ func newMetrics(reg prometheus.Registerer, bodies *bodyBudget) (*metrics, error)
 		m.userQueries.WithLabelValues(o)
 	}
 	for _, c := range []prometheus.Collector{
-		inFlight, m.transactions, m.txnInFlight, m.txnDuration, m.txnEvents, published, m.splitUnconfirmed, m.eventsRepeated, m.deadLettered,
+		inFlight, m.transactions, m.txnInFlight, m.txnDuration, m.txnEvents, published, m.eventsIgnored, m.splitUnconfirmed, m.eventsRepeated, m.deadLettered,
 		m.publishFailures, m.aliasQueries, m.aliasDuration, m.userQueries, m.userDuration,
 		m.authFailures, m.pings, m.homeserverPinged, txnMessages,
 		m.splitState, m.splitBacklog, m.splitDelay, m.txnsSplit, m.splitFailures, m.splitReads,

@@ -14,6 +14,7 @@ import (
 	"github.com/cactus-comments/appservice/pkg/bus"
 	"github.com/cactus-comments/appservice/pkg/jspub"
 	"github.com/cactus-comments/appservice/pkg/partition"
+	"github.com/cactus-comments/appservice/pkg/registry"
 	"github.com/cactus-comments/appservice/pkg/service"
 )
 
@@ -49,6 +50,13 @@ const (
 	splitMaxBackoff = 5 * time.Second
 	// maxCachedRooms bounds the splitter's cache of room subjects.
 	maxCachedRooms = 4096
+	// A room found in the registry's index is asked about again after
+	// oursFor (its site may be deleted), one not found after notOursFor
+	// (it may be a comment room created a moment ago: until then its
+	// comments go to the bot worker, which ignores them too).
+	oursFor      = 10 * time.Minute
+	notOursFor   = 10 * time.Second
+	indexTimeout = 2 * time.Second
 )
 
 // Splitter states, the label values of cactus_gateway_splitter_state.
@@ -80,6 +88,9 @@ type splitter struct {
 	err   error
 
 	// Only the reading goroutine of the running consume uses these.
+	// index tells our comment and moderation rooms (nil: unknown, every
+	// room's messages go to the bot worker).
+	index  roomIndex
 	rooms  map[string]*room
 	events []rawEvent
 	routed []route
@@ -129,6 +140,41 @@ const maxRecycledBlock = 1024
 type room struct {
 	id       string
 	subjects [3]string // by classIndex, filled on first use
+	// ours says whether the registry's index has the room, as of
+	// checked.
+	ours    bool
+	checked time.Time
+}
+
+// roomIndex is the registry's index of our rooms (registry.Index).
+type roomIndex interface {
+	Lookup(ctx context.Context, roomID string) (registry.Room, error)
+}
+
+// ours reports whether r is one of our comment or moderation rooms,
+// asking the registry's index when the last answer is old. An index
+// that cannot answer counts as no: the bot worker then sees the room's
+// messages and ignores them, as it did before the gateway asked.
+func (s *splitter) ours(ctx context.Context, r *room) bool {
+	if s.index == nil {
+		return false
+	}
+	now := time.Now()
+	valid := notOursFor
+	if r.ours {
+		valid = oursFor
+	}
+	if !r.checked.IsZero() && now.Sub(r.checked) < valid {
+		return r.ours
+	}
+	lctx, cancel := context.WithTimeout(ctx, indexTimeout)
+	_, err := s.index.Lookup(lctx, r.id)
+	cancel()
+	r.ours, r.checked = err == nil, now
+	if err != nil && !errors.Is(err, registry.ErrNotFound) && ctx.Err() == nil {
+		s.g.log.Warn("splitter: cannot look a room up in the registry; its messages go to the bot worker", "room_id", logID(r.id), "err", err)
+	}
+	return r.ours
 }
 
 func (r *room) subject(c bus.Class) string {
@@ -309,8 +355,10 @@ type splitItem struct {
 	batch *jspub.Batch
 	// block holds its event messages, recycled once it is done.
 	block *msgBlock
-	// What was stored, for the metrics.
+	// What was stored, for the metrics; ignored are the events no worker
+	// reads (not stored).
 	published   [3]int
+	ignored     int
 	deadLt      int
 	unconfirmed int
 }
@@ -450,6 +498,13 @@ func (s *splitter) consume(ctx context.Context, consumer string) error {
 	if grace <= 0 {
 		grace = bus.PartitionGrace
 	}
+	if s.index == nil {
+		if x, err := registry.OpenIndex(ctx, s.js); err == nil {
+			s.index = x
+		} else if ctx.Err() == nil {
+			s.g.log.Warn("splitter: cannot read the registry's room index; comments go to the bot worker, which ignores them (check the gateway's NATS permissions)", "err", err)
+		}
+	}
 	r := &splitRun{
 		s: s, ctx: ctx, consumer: c,
 		queue:     make(chan *splitItem, 2*splitWindow),
@@ -528,7 +583,7 @@ func (r *splitRun) read(fetchWait time.Duration) error {
 				case data == nil:
 					it.batch = r.s.pub.Publish(nil)
 				default:
-					r.s.route(it, data, routes, headerValue(m.Headers().Get(bus.HeaderTxnID)))
+					r.s.route(r.ctx, it, data, routes, headerValue(m.Headers().Get(bus.HeaderTxnID)))
 					r.s.publish(it)
 				}
 			}
@@ -624,7 +679,7 @@ func (r *splitRun) recoverLost(seq uint64) {
 		r.s.g.log.Warn("splitter: a transaction message delivered but lost on the way; split from the stream", "seq", q)
 		it := &splitItem{seq: q, stored: raw.Time}
 		if r.waitUnpaused() {
-			r.s.route(it, raw.Data, nil, headerValue(raw.Header.Get(bus.HeaderTxnID)))
+			r.s.route(r.ctx, it, raw.Data, nil, headerValue(raw.Header.Get(bus.HeaderTxnID)))
 			r.s.publish(it)
 			if r.recovered == nil {
 				r.recovered = map[uint64]bool{}
@@ -864,7 +919,7 @@ func (s *splitter) routes(data []byte) ([]route, error) {
 // transaction txnID) into it: a message to its event subject, or a dead
 // letter. routes are its events' routes if the handler handed them over,
 // nil to work them out here.
-func (s *splitter) route(it *splitItem, data []byte, routes []route, txnID string) {
+func (s *splitter) route(ctx context.Context, it *splitItem, data []byte, routes []route, txnID string) {
 	if routes == nil {
 		var err error
 		if routes, err = s.routes(data); err != nil {
@@ -887,9 +942,18 @@ func (s *splitter) route(it *splitItem, data []byte, routes []route, txnID strin
 			it.add(s.g.deadLetterMsg(txnID, &e), kindDeadLetter)
 			continue
 		}
+		rm := s.roomOf(rt.roomID)
+		class := rt.class
+		if c := bus.InOurRoom(class, rt.typ); c != class && s.ours(ctx, rm) {
+			class = c
+		}
+		if !class.Stored() {
+			it.ignored++
+			continue
+		}
 		m := &msgs[i]
-		eventMsg(m, s.roomOf(rt.roomID).subject(rt.class), rt, txnID)
-		it.add(m, int8(classIndex(rt.class)))
+		eventMsg(m, rm.subject(class), rt, txnID)
+		it.add(m, int8(classIndex(class)))
 	}
 }
 
@@ -992,10 +1056,13 @@ func (s *splitter) unconfirmedStored(it *splitItem) bool {
 // split counts a transaction message whose events are all stored.
 func (s *splitter) split(it *splitItem) {
 	mt := s.g.metrics
-	for i, c := range []bus.Class{bus.ClassBot, bus.ClassModeration, bus.ClassOther} {
+	for i, c := range []bus.Class{bus.ClassBot, bus.ClassModeration} {
 		if it.published[i] > 0 {
 			mt.eventsPublished[c].Add(float64(it.published[i]))
 		}
+	}
+	if it.ignored > 0 {
+		mt.eventsIgnored.Add(float64(it.ignored))
 	}
 	if it.deadLt > 0 {
 		mt.deadLettered.Add(float64(it.deadLt))

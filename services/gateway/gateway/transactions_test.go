@@ -19,29 +19,42 @@ import (
 
 	"github.com/cactus-comments/appservice/pkg/bus"
 	"github.com/cactus-comments/appservice/pkg/config"
+	"github.com/cactus-comments/appservice/pkg/registry"
 	"github.com/cactus-comments/appservice/pkg/service"
 )
 
 func TestTransactionStoresEvents(t *testing.T) {
 	e := newEnv(t)
-	const room, modRoom = "!comments:example.org", "!moderation:example.org"
+	const room, modRoom, dm = "!comments:example.org", "!moderation:example.org", "!dm:example.org"
+	reg, err := registry.Open(context.Background(), e.rt.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []registry.Room{{Site: "blog", Section: "post", RoomID: room}, {Site: "blog", RoomID: modRoom}} {
+		if err := reg.PutRoom(context.Background(), r); err != nil {
+			t.Fatal(err)
+		}
+	}
 	events := []string{
 		message("$m1", room),
+		message("$d1", dm),
 		member("$j1", room, "@alice:example.org", "@alice:example.org", "join"),
 		member("$b1", modRoom, "@owner:example.org", "@spam:example.org", "ban"),
+		message("$mm1", modRoom),
 		member("$u1", modRoom, "@owner:example.org", "@spam:example.org", "leave"),
-		member("$i1", "!dm:example.org", "@owner:example.org", testBot, "invite"),
+		member("$i1", dm, "@owner:example.org", testBot, "invite"),
 		`{"event_id":"$pl1","type":"m.room.power_levels","room_id":"!moderation:example.org","sender":"@owner:example.org","state_key":"","content":{"users":{}}}`,
 		`{"event_id":"$t1","type":"m.room.tombstone","room_id":"!moderation:example.org","sender":"@owner:example.org","state_key":"","content":{"body":"upgraded","replacement_room":"!new"}}`,
 	}
-	// The bot's events are stored with their partition.
+	// The bot's events are stored with their partition. Comments (a
+	// message in one of our rooms) and visitors joining are read by no
+	// worker: not stored.
 	stored := (bus.Topology{}).StoredSubject
 	want := map[string]string{ // event id -> subject
-		"$m1":  stored(bus.ClassBot, room),
-		"$j1":  bus.EventSubject(bus.ClassOther, room),
+		"$d1":  stored(bus.ClassBot, dm),
 		"$b1":  bus.EventSubject(bus.ClassModeration, modRoom),
 		"$u1":  bus.EventSubject(bus.ClassModeration, modRoom),
-		"$i1":  stored(bus.ClassBot, "!dm:example.org"),
+		"$i1":  stored(bus.ClassBot, dm),
 		"$pl1": bus.EventSubject(bus.ClassModeration, modRoom),
 		"$t1":  bus.EventSubject(bus.ClassModeration, modRoom),
 	}
@@ -49,18 +62,26 @@ func TestTransactionStoresEvents(t *testing.T) {
 	if status != 200 || string(body) != "{}" {
 		t.Fatalf("status %d body %s", status, body)
 	}
-	msgs := e.stored(bus.StreamEvents)
-	if len(msgs) != len(events) {
-		t.Fatalf("stored %d messages, want %d", len(msgs), len(events))
+	raw := map[string]string{}
+	for _, ev := range events {
+		var v struct {
+			EventID string `json:"event_id"`
+		}
+		_ = json.Unmarshal([]byte(ev), &v)
+		raw[v.EventID] = ev
 	}
-	for i, m := range msgs {
+	msgs := e.stored(bus.StreamEvents)
+	if len(msgs) != len(want) {
+		t.Errorf("stored %d messages, want %d", len(msgs), len(want))
+	}
+	for _, m := range msgs {
 		id := m.Header.Get(bus.HeaderEventID)
 		if m.Subject != want[id] {
 			t.Errorf("%s on subject %s, want %s", id, m.Subject, want[id])
 		}
 		// The original bytes, unchanged.
-		if string(m.Data) != events[i] {
-			t.Errorf("%s stored as %s, want %s", id, m.Data, events[i])
+		if string(m.Data) != raw[id] {
+			t.Errorf("%s stored as %s, want %s", id, m.Data, raw[id])
 		}
 		if got := m.Header.Get(bus.HeaderTxnID); got != "42" {
 			t.Errorf("%s txn header %q", id, got)
@@ -73,6 +94,9 @@ func TestTransactionStoresEvents(t *testing.T) {
 	}
 	if got := counter(e.gw.metrics.eventsPublished[bus.ClassModeration]); got != 4 {
 		t.Errorf("moderation events published metric = %v, want 4", got)
+	}
+	if got := counter(e.gw.metrics.eventsIgnored); got != 3 {
+		t.Errorf("events ignored metric = %v, want 3 (two comments and a join)", got)
 	}
 }
 
