@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/pkg/registry"
 	"github.com/cactus-comments/appservice/tools/gatewaybench/procstat"
 	"github.com/cactus-comments/appservice/tools/gatewaybench/publish"
 )
@@ -57,12 +58,15 @@ type measurement struct {
 	Scenario, Design string
 	Round            int
 	Result           clientResult
-	// ToStreamNS is, per measured transaction (the latency senders'),
-	// the time from its push to its last event stored in the event
-	// stream; StreamEndNS when the last measured event was stored (Unix
-	// ns). Empty for the design that stores no events.
+	// ToStreamNS is, per measured transaction (the latency senders')
+	// holding an event a worker reads, the time from its push to its last
+	// such event stored in the event stream; StreamEndNS when the last
+	// measured event was stored, or for the gateway SplitNS, when every
+	// transaction was split (Unix ns). Empty for the design that stores
+	// no events.
 	ToStreamNS  []int64
 	StreamEndNS int64
+	SplitNS     int64
 	// Use is each process's CPU during the measured phase and its
 	// memory at its end: nats-server, gateway (gateway design only),
 	// client (the load generator or the publisher).
@@ -81,10 +85,11 @@ func (m measurement) eventsPerSec() float64 {
 // streamEventsPerSec is the rate at which the measured events reached the
 // event stream: what workers see.
 func (m measurement) streamEventsPerSec() float64 {
-	if m.StreamEndNS == 0 {
+	end := max(m.StreamEndNS, m.SplitNS)
+	if end == 0 {
 		return 0
 	}
-	return float64(m.Result.Events) / time.Duration(m.StreamEndNS-m.Result.StartNS).Seconds()
+	return float64(m.Result.Events) / time.Duration(end-m.Result.StartNS).Seconds()
 }
 
 // storesEvents: the design puts each event in the event stream (the
@@ -155,8 +160,15 @@ func measure(ctx context.Context, b *binaries, o options, sc scenario, design st
 		return m, fmt.Errorf("client result %q: %w", line, err)
 	}
 	// The gateway acknowledges before the events reach the event stream:
-	// the measurement ends, and CPU is read, once every event is there.
-	if storesEvents(design) {
+	// the measurement ends, and CPU is read, once every transaction is
+	// split (every event a worker reads is there); for the floor, once
+	// every event is there.
+	switch {
+	case design == gatewayDesign:
+		if m.SplitNS, err = waitSplit(ctx, ns.url); err != nil {
+			return m, err
+		}
+	case storesEvents(design):
 		if err := waitStored(ctx, ns.url, uint64(m.Result.Sent)); err != nil {
 			return m, err
 		}
@@ -171,6 +183,35 @@ func measure(ctx context.Context, b *binaries, o options, sc scenario, design st
 		}
 	}
 	return m, nil
+}
+
+// waitSplit waits until the transaction stream is empty: every
+// transaction split, its events stored or ignored. It returns when it
+// saw that (Unix ns; it asks every 5 ms).
+func waitSplit(ctx context.Context, url string) (int64, error) {
+	nc, js, err := connectJS(url, "gatewaybench-wait")
+	if err != nil {
+		return 0, err
+	}
+	defer nc.Close()
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		s, err := js.Stream(ctx, bus.StreamTxns)
+		if err != nil {
+			return 0, err
+		}
+		info, err := s.Info(ctx)
+		if err != nil {
+			return 0, err
+		}
+		if info.State.Msgs == 0 {
+			return time.Now().UnixNano(), nil
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("%d transactions not split five minutes after the last acknowledgement", info.State.Msgs)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // waitStored waits until the event stream holds n messages.
@@ -210,12 +251,28 @@ func (m *measurement) readStored(ctx context.Context, url string, sc scenario) e
 		return err
 	}
 	defer nc.Close()
+	s, err := js.Stream(ctx, bus.StreamEvents)
+	if err != nil {
+		return err
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return err
+	}
+	// What the gateway stores: the events a worker reads. The floor
+	// stores every event.
+	read := map[int]bool(nil)
+	if m.Design == gatewayDesign {
+		if read, err = sc.spec.read(botID); err != nil {
+			return err
+		}
+	}
 	c, err := js.OrderedConsumer(ctx, bus.StreamEvents, jetstream.OrderedConsumerConfig{HeadersOnly: true})
 	if err != nil {
 		return err
 	}
 	last := map[int]int64{} // transaction (sender*1e6 + number) → its last event stored
-	for range m.Result.Sent {
+	for range info.State.Msgs {
 		msg, err := c.Next(jetstream.FetchMaxWait(30 * time.Second))
 		// In a cluster the consumer's leader may not listen yet right
 		// after it was created: its pulls have no responders for a moment.
@@ -238,7 +295,14 @@ func (m *measurement) readStored(ctx context.Context, url string, sc scenario) e
 	}
 	for s, pushes := range m.Result.PushNS {
 		for i, push := range pushes {
-			stored, ok := last[s*1_000_000+sc.Warmup+i]
+			key := s*1_000_000 + sc.Warmup + i
+			if read != nil && !read[key] {
+				if _, ok := last[key]; ok {
+					return fmt.Errorf("transaction %d of sender %d: an event no worker reads stored", sc.Warmup+i, s)
+				}
+				continue
+			}
+			stored, ok := last[key]
 			if !ok {
 				return fmt.Errorf("transaction %d of sender %d acknowledged, none of its events stored", sc.Warmup+i, s)
 			}
@@ -252,8 +316,9 @@ func (m *measurement) readStored(ctx context.Context, url string, sc scenario) e
 }
 
 // ensureTopology creates the services' streams, consumers and buckets, as
-// every service does at startup, and lets the events stream take batches
-// for the batch designs.
+// every service does at startup, registers the site whose rooms the
+// events are posted in, and lets the events stream take batches for the
+// batch designs.
 func ensureTopology(ctx context.Context, url string, replicas int, batches bool) error {
 	nc, js, err := connectJS(url, "gatewaybench-setup")
 	if err != nil {
@@ -271,6 +336,17 @@ func ensureTopology(ctx context.Context, url string, replicas int, batches bool)
 	}
 	if err != nil {
 		return err
+	}
+	// The rooms the events are posted in are a site's comment rooms, as
+	// the provisioner records them.
+	reg, err := registry.Open(ctx, js)
+	if err != nil {
+		return err
+	}
+	for _, r := range siteRooms() {
+		if err := reg.PutRoom(ctx, r); err != nil {
+			return err
+		}
 	}
 	if batches {
 		return publish.AllowBatches(ctx, js, bus.StreamEvents)

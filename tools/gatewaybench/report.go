@@ -38,9 +38,13 @@ type summary struct {
 	EventsPerSec     float64 // median of rounds
 	P50, P99         float64 // ms, medians of rounds
 	// StreamEventsPerSec, ToStreamP50 and ToStreamP99: the same as the
-	// event stream sees it (events stored, from push to the transaction's
-	// last event stored); 0 for a design that stores no events.
+	// event stream sees it (events stored, or for the gateway split,
+	// from push to the transaction's last event stored); 0 for a design
+	// that stores no events. ToStream is false when no measured
+	// transaction held an event a worker reads (the gateway stores only
+	// those).
 	StreamEventsPerSec, ToStreamP50, ToStreamP99 float64
+	ToStream                                     bool
 	// Ratios are events/s against the floor of the same round, sorted.
 	Ratios []float64
 	// CPUPerEvent and RSS by process (nats-server, gateway, client):
@@ -80,8 +84,10 @@ func summarize(all []measurement) []summary {
 			eps = append(eps, m.eventsPerSec())
 			p50 = append(p50, ms(pct(m.Result.LatNS, .5)))
 			p99 = append(p99, ms(pct(m.Result.LatNS, .99)))
+			if r := m.streamEventsPerSec(); r > 0 {
+				seps = append(seps, r)
+			}
 			if len(m.ToStreamNS) > 0 {
-				seps = append(seps, m.streamEventsPerSec())
 				sp50 = append(sp50, ms(pct(m.ToStreamNS, .5)))
 				sp99 = append(sp99, ms(pct(m.ToStreamNS, .99)))
 			}
@@ -98,6 +104,7 @@ func summarize(all []measurement) []summary {
 		slices.Sort(s.Ratios)
 		s.EventsPerSec, s.P50, s.P99 = median(eps), median(p50), median(p99)
 		s.StreamEventsPerSec, s.ToStreamP50, s.ToStreamP99 = median(seps), median(sp50), median(sp99)
+		s.ToStream = len(sp50) > 0
 		for name := range cpu {
 			s.CPUPerEvent[name], s.RSS[name] = median(cpu[name]), median(rss[name])
 		}
@@ -164,8 +171,11 @@ func ingestTables(sums []summary, scs []scenario) string {
 				med, rounds = "", ""
 			}
 			inStream := "not per event"
-			if s.StreamEventsPerSec > 0 {
+			switch {
+			case s.StreamEventsPerSec > 0 && s.ToStream:
 				inStream = fmt.Sprintf("%.0f · %.2f ms · %.2f ms", s.StreamEventsPerSec, s.ToStreamP50, s.ToStreamP99)
+			case s.StreamEventsPerSec > 0:
+				inStream = fmt.Sprintf("%.0f split · none a worker reads", s.StreamEventsPerSec)
 			}
 			fmt.Fprintf(&b, "| %s | %.0f | %.2f ms | %.2f ms | %s | %s | %s | %s | %s |\n",
 				designNames[s.Design], s.EventsPerSec, s.P50, s.P99, med, rounds, inStream, cpu, rss)

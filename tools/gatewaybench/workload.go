@@ -9,6 +9,7 @@ import (
 
 	"github.com/cactus-comments/appservice/pkg/bus"
 	"github.com/cactus-comments/appservice/pkg/event"
+	"github.com/cactus-comments/appservice/pkg/registry"
 	"github.com/cactus-comments/appservice/services/gateway/loadgen"
 	"github.com/cactus-comments/appservice/tools/gatewaybench/publish"
 )
@@ -49,13 +50,55 @@ func (s spec) bodies() [][][]byte {
 	return out
 }
 
+// moderationRoom is the site's moderation room, where its bans are sent.
+const moderationRoom = "!moderationAbCdEfGhIjKl:example.org"
+
+// siteRooms are the rooms the benchmark registers as one site's: its
+// moderation room and the comment rooms the events are posted in.
+func siteRooms() []registry.Room {
+	rooms := []registry.Room{{Site: benchSite, RoomID: moderationRoom}}
+	for i := range loadgen.Rooms {
+		rooms = append(rooms, registry.Room{Site: benchSite, Section: "post" + strconv.Itoa(i), RoomID: loadgen.RoomID(i)})
+	}
+	return rooms
+}
+
+// read reports, for every transaction sender snd sends (by its number,
+// sender*1e6 + seq), whether it holds an event a worker reads: what the
+// gateway stores in the event stream once split, the site's rooms being
+// registered (comments and joins there are read by no worker).
+func (s spec) read(bot string) (map[int]bool, error) {
+	ours := map[string]bool{}
+	for _, r := range siteRooms() {
+		ours[r.RoomID] = true
+	}
+	out := map[int]bool{}
+	for snd, bodies := range s.bodies() {
+		for t, body := range bodies {
+			evs, err := decode(body, "", bot)
+			if err != nil {
+				return nil, err
+			}
+			key := snd*1_000_000 + t
+			for _, e := range evs {
+				c := e.class
+				if ours[e.room] {
+					c = bus.InOurRoom(c, e.typ)
+				}
+				out[key] = out[key] || c.Stored()
+			}
+		}
+	}
+	return out, nil
+}
+
 // banTransaction is a transaction holding one ban in a site's moderation
 // room, as the homeserver pushes it when the owner bans a visitor.
 func banTransaction(run string, seq int) []byte {
 	ev := map[string]any{
 		"type":             "m.room.member",
 		"event_id":         loadgen.EventID(run, seq, 0),
-		"room_id":          "!moderationAbCdEfGhIjKl:example.org",
+		"room_id":          moderationRoom,
 		"sender":           "@owner:example.org",
 		"user_id":          "@owner:example.org",
 		"state_key":        fmt.Sprintf("@visitor%d:example.org", seq),

@@ -24,10 +24,14 @@ func EventID(run string, seq, i int) string {
 	return fmt.Sprintf("$%s-%d-%d_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789", run, seq, i)
 }
 
+// RoomID is comment room i (0 ≤ i < Rooms): a site's comment rooms are
+// what the events are posted in, and a benchmark registers them as such.
+func RoomID(i int) string { return fmt.Sprintf("!room%02dAbCdEfGhIjKlMn:example.org", i) }
+
 // Event returns one event of about size bytes (at least its fixed fields).
 func Event(run string, seq, i, size int) []byte {
 	n := seq*7919 + i*104729
-	room := fmt.Sprintf("!room%02dAbCdEfGhIjKlMn:example.org", n%Rooms)
+	room := RoomID(n % Rooms)
 	sender := fmt.Sprintf("@visitor%d:example.org", n%997)
 	ts := int64(1_700_000_000_000 + seq*1000 + i)
 	ev := map[string]any{
