@@ -13,6 +13,7 @@ import (
 
 	"github.com/cactus-comments/appservice/pkg/bus"
 	"github.com/cactus-comments/appservice/pkg/embednats"
+	"github.com/cactus-comments/appservice/pkg/registry"
 )
 
 // Server starts an embedded NATS configured with exactly ServerConfig,
@@ -130,6 +131,20 @@ func TestServerConfigEnforces(t *testing.T) {
 		t.Fatal(err)
 	}
 	gwV.denied(t, "read another identity's inbox", bus.Botworker.InboxPrefix())
+
+	// It reads the registry's room index (to tell comments from
+	// commands) and cannot write it.
+	index, err := registry.OpenIndex(ctx, gwJS)
+	if err != nil {
+		t.Fatalf("the gateway cannot open the room index: %v", err)
+	}
+	if _, err := index.Lookup(ctx, "!room:example.org"); !errors.Is(err, registry.ErrNotFound) {
+		t.Fatalf("the gateway's lookup in the room index: %v, want not found", err)
+	}
+	if err := gwNC.Publish("$KV."+bus.BucketIndex+".x", []byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+	gwV.denied(t, "write the room index", "$KV."+bus.BucketIndex)
 
 	// ...and cannot delete a stream.
 	short, cancelShort = context.WithTimeout(ctx, 2*time.Second)

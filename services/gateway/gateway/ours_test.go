@@ -68,6 +68,12 @@ func TestOurRoomsAreAskedAgain(t *testing.T) {
 			if got := s.ours(ctx, r); got != tt.wantOurs || x.asked != tt.wantAsked {
 				t.Errorf("ours = %v after %d lookups, want %v after %d", got, x.asked, tt.wantOurs, tt.wantAsked)
 			}
+			if tt.err {
+				// Other rooms wait: each lookup would wait as long.
+				if s.ours(ctx, s.roomOf("!other:x")) || x.asked != tt.wantAsked {
+					t.Errorf("asked the index again right after it failed (%d lookups)", x.asked)
+				}
+			}
 		})
 	}
 	// No index (it could not be opened): nothing is ours, nothing asked.

@@ -89,8 +89,10 @@ type splitter struct {
 
 	// Only the reading goroutine of the running consume uses these.
 	// index tells our comment and moderation rooms (nil: unknown, every
-	// room's messages go to the bot worker).
-	index  roomIndex
+	// room's messages go to the bot worker); it is not asked before
+	// indexBackUntil after it failed.
+	index          roomIndex
+	indexBackUntil time.Time
 	rooms  map[string]*room
 	events []rawEvent
 	routed []route
@@ -167,12 +169,17 @@ func (s *splitter) ours(ctx context.Context, r *room) bool {
 	if !r.checked.IsZero() && now.Sub(r.checked) < valid {
 		return r.ours
 	}
+	if now.Before(s.indexBackUntil) {
+		// It just failed: every lookup would wait as long again.
+		return false
+	}
 	lctx, cancel := context.WithTimeout(ctx, indexTimeout)
 	_, err := s.index.Lookup(lctx, r.id)
 	cancel()
 	r.ours, r.checked = err == nil, now
 	if err != nil && !errors.Is(err, registry.ErrNotFound) && ctx.Err() == nil {
-		s.g.log.Warn("splitter: cannot look a room up in the registry; its messages go to the bot worker", "room_id", logID(r.id), "err", err)
+		s.indexBackUntil = time.Now().Add(notOursFor)
+		s.g.log.Warn("splitter: cannot look rooms up in the registry; their messages go to the bot worker for a while", "room_id", logID(r.id), "err", err, "for", notOursFor)
 	}
 	return r.ours
 }
