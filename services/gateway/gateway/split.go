@@ -93,9 +93,9 @@ type splitter struct {
 	// indexBackUntil after it failed.
 	index          roomIndex
 	indexBackUntil time.Time
-	rooms  map[string]*room
-	events []rawEvent
-	routed []route
+	rooms          map[string]*room
+	events         []rawEvent
+	routed         []route
 
 	// blocks recycles the event messages of split transactions.
 	blocks msgBlocks
