@@ -189,33 +189,28 @@ func measure(ctx context.Context, b *binaries, o options, sc scenario, design st
 // transaction split, its events stored or ignored. It returns when it
 // saw that (Unix ns; it asks every 5 ms).
 func waitSplit(ctx context.Context, url string) (int64, error) {
-	nc, js, err := connectJS(url, "gatewaybench-wait")
-	if err != nil {
-		return 0, err
-	}
-	defer nc.Close()
-	deadline := time.Now().Add(5 * time.Minute)
-	for {
-		s, err := js.Stream(ctx, bus.StreamTxns)
-		if err != nil {
-			return 0, err
+	err := waitStream(ctx, url, bus.StreamTxns, func(msgs uint64) error {
+		if msgs == 0 {
+			return nil
 		}
-		info, err := s.Info(ctx)
-		if err != nil {
-			return 0, err
-		}
-		if info.State.Msgs == 0 {
-			return time.Now().UnixNano(), nil
-		}
-		if time.Now().After(deadline) {
-			return 0, fmt.Errorf("%d transactions not split five minutes after the last acknowledgement", info.State.Msgs)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return fmt.Errorf("%d transactions not split", msgs)
+	})
+	return time.Now().UnixNano(), err
 }
 
 // waitStored waits until the event stream holds n messages.
 func waitStored(ctx context.Context, url string, n uint64) error {
+	return waitStream(ctx, url, bus.StreamEvents, func(msgs uint64) error {
+		if msgs >= n {
+			return nil
+		}
+		return fmt.Errorf("the event stream holds %d events, want %d,", msgs, n)
+	})
+}
+
+// waitStream asks every 5 ms how many messages stream holds until done
+// says nil about it, for at most five minutes.
+func waitStream(ctx context.Context, url, stream string, done func(msgs uint64) error) error {
 	nc, js, err := connectJS(url, "gatewaybench-wait")
 	if err != nil {
 		return err
@@ -223,7 +218,7 @@ func waitStored(ctx context.Context, url string, n uint64) error {
 	defer nc.Close()
 	deadline := time.Now().Add(5 * time.Minute)
 	for {
-		s, err := js.Stream(ctx, bus.StreamEvents)
+		s, err := js.Stream(ctx, stream)
 		if err != nil {
 			return err
 		}
@@ -231,11 +226,12 @@ func waitStored(ctx context.Context, url string, n uint64) error {
 		if err != nil {
 			return err
 		}
-		if info.State.Msgs >= n {
+		err = done(info.State.Msgs)
+		if err == nil {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("the event stream holds %d events, want %d, five minutes after the last acknowledgement", info.State.Msgs, n)
+			return fmt.Errorf("%w five minutes after the last acknowledgement", err)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
