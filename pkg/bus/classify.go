@@ -9,7 +9,8 @@ import "github.com/cactus-comments/appservice/pkg/event"
 // sees what can change moderation state. For the same reason the bot's own
 // bans, unbans and power levels go there too: the bot only ever sends them
 // to propagate a change it already recorded, and a fan-out over N rooms
-// would otherwise send N echoes through the moderation consumer.
+// would otherwise send N echoes through the moderation consumer. So do the
+// bot's own messages (its replies), which the bot worker never reads.
 //
 // A room's tombstone (it was upgraded) is a moderation event whoever sent
 // it, the bot included: the registry must follow the replacement room, and
@@ -25,6 +26,10 @@ func Classify(e *event.Event, bot string) Class {
 func classify(e *event.Event, bot string) Class {
 	switch e.Type {
 	case "m.room.message":
+		if e.Sender == bot {
+			// Its own replies: the bot worker reads none.
+			return ClassOther
+		}
 		return ClassBot
 	case "m.room.power_levels", "m.room.canonical_alias":
 		return ClassModeration
@@ -39,8 +44,17 @@ func classify(e *event.Event, bot string) Class {
 		if *e.StateKey == bot {
 			return ClassBot
 		}
-		switch e.Membership() {
+		membership, ok := e.MembershipField()
+		if !ok {
+			// No membership to read: the moderation consumer dead-letters
+			// it with its reason. Taken as "not a ban" it would vanish
+			// unseen among the events no worker reads.
+			return ClassModeration
+		}
+		switch membership {
 		case "ban":
+			// Even with content that does not decode otherwise (a reason
+			// that is no string): its reader refuses it, visibly.
 			return ClassModeration
 		case "leave":
 			// Someone else made them leave: an unban or a kick.

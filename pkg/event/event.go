@@ -179,6 +179,21 @@ func (e *Event) Membership() string {
 	return m.Membership
 }
 
+// MembershipField returns content.membership read on its own, and false
+// if it is absent or no string (or the event is no member event). The
+// rest of the content may still not decode (Membership then says ""):
+// a ban with a reason that is no string is still a ban to route, for its
+// reader to refuse.
+func (e *Event) MembershipField() (string, bool) {
+	var m struct {
+		Membership *string `json:"membership"`
+	}
+	if e.Type != "m.room.member" || DecodeContent(e.Content, &m) != nil || m.Membership == nil {
+		return "", false
+	}
+	return *m.Membership, true
+}
+
 // PrevMembership returns unsigned.prev_content.membership, "" if absent or
 // unreadable.
 func (e *Event) PrevMembership() string {

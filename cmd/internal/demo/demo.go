@@ -314,11 +314,20 @@ func (d *Demo) remember(r commentRoom) error {
 // to create the room) and post text in it.
 func (d *Demo) Comment(ctx context.Context, site, section, text string) (mxid.RoomID, error) {
 	alias := d.CommentsAlias(site, section)
+	known, err := d.rooms()
+	if err != nil {
+		return mxid.RoomID{}, err
+	}
+	opened := slices.ContainsFunc(known, func(r commentRoom) bool { return r.Alias == alias })
 	room, err := d.visitor.JoinRoom(ctx, alias)
 	if err != nil {
 		return room, fmt.Errorf("%s joins %s: %w", d.info.Visitor.UserID, alias, err)
 	}
-	d.say("%s joined %s (%s): the appservice created the room on demand", d.info.Visitor.UserID, alias, room)
+	if opened {
+		d.say("%s joined %s (%s), opened before", d.info.Visitor.UserID, alias, room)
+	} else {
+		d.say("%s joined %s (%s): the appservice created the room on demand", d.info.Visitor.UserID, alias, room)
+	}
 	if err := d.remember(commentRoom{Site: site, Section: section, Alias: alias, RoomID: room.String()}); err != nil {
 		return room, fmt.Errorf("demo: %w", err)
 	}

@@ -135,7 +135,8 @@ func devFlow(t *testing.T, version string) {
 		t.Fatal(err)
 	}
 
-	d, err := demo.New(dir, io.Discard)
+	var said strings.Builder
+	d, err := demo.New(dir, &said)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,6 +166,14 @@ func devFlow(t *testing.T, version string) {
 	}
 	if id, ok := sim.ResolveAliasLocal("#comments_myblog_hello:localhost"); !ok || id != room.String() {
 		t.Fatalf("alias resolves to %q %v", id, ok)
+	}
+	// A second visit says the room was there already.
+	said.Reset()
+	if again, err := d.Comment(ctx, "myblog", "hello", ""); err != nil || again != room {
+		t.Fatalf("second visit: %v, %v", again, err)
+	}
+	if out := said.String(); !strings.Contains(out, "opened before") || strings.Contains(out, "created the room") {
+		t.Fatalf("second visit said %q", out)
 	}
 	banned, err := d.Ban(ctx, "myblog", visitor, "spam")
 	if err != nil {

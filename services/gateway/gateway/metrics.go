@@ -37,7 +37,7 @@ type metrics struct {
 	txnDuration      prometheus.Histogram
 	txnEvents        prometheus.Histogram
 	eventsPublished  map[bus.Class]prometheus.Counter
-	eventsIgnored    prometheus.Counter
+	eventsIgnored    [len(ignoredKinds)]prometheus.Counter
 	splitUnconfirmed prometheus.Counter
 	eventsRepeated   prometheus.Counter
 	deadLettered     prometheus.Counter
@@ -171,10 +171,13 @@ func newMetrics(reg prometheus.Registerer, bodies *bodyBudget) (*metrics, error)
 	for _, c := range []bus.Class{bus.ClassBot, bus.ClassModeration} {
 		m.eventsPublished[c] = published.WithLabelValues(string(c))
 	}
-	m.eventsIgnored = prometheus.NewCounter(prometheus.CounterOpts{
+	ignored := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: ns, Subsystem: sub, Name: "events_ignored_total",
-		Help: "Events no worker reads (comments, visitors joining and leaving, the bot's own changes): acknowledged to the homeserver, which keeps them, and not stored in the event stream.",
-	})
+		Help: "Events no worker reads, acknowledged to the homeserver, which keeps them, and not stored in the event stream, by kind: comment (a message in a comment or moderation room), bot (the bot's own replies, bans and power levels), membership (visitors joining and leaving), other.",
+	}, []string{"kind"})
+	for i, k := range ignoredKinds {
+		m.eventsIgnored[i] = ignored.WithLabelValues(k)
+	}
 	for _, o := range []string{outcomeOK, outcomeNotJSON, outcomeBadJSON, outcomeTooLarge, outcomeUnavailable, outcomeBadRequest, outcomeBusy} {
 		m.transactions.WithLabelValues(o)
 	}
@@ -202,7 +205,7 @@ func newMetrics(reg prometheus.Registerer, bodies *bodyBudget) (*metrics, error)
 		m.userQueries.WithLabelValues(o)
 	}
 	for _, c := range []prometheus.Collector{
-		inFlight, m.transactions, m.txnInFlight, m.txnDuration, m.txnEvents, published, m.eventsIgnored, m.splitUnconfirmed, m.eventsRepeated, m.deadLettered,
+		inFlight, m.transactions, m.txnInFlight, m.txnDuration, m.txnEvents, published, ignored, m.splitUnconfirmed, m.eventsRepeated, m.deadLettered,
 		m.publishFailures, m.aliasQueries, m.aliasDuration, m.userQueries, m.userDuration,
 		m.authFailures, m.pings, m.homeserverPinged, txnMessages,
 		m.splitState, m.splitBacklog, m.splitDelay, m.txnsSplit, m.splitFailures, m.splitReads,

@@ -363,9 +363,9 @@ type splitItem struct {
 	// block holds its event messages, recycled once it is done.
 	block *msgBlock
 	// What was stored, for the metrics; ignored are the events no worker
-	// reads (not stored).
+	// reads (not stored), by ignoredKinds.
 	published   [3]int
-	ignored     int
+	ignored     [len(ignoredKinds)]int
 	deadLt      int
 	unconfirmed int
 }
@@ -883,6 +883,7 @@ func (r *splitRun) inProgress() {
 type route struct {
 	raw     []byte // the event, within the transaction message
 	class   bus.Class
+	byBot   bool // sent by the bot (for the metrics of what is ignored)
 	problem string
 	eventID string
 	typ     string
@@ -892,7 +893,7 @@ type route struct {
 // judge is the splitter's judgement of the decoded event e, whose room id
 // is roomID and bytes raw: checkEvent's, unless the decoder flagged it.
 func (g *Gateway) judge(e *rawEvent, roomID string, raw []byte) route {
-	r := route{raw: raw, problem: e.Problem, eventID: e.EventID, typ: e.Type, roomID: roomID}
+	r := route{raw: raw, problem: e.Problem, eventID: e.EventID, typ: e.Type, roomID: roomID, byBot: string(e.Sender) == g.bot}
 	if r.problem == "" {
 		r.class, r.problem = checkEvent(e, roomID, g.bot, g.maxEvent)
 	}
@@ -955,13 +956,34 @@ func (s *splitter) route(ctx context.Context, it *splitItem, data []byte, routes
 			class = c
 		}
 		if !class.Stored() {
-			it.ignored++
+			it.ignored[ignoredAs(rt, class != rt.class)]++
 			continue
 		}
 		m := &msgs[i]
 		eventMsg(m, rm.subject(class), rt, txnID)
 		it.add(m, int8(classIndex(class)))
 	}
+}
+
+// ignoredKinds are what the events no worker reads are, the label values
+// of cactus_gateway_events_ignored_total: comments (messages in our
+// rooms), the bot's own events (its replies, and the bans and power
+// levels it propagates), visitors' memberships (joins, leaves), and the
+// rest (topics, reactions, redactions, ...).
+var ignoredKinds = [...]string{"comment", "bot", "membership", "other"}
+
+// ignoredAs is the index in ignoredKinds of the ignored event rt;
+// comment says it was taken out as a message in one of our rooms.
+func ignoredAs(rt *route, comment bool) int {
+	switch {
+	case comment:
+		return 0
+	case rt.byBot:
+		return 1
+	case rt.typ == "m.room.member":
+		return 2
+	}
+	return 3
 }
 
 // eventMsg makes m, maybe recycled, the message of the event rt routes to
@@ -1068,8 +1090,10 @@ func (s *splitter) split(it *splitItem) {
 			mt.eventsPublished[c].Add(float64(it.published[i]))
 		}
 	}
-	if it.ignored > 0 {
-		mt.eventsIgnored.Add(float64(it.ignored))
+	for i, n := range it.ignored {
+		if n > 0 {
+			mt.eventsIgnored[i].Add(float64(n))
+		}
 	}
 	if it.deadLt > 0 {
 		mt.deadLettered.Add(float64(it.deadLt))

@@ -95,8 +95,10 @@ func TestTransactionStoresEvents(t *testing.T) {
 	if got := counter(e.gw.metrics.eventsPublished[bus.ClassModeration]); got != 4 {
 		t.Errorf("moderation events published metric = %v, want 4", got)
 	}
-	if got := counter(e.gw.metrics.eventsIgnored); got != 3 {
-		t.Errorf("events ignored metric = %v, want 3 (two comments and a join)", got)
+	for kind, want := range map[string]float64{"comment": 2, "membership": 1, "bot": 0, "other": 0} {
+		if got := counter(e.gw.metrics.eventsIgnored[slices.Index(ignoredKinds[:], kind)]); got != want {
+			t.Errorf("events_ignored_total{kind=%q} = %v, want %v", kind, got, want)
+		}
 	}
 }
 
