@@ -9,6 +9,7 @@ import (
 
 	"github.com/go-json-experiment/json/jsontext"
 
+	"github.com/cactus-comments/appservice/pkg/bus"
 	"github.com/cactus-comments/appservice/pkg/event"
 	"github.com/cactus-comments/appservice/pkg/registry"
 )
@@ -255,4 +256,44 @@ func TestReplacementRoom(t *testing.T) {
 			t.Errorf("%s: %v, %v, %v", tt.content, room, ok, err)
 		}
 	}
+}
+
+// FuzzMemberEventsReachModeration: every member event this consumer would
+// act on or refuse (and dead-letter) is one the gateway routes to it. One
+// the gateway takes for something no worker reads must mean nothing here:
+// else a ban would vanish unseen between the two.
+func FuzzMemberEventsReachModeration(f *testing.F) {
+	for _, c := range []string{`{"membership":"ban"}`, `{"membership":"ban","reason":7}`, `{"membership":["ban"]}`, `"ban"`, `{}`,
+		`{"membership":"leave","reason":{"a":1}}`, `{"membership":"join","displayname":5}`, `{"membership":"BAN"}`, `{"Membership":"ban"}`,
+		`{"membership":"ban","membership":"join"}`, `{"membership":"leave"}`, `null`} {
+		f.Add(c, false)
+		f.Add(c, true)
+	}
+	f.Fuzz(func(t *testing.T, content string, self bool) {
+		e := ban(alice)
+		if self {
+			e.Sender = alice
+		}
+		e.Content = jsontext.Value(content)
+		d, err := decide(e, true, "")
+		c := bus.Classify(e, "@cactusbot:x")
+		switch {
+		case c == bus.ClassModeration:
+		case err == nil && d.kind != decideNothing:
+			t.Fatalf("content %s (self %v): decide says %q; the gateway routes it to %s", content, self, d.action(), c)
+		case err != nil:
+			// Refused here, not routed here: only a membership that
+			// means nothing to moderation (a join, a self-leave) whatever
+			// the rest of the content says.
+			m, ok := e.MembershipField()
+			if !ok {
+				t.Fatalf("content %s (self %v): no membership, routed to %s", content, self, c)
+			}
+			alone, _ := json.Marshal(map[string]string{"membership": m})
+			e.Content = alone
+			if d, err := decide(e, true, ""); err != nil || d.kind != decideNothing {
+				t.Fatalf("content %s (self %v): membership %q means %q, %v here; the gateway routes it to %s", content, self, m, d.action(), err, c)
+			}
+		}
+	})
 }
