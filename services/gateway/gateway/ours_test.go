@@ -3,6 +3,8 @@ package gateway
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -76,6 +78,27 @@ func TestOurRoomsAreAskedAgain(t *testing.T) {
 			}
 		})
 	}
+	// An index that keeps failing is asked less and less often, and as
+	// often as before once it answers again.
+	e := newEnv(t, withoutSplitter())
+	x := &fakeIndex{rooms: map[string]bool{"!r:x": true}, err: errors.New("nats: timeout")}
+	s := &splitter{g: e.gw, index: x}
+	var waits []time.Duration
+	for i := range 7 {
+		s.indexBackUntil = time.Time{} // as if each wait were over
+		s.ours(ctx, s.roomOf(fmt.Sprint("!r", i, ":x")))
+		waits = append(waits, s.indexBackoff)
+	}
+	want := []time.Duration{notOursFor, 2 * notOursFor, 4 * notOursFor, 8 * notOursFor, 16 * notOursFor, maxIndexBackoff, maxIndexBackoff}
+	if !slices.Equal(waits, want) {
+		t.Errorf("waits after failed lookups %v, want %v", waits, want)
+	}
+	x.err = nil
+	s.indexBackUntil = time.Time{}
+	if !s.ours(ctx, s.roomOf("!r:x")) || s.indexBackoff != 0 {
+		t.Errorf("index answering again: backoff %v", s.indexBackoff)
+	}
+
 	// No index (it could not be opened): nothing is ours, nothing asked.
 	if s := (&splitter{}); s.ours(ctx, s.roomOf("!r:x")) {
 		t.Error("ours without an index")

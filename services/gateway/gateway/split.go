@@ -57,6 +57,8 @@ const (
 	oursFor      = 10 * time.Minute
 	notOursFor   = 10 * time.Second
 	indexTimeout = 2 * time.Second
+	// maxIndexBackoff bounds the wait after failed lookups.
+	maxIndexBackoff = 5 * time.Minute
 )
 
 // Splitter states, the label values of cactus_gateway_splitter_state.
@@ -90,9 +92,12 @@ type splitter struct {
 	// Only the reading goroutine of the running consume uses these.
 	// index tells our comment and moderation rooms (nil: unknown, every
 	// room's messages go to the bot worker); it is not asked before
-	// indexBackUntil after it failed.
+	// indexBackUntil after it failed, indexBackoff later each time it
+	// fails again (a NATS user that may not read it: a lookup waits
+	// indexTimeout for nothing).
 	index          roomIndex
 	indexBackUntil time.Time
+	indexBackoff   time.Duration
 	rooms          map[string]*room
 	events         []rawEvent
 	routed         []route
@@ -177,9 +182,13 @@ func (s *splitter) ours(ctx context.Context, r *room) bool {
 	_, err := s.index.Lookup(lctx, r.id)
 	cancel()
 	r.ours, r.checked = err == nil, now
-	if err != nil && !errors.Is(err, registry.ErrNotFound) && ctx.Err() == nil {
-		s.indexBackUntil = time.Now().Add(notOursFor)
-		s.g.log.Warn("splitter: cannot look rooms up in the registry; their messages go to the bot worker for a while", "room_id", logID(r.id), "err", err, "for", notOursFor)
+	switch {
+	case err == nil || errors.Is(err, registry.ErrNotFound):
+		s.indexBackoff = 0
+	case ctx.Err() == nil:
+		s.indexBackoff = min(max(2*s.indexBackoff, notOursFor), maxIndexBackoff)
+		s.indexBackUntil = time.Now().Add(s.indexBackoff)
+		s.g.log.Warn("splitter: cannot look rooms up in the registry; their messages go to the bot worker for a while", "room_id", logID(r.id), "err", err, "for", s.indexBackoff)
 	}
 	return r.ours
 }
