@@ -37,7 +37,6 @@ import (
 func (p *Provisioner) handleModeration(ctx context.Context, m jetstream.Msg) error {
 	e, err := event.Decode(m.Data())
 	if err != nil {
-		p.m.moderation.WithLabelValues("ignored").Inc()
 		return worker.Permanent(err)
 	}
 	if e.Type == "m.room.tombstone" {
@@ -79,7 +78,6 @@ func (p *Provisioner) handleModeration(ctx context.Context, m jetstream.Msg) err
 	}
 	d, err := decide(e, room.IsModeration(), prev)
 	if err != nil {
-		p.m.moderation.WithLabelValues("ignored").Inc()
 		return worker.Permanent(err)
 	}
 	if d.kind == decideNothing {
@@ -243,11 +241,14 @@ func decide(e *event.Event, inModerationRoom bool, prev string) (decision, error
 		user := *e.StateKey
 		// Content that is no membership is refused, to be dead-lettered:
 		// taken as "nothing to do" it would vanish unseen.
-		var m event.Member
-		if err := event.DecodeContent(e.Content, &m); err != nil {
-			return decision{}, fmt.Errorf("unreadable membership: %w", err)
+		// The membership is all a decision reads: a reason or display
+		// name of the wrong type does not undo a ban the homeserver
+		// applied (its auth rules read only the membership).
+		membership, ok := e.MembershipField()
+		if !ok {
+			return decision{}, errors.New("unreadable membership: content.membership is missing or not a string")
 		}
-		switch m.Membership {
+		switch membership {
 		case matrix.MembershipBan:
 			return decision{kind: decideBan, user: user, banned: true}, nil
 		case matrix.MembershipLeave:
