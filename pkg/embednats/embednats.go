@@ -174,13 +174,13 @@ func StartCluster(tb testing.TB, n int) *Cluster {
 	ports := make([]int, n)
 	for i := range ports {
 		// The route ports must be known before any server starts, so that
-		// each can name the others.
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		// each can name the others: outside the ephemeral range, where an
+		// earlier node's client port (:0) could take a later node's.
+		p, err := StablePort("127.0.0.1")
 		if err != nil {
 			tb.Fatal(err)
 		}
-		ports[i] = ln.Addr().(*net.TCPAddr).Port
-		_ = ln.Close()
+		ports[i] = p
 	}
 	var routes []*url.URL
 	for _, p := range ports {

@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -504,19 +503,12 @@ func resolvePort(addr string) (string, error) {
 	if port != "0" {
 		return addr, nil
 	}
-	var lastErr error
-	for range 100 {
-		candidate := net.JoinHostPort(host, strconv.Itoa(stablePortLow+mrand.IntN(stablePortHigh-stablePortLow)))
-		if lastErr = checkFree(candidate); lastErr == nil {
-			return candidate, nil
-		}
+	p, err := embednats.StablePort(host)
+	if err != nil {
+		return "", err
 	}
-	return "", fmt.Errorf("no free port on %s between %d and %d: %w", host, stablePortLow, stablePortHigh, lastErr)
+	return net.JoinHostPort(host, strconv.Itoa(p)), nil
 }
-
-// The range resolvePort picks from: above the well-known services that
-// development machines run, below the ephemeral range.
-const stablePortLow, stablePortHigh = 20000, 32000
 
 func checkFree(addr string) error {
 	ln, err := net.Listen("tcp", addr)

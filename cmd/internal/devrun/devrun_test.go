@@ -22,6 +22,7 @@ import (
 	"github.com/cactus-comments/appservice/cmd/internal/demo"
 	"github.com/cactus-comments/appservice/cmd/internal/envconf"
 	"github.com/cactus-comments/appservice/pkg/bus"
+	"github.com/cactus-comments/appservice/pkg/embednats"
 	"github.com/cactus-comments/appservice/pkg/hssim"
 	"github.com/cactus-comments/appservice/pkg/registration"
 	"github.com/cactus-comments/appservice/pkg/registry"
@@ -456,8 +457,8 @@ func TestResolvePortAvoidsEphemeralRange(t *testing.T) {
 		}
 		_, port, _ := net.SplitHostPort(got)
 		n, _ := strconv.Atoi(port)
-		if n < stablePortLow || n >= stablePortHigh {
-			t.Fatalf("resolvePort gave %s, outside [%d, %d)", got, stablePortLow, stablePortHigh)
+		if n < embednats.StablePortLow || n >= embednats.StablePortHigh {
+			t.Fatalf("resolvePort gave %s, outside [%d, %d)", got, embednats.StablePortLow, embednats.StablePortHigh)
 		}
 		ln, err := net.Listen("tcp", got)
 		if err != nil {
