@@ -54,7 +54,7 @@ func classify(e *event.Event, bot string) Class {
 		switch membership {
 		case "ban":
 			// Even with content that does not decode otherwise (a reason
-			// that is no string): its reader refuses it, visibly.
+			// that is no string): the homeserver applied it.
 			return ClassModeration
 		case "leave":
 			// Someone else made them leave: an unban or a kick.

@@ -170,20 +170,17 @@ type Unsigned struct {
 }
 
 // Membership returns the membership in an m.room.member event's content,
-// "" for other events or unreadable content.
+// "" for other events or a membership that is missing or no string (see
+// MembershipField).
 func (e *Event) Membership() string {
-	var m Member
-	if e.Type != "m.room.member" || DecodeContent(e.Content, &m) != nil {
-		return ""
-	}
-	return m.Membership
+	m, _ := e.MembershipField()
+	return m
 }
 
 // MembershipField returns content.membership read on its own, and false
-// if it is absent or no string (or the event is no member event). The
-// rest of the content may still not decode (Membership then says ""):
-// a ban with a reason that is no string is still a ban to route, for its
-// reader to refuse.
+// if it is absent or no string (or the event is no member event). It is
+// all the homeserver's auth rules read: a ban whose reason is no string
+// is still a ban.
 func (e *Event) MembershipField() (string, bool) {
 	var m struct {
 		Membership *string `json:"membership"`

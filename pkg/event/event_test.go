@@ -177,3 +177,25 @@ func TestTruncate(t *testing.T) {
 		t.Errorf("Truncate cuts mid-rune: %q", got)
 	}
 }
+
+// TestMembershipReadsTheFieldAlone: a member event's membership is what
+// the homeserver's auth rules read, whatever the rest of the content
+// holds; every reader (routing, a kick told from an unban, a rebuild)
+// sees the same one.
+func TestMembershipReadsTheFieldAlone(t *testing.T) {
+	for content, want := range map[string]string{
+		`{"membership":"ban","reason":7}`:        "ban",
+		`{"membership":"leave","displayname":5}`: "leave",
+		`{"membership":"join"}`:                  "join",
+		`{"membership":["ban"]}`:                 "",
+		`{"membership":null}`:                    "",
+		`{}`:                                     "",
+		`"ban"`:                                  "",
+	} {
+		e := &Event{Type: "m.room.member", Content: []byte(content)}
+		got, ok := e.MembershipField()
+		if e.Membership() != want || got != want || ok != (want != "") {
+			t.Errorf("%s: Membership %q, MembershipField %q %v; want %q", content, e.Membership(), got, ok, want)
+		}
+	}
+}
